@@ -1,0 +1,1 @@
+//! Cellar's registry.

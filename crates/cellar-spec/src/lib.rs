@@ -1,0 +1,28 @@
+//! Cellar's spec layer: the model of a feature repo (entities, feature groups, ingestions,
+//! feature services), its YAML format, validation that reports every error with file and line,
+//! and the plan diff between two repos.
+//!
+//! Layout:
+//! - [`model`]: the spec types, plain serializable data;
+//! - [`value`]: feature value types, values, and their JSON forms;
+//! - [`key`]: canonical entity keys;
+//! - [`repo`]: a whole feature repo and its lookups;
+//! - [`parse`]: YAML text to a validated [`FeatureRepo`], collecting every error;
+//! - [`plan`]: what applying one repo over another adds, changes (breaking or not) and removes.
+//!
+//! This crate does no IO (callers hand it file names and text) and depends on no other Cellar
+//! crate: every other crate depends on it.
+
+pub mod key;
+pub mod model;
+pub mod parse;
+pub mod plan;
+pub mod repo;
+pub mod value;
+
+pub use key::{EntityKey, KeyError};
+pub use model::*;
+pub use parse::{parse_repo, SpecError, SpecErrors};
+pub use plan::{plan, Change, ChangeAction, Plan};
+pub use repo::{FeatureRepo, SpecKind};
+pub use value::{ScalarType, Value, ValueError, ValueType};

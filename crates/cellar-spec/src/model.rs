@@ -1,0 +1,284 @@
+//! The spec model: what a feature repo declares once parsed and validated.
+//!
+//! Every type here is plain data that serializes to JSON, so the registry can store applied
+//! versions and compare them with a repo on disk.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::value::ValueType;
+
+/// Where a spec came from, for error messages and `plan` output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Origin {
+    pub file: String,
+    pub line: usize,
+}
+
+/// What features describe (`user`, `article`), with its key fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entity {
+    pub name: String,
+    /// Key fields in order; most entities have one (`user_id`).
+    pub keys: Vec<EntityKeyField>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// One field of an entity key. Keys are strings or 64-bit integers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EntityKeyField {
+    pub name: String,
+    pub key_type: KeyType,
+}
+
+/// The type of an entity key field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyType {
+    String,
+    Int64,
+}
+
+/// How a group keeps records per entity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupKind {
+    /// One current record per entity: the one with the newest event time.
+    Attribute,
+    /// Many records per entity, ordered by event time, served newest-first as top-N in a window.
+    Timeseries,
+}
+
+/// A named, ordered list of typed features of one entity, stored and served together.
+///
+/// The position of a feature in `features` is its storage id: stored records hold values by
+/// position, so features may be appended but never reordered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureGroup {
+    pub name: String,
+    pub entity: String,
+    pub kind: GroupKind,
+    pub features: Vec<Feature>,
+    pub retention: Retention,
+    pub serving: ServingPolicy,
+    /// Largest encoded record accepted, in bytes.
+    pub max_record_bytes: usize,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+impl FeatureGroup {
+    /// Position of a feature by name.
+    pub fn feature_index(&self, name: &str) -> Option<usize> {
+        self.features.iter().position(|f| f.name == name)
+    }
+}
+
+/// One typed feature of a group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Feature {
+    pub name: String,
+    pub value_type: ValueType,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// How long a group keeps records in the online store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Retention {
+    /// Time series: records kept per entity, newest first.
+    pub max_records: Option<u32>,
+    /// Records whose event time is older than this are not served and are trimmed.
+    pub max_age: Option<Duration>,
+}
+
+/// A cache tier a group may be served from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// In-process cache of the serving process.
+    Local,
+    /// Shared cache (Redis).
+    Remote,
+}
+
+/// Whether writes update the cache tiers or only the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteStrategy {
+    /// Writes update the cache tiers with the new record (newer event time wins).
+    #[default]
+    Through,
+    /// Writes go to the store only and invalidate cached copies; reads fill the cache.
+    Around,
+}
+
+/// Per-group serving policy: which tiers, and how long cached copies live.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServingPolicy {
+    pub tiers: Vec<Tier>,
+    /// After this, a cached copy is stale: served, and refreshed in the background.
+    pub soft_ttl: Duration,
+    /// After this, a cached copy is never served.
+    pub hard_ttl: Duration,
+    /// Random spread applied to both TTLs, as a fraction (0.1 = +-10%), so that groups written
+    /// together do not expire together.
+    pub jitter: f64,
+    /// How long "this entity has no record" is cached.
+    pub negative_ttl: Duration,
+    pub write: WriteStrategy,
+}
+
+impl Default for ServingPolicy {
+    fn default() -> Self {
+        ServingPolicy {
+            tiers: vec![Tier::Local],
+            soft_ttl: Duration::from_secs(30),
+            hard_ttl: Duration::from_secs(600),
+            jitter: 0.1,
+            negative_ttl: Duration::from_secs(30),
+            write: WriteStrategy::Through,
+        }
+    }
+}
+
+/// A named set of features across groups that one model reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureService {
+    pub name: String,
+    pub features: Vec<FeatureSelection>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// Some or all features of one group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureSelection {
+    pub group: String,
+    /// `None` selects every feature of the group.
+    pub features: Option<Vec<String>>,
+}
+
+/// How a group is filled: from an event stream or from batch data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ingestion {
+    pub name: String,
+    /// The feature group this ingestion writes.
+    pub into: String,
+    pub source: IngestionSource,
+    /// Where each entity key field comes from: a JSON path (`$.user_id`) for streams, a column
+    /// name for batch sources. One per key field of the group's entity, in order.
+    pub key: Vec<String>,
+    /// Where the event time comes from; `None` means arrival time.
+    pub event_time: Option<String>,
+    /// Feature name -> how its value is computed.
+    pub features: Vec<FeatureMapping>,
+}
+
+/// One output feature of an ingestion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureMapping {
+    pub feature: String,
+    pub expr: FeatureExpr,
+}
+
+/// How a feature value is computed from an event or a row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeatureExpr {
+    /// The value at a JSON path or column.
+    Field(String),
+    /// An aggregate over a window of events.
+    Aggregate(AggregateExpr),
+}
+
+/// A windowed aggregate, maintained by the stream aggregators.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AggregateExpr {
+    pub function: AggregateFunction,
+    /// The value aggregated; `None` for `count`.
+    pub of: Option<String>,
+    pub window: Duration,
+    /// Sliding windows advance by this step; `None` means tumbling windows.
+    pub slide: Option<Duration>,
+}
+
+/// Built-in aggregate functions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AggregateFunction {
+    Count,
+    Sum,
+    Min,
+    Max,
+    DistinctCount,
+}
+
+/// Where an ingestion reads from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IngestionSource {
+    Stream(StreamSource),
+    Batch(BatchSource),
+}
+
+/// An event stream: a topic and the event types taken from it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamSource {
+    pub topic: String,
+    /// Event types consumed; empty means every event on the topic.
+    pub event_types: Vec<String>,
+    pub format: EventFormat,
+    /// Where the event type is read from in each event.
+    pub event_type_field: String,
+    /// Derived events re-published to this topic for a further ingestion to consume.
+    pub republish_to: Option<String>,
+}
+
+/// How stream events are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventFormat {
+    Json,
+}
+
+/// A batch source with its schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchSource {
+    pub input: BatchInput,
+    /// SQL run over the input (as table `source`) before mapping rows to records.
+    pub transform: Option<String>,
+    /// Cron expression (5 or 6 fields); `None` means backfill-only.
+    pub schedule: Option<String>,
+    pub parallelism: Parallelism,
+    /// Ingestions that must succeed for the same period before this one runs.
+    pub depends_on: Vec<String>,
+}
+
+/// Files or a query.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchInput {
+    Files { path: String, format: FileFormat },
+    Postgres { url: String, query: String },
+}
+
+/// Batch file formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileFormat {
+    Parquet,
+    Csv,
+}
+
+/// How many shards a batch job is split into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Parallelism {
+    /// Split from the data's real size.
+    #[default]
+    Auto,
+    Fixed(u32),
+}

@@ -1,0 +1,1 @@
+//! Compact positional encoding of records.

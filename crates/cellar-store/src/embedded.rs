@@ -1,0 +1,1 @@
+//! The embedded backend: records in an embedded KV engine on local disk.

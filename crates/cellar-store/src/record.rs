@@ -1,0 +1,44 @@
+//! Records as stored: values by feature position, the event time, and applied offsets.
+
+use serde::{Deserialize, Serialize};
+
+use cellar_spec::Value;
+
+/// One record of a feature group for one entity.
+///
+/// Values are positional: `values[i]` belongs to the group's i-th feature, so stored records
+/// never repeat feature names. A record written before features were appended to its group is
+/// shorter; the missing trailing values read as null.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Event time, milliseconds since the Unix epoch. Newer event times win.
+    pub event_time: i64,
+    pub values: Vec<Value>,
+    /// For each source partition that contributed to this record, the last offset applied, so
+    /// a redelivered event can be recognised and skipped (effectively-once ingestion).
+    #[serde(default)]
+    pub applied: Vec<AppliedOffset>,
+}
+
+/// The last offset of one source partition applied to a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedOffset {
+    /// Stable id of the source partition (topic and partition).
+    pub source: u64,
+    pub offset: u64,
+}
+
+impl Record {
+    pub fn new(event_time: i64, values: Vec<Value>) -> Record {
+        Record {
+            event_time,
+            values,
+            applied: Vec::new(),
+        }
+    }
+
+    /// The value of the feature at `position`, null when the record predates it.
+    pub fn value(&self, position: usize) -> &Value {
+        self.values.get(position).unwrap_or(&Value::Null)
+    }
+}
