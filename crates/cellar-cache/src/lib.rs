@@ -1,1 +1,17 @@
-//! cache
+//! Cellar's cache tiers: wrappers in front of the online store that implement the same
+//! [`cellar_store::RecordReader`] interface, so the read path is a stack of tiers
+//! (local -> remote -> store) chosen per feature group by its serving policy.
+//!
+//! - [`local`]: the in-process tier, bounded by bytes, with soft and hard TTLs, jitter,
+//!   negative caching, background refresh of stale entries, and write-through / write-around;
+//! - [`ttl`]: deadlines with jitter;
+//! - [`metrics`]: hit, miss, negative-hit and stale counters per tier and group.
+//!
+//! Depends on `cellar-spec` and `cellar-store` only; serving builds on top of it.
+
+pub mod local;
+pub mod metrics;
+pub mod ttl;
+
+pub use local::LocalTier;
+pub use metrics::{CacheMetrics, Outcome};

@@ -1,1 +1,252 @@
-fn main() {}
+//! `cellar`: a real-time feature platform in one binary.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use cellar::config::Config;
+use cellar::node::{shutdown_signal, Node};
+use cellar::{client, quickstart, repo};
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+
+#[derive(Parser)]
+#[command(name = "cellar", version, about = "A real-time feature platform")]
+struct Cli {
+    /// Runtime config file (TOML); `CELLAR_*` environment variables override it.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Directory of embedded state (store, SQLite registry).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Feature repo directory.
+    #[arg(long, global = true)]
+    repo: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write an example feature repo, apply it, load sample data and serve it.
+    Quickstart {
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Serve features over HTTP.
+    Serve {
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Show what `apply` would add, change or remove.
+    Plan,
+    /// Validate the feature repo and apply it to the registry.
+    Apply,
+    /// Fetch features from a running server and print them as tables.
+    Get {
+        /// Entity key as key=value; repeat for more rows.
+        #[arg(long = "entity", short = 'e', required = true)]
+        entities: Vec<String>,
+        /// Feature group to read; repeat for more.
+        #[arg(long = "group", short = 'g')]
+        groups: Vec<String>,
+        /// Only these features (of every group given).
+        #[arg(long = "feature", short = 'f')]
+        features: Vec<String>,
+        /// Feature service to read instead of groups.
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long)]
+        top_n: Option<usize>,
+        /// Time-series window such as 30m or 7d.
+        #[arg(long)]
+        window: Option<String>,
+        /// Print the JSON answer instead of tables.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = "http://127.0.0.1:6566")]
+        server: String,
+    },
+    /// Serve a fixed body from a bare HTTP server: the serving benchmark's baseline.
+    #[command(hide = true)]
+    BenchBaseline {
+        #[arg(long, default_value = "127.0.0.1:6591")]
+        listen: String,
+        #[arg(long, default_value_t = 200)]
+        body_bytes: usize,
+    },
+    /// Push records (a /v1/push JSON body, from a file or stdin) to a running server.
+    Push {
+        /// File with the body; `-` or nothing reads stdin.
+        file: Option<PathBuf>,
+        #[arg(long, default_value = "http://127.0.0.1:6566")]
+        server: String,
+    },
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let mut config = Config::load(cli.config.as_deref())?;
+    if let Some(d) = &cli.data_dir {
+        config.data_dir = d.clone();
+    }
+    if let Some(r) = &cli.repo {
+        config.repo = r.clone();
+    }
+    Ok(config)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let mut config = load_config(&cli)?;
+    match cli.command {
+        Command::Quickstart { listen } => {
+            if let Some(l) = listen {
+                config.server.listen = l;
+            }
+            if cli.repo.is_none() {
+                config.repo = config.data_dir.join("feature_repo");
+            }
+            run_quickstart(config).await
+        }
+        Command::Serve { listen } => {
+            if let Some(l) = listen {
+                config.server.listen = l;
+            }
+            let node = Node::open(config.clone()).await?;
+            if node.version == 0 {
+                tracing::warn!("the registry is empty: run `cellar apply` to serve a feature repo");
+            }
+            let http = bind(&config.server.listen).await?;
+            node.serve(http, shutdown_signal()).await
+        }
+        Command::Plan => {
+            let registry = cellar_registry::Registry::open(&config.registry_url()).await?;
+            match repo::plan_repo(&registry, &config.repo).await {
+                Ok((_, plan)) => {
+                    print!("{}", repo::render_plan(&plan));
+                    Ok(())
+                }
+                Err(e) => {
+                    eprint!("{e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        Command::Apply => {
+            let registry = cellar_registry::Registry::open(&config.registry_url()).await?;
+            match repo::plan_repo(&registry, &config.repo).await {
+                Ok((desired, plan)) => {
+                    print!("{}", repo::render_plan(&plan));
+                    let outcome = registry.apply(&desired).await?;
+                    if outcome.changed {
+                        println!("applied: registry is at version {}", outcome.version);
+                    } else {
+                        println!("nothing to apply: registry stays at version {}", outcome.version);
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    eprint!("{e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        Command::Get {
+            entities,
+            groups,
+            features,
+            service,
+            top_n,
+            window,
+            json,
+            server,
+        } => {
+            let body = client::features_body(
+                client::entity_columns(&entities)?,
+                &groups,
+                &features,
+                top_n,
+                window.as_deref(),
+                service.as_deref(),
+            )?;
+            let answer = client::post(&server, "/v1/features", &body).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+            } else {
+                print!("{}", client::render_features(&answer));
+            }
+            Ok(())
+        }
+        Command::BenchBaseline { listen, body_bytes } => {
+            let listener = bind(&listen).await?;
+            cellar::bench::serve_baseline(listener, body_bytes).await?;
+            Ok(())
+        }
+        Command::Push { file, server } => {
+            let text = match file {
+                Some(f) if f.as_os_str() != "-" => std::fs::read_to_string(&f)
+                    .with_context(|| format!("reading {}", f.display()))?,
+                _ => std::io::read_to_string(std::io::stdin()).context("reading stdin")?,
+            };
+            let body: serde_json::Value =
+                serde_json::from_str(&text).context("the push body is not valid JSON")?;
+            let answer = client::post(&server, "/v1/push", &body).await?;
+            println!("{answer}");
+            Ok(())
+        }
+    }
+}
+
+async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
+}
+
+async fn run_quickstart(config: Config) -> anyhow::Result<()> {
+    quickstart::write_example_repo(&config.repo)?;
+    println!("example feature repo: {}", config.repo.display());
+    let registry = cellar_registry::Registry::open(&config.registry_url()).await?;
+    let (desired, plan) = repo::plan_repo(&registry, &config.repo)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    print!("{}", repo::render_plan(&plan));
+    let outcome = registry.apply(&desired).await?;
+    println!("registry at version {}", outcome.version);
+    registry.close().await;
+
+    let node = Node::open(config.clone()).await?;
+    // The anchor of the sample data's event times is kept, so a second quickstart rewrites
+    // the same records instead of adding new ones.
+    let anchor_file = config.data_dir.join("quickstart-anchor");
+    let (anchor, fresh) = match std::fs::read_to_string(&anchor_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<i64>().ok())
+    {
+        Some(a) => (a, false),
+        None => (chrono::Utc::now().timestamp_millis(), true),
+    };
+    if fresh {
+        println!("loading sample data ({} users, {} articles)...", quickstart::USERS, quickstart::ARTICLES);
+        let loaded = quickstart::load_sample_data(&*node.store, &desired, anchor).await?;
+        std::fs::write(&anchor_file, anchor.to_string())?;
+        println!(
+            "loaded {} records in {:.1} s ({:.0} records/s)",
+            loaded.records,
+            loaded.seconds,
+            loaded.records as f64 / loaded.seconds.max(1e-9)
+        );
+    } else {
+        println!("sample data already loaded");
+    }
+    let http = bind(&config.server.listen).await?;
+    println!("{}", quickstart::example_requests(&config.server.listen));
+    node.serve(http, shutdown_signal()).await
+}

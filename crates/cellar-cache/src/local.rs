@@ -1,0 +1,425 @@
+//! The local tier: an in-process cache bounded by bytes, in front of the next tier.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use cellar_spec::{EntityKey, FeatureGroup, GroupKind, Tier, WriteStrategy};
+use cellar_store::{Record, RecordReader, Result, TimeseriesQuery};
+use moka::ops::compute::Op;
+use moka::sync::Cache;
+
+use crate::metrics::{CacheMetrics, Outcome};
+use crate::ttl::Deadlines;
+
+/// Records a time-series entry keeps when the group sets no retention count.
+pub const DEFAULT_CACHED_SERIES_LEN: usize = 200;
+
+/// Key of one cached entry: group and entity, joined by a NUL (neither may contain one).
+type CacheKey = String;
+
+fn cache_key(group: &str, entity: &EntityKey) -> CacheKey {
+    let mut k = String::with_capacity(group.len() + 1 + entity.0.len());
+    k.push_str(group);
+    k.push('\0');
+    k.push_str(&entity.0);
+    k
+}
+
+/// What the cache knows about one entity of one group.
+#[derive(Debug, Clone)]
+pub(crate) enum Cached {
+    /// The next tier had no record: a negative entry.
+    Missing,
+    Attribute(Arc<Record>),
+    /// The newest records, newest first. `complete` is true when they are all the records the
+    /// next tier had (fewer than asked for), so any `top_n` can be answered from them.
+    Series {
+        records: Arc<Vec<Record>>,
+        complete: bool,
+    },
+}
+
+impl Cached {
+    /// Event time of the newest record held; a newer one always replaces an older one.
+    fn newest_event_time(&self) -> Option<i64> {
+        match self {
+            Cached::Missing => None,
+            Cached::Attribute(r) => Some(r.event_time),
+            Cached::Series { records, .. } => records.first().map(|r| r.event_time),
+        }
+    }
+
+    fn weight(&self, key_len: usize) -> u32 {
+        // Rough in-memory size: the struct overheads plus the values' payloads.
+        let records = match self {
+            Cached::Missing => 0,
+            Cached::Attribute(r) => record_weight(r),
+            Cached::Series { records, .. } => records.iter().map(record_weight).sum(),
+        };
+        (64 + key_len + records).min(u32::MAX as usize) as u32
+    }
+}
+
+fn record_weight(r: &Record) -> usize {
+    fn value_weight(v: &cellar_spec::Value) -> usize {
+        use cellar_spec::Value::*;
+        32 + match v {
+            String(s) => s.len(),
+            Bytes(b) => b.len(),
+            List(xs) | Set(xs) => xs.iter().map(value_weight).sum(),
+            Map(kv) => kv.iter().map(|(k, v)| k.len() + value_weight(v)).sum(),
+            Vector(xs) => xs.len() * 4,
+            _ => 0,
+        }
+    }
+    48 + r.values.iter().map(value_weight).sum::<usize>()
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    cached: Cached,
+    deadlines: Deadlines,
+}
+
+/// Tells moka when each entry must go: at its own hard deadline.
+struct HardExpiry;
+
+impl moka::Expiry<CacheKey, Entry> for HardExpiry {
+    fn expire_after_create(&self, _: &CacheKey, e: &Entry, created_at: Instant) -> Option<Duration> {
+        Some(e.deadlines.hard.saturating_duration_since(created_at))
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &CacheKey,
+        e: &Entry,
+        updated_at: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(e.deadlines.hard.saturating_duration_since(updated_at))
+    }
+}
+
+/// The in-process cache tier. Implements [`RecordReader`] over the next tier (the remote
+/// cache or the store), serving each group only if its policy lists the local tier.
+pub struct LocalTier {
+    /// Entries by group and entity, weighed in bytes; moka evicts past the byte budget and
+    /// drops entries at their hard deadline.
+    cache: Cache<CacheKey, Entry>,
+    /// Where misses and refreshes read from.
+    next: Arc<dyn RecordReader>,
+    /// Keys being refreshed in the background, so a stale hot key is refreshed once.
+    refreshing: Arc<Mutex<HashSet<CacheKey>>>,
+    metrics: CacheMetrics,
+}
+
+impl LocalTier {
+    /// A local tier of at most `max_bytes` in front of `next`.
+    pub fn new(max_bytes: u64, next: Arc<dyn RecordReader>, metrics: CacheMetrics) -> LocalTier {
+        let cache = Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|k: &CacheKey, e: &Entry| e.cached.weight(k.len()))
+            .expire_after(HardExpiry)
+            .build();
+        LocalTier {
+            cache,
+            next,
+            refreshing: Arc::default(),
+            metrics,
+        }
+    }
+
+    fn serves(group: &FeatureGroup) -> bool {
+        group.serving.tiers.contains(&Tier::Local)
+    }
+
+    /// Series entries hold this many records, so that most `top_n` can be answered.
+    fn series_len(group: &FeatureGroup) -> usize {
+        group
+            .retention
+            .max_records
+            .map_or(DEFAULT_CACHED_SERIES_LEN, |n| n as usize)
+    }
+
+    /// Looks up one key. A stale entry is returned and refreshed in the background.
+    fn lookup(&self, group: &FeatureGroup, key: &CacheKey, entity: &EntityKey) -> Option<Cached> {
+        let entry = self.cache.get(key)?;
+        let now = Instant::now();
+        if now >= entry.deadlines.hard {
+            return None;
+        }
+        if now >= entry.deadlines.soft {
+            self.metrics.record(Tier::Local, &group.name, Outcome::Stale);
+            self.refresh(group, key.clone(), entity.clone());
+        }
+        Some(entry.cached)
+    }
+
+    fn refresh(&self, group: &FeatureGroup, key: CacheKey, entity: EntityKey) {
+        {
+            let Ok(mut refreshing) = self.refreshing.lock() else {
+                return;
+            };
+            if !refreshing.insert(key.clone()) {
+                return;
+            }
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            self.done_refreshing(&key);
+            return;
+        };
+        let next = self.next.clone();
+        let group = group.clone();
+        let cache = self.cache.clone();
+        let refreshing = self.refreshing.clone();
+        let len = Self::series_len(&group);
+        handle.spawn(async move {
+            let fresh = read_next(&*next, &group, std::slice::from_ref(&entity), len).await;
+            match fresh {
+                Ok(mut found) => {
+                    if let Some(cached) = found.pop() {
+                        insert_if_newer(&cache, &group, key.clone(), cached);
+                    }
+                }
+                Err(e) => tracing::warn!(group = %group.name, error = %e, "local tier refresh failed"),
+            }
+            if let Ok(mut r) = refreshing.lock() {
+                r.remove(&key);
+            }
+        });
+    }
+
+    fn done_refreshing(&self, key: &CacheKey) {
+        if let Ok(mut r) = self.refreshing.lock() {
+            r.remove(key);
+        }
+    }
+
+    /// Applies a write to the cached copy as the group's write strategy says: write-through
+    /// puts the record in (when newer), write-around drops the cached copy.
+    pub fn record_written(&self, group: &FeatureGroup, entity: &EntityKey, record: &Record) {
+        if !Self::serves(group) {
+            return;
+        }
+        let key = cache_key(&group.name, entity);
+        match group.serving.write {
+            WriteStrategy::Around => self.cache.invalidate(&key),
+            WriteStrategy::Through => {
+                let deadlines = Deadlines::positive(&group.serving);
+                let len = Self::series_len(group);
+                self.cache.entry(key).and_compute_with(|current| {
+                    let current = current.map(|e| e.into_value().cached);
+                    match (group.kind, current) {
+                        (GroupKind::Attribute, Some(Cached::Attribute(cur)))
+                            if cur.event_time >= record.event_time =>
+                        {
+                            Op::Nop
+                        }
+                        (GroupKind::Attribute, _) => Op::Put(Entry {
+                            cached: Cached::Attribute(Arc::new(record.clone())),
+                            deadlines,
+                        }),
+                        (GroupKind::Timeseries, Some(Cached::Series { records, complete })) => {
+                            let mut records = (*records).clone();
+                            let at = records
+                                .iter()
+                                .position(|r| r.event_time <= record.event_time)
+                                .unwrap_or(records.len());
+                            if records.get(at).map(|r| r.event_time) == Some(record.event_time) {
+                                records[at] = record.clone();
+                            } else {
+                                records.insert(at, record.clone());
+                            }
+                            let complete = complete && records.len() <= len;
+                            records.truncate(len);
+                            Op::Put(Entry {
+                                cached: Cached::Series {
+                                    records: Arc::new(records),
+                                    complete,
+                                },
+                                deadlines,
+                            })
+                        }
+                        // Without the series already cached, one record is not the whole
+                        // series: leave it to the next read to fill.
+                        (GroupKind::Timeseries, Some(Cached::Missing)) | (GroupKind::Timeseries, None) => {
+                            Op::Remove
+                        }
+                        (GroupKind::Timeseries, Some(Cached::Attribute(_))) => Op::Remove,
+                    }
+                });
+            }
+        }
+    }
+
+    /// Drops every cached copy of the given entities of a group.
+    pub fn invalidate(&self, group: &FeatureGroup, entities: &[EntityKey]) {
+        for e in entities {
+            self.cache.invalidate(&cache_key(&group.name, e));
+        }
+    }
+
+    /// Bytes held, as weighed.
+    pub fn weighted_size(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.weighted_size()
+    }
+}
+
+/// Stores `cached` unless the entry already holds a newer record: a slow read never overwrites
+/// a fresher write.
+fn insert_if_newer(cache: &Cache<CacheKey, Entry>, group: &FeatureGroup, key: CacheKey, cached: Cached) {
+    let deadlines = match cached {
+        Cached::Missing => Deadlines::negative(&group.serving),
+        _ => Deadlines::positive(&group.serving),
+    };
+    let incoming = cached.newest_event_time();
+    cache.entry(key).and_compute_with(|current| match current {
+        Some(cur) if cur.value().cached.newest_event_time() > incoming => Op::Nop,
+        _ => Op::Put(Entry { cached, deadlines }),
+    });
+}
+
+/// Reads entities from the next tier in the cache's shape.
+async fn read_next(
+    next: &dyn RecordReader,
+    group: &FeatureGroup,
+    entities: &[EntityKey],
+    series_len: usize,
+) -> Result<Vec<Cached>> {
+    match group.kind {
+        GroupKind::Attribute => Ok(next
+            .get_attributes(group, entities)
+            .await?
+            .into_iter()
+            .map(|r| r.map_or(Cached::Missing, |r| Cached::Attribute(Arc::new(r))))
+            .collect()),
+        GroupKind::Timeseries => {
+            let query = TimeseriesQuery {
+                top_n: series_len,
+                since: None,
+            };
+            Ok(next
+                .scan_timeseries(group, entities, query)
+                .await?
+                .into_iter()
+                .map(|records| {
+                    if records.is_empty() {
+                        Cached::Missing
+                    } else {
+                        let complete = records.len() < series_len;
+                        Cached::Series {
+                            records: Arc::new(records),
+                            complete,
+                        }
+                    }
+                })
+                .collect())
+        }
+    }
+}
+
+#[async_trait]
+impl RecordReader for LocalTier {
+    async fn get_attributes(
+        &self,
+        group: &FeatureGroup,
+        entities: &[EntityKey],
+    ) -> Result<Vec<Option<Record>>> {
+        if !Self::serves(group) {
+            return self.next.get_attributes(group, entities).await;
+        }
+        let mut out: Vec<Option<Record>> = vec![None; entities.len()];
+        let mut missed: Vec<usize> = Vec::new();
+        let mut missed_keys: Vec<CacheKey> = Vec::new();
+        for (i, entity) in entities.iter().enumerate() {
+            let key = cache_key(&group.name, entity);
+            match self.lookup(group, &key, entity) {
+                Some(Cached::Attribute(r)) => {
+                    self.metrics.record(Tier::Local, &group.name, Outcome::Hit);
+                    out[i] = Some((*r).clone());
+                }
+                Some(Cached::Missing) => {
+                    self.metrics
+                        .record(Tier::Local, &group.name, Outcome::NegativeHit);
+                }
+                Some(Cached::Series { .. }) | None => {
+                    self.metrics.record(Tier::Local, &group.name, Outcome::Miss);
+                    missed.push(i);
+                    missed_keys.push(key);
+                }
+            }
+        }
+        if missed.is_empty() {
+            return Ok(out);
+        }
+        let asked: Vec<EntityKey> = missed.iter().map(|&i| entities[i].clone()).collect();
+        let found = read_next(&*self.next, group, &asked, 0).await?;
+        for ((i, key), cached) in missed.into_iter().zip(missed_keys).zip(found) {
+            if let Cached::Attribute(r) = &cached {
+                out[i] = Some((**r).clone());
+            }
+            insert_if_newer(&self.cache, group, key, cached);
+        }
+        Ok(out)
+    }
+
+    async fn scan_timeseries(
+        &self,
+        group: &FeatureGroup,
+        entities: &[EntityKey],
+        query: TimeseriesQuery,
+    ) -> Result<Vec<Vec<Record>>> {
+        let len = Self::series_len(group);
+        if !Self::serves(group) || query.top_n > len {
+            return self.next.scan_timeseries(group, entities, query).await;
+        }
+        let mut out: Vec<Vec<Record>> = vec![Vec::new(); entities.len()];
+        let mut missed: Vec<usize> = Vec::new();
+        let mut missed_keys: Vec<CacheKey> = Vec::new();
+        for (i, entity) in entities.iter().enumerate() {
+            let key = cache_key(&group.name, entity);
+            match self.lookup(group, &key, entity) {
+                Some(Cached::Series { records, complete })
+                    if complete || records.len() >= query.top_n =>
+                {
+                    self.metrics.record(Tier::Local, &group.name, Outcome::Hit);
+                    out[i] = select(&records, query);
+                }
+                Some(Cached::Missing) => {
+                    self.metrics
+                        .record(Tier::Local, &group.name, Outcome::NegativeHit);
+                }
+                _ => {
+                    self.metrics.record(Tier::Local, &group.name, Outcome::Miss);
+                    missed.push(i);
+                    missed_keys.push(key);
+                }
+            }
+        }
+        if missed.is_empty() {
+            return Ok(out);
+        }
+        let asked: Vec<EntityKey> = missed.iter().map(|&i| entities[i].clone()).collect();
+        let found = read_next(&*self.next, group, &asked, len).await?;
+        for ((i, key), cached) in missed.into_iter().zip(missed_keys).zip(found) {
+            if let Cached::Series { records, .. } = &cached {
+                out[i] = select(records, query);
+            }
+            insert_if_newer(&self.cache, group, key, cached);
+        }
+        Ok(out)
+    }
+}
+
+/// The records of a cached series that a query asks for.
+fn select(records: &[Record], query: TimeseriesQuery) -> Vec<Record> {
+    records
+        .iter()
+        .take_while(|r| query.since.is_none_or(|since| r.event_time >= since))
+        .take(query.top_n)
+        .cloned()
+        .collect()
+}

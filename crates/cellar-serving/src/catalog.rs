@@ -1,0 +1,76 @@
+//! The applied specs as the serving path looks them up: by name, with each group's entity.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cellar_spec::{Entity, FeatureGroup, FeatureRepo, FeatureService};
+
+/// A feature group with its entity, ready to serve.
+#[derive(Debug)]
+pub struct ServedGroup {
+    pub spec: FeatureGroup,
+    pub entity: Entity,
+}
+
+/// Every group and feature service of the applied repo, by name.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    groups: HashMap<String, Arc<ServedGroup>>,
+    services: HashMap<String, FeatureService>,
+    /// Which entity each key field name belongs to, to explain a wrong key name.
+    key_owners: HashMap<String, String>,
+}
+
+impl Catalog {
+    /// Builds the catalog of an applied (validated) repo. Groups whose entity is missing are
+    /// skipped; validation rejects such repos before they are applied.
+    pub fn new(repo: &FeatureRepo) -> Catalog {
+        let mut groups = HashMap::new();
+        for g in &repo.groups {
+            if let Some(entity) = repo.entity(&g.entity) {
+                groups.insert(
+                    g.name.clone(),
+                    Arc::new(ServedGroup {
+                        spec: g.clone(),
+                        entity: entity.clone(),
+                    }),
+                );
+            }
+        }
+        let services = repo
+            .services
+            .iter()
+            .map(|s| (s.name.clone(), s.clone()))
+            .collect();
+        let key_owners = repo
+            .entities
+            .iter()
+            .flat_map(|e| e.keys.iter().map(|k| (k.name.clone(), e.name.clone())))
+            .collect();
+        Catalog {
+            groups,
+            services,
+            key_owners,
+        }
+    }
+
+    pub fn group(&self, name: &str) -> Option<&Arc<ServedGroup>> {
+        self.groups.get(name)
+    }
+
+    pub fn service(&self, name: &str) -> Option<&FeatureService> {
+        self.services.get(name)
+    }
+
+    /// The entity that has a key field of this name, if any.
+    pub fn key_owner(&self, field: &str) -> Option<&str> {
+        self.key_owners.get(field).map(String::as_str)
+    }
+
+    /// Group names, sorted, for error messages.
+    pub fn group_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.groups.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+}

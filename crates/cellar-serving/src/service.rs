@@ -1,0 +1,633 @@
+//! The serving service: one trait that every protocol adapter (HTTP/JSON, Feast, gRPC) calls.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cellar_cache::LocalTier;
+use cellar_spec::{EntityKey, GroupKind, Value};
+use cellar_store::{OnlineStore, PutOutcome, Record, RecordReader, TimeseriesQuery, Write};
+
+use crate::catalog::{Catalog, ServedGroup};
+use crate::error::ServeError;
+
+/// Request limits and defaults of the serving path.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Most entity rows one request may ask for.
+    pub max_entities: usize,
+    /// Most records one push may carry.
+    pub max_push_records: usize,
+    /// `top_n` of a time-series group when the request does not say.
+    pub default_top_n: usize,
+    /// Largest `top_n` a request may ask for.
+    pub max_top_n: usize,
+    /// A read that takes longer fails with a deadline error instead of holding the client.
+    pub deadline: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_entities: 1000,
+            max_push_records: 10_000,
+            default_top_n: 50,
+            max_top_n: 1000,
+            deadline: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Which features a request reads.
+#[derive(Debug, Clone)]
+pub enum Selection {
+    Groups(Vec<GroupRequest>),
+    /// A feature service by name; time-series groups use the default `top_n` and no window.
+    Service(String),
+}
+
+/// One group of a read, with an optional subset of its features.
+#[derive(Debug, Clone, Default)]
+pub struct GroupRequest {
+    pub group: String,
+    /// `None` reads every feature, in spec order.
+    pub features: Option<Vec<String>>,
+    /// Time series: most records per entity.
+    pub top_n: Option<usize>,
+    /// Time series: only records newer than this (`30m`, `7d`, ...).
+    pub window: Option<String>,
+}
+
+/// A read of features for rows of entity keys.
+#[derive(Debug, Clone)]
+pub struct FeatureRequest {
+    /// Entity key columns: a key field name and one value per row; all of the same length.
+    pub entities: Vec<(String, Vec<serde_json::Value>)>,
+    pub select: Selection,
+}
+
+/// Whether a value was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Present,
+    NotFound,
+    /// A record exists but is older than the group's retention `max_age`.
+    Expired,
+}
+
+/// One row's answer for one group.
+#[derive(Debug, Clone)]
+pub enum Row {
+    /// Attribute group: the current record, if any.
+    Record {
+        status: Status,
+        record: Option<Record>,
+    },
+    /// Time-series group: records newest first, as the request bounded them.
+    Series { records: Vec<Record> },
+}
+
+impl Row {
+    pub fn status(&self) -> Status {
+        match self {
+            Row::Record { status, .. } => *status,
+            Row::Series { records } if records.is_empty() => Status::NotFound,
+            Row::Series { .. } => Status::Present,
+        }
+    }
+}
+
+/// The answer for one group: the features read (by position) and one row per entity row.
+#[derive(Debug, Clone)]
+pub struct GroupResult {
+    pub group: Arc<ServedGroup>,
+    /// Positions of the features returned, in the order asked.
+    pub features: Vec<usize>,
+    pub rows: Vec<Row>,
+}
+
+impl GroupResult {
+    pub fn feature_names(&self) -> impl Iterator<Item = &str> + Clone {
+        self.features
+            .iter()
+            .map(|&i| self.group.spec.features[i].name.as_str())
+    }
+}
+
+/// The answer to a [`FeatureRequest`].
+#[derive(Debug, Clone)]
+pub struct FeatureResponse {
+    /// The entity key columns, echoed.
+    pub entities: Vec<(String, Vec<serde_json::Value>)>,
+    pub groups: Vec<GroupResult>,
+}
+
+/// One record to push.
+#[derive(Debug, Clone, Default)]
+pub struct PushRow {
+    /// Entity key field name -> value.
+    pub entity: Vec<(String, serde_json::Value)>,
+    /// RFC 3339 text or epoch milliseconds; `None` means now.
+    pub event_time: Option<serde_json::Value>,
+    /// Feature name -> value; features left out are null.
+    pub features: Vec<(String, serde_json::Value)>,
+}
+
+/// Records to write into one group.
+#[derive(Debug, Clone)]
+pub struct PushRequest {
+    pub group: String,
+    pub rows: Vec<PushRow>,
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PushResponse {
+    /// Records stored.
+    pub applied: usize,
+    /// Records older than the stored one, left out (newer event time wins).
+    pub stale: usize,
+}
+
+/// The serving operations, whatever the protocol.
+#[async_trait]
+pub trait FeatureServing: Send + Sync {
+    async fn get_features(&self, req: FeatureRequest) -> Result<FeatureResponse, ServeError>;
+    async fn push(&self, req: PushRequest) -> Result<PushResponse, ServeError>;
+    /// The entity key field names of a group, so column-shaped pushes can tell keys from
+    /// features.
+    fn entity_key_fields(&self, group: &str) -> Result<Vec<String>, ServeError>;
+}
+
+/// The serving service over a read path (cache tiers and store) and the store for writes.
+pub struct FeatureServer {
+    catalog: RwLock<Arc<Catalog>>,
+    /// Reads go through the cache tiers.
+    reader: Arc<dyn RecordReader>,
+    /// Writes go to the store, then to the cache tiers per the group's write strategy.
+    store: Arc<dyn OnlineStore>,
+    local: Option<Arc<LocalTier>>,
+    limits: Limits,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Parses a window such as `500ms`, `30s`, `10m`, `2h` or `7d`.
+pub fn parse_window(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let ms = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    n.checked_mul(ms).map(Duration::from_millis)
+}
+
+/// One group of a read, resolved against the catalog.
+struct ResolvedGroup {
+    group: Arc<ServedGroup>,
+    features: Vec<usize>,
+    query: TimeseriesQuery,
+}
+
+impl FeatureServer {
+    pub fn new(
+        catalog: Catalog,
+        reader: Arc<dyn RecordReader>,
+        store: Arc<dyn OnlineStore>,
+        local: Option<Arc<LocalTier>>,
+        limits: Limits,
+    ) -> FeatureServer {
+        FeatureServer {
+            catalog: RwLock::new(Arc::new(catalog)),
+            reader,
+            store,
+            local,
+            limits,
+        }
+    }
+
+    /// Swaps in the catalog of a newly applied repo.
+    pub fn reload(&self, catalog: Catalog) {
+        if let Ok(mut c) = self.catalog.write() {
+            *c = Arc::new(catalog);
+        }
+    }
+
+    pub fn catalog(&self) -> Arc<Catalog> {
+        match self.catalog.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    fn resolve(&self, catalog: &Catalog, select: &Selection) -> Result<Vec<ResolvedGroup>, ServeError> {
+        let requests: Vec<GroupRequest> = match select {
+            Selection::Groups(groups) => groups.clone(),
+            Selection::Service(name) => {
+                let service = catalog
+                    .service(name)
+                    .ok_or_else(|| ServeError::UnknownService(name.clone()))?;
+                service
+                    .features
+                    .iter()
+                    .map(|s| GroupRequest {
+                        group: s.group.clone(),
+                        features: s.features.clone(),
+                        top_n: None,
+                        window: None,
+                    })
+                    .collect()
+            }
+        };
+        if requests.is_empty() {
+            return Err(ServeError::invalid(
+                "no feature groups asked for: give `groups` (or `features`) or a `feature_service`",
+            ));
+        }
+        let mut out = Vec::with_capacity(requests.len());
+        for (i, r) in requests.iter().enumerate() {
+            let group = catalog.group(&r.group).ok_or_else(|| ServeError::UnknownGroup {
+                name: r.group.clone(),
+                known: catalog.group_names().join(", "),
+            })?;
+            let spec = &group.spec;
+            let features = match &r.features {
+                None => (0..spec.features.len()).collect(),
+                Some(names) => {
+                    let mut positions = Vec::with_capacity(names.len());
+                    for name in names {
+                        let pos = spec.feature_index(name).ok_or_else(|| {
+                            ServeError::UnknownFeature {
+                                group: spec.name.clone(),
+                                feature: name.clone(),
+                                known: spec
+                                    .features
+                                    .iter()
+                                    .map(|f| f.name.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", "),
+                            }
+                        })?;
+                        positions.push(pos);
+                    }
+                    positions
+                }
+            };
+            let is_series = spec.kind == GroupKind::Timeseries;
+            if !is_series && (r.top_n.is_some() || r.window.is_some()) {
+                return Err(ServeError::invalid(format!(
+                    "groups[{i}]: `top_n` and `window` apply to time-series groups; `{}` is an attribute group",
+                    spec.name
+                )));
+            }
+            let top_n = r.top_n.unwrap_or(self.limits.default_top_n);
+            if top_n == 0 || top_n > self.limits.max_top_n {
+                return Err(ServeError::invalid(format!(
+                    "groups[{i}].top_n: {top_n} is out of range, it must be from 1 to {}",
+                    self.limits.max_top_n
+                )));
+            }
+            let window = match &r.window {
+                None => None,
+                Some(w) => Some(parse_window(w).filter(|d| !d.is_zero()).ok_or_else(|| {
+                    ServeError::invalid(format!(
+                        "groups[{i}].window: `{w}` is not a window; write a positive whole number with a unit: ms, s, m, h or d (e.g. `30m`, `7d`)"
+                    ))
+                })?),
+            };
+            // The group's retention age bounds every read, whatever the window.
+            let max_age = match (window, spec.retention.max_age) {
+                (Some(w), Some(a)) => Some(w.min(a)),
+                (w, a) => w.or(a),
+            };
+            let since = max_age.map(|d| now_ms().saturating_sub(d.as_millis() as i64));
+            out.push(ResolvedGroup {
+                group: group.clone(),
+                features,
+                query: TimeseriesQuery { top_n, since },
+            });
+        }
+        Ok(out)
+    }
+
+    /// Builds each group's entity keys from the request's key columns.
+    fn keys_for(
+        &self,
+        group: &ServedGroup,
+        columns: &[(String, Vec<serde_json::Value>)],
+        rows: usize,
+    ) -> Result<Vec<EntityKey>, ServeError> {
+        let entity = &group.entity;
+        let mut cols = Vec::with_capacity(entity.keys.len());
+        for field in &entity.keys {
+            let col = columns
+                .iter()
+                .find(|(name, _)| *name == field.name)
+                .ok_or_else(|| {
+                    let given: Vec<&str> = columns.iter().map(|(n, _)| n.as_str()).collect();
+                    ServeError::invalid(format!(
+                        "entities: feature group `{}` needs entity key `{}` (entity `{}`); the request gives: {}",
+                        group.spec.name,
+                        field.name,
+                        entity.name,
+                        if given.is_empty() { "none".to_owned() } else { given.join(", ") }
+                    ))
+                })?;
+            cols.push(&col.1);
+        }
+        let mut keys = Vec::with_capacity(rows);
+        let mut parts: Vec<&serde_json::Value> = Vec::with_capacity(cols.len());
+        for row in 0..rows {
+            parts.clear();
+            parts.extend(cols.iter().map(|c| &c[row]));
+            let key = entity
+                .key_from_json(&parts)
+                .map_err(|e| ServeError::invalid(format!("entities[{row}]: {e}")))?;
+            keys.push(key);
+        }
+        Ok(keys)
+    }
+
+    async fn read_group(
+        &self,
+        resolved: &ResolvedGroup,
+        keys: Vec<EntityKey>,
+    ) -> Result<Vec<Row>, ServeError> {
+        // Rows often repeat a key (a feature service read for one user and many articles):
+        // read each distinct key once.
+        let (unique, index) = dedup(keys);
+        let spec = &resolved.group.spec;
+        let rows: Vec<Row> = match spec.kind {
+            GroupKind::Attribute => {
+                let found = self.reader.get_attributes(spec, &unique).await?;
+                let cutoff = resolved.query.since;
+                found
+                    .into_iter()
+                    .map(|r| match r {
+                        None => Row::Record {
+                            status: Status::NotFound,
+                            record: None,
+                        },
+                        Some(r) if cutoff.is_some_and(|c| r.event_time < c) => Row::Record {
+                            status: Status::Expired,
+                            record: None,
+                        },
+                        Some(r) => Row::Record {
+                            status: Status::Present,
+                            record: Some(r),
+                        },
+                    })
+                    .collect()
+            }
+            GroupKind::Timeseries => self
+                .reader
+                .scan_timeseries(spec, &unique, resolved.query)
+                .await?
+                .into_iter()
+                .map(|records| Row::Series { records })
+                .collect(),
+        };
+        Ok(match index {
+            None => rows,
+            Some(index) => index.into_iter().map(|i| rows[i].clone()).collect(),
+        })
+    }
+
+    async fn read(&self, req: FeatureRequest) -> Result<FeatureResponse, ServeError> {
+        let catalog = self.catalog();
+        let rows = match req.entities.first() {
+            None => {
+                return Err(ServeError::invalid(
+                    "entities: no entity keys given; send at least one key column such as {\"user_id\": [\"u1\"]}",
+                ))
+            }
+            Some((_, values)) => values.len(),
+        };
+        for (name, values) in &req.entities {
+            if values.len() != rows {
+                return Err(ServeError::invalid(format!(
+                    "entities: every key column must have the same number of values; `{}` has {rows}, `{name}` has {}",
+                    req.entities[0].0,
+                    values.len()
+                )));
+            }
+            if catalog.key_owner(name).is_none() {
+                return Err(ServeError::invalid(format!(
+                    "entities: `{name}` is not the key of any entity"
+                )));
+            }
+        }
+        if rows == 0 {
+            return Err(ServeError::invalid("entities: the key columns are empty"));
+        }
+        if rows > self.limits.max_entities {
+            return Err(ServeError::TooManyEntities {
+                count: rows,
+                limit: self.limits.max_entities,
+            });
+        }
+        let resolved = self.resolve(&catalog, &req.select)?;
+        let mut groups = Vec::with_capacity(resolved.len());
+        if resolved.len() == 1 {
+            let r = &resolved[0];
+            let keys = self.keys_for(&r.group, &req.entities, rows)?;
+            groups.push(GroupResult {
+                group: r.group.clone(),
+                features: r.features.clone(),
+                rows: self.read_group(r, keys).await?,
+            });
+        } else {
+            let mut reads = Vec::with_capacity(resolved.len());
+            for r in &resolved {
+                let keys = self.keys_for(&r.group, &req.entities, rows)?;
+                reads.push(self.read_group(r, keys));
+            }
+            for (r, rows) in resolved.iter().zip(futures::future::try_join_all(reads).await?) {
+                groups.push(GroupResult {
+                    group: r.group.clone(),
+                    features: r.features.clone(),
+                    rows,
+                });
+            }
+        }
+        Ok(FeatureResponse {
+            entities: req.entities,
+            groups,
+        })
+    }
+}
+
+/// Distinct keys, and for each row the index of its key among them (`None` when all rows are
+/// already distinct).
+fn dedup(keys: Vec<EntityKey>) -> (Vec<EntityKey>, Option<Vec<usize>>) {
+    if keys.len() < 2 {
+        return (keys, None);
+    }
+    let mut seen: HashMap<&EntityKey, usize> = HashMap::with_capacity(keys.len());
+    let mut index = Vec::with_capacity(keys.len());
+    let mut unique_idx = Vec::new();
+    for (i, k) in keys.iter().enumerate() {
+        let next = seen.len();
+        let at = *seen.entry(k).or_insert(next);
+        if at == next {
+            unique_idx.push(i);
+        }
+        index.push(at);
+    }
+    if unique_idx.len() == keys.len() {
+        return (keys, None);
+    }
+    let unique = unique_idx.into_iter().map(|i| keys[i].clone()).collect();
+    (unique, Some(index))
+}
+
+#[async_trait]
+impl FeatureServing for FeatureServer {
+    fn entity_key_fields(&self, group: &str) -> Result<Vec<String>, ServeError> {
+        let catalog = self.catalog();
+        let g = catalog.group(group).ok_or_else(|| ServeError::UnknownGroup {
+            name: group.to_owned(),
+            known: catalog.group_names().join(", "),
+        })?;
+        Ok(g.entity.keys.iter().map(|k| k.name.clone()).collect())
+    }
+
+    async fn get_features(&self, req: FeatureRequest) -> Result<FeatureResponse, ServeError> {
+        let deadline = self.limits.deadline;
+        match tokio::time::timeout(deadline, self.read(req)).await {
+            Ok(r) => r,
+            Err(_) => Err(ServeError::DeadlineExceeded(deadline.as_millis() as u64)),
+        }
+    }
+
+    async fn push(&self, req: PushRequest) -> Result<PushResponse, ServeError> {
+        let catalog = self.catalog();
+        let group = catalog
+            .group(&req.group)
+            .ok_or_else(|| ServeError::UnknownGroup {
+                name: req.group.clone(),
+                known: catalog.group_names().join(", "),
+            })?
+            .clone();
+        if req.rows.is_empty() {
+            return Err(ServeError::invalid("records: no records to push"));
+        }
+        if req.rows.len() > self.limits.max_push_records {
+            return Err(ServeError::TooLarge(format!(
+                "records: {} records in one push, the limit is {}",
+                req.rows.len(),
+                self.limits.max_push_records
+            )));
+        }
+        let spec = &group.spec;
+        let now = now_ms();
+        let mut writes = Vec::with_capacity(req.rows.len());
+        for (i, row) in req.rows.iter().enumerate() {
+            let mut parts = Vec::with_capacity(group.entity.keys.len());
+            for field in &group.entity.keys {
+                let v = row
+                    .entity
+                    .iter()
+                    .find(|(n, _)| *n == field.name)
+                    .map(|(_, v)| v)
+                    .ok_or_else(|| {
+                        ServeError::invalid(format!(
+                            "records[{i}]: missing entity key `{}` of entity `{}`",
+                            field.name, group.entity.name
+                        ))
+                    })?;
+                parts.push(v);
+            }
+            let entity = group
+                .entity
+                .key_from_json(&parts)
+                .map_err(|e| ServeError::invalid(format!("records[{i}]: {e}")))?;
+            let event_time = match &row.event_time {
+                None => now,
+                Some(v) => cellar_spec::value::parse_timestamp(v).ok_or_else(|| {
+                    ServeError::invalid(format!(
+                        "records[{i}].event_time: expected an RFC 3339 timestamp or epoch milliseconds, got {v}"
+                    ))
+                })?,
+            };
+            let mut values = vec![Value::Null; spec.features.len()];
+            for (name, v) in &row.features {
+                let pos = spec
+                    .feature_index(name)
+                    .ok_or_else(|| ServeError::UnknownFeature {
+                        group: spec.name.clone(),
+                        feature: name.clone(),
+                        known: spec
+                            .features
+                            .iter()
+                            .map(|f| f.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    })?;
+                values[pos] = Value::from_json(spec.features[pos].value_type, v).map_err(|e| {
+                    ServeError::invalid(format!("records[{i}].features.{name}: {e}"))
+                })?;
+            }
+            writes.push(Write {
+                entity,
+                record: Record::new(event_time, values),
+            });
+        }
+        let outcomes = self.store.put(spec, &writes).await?;
+        let mut response = PushResponse::default();
+        for (w, outcome) in writes.iter().zip(outcomes) {
+            match outcome {
+                PutOutcome::Applied => {
+                    response.applied += 1;
+                    if let Some(local) = &self.local {
+                        local.record_written(spec, &w.entity, &w.record);
+                    }
+                }
+                PutOutcome::Stale => response.stale += 1,
+            }
+        }
+        Ok(response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_parse() {
+        assert_eq!(parse_window("30m"), Some(Duration::from_secs(1800)));
+        assert_eq!(parse_window("7d"), Some(Duration::from_secs(7 * 86400)));
+        assert_eq!(parse_window("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_window("7 days"), None);
+        assert_eq!(parse_window("m"), None);
+        assert_eq!(parse_window("99999999999999999999d"), None);
+    }
+
+    #[test]
+    fn dedup_maps_rows_to_distinct_keys() {
+        let k = |s: &str| EntityKey(s.into());
+        let (unique, index) = dedup(vec![k("a"), k("b"), k("a")]);
+        assert_eq!(unique, vec![k("a"), k("b")]);
+        assert_eq!(index, Some(vec![0, 1, 0]));
+        let (unique, index) = dedup(vec![k("a"), k("b")]);
+        assert_eq!(unique.len(), 2);
+        assert_eq!(index, None);
+    }
+}

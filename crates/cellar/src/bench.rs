@@ -1,0 +1,41 @@
+//! The serving benchmark's baseline: a bare HTTP server on the same stack (tokio, hyper,
+//! axum) answering a fixed body, so Cellar's own cost shows as the difference.
+
+use axum::body::Bytes;
+use axum::http::header;
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::net::TcpListener;
+
+/// A fixed JSON body of exactly `len` bytes (at least 2).
+pub fn fixed_body(len: usize) -> Bytes {
+    let mut body = Vec::with_capacity(len.max(2));
+    body.push(b'"');
+    body.resize(len.max(2) - 1, b'x');
+    body.push(b'"');
+    Bytes::from(body)
+}
+
+/// Serves `POST /fixed` (any body; answers the fixed body) and `GET /health`.
+pub async fn serve_baseline(listener: TcpListener, body_bytes: usize) -> std::io::Result<()> {
+    let body = fixed_body(body_bytes);
+    let app = Router::new()
+        .route(
+            "/fixed",
+            post(move |_req: Bytes| {
+                let body = body.clone();
+                async move { ([(header::CONTENT_TYPE, "application/json")], body) }
+            }),
+        )
+        .route("/health", get(|| async { "ok" }));
+    axum::serve(listener, app).await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fixed_body_has_the_size_asked() {
+        assert_eq!(super::fixed_body(300).len(), 300);
+        assert_eq!(super::fixed_body(0).len(), 2);
+    }
+}

@@ -1,0 +1,167 @@
+//! Runtime configuration: defaults, then a TOML file, then `CELLAR_*` environment variables.
+
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Every setting of a Cellar process. Each has a default that works on one machine.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where embedded state lives: the store, and the SQLite registry unless one is given.
+    pub data_dir: PathBuf,
+    /// The feature repo directory that `plan` and `apply` read.
+    pub repo: PathBuf,
+    pub server: ServerConfig,
+    pub registry: RegistryConfig,
+    pub store: StoreConfig,
+    pub cache: CacheConfig,
+}
+
+/// The serving process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// HTTP address.
+    pub listen: String,
+    /// gRPC address.
+    pub grpc_listen: String,
+    pub max_entities_per_request: usize,
+    pub max_push_records: usize,
+    pub max_body_bytes: usize,
+    /// Deadline of one read, in milliseconds.
+    pub deadline_ms: u64,
+    /// `top_n` of time-series groups when a request does not give one.
+    pub default_top_n: usize,
+    pub max_top_n: usize,
+    /// How often the server looks for a newly applied repo, in seconds.
+    pub reload_interval_secs: u64,
+}
+
+/// The registry of applied specs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// `sqlite://PATH` or `postgres://...`; empty means `sqlite://<data_dir>/registry.db`.
+    pub url: String,
+}
+
+/// The online store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Embedded store directory; empty means `<data_dir>/store`.
+    pub path: String,
+}
+
+/// Cache tiers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Byte budget of the in-process tier.
+    pub local_max_bytes: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from(".cellar"),
+            repo: PathBuf::from("feature_repo"),
+            server: ServerConfig {
+                listen: "127.0.0.1:6566".into(),
+                grpc_listen: "127.0.0.1:6567".into(),
+                max_entities_per_request: 1000,
+                max_push_records: 10_000,
+                max_body_bytes: 4 * 1024 * 1024,
+                deadline_ms: 1000,
+                default_top_n: 50,
+                max_top_n: 1000,
+                reload_interval_secs: 5,
+            },
+            registry: RegistryConfig { url: String::new() },
+            store: StoreConfig {
+                path: String::new(),
+            },
+            cache: CacheConfig {
+                local_max_bytes: 512 * 1024 * 1024,
+            },
+        }
+    }
+}
+
+impl Config {
+    /// Loads the configuration: defaults, then `file` (if given), then environment variables
+    /// such as `CELLAR_SERVER__LISTEN=0.0.0.0:6566` (sections separated by `__`).
+    pub fn load(file: Option<&Path>) -> Result<Config, figment::Error> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(figment::Error::from(format!(
+                    "config file {} does not exist",
+                    file.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment
+            .merge(Env::prefixed("CELLAR_").split("__").filter(|k| {
+                // Test and tool variables share the prefix; only sections are config.
+                !k.as_str().starts_with("test")
+            }))
+            .extract()
+    }
+
+    /// The registry URL, defaulting to a SQLite file in the data directory.
+    pub fn registry_url(&self) -> String {
+        if self.registry.url.is_empty() {
+            format!("sqlite://{}", self.data_dir.join("registry.db").display())
+        } else {
+            self.registry.url.clone()
+        }
+    }
+
+    /// The embedded store directory.
+    pub fn store_path(&self) -> PathBuf {
+        if self.store.path.is_empty() {
+            self.data_dir.join("store")
+        } else {
+            PathBuf::from(&self.store.path)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_env_override_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cellar.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"/tmp/x\"\n[server]\nlisten = \"127.0.0.1:7000\"\n",
+        )
+        .unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("CELLAR_SERVER__MAX_ENTITIES_PER_REQUEST", "7");
+            let c = Config::load(Some(&file)).unwrap();
+            assert_eq!(c.server.listen, "127.0.0.1:7000");
+            assert_eq!(c.server.max_entities_per_request, 7);
+            assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+            assert_eq!(c.registry_url(), "sqlite:///tmp/x/registry.db");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_settings_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cellar.toml");
+        std::fs::write(&file, "[server]\nlisten_addr = \"x\"\n").unwrap();
+        let err = Config::load(Some(&file)).unwrap_err().to_string();
+        assert!(err.contains("listen_addr"), "{err}");
+    }
+}

@@ -1,0 +1,16 @@
+//! The `cellar` binary's library: configuration, wiring of a node, and the subcommands, kept
+//! here so tests drive exactly what the binary runs.
+//!
+//! - [`config`]: runtime configuration (defaults, TOML file, `CELLAR_*` variables);
+//! - [`node`]: store, registry, cache tiers and serving wired together, and the servers;
+//! - [`repo`]: `plan` and `apply` of a feature repo directory;
+//! - [`quickstart`]: the example repo and its sample data;
+//! - [`client`]: `get` and `push` against a running server;
+//! - [`bench`]: the serving benchmark's bare-server baseline.
+
+pub mod bench;
+pub mod client;
+pub mod config;
+pub mod node;
+pub mod quickstart;
+pub mod repo;

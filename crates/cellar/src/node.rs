@@ -1,0 +1,156 @@
+//! A Cellar node: the store, registry, cache tiers and serving service wired together, and
+//! the servers that expose them.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use cellar_cache::{CacheMetrics, LocalTier};
+use cellar_registry::Registry;
+use cellar_serving::http::{router, HttpState};
+use cellar_serving::metrics::ServingMetrics;
+use cellar_serving::{Catalog, FeatureServer, FeatureServing, Limits};
+use cellar_store::embedded::EmbeddedStore;
+use cellar_store::{OnlineStore, RecordReader};
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+
+/// Everything a serving process holds.
+pub struct Node {
+    pub config: Config,
+    pub registry: Registry,
+    pub store: Arc<EmbeddedStore>,
+    pub local: Arc<LocalTier>,
+    pub server: Arc<FeatureServer>,
+    pub metrics: Arc<ServingMetrics>,
+    /// Registry version the catalog was built from; 0 before any apply.
+    pub version: i64,
+}
+
+impl Node {
+    /// Opens the store and registry named by `config` and builds the read path.
+    pub async fn open(config: Config) -> anyhow::Result<Node> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+        let registry = Registry::open(&config.registry_url()).await?;
+        let store_path = config.store_path();
+        let store = Arc::new(
+            EmbeddedStore::open(&store_path)
+                .with_context(|| format!("opening the store at {}", store_path.display()))?,
+        );
+        let (catalog, version) = match registry.current().await? {
+            Some(applied) => (Catalog::new(&applied.repo), applied.version),
+            None => (Catalog::default(), 0),
+        };
+        let cache_metrics = CacheMetrics::default();
+        let next: Arc<dyn RecordReader> = store.clone();
+        let local = Arc::new(LocalTier::new(
+            config.cache.local_max_bytes,
+            next,
+            cache_metrics.clone(),
+        ));
+        let mut metrics = ServingMetrics::new();
+        metrics
+            .registry_mut()
+            .register_collector(Box::new(cache_metrics));
+        let limits = Limits {
+            max_entities: config.server.max_entities_per_request,
+            max_push_records: config.server.max_push_records,
+            default_top_n: config.server.default_top_n,
+            max_top_n: config.server.max_top_n,
+            deadline: Duration::from_millis(config.server.deadline_ms),
+        };
+        let reader: Arc<dyn RecordReader> = local.clone();
+        let writer: Arc<dyn OnlineStore> = store.clone();
+        let server = Arc::new(FeatureServer::new(
+            catalog,
+            reader,
+            writer,
+            Some(local.clone()),
+            limits,
+        ));
+        Ok(Node {
+            config,
+            registry,
+            store,
+            local,
+            server,
+            metrics: Arc::new(metrics),
+            version,
+        })
+    }
+
+    /// Serves HTTP on `http` until `shutdown` resolves, reloading the catalog when a new repo
+    /// version is applied.
+    pub async fn serve(
+        self,
+        http: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let service: Arc<dyn FeatureServing> = self.server.clone();
+        let state = Arc::new(HttpState {
+            service,
+            metrics: self.metrics.clone(),
+        });
+        let app = router(state, self.config.server.max_body_bytes);
+        let reload = tokio::spawn(reload_catalog(
+            self.registry.clone(),
+            self.server.clone(),
+            self.version,
+            Duration::from_secs(self.config.server.reload_interval_secs.max(1)),
+        ));
+        tracing::info!(addr = %http.local_addr()?, "serving http");
+        let result = axum::serve(http, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("http server failed");
+        reload.abort();
+        result
+    }
+}
+
+/// Polls the registry and swaps in the catalog of each newly applied version.
+async fn reload_catalog(
+    registry: Registry,
+    server: Arc<FeatureServer>,
+    mut version: i64,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        match registry.current().await {
+            Ok(Some(applied)) if applied.version != version => {
+                version = applied.version;
+                server.reload(Catalog::new(&applied.repo));
+                tracing::info!(version, "serving a newly applied repo");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "registry poll failed"),
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,380 @@
+//! End-to-end tests of a serving node over HTTP: the example repo applied, records pushed and
+//! read back through the local tier and the embedded store.
+
+use std::net::SocketAddr;
+
+use cellar::config::Config;
+use cellar::node::Node;
+use cellar::{quickstart, repo};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+struct Server {
+    base: String,
+    client: reqwest::Client,
+    _dir: TempDir,
+}
+
+impl Server {
+    async fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.data_dir = dir.path().join("data");
+        config.repo = dir.path().join("repo");
+        config.server.max_entities_per_request = 100;
+        quickstart::write_example_repo(&config.repo).unwrap();
+        let registry = cellar_registry::Registry::open(&config.registry_url())
+            .await
+            .unwrap();
+        let desired = repo::load_repo(&config.repo).unwrap();
+        registry.apply(&desired).await.unwrap();
+        let node = Node::open(config).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        tokio::spawn(node.serve(listener, std::future::pending()));
+        Server {
+            base: format!("http://{addr}"),
+            client: reqwest::Client::new(),
+            _dir: dir,
+        }
+    }
+
+    async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let resp = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value)
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.post_raw(path, body.to_string()).await
+    }
+
+    async fn push(&self, group: &str, records: Value) -> Value {
+        let (status, body) = self
+            .post("/v1/push", json!({"group": group, "records": records}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+}
+
+#[tokio::test]
+async fn pushed_attributes_are_served_and_newer_event_time_wins() {
+    let s = Server::start().await;
+    let answer = s
+        .push(
+            "user_profile",
+            json!([{"entity": {"user_id": "u1"}, "event_time": "2026-01-02T00:00:00Z",
+                    "features": {"country": "KR", "age": 31, "keywords": ["bike", "tent"]}}]),
+        )
+        .await;
+    assert_eq!(answer, json!({"applied": 1, "stale": 0}));
+    // An older record arrives late: it must not replace the newer one.
+    let answer = s
+        .push(
+            "user_profile",
+            json!([{"entity": {"user_id": "u1"}, "event_time": "2026-01-01T00:00:00Z",
+                    "features": {"country": "JP", "age": 30}}]),
+        )
+        .await;
+    assert_eq!(answer, json!({"applied": 0, "stale": 1}));
+
+    let (status, body) = s
+        .post(
+            "/v1/features",
+            json!({"entities": {"user_id": ["u1", "nobody"]}, "groups": ["user_profile"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let result = &body["results"][0];
+    assert_eq!(result["features"], json!(["country", "age", "keywords"]));
+    assert_eq!(result["rows"][0]["status"], "present");
+    assert_eq!(result["rows"][0]["values"], json!(["KR", 31, ["bike", "tent"]]));
+    assert_eq!(result["rows"][0]["event_time"], "2026-01-02T00:00:00Z");
+    assert_eq!(result["rows"][1], json!({"status": "not_found"}));
+
+    // A newer record replaces it, and the cached copy follows (write-through).
+    s.push(
+        "user_profile",
+        json!([{"entity": {"user_id": "u1"}, "event_time": "2026-01-03T00:00:00Z",
+                "features": {"country": "NZ", "age": 32}}]),
+    )
+    .await;
+    let (_, body) = s
+        .post(
+            "/v1/features",
+            json!({"entities": {"user_id": ["u1"]},
+                   "groups": [{"name": "user_profile", "features": ["age", "country"]}]}),
+        )
+        .await;
+    assert_eq!(body["results"][0]["rows"][0]["values"], json!([32, "NZ"]));
+}
+
+#[tokio::test]
+async fn time_series_answer_newest_first_within_top_n_and_window() {
+    let s = Server::start().await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let hour = 3_600_000;
+    // Ten clicks, one an hour, pushed out of order.
+    let records: Vec<Value> = [3, 0, 7, 1, 9, 2, 8, 4, 6, 5]
+        .iter()
+        .map(|h| {
+            json!({"entity": {"user_id": "u5"}, "event_time": now - h * hour,
+                   "features": {"article_id": format!("a{h}"), "session_id": "s1"}})
+        })
+        .collect();
+    s.push("recent_clicked_articles", json!(records)).await;
+
+    let (status, body) = s
+        .post(
+            "/v1/features",
+            json!({"entities": {"user_id": ["u5"]},
+                   "groups": [{"name": "recent_clicked_articles", "top_n": 4}]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let records = body["results"][0]["rows"][0]["records"].as_array().unwrap();
+    let ids: Vec<&str> = records
+        .iter()
+        .map(|r| r["values"][0].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a0", "a1", "a2", "a3"]);
+
+    // A window of 5h30m keeps the six newest (0h..5h), top_n permitting.
+    let (_, body) = s
+        .post(
+            "/v1/features",
+            json!({"entities": {"user_id": ["u5"]},
+                   "groups": [{"name": "recent_clicked_articles", "top_n": 50, "window": "330m"}]}),
+        )
+        .await;
+    let records = body["results"][0]["rows"][0]["records"].as_array().unwrap();
+    let ids: Vec<&str> = records
+        .iter()
+        .map(|r| r["values"][0].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a0", "a1", "a2", "a3", "a4", "a5"]);
+    let times: Vec<&str> = records
+        .iter()
+        .map(|r| r["event_time"].as_str().unwrap())
+        .collect();
+    let mut sorted = times.clone();
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    assert_eq!(times, sorted, "records must be newest first");
+}
+
+#[tokio::test]
+async fn feast_clients_get_feast_shaped_answers() {
+    let s = Server::start().await;
+    s.push(
+        "user_profile",
+        json!([{"entity": {"user_id": "u1"}, "event_time": "2026-01-02T00:00:00Z",
+                "features": {"country": "KR", "age": 31, "keywords": []}}]),
+    )
+    .await;
+    s.push(
+        "article_stats",
+        json!([{"entity": {"article_id": "a9"}, "event_time": "2026-01-02T03:00:00Z",
+                "features": {"clicks_1h": 12, "ctr_7d": 0.25}}]),
+    )
+    .await;
+    let (status, body) = s
+        .post(
+            "/get-online-features",
+            json!({
+                "features": ["user_profile:age", "article_stats:ctr_7d", "user_profile:country"],
+                "entities": {"user_id": ["u1", "u2"], "article_id": ["a9", "a9"]},
+                "full_feature_names": true
+            }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let names: Vec<&str> = body["metadata"]["feature_names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    // Entity key columns first (in the request's order, sorted by name here), then features
+    // in the order asked.
+    assert_eq!(
+        names,
+        [
+            "article_id",
+            "user_id",
+            "user_profile__age",
+            "article_stats__ctr_7d",
+            "user_profile__country"
+        ]
+    );
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results[1]["values"], json!(["u1", "u2"]));
+    assert_eq!(results[1]["statuses"], json!(["PRESENT", "PRESENT"]));
+    assert_eq!(results[2]["values"], json!([31, null]));
+    assert_eq!(results[2]["statuses"], json!(["PRESENT", "NOT_FOUND"]));
+    assert_eq!(
+        results[2]["event_timestamps"],
+        json!(["2026-01-02T00:00:00Z", "1970-01-01T00:00:00Z"])
+    );
+    assert_eq!(results[3]["values"], json!([0.25, 0.25]));
+    assert_eq!(results[4]["values"], json!(["KR", null]));
+
+    // Feast's push: a column-shaped data frame into a push source (here, a group).
+    let (status, body) = s
+        .post(
+            "/push",
+            json!({"push_source_name": "article_stats", "to": "online",
+                   "df": {"article_id": ["a1", "a2"], "clicks_1h": [5, 6], "ctr_7d": [0.1, 0.2],
+                          "event_timestamp": ["2026-01-05T00:00:00Z", "2026-01-05T00:00:00Z"]}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = s
+        .post(
+            "/get-online-features",
+            json!({"features": ["article_stats:clicks_1h"],
+                   "entities": {"article_id": ["a1", "a2"]}}),
+        )
+        .await;
+    assert_eq!(body["metadata"]["feature_names"], json!(["article_id", "clicks_1h"]));
+    assert_eq!(body["results"][1]["values"], json!([5, 6]));
+
+    // A feature service answers all of its features.
+    let (status, body) = s
+        .post(
+            "/get-online-features",
+            json!({"feature_service": "home_feed_ranker",
+                   "entities": {"user_id": ["u1"], "article_id": ["a1"]}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["metadata"]["feature_names"],
+        json!(["article_id", "user_id", "country", "age", "keywords", "article_id", "ctr_7d"])
+    );
+}
+
+/// Sends a request and checks its status and that the message mentions `needle`.
+async fn expect_error(s: &Server, path: &str, body: &str, status: u16, needle: &str) {
+    let (got, answer) = s.post_raw(path, body.to_owned()).await;
+    assert_eq!(got, status, "{path} {body} -> {answer}");
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(needle),
+        "{path} {body}: message {message:?} should mention {needle:?}"
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_get_4xx_answers_that_name_the_problem() {
+    let s = Server::start().await;
+    let f = "/v1/features";
+    expect_error(&s, f, "{", 400, "malformed JSON").await;
+    expect_error(&s, f, r#"{"entities": {"user_id": ["u1"]}, "groups": ["nope"]}"#, 404, "unknown feature group `nope`").await;
+    expect_error(&s, f, r#"{"entities": {"user_id": ["u1"]}, "groups": [{"name": "user_profile", "features": ["agee"]}]}"#, 404, "no feature `agee`").await;
+    expect_error(&s, f, r#"{"entities": {"user_id": ["u1"]}, "feature_service": "nope"}"#, 404, "unknown feature service `nope`").await;
+    expect_error(&s, f, r#"{"entities": {"usr_id": ["u1"]}, "groups": ["user_profile"]}"#, 400, "`usr_id`").await;
+    expect_error(&s, f, r#"{"entities": {"user_id": [17]}, "groups": ["user_profile"]}"#, 400, "`user_id`").await;
+    expect_error(&s, f, r#"{"entities": {"user_id": ["u1"]}, "groups": [{"name": "recent_clicked_articles", "window": "7 days"}]}"#, 400, "window").await;
+    expect_error(&s, f, r#"{"entities": {"user_id": ["u1"]}, "groups": [{"name": "recent_clicked_articles", "top_n": 0}]}"#, 400, "top_n").await;
+    expect_error(&s, f, r#"{"entities": {"user_id": ["u1"]}, "grups": ["user_profile"]}"#, 400, "grups").await;
+    let many: Vec<String> = (0..101).map(|i| format!("u{i}")).collect();
+    let body = json!({"entities": {"user_id": many}, "groups": ["user_profile"]}).to_string();
+    expect_error(&s, f, &body, 413, "101, the limit is 100").await;
+
+    let p = "/v1/push";
+    expect_error(&s, p, r#"{"group": "user_profile", "records": [{"entity": {"user_id": "u1"}, "features": {"age": "old"}}]}"#, 400, "records[0].features.age").await;
+    expect_error(&s, p, r#"{"group": "user_profile", "records": [{"entity": {}, "features": {}}]}"#, 400, "missing entity key `user_id`").await;
+    let big = "x".repeat(9000);
+    let body = json!({"group": "user_profile", "records": [{"entity": {"user_id": "u1"}, "features": {"country": big}}]}).to_string();
+    expect_error(&s, p, &body, 413, "limit of 8192 bytes").await;
+    expect_error(&s, "/get-online-features", r#"{"features": ["user_profile"], "entities": {"user_id": ["u1"]}}"#, 400, "group:feature").await;
+}
+
+#[tokio::test]
+async fn hostile_bodies_never_break_the_server() {
+    let s = Server::start().await;
+    let deep = "[".repeat(100_000);
+    let bodies: Vec<Vec<u8>> = vec![
+        Vec::new(),
+        b"null".to_vec(),
+        b"[]".to_vec(),
+        b"\"entities\"".to_vec(),
+        vec![0xff, 0xfe, 0x00, 0x01],
+        deep.into_bytes(),
+        br#"{"entities": {"user_id": "u1"}, "groups": [{"name": "recent_clicked_articles", "top_n": 18446744073709551616}]}"#.to_vec(),
+        br#"{"entities": {"user_id": [[], {}, null]}, "groups": ["user_profile"]}"#.to_vec(),
+        br#"{"entities": {"user_id": ["u1\u001fu2"]}, "groups": ["user_profile"]}"#.to_vec(),
+        br#"{"entities": {"user_id": ["u1"], "article_id": []}, "groups": ["user_profile"]}"#.to_vec(),
+        br#"{"group": "user_profile", "records": [{"entity": {"user_id": "u1"}, "event_time": "yesterday"}]}"#.to_vec(),
+        vec![b'{'; 3_000_000],
+    ];
+    for path in ["/v1/features", "/v1/push", "/get-online-features", "/push"] {
+        for body in &bodies {
+            let (status, _) = s.post_raw(path, body.clone()).await;
+            assert!(
+                (400..500).contains(&status),
+                "{path} answered {status} to a hostile body of {} bytes",
+                body.len()
+            );
+        }
+    }
+    // Still serving.
+    let health = s
+        .client
+        .get(format!("{}/health", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn metrics_count_requests_and_cache_lookups() {
+    let s = Server::start().await;
+    s.push(
+        "user_profile",
+        json!([{"entity": {"user_id": "u3"}, "features": {"country": "KR"}}]),
+    )
+    .await;
+    for _ in 0..3 {
+        s.post(
+            "/v1/features",
+            json!({"entities": {"user_id": ["u3", "u4"]}, "groups": ["user_profile"]}),
+        )
+        .await;
+    }
+    let text = s
+        .client
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(r#"cellar_requests_total{endpoint="/v1/features",code="200"} 3"#),
+        "{text}"
+    );
+    assert!(text.contains("cellar_request_duration_seconds_bucket"), "{text}");
+    // u3 was written through, so every read is a local hit; u4 misses once, then the
+    // negative entry answers.
+    assert!(
+        text.contains(r#"cellar_cache_lookups_total{tier="local",group="user_profile",outcome="hit"} 3"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"cellar_cache_lookups_total{tier="local",group="user_profile",outcome="negative_hit"} 2"#),
+        "{text}"
+    );
+}

@@ -1,0 +1,49 @@
+# Starts, on loopback, the services Cellar's tests need, reusing any that already answer.
+# Source it: it exports the CELLAR_TEST_* variables that un-gate the integration tests.
+# State, logs and pid files live in .svc/ at the project root.
+
+CELLAR_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SVC_DIR="$CELLAR_ROOT/.svc"
+mkdir -p "$SVC_DIR"
+
+log() { echo "[services] $*" >&2; }
+
+# System packages the build needs: protoc for the gRPC code generation.
+ensure_build_packages() {
+    local missing=()
+    command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+    if [ ${#missing[@]} -gt 0 ]; then
+        log "installing ${missing[*]}"
+        apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
+pg_answers() { # host port
+    command -v pg_isready >/dev/null 2>&1 && pg_isready -q -h "$1" -p "$2" -t 2
+}
+
+# PostgreSQL: use 127.0.0.1:5432 when it answers, else start a private server on 5433.
+ensure_postgres() {
+    if pg_answers 127.0.0.1 5432; then
+        export CELLAR_TEST_POSTGRES="postgres://postgres@127.0.0.1:5432/postgres"
+    elif pg_answers 127.0.0.1 5433; then
+        export CELLAR_TEST_POSTGRES="postgres://postgres@127.0.0.1:5433/postgres"
+    else
+        local pgbin
+        pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+        if [ -z "$pgbin" ]; then
+            log "installing postgresql"
+            apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+            pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+        fi
+        local pgdir
+        pgdir=$(mktemp -d /tmp/cellar-pg.XXXXXX)
+        chown postgres:postgres "$pgdir"
+        log "starting postgresql on 127.0.0.1:5433 in $pgdir"
+        su postgres -c "$pgbin/initdb -D $pgdir/data -A trust -U postgres --no-sync" >/dev/null
+        su postgres -c "$pgbin/pg_ctl -D $pgdir/data -l $pgdir/log -w -o '-c listen_addresses=127.0.0.1 -p 5433 -k $pgdir -c fsync=off' start" >/dev/null
+        echo "$pgdir" > "$SVC_DIR/postgres.dir"
+        export CELLAR_TEST_POSTGRES="postgres://postgres@127.0.0.1:5433/postgres"
+    fi
+    log "postgresql: $CELLAR_TEST_POSTGRES"
+}
