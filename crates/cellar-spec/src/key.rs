@@ -122,7 +122,6 @@ impl Entity {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

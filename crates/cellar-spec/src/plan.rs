@@ -1,13 +1,32 @@
 //! Plans: what applying a repo over the registry's current one would do.
 
+use std::collections::BTreeMap;
+use std::fmt::Display;
+
 use serde::{Deserialize, Serialize};
 
+use crate::model::{Entity, FeatureGroup, FeatureService, Ingestion, Retention, ServingPolicy};
+use crate::parse::format_duration;
 use crate::repo::{FeatureRepo, SpecKind};
 
 /// The changes from one repo to another.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Plan {
     pub changes: Vec<Change>,
+}
+
+impl Plan {
+    /// Whether applying the plan changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    /// Whether any change breaks stored data or readers.
+    pub fn is_breaking(&self) -> bool {
+        self.changes.iter().any(
+            |c| matches!(&c.action, ChangeAction::Modify { breaking, .. } if !breaking.is_empty()),
+        )
+    }
 }
 
 /// One spec added, changed or removed.
@@ -32,7 +51,474 @@ pub enum ChangeAction {
 }
 
 /// Diffs `current` (applied) against `desired` (on disk).
+///
+/// Changes come sorted by kind, then name. Where specs were declared (`origins`) is not part
+/// of what is compared.
 pub fn plan(current: &FeatureRepo, desired: &FeatureRepo) -> Plan {
-    let _ = (current, desired);
-    todo!("plan")
+    let mut changes = Vec::new();
+    diff_kind(
+        SpecKind::Entity,
+        &current.entities,
+        &desired.entities,
+        |e| &e.name,
+        diff_entity,
+        &mut changes,
+    );
+    diff_kind(
+        SpecKind::FeatureGroup,
+        &current.groups,
+        &desired.groups,
+        |g| &g.name,
+        diff_group,
+        &mut changes,
+    );
+    diff_kind(
+        SpecKind::Ingestion,
+        &current.ingestions,
+        &desired.ingestions,
+        |i| &i.name,
+        diff_ingestion,
+        &mut changes,
+    );
+    diff_kind(
+        SpecKind::FeatureService,
+        &current.services,
+        &desired.services,
+        |s| &s.name,
+        diff_service,
+        &mut changes,
+    );
+    Plan { changes }
+}
+
+/// What differs between two versions of one spec.
+#[derive(Default)]
+struct Diff {
+    details: Vec<String>,
+    breaking: Vec<String>,
+}
+
+impl Diff {
+    fn detail(&mut self, message: String) {
+        self.details.push(message);
+    }
+
+    /// A breaking difference is a detail too, so `details` alone tells the whole story.
+    fn breaking(&mut self, message: String) {
+        self.details.push(message.clone());
+        self.breaking.push(message);
+    }
+
+    fn field<T: PartialEq + ?Sized>(
+        &mut self,
+        what: &str,
+        old: &T,
+        new: &T,
+        show: impl Fn(&T) -> String,
+    ) {
+        if old != new {
+            self.detail(format!(
+                "{what} changed from {} to {}",
+                show(old),
+                show(new)
+            ));
+        }
+    }
+}
+
+fn diff_kind<T: PartialEq>(
+    kind: SpecKind,
+    current: &[T],
+    desired: &[T],
+    name: impl Fn(&T) -> &String,
+    diff: impl Fn(&T, &T, &mut Diff),
+    changes: &mut Vec<Change>,
+) {
+    let current: BTreeMap<&String, &T> = current.iter().map(|s| (name(s), s)).collect();
+    let desired: BTreeMap<&String, &T> = desired.iter().map(|s| (name(s), s)).collect();
+    let mut names: Vec<&String> = current.keys().chain(desired.keys()).copied().collect();
+    names.sort();
+    names.dedup();
+    for n in names {
+        let action = match (current.get(n), desired.get(n)) {
+            (None, Some(_)) => ChangeAction::Add,
+            (Some(_), None) => ChangeAction::Remove,
+            (Some(old), Some(new)) if old != new => {
+                let mut d = Diff::default();
+                diff(old, new, &mut d);
+                if d.details.is_empty() {
+                    // Every field is compared below; this is a safety net for one added to the
+                    // model and not to the diff, so that a change is never silently dropped.
+                    d.detail("changed".into());
+                }
+                ChangeAction::Modify {
+                    details: d.details,
+                    breaking: d.breaking,
+                }
+            }
+            _ => continue,
+        };
+        changes.push(Change {
+            kind,
+            name: n.clone(),
+            action,
+        });
+    }
+}
+
+fn quoted(s: &String) -> String {
+    format!("`{s}`")
+}
+
+fn optional<T: Display>(v: &Option<T>) -> String {
+    match v {
+        Some(v) => format!("`{v}`"),
+        None => "none".into(),
+    }
+}
+
+fn debug_lower<T: std::fmt::Debug>(v: &T) -> String {
+    format!("{v:?}").to_lowercase()
+}
+
+fn diff_entity(old: &Entity, new: &Entity, d: &mut Diff) {
+    if old.keys != new.keys {
+        let show = |e: &Entity| {
+            e.keys
+                .iter()
+                .map(|k| format!("{}: {}", k.name, debug_lower(&k.key_type)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        d.breaking(format!(
+            "key fields changed from ({}) to ({}): stored records are keyed by the old fields",
+            show(old),
+            show(new)
+        ));
+    }
+    d.field("description", &old.description, &new.description, optional);
+}
+
+fn diff_group(old: &FeatureGroup, new: &FeatureGroup, d: &mut Diff) {
+    if old.kind != new.kind {
+        d.breaking(format!(
+            "group type changed from {} to {}: stored records have the old layout",
+            debug_lower(&old.kind),
+            debug_lower(&new.kind)
+        ));
+    }
+    if old.entity != new.entity {
+        d.breaking(format!(
+            "entity changed from `{}` to `{}`: stored records are keyed by the old entity",
+            old.entity, new.entity
+        ));
+    }
+    for (i, f) in old.features.iter().enumerate() {
+        match new.feature_index(&f.name) {
+            None => d.breaking(format!(
+                "feature `{}` ({}) removed: readers of it break and position {i} is freed",
+                f.name, f.value_type
+            )),
+            Some(j) => {
+                let g = &new.features[j];
+                if f.value_type != g.value_type {
+                    d.breaking(format!(
+                        "feature `{}` type changed from {} to {}: stored values have the old type",
+                        f.name, f.value_type, g.value_type
+                    ));
+                }
+                if i != j {
+                    d.breaking(format!(
+                        "feature `{}` moved from position {i} to {j}: positions are storage ids",
+                        f.name
+                    ));
+                }
+                if f.description != g.description {
+                    d.detail(format!(
+                        "feature `{}` description changed from {} to {}",
+                        f.name,
+                        optional(&f.description),
+                        optional(&g.description)
+                    ));
+                }
+            }
+        }
+    }
+    for (j, g) in new.features.iter().enumerate() {
+        if old.feature_index(&g.name).is_none() {
+            d.detail(format!(
+                "feature `{}` ({}) added at position {j}",
+                g.name, g.value_type
+            ));
+        }
+    }
+    diff_retention(&old.retention, &new.retention, d);
+    diff_serving(&old.serving, &new.serving, d);
+    d.field(
+        "max_record_bytes",
+        &old.max_record_bytes,
+        &new.max_record_bytes,
+        |v| v.to_string(),
+    );
+    d.field("description", &old.description, &new.description, optional);
+}
+
+fn diff_retention(old: &Retention, new: &Retention, d: &mut Diff) {
+    d.field(
+        "retention.max_records",
+        &old.max_records,
+        &new.max_records,
+        |v| match v {
+            Some(n) => n.to_string(),
+            None => "unlimited".into(),
+        },
+    );
+    d.field(
+        "retention.max_age",
+        &old.max_age,
+        &new.max_age,
+        |v| match v {
+            Some(age) => format_duration(*age),
+            None => "unlimited".into(),
+        },
+    );
+}
+
+fn diff_serving(old: &ServingPolicy, new: &ServingPolicy, d: &mut Diff) {
+    d.field("serving.tiers", &old.tiers, &new.tiers, |t| {
+        let names: Vec<String> = t.iter().map(debug_lower).collect();
+        format!("[{}]", names.join(", "))
+    });
+    let ttl = |v: &std::time::Duration| format_duration(*v);
+    d.field("serving.soft_ttl", &old.soft_ttl, &new.soft_ttl, ttl);
+    d.field("serving.hard_ttl", &old.hard_ttl, &new.hard_ttl, ttl);
+    d.field(
+        "serving.negative_ttl",
+        &old.negative_ttl,
+        &new.negative_ttl,
+        ttl,
+    );
+    d.field("serving.jitter", &old.jitter, &new.jitter, |j| {
+        format!("{}%", j * 100.0)
+    });
+    d.field("serving.write", &old.write, &new.write, debug_lower);
+}
+
+fn diff_ingestion(old: &Ingestion, new: &Ingestion, d: &mut Diff) {
+    d.field("into", &old.into, &new.into, quoted);
+    if old.source != new.source {
+        let show = |s: &crate::model::IngestionSource| {
+            serde_json::to_string(s).unwrap_or_else(|_| format!("{s:?}"))
+        };
+        d.detail(format!(
+            "source changed from {} to {}",
+            show(&old.source),
+            show(&new.source)
+        ));
+    }
+    d.field("key", &old.key, &new.key, |k| format!("[{}]", k.join(", ")));
+    d.field("event_time", &old.event_time, &new.event_time, optional);
+    let show_expr = |e: &crate::model::FeatureExpr| match e {
+        crate::model::FeatureExpr::Field(f) => format!("`{f}`"),
+        crate::model::FeatureExpr::Aggregate(a) => {
+            let mut s = format!(
+                "{} over {}",
+                debug_lower(&a.function),
+                format_duration(a.window)
+            );
+            if let Some(of) = &a.of {
+                s = format!(
+                    "{} of `{of}` over {}",
+                    debug_lower(&a.function),
+                    format_duration(a.window)
+                );
+            }
+            if let Some(slide) = a.slide {
+                s.push_str(&format!(" sliding by {}", format_duration(slide)));
+            }
+            s
+        }
+    };
+    for m in &old.features {
+        match new.features.iter().find(|n| n.feature == m.feature) {
+            None => d.detail(format!("no longer writes feature `{}`", m.feature)),
+            Some(n) if n.expr != m.expr => d.detail(format!(
+                "feature `{}` changed from {} to {}",
+                m.feature,
+                show_expr(&m.expr),
+                show_expr(&n.expr)
+            )),
+            Some(_) => {}
+        }
+    }
+    for n in &new.features {
+        if !old.features.iter().any(|m| m.feature == n.feature) {
+            d.detail(format!(
+                "now writes feature `{}` from {}",
+                n.feature,
+                show_expr(&n.expr)
+            ));
+        }
+    }
+}
+
+fn diff_service(old: &FeatureService, new: &FeatureService, d: &mut Diff) {
+    let entries = |s: &FeatureService| -> Vec<String> {
+        s.features
+            .iter()
+            .flat_map(|sel| match &sel.features {
+                None => vec![format!("{}:*", sel.group)],
+                Some(fs) => fs.iter().map(|f| format!("{}:{f}", sel.group)).collect(),
+            })
+            .collect()
+    };
+    let (old_entries, new_entries) = (entries(old), entries(new));
+    for e in &old_entries {
+        if !new_entries.contains(e) {
+            // The model reading this service expects the feature: dropping it breaks the reader.
+            d.breaking(format!("feature `{e}` removed from the service"));
+        }
+    }
+    for e in &new_entries {
+        if !old_entries.contains(e) {
+            d.detail(format!("feature `{e}` added to the service"));
+        }
+    }
+    if old_entries
+        .iter()
+        .filter(|e| new_entries.contains(e))
+        .ne(new_entries.iter().filter(|e| old_entries.contains(e)))
+    {
+        d.detail("features reordered".into());
+    }
+    d.field("description", &old.description, &new.description, optional);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Feature, GroupKind, Origin};
+    use crate::value::ValueType;
+
+    fn group(features: &[(&str, &str)]) -> FeatureGroup {
+        FeatureGroup {
+            name: "g".into(),
+            entity: "user".into(),
+            kind: GroupKind::Attribute,
+            features: features
+                .iter()
+                .map(|(n, t)| Feature {
+                    name: (*n).into(),
+                    value_type: t.parse::<ValueType>().unwrap(),
+                    description: None,
+                })
+                .collect(),
+            retention: Retention::default(),
+            serving: ServingPolicy::default(),
+            max_record_bytes: 8192,
+            description: None,
+        }
+    }
+
+    fn repo(groups: Vec<FeatureGroup>) -> FeatureRepo {
+        FeatureRepo {
+            groups,
+            ..FeatureRepo::default()
+        }
+    }
+
+    fn modify(p: &Plan) -> (&[String], &[String]) {
+        match &p.changes[..] {
+            [Change {
+                action: ChangeAction::Modify { details, breaking },
+                ..
+            }] => (details, breaking),
+            other => panic!("expected one modification, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn identical_repos_plan_nothing_whatever_their_origins() {
+        let a = repo(vec![group(&[("x", "int64")])]);
+        let mut b = a.clone();
+        b.origins.insert(
+            (SpecKind::FeatureGroup, "g".into()),
+            Origin {
+                file: "moved.yaml".into(),
+                line: 9,
+            },
+        );
+        assert!(plan(&a, &b).is_empty());
+    }
+
+    #[test]
+    fn appending_a_feature_is_not_breaking() {
+        let a = repo(vec![group(&[("x", "int64")])]);
+        let b = repo(vec![group(&[("x", "int64"), ("y", "list<string>")])]);
+        let p = plan(&a, &b);
+        let (details, breaking) = modify(&p);
+        assert_eq!(details, ["feature `y` (list<string>) added at position 1"]);
+        assert!(breaking.is_empty());
+        assert!(!p.is_breaking());
+    }
+
+    #[test]
+    fn type_changes_removals_and_moves_are_breaking() {
+        let a = repo(vec![group(&[
+            ("x", "int64"),
+            ("y", "string"),
+            ("z", "bool"),
+        ])]);
+        let b = repo(vec![group(&[("z", "bool"), ("x", "float64")])]);
+        let p = plan(&a, &b);
+        let (details, breaking) = modify(&p);
+        assert_eq!(details, breaking);
+        assert_eq!(
+            breaking,
+            [
+                "feature `x` type changed from int64 to float64: stored values have the old type",
+                "feature `x` moved from position 0 to 1: positions are storage ids",
+                "feature `y` (string) removed: readers of it break and position 1 is freed",
+                "feature `z` moved from position 2 to 0: positions are storage ids",
+            ]
+        );
+    }
+
+    #[test]
+    fn serving_and_retention_changes_are_details() {
+        let a = repo(vec![group(&[("x", "int64")])]);
+        let mut g = group(&[("x", "int64")]);
+        g.serving.jitter = 0.2;
+        g.retention.max_age = Some(std::time::Duration::from_secs(86_400));
+        g.kind = GroupKind::Timeseries;
+        let p = plan(&a, &repo(vec![g]));
+        let (details, breaking) = modify(&p);
+        assert_eq!(
+            details,
+            [
+                "group type changed from attribute to timeseries: stored records have the old layout",
+                "retention.max_age changed from unlimited to 1d",
+                "serving.jitter changed from 10% to 20%",
+            ]
+        );
+        assert_eq!(breaking, &details[..1]);
+    }
+
+    #[test]
+    fn changes_are_sorted_by_kind_then_name() {
+        let mut b1 = group(&[("x", "int64")]);
+        b1.name = "b".into();
+        let mut a1 = group(&[("x", "int64")]);
+        a1.name = "a".into();
+        let p = plan(&repo(vec![b1]), &repo(vec![a1]));
+        let summary: Vec<(String, ChangeAction)> =
+            p.changes.into_iter().map(|c| (c.name, c.action)).collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("a".into(), ChangeAction::Add),
+                ("b".into(), ChangeAction::Remove)
+            ]
+        );
+    }
 }

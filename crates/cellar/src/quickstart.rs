@@ -244,3 +244,19 @@ Press Ctrl-C to stop.
 "#
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_repo_is_valid() {
+        let files: Vec<(String, String)> = EXAMPLE_REPO
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.to_string()))
+            .collect();
+        let repo = cellar_spec::parse_repo(&files).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(repo.groups.len(), 3);
+        assert!(repo.service("home_feed_ranker").is_some());
+    }
+}
