@@ -1,1 +1,422 @@
-//! Cellar's registry.
+//! Cellar's registry: the durable record of what was applied. It keeps every applied feature
+//! repo with its version, the history of each spec (added, changed, removed), and the
+//! ingestion watermarks that `apply` must never reset.
+//!
+//! One SQLite file is the embedded default; PostgreSQL is the shared one for many processes.
+//! Both run the same statements through `sqlx`.
+//!
+//! Layout:
+//! - [`Registry`]: open a registry by URL, apply a repo, read repos, histories and watermarks;
+//! - [`RegistryError`]: the one error type, saying what failed;
+//! - `snapshot`: how a repo is serialized and which history rows an apply writes (no IO);
+//! - `backend`: the SQL, instantiated for each driver;
+//! - `migrations/sqlite`, `migrations/postgres`: the schema, embedded and run by
+//!   [`Registry::open`].
+//!
+//! Of Cellar's crates this one depends only on `cellar-spec`: the CLI, serving and ingestion
+//! depend on it, never the other way.
+
+mod backend;
+mod error;
+mod snapshot;
+
+use std::path::Path;
+use std::str::FromStr;
+
+use cellar_spec::{FeatureRepo, SpecKind};
+use chrono::{DateTime, Utc};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool};
+use sqlx::Connection;
+
+pub use error::RegistryError;
+
+use backend::{SpecRow, WatermarkRow};
+use snapshot::RepoSnapshot;
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// How many times `apply` starts over after losing a race for a version number. Applies
+/// serialize on a lock, so a lost race means a writer that bypassed it; a few tries suffice.
+const APPLY_ATTEMPTS: u32 = 3;
+
+/// A registry database, SQLite or PostgreSQL. Cheap to clone: clones share one pool.
+#[derive(Clone)]
+pub struct Registry {
+    backend: Backend,
+    /// The URL it was opened with, password hidden, for logs.
+    url: String,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Calls the function of the same name in the backend module matching the registry's pool.
+macro_rules! dispatch {
+    ($registry:expr, $function:ident($($arg:expr),*)) => {
+        match &$registry.backend {
+            Backend::Sqlite(pool) => backend::sqlite::$function(pool, $($arg),*).await,
+            Backend::Postgres(pool) => backend::postgres::$function(pool, $($arg),*).await,
+        }
+    };
+}
+
+/// A feature repo as applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppliedRepo {
+    /// 1 for the first apply, then one more for each apply that changed something.
+    pub version: i64,
+    pub applied_at: DateTime<Utc>,
+    /// The repo; its `origins` are empty, as they are not stored.
+    pub repo: FeatureRepo,
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApplyOutcome {
+    /// The repo version now current.
+    pub version: i64,
+    /// False when the repo equalled the current one and nothing was written.
+    pub changed: bool,
+}
+
+/// One entry of a spec's history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpecVersion {
+    pub kind: SpecKind,
+    pub name: String,
+    /// 1 when the spec first appeared, then one more at each change or removal.
+    pub version: i64,
+    /// The repo version whose apply wrote this entry.
+    pub repo_version: i64,
+    pub applied_at: DateTime<Utc>,
+    /// True when this apply removed the spec.
+    pub removed: bool,
+    /// The spec as JSON (the `cellar-spec` type of its kind); `None` when removed.
+    pub spec: Option<serde_json::Value>,
+}
+
+/// How far an ingestion has got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatermarkValue {
+    /// An event time, in milliseconds since the Unix epoch, UTC.
+    Millis(i64),
+    /// An opaque position, such as the last file read or a query cursor.
+    Text(String),
+}
+
+/// An ingestion's watermark and when it was last set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watermark {
+    pub value: WatermarkValue,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Registry {
+    /// Opens the registry at `url`, creating and migrating it as needed.
+    ///
+    /// `url` is `sqlite://PATH` (or `sqlite:PATH`, or a plain file path): the file and its
+    /// directory are created if missing and the database runs in WAL mode, so readers do not
+    /// block an apply. `postgres://...` (or `postgresql://...`) opens PostgreSQL; the database
+    /// must exist. In-memory SQLite is refused, as its data would vanish with idle
+    /// connections.
+    pub async fn open(url: &str) -> Result<Registry, RegistryError> {
+        let shown = redact(url);
+        let connect_error = |source| RegistryError::Connect {
+            url: shown.clone(),
+            source,
+        };
+        let migrate_error = |source| RegistryError::Migrate {
+            url: shown.clone(),
+            source,
+        };
+        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options =
+                PgConnectOptions::from_str(url).map_err(|e| RegistryError::InvalidUrl {
+                    url: shown.clone(),
+                    reason: e.to_string(),
+                })?;
+            // Connect and migrate over one connection first: a pool retries a refused
+            // connection until its timeout and then reports only that it timed out, while a
+            // single connection reports the cause at once.
+            let mut conn = PgConnection::connect_with(&options)
+                .await
+                .map_err(connect_error)?;
+            POSTGRES_MIGRATIONS
+                .run_direct(&mut conn)
+                .await
+                .map_err(migrate_error)?;
+            let _ = conn.close().await;
+            Backend::Postgres(PgPool::connect_with(options).await.map_err(connect_error)?)
+        } else {
+            let options = sqlite_options(url, &shown)?;
+            if let Some(dir) = options
+                .get_filename()
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+            {
+                tokio::fs::create_dir_all(dir)
+                    .await
+                    .map_err(|e| connect_error(sqlx::Error::Io(e)))?;
+            }
+            // A missing file is created and a bad path fails at once: SQLite has no refused
+            // connection for the pool to retry, so the pool can migrate directly.
+            let pool = SqlitePool::connect_with(options)
+                .await
+                .map_err(connect_error)?;
+            SQLITE_MIGRATIONS.run(&pool).await.map_err(migrate_error)?;
+            Backend::Sqlite(pool)
+        };
+        tracing::info!(url = %shown, "opened registry");
+        Ok(Registry {
+            backend,
+            url: shown,
+        })
+    }
+
+    /// The latest applied repo, or `None` before the first apply.
+    pub async fn current(&self) -> Result<Option<AppliedRepo>, RegistryError> {
+        dispatch!(self, current())
+    }
+
+    /// The repo as applied at `version`, or `None` if there is no such version.
+    pub async fn repo_at(&self, version: i64) -> Result<Option<AppliedRepo>, RegistryError> {
+        dispatch!(self, repo_at(version))
+    }
+
+    /// Makes `repo` the current repo.
+    ///
+    /// If it equals the current one (ignoring `origins`), nothing is written and the outcome
+    /// says `changed: false`. Otherwise one transaction writes the next repo version and a
+    /// history entry for every spec added, changed or removed. Concurrent applies, from this
+    /// process or others, run one after the other. Watermarks are never touched.
+    pub async fn apply(&self, repo: &FeatureRepo) -> Result<ApplyOutcome, RegistryError> {
+        let desired = RepoSnapshot::new(repo)?;
+        let mut attempt = 1;
+        loop {
+            match dispatch!(self, apply(&desired)) {
+                Err(RegistryError::ConcurrentApply { version }) if attempt < APPLY_ATTEMPTS => {
+                    tracing::warn!(version, attempt, url = %self.url, "apply lost a race for its version, retrying");
+                    attempt += 1;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    /// Every version of one spec, oldest first; empty if it was never applied.
+    pub async fn history(
+        &self,
+        kind: SpecKind,
+        name: &str,
+    ) -> Result<Vec<SpecVersion>, RegistryError> {
+        dispatch!(self, history(kind, name))
+    }
+
+    /// The watermark of an ingestion, or `None` if it was never set.
+    pub async fn watermark(&self, ingestion: &str) -> Result<Option<Watermark>, RegistryError> {
+        dispatch!(self, watermark(ingestion))
+    }
+
+    /// Sets the watermark of an ingestion, replacing any previous value (a backfill may move
+    /// it back on purpose).
+    pub async fn set_watermark(
+        &self,
+        ingestion: &str,
+        value: &WatermarkValue,
+    ) -> Result<(), RegistryError> {
+        dispatch!(self, set_watermark(ingestion, value))
+    }
+
+    /// Closes every connection, waiting for them to finish. Dropping the registry closes them
+    /// too, without waiting.
+    pub async fn close(self) {
+        match self.backend {
+            Backend::Sqlite(pool) => pool.close().await,
+            Backend::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").field("url", &self.url).finish()
+    }
+}
+
+/// SQLite options for `sqlite:...` URLs and plain paths.
+fn sqlite_options(url: &str, shown: &str) -> Result<SqliteConnectOptions, RegistryError> {
+    if url.contains(":memory:") || url.contains("mode=memory") {
+        // An in-memory database lives only as long as one of the pool's connections, and the
+        // pool closes idle ones: the registry would silently lose everything.
+        return Err(RegistryError::InvalidUrl {
+            url: shown.to_owned(),
+            reason: "an in-memory SQLite registry would lose its data; use a file (a temp \
+                     dir for tests)"
+                .to_owned(),
+        });
+    }
+    let options = if url.starts_with("sqlite:") {
+        SqliteConnectOptions::from_str(url).map_err(|e| RegistryError::InvalidUrl {
+            url: shown.to_owned(),
+            reason: e.to_string(),
+        })?
+    } else if url.contains("://") || url.is_empty() {
+        return Err(RegistryError::InvalidUrl {
+            url: shown.to_owned(),
+            reason: "expected sqlite://PATH, a file path, or postgres://...".to_owned(),
+        });
+    } else {
+        SqliteConnectOptions::new().filename(Path::new(url))
+    };
+    Ok(options
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal))
+}
+
+/// `url` with the password, if any, replaced by `***`.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+        None => url.to_owned(),
+    }
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+fn decode_time(ms: i64, what: impl FnOnce() -> String) -> Result<DateTime<Utc>, RegistryError> {
+    DateTime::from_timestamp_millis(ms).ok_or_else(|| RegistryError::Corrupt {
+        what: what(),
+        reason: format!("timestamp {ms} ms is out of range"),
+    })
+}
+
+fn decode_applied_repo(
+    (version, applied_at_ms, json): (i64, i64, String),
+) -> Result<AppliedRepo, RegistryError> {
+    let what = || format!("repo version {version}");
+    let repo = serde_json::from_str(&json).map_err(|e| RegistryError::Corrupt {
+        what: what(),
+        reason: e.to_string(),
+    })?;
+    Ok(AppliedRepo {
+        version,
+        applied_at: decode_time(applied_at_ms, what)?,
+        repo,
+    })
+}
+
+fn decode_spec_version(
+    kind: SpecKind,
+    name: &str,
+    (version, repo_version, applied_at_ms, removed, spec): SpecRow,
+) -> Result<SpecVersion, RegistryError> {
+    let what = || format!("{kind} `{name}` version {version}");
+    let spec = spec
+        .map(|json| serde_json::from_str(&json))
+        .transpose()
+        .map_err(|e| RegistryError::Corrupt {
+            what: what(),
+            reason: e.to_string(),
+        })?;
+    Ok(SpecVersion {
+        kind,
+        name: name.to_owned(),
+        version,
+        repo_version,
+        applied_at: decode_time(applied_at_ms, what)?,
+        removed,
+        spec,
+    })
+}
+
+fn decode_watermark(
+    ingestion: &str,
+    (value_ms, value_text, updated_at_ms): WatermarkRow,
+) -> Result<Watermark, RegistryError> {
+    let what = || format!("watermark of `{ingestion}`");
+    let value = match (value_ms, value_text) {
+        (Some(ms), None) => WatermarkValue::Millis(ms),
+        (None, Some(text)) => WatermarkValue::Text(text),
+        _ => {
+            return Err(RegistryError::Corrupt {
+                what: what(),
+                reason: "it must hold exactly one of a time and a text".to_owned(),
+            })
+        }
+    };
+    Ok(Watermark {
+        value,
+        updated_at: decode_time(updated_at_ms, what)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_only_the_password() {
+        assert_eq!(
+            redact("postgres://cellar:s3cret@db:5432/cellar?sslmode=require"),
+            "postgres://cellar:***@db:5432/cellar?sslmode=require"
+        );
+        assert_eq!(
+            redact("postgres://postgres@127.0.0.1/postgres"),
+            "postgres://postgres@127.0.0.1/postgres"
+        );
+        assert_eq!(
+            redact("sqlite://data/registry.db"),
+            "sqlite://data/registry.db"
+        );
+        assert_eq!(redact("registry.db"), "registry.db");
+    }
+
+    #[test]
+    fn other_schemes_are_refused_with_what_is_accepted() {
+        let err = sqlite_options("mysql://root:pw@db/cellar", "mysql://root:***@db/cellar")
+            .expect_err("mysql is not a registry backend");
+        assert_eq!(
+            err.to_string(),
+            "invalid registry url `mysql://root:***@db/cellar`: expected sqlite://PATH, a file \
+             path, or postgres://..."
+        );
+    }
+
+    #[test]
+    fn in_memory_sqlite_is_refused() {
+        for url in ["sqlite::memory:", "sqlite://registry.db?mode=memory"] {
+            let err = sqlite_options(url, url).expect_err("in memory");
+            assert!(err.to_string().contains("would lose its data"), "{err}");
+        }
+    }
+
+    #[test]
+    fn plain_paths_and_sqlite_urls_name_the_same_file() {
+        let plain = sqlite_options("data/registry.db", "").expect("a path");
+        let url = sqlite_options("sqlite://data/registry.db", "").expect("a url");
+        assert_eq!(plain.get_filename(), url.get_filename());
+    }
+
+    #[test]
+    fn a_watermark_with_both_values_is_corrupt() {
+        let err =
+            decode_watermark("clicks", (Some(1), Some("x".to_owned()), 0)).expect_err("both set");
+        assert!(err.to_string().contains("watermark of `clicks`"), "{err}");
+    }
+}
