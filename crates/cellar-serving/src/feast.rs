@@ -37,6 +37,7 @@ struct GetOnlineFeaturesBody {
 }
 
 /// One output column: which group result and which of its features.
+#[derive(Debug)]
 struct Column {
     group: usize,
     feature: usize,
@@ -320,12 +321,10 @@ fn rows_from_frame(
         };
         match &len {
             None => len = Some((name.clone(), values.len())),
-            Some((first, n)) if *n != values.len() => {
-                return Err(ServeError::invalid(format!(
-                    "df: every column must have the same length; `{first}` has {n}, `{name}` has {}",
-                    values.len()
-                )))
-            }
+            Some((first, n)) if *n != values.len() => return Err(ServeError::invalid(format!(
+                "df: every column must have the same length; `{first}` has {n}, `{name}` has {}",
+                values.len()
+            ))),
             _ => {}
         }
         columns.push((name, values));
@@ -336,7 +335,7 @@ fn rows_from_frame(
         if IGNORED_COLUMNS.contains(&name.as_str()) {
             continue;
         }
-        let is_key = key_fields.iter().any(|k| *k == name);
+        let is_key = key_fields.contains(&name);
         let is_time = EVENT_TIME_COLUMNS.contains(&name.as_str());
         for (row, v) in out.iter_mut().zip(values) {
             if is_key {
@@ -402,7 +401,10 @@ mod tests {
             .collect();
         let (groups, columns) = group_references(&refs).unwrap();
         assert_eq!(groups.len(), 2);
-        assert_eq!(groups[0].features.as_deref(), Some(&["x".to_string(), "z".to_string()][..]));
+        assert_eq!(
+            groups[0].features.as_deref(),
+            Some(&["x".to_string(), "z".to_string()][..])
+        );
         let pairs: Vec<(usize, usize)> = columns.iter().map(|c| (c.group, c.feature)).collect();
         assert_eq!(pairs, vec![(0, 0), (1, 0), (0, 1), (0, 0)]);
     }

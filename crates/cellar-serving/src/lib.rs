@@ -1,1 +1,25 @@
-//! serving
+//! Cellar's serving layer: one service trait ([`service::FeatureServing`]) that reads features
+//! through the cache tiers and writes pushed records to the store, with thin protocol adapters
+//! over it:
+//!
+//! - [`http`]: the HTTP/JSON API (`/v1/features`, `/v1/push`, `/health`, `/metrics`);
+//! - [`feast`]: Feast-compatible `/get-online-features`, `/push` and `/write-to-online-store`;
+//! - [`error`]: serving errors and the one table mapping them to HTTP and gRPC codes;
+//! - [`catalog`]: the applied specs, looked up by name;
+//! - [`metrics`]: Prometheus request counters and latency histograms.
+//!
+//! Depends on `cellar-spec`, `cellar-store` and `cellar-cache`; knows nothing of the registry
+//! or of ingestion.
+
+pub mod catalog;
+pub mod error;
+pub mod feast;
+pub mod grpc;
+pub mod http;
+pub mod json;
+pub mod metrics;
+pub mod service;
+
+pub use catalog::Catalog;
+pub use error::{ErrorKind, ServeError};
+pub use service::{FeatureServer, FeatureServing, Limits};

@@ -236,7 +236,11 @@ impl FeatureServer {
         &self.limits
     }
 
-    fn resolve(&self, catalog: &Catalog, select: &Selection) -> Result<Vec<ResolvedGroup>, ServeError> {
+    fn resolve(
+        &self,
+        catalog: &Catalog,
+        select: &Selection,
+    ) -> Result<Vec<ResolvedGroup>, ServeError> {
         let requests: Vec<GroupRequest> = match select {
             Selection::Groups(groups) => groups.clone(),
             Selection::Service(name) => {
@@ -262,28 +266,30 @@ impl FeatureServer {
         }
         let mut out = Vec::with_capacity(requests.len());
         for (i, r) in requests.iter().enumerate() {
-            let group = catalog.group(&r.group).ok_or_else(|| ServeError::UnknownGroup {
-                name: r.group.clone(),
-                known: catalog.group_names().join(", "),
-            })?;
+            let group = catalog
+                .group(&r.group)
+                .ok_or_else(|| ServeError::UnknownGroup {
+                    name: r.group.clone(),
+                    known: catalog.group_names().join(", "),
+                })?;
             let spec = &group.spec;
             let features = match &r.features {
                 None => (0..spec.features.len()).collect(),
                 Some(names) => {
                     let mut positions = Vec::with_capacity(names.len());
                     for name in names {
-                        let pos = spec.feature_index(name).ok_or_else(|| {
-                            ServeError::UnknownFeature {
-                                group: spec.name.clone(),
-                                feature: name.clone(),
-                                known: spec
-                                    .features
-                                    .iter()
-                                    .map(|f| f.name.as_str())
-                                    .collect::<Vec<_>>()
-                                    .join(", "),
-                            }
-                        })?;
+                        let pos =
+                            spec.feature_index(name)
+                                .ok_or_else(|| ServeError::UnknownFeature {
+                                    group: spec.name.clone(),
+                                    feature: name.clone(),
+                                    known: spec
+                                        .features
+                                        .iter()
+                                        .map(|f| f.name.as_str())
+                                        .collect::<Vec<_>>()
+                                        .join(", "),
+                                })?;
                         positions.push(pos);
                     }
                     positions
@@ -458,7 +464,10 @@ impl FeatureServer {
                 let keys = self.keys_for(&r.group, &req.entities, rows)?;
                 reads.push(self.read_group(r, keys));
             }
-            for (r, rows) in resolved.iter().zip(futures::future::try_join_all(reads).await?) {
+            for (r, rows) in resolved
+                .iter()
+                .zip(futures::future::try_join_all(reads).await?)
+            {
                 groups.push(GroupResult {
                     group: r.group.clone(),
                     features: r.features.clone(),
@@ -501,10 +510,12 @@ fn dedup(keys: Vec<EntityKey>) -> (Vec<EntityKey>, Option<Vec<usize>>) {
 impl FeatureServing for FeatureServer {
     fn entity_key_fields(&self, group: &str) -> Result<Vec<String>, ServeError> {
         let catalog = self.catalog();
-        let g = catalog.group(group).ok_or_else(|| ServeError::UnknownGroup {
-            name: group.to_owned(),
-            known: catalog.group_names().join(", "),
-        })?;
+        let g = catalog
+            .group(group)
+            .ok_or_else(|| ServeError::UnknownGroup {
+                name: group.to_owned(),
+                known: catalog.group_names().join(", "),
+            })?;
         Ok(g.entity.keys.iter().map(|k| k.name.clone()).collect())
     }
 
