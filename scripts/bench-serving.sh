@@ -25,7 +25,7 @@ wait_http() { # url
     echo "no answer from $1" >&2; return 1
 }
 
-"$BIN" quickstart --data-dir "$WORK/data" --listen "127.0.0.1:$PORT" >"$WORK/quickstart.log" 2>&1 &
+"$BIN" quickstart --data-dir "$WORK/data" --listen "127.0.0.1:$PORT" --grpc-listen "127.0.0.1:$((PORT + 10))" >"$WORK/quickstart.log" 2>&1 &
 PIDS+=($!)
 wait_http "http://127.0.0.1:$PORT/health"
 

@@ -321,10 +321,12 @@ fn rows_from_frame(
         };
         match &len {
             None => len = Some((name.clone(), values.len())),
-            Some((first, n)) if *n != values.len() => return Err(ServeError::invalid(format!(
+            Some((first, n)) if *n != values.len() => {
+                return Err(ServeError::invalid(format!(
                 "df: every column must have the same length; `{first}` has {n}, `{name}` has {}",
                 values.len()
-            ))),
+            )))
+            }
             _ => {}
         }
         columns.push((name, values));

@@ -177,23 +177,6 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Parses a window such as `500ms`, `30s`, `10m`, `2h` or `7d`.
-pub fn parse_window(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit())?;
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().ok()?;
-    let ms = match unit {
-        "ms" => 1,
-        "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return None,
-    };
-    n.checked_mul(ms).map(Duration::from_millis)
-}
-
 /// One group of a read, resolved against the catalog.
 struct ResolvedGroup {
     group: Arc<ServedGroup>,
@@ -311,11 +294,15 @@ impl FeatureServer {
             }
             let window = match &r.window {
                 None => None,
-                Some(w) => Some(parse_window(w).filter(|d| !d.is_zero()).ok_or_else(|| {
-                    ServeError::invalid(format!(
-                        "groups[{i}].window: `{w}` is not a window; write a positive whole number with a unit: ms, s, m, h or d (e.g. `30m`, `7d`)"
-                    ))
-                })?),
+                Some(w) => match cellar_spec::parse::parse_duration(w) {
+                    Ok(d) if !d.is_zero() => Some(d),
+                    Ok(_) => {
+                        return Err(ServeError::invalid(format!(
+                            "groups[{i}].window: the window must be longer than zero"
+                        )))
+                    }
+                    Err(e) => return Err(ServeError::invalid(format!("groups[{i}].window: {e}"))),
+                },
             };
             // The group's retention age bounds every read, whatever the window.
             let max_age = match (window, spec.retention.max_age) {
@@ -620,16 +607,6 @@ impl FeatureServing for FeatureServer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn windows_parse() {
-        assert_eq!(parse_window("30m"), Some(Duration::from_secs(1800)));
-        assert_eq!(parse_window("7d"), Some(Duration::from_secs(7 * 86400)));
-        assert_eq!(parse_window("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_window("7 days"), None);
-        assert_eq!(parse_window("m"), None);
-        assert_eq!(parse_window("99999999999999999999d"), None);
-    }
 
     #[test]
     fn dedup_maps_rows_to_distinct_keys() {

@@ -34,7 +34,10 @@ pub async fn post(server: &str, path: &str, body: &Json) -> anyhow::Result<Json>
         .await
         .with_context(|| format!("cannot reach {url}; is `cellar serve` running?"))?;
     let status = resp.status();
-    let answer: Json = resp.json().await.context("the server's answer is not JSON")?;
+    let answer: Json = resp
+        .json()
+        .await
+        .context("the server's answer is not JSON")?;
     if !status.is_success() {
         let message = answer["error"]["message"]
             .as_str()
@@ -160,6 +163,9 @@ mod tests {
                          {"status": "not_found"}]}]
         });
         let text = render_features(&answer);
-        assert!(text.contains("KR") && text.contains("not_found") && text.contains("u2"), "{text}");
+        assert!(
+            text.contains("KR") && text.contains("not_found") && text.contains("u2"),
+            "{text}"
+        );
     }
 }

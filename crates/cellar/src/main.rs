@@ -29,13 +29,21 @@ struct Cli {
 enum Command {
     /// Write an example feature repo, apply it, load sample data and serve it.
     Quickstart {
+        /// HTTP address.
         #[arg(long)]
         listen: Option<String>,
+        /// gRPC address.
+        #[arg(long)]
+        grpc_listen: Option<String>,
     },
-    /// Serve features over HTTP.
+    /// Serve features over HTTP and gRPC.
     Serve {
+        /// HTTP address.
         #[arg(long)]
         listen: Option<String>,
+        /// gRPC address.
+        #[arg(long)]
+        grpc_listen: Option<String>,
     },
     /// Show what `apply` would add, change or remove.
     Plan,
@@ -98,33 +106,45 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let mut config = load_config(&cli)?;
     match cli.command {
-        Command::Quickstart { listen } => {
+        Command::Quickstart {
+            listen,
+            grpc_listen,
+        } => {
             if let Some(l) = listen {
                 config.server.listen = l;
+            }
+            if let Some(l) = grpc_listen {
+                config.server.grpc_listen = l;
             }
             if cli.repo.is_none() {
                 config.repo = config.data_dir.join("feature_repo");
             }
             run_quickstart(config).await
         }
-        Command::Serve { listen } => {
+        Command::Serve {
+            listen,
+            grpc_listen,
+        } => {
             if let Some(l) = listen {
                 config.server.listen = l;
+            }
+            if let Some(l) = grpc_listen {
+                config.server.grpc_listen = l;
             }
             let node = Node::open(config.clone()).await?;
             if node.version == 0 {
                 tracing::warn!("the registry is empty: run `cellar apply` to serve a feature repo");
             }
             let http = bind(&config.server.listen).await?;
-            node.serve(http, shutdown_signal()).await
+            let grpc = bind(&config.server.grpc_listen).await?;
+            node.serve(http, Some(grpc), shutdown_signal()).await
         }
         Command::Plan => {
             let registry = cellar_registry::Registry::open(&config.registry_url()).await?;
@@ -148,7 +168,10 @@ async fn main() -> anyhow::Result<()> {
                     if outcome.changed {
                         println!("applied: registry is at version {}", outcome.version);
                     } else {
-                        println!("nothing to apply: registry stays at version {}", outcome.version);
+                        println!(
+                            "nothing to apply: registry stays at version {}",
+                            outcome.version
+                        );
                     }
                     Ok(())
                 }
@@ -234,7 +257,11 @@ async fn run_quickstart(config: Config) -> anyhow::Result<()> {
         None => (chrono::Utc::now().timestamp_millis(), true),
     };
     if fresh {
-        println!("loading sample data ({} users, {} articles)...", quickstart::USERS, quickstart::ARTICLES);
+        println!(
+            "loading sample data ({} users, {} articles)...",
+            quickstart::USERS,
+            quickstart::ARTICLES
+        );
         let loaded = quickstart::load_sample_data(&*node.store, &desired, anchor).await?;
         std::fs::write(&anchor_file, anchor.to_string())?;
         println!(
@@ -247,6 +274,7 @@ async fn run_quickstart(config: Config) -> anyhow::Result<()> {
         println!("sample data already loaded");
     }
     let http = bind(&config.server.listen).await?;
+    let grpc = bind(&config.server.grpc_listen).await?;
     println!("{}", quickstart::example_requests(&config.server.listen));
-    node.serve(http, shutdown_signal()).await
+    node.serve(http, Some(grpc), shutdown_signal()).await
 }

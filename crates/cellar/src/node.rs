@@ -82,11 +82,12 @@ impl Node {
         })
     }
 
-    /// Serves HTTP on `http` until `shutdown` resolves, reloading the catalog when a new repo
-    /// version is applied.
+    /// Serves HTTP on `http` (and gRPC on `grpc`, if given) until `shutdown` resolves,
+    /// reloading the catalog when a new repo version is applied.
     pub async fn serve(
         self,
         http: TcpListener,
+        grpc: Option<TcpListener>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let service: Arc<dyn FeatureServing> = self.server.clone();
@@ -101,12 +102,41 @@ impl Node {
             self.version,
             Duration::from_secs(self.config.server.reload_interval_secs.max(1)),
         ));
+        // One shutdown signal, fanned out to both servers.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let grpc_task = match grpc {
+            Some(listener) => {
+                tracing::info!(addr = %listener.local_addr()?, "serving grpc");
+                let svc = cellar_serving::grpc::service(self.server.clone());
+                let stop = stopped(stop_rx.clone());
+                Some(tokio::spawn(async move {
+                    tonic::transport::Server::builder()
+                        .add_service(svc)
+                        .serve_with_incoming_shutdown(
+                            tonic::transport::server::TcpIncoming::from(listener),
+                            stop,
+                        )
+                        .await
+                }))
+            }
+            None => None,
+        };
         tracing::info!(addr = %http.local_addr()?, "serving http");
         let result = axum::serve(http, app)
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(stopped(stop_rx))
             .await
             .context("http server failed");
         reload.abort();
+        if let Some(task) = grpc_task {
+            task.abort();
+        }
         result
     }
 }

@@ -82,7 +82,10 @@ pub fn render_plan(p: &Plan) -> String {
                 remove += 1;
                 let _ = writeln!(out, "  - {} {}", c.kind, c.name);
             }
-            ChangeAction::Modify { details, breaking: b } => {
+            ChangeAction::Modify {
+                details,
+                breaking: b,
+            } => {
                 change += 1;
                 breaking += b.len();
                 let _ = writeln!(out, "  ~ {} {}", c.kind, c.name);

@@ -31,7 +31,7 @@ impl Server {
         let node = Node::open(config).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
-        tokio::spawn(node.serve(listener, std::future::pending()));
+        tokio::spawn(node.serve(listener, None, std::future::pending()));
         Server {
             base: format!("http://{addr}"),
             client: reqwest::Client::new(),
@@ -98,7 +98,10 @@ async fn pushed_attributes_are_served_and_newer_event_time_wins() {
     let result = &body["results"][0];
     assert_eq!(result["features"], json!(["country", "age", "keywords"]));
     assert_eq!(result["rows"][0]["status"], "present");
-    assert_eq!(result["rows"][0]["values"], json!(["KR", 31, ["bike", "tent"]]));
+    assert_eq!(
+        result["rows"][0]["values"],
+        json!(["KR", 31, ["bike", "tent"]])
+    );
     assert_eq!(result["rows"][0]["event_time"], "2026-01-02T00:00:00Z");
     assert_eq!(result["rows"][1], json!({"status": "not_found"}));
 
@@ -245,7 +248,10 @@ async fn feast_clients_get_feast_shaped_answers() {
                    "entities": {"article_id": ["a1", "a2"]}}),
         )
         .await;
-    assert_eq!(body["metadata"]["feature_names"], json!(["article_id", "clicks_1h"]));
+    assert_eq!(
+        body["metadata"]["feature_names"],
+        json!(["article_id", "clicks_1h"])
+    );
     assert_eq!(body["results"][1]["values"], json!([5, 6]));
 
     // A feature service answers all of its features.
@@ -259,7 +265,15 @@ async fn feast_clients_get_feast_shaped_answers() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body["metadata"]["feature_names"],
-        json!(["article_id", "user_id", "country", "age", "keywords", "article_id", "ctr_7d"])
+        json!([
+            "article_id",
+            "user_id",
+            "country",
+            "age",
+            "keywords",
+            "article_id",
+            "ctr_7d"
+        ])
     );
 }
 
@@ -279,25 +293,74 @@ async fn bad_requests_get_4xx_answers_that_name_the_problem() {
     let s = Server::start().await;
     let f = "/v1/features";
     expect_error(&s, f, "{", 400, "malformed JSON").await;
-    expect_error(&s, f, r#"{"entities": {"user_id": ["u1"]}, "groups": ["nope"]}"#, 404, "unknown feature group `nope`").await;
+    expect_error(
+        &s,
+        f,
+        r#"{"entities": {"user_id": ["u1"]}, "groups": ["nope"]}"#,
+        404,
+        "unknown feature group `nope`",
+    )
+    .await;
     expect_error(&s, f, r#"{"entities": {"user_id": ["u1"]}, "groups": [{"name": "user_profile", "features": ["agee"]}]}"#, 404, "no feature `agee`").await;
-    expect_error(&s, f, r#"{"entities": {"user_id": ["u1"]}, "feature_service": "nope"}"#, 404, "unknown feature service `nope`").await;
-    expect_error(&s, f, r#"{"entities": {"usr_id": ["u1"]}, "groups": ["user_profile"]}"#, 400, "`usr_id`").await;
-    expect_error(&s, f, r#"{"entities": {"user_id": [17]}, "groups": ["user_profile"]}"#, 400, "`user_id`").await;
+    expect_error(
+        &s,
+        f,
+        r#"{"entities": {"user_id": ["u1"]}, "feature_service": "nope"}"#,
+        404,
+        "unknown feature service `nope`",
+    )
+    .await;
+    expect_error(
+        &s,
+        f,
+        r#"{"entities": {"usr_id": ["u1"]}, "groups": ["user_profile"]}"#,
+        400,
+        "`usr_id`",
+    )
+    .await;
+    expect_error(
+        &s,
+        f,
+        r#"{"entities": {"user_id": [17]}, "groups": ["user_profile"]}"#,
+        400,
+        "`user_id`",
+    )
+    .await;
     expect_error(&s, f, r#"{"entities": {"user_id": ["u1"]}, "groups": [{"name": "recent_clicked_articles", "window": "7 days"}]}"#, 400, "window").await;
     expect_error(&s, f, r#"{"entities": {"user_id": ["u1"]}, "groups": [{"name": "recent_clicked_articles", "top_n": 0}]}"#, 400, "top_n").await;
-    expect_error(&s, f, r#"{"entities": {"user_id": ["u1"]}, "grups": ["user_profile"]}"#, 400, "grups").await;
+    expect_error(
+        &s,
+        f,
+        r#"{"entities": {"user_id": ["u1"]}, "grups": ["user_profile"]}"#,
+        400,
+        "grups",
+    )
+    .await;
     let many: Vec<String> = (0..101).map(|i| format!("u{i}")).collect();
     let body = json!({"entities": {"user_id": many}, "groups": ["user_profile"]}).to_string();
     expect_error(&s, f, &body, 413, "101, the limit is 100").await;
 
     let p = "/v1/push";
     expect_error(&s, p, r#"{"group": "user_profile", "records": [{"entity": {"user_id": "u1"}, "features": {"age": "old"}}]}"#, 400, "records[0].features.age").await;
-    expect_error(&s, p, r#"{"group": "user_profile", "records": [{"entity": {}, "features": {}}]}"#, 400, "missing entity key `user_id`").await;
+    expect_error(
+        &s,
+        p,
+        r#"{"group": "user_profile", "records": [{"entity": {}, "features": {}}]}"#,
+        400,
+        "missing entity key `user_id`",
+    )
+    .await;
     let big = "x".repeat(9000);
     let body = json!({"group": "user_profile", "records": [{"entity": {"user_id": "u1"}, "features": {"country": big}}]}).to_string();
     expect_error(&s, p, &body, 413, "limit of 8192 bytes").await;
-    expect_error(&s, "/get-online-features", r#"{"features": ["user_profile"], "entities": {"user_id": ["u1"]}}"#, 400, "group:feature").await;
+    expect_error(
+        &s,
+        "/get-online-features",
+        r#"{"features": ["user_profile"], "entities": {"user_id": ["u1"]}}"#,
+        400,
+        "group:feature",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -366,11 +429,16 @@ async fn metrics_count_requests_and_cache_lookups() {
         text.contains(r#"cellar_requests_total{endpoint="/v1/features",code="200"} 3"#),
         "{text}"
     );
-    assert!(text.contains("cellar_request_duration_seconds_bucket"), "{text}");
+    assert!(
+        text.contains("cellar_request_duration_seconds_bucket"),
+        "{text}"
+    );
     // u3 was written through, so every read is a local hit; u4 misses once, then the
     // negative entry answers.
     assert!(
-        text.contains(r#"cellar_cache_lookups_total{tier="local",group="user_profile",outcome="hit"} 3"#),
+        text.contains(
+            r#"cellar_cache_lookups_total{tier="local",group="user_profile",outcome="hit"} 3"#
+        ),
         "{text}"
     );
     assert!(
