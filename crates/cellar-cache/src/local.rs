@@ -87,7 +87,12 @@ struct Entry {
 struct HardExpiry;
 
 impl moka::Expiry<CacheKey, Entry> for HardExpiry {
-    fn expire_after_create(&self, _: &CacheKey, e: &Entry, created_at: Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _: &CacheKey,
+        e: &Entry,
+        created_at: Instant,
+    ) -> Option<Duration> {
         Some(e.deadlines.hard.saturating_duration_since(created_at))
     }
 
@@ -151,7 +156,8 @@ impl LocalTier {
             return None;
         }
         if now >= entry.deadlines.soft {
-            self.metrics.record(Tier::Local, &group.name, Outcome::Stale);
+            self.metrics
+                .record(Tier::Local, &group.name, Outcome::Stale);
             self.refresh(group, key.clone(), entity.clone());
         }
         Some(entry.cached)
@@ -183,7 +189,9 @@ impl LocalTier {
                         insert_if_newer(&cache, &group, key.clone(), cached);
                     }
                 }
-                Err(e) => tracing::warn!(group = %group.name, error = %e, "local tier refresh failed"),
+                Err(e) => {
+                    tracing::warn!(group = %group.name, error = %e, "local tier refresh failed")
+                }
             }
             if let Ok(mut r) = refreshing.lock() {
                 r.remove(&key);
@@ -244,9 +252,8 @@ impl LocalTier {
                         }
                         // Without the series already cached, one record is not the whole
                         // series: leave it to the next read to fill.
-                        (GroupKind::Timeseries, Some(Cached::Missing)) | (GroupKind::Timeseries, None) => {
-                            Op::Remove
-                        }
+                        (GroupKind::Timeseries, Some(Cached::Missing))
+                        | (GroupKind::Timeseries, None) => Op::Remove,
                         (GroupKind::Timeseries, Some(Cached::Attribute(_))) => Op::Remove,
                     }
                 });
@@ -270,7 +277,12 @@ impl LocalTier {
 
 /// Stores `cached` unless the entry already holds a newer record: a slow read never overwrites
 /// a fresher write.
-fn insert_if_newer(cache: &Cache<CacheKey, Entry>, group: &FeatureGroup, key: CacheKey, cached: Cached) {
+fn insert_if_newer(
+    cache: &Cache<CacheKey, Entry>,
+    group: &FeatureGroup,
+    key: CacheKey,
+    cached: Cached,
+) {
     let deadlines = match cached {
         Cached::Missing => Deadlines::negative(&group.serving),
         _ => Deadlines::positive(&group.serving),

@@ -51,7 +51,10 @@ mod tests {
         let ttl = Duration::from_secs(100);
         for _ in 0..1000 {
             let t = jittered(ttl, 0.1);
-            assert!(t >= Duration::from_secs(90) && t <= Duration::from_secs(110), "{t:?}");
+            assert!(
+                t >= Duration::from_secs(90) && t <= Duration::from_secs(110),
+                "{t:?}"
+            );
         }
         assert_eq!(jittered(ttl, 0.0), ttl);
     }

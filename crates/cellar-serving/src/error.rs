@@ -81,6 +81,7 @@ impl ServeError {
             ServeError::TooManyEntities { .. } | ServeError::TooLarge(_) => ErrorKind::TooLarge,
             ServeError::DeadlineExceeded(_) => ErrorKind::DeadlineExceeded,
             ServeError::Store(StoreError::RecordTooLarge { .. }) => ErrorKind::TooLarge,
+            ServeError::Store(StoreError::InvalidInput { .. }) => ErrorKind::InvalidArgument,
             ServeError::Store(StoreError::Backend(_)) => ErrorKind::Unavailable,
             ServeError::Store(_) => ErrorKind::Internal,
         }

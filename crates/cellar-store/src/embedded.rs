@@ -1,1 +1,704 @@
 //! The embedded backend: records in an embedded KV engine on local disk.
+//!
+//! The engine is fjall (an LSM tree), chosen over redb by `examples/engine_bench.rs`; the figures
+//! and reasons are in `docs/store-engine.md`.
+//!
+//! Key layout (one keyspace per group kind):
+//!
+//! ```text
+//! attributes:  <group> 0x00 <entity>                           -> current record
+//! timeseries:  <group> 0x00 <entity> 0x00 <!event_time, u64 BE> -> record at that event time
+//! ```
+//!
+//! Inverting the event time makes a forward scan of an entity's prefix newest-first, so a top-N
+//! read stops after N records. The trailing NUL of the time-series prefix keeps entity `u1` from
+//! matching `u10`'s keys; NUL is refused in group names and entity keys so it can only ever be a
+//! separator. Values are records in the [`codec`](crate::codec) format.
+//!
+//! Writes are serialised by one lock and each `put`, `delete` or trim chunk is one atomic batch,
+//! fsync'd before the call returns: ingestion commits source offsets once `put` returns, so an
+//! acknowledged write must survive a crash. Reads go to the engine directly from the calling
+//! task (a read is a few microseconds of CPU and page-cache access, cheaper than a hop to a
+//! blocking thread); writes, which wait on fsync, run on Tokio's blocking pool.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use cellar_spec::{EntityKey, FeatureGroup, GroupKind};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+
+use crate::{
+    codec, OnlineStore, PutOutcome, Record, RecordReader, Result, StoreError, TimeseriesQuery,
+    Write,
+};
+
+/// Separates the group, entity and event time in keys; refused inside names and keys.
+const SEPARATOR: u8 = 0;
+/// Bytes of the inverted event time at the end of a time-series key.
+const TIME_LEN: usize = 8;
+/// Records removed per durable batch by `trim`, bounding how long writers wait on it.
+const TRIM_CHUNK: usize = 10_000;
+/// What `put`, `delete` and `trim` wait for before returning: the journal fsync'd to disk.
+const DURABLE: PersistMode = PersistMode::SyncAll;
+
+/// Tuning for [`EmbeddedStore::open_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EmbeddedOptions {
+    /// Bytes of the engine's block cache, shared by both keyspaces.
+    pub cache_bytes: u64,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        EmbeddedOptions {
+            cache_bytes: 64 << 20,
+        }
+    }
+}
+
+/// The embedded [`OnlineStore`]: a directory on local disk. Cloning is cheap and clones share
+/// the same open database.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Where the database lives, for error messages.
+    path: PathBuf,
+    /// The engine; its journal is what `put` waits on.
+    db: Database,
+    /// Attribute records, keyed `<group>\0<entity>`.
+    attributes: Keyspace,
+    /// Time-series records, keyed `<group>\0<entity>\0<inverted event time>`.
+    timeseries: Keyspace,
+    /// Serialises writers: an attribute put compares the stored event time before writing, and
+    /// a time-series put counts an entity's records before trimming them; an interleaved writer
+    /// could otherwise replace a newer record with an older one or trim the wrong records.
+    writer: Mutex<()>,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens the store in directory `path`, creating it if needed, with default options.
+    /// Everything acknowledged before the last close or crash is there.
+    pub fn open(path: impl AsRef<Path>) -> Result<EmbeddedStore> {
+        EmbeddedStore::open_with(path, EmbeddedOptions::default())
+    }
+
+    /// Opens the store in directory `path` with the given options.
+    pub fn open_with(path: impl AsRef<Path>, options: EmbeddedOptions) -> Result<EmbeddedStore> {
+        let path = path.as_ref().to_path_buf();
+        let open_error = |e: fjall::Error| {
+            StoreError::Backend(format!(
+                "cannot open the embedded store at {}: {e}",
+                path.display()
+            ))
+        };
+        let db = Database::builder(&path)
+            .cache_size(options.cache_bytes)
+            .open()
+            .map_err(open_error)?;
+        let attributes = db
+            .keyspace("attributes", KeyspaceCreateOptions::default)
+            .map_err(open_error)?;
+        let timeseries = db
+            .keyspace("timeseries", KeyspaceCreateOptions::default)
+            .map_err(open_error)?;
+        Ok(EmbeddedStore {
+            inner: Arc::new(Inner {
+                path,
+                db,
+                attributes,
+                timeseries,
+                writer: Mutex::new(()),
+            }),
+        })
+    }
+
+    /// The directory the store lives in.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Inner) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || work(&inner))
+            .await
+            .map_err(|e| StoreError::Backend(format!("embedded store task failed: {e}")))?
+    }
+}
+
+/// One record ready to write: validated, keyed and encoded before leaving the async task.
+struct Prepared {
+    key: Vec<u8>,
+    /// Length of the key's `<group>\0<entity>\0` prefix (time series only).
+    prefix_len: usize,
+    event_time: i64,
+    bytes: Vec<u8>,
+}
+
+fn backend(e: fjall::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The oldest event time served or kept at `now`: records strictly older are past retention.
+fn age_cutoff(group: &FeatureGroup, now: i64) -> Option<i64> {
+    group.retention.max_age.map(|age| {
+        let age_ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+        now.saturating_sub(age_ms)
+    })
+}
+
+fn check_group_name(group: &FeatureGroup) -> Result<()> {
+    if group.name.as_bytes().contains(&SEPARATOR) {
+        return Err(StoreError::InvalidInput {
+            group: group.name.escape_debug().to_string(),
+            entity: String::new(),
+            reason: "group names may not contain a NUL byte".to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// `<group>\0<entity>` into `buf`, replacing its contents.
+fn attribute_key(buf: &mut Vec<u8>, group: &str, entity: &EntityKey) {
+    buf.clear();
+    buf.extend_from_slice(group.as_bytes());
+    buf.push(SEPARATOR);
+    buf.extend_from_slice(entity.as_bytes());
+}
+
+/// `<group>\0` into `buf`: the prefix of every key of a group.
+fn group_prefix(group: &str) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(group.len() + 1);
+    buf.extend_from_slice(group.as_bytes());
+    buf.push(SEPARATOR);
+    buf
+}
+
+/// `<group>\0<entity>\0` into `buf`: the prefix of an entity's time series.
+fn series_prefix(buf: &mut Vec<u8>, group: &str, entity: &EntityKey) {
+    attribute_key(buf, group, entity);
+    buf.push(SEPARATOR);
+}
+
+/// Flipping the sign bit maps i64 order onto u64 order (negative times included).
+const SIGN_BIT: u64 = 1 << 63;
+
+fn inverted_time(event_time: i64) -> [u8; TIME_LEN] {
+    // Inverted so that a newer time gives a smaller key and sorts first.
+    (!((event_time as u64) ^ SIGN_BIT)).to_be_bytes()
+}
+
+/// The event time at the end of a time-series key, if the key has exactly `prefix_len` bytes
+/// before it (a longer key belongs to an entity whose key merely starts with ours).
+fn key_time(key: &[u8], prefix_len: usize) -> Option<i64> {
+    if key.len() != prefix_len + TIME_LEN {
+        return None;
+    }
+    let raw: [u8; TIME_LEN] = key.get(prefix_len..)?.try_into().ok()?;
+    Some(((!u64::from_be_bytes(raw)) ^ SIGN_BIT) as i64)
+}
+
+fn corrupt(group: &str, entity: &[u8], e: StoreError) -> StoreError {
+    StoreError::Corrupt {
+        group: group.to_owned(),
+        reason: format!(
+            "record of entity `{}`: {e}",
+            String::from_utf8_lossy(entity).escape_debug()
+        ),
+    }
+}
+
+impl Inner {
+    fn lock_writer(&self) -> MutexGuard<'_, ()> {
+        // The lock guards no data of its own (the engine's state is always consistent), so a
+        // writer that panicked leaves nothing to repair.
+        self.writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn put_attributes(&self, group: &str, prepared: Vec<Prepared>) -> Result<Vec<PutOutcome>> {
+        let _writer = self.lock_writer();
+        // Event times decided earlier in this batch, so a batch holding several writes for one
+        // entity is judged write by write, and only the last applied one is written.
+        let mut winners: HashMap<&[u8], (i64, &[u8])> = HashMap::new();
+        let mut outcomes = Vec::with_capacity(prepared.len());
+        for p in &prepared {
+            let current = match winners.get(p.key.as_slice()) {
+                Some((t, _)) => Some(*t),
+                None => self.stored_event_time(group, &p.key)?,
+            };
+            if current.is_some_and(|t| t >= p.event_time) {
+                outcomes.push(PutOutcome::Stale);
+            } else {
+                winners.insert(&p.key, (p.event_time, &p.bytes));
+                outcomes.push(PutOutcome::Applied);
+            }
+        }
+        let mut batch = self.db.batch().durability(Some(DURABLE));
+        for (key, (_, bytes)) in winners {
+            batch.insert(&self.attributes, key, bytes);
+        }
+        batch.commit().map_err(backend)?;
+        Ok(outcomes)
+    }
+
+    /// The event time of the stored attribute record, if any. A record that cannot be decoded
+    /// is treated as absent so that a newer write can replace it, rather than wedging the key.
+    fn stored_event_time(&self, group: &str, key: &[u8]) -> Result<Option<i64>> {
+        let Some(stored) = self.attributes.get(key).map_err(backend)? else {
+            return Ok(None);
+        };
+        match codec::decode_event_time(&stored) {
+            Ok(t) => Ok(Some(t)),
+            Err(e) => {
+                tracing::warn!(group, key = %String::from_utf8_lossy(key).escape_debug(), error = %e, "replacing an undecodable stored record");
+                Ok(None)
+            }
+        }
+    }
+
+    fn put_timeseries(
+        &self,
+        max_records: Option<u32>,
+        prepared: Vec<Prepared>,
+    ) -> Result<Vec<PutOutcome>> {
+        let outcomes = vec![PutOutcome::Applied; prepared.len()];
+        // Per entity prefix, the new records by key; a later write of the same event time in
+        // the batch replaces an earlier one, as it would across batches.
+        let mut by_entity: BTreeMap<&[u8], BTreeMap<&[u8], &[u8]>> = BTreeMap::new();
+        for p in &prepared {
+            by_entity
+                .entry(&p.key[..p.prefix_len])
+                .or_default()
+                .insert(&p.key, &p.bytes);
+        }
+        let _writer = self.lock_writer();
+        let mut batch = self.db.batch().durability(Some(DURABLE));
+        for (prefix, mut new) in by_entity {
+            if let Some(max) = max_records {
+                self.trim_entity_on_put(&mut batch, prefix, &mut new, max as usize)?;
+            }
+            for (key, bytes) in new {
+                batch.insert(&self.timeseries, key, bytes);
+            }
+        }
+        batch.commit().map_err(backend)?;
+        Ok(outcomes)
+    }
+
+    /// Keeps the newest `max` of an entity's stored and new records: stored ones past it are
+    /// removed in `batch`, new ones past it are dropped from `new` before being written.
+    fn trim_entity_on_put(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        prefix: &[u8],
+        new: &mut BTreeMap<&[u8], &[u8]>,
+        max: usize,
+    ) -> Result<()> {
+        let mut stored = Vec::new();
+        for guard in self.timeseries.prefix(prefix) {
+            let key = guard.key().map_err(backend)?;
+            if key_time(&key, prefix.len()).is_some() {
+                stored.push(key);
+            }
+        }
+        if stored.len() + new.len() <= max {
+            return Ok(());
+        }
+        // Merge the two newest-first key lists; a key in both is one record (replaced).
+        let mut kept = 0;
+        let new_keys: Vec<&[u8]> = new.keys().copied().collect();
+        let (mut i, mut j) = (0, 0);
+        let mut drop_new = Vec::new();
+        while i < stored.len() || j < new_keys.len() {
+            let take_stored = match (stored.get(i), new_keys.get(j)) {
+                (Some(s), Some(n)) => s.as_ref() <= *n,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if take_stored {
+                let key = &stored[i];
+                let also_new = new_keys.get(j).is_some_and(|n| *n == key.as_ref());
+                if kept >= max {
+                    batch.remove(&self.timeseries, key.clone());
+                    if also_new {
+                        drop_new.push(new_keys[j]);
+                    }
+                }
+                kept += 1;
+                i += 1;
+                if also_new {
+                    j += 1;
+                }
+            } else {
+                if kept >= max {
+                    drop_new.push(new_keys[j]);
+                }
+                kept += 1;
+                j += 1;
+            }
+        }
+        for key in drop_new {
+            new.remove(key);
+        }
+        Ok(())
+    }
+
+    fn delete(&self, group: &FeatureGroup, entities: &[EntityKey]) -> Result<()> {
+        let _writer = self.lock_writer();
+        let mut batch = self.db.batch().durability(Some(DURABLE));
+        let mut key = Vec::new();
+        for entity in entities {
+            if entity.as_bytes().contains(&SEPARATOR) {
+                continue;
+            }
+            match group.kind {
+                GroupKind::Attribute => {
+                    attribute_key(&mut key, &group.name, entity);
+                    batch.remove(&self.attributes, key.as_slice());
+                }
+                GroupKind::Timeseries => {
+                    series_prefix(&mut key, &group.name, entity);
+                    for guard in self.timeseries.prefix(&key) {
+                        let stored = guard.key().map_err(backend)?;
+                        if key_time(&stored, key.len()).is_some() {
+                            batch.remove(&self.timeseries, stored);
+                        }
+                    }
+                }
+            }
+        }
+        batch.commit().map_err(backend)
+    }
+
+    fn trim(&self, group: &FeatureGroup, now: i64) -> Result<u64> {
+        let cutoff = age_cutoff(group, now);
+        let prefix = group_prefix(&group.name);
+        let mut candidates: Vec<fjall::UserKey> = Vec::new();
+        let mut removed = 0;
+        match group.kind {
+            GroupKind::Attribute => {
+                let Some(cutoff) = cutoff else {
+                    return Ok(0);
+                };
+                for guard in self.attributes.prefix(&prefix) {
+                    let (key, value) = guard.into_inner().map_err(backend)?;
+                    if codec::decode_event_time(&value).is_ok_and(|t| t < cutoff) {
+                        candidates.push(key);
+                    }
+                    if candidates.len() >= TRIM_CHUNK {
+                        removed += self.remove_expired_attributes(&mut candidates, cutoff)?;
+                    }
+                }
+                removed += self.remove_expired_attributes(&mut candidates, cutoff)?;
+            }
+            GroupKind::Timeseries => {
+                let max_records = group.retention.max_records.map(|m| m as usize);
+                if cutoff.is_none() && max_records.is_none() {
+                    return Ok(0);
+                }
+                // Keys are sorted by entity, then newest first: one pass counts each entity's
+                // records in order. The scan reads a snapshot, so chunks committed meanwhile
+                // do not disturb the count.
+                let mut entity: Vec<u8> = Vec::new();
+                let mut position = 0usize;
+                for guard in self.timeseries.prefix(&prefix) {
+                    let key = guard.key().map_err(backend)?;
+                    let Some(rest) = key.get(prefix.len()..) else {
+                        continue;
+                    };
+                    let Some(entity_len) = rest.len().checked_sub(TIME_LEN + 1) else {
+                        continue;
+                    };
+                    let this_entity = &rest[..entity_len];
+                    if this_entity != entity.as_slice() {
+                        entity.clear();
+                        entity.extend_from_slice(this_entity);
+                        position = 0;
+                    }
+                    let Some(event_time) = key_time(&key, prefix.len() + entity_len + 1) else {
+                        continue;
+                    };
+                    let over_count = max_records.is_some_and(|m| position >= m);
+                    let too_old = cutoff.is_some_and(|c| event_time < c);
+                    position += 1;
+                    if over_count || too_old {
+                        candidates.push(key);
+                    }
+                    if candidates.len() >= TRIM_CHUNK {
+                        removed += self.remove_series_keys(&mut candidates)?;
+                    }
+                }
+                removed += self.remove_series_keys(&mut candidates)?;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Removes the candidates that are still past `cutoff` under the writer lock: a put may
+    /// have replaced one with a newer record since the scan saw it.
+    fn remove_expired_attributes(
+        &self,
+        candidates: &mut Vec<fjall::UserKey>,
+        cutoff: i64,
+    ) -> Result<u64> {
+        if candidates.is_empty() {
+            return Ok(0);
+        }
+        let _writer = self.lock_writer();
+        let mut batch = self.db.batch().durability(Some(DURABLE));
+        let mut removed = 0;
+        for key in candidates.drain(..) {
+            let still_expired = match self.attributes.get(&key).map_err(backend)? {
+                Some(value) => codec::decode_event_time(&value).is_ok_and(|t| t < cutoff),
+                None => false,
+            };
+            if still_expired {
+                batch.remove(&self.attributes, key);
+                removed += 1;
+            }
+        }
+        batch.commit().map_err(backend)?;
+        Ok(removed)
+    }
+
+    /// Removes time-series keys that still exist (a concurrent put may have trimmed some).
+    fn remove_series_keys(&self, candidates: &mut Vec<fjall::UserKey>) -> Result<u64> {
+        if candidates.is_empty() {
+            return Ok(0);
+        }
+        let _writer = self.lock_writer();
+        let mut batch = self.db.batch().durability(Some(DURABLE));
+        let mut removed = 0;
+        for key in candidates.drain(..) {
+            if self.timeseries.contains_key(&key).map_err(backend)? {
+                batch.remove(&self.timeseries, key);
+                removed += 1;
+            }
+        }
+        batch.commit().map_err(backend)?;
+        Ok(removed)
+    }
+}
+
+impl EmbeddedStore {
+    fn prepare(&self, group: &FeatureGroup, writes: &[Write]) -> Result<Vec<Prepared>> {
+        check_group_name(group)?;
+        let mut prepared = Vec::with_capacity(writes.len());
+        for w in writes {
+            let invalid = |reason: String| StoreError::InvalidInput {
+                group: group.name.clone(),
+                entity: w.entity.as_str().escape_debug().to_string(),
+                reason,
+            };
+            if w.entity.as_bytes().contains(&SEPARATOR) {
+                return Err(invalid("entity keys may not contain a NUL byte".to_owned()));
+            }
+            let size = codec::encoded_len(&w.record);
+            if size > group.max_record_bytes {
+                return Err(StoreError::RecordTooLarge {
+                    group: group.name.clone(),
+                    entity: w.entity.to_string(),
+                    size,
+                    limit: group.max_record_bytes,
+                });
+            }
+            let bytes = codec::encode(&w.record).map_err(|e| invalid(e.to_string()))?;
+            let mut key = Vec::with_capacity(group.name.len() + w.entity.0.len() + 2 + TIME_LEN);
+            let prefix_len = match group.kind {
+                GroupKind::Attribute => {
+                    attribute_key(&mut key, &group.name, &w.entity);
+                    key.len()
+                }
+                GroupKind::Timeseries => {
+                    series_prefix(&mut key, &group.name, &w.entity);
+                    let len = key.len();
+                    key.extend_from_slice(&inverted_time(w.record.event_time));
+                    len
+                }
+            };
+            prepared.push(Prepared {
+                key,
+                prefix_len,
+                event_time: w.record.event_time,
+                bytes,
+            });
+        }
+        Ok(prepared)
+    }
+}
+
+#[async_trait]
+impl RecordReader for EmbeddedStore {
+    async fn get_attributes(
+        &self,
+        group: &FeatureGroup,
+        entities: &[EntityKey],
+    ) -> Result<Vec<Option<Record>>> {
+        check_group_name(group)?;
+        let mut key = Vec::with_capacity(group.name.len() + 32);
+        let mut records = Vec::with_capacity(entities.len());
+        for entity in entities {
+            if entity.as_bytes().contains(&SEPARATOR) {
+                records.push(None);
+                continue;
+            }
+            attribute_key(&mut key, &group.name, entity);
+            let Some(bytes) = self.inner.attributes.get(&key).map_err(backend)? else {
+                records.push(None);
+                continue;
+            };
+            let record =
+                codec::decode(&bytes).map_err(|e| corrupt(&group.name, entity.as_bytes(), e))?;
+            records.push(Some(record));
+        }
+        Ok(records)
+    }
+
+    async fn scan_timeseries(
+        &self,
+        group: &FeatureGroup,
+        entities: &[EntityKey],
+        query: TimeseriesQuery,
+    ) -> Result<Vec<Vec<Record>>> {
+        check_group_name(group)?;
+        let oldest = match (age_cutoff(group, now_ms()), query.since) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        let mut prefix = Vec::with_capacity(group.name.len() + 32);
+        let mut result = Vec::with_capacity(entities.len());
+        for entity in entities {
+            let mut series = Vec::new();
+            if query.top_n == 0 || entity.as_bytes().contains(&SEPARATOR) {
+                result.push(series);
+                continue;
+            }
+            series_prefix(&mut prefix, &group.name, entity);
+            for guard in self.inner.timeseries.prefix(&prefix) {
+                let (key, value) = guard.into_inner().map_err(backend)?;
+                let Some(event_time) = key_time(&key, prefix.len()) else {
+                    continue;
+                };
+                if oldest.is_some_and(|o| event_time < o) {
+                    // Newest first: everything after this is older still.
+                    break;
+                }
+                let record = codec::decode(&value)
+                    .map_err(|e| corrupt(&group.name, entity.as_bytes(), e))?;
+                series.push(record);
+                if series.len() >= query.top_n {
+                    break;
+                }
+            }
+            result.push(series);
+        }
+        Ok(result)
+    }
+}
+
+#[async_trait]
+impl OnlineStore for EmbeddedStore {
+    async fn put(&self, group: &FeatureGroup, writes: &[Write]) -> Result<Vec<PutOutcome>> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Every record is checked and encoded before anything is written, so a bad record
+        // fails its whole batch and leaves the store untouched.
+        let prepared = self.prepare(group, writes)?;
+        let name = group.name.clone();
+        match group.kind {
+            GroupKind::Attribute => {
+                self.blocking(move |inner| inner.put_attributes(&name, prepared))
+                    .await
+            }
+            GroupKind::Timeseries => {
+                let max_records = group.retention.max_records;
+                self.blocking(move |inner| inner.put_timeseries(max_records, prepared))
+                    .await
+            }
+        }
+    }
+
+    async fn delete(&self, group: &FeatureGroup, entities: &[EntityKey]) -> Result<()> {
+        check_group_name(group)?;
+        if entities.is_empty() {
+            return Ok(());
+        }
+        let group = group.clone();
+        let entities = entities.to_vec();
+        self.blocking(move |inner| inner.delete(&group, &entities))
+            .await
+    }
+
+    async fn trim(&self, group: &FeatureGroup, now: i64) -> Result<u64> {
+        check_group_name(group)?;
+        let group = group.clone();
+        self.blocking(move |inner| inner.trim(&group, now)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inverted_time_sorts_newest_first() {
+        let times = [
+            i64::MIN,
+            -1_000,
+            -1,
+            0,
+            1,
+            1_000,
+            1_700_000_000_000,
+            i64::MAX,
+        ];
+        for pair in times.windows(2) {
+            assert!(inverted_time(pair[1]) < inverted_time(pair[0]));
+        }
+    }
+
+    #[test]
+    fn key_time_round_trips_and_rejects_longer_entities() {
+        let mut key = Vec::new();
+        series_prefix(&mut key, "g", &EntityKey("u1".into()));
+        let prefix_len = key.len();
+        key.extend_from_slice(&inverted_time(1_700_000_000_123));
+        assert_eq!(key_time(&key, prefix_len), Some(1_700_000_000_123));
+        for t in [i64::MIN, -5, 0, i64::MAX] {
+            key.truncate(prefix_len);
+            key.extend_from_slice(&inverted_time(t));
+            assert_eq!(key_time(&key, prefix_len), Some(t));
+        }
+
+        let mut other = Vec::new();
+        series_prefix(&mut other, "g", &EntityKey("u1\u{1f}x".into()));
+        other.extend_from_slice(&inverted_time(5));
+        assert_eq!(key_time(&other, prefix_len), None);
+    }
+}

@@ -2,7 +2,20 @@
 //! positional encoding of records, the embedded backend (the default, on local disk), and a
 //! conformance suite that every backend runs.
 //!
-//! Depends on `cellar-spec` only; caches and serving build on top of it.
+//! Layout:
+//! - this file: the [`RecordReader`] and [`OnlineStore`] traits, [`Write`], [`PutOutcome`],
+//!   [`TimeseriesQuery`] and the crate's one error type, [`StoreError`];
+//! - [`Record`] and [`AppliedOffset`]: a record as stored, values by feature position;
+//! - [`codec`]: the compact, versioned byte encoding of records, and the size the record-size
+//!   limit is checked against;
+//! - [`embedded`]: the embedded backend (fjall on local disk), durable on every `put`;
+//! - [`conformance`]: the checks every backend must pass, and the
+//!   [`online_store_conformance!`] macro that runs them all as tests;
+//! - `examples/engine_bench.rs`: the fjall-vs-redb measurement behind the embedded engine
+//!   (`docs/store-engine.md`).
+//!
+//! Depends on `cellar-spec` only; caches and serving build on top of it. It must not depend on
+//! any other Cellar crate.
 
 pub mod codec;
 pub mod conformance;
@@ -20,33 +33,71 @@ pub enum StoreError {
     /// A record's encoded size is over its group's limit.
     #[error("record for entity `{entity}` of group `{group}` is {size} bytes, over the limit of {limit} bytes")]
     RecordTooLarge {
+        /// The group written.
         group: String,
+        /// The entity whose record is too large.
         entity: String,
+        /// The record's encoded size ([`codec::encoded_len`]).
         size: usize,
+        /// The group's `max_record_bytes`.
         limit: usize,
     },
     /// A stored record could not be decoded.
     #[error("corrupt record in group `{group}`: {reason}")]
-    Corrupt { group: String, reason: String },
+    Corrupt {
+        /// The group read.
+        group: String,
+        /// Which record, and what is wrong with it.
+        reason: String,
+    },
+    /// A key or record the store cannot accept as given (a group name or entity key holding a
+    /// NUL byte, which the key layout reserves; values nested too deep to encode). The caller's
+    /// input is at fault and retrying will not help.
+    #[error("invalid input for entity `{entity}` of group `{group}`: {reason}")]
+    InvalidInput {
+        /// The group written or read.
+        group: String,
+        /// The entity concerned, empty when the group name itself is refused.
+        entity: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Bytes that are not a record in the [`codec`] format, or a record the format cannot
+    /// hold. Backends report undecodable stored records as [`StoreError::Corrupt`].
+    #[error("record encoding error: {0}")]
+    Codec(String),
     /// The backend failed; retrying may help.
     #[error("store backend error: {0}")]
     Backend(String),
 }
 
+impl StoreError {
+    /// Whether retrying the same call may succeed: only backend failures are transient; bad
+    /// input and corrupt data stay bad.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Backend(_))
+    }
+}
+
+/// The result of store operations.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// What a time-series read returns: at most `top_n` records, newest first, none with an event
 /// time before `since` (milliseconds since the epoch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimeseriesQuery {
+    /// Most records returned per entity.
     pub top_n: usize,
+    /// Oldest event time returned (inclusive), milliseconds since the epoch.
     pub since: Option<i64>,
 }
 
 /// One record to write.
 #[derive(Debug, Clone)]
 pub struct Write {
+    /// The entity the record belongs to.
     pub entity: EntityKey,
+    /// The record, its values in the group's feature order.
     pub record: Record,
 }
 
@@ -63,7 +114,9 @@ pub enum PutOutcome {
 /// The read side of the online store, also implemented by the cache tiers that wrap it.
 #[async_trait]
 pub trait RecordReader: Send + Sync {
-    /// The current record of each entity of an attribute group, in the order asked.
+    /// The current record of each entity of an attribute group, in the order asked. A record
+    /// past the group's `max_age` is still returned until `trim` removes it, so that readers
+    /// can answer "expired" rather than "not found".
     async fn get_attributes(
         &self,
         group: &FeatureGroup,

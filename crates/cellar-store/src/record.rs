@@ -13,6 +13,7 @@ use cellar_spec::Value;
 pub struct Record {
     /// Event time, milliseconds since the Unix epoch. Newer event times win.
     pub event_time: i64,
+    /// Feature values by position in the group.
     pub values: Vec<Value>,
     /// For each source partition that contributed to this record, the last offset applied, so
     /// a redelivered event can be recognised and skipped (effectively-once ingestion).
@@ -25,10 +26,12 @@ pub struct Record {
 pub struct AppliedOffset {
     /// Stable id of the source partition (topic and partition).
     pub source: u64,
+    /// The offset last applied from that partition.
     pub offset: u64,
 }
 
 impl Record {
+    /// A record with no applied offsets.
     pub fn new(event_time: i64, values: Vec<Value>) -> Record {
         Record {
             event_time,

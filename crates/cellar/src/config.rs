@@ -91,26 +91,32 @@ impl Default for Config {
     }
 }
 
+/// Top-level names of the config, the only `CELLAR_*` variables read as settings.
+const SECTIONS: [&str; 6] = ["data_dir", "repo", "server", "registry", "store", "cache"];
+
 impl Config {
     /// Loads the configuration: defaults, then `file` (if given), then environment variables
     /// such as `CELLAR_SERVER__LISTEN=0.0.0.0:6566` (sections separated by `__`).
-    pub fn load(file: Option<&Path>) -> Result<Config, figment::Error> {
+    pub fn load(file: Option<&Path>) -> Result<Config, Box<figment::Error>> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(file) = file {
             if !file.exists() {
-                return Err(figment::Error::from(format!(
+                return Err(Box::new(figment::Error::from(format!(
                     "config file {} does not exist",
                     file.display()
-                )));
+                ))));
             }
             figment = figment.merge(Toml::file(file));
         }
         figment
             .merge(Env::prefixed("CELLAR_").split("__").filter(|k| {
-                // Test and tool variables share the prefix; only sections are config.
-                !k.as_str().starts_with("test")
+                // Other variables share the prefix (the tests' CELLAR_TEST_*): only the
+                // config's own top-level names are settings.
+                let top = k.as_str().split('.').next().unwrap_or_default();
+                SECTIONS.iter().any(|s| top.eq_ignore_ascii_case(s))
             }))
             .extract()
+            .map_err(Box::new)
     }
 
     /// The registry URL, defaulting to a SQLite file in the data directory.
@@ -137,6 +143,8 @@ mod tests {
     use super::*;
 
     #[test]
+    // `Jail`'s closure must return figment's own (large) error type.
+    #[allow(clippy::result_large_err)]
     fn file_then_env_override_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("cellar.toml");
@@ -147,6 +155,7 @@ mod tests {
         .unwrap();
         figment::Jail::expect_with(|jail| {
             jail.set_env("CELLAR_SERVER__MAX_ENTITIES_PER_REQUEST", "7");
+            jail.set_env("CELLAR_TEST_SOMETHING", "not a setting");
             let c = Config::load(Some(&file)).unwrap();
             assert_eq!(c.server.listen, "127.0.0.1:7000");
             assert_eq!(c.server.max_entities_per_request, 7);

@@ -18,9 +18,11 @@ struct Server {
 impl Server {
     async fn start() -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::default();
-        config.data_dir = dir.path().join("data");
-        config.repo = dir.path().join("repo");
+        let mut config = Config {
+            data_dir: dir.path().join("data"),
+            repo: dir.path().join("repo"),
+            ..Config::default()
+        };
         config.server.max_entities_per_request = 100;
         quickstart::write_example_repo(&config.repo).unwrap();
         let registry = cellar_registry::Registry::open(&config.registry_url())
