@@ -21,10 +21,16 @@ type CacheKey = String;
 
 fn cache_key(group: &str, entity: &EntityKey) -> CacheKey {
     let mut k = String::with_capacity(group.len() + 1 + entity.0.len());
-    k.push_str(group);
-    k.push('\0');
-    k.push_str(&entity.0);
+    write_cache_key(&mut k, group, entity);
     k
+}
+
+/// Writes a key into a reused buffer, so lookups that hit allocate nothing for the key.
+fn write_cache_key(buf: &mut String, group: &str, entity: &EntityKey) {
+    buf.clear();
+    buf.push_str(group);
+    buf.push('\0');
+    buf.push_str(&entity.0);
 }
 
 /// What the cache knows about one entity of one group.
@@ -149,7 +155,7 @@ impl LocalTier {
     }
 
     /// Looks up one key. A stale entry is returned and refreshed in the background.
-    fn lookup(&self, group: &FeatureGroup, key: &CacheKey, entity: &EntityKey) -> Option<Cached> {
+    fn lookup(&self, group: &FeatureGroup, key: &str, entity: &EntityKey) -> Option<Cached> {
         let entry = self.cache.get(key)?;
         let now = Instant::now();
         if now >= entry.deadlines.hard {
@@ -158,7 +164,7 @@ impl LocalTier {
         if now >= entry.deadlines.soft {
             self.metrics
                 .record(Tier::Local, &group.name, Outcome::Stale);
-            self.refresh(group, key.clone(), entity.clone());
+            self.refresh(group, key.to_owned(), entity.clone());
         }
         Some(entry.cached)
     }
@@ -346,8 +352,9 @@ impl RecordReader for LocalTier {
         let mut out: Vec<Option<Record>> = vec![None; entities.len()];
         let mut missed: Vec<usize> = Vec::new();
         let mut missed_keys: Vec<CacheKey> = Vec::new();
+        let mut key = String::new();
         for (i, entity) in entities.iter().enumerate() {
-            let key = cache_key(&group.name, entity);
+            write_cache_key(&mut key, &group.name, entity);
             match self.lookup(group, &key, entity) {
                 Some(Cached::Attribute(r)) => {
                     self.metrics.record(Tier::Local, &group.name, Outcome::Hit);
@@ -360,7 +367,7 @@ impl RecordReader for LocalTier {
                 Some(Cached::Series { .. }) | None => {
                     self.metrics.record(Tier::Local, &group.name, Outcome::Miss);
                     missed.push(i);
-                    missed_keys.push(key);
+                    missed_keys.push(key.clone());
                 }
             }
         }
@@ -391,8 +398,9 @@ impl RecordReader for LocalTier {
         let mut out: Vec<Vec<Record>> = vec![Vec::new(); entities.len()];
         let mut missed: Vec<usize> = Vec::new();
         let mut missed_keys: Vec<CacheKey> = Vec::new();
+        let mut key = String::new();
         for (i, entity) in entities.iter().enumerate() {
-            let key = cache_key(&group.name, entity);
+            write_cache_key(&mut key, &group.name, entity);
             match self.lookup(group, &key, entity) {
                 Some(Cached::Series { records, complete })
                     if complete || records.len() >= query.top_n =>
@@ -407,7 +415,7 @@ impl RecordReader for LocalTier {
                 _ => {
                     self.metrics.record(Tier::Local, &group.name, Outcome::Miss);
                     missed.push(i);
-                    missed_keys.push(key);
+                    missed_keys.push(key.clone());
                 }
             }
         }

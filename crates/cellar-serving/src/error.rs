@@ -68,6 +68,9 @@ pub enum ServeError {
     DeadlineExceeded(u64),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A defect on our side, such as a response that cannot be encoded.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl ServeError {
@@ -83,7 +86,7 @@ impl ServeError {
             ServeError::Store(StoreError::RecordTooLarge { .. }) => ErrorKind::TooLarge,
             ServeError::Store(StoreError::InvalidInput { .. }) => ErrorKind::InvalidArgument,
             ServeError::Store(StoreError::Backend(_)) => ErrorKind::Unavailable,
-            ServeError::Store(_) => ErrorKind::Internal,
+            ServeError::Store(_) | ServeError::Internal(_) => ErrorKind::Internal,
         }
     }
 

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use crate::error::ServeError;
 use crate::http::{entity_columns, parse_body, timed, HttpState};
-use crate::json::ValueJson;
+use crate::json::{encode, ValueJson};
 use crate::service::{
     FeatureRequest, FeatureResponse, GroupRequest, PushRequest, PushRow, Row, Selection, Status,
 };
@@ -124,12 +124,11 @@ pub(crate) async fn get_online_features(
                 })
                 .collect()
         });
-        serde_json::to_vec(&FeastResponse {
+        encode(&FeastResponse {
             resp: &resp,
             columns: &columns,
             full_names: body.full_feature_names,
         })
-        .map_err(|e| ServeError::invalid(format!("response encoding failed: {e}")))
     })
     .await
 }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use crate::error::{ErrorKind, ServeError};
 use crate::feast;
-use crate::json::{error_body, serve_error_body, ValueJson};
+use crate::json::{encode, error_body, serve_error_body, ValueJson};
 use crate::metrics::ServingMetrics;
 use crate::service::{
     FeatureRequest, FeatureResponse, FeatureServing, GroupRequest, PushRequest, PushRow, Row,
@@ -186,8 +186,7 @@ async fn v1_features(State(state): State<Arc<HttpState>>, body: Bytes) -> Respon
             select: selection(body.groups, body.feature_service)?,
         };
         let resp = state.service.get_features(req).await?;
-        serde_json::to_vec(&FeaturesJson(&resp))
-            .map_err(|e| ServeError::invalid(format!("response encoding failed: {e}")))
+        encode(&FeaturesJson(&resp))
     })
     .await
 }

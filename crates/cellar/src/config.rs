@@ -38,6 +38,8 @@ pub struct ServerConfig {
     pub max_top_n: usize,
     /// How often the server looks for a newly applied repo, in seconds.
     pub reload_interval_secs: u64,
+    /// Threads serving requests; 0 means one per core.
+    pub worker_threads: usize,
 }
 
 /// The registry of applied specs.
@@ -79,6 +81,7 @@ impl Default for Config {
                 default_top_n: 50,
                 max_top_n: 1000,
                 reload_interval_secs: 5,
+                worker_threads: 0,
             },
             registry: RegistryConfig { url: String::new() },
             store: StoreConfig {
