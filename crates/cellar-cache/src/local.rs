@@ -443,3 +443,312 @@ fn select(records: &[Record], query: TimeseriesQuery) -> Vec<Record> {
         .cloned()
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use cellar_spec::{ServingPolicy, Value};
+    use cellar_store::conformance::{attribute_group, timeseries_group};
+    use cellar_store::embedded::EmbeddedStore;
+    use cellar_store::{OnlineStore, Write};
+
+    use super::*;
+
+    /// The real store, counting the reads that reach it.
+    struct CountingStore {
+        store: EmbeddedStore,
+        reads: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl RecordReader for CountingStore {
+        async fn get_attributes(
+            &self,
+            group: &FeatureGroup,
+            entities: &[EntityKey],
+        ) -> Result<Vec<Option<Record>>> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            self.store.get_attributes(group, entities).await
+        }
+
+        async fn scan_timeseries(
+            &self,
+            group: &FeatureGroup,
+            entities: &[EntityKey],
+            query: TimeseriesQuery,
+        ) -> Result<Vec<Vec<Record>>> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            self.store.scan_timeseries(group, entities, query).await
+        }
+    }
+
+    struct Fixture {
+        store: Arc<CountingStore>,
+        tier: LocalTier,
+        metrics: CacheMetrics,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        fn new(max_bytes: u64) -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Arc::new(CountingStore {
+                store: EmbeddedStore::open(dir.path()).unwrap(),
+                reads: AtomicUsize::new(0),
+            });
+            let metrics = CacheMetrics::default();
+            let tier = LocalTier::new(max_bytes, store.clone(), metrics.clone());
+            Fixture {
+                store,
+                tier,
+                metrics,
+                _dir: dir,
+            }
+        }
+
+        fn reads(&self) -> usize {
+            self.store.reads.load(Ordering::SeqCst)
+        }
+
+        async fn put(&self, group: &FeatureGroup, entity: &str, at: i64, label: &str) {
+            self.store
+                .store
+                .put(
+                    group,
+                    &[Write {
+                        entity: key(entity),
+                        record: record(at, label),
+                    }],
+                )
+                .await
+                .unwrap();
+        }
+
+        async fn get(&self, group: &FeatureGroup, entity: &str) -> Option<Record> {
+            self.tier
+                .get_attributes(group, &[key(entity)])
+                .await
+                .unwrap()
+                .pop()
+                .flatten()
+        }
+    }
+
+    fn key(s: &str) -> EntityKey {
+        EntityKey(s.to_owned())
+    }
+
+    fn record(at: i64, label: &str) -> Record {
+        Record::new(at, vec![Value::String(label.to_owned())])
+    }
+
+    fn cached_group(policy: ServingPolicy) -> FeatureGroup {
+        let mut g = attribute_group("profile");
+        g.serving = ServingPolicy {
+            jitter: 0.0,
+            ..policy
+        };
+        g
+    }
+
+    fn label(r: &Option<Record>) -> Option<&str> {
+        match r.as_ref()?.value(0) {
+            Value::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_miss_reads_the_next_tier_once_then_hits() {
+        let f = Fixture::new(1 << 20);
+        let g = cached_group(ServingPolicy::default());
+        f.put(&g, "u1", 10, "v1").await;
+        assert_eq!(label(&f.get(&g, "u1").await), Some("v1"));
+        assert_eq!(label(&f.get(&g, "u1").await), Some("v1"));
+        assert_eq!(label(&f.get(&g, "u1").await), Some("v1"));
+        assert_eq!(f.reads(), 1);
+        assert_eq!(f.metrics.count(Tier::Local, "profile", Outcome::Miss), 1);
+        assert_eq!(f.metrics.count(Tier::Local, "profile", Outcome::Hit), 2);
+    }
+
+    #[tokio::test]
+    async fn missing_entities_are_cached_for_the_negative_ttl() {
+        let f = Fixture::new(1 << 20);
+        let g = cached_group(ServingPolicy {
+            negative_ttl: Duration::from_millis(150),
+            ..ServingPolicy::default()
+        });
+        assert!(f.get(&g, "ghost").await.is_none());
+        assert!(f.get(&g, "ghost").await.is_none());
+        assert_eq!(f.reads(), 1);
+        assert_eq!(
+            f.metrics
+                .count(Tier::Local, "profile", Outcome::NegativeHit),
+            1
+        );
+        // The entity appears in the store; the negative entry still answers until it expires.
+        f.put(&g, "ghost", 10, "here").await;
+        assert!(f.get(&g, "ghost").await.is_none());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(label(&f.get(&g, "ghost").await), Some("here"));
+        assert_eq!(f.reads(), 2);
+    }
+
+    #[tokio::test]
+    async fn past_the_hard_ttl_an_entry_is_never_served() {
+        let f = Fixture::new(1 << 20);
+        let g = cached_group(ServingPolicy {
+            soft_ttl: Duration::from_millis(100),
+            hard_ttl: Duration::from_millis(100),
+            ..ServingPolicy::default()
+        });
+        f.put(&g, "u1", 10, "old").await;
+        assert_eq!(label(&f.get(&g, "u1").await), Some("old"));
+        f.put(&g, "u1", 20, "new").await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert_eq!(label(&f.get(&g, "u1").await), Some("new"));
+        assert_eq!(f.reads(), 2);
+    }
+
+    #[tokio::test]
+    async fn past_the_soft_ttl_a_stale_entry_is_served_and_refreshed() {
+        let f = Fixture::new(1 << 20);
+        let g = cached_group(ServingPolicy {
+            soft_ttl: Duration::from_millis(50),
+            hard_ttl: Duration::from_secs(60),
+            ..ServingPolicy::default()
+        });
+        f.put(&g, "u1", 10, "old").await;
+        assert_eq!(label(&f.get(&g, "u1").await), Some("old"));
+        f.put(&g, "u1", 20, "new").await;
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        // Stale: served at once, refreshed in the background.
+        assert_eq!(label(&f.get(&g, "u1").await), Some("old"));
+        let mut refreshed = None;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            refreshed = f.get(&g, "u1").await;
+            if label(&refreshed) == Some("new") {
+                break;
+            }
+        }
+        assert_eq!(label(&refreshed), Some("new"));
+        assert!(f.metrics.count(Tier::Local, "profile", Outcome::Stale) >= 1);
+    }
+
+    #[tokio::test]
+    async fn write_through_keeps_the_newest_event_time() {
+        let f = Fixture::new(1 << 20);
+        let g = cached_group(ServingPolicy::default());
+        f.tier.record_written(&g, &key("u1"), &record(20, "new"));
+        f.tier.record_written(&g, &key("u1"), &record(10, "late"));
+        assert_eq!(label(&f.get(&g, "u1").await), Some("new"));
+        assert_eq!(
+            f.reads(),
+            0,
+            "a written-through record is served without a store read"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_slow_back_fill_never_overwrites_a_fresher_write() {
+        let f = Fixture::new(1 << 20);
+        let g = cached_group(ServingPolicy::default());
+        // A read found the old record in the next tier and is about to fill the cache ...
+        let filled_by_read = Cached::Attribute(Arc::new(record(10, "old")));
+        // ... when a newer record is written through.
+        f.tier.record_written(&g, &key("u1"), &record(20, "new"));
+        insert_if_newer(
+            &f.tier.cache,
+            &g,
+            cache_key("profile", &key("u1")),
+            filled_by_read,
+        );
+        assert_eq!(label(&f.get(&g, "u1").await), Some("new"));
+        // A negative fill loses to a record as well.
+        insert_if_newer(
+            &f.tier.cache,
+            &g,
+            cache_key("profile", &key("u1")),
+            Cached::Missing,
+        );
+        assert_eq!(label(&f.get(&g, "u1").await), Some("new"));
+    }
+
+    #[tokio::test]
+    async fn write_around_drops_the_cached_copy() {
+        let f = Fixture::new(1 << 20);
+        let g = cached_group(ServingPolicy {
+            write: WriteStrategy::Around,
+            ..ServingPolicy::default()
+        });
+        f.put(&g, "u1", 10, "old").await;
+        assert_eq!(label(&f.get(&g, "u1").await), Some("old"));
+        f.put(&g, "u1", 20, "new").await;
+        f.tier.record_written(&g, &key("u1"), &record(20, "new"));
+        assert_eq!(label(&f.get(&g, "u1").await), Some("new"));
+        assert_eq!(f.reads(), 2);
+    }
+
+    #[tokio::test]
+    async fn groups_without_the_local_tier_are_not_cached() {
+        let f = Fixture::new(1 << 20);
+        let g = cached_group(ServingPolicy {
+            tiers: vec![],
+            ..ServingPolicy::default()
+        });
+        f.put(&g, "u1", 10, "v").await;
+        f.get(&g, "u1").await;
+        f.get(&g, "u1").await;
+        assert_eq!(f.reads(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_cache_stays_within_its_byte_budget() {
+        let budget = 64 * 1024;
+        let f = Fixture::new(budget);
+        let g = cached_group(ServingPolicy::default());
+        let long = "x".repeat(1000);
+        for i in 0..500 {
+            f.tier
+                .record_written(&g, &key(&format!("u{i}")), &record(1, &long));
+        }
+        assert!(
+            f.tier.weighted_size() <= budget,
+            "{}",
+            f.tier.weighted_size()
+        );
+    }
+
+    #[tokio::test]
+    async fn cached_series_answer_top_n_and_since_and_take_writes() {
+        let f = Fixture::new(1 << 20);
+        let mut g = timeseries_group("clicks", Some(10), None);
+        g.serving.jitter = 0.0;
+        for t in 1..=5 {
+            f.put(&g, "u1", t * 100, &format!("c{t}")).await;
+        }
+        let q = |top_n, since| TimeseriesQuery { top_n, since };
+        let read = |query| {
+            let tier = &f.tier;
+            let g = &g;
+            async move {
+                tier.scan_timeseries(g, &[key("u1")], query)
+                    .await
+                    .unwrap()
+                    .pop()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.event_time)
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(read(q(3, None)).await, vec![500, 400, 300]);
+        assert_eq!(read(q(10, Some(250))).await, vec![500, 400, 300]);
+        assert_eq!(f.reads(), 1, "the whole series is cached by the first read");
+        f.tier.record_written(&g, &key("u1"), &record(450, "c45"));
+        assert_eq!(read(q(3, None)).await, vec![500, 450, 400]);
+        assert_eq!(f.reads(), 1);
+    }
+}
