@@ -1,0 +1,137 @@
+//! The `cellar` binary's repo commands, run as a user runs them.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn cellar(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cellar"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--repo")
+        .arg(dir.join("repo"))
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run cellar")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn write(dir: &Path, name: &str, body: &str) {
+    let repo = dir.join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(repo.join(name), body).unwrap();
+}
+
+const ENTITY: &str = "kind: Entity\nname: user\nkeys: [{ name: user_id, type: string }]\n";
+
+const GROUP: &str = "kind: FeatureGroup
+name: user_profile
+entity: user
+type: attribute
+features:
+  - { name: country, type: string }
+  - { name: age, type: int64 }
+";
+
+#[test]
+fn plan_reports_every_mistake_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "entities.yaml", ENTITY);
+    write(
+        dir.path(),
+        "groups.yaml",
+        "kind: FeatureGroup
+name: user_profile
+entity: usr
+type: attribute
+features:
+  - { name: country, type: strin }
+  - { name: country, type: int64 }
+retension: { max_age: 30d }
+---
+kind: FeatureGroup
+name: Bad-Name
+entity: user
+type: timeseries
+features: []
+serving: { soft_ttl: 10m, hard_ttl: 1m }
+",
+    );
+    let out = cellar(dir.path(), &["plan"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let err = text(&out.stderr);
+    let groups = dir.path().join("repo").join("groups.yaml");
+    let at = |line: usize| format!("{}:{line}:", groups.display());
+    // Every mistake, each with its file and line.
+    for (line, needle) in [
+        (3, "usr"),
+        (6, "strin"),
+        (7, "country"),
+        (8, "retension"),
+        (11, "Bad-Name"),
+        (14, "features"),
+        (15, "soft_ttl"),
+    ] {
+        assert!(
+            err.lines()
+                .any(|l| l.contains(&at(line)) && l.contains(needle)),
+            "no error at {} mentioning {needle:?} in:\n{err}",
+            at(line)
+        );
+    }
+    assert!(err.contains("did you mean `retention`"), "{err}");
+}
+
+#[test]
+fn apply_is_idempotent_and_plan_names_breaking_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "entities.yaml", ENTITY);
+    write(dir.path(), "groups.yaml", GROUP);
+
+    let plan = cellar(dir.path(), &["plan"]);
+    assert!(plan.status.success(), "{}", text(&plan.stderr));
+    let shown = text(&plan.stdout);
+    assert!(shown.contains("+ FeatureGroup user_profile"), "{shown}");
+    assert!(shown.contains("+ Entity user"), "{shown}");
+
+    let first = cellar(dir.path(), &["apply"]);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    assert!(text(&first.stdout).contains("registry is at version 1"));
+
+    let second = cellar(dir.path(), &["apply"]);
+    assert!(second.status.success(), "{}", text(&second.stderr));
+    let shown = text(&second.stdout);
+    assert!(shown.contains("no changes"), "{shown}");
+    assert!(shown.contains("stays at version 1"), "{shown}");
+
+    // Change a feature's type and drop another: both are breaking, and named.
+    write(
+        dir.path(),
+        "groups.yaml",
+        &GROUP
+            .replace("{ name: age, type: int64 }", "{ name: age, type: string }")
+            .replace("  - { name: country, type: string }\n", ""),
+    );
+    let plan = cellar(dir.path(), &["plan"]);
+    assert!(plan.status.success(), "{}", text(&plan.stderr));
+    let shown = text(&plan.stdout);
+    assert!(shown.contains("~ FeatureGroup user_profile"), "{shown}");
+    let breaking: Vec<&str> = shown.lines().filter(|l| l.contains("BREAKING")).collect();
+    assert!(
+        breaking
+            .iter()
+            .any(|l| l.contains("age") && l.contains("int64") && l.contains("string")),
+        "{shown}"
+    );
+    assert!(breaking.iter().any(|l| l.contains("country")), "{shown}");
+
+    let third = cellar(dir.path(), &["apply"]);
+    assert!(
+        text(&third.stdout).contains("registry is at version 2"),
+        "{}",
+        text(&third.stdout)
+    );
+}
