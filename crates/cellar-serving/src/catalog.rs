@@ -62,6 +62,11 @@ impl Catalog {
         self.services.get(name)
     }
 
+    /// Every group, in no particular order.
+    pub fn groups(&self) -> impl Iterator<Item = &Arc<ServedGroup>> {
+        self.groups.values()
+    }
+
     /// The entity that has a key field of this name, if any.
     pub fn key_owner(&self, field: &str) -> Option<&str> {
         self.key_owners.get(field).map(String::as_str)

@@ -56,6 +56,9 @@ pub struct RegistryConfig {
 pub struct StoreConfig {
     /// Embedded store directory; empty means `<data_dir>/store`.
     pub path: String,
+    /// How often a serving process removes records past their group's retention, in
+    /// seconds; 0 turns it off.
+    pub trim_interval_secs: u64,
 }
 
 /// Cache tiers.
@@ -86,6 +89,7 @@ impl Default for Config {
             registry: RegistryConfig { url: String::new() },
             store: StoreConfig {
                 path: String::new(),
+                trim_interval_secs: 600,
             },
             cache: CacheConfig {
                 local_max_bytes: 512 * 1024 * 1024,

@@ -107,7 +107,15 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    if let Err(e) = start() {
+        // The chain of causes, one line, without a backtrace: these are user-facing errors.
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn start() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = load_config(&cli)?;
     let mut runtime = tokio::runtime::Builder::new_multi_thread();

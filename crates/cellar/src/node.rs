@@ -96,6 +96,13 @@ impl Node {
             metrics: self.metrics.clone(),
         });
         let app = router(state, self.config.server.max_body_bytes);
+        let trim = (self.config.store.trim_interval_secs > 0).then(|| {
+            tokio::spawn(trim_retention(
+                self.store.clone(),
+                self.server.clone(),
+                Duration::from_secs(self.config.store.trim_interval_secs),
+            ))
+        });
         let reload = tokio::spawn(reload_catalog(
             self.registry.clone(),
             self.server.clone(),
@@ -134,6 +141,9 @@ impl Node {
             .await
             .context("http server failed");
         reload.abort();
+        if let Some(task) = trim {
+            task.abort();
+        }
         if let Some(task) = grpc_task {
             task.abort();
         }
@@ -159,6 +169,34 @@ async fn reload_catalog(
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "registry poll failed"),
+        }
+    }
+}
+
+/// Periodically removes records past each group's retention (count and age), so that the
+/// store does not keep what it will never serve.
+async fn trim_retention(store: Arc<EmbeddedStore>, server: Arc<FeatureServer>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    // The first tick fires at once; trimming right at start-up would slow it down.
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let catalog = server.catalog();
+        let now = chrono::Utc::now().timestamp_millis();
+        for group in catalog.groups() {
+            let retention = &group.spec.retention;
+            if retention.max_age.is_none() && retention.max_records.is_none() {
+                continue;
+            }
+            match store.trim(&group.spec, now).await {
+                Ok(0) => {}
+                Ok(removed) => {
+                    tracing::info!(group = %group.spec.name, removed, "trimmed records past retention")
+                }
+                Err(e) => {
+                    tracing::warn!(group = %group.spec.name, error = %e, "retention trim failed")
+                }
+            }
         }
     }
 }
