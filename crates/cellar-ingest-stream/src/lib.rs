@@ -1,0 +1,15 @@
+//! Cellar's stream ingestion: events from a source (Kafka, or the embedded durable log of the
+//! default mode) are consumed in parallel within each partition, in offset order per entity
+//! key, turned into feature records and written to the online store, losing nothing and
+//! counting nothing twice.
+//!
+//! - [`log`]: the embedded durable log: partitioned topics with offsets and committed
+//!   positions per consumer group, on local disk;
+//! - [`consumer`]: the parallel in-partition consumer: per-key ordering, out-of-order
+//!   completion tracking, the committable offset, bounded in-flight work and adaptive
+//!   concurrency.
+//!
+//! Depends on `cellar-spec` and `cellar-store`; knows nothing of serving or of the registry.
+
+pub mod consumer;
+pub mod log;
