@@ -1,0 +1,1 @@
+//! The parallel in-partition consumer.
