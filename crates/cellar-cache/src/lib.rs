@@ -5,6 +5,7 @@
 //! - [`local`]: the in-process tier, bounded by bytes, with soft and hard TTLs, jitter,
 //!   negative caching, background refresh of stale entries, and write-through / write-around;
 //! - [`ttl`]: deadlines with jitter;
+//! - [`write`]: the write path: store first, then each tier per the group's write strategy;
 //! - [`metrics`]: hit, miss, negative-hit and stale counters per tier and group.
 //!
 //! Depends on `cellar-spec` and `cellar-store` only; serving builds on top of it.
@@ -12,6 +13,8 @@
 pub mod local;
 pub mod metrics;
 pub mod ttl;
+pub mod write;
 
 pub use local::LocalTier;
 pub use metrics::{CacheMetrics, Outcome};
+pub use write::WritePath;

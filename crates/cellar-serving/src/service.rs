@@ -5,9 +5,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cellar_cache::LocalTier;
+use cellar_cache::WritePath;
 use cellar_spec::{EntityKey, GroupKind, Value};
-use cellar_store::{OnlineStore, PutOutcome, Record, RecordReader, TimeseriesQuery, Write};
+use cellar_store::{PutOutcome, Record, RecordReader, TimeseriesQuery, Write};
 
 use crate::catalog::{Catalog, ServedGroup};
 use crate::error::ServeError;
@@ -166,8 +166,7 @@ pub struct FeatureServer {
     /// Reads go through the cache tiers.
     reader: Arc<dyn RecordReader>,
     /// Writes go to the store, then to the cache tiers per the group's write strategy.
-    store: Arc<dyn OnlineStore>,
-    local: Option<Arc<LocalTier>>,
+    writer: WritePath,
     limits: Limits,
 }
 
@@ -188,15 +187,13 @@ impl FeatureServer {
     pub fn new(
         catalog: Catalog,
         reader: Arc<dyn RecordReader>,
-        store: Arc<dyn OnlineStore>,
-        local: Option<Arc<LocalTier>>,
+        writer: WritePath,
         limits: Limits,
     ) -> FeatureServer {
         FeatureServer {
             catalog: RwLock::new(Arc::new(catalog)),
             reader,
-            store,
-            local,
+            writer,
             limits,
         }
     }
@@ -587,16 +584,11 @@ impl FeatureServing for FeatureServer {
                 record: Record::new(event_time, values),
             });
         }
-        let outcomes = self.store.put(spec, &writes).await?;
+        let outcomes = self.writer.write(spec, &writes).await?;
         let mut response = PushResponse::default();
-        for (w, outcome) in writes.iter().zip(outcomes) {
+        for outcome in outcomes {
             match outcome {
-                PutOutcome::Applied => {
-                    response.applied += 1;
-                    if let Some(local) = &self.local {
-                        local.record_written(spec, &w.entity, &w.record);
-                    }
-                }
+                PutOutcome::Applied => response.applied += 1,
                 PutOutcome::Stale => response.stale += 1,
             }
         }

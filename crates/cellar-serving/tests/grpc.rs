@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use cellar_cache::{CacheMetrics, LocalTier};
+use cellar_cache::{CacheMetrics, LocalTier, WritePath};
 use cellar_serving::grpc::pb::feature_serving_client::FeatureServingClient;
 use cellar_serving::grpc::pb::{self, value::Kind};
 use cellar_serving::http::{router, HttpState};
@@ -134,8 +134,7 @@ async fn start() -> Servers {
     let service: Arc<dyn FeatureServing> = Arc::new(FeatureServer::new(
         Catalog::new(&repo()),
         local.clone() as Arc<dyn RecordReader>,
-        store as Arc<dyn OnlineStore>,
-        Some(local),
+        WritePath::new(store as Arc<dyn OnlineStore>, Some(local)),
         limits,
     ));
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use cellar_cache::{CacheMetrics, LocalTier};
+use cellar_cache::{CacheMetrics, LocalTier, WritePath};
 use cellar_registry::Registry;
 use cellar_serving::http::{router, HttpState};
 use cellar_serving::metrics::ServingMetrics;
@@ -24,6 +24,8 @@ pub struct Node {
     pub store: Arc<EmbeddedStore>,
     pub local: Arc<LocalTier>,
     pub server: Arc<FeatureServer>,
+    /// Every write of this process goes through it: store, then cache tiers.
+    pub writer: WritePath,
     pub metrics: Arc<ServingMetrics>,
     /// Registry version the catalog was built from; 0 before any apply.
     pub version: i64,
@@ -63,20 +65,15 @@ impl Node {
             deadline: Duration::from_millis(config.server.deadline_ms),
         };
         let reader: Arc<dyn RecordReader> = local.clone();
-        let writer: Arc<dyn OnlineStore> = store.clone();
-        let server = Arc::new(FeatureServer::new(
-            catalog,
-            reader,
-            writer,
-            Some(local.clone()),
-            limits,
-        ));
+        let writer = WritePath::new(store.clone(), Some(local.clone()));
+        let server = Arc::new(FeatureServer::new(catalog, reader, writer.clone(), limits));
         Ok(Node {
             config,
             registry,
             store,
             local,
             server,
+            writer,
             metrics: Arc::new(metrics),
             version,
         })

@@ -1,0 +1,38 @@
+//! The write path: records go to the store, then to the cache tiers as each group's write
+//! strategy says (write-through puts the newer record in, write-around drops cached copies).
+
+use std::sync::Arc;
+
+use cellar_spec::FeatureGroup;
+use cellar_store::{OnlineStore, PutOutcome, Result, Write};
+
+use crate::local::LocalTier;
+
+/// Writes records to the store and keeps the cache tiers consistent with it. Serving's push
+/// and the ingestion writers share it, so every write takes the same path.
+#[derive(Clone)]
+pub struct WritePath {
+    store: Arc<dyn OnlineStore>,
+    /// The in-process tier of this process, if it has one.
+    local: Option<Arc<LocalTier>>,
+}
+
+impl WritePath {
+    pub fn new(store: Arc<dyn OnlineStore>, local: Option<Arc<LocalTier>>) -> WritePath {
+        WritePath { store, local }
+    }
+
+    /// Writes one group's records; a record older than the stored one changes nothing in any
+    /// tier.
+    pub async fn write(&self, group: &FeatureGroup, writes: &[Write]) -> Result<Vec<PutOutcome>> {
+        let outcomes = self.store.put(group, writes).await?;
+        if let Some(local) = &self.local {
+            for (w, outcome) in writes.iter().zip(&outcomes) {
+                if *outcome == PutOutcome::Applied {
+                    local.record_written(group, &w.entity, &w.record);
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+}
