@@ -5,6 +5,8 @@
 //!
 //! - [`log`]: the embedded durable log: partitioned topics with offsets and committed
 //!   positions per consumer group, on local disk;
+//! - [`dispatch`]: which ingestions consume an event (M:N), and how an event maps to a
+//!   record of each one's group;
 //! - [`consumer`]: the parallel in-partition consumer: per-key ordering, out-of-order
 //!   completion tracking, the committable offset, bounded in-flight work and adaptive
 //!   concurrency.
@@ -12,4 +14,5 @@
 //! Depends on `cellar-spec` and `cellar-store`; knows nothing of serving or of the registry.
 
 pub mod consumer;
+pub mod dispatch;
 pub mod log;
