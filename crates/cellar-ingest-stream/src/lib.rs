@@ -7,6 +7,7 @@
 //!   positions per consumer group, on local disk;
 //! - [`dispatch`]: which ingestions consume an event (M:N), and how an event maps to a
 //!   record of each one's group;
+//! - [`writer`]: the batching writer: one durable store write per group per batch;
 //! - [`consumer`]: the parallel in-partition consumer: per-key ordering, out-of-order
 //!   completion tracking, the committable offset, bounded in-flight work and adaptive
 //!   concurrency.
@@ -16,3 +17,4 @@
 pub mod consumer;
 pub mod dispatch;
 pub mod log;
+pub mod writer;

@@ -518,15 +518,7 @@ impl EmbeddedStore {
             if w.entity.as_bytes().contains(&SEPARATOR) {
                 return Err(invalid("entity keys may not contain a NUL byte".to_owned()));
             }
-            let size = codec::encoded_len(&w.record);
-            if size > group.max_record_bytes {
-                return Err(StoreError::RecordTooLarge {
-                    group: group.name.clone(),
-                    entity: w.entity.to_string(),
-                    size,
-                    limit: group.max_record_bytes,
-                });
-            }
+            crate::check_size(group, &w.entity, &w.record)?;
             let bytes = codec::encode(&w.record).map_err(|e| invalid(e.to_string()))?;
             let mut key = Vec::with_capacity(group.name.len() + w.entity.0.len() + 2 + TIME_LEN);
             let prefix_len = match group.kind {

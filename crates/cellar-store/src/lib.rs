@@ -111,6 +111,21 @@ pub enum PutOutcome {
     Stale,
 }
 
+/// Checks a record against its group's size limit before it is written, so a caller can
+/// refuse one oversized record without failing the batch it would have joined.
+pub fn check_size(group: &FeatureGroup, entity: &EntityKey, record: &Record) -> Result<()> {
+    let size = codec::encoded_len(record);
+    if size > group.max_record_bytes {
+        return Err(StoreError::RecordTooLarge {
+            group: group.name.clone(),
+            entity: entity.to_string(),
+            size,
+            limit: group.max_record_bytes,
+        });
+    }
+    Ok(())
+}
+
 /// The read side of the online store, also implemented by the cache tiers that wrap it.
 #[async_trait]
 pub trait RecordReader: Send + Sync {
