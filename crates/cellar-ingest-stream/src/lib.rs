@@ -7,6 +7,9 @@
 //!   positions per consumer group, on local disk;
 //! - [`dispatch`]: which ingestions consume an event (M:N), and how an event maps to a
 //!   record of each one's group;
+//! - [`source`]: the `Source` (a consumer-group member) and `Publisher` traits;
+//! - [`process`]: one event through dispatch, mapping and writing; failures to the retry or
+//!   dead-letter topic with their reason;
 //! - [`writer`]: the batching writer: one durable store write per group per batch;
 //! - [`consumer`]: the parallel in-partition consumer: per-key ordering, out-of-order
 //!   completion tracking, the committable offset, bounded in-flight work and adaptive
@@ -17,4 +20,6 @@
 pub mod consumer;
 pub mod dispatch;
 pub mod log;
+pub mod process;
+pub mod source;
 pub mod writer;
