@@ -7,6 +7,7 @@
 //!   positions per consumer group, on local disk;
 //! - [`dispatch`]: which ingestions consume an event (M:N), and how an event maps to a
 //!   record of each one's group;
+//! - [`pipeline`]: the driver loop: poll, submit per partition, pause when full, commit;
 //! - [`source`]: the `Source` (a consumer-group member) and `Publisher` traits;
 //! - [`process`]: one event through dispatch, mapping and writing; failures to the retry or
 //!   dead-letter topic with their reason;
@@ -20,6 +21,7 @@
 pub mod consumer;
 pub mod dispatch;
 pub mod log;
+pub mod pipeline;
 pub mod process;
 pub mod source;
 pub mod writer;

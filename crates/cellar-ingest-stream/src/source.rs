@@ -1,24 +1,12 @@
 //! Sources of events and publishers of events: the boundary between the consumer and a
 //! broker (Kafka, or the embedded log of the default mode).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
-/// A partition of a topic.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TopicPartition {
-    pub topic: Arc<str>,
-    pub partition: i32,
-}
-
-impl std::fmt::Display for TopicPartition {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}[{}]", self.topic, self.partition)
-    }
-}
+pub use crate::consumer::TopicPartition;
 
 /// One event as a source delivers it.
 #[derive(Debug, Clone)]
@@ -43,8 +31,9 @@ impl SourceEvent {
 #[derive(Debug)]
 pub enum Polled {
     Events(Vec<SourceEvent>),
-    /// The consumer group gave this consumer these partitions.
-    Assigned(Vec<TopicPartition>),
+    /// The consumer group gave this consumer these partitions, each with the offset it
+    /// resumes from (the group's committed position).
+    Assigned(Vec<(TopicPartition, i64)>),
     /// These partitions are being taken away: the caller finishes or drops their work,
     /// commits, then calls [`Source::release`].
     Revoked(Vec<TopicPartition>),

@@ -30,6 +30,7 @@
 mod codec;
 mod error;
 mod partitioner;
+pub mod source;
 mod writer;
 
 use std::collections::HashMap;
