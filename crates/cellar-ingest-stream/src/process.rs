@@ -83,7 +83,8 @@ pub struct Applied {
 
 /// Decodes, dispatches, maps and writes events, and routes failures.
 pub struct EventProcessor {
-    dispatcher: Arc<Dispatcher>,
+    /// Swapped when a new repo is applied.
+    dispatcher: std::sync::RwLock<Arc<Dispatcher>>,
     writer: BatchingWriter,
     publisher: Arc<dyn Publisher>,
     policy: RetryPolicy,
@@ -110,7 +111,7 @@ impl EventProcessor {
         policy: RetryPolicy,
     ) -> EventProcessor {
         EventProcessor {
-            dispatcher,
+            dispatcher: std::sync::RwLock::new(dispatcher),
             writer,
             publisher,
             policy,
@@ -119,6 +120,22 @@ impl EventProcessor {
 
     pub fn policy(&self) -> &RetryPolicy {
         &self.policy
+    }
+
+    /// The dispatcher in use.
+    pub fn dispatcher(&self) -> Arc<Dispatcher> {
+        match self.dispatcher.read() {
+            Ok(d) => d.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Routes further events with the ingestions of a newly applied repo.
+    pub fn set_dispatcher(&self, dispatcher: Arc<Dispatcher>) {
+        match self.dispatcher.write() {
+            Ok(mut d) => *d = dispatcher,
+            Err(poisoned) => *poisoned.into_inner() = dispatcher,
+        }
     }
 
     /// Applies one event to every ingestion that consumes it (or, for a retried event, to
@@ -139,8 +156,8 @@ impl EventProcessor {
             header_text(event, headers::TOPIC).unwrap_or_else(|| event.partition.topic.to_string());
         let only = header_text(event, headers::INGESTION);
         let arrival = event.timestamp_ms.unwrap_or_else(now_ms);
-        let mappings: Vec<&Arc<StreamMapping>> = self
-            .dispatcher
+        let dispatcher = self.dispatcher();
+        let mappings: Vec<&Arc<StreamMapping>> = dispatcher
             .route(&topic, &value)
             .into_iter()
             .filter(|m| only.as_deref().is_none_or(|o| o == m.name))

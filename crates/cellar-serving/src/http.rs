@@ -56,7 +56,7 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
     resp
 }
 
-pub(crate) fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
     let mut resp = (status, body).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -65,7 +65,7 @@ pub(crate) fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
     resp
 }
 
-pub(crate) fn error_response(kind: ErrorKind, body: Vec<u8>) -> Response {
+pub fn error_response(kind: ErrorKind, body: Vec<u8>) -> Response {
     let status =
         StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     json_response(status, body)

@@ -48,6 +48,47 @@ pub async fn post(server: &str, path: &str, body: &Json) -> anyhow::Result<Json>
     Ok(answer)
 }
 
+/// Events sent per request by `produce`.
+const PRODUCE_CHUNK: usize = 1000;
+
+/// Sends JSON lines to `/v1/events` in chunks; returns (appended, unrouted). A line that is not
+/// JSON stops the command with its line number before anything after it is sent.
+pub async fn produce(server: &str, topic: &str, lines: &str) -> anyhow::Result<(u64, u64)> {
+    let mut chunk = Vec::with_capacity(PRODUCE_CHUNK);
+    let (mut appended, mut unrouted) = (0, 0);
+    let send = |chunk: Vec<Json>| async move {
+        let answer = post(
+            server,
+            "/v1/events",
+            &json!({"topic": topic, "events": chunk}),
+        )
+        .await?;
+        anyhow::Ok((
+            answer["appended"].as_u64().unwrap_or(0),
+            answer["unrouted"].as_u64().unwrap_or(0),
+        ))
+    };
+    for (i, line) in lines.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let event: Json =
+            serde_json::from_str(line).with_context(|| format!("line {} is not JSON", i + 1))?;
+        chunk.push(event);
+        if chunk.len() == PRODUCE_CHUNK {
+            let (a, u) = send(std::mem::take(&mut chunk)).await?;
+            appended += a;
+            unrouted += u;
+        }
+    }
+    if !chunk.is_empty() {
+        let (a, u) = send(chunk).await?;
+        appended += a;
+        unrouted += u;
+    }
+    Ok((appended, unrouted))
+}
+
 fn cell(v: &Json) -> String {
     match v {
         Json::String(s) => s.clone(),

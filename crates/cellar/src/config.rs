@@ -18,6 +18,16 @@ pub struct Config {
     pub registry: RegistryConfig,
     pub store: StoreConfig,
     pub cache: CacheConfig,
+    pub ingest: IngestConfig,
+}
+
+/// Stream ingestion.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Whether `serve` also consumes the embedded event log (the embedded mode's stream
+    /// ingestion; `POST /v1/events` appends to it).
+    pub embedded: bool,
 }
 
 /// The serving process.
@@ -94,12 +104,15 @@ impl Default for Config {
             cache: CacheConfig {
                 local_max_bytes: 512 * 1024 * 1024,
             },
+            ingest: IngestConfig { embedded: true },
         }
     }
 }
 
 /// Top-level names of the config, the only `CELLAR_*` variables read as settings.
-const SECTIONS: [&str; 6] = ["data_dir", "repo", "server", "registry", "store", "cache"];
+const SECTIONS: [&str; 7] = [
+    "data_dir", "repo", "server", "registry", "store", "cache", "ingest",
+];
 
 impl Config {
     /// Loads the configuration: defaults, then `file` (if given), then environment variables

@@ -2,6 +2,7 @@
 //! here so tests drive exactly what the binary runs.
 //!
 //! - [`config`]: runtime configuration (defaults, TOML file, `CELLAR_*` variables);
+//! - [`ingest`]: stream ingestion of the embedded mode: the event log and its pipelines;
 //! - [`node`]: store, registry, cache tiers and serving wired together, and the servers;
 //! - [`repo`]: `plan` and `apply` of a feature repo directory;
 //! - [`quickstart`]: the example repo and its sample data;
@@ -11,6 +12,7 @@
 pub mod bench;
 pub mod client;
 pub mod config;
+pub mod ingest;
 pub mod node;
 pub mod quickstart;
 pub mod repo;

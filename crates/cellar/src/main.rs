@@ -79,6 +79,16 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:6566")]
         server: String,
     },
+    /// Send events (JSON lines, from a file or stdin) to a running server's event log.
+    Produce {
+        /// Topic the events go to.
+        #[arg(long, short = 't')]
+        topic: String,
+        /// File of JSON lines; `-` or nothing reads stdin.
+        file: Option<PathBuf>,
+        #[arg(long, default_value = "http://127.0.0.1:6566")]
+        server: String,
+    },
     /// Serve a fixed body from a bare HTTP server: the serving benchmark's baseline.
     #[command(hide = true)]
     BenchBaseline {
@@ -229,6 +239,23 @@ async fn run(cli: Cli, mut config: Config) -> anyhow::Result<()> {
             } else {
                 print!("{}", client::render_features(&answer));
             }
+            Ok(())
+        }
+        Command::Produce {
+            topic,
+            file,
+            server,
+        } => {
+            let text = match file {
+                Some(f) if f.as_os_str() != "-" => std::fs::read_to_string(&f)
+                    .with_context(|| format!("reading {}", f.display()))?,
+                _ => std::io::read_to_string(std::io::stdin()).context("reading stdin")?,
+            };
+            let sent = client::produce(&server, &topic, &text).await?;
+            println!(
+                "appended {} events to `{topic}` ({} consumed by no ingestion)",
+                sent.0, sent.1
+            );
             Ok(())
         }
         Command::BenchBaseline { listen, body_bytes } => {

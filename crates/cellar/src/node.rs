@@ -16,6 +16,8 @@ use cellar_store::{OnlineStore, RecordReader};
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::ingest::{events_router, EmbeddedIngestion, IngestMetrics};
+use cellar_spec::FeatureRepo;
 
 /// Everything a serving process holds.
 pub struct Node {
@@ -29,6 +31,8 @@ pub struct Node {
     pub metrics: Arc<ServingMetrics>,
     /// Registry version the catalog was built from; 0 before any apply.
     pub version: i64,
+    /// Stream ingestion from the embedded log, when enabled.
+    pub ingestion: Option<Arc<EmbeddedIngestion>>,
 }
 
 impl Node {
@@ -42,10 +46,11 @@ impl Node {
             EmbeddedStore::open(&store_path)
                 .with_context(|| format!("opening the store at {}", store_path.display()))?,
         );
-        let (catalog, version) = match registry.current().await? {
-            Some(applied) => (Catalog::new(&applied.repo), applied.version),
-            None => (Catalog::default(), 0),
+        let (repo, version) = match registry.current().await? {
+            Some(applied) => (applied.repo, applied.version),
+            None => (FeatureRepo::default(), 0),
         };
+        let catalog = Catalog::new(&repo);
         let cache_metrics = CacheMetrics::default();
         let next: Arc<dyn RecordReader> = store.clone();
         let local = Arc::new(LocalTier::new(
@@ -67,6 +72,19 @@ impl Node {
         let reader: Arc<dyn RecordReader> = local.clone();
         let writer = WritePath::new(store.clone(), Some(local.clone()));
         let server = Arc::new(FeatureServer::new(catalog, reader, writer.clone(), limits));
+        let ingestion = if config.ingest.embedded {
+            let ingestion = Arc::new(EmbeddedIngestion::open(
+                &config.data_dir,
+                writer.clone(),
+                &repo,
+            )?);
+            metrics
+                .registry_mut()
+                .register_collector(Box::new(IngestMetrics(ingestion.clone())));
+            Some(ingestion)
+        } else {
+            None
+        };
         Ok(Node {
             config,
             registry,
@@ -76,6 +94,7 @@ impl Node {
             writer,
             metrics: Arc::new(metrics),
             version,
+            ingestion,
         })
     }
 
@@ -92,7 +111,14 @@ impl Node {
             service,
             metrics: self.metrics.clone(),
         });
-        let app = router(state, self.config.server.max_body_bytes);
+        let mut app = router(state, self.config.server.max_body_bytes);
+        if let Some(ingestion) = &self.ingestion {
+            app = app.merge(events_router(
+                ingestion.clone(),
+                self.config.server.max_push_records,
+                self.config.server.max_body_bytes,
+            ));
+        }
         let trim = (self.config.store.trim_interval_secs > 0).then(|| {
             tokio::spawn(trim_retention(
                 self.store.clone(),
@@ -103,6 +129,7 @@ impl Node {
         let reload = tokio::spawn(reload_catalog(
             self.registry.clone(),
             self.server.clone(),
+            self.ingestion.clone(),
             self.version,
             Duration::from_secs(self.config.server.reload_interval_secs.max(1)),
         ));
@@ -115,6 +142,14 @@ impl Node {
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
+        let ingest_task = self.ingestion.clone().map(|ingestion| {
+            let stop = stop_rx.clone();
+            tokio::spawn(async move {
+                if let Err(e) = ingestion.run(stop).await {
+                    tracing::error!(error = %format!("{e:#}"), "stream ingestion stopped");
+                }
+            })
+        });
         let grpc_task = match grpc {
             Some(listener) => {
                 tracing::info!(addr = %listener.local_addr()?, "serving grpc");
@@ -138,6 +173,10 @@ impl Node {
             .await
             .context("http server failed");
         reload.abort();
+        // Ingestion stops on the same signal; let it commit its positions.
+        if let Some(task) = ingest_task {
+            let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
+        }
         if let Some(task) = trim {
             task.abort();
         }
@@ -152,6 +191,7 @@ impl Node {
 async fn reload_catalog(
     registry: Registry,
     server: Arc<FeatureServer>,
+    ingestion: Option<Arc<EmbeddedIngestion>>,
     mut version: i64,
     every: Duration,
 ) {
@@ -162,6 +202,9 @@ async fn reload_catalog(
             Ok(Some(applied)) if applied.version != version => {
                 version = applied.version;
                 server.reload(Catalog::new(&applied.repo));
+                if let Some(ingestion) = &ingestion {
+                    ingestion.reload(&applied.repo);
+                }
                 tracing::info!(version, "serving a newly applied repo");
             }
             Ok(_) => {}

@@ -448,3 +448,85 @@ async fn metrics_count_requests_and_cache_lookups() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn events_posted_to_the_embedded_log_are_ingested_and_served() {
+    let s = Server::start().await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let events: Vec<Value> = (0..30)
+        .map(|i| {
+            json!({"type": "article_clicked", "user_id": format!("u{}", i % 3), "ts": now - 1000 * (30 - i),
+                   "article_id": format!("a{i}"), "session_id": "s1"})
+        })
+        .chain([
+            json!({"type": "article_clicked", "ts": now}),
+            json!({"type": "page_viewed", "user_id": "u1"}),
+        ])
+        .collect();
+    let (status, body) = s
+        .post(
+            "/v1/events",
+            json!({"topic": "user-actions", "events": events}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"appended": 32, "unrouted": 1}));
+
+    // The consumer applies them in the background; poll until u2's ten clicks are served.
+    let mut ids: Vec<String> = Vec::new();
+    for _ in 0..300 {
+        let (_, body) = s
+            .post(
+                "/v1/features",
+                json!({"entities": {"user_id": ["u2"]},
+                       "groups": [{"name": "recent_clicked_articles", "top_n": 50}]}),
+            )
+            .await;
+        ids = body["results"][0]["rows"][0]["records"]
+            .as_array()
+            .map(|r| {
+                r.iter()
+                    .map(|r| r["values"][0].as_str().unwrap_or("").to_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if ids.len() == 10 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let expected: Vec<String> = (0..30)
+        .rev()
+        .filter(|i| i % 3 == 2)
+        .map(|i| format!("a{i}"))
+        .collect();
+    assert_eq!(ids, expected);
+
+    // The event without a key went to the dead-letter topic, counted on /metrics.
+    let mut text = String::new();
+    for _ in 0..300 {
+        text = s
+            .client
+            .get(format!("{}/metrics", s.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains(r#"cellar_ingest_dead_letters_total{pipeline="main"} 1"#) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        text.contains(r#"cellar_ingest_dead_letters_total{pipeline="main"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains("cellar_ingest_concurrency_limit"), "{text}");
+
+    let (status, body) = s
+        .post("/v1/events", json!({"topic": "bad topic!", "events": [{}]}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+}

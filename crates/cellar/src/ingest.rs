@@ -1,0 +1,369 @@
+//! Stream ingestion in the embedded mode: events are appended to the embedded log (by
+//! `POST /v1/events` or `cellar produce`) and consumed by the main and retry pipelines of the
+//! same process, which owns the log and the store.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use cellar_cache::WritePath;
+use cellar_ingest_stream::dispatch::Dispatcher;
+use cellar_ingest_stream::log::source::{ensure_topic, LogPublisher, LogSource};
+use cellar_ingest_stream::log::{EventLog, LogRecord};
+use cellar_ingest_stream::pipeline::{Pipeline, PipelineConfig, PipelineStats};
+use cellar_ingest_stream::process::{EventProcessor, RetryPolicy};
+use cellar_ingest_stream::writer::{BatchPolicy, BatchingWriter};
+use cellar_spec::FeatureRepo;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use tokio::sync::watch;
+
+/// Consumer group of the main pipeline; the retry pipeline's is this with `-retry`.
+pub const CONSUMER_GROUP: &str = "cellar-ingest";
+
+/// The embedded log and the pipelines that consume it.
+pub struct EmbeddedIngestion {
+    pub log: EventLog,
+    pub processor: Arc<EventProcessor>,
+    pub policy: RetryPolicy,
+    main: Arc<PipelineStats>,
+    retry: Arc<PipelineStats>,
+    pipelines: std::sync::Mutex<Option<(Pipeline, Pipeline)>>,
+    /// Concurrency gauges read at scrape time.
+    consumers: std::sync::Mutex<
+        Vec<
+            cellar_ingest_stream::consumer::ParallelConsumer<
+                cellar_ingest_stream::source::SourceEvent,
+            >,
+        >,
+    >,
+}
+
+/// What one `append_events` call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub appended: usize,
+    /// Events no ingestion consumes (kept in the log all the same).
+    pub unrouted: usize,
+}
+
+impl EmbeddedIngestion {
+    /// Opens the log in `data_dir/log` and prepares pipelines for `repo`'s stream ingestions.
+    /// Must be called inside a tokio runtime.
+    pub fn open(
+        data_dir: &Path,
+        writer: WritePath,
+        repo: &FeatureRepo,
+    ) -> anyhow::Result<EmbeddedIngestion> {
+        let log = EventLog::open(data_dir.join("log")).context("opening the event log")?;
+        let (dispatcher, errors) = Dispatcher::new(repo);
+        for e in errors {
+            tracing::warn!(error = %e, "ingestion skipped");
+        }
+        let policy = RetryPolicy::default();
+        let processor = Arc::new(EventProcessor::new(
+            Arc::new(dispatcher),
+            BatchingWriter::start(writer, BatchPolicy::default()),
+            Arc::new(LogPublisher::new(log.clone())),
+            policy.clone(),
+        ));
+        let main = Pipeline::new(processor.clone(), PipelineConfig::default())?;
+        let retry = Pipeline::new(
+            processor.clone(),
+            PipelineConfig {
+                honour_retry_time: true,
+                ..PipelineConfig::default()
+            },
+        )?;
+        Ok(EmbeddedIngestion {
+            log,
+            processor,
+            policy,
+            main: main.stats(),
+            retry: retry.stats(),
+            consumers: std::sync::Mutex::new(vec![
+                main.consumer().clone(),
+                retry.consumer().clone(),
+            ]),
+            pipelines: std::sync::Mutex::new(Some((main, retry))),
+        })
+    }
+
+    /// Swaps in the ingestions of a newly applied repo.
+    pub fn reload(&self, repo: &FeatureRepo) {
+        let (dispatcher, errors) = Dispatcher::new(repo);
+        for e in errors {
+            tracing::warn!(error = %e, "ingestion skipped");
+        }
+        let before = self.processor.dispatcher().topics();
+        if dispatcher.topics() != before {
+            tracing::warn!("the applied repo consumes other topics: restart to consume them");
+        }
+        self.processor.set_dispatcher(Arc::new(dispatcher));
+    }
+
+    /// Runs the main and retry pipelines until `stop` turns true. Runs once per ingestion.
+    pub async fn run(self: Arc<Self>, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let Some((main, retry)) = self.pipelines.lock().ok().and_then(|mut p| p.take()) else {
+            anyhow::bail!("the ingestion pipelines are already running");
+        };
+        let topics = self.processor.dispatcher().topics();
+        for t in topics
+            .iter()
+            .chain([&self.policy.retry_topic, &self.policy.dead_letter_topic])
+        {
+            ensure_topic(&self.log, t).await?;
+        }
+        tracing::info!(topics = ?topics, "consuming the embedded log");
+        let mut main_source = LogSource::new(self.log.clone(), CONSUMER_GROUP, topics);
+        let mut retry_source = LogSource::new(
+            self.log.clone(),
+            format!("{CONSUMER_GROUP}-retry"),
+            vec![self.policy.retry_topic.clone()],
+        );
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let (a, b) = tokio::join!(
+            main.run(&mut main_source, stopped(stop.clone())),
+            retry.run(&mut retry_source, stopped(stop)),
+        );
+        a?;
+        b?;
+        Ok(())
+    }
+
+    /// Appends events to a topic of the log, each keyed by the entity it is about (so its
+    /// events are applied in order), and returns once they are durable.
+    pub async fn append_events(
+        &self,
+        topic: &str,
+        events: &[serde_json::Value],
+    ) -> anyhow::Result<Appended> {
+        ensure_topic(&self.log, topic).await?;
+        let dispatcher = self.processor.dispatcher();
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut unrouted = 0;
+        let records: Vec<LogRecord> = events
+            .iter()
+            .map(|e| {
+                let routes = dispatcher.route(topic, e);
+                if routes.is_empty() {
+                    unrouted += 1;
+                }
+                let key = routes
+                    .first()
+                    .and_then(|m| m.map(e, now).ok())
+                    .map(|(entity, _)| Bytes::from(entity.0));
+                LogRecord {
+                    key,
+                    payload: Bytes::from(e.to_string()),
+                    headers: Vec::new(),
+                    timestamp_ms: now,
+                }
+            })
+            .collect();
+        self.log.append(topic, &records).await?;
+        Ok(Appended {
+            appended: records.len(),
+            unrouted,
+        })
+    }
+
+    /// The main pipeline's counters.
+    pub fn stats(&self) -> (&PipelineStats, &PipelineStats) {
+        (&self.main, &self.retry)
+    }
+
+    /// Committed lag per partition of the consumed topics: end offset minus the group's
+    /// committed position.
+    pub fn lag(&self) -> Vec<(String, u32, i64)> {
+        let mut out = Vec::new();
+        for topic in self.processor.dispatcher().topics() {
+            let Ok(partitions) = self.log.partitions(&topic) else {
+                continue;
+            };
+            for p in 0..partitions {
+                let end = self.log.end_offset(&topic, p).unwrap_or(0);
+                let committed = self
+                    .log
+                    .committed(CONSUMER_GROUP, &topic, p)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0);
+                out.push((topic.clone(), p, end - committed));
+            }
+        }
+        out
+    }
+}
+
+/// Reads one counter of a pipeline.
+type StatReader = fn(&PipelineStats) -> u64;
+
+/// Prometheus view of the ingestion: counters per pipeline, the consumer's adaptive
+/// concurrency and in-flight work, and lag per partition.
+#[derive(Clone)]
+pub struct IngestMetrics(pub Arc<EmbeddedIngestion>);
+
+impl std::fmt::Debug for IngestMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IngestMetrics")
+    }
+}
+
+impl Collector for IngestMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let ingestion = &self.0;
+        let (main, retry) = ingestion.stats();
+        let counters: [(&str, &str, StatReader); 5] = [
+            ("ingest_events", "Events processed", |s| {
+                s.events.load(Ordering::Relaxed)
+            }),
+            (
+                "ingest_records",
+                "Records written (stale ones included)",
+                |s| s.records.load(Ordering::Relaxed),
+            ),
+            ("ingest_retries", "Failures sent to the retry topic", |s| {
+                s.retried.load(Ordering::Relaxed)
+            }),
+            (
+                "ingest_dead_letters",
+                "Events sent to the dead-letter topic",
+                |s| s.dead_lettered.load(Ordering::Relaxed),
+            ),
+            ("ingest_commits", "Position commits", |s| {
+                s.commits.load(Ordering::Relaxed)
+            }),
+        ];
+        for (name, help, read) in counters {
+            let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (pipeline, stats) in [("main", main), ("retry", retry)] {
+                ConstCounter::new(read(stats))
+                    .encode(m.encode_family(&[("pipeline", pipeline)])?)?;
+            }
+        }
+        let consumers = ingestion
+            .consumers
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default();
+        let mut limit = encoder.encode_descriptor(
+            "ingest_concurrency_limit",
+            "Events the consumer may run at once, as adapted to the store",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (pipeline, c) in ["main", "retry"].iter().zip(&consumers) {
+            ConstGauge::new(c.concurrency_limit() as i64)
+                .encode(limit.encode_family(&[("pipeline", *pipeline)])?)?;
+        }
+        let mut in_flight = encoder.encode_descriptor(
+            "ingest_in_flight",
+            "Events running now",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (pipeline, c) in ["main", "retry"].iter().zip(&consumers) {
+            ConstGauge::new(c.in_flight() as i64)
+                .encode(in_flight.encode_family(&[("pipeline", *pipeline)])?)?;
+        }
+        let mut lag = encoder.encode_descriptor(
+            "ingest_consumer_lag",
+            "Events in a partition not yet committed by the consumer group",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (topic, partition, value) in ingestion.lag() {
+            let partition = partition.to_string();
+            ConstGauge::new(value).encode(lag.encode_family(&[
+                ("topic", topic.as_str()),
+                ("partition", partition.as_str()),
+            ])?)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsBody {
+    topic: String,
+    events: Vec<serde_json::Value>,
+}
+
+/// `POST /v1/events`: `{"topic": "...", "events": [{...}, ...]}` appended to the embedded log;
+/// answers `{"appended": N, "unrouted": M}` once they are durable.
+pub fn events_router(
+    ingestion: Arc<EmbeddedIngestion>,
+    max_events: usize,
+    max_body_bytes: usize,
+) -> axum::Router {
+    use axum::extract::{DefaultBodyLimit, State};
+    use axum::http::StatusCode;
+    use cellar_serving::http::{error_response, json_response};
+    use cellar_serving::json::error_body;
+    use cellar_serving::ErrorKind;
+
+    async fn append(
+        State((ingestion, max_events)): State<(Arc<EmbeddedIngestion>, usize)>,
+        body: axum::body::Bytes,
+    ) -> axum::response::Response {
+        let bad =
+            |kind: ErrorKind, message: String| error_response(kind, error_body(kind, &message));
+        let body: EventsBody = match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => return bad(ErrorKind::InvalidArgument, format!("invalid request: {e}")),
+        };
+        if body.events.is_empty() {
+            return bad(
+                ErrorKind::InvalidArgument,
+                "events: no events to append".into(),
+            );
+        }
+        if body.events.len() > max_events {
+            return bad(
+                ErrorKind::TooLarge,
+                format!(
+                    "events: {} events in one request, the limit is {max_events}",
+                    body.events.len()
+                ),
+            );
+        }
+        match ingestion.append_events(&body.topic, &body.events).await {
+            Ok(a) => json_response(
+                StatusCode::OK,
+                serde_json::json!({"appended": a.appended, "unrouted": a.unrouted})
+                    .to_string()
+                    .into_bytes(),
+            ),
+            Err(e) => {
+                let retryable = match (
+                    e.downcast_ref::<cellar_ingest_stream::source::BrokerError>(),
+                    e.downcast_ref::<cellar_ingest_stream::log::LogError>(),
+                ) {
+                    (Some(b), _) => b.retryable,
+                    (_, Some(l)) => l.is_retryable(),
+                    _ => true,
+                };
+                let kind = if retryable {
+                    ErrorKind::Unavailable
+                } else {
+                    ErrorKind::InvalidArgument
+                };
+                bad(kind, format!("topic `{}`: {e:#}", body.topic))
+            }
+        }
+    }
+
+    axum::Router::new()
+        .route("/v1/events", axum::routing::post(append))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state((ingestion, max_events))
+}
