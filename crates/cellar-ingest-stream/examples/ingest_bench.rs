@@ -1,0 +1,225 @@
+//! Stream ingestion benchmark, end to end on the embedded log and the embedded store:
+//!
+//! 1. events/s through the whole pipeline (decode, dispatch, map, batched durable writes,
+//!    commits) into the embedded store;
+//! 2. with a simulated 5 ms latency per store write: the parallel consumer against a
+//!    sequential consume-process-commit loop, measured in the same run.
+//!
+//! `cargo run --release -p cellar-ingest-stream --example ingest_bench -- [events] [slow events]`
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use cellar_cache::WritePath;
+use cellar_ingest_stream::dispatch::Dispatcher;
+use cellar_ingest_stream::log::source::{ensure_topic, LogPublisher, LogSource};
+use cellar_ingest_stream::log::{EventLog, LogRecord};
+use cellar_ingest_stream::pipeline::{Pipeline, PipelineConfig};
+use cellar_ingest_stream::process::{EventProcessor, RetryPolicy};
+use cellar_ingest_stream::writer::{BatchPolicy, BatchingWriter};
+use cellar_spec::{EntityKey, FeatureGroup};
+use cellar_store::embedded::EmbeddedStore;
+use cellar_store::{OnlineStore, PutOutcome, Record, RecordReader, TimeseriesQuery, Write};
+
+const REPO: &str = r#"
+kind: Entity
+name: user
+keys: [{ name: user_id, type: string }]
+---
+kind: FeatureGroup
+name: profile
+entity: user
+type: attribute
+features:
+  - { name: country, type: string }
+  - { name: visits, type: int64 }
+---
+kind: FeatureGroup
+name: clicks
+entity: user
+type: timeseries
+features:
+  - { name: article_id, type: string }
+  - { name: session_id, type: string }
+retention: { max_records: 100 }
+---
+kind: Ingestion
+name: profiles
+stream: { topic: actions, event_types: [profile_updated] }
+into: profile
+key: $.user_id
+event_time: $.ts
+features: { country: $.country, visits: $.visits }
+---
+kind: Ingestion
+name: article_clicks
+stream: { topic: actions, event_types: [article_clicked] }
+into: clicks
+key: $.user_id
+event_time: $.ts
+features: { article_id: $.article_id, session_id: $.session_id }
+"#;
+
+/// The embedded store with a fixed extra latency per write, as a remote store would have.
+struct SlowStore {
+    store: EmbeddedStore,
+    latency: Duration,
+}
+
+#[async_trait]
+impl RecordReader for SlowStore {
+    async fn get_attributes(
+        &self,
+        g: &FeatureGroup,
+        e: &[EntityKey],
+    ) -> cellar_store::Result<Vec<Option<Record>>> {
+        self.store.get_attributes(g, e).await
+    }
+    async fn scan_timeseries(
+        &self,
+        g: &FeatureGroup,
+        e: &[EntityKey],
+        q: TimeseriesQuery,
+    ) -> cellar_store::Result<Vec<Vec<Record>>> {
+        self.store.scan_timeseries(g, e, q).await
+    }
+}
+
+#[async_trait]
+impl OnlineStore for SlowStore {
+    async fn put(&self, g: &FeatureGroup, w: &[Write]) -> cellar_store::Result<Vec<PutOutcome>> {
+        tokio::time::sleep(self.latency).await;
+        self.store.put(g, w).await
+    }
+    async fn delete(&self, g: &FeatureGroup, e: &[EntityKey]) -> cellar_store::Result<()> {
+        self.store.delete(g, e).await
+    }
+    async fn trim(&self, g: &FeatureGroup, now: i64) -> cellar_store::Result<u64> {
+        self.store.trim(g, now).await
+    }
+}
+
+fn events(n: usize) -> Vec<LogRecord> {
+    (0..n)
+        .map(|i| {
+            let user = format!("u{}", (i * 7919) % 10_000);
+            let e = if i % 2 == 0 {
+                serde_json::json!({"type": "profile_updated", "user_id": user, "ts": 1_700_000_000_000i64 + i as i64,
+                                   "country": "KR", "visits": i})
+            } else {
+                serde_json::json!({"type": "article_clicked", "user_id": user, "ts": 1_700_000_000_000i64 + i as i64,
+                                   "article_id": format!("a{}", i % 100_000), "session_id": "s1"})
+            };
+            LogRecord {
+                key: Some(Bytes::from(user)),
+                payload: Bytes::from(e.to_string()),
+                headers: Vec::new(),
+                timestamp_ms: 0,
+            }
+        })
+        .collect()
+}
+
+/// Runs the pipeline over `n` events already in the log; returns events/s.
+async fn run_pipeline(log: &EventLog, store: Arc<dyn OnlineStore>, n: usize, group: &str) -> f64 {
+    let repo = cellar_spec::parse_repo(&[("repo.yaml".into(), REPO.into())]).expect("repo");
+    let (dispatcher, _) = Dispatcher::new(&repo);
+    let processor = Arc::new(EventProcessor::new(
+        Arc::new(dispatcher),
+        BatchingWriter::start(WritePath::new(store, None), BatchPolicy::default()),
+        Arc::new(LogPublisher::new(log.clone())),
+        RetryPolicy::default(),
+    ));
+    let pipeline = Pipeline::new(processor, PipelineConfig::default()).expect("pipeline");
+    let stats = pipeline.stats();
+    let mut source = LogSource::new(log.clone(), group, vec!["actions".into()]);
+    let started = Instant::now();
+    let done = async {
+        while stats.events.load(Ordering::Relaxed) < n as u64 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    pipeline.run(&mut source, done).await.expect("pipeline run");
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "  ({group}: concurrency limit at the end {}, commits {})",
+        pipeline.consumer().concurrency_limit(),
+        stats.commits.load(Ordering::Relaxed)
+    );
+    rate
+}
+
+/// Reads, maps, writes and commits one event at a time; returns events/s.
+async fn run_sequential(log: &EventLog, store: &dyn OnlineStore, n: usize) -> f64 {
+    let repo = cellar_spec::parse_repo(&[("repo.yaml".into(), REPO.into())]).expect("repo");
+    let (dispatcher, _) = Dispatcher::new(&repo);
+    let started = Instant::now();
+    let mut done = 0;
+    'outer: for p in 0..log.partitions("actions").expect("topic") {
+        let mut next = 0;
+        loop {
+            let batch = log.read("actions", p, next, 1).expect("read");
+            let Some(entry) = batch.first() else { break };
+            let event: serde_json::Value = serde_json::from_slice(&entry.payload).expect("json");
+            for m in dispatcher.route("actions", &event) {
+                let (entity, record) = m.map(&event, 0).expect("map");
+                store
+                    .put(&m.group, &[Write { entity, record }])
+                    .await
+                    .expect("put");
+            }
+            next = entry.offset + 1;
+            log.commit("sequential", "actions", p, next)
+                .await
+                .expect("commit");
+            done += 1;
+            if done == n {
+                break 'outer;
+            }
+        }
+    }
+    done as f64 / started.elapsed().as_secs_f64()
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let n = args.first().copied().unwrap_or(200_000);
+    let slow_n = args.get(1).copied().unwrap_or(20_000);
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = EventLog::open(dir.path().join("log")).expect("log");
+    ensure_topic(&log, "actions").await.expect("topic");
+    for chunk in events(n).chunks(10_000) {
+        log.append("actions", chunk).await.expect("append");
+    }
+    let store = Arc::new(EmbeddedStore::open(dir.path().join("store")).expect("store"));
+    let rate = run_pipeline(&log, store, n, "bench").await;
+    println!("pipeline into the embedded store: {n} events, {rate:.0} events/s");
+
+    let slow_dir = tempfile::tempdir().expect("temp dir");
+    let slow_log = EventLog::open(slow_dir.path().join("log")).expect("log");
+    ensure_topic(&slow_log, "actions").await.expect("topic");
+    slow_log
+        .append("actions", &events(slow_n))
+        .await
+        .expect("append");
+    let slow = |path: &str| {
+        Arc::new(SlowStore {
+            store: EmbeddedStore::open(slow_dir.path().join(path)).expect("store"),
+            latency: Duration::from_millis(5),
+        })
+    };
+    let parallel = run_pipeline(&slow_log, slow("parallel"), slow_n, "parallel").await;
+    let sequential_n = (slow_n / 20).max(100);
+    let sequential = run_sequential(&slow_log, &*slow("sequential"), sequential_n).await;
+    println!("5 ms per store write: parallel consumer {parallel:.0} events/s ({slow_n} events)");
+    println!("5 ms per store write: sequential consume-process-commit {sequential:.0} events/s ({sequential_n} events)");
+    println!("ratio: {:.1}x", parallel / sequential);
+}
