@@ -8,10 +8,14 @@ mkdir -p "$SVC_DIR"
 
 log() { echo "[services] $*" >&2; }
 
-# System packages the build needs: protoc for the gRPC code generation.
+# System packages the build needs: protoc for the gRPC code generation; cmake and curl's
+# headers for librdkafka, which rdkafka builds from source.
 ensure_build_packages() {
     local missing=()
     command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+    command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+    command -v g++ >/dev/null 2>&1 || missing+=(g++)
+    dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || missing+=(libcurl4-openssl-dev)
     if [ ${#missing[@]} -gt 0 ]; then
         log "installing ${missing[*]}"
         apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null

@@ -20,6 +20,8 @@
 
 pub mod consumer;
 pub mod dispatch;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod log;
 pub mod pipeline;
 pub mod process;

@@ -180,6 +180,28 @@ impl EmbeddedIngestion {
         (&self.main, &self.retry)
     }
 
+    /// Whether every event of the consumed topics and of the retry topic is committed.
+    pub fn caught_up(&self) -> bool {
+        let retry_group = format!("{CONSUMER_GROUP}-retry");
+        let retry_lag = match self.log.partitions(&self.policy.retry_topic) {
+            Ok(partitions) => (0..partitions).any(|p| {
+                let end = self
+                    .log
+                    .end_offset(&self.policy.retry_topic, p)
+                    .unwrap_or(0);
+                let committed = self
+                    .log
+                    .committed(&retry_group, &self.policy.retry_topic, p)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0);
+                end > committed
+            }),
+            Err(_) => false,
+        };
+        !retry_lag && self.lag().iter().all(|(_, _, lag)| *lag == 0)
+    }
+
     /// Committed lag per partition of the consumed topics: end offset minus the group's
     /// committed position.
     pub fn lag(&self) -> Vec<(String, u32, i64)> {

@@ -79,6 +79,12 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:6566")]
         server: String,
     },
+    /// Consume the embedded event log into the store (without serving), until stopped.
+    Ingest {
+        /// Stop once every event in the log is applied and committed.
+        #[arg(long)]
+        until_caught_up: bool,
+    },
     /// Send events (JSON lines, from a file or stdin) to a running server's event log.
     Produce {
         /// Topic the events go to.
@@ -241,6 +247,7 @@ async fn run(cli: Cli, mut config: Config) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Ingest { until_caught_up } => run_ingest(config, until_caught_up).await,
         Command::Produce {
             topic,
             file,
@@ -328,4 +335,49 @@ async fn run_quickstart(config: Config) -> anyhow::Result<()> {
     let grpc = bind(&config.server.grpc_listen).await?;
     println!("{}", quickstart::example_requests(&config.server.listen));
     node.serve(http, Some(grpc), shutdown_signal()).await
+}
+
+async fn run_ingest(config: Config, until_caught_up: bool) -> anyhow::Result<()> {
+    let registry = cellar_registry::Registry::open(&config.registry_url()).await?;
+    let repo = registry
+        .current()
+        .await?
+        .context("the registry is empty: run `cellar apply` first")?
+        .repo;
+    registry.close().await;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let store_path = config.store_path();
+    let store: std::sync::Arc<dyn cellar_store::OnlineStore> = std::sync::Arc::new(
+        cellar_store::embedded::EmbeddedStore::open(&store_path)
+            .with_context(|| format!("opening the store at {}", store_path.display()))?,
+    );
+    let ingestion = std::sync::Arc::new(cellar::ingest::EmbeddedIngestion::open(
+        &config.data_dir,
+        cellar_cache::WritePath::new(store, None),
+        &repo,
+    )?);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_tx = std::sync::Arc::new(stop_tx);
+    {
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        });
+    }
+    if until_caught_up {
+        let ingestion = ingestion.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                if ingestion.caught_up() {
+                    tracing::info!("every event is applied and committed");
+                    let _ = stop_tx.send(true);
+                    break;
+                }
+            }
+        });
+    }
+    ingestion.run(stop_rx).await
 }

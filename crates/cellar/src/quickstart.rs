@@ -224,6 +224,7 @@ pub async fn load_sample_data(
 
 /// The example requests printed once the quickstart serves.
 pub fn example_requests(http: &str) -> String {
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     format!(
         r#"
 Cellar is serving the example feature repo on http://{http}
@@ -237,6 +238,8 @@ Try:
   curl -s http://{http}/get-online-features -d '{{"feature_service": "home_feed_ranker", "entities": {{"user_id": ["u1", "u1"], "article_id": ["a1", "a2"]}}}}'
 
   curl -s http://{http}/v1/push -d '{{"group": "user_profile", "records": [{{"entity": {{"user_id": "u1"}}, "features": {{"country": "NZ", "age": 33, "keywords": ["kayak"]}}}}]}}'
+
+  curl -s http://{http}/v1/events -d '{{"topic": "user-actions", "events": [{{"type": "article_clicked", "user_id": "u1", "ts": "{now}", "article_id": "a42", "session_id": "s9"}}]}}'
 
   curl -s http://{http}/metrics | grep cellar_
 
