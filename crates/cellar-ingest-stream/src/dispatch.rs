@@ -37,7 +37,8 @@ pub struct StreamMapping {
     pub topic: String,
     /// Event types consumed; empty means every event on the topic.
     pub event_types: Vec<String>,
-    pub group: FeatureGroup,
+    /// Shared with every record this ingestion writes, so mapping an event copies no spec.
+    pub group: Arc<FeatureGroup>,
     pub entity: Entity,
     key: Vec<(String, JsonPath)>,
     event_time: Option<(String, JsonPath)>,
@@ -119,7 +120,7 @@ impl StreamMapping {
             name: ingestion.name.clone(),
             topic: stream.topic.clone(),
             event_types: stream.event_types.clone(),
-            group: group.clone(),
+            group: Arc::new(group.clone()),
             entity: entity.clone(),
             key,
             event_time,

@@ -140,7 +140,9 @@ impl FailureHandler<SourceEvent> for Reroute {
         // The producer may fail transiently too; the offset completes only once the event is
         // durably re-published, so keep trying with a short backoff.
         let mut wait = Duration::from_millis(50);
-        for attempt in 1.. {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
             match self
                 .processor
                 .route_failures(&event.payload, &failures)
@@ -163,7 +165,6 @@ impl FailureHandler<SourceEvent> for Reroute {
                 Err(e) => return Err(Box::new(e)),
             }
         }
-        unreachable!("the loop returns")
     }
 }
 

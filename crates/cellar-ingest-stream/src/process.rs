@@ -172,8 +172,11 @@ impl EventProcessor {
                     continue;
                 }
             };
-            let group = Arc::new(mapping.group.clone());
-            match self.writer.write(group, entity, record).await {
+            match self
+                .writer
+                .write(mapping.group.clone(), entity, record)
+                .await
+            {
                 Ok(outcome) => {
                     applied.records += 1;
                     if outcome == cellar_store::PutOutcome::Stale {
