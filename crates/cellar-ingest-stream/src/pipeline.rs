@@ -246,10 +246,27 @@ impl Pipeline {
         let mut paused: HashSet<TopicPartition> = HashSet::new();
         let mut last_commit = Instant::now();
         let mut last_stall_report = Instant::now();
+        let mut broker_failures: u32 = 0;
         loop {
             let polled = tokio::select! {
                 _ = &mut shutdown => break,
-                polled = source.poll(self.config.max_poll, self.config.poll_timeout) => polled?,
+                polled = source.poll(self.config.max_poll, self.config.poll_timeout) => polled,
+            };
+            // A broker that is briefly unavailable must not stop ingestion: wait and poll
+            // again. Work already handed over keeps running meanwhile.
+            let polled = match polled {
+                Ok(p) => {
+                    broker_failures = 0;
+                    p
+                }
+                Err(e) if e.retryable => {
+                    broker_failures += 1;
+                    let wait = Duration::from_millis(100 * (1 << broker_failures.min(6)));
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "poll failed");
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
             };
             match polled {
                 Polled::Assigned(partitions) => {
@@ -299,7 +316,12 @@ impl Pipeline {
                 }
             }
             if last_commit.elapsed() >= self.config.commit_interval {
-                self.commit(source).await?;
+                match self.commit(source).await {
+                    Ok(()) => {}
+                    // The next commit covers the same positions, and more.
+                    Err(e) if e.retryable => tracing::warn!(error = %e, "commit failed"),
+                    Err(e) => return Err(e.into()),
+                }
                 last_commit = Instant::now();
             }
             if last_stall_report.elapsed() >= Duration::from_secs(10) {
