@@ -11,7 +11,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use cellar_cache::WritePath;
 use cellar_ingest_stream::dispatch::Dispatcher;
@@ -20,9 +19,9 @@ use cellar_ingest_stream::log::{EventLog, LogRecord};
 use cellar_ingest_stream::pipeline::{Pipeline, PipelineConfig};
 use cellar_ingest_stream::process::{EventProcessor, RetryPolicy};
 use cellar_ingest_stream::writer::{BatchPolicy, BatchingWriter};
-use cellar_spec::{EntityKey, FeatureGroup};
 use cellar_store::embedded::EmbeddedStore;
-use cellar_store::{OnlineStore, PutOutcome, Record, RecordReader, TimeseriesQuery, Write};
+use cellar_store::faults::FaultyStore;
+use cellar_store::{OnlineStore, Write};
 
 const REPO: &str = r#"
 kind: Entity
@@ -62,45 +61,6 @@ key: $.user_id
 event_time: $.ts
 features: { article_id: $.article_id, session_id: $.session_id }
 "#;
-
-/// The embedded store with a fixed extra latency per write, as a remote store would have.
-struct SlowStore {
-    store: EmbeddedStore,
-    latency: Duration,
-}
-
-#[async_trait]
-impl RecordReader for SlowStore {
-    async fn get_attributes(
-        &self,
-        g: &FeatureGroup,
-        e: &[EntityKey],
-    ) -> cellar_store::Result<Vec<Option<Record>>> {
-        self.store.get_attributes(g, e).await
-    }
-    async fn scan_timeseries(
-        &self,
-        g: &FeatureGroup,
-        e: &[EntityKey],
-        q: TimeseriesQuery,
-    ) -> cellar_store::Result<Vec<Vec<Record>>> {
-        self.store.scan_timeseries(g, e, q).await
-    }
-}
-
-#[async_trait]
-impl OnlineStore for SlowStore {
-    async fn put(&self, g: &FeatureGroup, w: &[Write]) -> cellar_store::Result<Vec<PutOutcome>> {
-        tokio::time::sleep(self.latency).await;
-        self.store.put(g, w).await
-    }
-    async fn delete(&self, g: &FeatureGroup, e: &[EntityKey]) -> cellar_store::Result<()> {
-        self.store.delete(g, e).await
-    }
-    async fn trim(&self, g: &FeatureGroup, now: i64) -> cellar_store::Result<u64> {
-        self.store.trim(g, now).await
-    }
-}
 
 fn events(n: usize) -> Vec<LogRecord> {
     (0..n)
@@ -210,11 +170,13 @@ async fn main() {
         .append("actions", &events(slow_n))
         .await
         .expect("append");
+    // The embedded store with 5 ms more per write, as a remote store would have.
     let slow = |path: &str| {
-        Arc::new(SlowStore {
-            store: EmbeddedStore::open(slow_dir.path().join(path)).expect("store"),
-            latency: Duration::from_millis(5),
-        })
+        Arc::new(FaultyStore::new(
+            EmbeddedStore::open(slow_dir.path().join(path)).expect("store"),
+            0,
+            Duration::from_millis(5),
+        ))
     };
     let parallel = run_pipeline(&slow_log, slow("parallel"), slow_n, "parallel").await;
     let sequential_n = (slow_n / 20).max(100);

@@ -20,12 +20,10 @@ use cellar_ingest_stream::source::{
     BrokerError, OutgoingEvent, Polled, Publisher, Source, TopicPartition,
 };
 use cellar_ingest_stream::writer::{BatchPolicy, BatchingWriter};
-use cellar_spec::{EntityKey, FeatureGroup, FeatureRepo, Value};
+use cellar_spec::{EntityKey, FeatureRepo, Value};
 use cellar_store::embedded::EmbeddedStore;
-use cellar_store::{
-    OnlineStore, PutOutcome, Record, RecordReader, Result as StoreResult, StoreError,
-    TimeseriesQuery, Write,
-};
+use cellar_store::faults::FaultyStore;
+use cellar_store::{OnlineStore, Record, RecordReader};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
@@ -65,51 +63,6 @@ features: {{ country: $.country, visits: $.visits }}
 
 fn random_name(prefix: &str) -> String {
     format!("{prefix}-{:016x}", rand::random::<u64>())
-}
-
-/// The real store, failing its first `fail_first` puts as a backend outage would.
-struct FlakyStore {
-    store: EmbeddedStore,
-    fail_first: AtomicUsize,
-}
-
-#[async_trait]
-impl RecordReader for FlakyStore {
-    async fn get_attributes(
-        &self,
-        g: &FeatureGroup,
-        e: &[EntityKey],
-    ) -> StoreResult<Vec<Option<Record>>> {
-        self.store.get_attributes(g, e).await
-    }
-    async fn scan_timeseries(
-        &self,
-        g: &FeatureGroup,
-        e: &[EntityKey],
-        q: TimeseriesQuery,
-    ) -> StoreResult<Vec<Vec<Record>>> {
-        self.store.scan_timeseries(g, e, q).await
-    }
-}
-
-#[async_trait]
-impl OnlineStore for FlakyStore {
-    async fn put(&self, g: &FeatureGroup, w: &[Write]) -> StoreResult<Vec<PutOutcome>> {
-        let failed = self
-            .fail_first
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
-        if failed {
-            return Err(StoreError::Backend("store unavailable (injected)".into()));
-        }
-        self.store.put(g, w).await
-    }
-    async fn delete(&self, g: &FeatureGroup, e: &[EntityKey]) -> StoreResult<()> {
-        self.store.delete(g, e).await
-    }
-    async fn trim(&self, g: &FeatureGroup, now: i64) -> StoreResult<u64> {
-        self.store.trim(g, now).await
-    }
 }
 
 /// A source that counts the assignment changes it passes on, so a test can wait for a
@@ -165,7 +118,7 @@ struct Fixture {
     topic: String,
     group: String,
     policy: RetryPolicy,
-    store: Arc<FlakyStore>,
+    store: Arc<FaultyStore<EmbeddedStore>>,
     repo: FeatureRepo,
     publisher: Arc<KafkaPublisher>,
     _dir: tempfile::TempDir,
@@ -189,10 +142,11 @@ impl Fixture {
                 .unwrap_or_else(|e| panic!("{e}"));
         }
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(FlakyStore {
-            store: EmbeddedStore::open(dir.path().join("store")).unwrap(),
-            fail_first: AtomicUsize::new(fail_first),
-        });
+        let store = Arc::new(FaultyStore::new(
+            EmbeddedStore::open(dir.path().join("store")).unwrap(),
+            fail_first,
+            Duration::ZERO,
+        ));
         let publisher = Arc::new(
             KafkaPublisher::new(
                 &KafkaPublisherConfig::new(&bootstrap).property("message.timeout.ms", "30000"),

@@ -1,11 +1,10 @@
 //! The whole stream pipeline on the embedded log and the embedded store: events in, records
 //! served, failures retried or dead-lettered, positions committed.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use cellar_cache::WritePath;
 use cellar_ingest_stream::dispatch::Dispatcher;
@@ -14,12 +13,10 @@ use cellar_ingest_stream::log::{EventLog, LogRecord};
 use cellar_ingest_stream::pipeline::{Pipeline, PipelineConfig, PipelineStats};
 use cellar_ingest_stream::process::{headers, EventProcessor, RetryPolicy};
 use cellar_ingest_stream::writer::{BatchPolicy, BatchingWriter};
-use cellar_spec::{EntityKey, FeatureGroup, FeatureRepo, Value};
+use cellar_spec::{EntityKey, FeatureRepo, Value};
 use cellar_store::embedded::EmbeddedStore;
-use cellar_store::{
-    OnlineStore, PutOutcome, Record, RecordReader, Result as StoreResult, StoreError,
-    TimeseriesQuery, Write,
-};
+use cellar_store::faults::FaultyStore;
+use cellar_store::{OnlineStore, Record, RecordReader, TimeseriesQuery};
 use serde_json::json;
 
 const REPO: &str = r#"
@@ -64,52 +61,9 @@ fn repo() -> FeatureRepo {
     cellar_spec::parse_repo(&[("repo.yaml".into(), REPO.into())]).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// The real store, failing its first `fail_first` puts as a backend outage would.
-struct FlakyStore {
-    store: EmbeddedStore,
-    fail_first: AtomicUsize,
-}
-
-#[async_trait]
-impl RecordReader for FlakyStore {
-    async fn get_attributes(
-        &self,
-        g: &FeatureGroup,
-        e: &[EntityKey],
-    ) -> StoreResult<Vec<Option<Record>>> {
-        self.store.get_attributes(g, e).await
-    }
-    async fn scan_timeseries(
-        &self,
-        g: &FeatureGroup,
-        e: &[EntityKey],
-        q: TimeseriesQuery,
-    ) -> StoreResult<Vec<Vec<Record>>> {
-        self.store.scan_timeseries(g, e, q).await
-    }
-}
-
-#[async_trait]
-impl OnlineStore for FlakyStore {
-    async fn put(&self, g: &FeatureGroup, w: &[Write]) -> StoreResult<Vec<PutOutcome>> {
-        let left = self.fail_first.load(Ordering::SeqCst);
-        if left > 0 {
-            self.fail_first.store(left - 1, Ordering::SeqCst);
-            return Err(StoreError::Backend("store unavailable (injected)".into()));
-        }
-        self.store.put(g, w).await
-    }
-    async fn delete(&self, g: &FeatureGroup, e: &[EntityKey]) -> StoreResult<()> {
-        self.store.delete(g, e).await
-    }
-    async fn trim(&self, g: &FeatureGroup, now: i64) -> StoreResult<u64> {
-        self.store.trim(g, now).await
-    }
-}
-
 struct Fixture {
     log: EventLog,
-    store: Arc<FlakyStore>,
+    store: Arc<FaultyStore<EmbeddedStore>>,
     repo: FeatureRepo,
     _dir: tempfile::TempDir,
 }
@@ -118,10 +72,11 @@ impl Fixture {
     fn new(fail_first: usize) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let log = EventLog::open(dir.path().join("log")).unwrap();
-        let store = Arc::new(FlakyStore {
-            store: EmbeddedStore::open(dir.path().join("store")).unwrap(),
-            fail_first: AtomicUsize::new(fail_first),
-        });
+        let store = Arc::new(FaultyStore::new(
+            EmbeddedStore::open(dir.path().join("store")).unwrap(),
+            fail_first,
+            Duration::ZERO,
+        ));
         Fixture {
             log,
             store,

@@ -20,6 +20,7 @@
 pub mod codec;
 pub mod conformance;
 pub mod embedded;
+pub mod faults;
 mod record;
 
 pub use record::{AppliedOffset, Record};
