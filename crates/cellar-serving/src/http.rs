@@ -39,6 +39,9 @@ pub fn router(state: Arc<HttpState>, max_body_bytes: usize) -> Router {
         .route("/write-to-online-store", post(feast::write_to_online_store))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .fallback(|uri: axum::http::Uri| async move {
+            error_response(ErrorKind::NotFound, not_found_body(uri.path()))
+        })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }
@@ -389,6 +392,6 @@ async fn v1_push(State(state): State<Arc<HttpState>>, body: Bytes) -> Response {
 }
 
 /// The answer to a request for a path that does not exist.
-pub fn not_found_body(path: &str) -> Vec<u8> {
+fn not_found_body(path: &str) -> Vec<u8> {
     error_body(ErrorKind::NotFound, &format!("no such endpoint: {path}"))
 }
