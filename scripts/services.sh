@@ -51,3 +51,36 @@ ensure_postgres() {
     fi
     log "postgresql: $CELLAR_TEST_POSTGRES"
 }
+
+kafka_answers() { # host port
+    (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null
+}
+
+# tansu, a Kafka-wire-compatible broker: installed once into ~/.cargo/bin (about 16 minutes
+# from source), started in memory on 127.0.0.1:9092 unless something already answers there.
+ensure_tansu_installed() {
+    export PATH="$HOME/.cargo/bin:$PATH"
+    if ! command -v tansu >/dev/null 2>&1; then
+        log "installing tansu 0.6.0 (once per machine, about 16 minutes)"
+        cargo install --locked tansu@0.6.0 --features dynostore -j2 >"$SVC_DIR/tansu-install.log" 2>&1 \
+            || { tail -n 30 "$SVC_DIR/tansu-install.log" >&2; return 1; }
+    fi
+}
+
+ensure_kafka() {
+    if ! kafka_answers 127.0.0.1 9092; then
+        ensure_tansu_installed
+        log "starting tansu on 127.0.0.1:9092"
+        nohup tansu broker --listener-url tcp://127.0.0.1:9092 \
+            --advertised-listener-url tcp://127.0.0.1:9092 \
+            --storage-engine memory://tansu/ >"$SVC_DIR/tansu.log" 2>&1 &
+        echo $! > "$SVC_DIR/tansu.pid"
+        for _ in $(seq 1 50); do
+            kafka_answers 127.0.0.1 9092 && break
+            sleep 0.1
+        done
+        kafka_answers 127.0.0.1 9092 || { tail -n 20 "$SVC_DIR/tansu.log" >&2; return 1; }
+    fi
+    export CELLAR_TEST_KAFKA="127.0.0.1:9092"
+    log "kafka: $CELLAR_TEST_KAFKA"
+}

@@ -267,6 +267,33 @@ impl LocalTier {
         }
     }
 
+    /// Follows a read-modify-write of an attribute record: the store now holds `record`, even
+    /// where its event time equals the cached one's (an aggregate that counted a late event).
+    /// Write-through caches it unless a newer record is cached; write-around drops the copy.
+    pub fn record_replaced(&self, group: &FeatureGroup, entity: &EntityKey, record: &Record) {
+        if !Self::serves(group) {
+            return;
+        }
+        let key = cache_key(&group.name, entity);
+        match (group.serving.write, group.kind) {
+            (WriteStrategy::Through, GroupKind::Attribute) => {
+                let deadlines = Deadlines::positive(&group.serving);
+                self.cache.entry(key).and_compute_with(|current| {
+                    match current.map(|e| e.into_value().cached) {
+                        Some(Cached::Attribute(cur)) if cur.event_time > record.event_time => {
+                            Op::Nop
+                        }
+                        _ => Op::Put(Entry {
+                            cached: Cached::Attribute(Arc::new(record.clone())),
+                            deadlines,
+                        }),
+                    }
+                });
+            }
+            _ => self.cache.invalidate(&key),
+        }
+    }
+
     /// Drops every cached copy of the given entities of a group.
     pub fn invalidate(&self, group: &FeatureGroup, entities: &[EntityKey]) {
         for e in entities {

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use cellar_spec::FeatureGroup;
-use cellar_store::{OnlineStore, PutOutcome, Result, Write};
+use cellar_spec::{EntityKey, FeatureGroup};
+use cellar_store::{OnlineStore, PutOutcome, Record, Result, Updater, Write};
 
 use crate::local::LocalTier;
 
@@ -34,5 +34,24 @@ impl WritePath {
             }
         }
         Ok(outcomes)
+    }
+
+    /// Read-modify-writes attribute records in the store (see [`OnlineStore::update`]), then
+    /// brings the cache tiers in line with what was stored.
+    pub async fn update(
+        &self,
+        group: &FeatureGroup,
+        entities: &[EntityKey],
+        updater: Updater,
+    ) -> Result<Vec<Option<Record>>> {
+        let stored = self.store.update(group, entities, updater).await?;
+        if let Some(local) = &self.local {
+            for (entity, record) in entities.iter().zip(&stored) {
+                if let Some(record) = record {
+                    local.record_replaced(group, entity, record);
+                }
+            }
+        }
+        Ok(stored)
     }
 }

@@ -13,15 +13,16 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cellar_cache::WritePath;
+use cellar_ingest_stream::aggregate;
 use cellar_ingest_stream::dispatch::Dispatcher;
 use cellar_ingest_stream::log::source::{ensure_topic, LogPublisher, LogSource};
 use cellar_ingest_stream::log::{EventLog, LogRecord};
 use cellar_ingest_stream::pipeline::{Pipeline, PipelineConfig};
 use cellar_ingest_stream::process::{EventProcessor, RetryPolicy};
-use cellar_ingest_stream::writer::{BatchPolicy, BatchingWriter};
+use cellar_ingest_stream::writer::{BatchPolicy, BatchingWriter, Change};
 use cellar_store::embedded::EmbeddedStore;
 use cellar_store::faults::FaultyStore;
-use cellar_store::{OnlineStore, Write};
+use cellar_store::{OnlineStore, Updater, Write};
 
 const REPO: &str = r#"
 kind: Entity
@@ -125,11 +126,25 @@ async fn run_sequential(log: &EventLog, store: &dyn OnlineStore, n: usize) -> f6
             let Some(entry) = batch.first() else { break };
             let event: serde_json::Value = serde_json::from_slice(&entry.payload).expect("json");
             for m in dispatcher.route("actions", &event) {
-                let (entity, record) = m.map(&event, 0).expect("map");
-                store
-                    .put(&m.group, &[Write { entity, record }])
-                    .await
-                    .expect("put");
+                match m.map(&event, 0, None).expect("map") {
+                    (entity, Change::Put(record)) => {
+                        store
+                            .put(&m.group, &[Write { entity, record }])
+                            .await
+                            .expect("put");
+                    }
+                    (entity, Change::Update(update)) => {
+                        let width = m.group.features.len();
+                        let updater: Updater = Box::new(move |_, mut stored| {
+                            aggregate::apply(&mut stored, width, &update);
+                            stored
+                        });
+                        store
+                            .update(&m.group, &[entity], updater)
+                            .await
+                            .expect("update");
+                    }
+                }
             }
             next = entry.offset + 1;
             log.commit("sequential", "actions", p, next)

@@ -6,11 +6,14 @@ use std::sync::Arc;
 
 use cellar_spec::value::parse_timestamp;
 use cellar_spec::{
-    Entity, EntityKey, FeatureExpr, FeatureGroup, FeatureRepo, GroupKind, Ingestion,
-    IngestionSource, Value,
+    AggregateFunction, Entity, EntityKey, FeatureExpr, FeatureGroup, FeatureRepo, GroupKind,
+    Ingestion, IngestionSource, ScalarType, Value, ValueType,
 };
 use cellar_store::Record;
 use serde_json_path::JsonPath;
+
+use crate::aggregate::{Fold, Update, WindowSpec};
+use crate::writer::Change;
 
 /// Why an event could not become a record. The reason goes with the event to the dead-letter
 /// topic: it names the ingestion and the field at fault.
@@ -29,6 +32,10 @@ pub struct CompileError {
     pub reason: String,
 }
 
+/// A windowed aggregate of an ingestion: feature position, window, and the `of` path (its
+/// text and parsed form), if any.
+type AggregateMapping = (usize, WindowSpec, Option<(String, JsonPath)>);
+
 /// A stream ingestion ready to map events: its paths parsed, its features resolved to
 /// positions of its group.
 #[derive(Debug)]
@@ -44,6 +51,10 @@ pub struct StreamMapping {
     event_time: Option<(String, JsonPath)>,
     /// (feature position, source path text, parsed path).
     features: Vec<(usize, String, JsonPath)>,
+    aggregates: Vec<AggregateMapping>,
+    /// Whether records are read, changed and written back (attribute groups: aggregates,
+    /// ingestions that set only some features, applied offsets) or appended (time series).
+    updates: bool,
 }
 
 fn parse_path(ingestion: &str, field: &str, text: &str) -> Result<JsonPath, CompileError> {
@@ -95,6 +106,7 @@ impl StreamMapping {
             None => None,
         };
         let mut features = Vec::with_capacity(ingestion.features.len());
+        let mut aggregates = Vec::new();
         for m in &ingestion.features {
             let position = group.feature_index(&m.feature).ok_or_else(|| {
                 fail(format!(
@@ -108,14 +120,59 @@ impl StreamMapping {
                         parse_path(&ingestion.name, &format!("features.{}", m.feature), path)?;
                     features.push((position, path.clone(), parsed));
                 }
-                FeatureExpr::Aggregate(_) => {
-                    return Err(fail(format!(
-                        "feature `{}` is a windowed aggregate, which the stream runner does not compute yet",
-                        m.feature
-                    )))
+                FeatureExpr::Aggregate(agg) => {
+                    let feature = &group.features[position];
+                    let float = match (agg.function, feature.value_type) {
+                        (_, ValueType::Scalar(ScalarType::Int64)) => false,
+                        (
+                            AggregateFunction::Sum
+                            | AggregateFunction::Min
+                            | AggregateFunction::Max,
+                            ValueType::Scalar(ScalarType::Float64),
+                        ) => true,
+                        (_, other) => {
+                            return Err(fail(format!(
+                                "feature `{}` is {other}, which its aggregate cannot produce",
+                                m.feature
+                            )))
+                        }
+                    };
+                    if group.kind != GroupKind::Attribute {
+                        return Err(fail(format!(
+                            "aggregates write into attribute groups; `{}` is a time series",
+                            group.name
+                        )));
+                    }
+                    let size_ms = agg.window.as_millis() as i64;
+                    let slide_ms = agg.slide.map_or(size_ms, |s| s.as_millis() as i64);
+                    if size_ms <= 0 || slide_ms <= 0 || size_ms % slide_ms != 0 {
+                        return Err(fail(format!(
+                            "feature `{}`: the window must be a whole number of slides",
+                            m.feature
+                        )));
+                    }
+                    let of = match &agg.of {
+                        Some(path) => Some((
+                            path.clone(),
+                            parse_path(
+                                &ingestion.name,
+                                &format!("features.{}.of", m.feature),
+                                path,
+                            )?,
+                        )),
+                        None => None,
+                    };
+                    let window = WindowSpec {
+                        function: agg.function,
+                        size_ms,
+                        slide_ms,
+                        float,
+                    };
+                    aggregates.push((position, window, of));
                 }
             }
         }
+        let updates = group.kind == GroupKind::Attribute;
         Ok(StreamMapping {
             name: ingestion.name.clone(),
             topic: stream.topic.clone(),
@@ -125,16 +182,14 @@ impl StreamMapping {
             key,
             event_time,
             features,
+            aggregates,
+            updates,
         })
     }
 
-    /// Maps one event to the entity key and record it writes. `arrival_ms` is the event time
-    /// when the ingestion has no `event_time` path.
-    pub fn map(
-        &self,
-        event: &serde_json::Value,
-        arrival_ms: i64,
-    ) -> Result<(EntityKey, Record), MappingError> {
+    /// The entity an event is about (producers key events by it, so that one entity's events
+    /// stay in one partition, in order).
+    pub fn entity_key(&self, event: &serde_json::Value) -> Result<EntityKey, MappingError> {
         let fail = |reason: String| MappingError {
             ingestion: self.name.clone(),
             reason,
@@ -144,10 +199,26 @@ impl StreamMapping {
             parts
                 .push(select(path, event).ok_or_else(|| fail(format!("key `{text}` is missing")))?);
         }
-        let entity = self
-            .entity
+        self.entity
             .key_from_json(&parts)
-            .map_err(|e| fail(format!("key: {e}")))?;
+            .map_err(|e| fail(format!("key: {e}")))
+    }
+
+    /// Maps one event to the entity key and the change it makes to that entity's record.
+    /// `arrival_ms` is the event time when the ingestion has no `event_time` path; `origin` is
+    /// where the event was read (see [`crate::aggregate::origin_id`]), so that a read-modify-write
+    /// skips an event it already applied.
+    pub fn map(
+        &self,
+        event: &serde_json::Value,
+        arrival_ms: i64,
+        origin: Option<(u64, u64)>,
+    ) -> Result<(EntityKey, Change), MappingError> {
+        let fail = |reason: String| MappingError {
+            ingestion: self.name.clone(),
+            reason,
+        };
+        let entity = self.entity_key(event)?;
         let event_time = match &self.event_time {
             None => arrival_ms,
             Some((text, path)) => {
@@ -160,15 +231,52 @@ impl StreamMapping {
                 })?
             }
         };
-        let mut values = vec![Value::Null; self.group.features.len()];
-        for (position, text, path) in &self.features {
-            let feature = &self.group.features[*position];
-            if let Some(v) = select(path, event) {
-                values[*position] = Value::from_json(feature.value_type, v)
-                    .map_err(|e| fail(format!("feature `{}` (`{text}`): {e}", feature.name)))?;
+        let field = |position: usize, text: &str, path: &JsonPath| {
+            let feature = &self.group.features[position];
+            match select(path, event) {
+                Some(v) => Value::from_json(feature.value_type, v)
+                    .map_err(|e| fail(format!("feature `{}` (`{text}`): {e}", feature.name))),
+                None => Ok(Value::Null),
             }
+        };
+        if !self.updates {
+            let mut values = vec![Value::Null; self.group.features.len()];
+            for (position, text, path) in &self.features {
+                values[*position] = field(*position, text, path)?;
+            }
+            return Ok((entity, Change::Put(Record::new(event_time, values))));
         }
-        Ok((entity, Record::new(event_time, values)))
+        let mut fields = Vec::with_capacity(self.features.len());
+        for (position, text, path) in &self.features {
+            fields.push((*position, field(*position, text, path)?));
+        }
+        let mut folds = Vec::with_capacity(self.aggregates.len());
+        for (position, window, of) in &self.aggregates {
+            let input = match (window.function, of) {
+                (_, None) => Value::Null,
+                // Distinct values are told apart by their JSON text, whatever their type.
+                (AggregateFunction::DistinctCount, Some((_, path))) => match select(path, event) {
+                    None | Some(serde_json::Value::Null) => Value::Null,
+                    Some(serde_json::Value::String(s)) => Value::String(s.clone()),
+                    Some(other) => Value::String(other.to_string()),
+                },
+                (_, Some((text, path))) => field(*position, text, path)?,
+            };
+            folds.push(Fold {
+                position: *position,
+                window: *window,
+                input,
+            });
+        }
+        Ok((
+            entity,
+            Change::Update(Update {
+                event_time,
+                origin,
+                fields,
+                folds,
+            }),
+        ))
     }
 
     /// Whether records of this ingestion append to a time series (or replace an attribute).
@@ -336,12 +444,27 @@ features: { country: $.country }
         let (d, _) = Dispatcher::new(&repo());
         let event = json!({"type": "profile_updated", "user_id": "u1", "ts": "2026-01-01T00:00:00Z", "age": 30, "country": "KR"});
         let m = d.route("users", &event)[0];
-        let (key, record) = m.map(&event, 0).unwrap();
+        let (key, change) = m.map(&event, 0, Some((3, 9))).unwrap();
         assert_eq!(key.as_str(), "u1");
-        assert_eq!(record.event_time, 1_767_225_600_000);
         assert_eq!(
-            record.values,
-            vec![Value::String("KR".into()), Value::Int64(30)]
+            change,
+            Change::Update(Update {
+                event_time: 1_767_225_600_000,
+                origin: Some((3, 9)),
+                fields: vec![(0, Value::String("KR".into())), (1, Value::Int64(30))],
+                folds: Vec::new(),
+            })
+        );
+        let click =
+            json!({"type": "article_clicked", "user_id": "u1", "ts": 7, "article": {"id": "a9"}});
+        let m = d
+            .route("actions", &click)
+            .into_iter()
+            .find(|m| m.name == "clicks_from_actions")
+            .unwrap();
+        assert_eq!(
+            m.map(&click, 0, None).unwrap().1,
+            Change::Put(Record::new(7, vec![Value::String("a9".into())]))
         );
     }
 
@@ -349,13 +472,13 @@ features: { country: $.country }
     fn bad_events_say_which_field_is_wrong() {
         let (d, _) = Dispatcher::new(&repo());
         let m = d.route("users", &json!({"type": "profile_updated"}))[0];
-        let err = m.map(&json!({"ts": 1}), 0).unwrap_err();
+        let err = m.map(&json!({"ts": 1}), 0, None).unwrap_err();
         assert_eq!(
             err.to_string(),
             "ingestion `profile_updates`: key `$.user_id` is missing"
         );
         let err = m
-            .map(&json!({"user_id": "u1", "ts": 1, "age": "old"}), 0)
+            .map(&json!({"user_id": "u1", "ts": 1, "age": "old"}), 0, None)
             .unwrap_err();
         assert!(
             err.to_string()
@@ -363,7 +486,7 @@ features: { country: $.country }
             "{err}"
         );
         let err = m
-            .map(&json!({"user_id": "u1", "ts": "yesterday"}), 0)
+            .map(&json!({"user_id": "u1", "ts": "yesterday"}), 0, None)
             .unwrap_err();
         assert!(err.to_string().contains("event_time `$.ts`"), "{err}");
     }

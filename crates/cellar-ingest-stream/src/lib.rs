@@ -12,12 +12,15 @@
 //! - [`process`]: one event through dispatch, mapping and writing; failures to the retry or
 //!   dead-letter topic with their reason;
 //! - [`writer`]: the batching writer: one durable store write per group per batch;
+//! - [`aggregate`]: read-modify-write of attribute records: partial updates, windowed
+//!   aggregates, and the applied offsets that make redelivered events no-ops;
 //! - [`consumer`]: the parallel in-partition consumer: per-key ordering, out-of-order
 //!   completion tracking, the committable offset, bounded in-flight work and adaptive
 //!   concurrency.
 //!
 //! Depends on `cellar-spec` and `cellar-store`; knows nothing of serving or of the registry.
 
+pub mod aggregate;
 pub mod consumer;
 pub mod dispatch;
 #[cfg(feature = "kafka")]

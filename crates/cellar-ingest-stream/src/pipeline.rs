@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
 use crate::consumer::{
     BufferState, ConsumerConfig, ConsumerError, Event, EventProcessor as ProcessEvents,
@@ -46,14 +47,42 @@ impl Default for PipelineConfig {
 }
 
 /// Counters of one pipeline, read by metrics and tests.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PipelineStats {
     pub events: AtomicU64,
     pub records: AtomicU64,
     pub stale: AtomicU64,
+    /// Records left unchanged because the event had been applied to them before.
+    pub duplicates: AtomicU64,
+    /// Aggregates events came too late for.
+    pub late: AtomicU64,
     pub retried: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub commits: AtomicU64,
+    /// How long position commits take, seconds.
+    pub commit_seconds: Histogram,
+    /// From an event's event time to its records being servable (durable and in the cache
+    /// tiers), seconds.
+    pub freshness_seconds: Histogram,
+}
+
+impl Default for PipelineStats {
+    fn default() -> Self {
+        PipelineStats {
+            events: AtomicU64::default(),
+            records: AtomicU64::default(),
+            stale: AtomicU64::default(),
+            duplicates: AtomicU64::default(),
+            late: AtomicU64::default(),
+            retried: AtomicU64::default(),
+            dead_lettered: AtomicU64::default(),
+            commits: AtomicU64::default(),
+            // 0.1 ms to about 13 s.
+            commit_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 18)),
+            // 1 ms to about 36 h: replays of old events land in the top buckets.
+            freshness_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 27)),
+        }
+    }
 }
 
 /// The failures of one event, carried from the processor to the failure handler.
@@ -111,6 +140,16 @@ impl ProcessEvents<SourceEvent> for Apply {
         self.stats
             .stale
             .fetch_add(applied.stale as u64, Ordering::Relaxed);
+        self.stats
+            .duplicates
+            .fetch_add(applied.duplicates as u64, Ordering::Relaxed);
+        self.stats
+            .late
+            .fetch_add(applied.late as u64, Ordering::Relaxed);
+        if let Some(t) = applied.newest_event_time {
+            let age_ms = now_ms().saturating_sub(t).max(0);
+            self.stats.freshness_seconds.observe(age_ms as f64 / 1000.0);
+        }
         if applied.failures.is_empty() {
             Ok(())
         } else {
@@ -227,6 +266,9 @@ impl Pipeline {
         let started = Instant::now();
         source.commit(&positions).await?;
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
         tracing::trace!(
             partitions = positions.len(),
             micros = started.elapsed().as_micros() as u64,

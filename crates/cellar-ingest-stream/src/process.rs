@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use crate::dispatch::{Dispatcher, StreamMapping};
 use crate::source::{BrokerError, OutgoingEvent, Publisher, SourceEvent};
-use crate::writer::BatchingWriter;
+use crate::writer::{BatchingWriter, Change};
 
 /// Header names carried by retried and dead-lettered events.
 pub mod headers {
@@ -77,6 +77,12 @@ pub struct Applied {
     pub records: usize,
     /// Records older than the stored one.
     pub stale: usize,
+    /// Records that had this event applied already (a redelivery): left unchanged.
+    pub duplicates: usize,
+    /// Aggregates the event was too late for (older than the window).
+    pub late: usize,
+    /// The newest event time among the records written, for freshness.
+    pub newest_event_time: Option<i64>,
     /// Ingestions that failed, with why.
     pub failures: Vec<(String, Failure)>,
 }
@@ -163,7 +169,15 @@ impl EventProcessor {
             .filter(|m| only.as_deref().is_none_or(|o| o == m.name))
             .collect();
         for mapping in mappings {
-            let (entity, record) = match mapping.map(&value, arrival) {
+            let origin = Some((
+                crate::aggregate::origin_id(
+                    &mapping.name,
+                    &event.partition.topic,
+                    event.partition.partition,
+                ),
+                event.offset.max(0) as u64,
+            ));
+            let (entity, change) = match mapping.map(&value, arrival, origin) {
                 Ok(r) => r,
                 Err(e) => {
                     applied
@@ -172,16 +186,21 @@ impl EventProcessor {
                     continue;
                 }
             };
+            let event_time = match &change {
+                Change::Put(r) => r.event_time,
+                Change::Update(u) => u.event_time,
+            };
             match self
                 .writer
-                .write(mapping.group.clone(), entity, record)
+                .write(mapping.group.clone(), entity, change)
                 .await
             {
-                Ok(outcome) => {
+                Ok(effect) => {
                     applied.records += 1;
-                    if outcome == cellar_store::PutOutcome::Stale {
-                        applied.stale += 1;
-                    }
+                    applied.newest_event_time = applied.newest_event_time.max(Some(event_time));
+                    applied.stale += usize::from(effect.stale);
+                    applied.duplicates += usize::from(effect.duplicate);
+                    applied.late += effect.late as usize;
                 }
                 Err(e) if e.retryable => applied
                     .failures

@@ -2,18 +2,23 @@
 //! store write per group (one durable commit), and each event learns its own outcome.
 //!
 //! Ingestion applies events in parallel, and a durable commit per event would cap throughput
-//! at the disk's sync rate; gathering the records of all in-flight events into one batch pays
-//! that cost once per batch. Records of one attribute entity in one batch are coalesced into
-//! one write: the newest event time wins, as it would in the store.
+//! at the disk's sync rate; gathering the changes of all in-flight events into one batch pays
+//! that cost once per batch. Time-series records are appended with one put. Attribute records
+//! are read, changed and written back in one atomic store update: every change of one entity in
+//! the batch is applied to the stored record in arrival order, which keeps windowed aggregates
+//! exact, lets an ingestion set only some of a group's features, and records the offsets
+//! applied, so a redelivered event changes nothing.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cellar_cache::WritePath;
-use cellar_spec::{EntityKey, FeatureGroup, GroupKind};
-use cellar_store::{PutOutcome, Record, Write};
+use cellar_spec::{EntityKey, FeatureGroup};
+use cellar_store::{PutOutcome, Record, Updater, Write};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::aggregate::{self, Effect, Update};
 
 /// Why a write failed: the store's error, shared by every record of the failed batch.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,11 +30,25 @@ pub struct WriteError {
     pub retryable: bool,
 }
 
+/// What one event does to one entity's record of one group.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Insert a record into a time series (at its event time).
+    Put(Record),
+    /// Change an attribute record.
+    Update(Update),
+}
+
+type Answer = oneshot::Sender<Result<Effect, WriteError>>;
+
+/// Each change's result, filled in by the store's updater.
+type Results = Arc<Mutex<Vec<Option<Result<Effect, WriteError>>>>>;
+
 struct Pending {
     group: Arc<FeatureGroup>,
     entity: EntityKey,
-    record: Record,
-    done: oneshot::Sender<Result<PutOutcome, WriteError>>,
+    change: Change,
+    done: Answer,
 }
 
 /// Gathers writes into batches. Cheap to clone; the batching task ends when every clone is
@@ -65,18 +84,18 @@ impl BatchingWriter {
         BatchingWriter { tx }
     }
 
-    /// Writes one record and waits until its batch is durable.
+    /// Applies one change and waits until its batch is durable.
     pub async fn write(
         &self,
         group: Arc<FeatureGroup>,
         entity: EntityKey,
-        record: Record,
-    ) -> Result<PutOutcome, WriteError> {
-        // An oversized record is refused alone, before it can fail a whole batch.
-        cellar_store::check_size(&group, &entity, &record).map_err(|e| WriteError {
-            message: e.to_string(),
-            retryable: false,
-        })?;
+        change: Change,
+    ) -> Result<Effect, WriteError> {
+        // An oversized record is refused alone, before it can fail a whole batch (updated
+        // records are checked as they are built).
+        if let Change::Put(record) = &change {
+            cellar_store::check_size(&group, &entity, record).map_err(refused)?;
+        }
         let (done, wait) = oneshot::channel();
         let stopped = || WriteError {
             message: "the writer has stopped".into(),
@@ -86,12 +105,26 @@ impl BatchingWriter {
             .send(Pending {
                 group,
                 entity,
-                record,
+                change,
                 done,
             })
             .await
             .map_err(|_| stopped())?;
         wait.await.map_err(|_| stopped())?
+    }
+}
+
+fn refused(e: cellar_store::StoreError) -> WriteError {
+    WriteError {
+        message: e.to_string(),
+        retryable: false,
+    }
+}
+
+fn failed(e: cellar_store::StoreError) -> WriteError {
+    WriteError {
+        message: e.to_string(),
+        retryable: e.is_retryable(),
     }
 }
 
@@ -110,71 +143,134 @@ async fn run(path: WritePath, policy: BatchPolicy, mut rx: mpsc::Receiver<Pendin
     }
 }
 
-/// Writes a batch, one store call per group, and answers every record.
+/// Writes a batch, one store call per group and kind of change, and answers every change.
 async fn flush(path: &WritePath, batch: &mut Vec<Pending>) {
-    let mut by_group: HashMap<String, Vec<Pending>> = HashMap::new();
+    let mut by_group: HashMap<String, (Vec<Pending>, Vec<Pending>)> = HashMap::new();
     for p in batch.drain(..) {
-        by_group.entry(p.group.name.clone()).or_default().push(p);
+        let (puts, updates) = by_group.entry(p.group.name.clone()).or_default();
+        match p.change {
+            Change::Put(_) => puts.push(p),
+            Change::Update(_) => updates.push(p),
+        }
     }
-    for (_, pending) in by_group {
-        let group = pending[0].group.clone();
-        // For attribute groups, only the newest record of each entity is written; the others
-        // are answered as stale, which is what the store would have said.
-        let mut writes: Vec<Write> = Vec::with_capacity(pending.len());
-        let mut slot_of: Vec<usize> = Vec::with_capacity(pending.len());
-        let mut newest: HashMap<&EntityKey, usize> = HashMap::new();
-        for p in &pending {
-            let slot = match group.kind {
-                GroupKind::Attribute => match newest.get(&p.entity) {
-                    Some(&s) => {
-                        if p.record.event_time > writes[s].record.event_time {
-                            writes[s].record = p.record.clone();
-                        }
-                        s
+    for (_, (puts, updates)) in by_group {
+        if !puts.is_empty() {
+            flush_puts(path, puts).await;
+        }
+        if !updates.is_empty() {
+            flush_updates(path, updates).await;
+        }
+    }
+}
+
+async fn flush_puts(path: &WritePath, pending: Vec<Pending>) {
+    let group = pending[0].group.clone();
+    let mut writes = Vec::with_capacity(pending.len());
+    let mut answers = Vec::with_capacity(pending.len());
+    for p in pending {
+        if let Change::Put(record) = p.change {
+            writes.push(Write {
+                entity: p.entity,
+                record,
+            });
+            answers.push(p.done);
+        }
+    }
+    match path.write(&group, &writes).await {
+        Ok(outcomes) => {
+            for (done, outcome) in answers.into_iter().zip(outcomes) {
+                let _ = done.send(Ok(Effect {
+                    stale: outcome == PutOutcome::Stale,
+                    ..Effect::default()
+                }));
+            }
+        }
+        Err(e) => {
+            let error = failed(e);
+            tracing::warn!(group = %group.name, records = writes.len(), error = %error.message, "store write failed");
+            for done in answers {
+                let _ = done.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+async fn flush_updates(path: &WritePath, pending: Vec<Pending>) {
+    let group = pending[0].group.clone();
+    // Changes by entity, in arrival order (the consumer keeps one key's events in order).
+    let mut entities: Vec<EntityKey> = Vec::new();
+    let mut work: Vec<Vec<(usize, Update)>> = Vec::new();
+    let mut slot: HashMap<EntityKey, usize> = HashMap::new();
+    let mut answers = Vec::with_capacity(pending.len());
+    for p in pending {
+        let Change::Update(update) = p.change else {
+            continue;
+        };
+        let at = *slot.entry(p.entity.clone()).or_insert_with(|| {
+            entities.push(p.entity);
+            work.push(Vec::new());
+            work.len() - 1
+        });
+        work[at].push((answers.len(), update));
+        answers.push(p.done);
+    }
+    let results: Results = Arc::new(Mutex::new(vec![None; answers.len()]));
+    let updater = {
+        let results = results.clone();
+        let group = group.clone();
+        let width = group.features.len();
+        let mut next = 0;
+        let updater: Updater = Box::new(move |entity: &EntityKey, stored: Option<Record>| {
+            let changes = work.get(next).map(Vec::as_slice).unwrap_or_default();
+            next += 1;
+            let mut results = results.lock().unwrap_or_else(|p| p.into_inner());
+            let mut record = stored;
+            let mut changed = false;
+            for (answer, update) in changes {
+                let before = record.clone();
+                let effect = aggregate::apply(&mut record, width, update);
+                let too_large = record
+                    .as_ref()
+                    .and_then(|r| cellar_store::check_size(&group, entity, r).err());
+                results[*answer] = Some(match too_large {
+                    // This change alone is refused; the entity keeps the others.
+                    Some(e) => {
+                        record = before;
+                        Err(refused(e))
                     }
                     None => {
-                        newest.insert(&p.entity, writes.len());
-                        writes.push(Write {
-                            entity: p.entity.clone(),
-                            record: p.record.clone(),
-                        });
-                        writes.len() - 1
+                        changed |= !effect.duplicate;
+                        Ok(effect)
                     }
-                },
-                GroupKind::Timeseries => {
-                    writes.push(Write {
-                        entity: p.entity.clone(),
-                        record: p.record.clone(),
-                    });
-                    writes.len() - 1
-                }
-            };
-            slot_of.push(slot);
-        }
-        let result = path.write(&group, &writes).await;
-        match result {
-            Ok(outcomes) => {
-                for (p, slot) in pending.into_iter().zip(slot_of) {
-                    let outcome = match outcomes.get(slot) {
-                        Some(PutOutcome::Applied)
-                            if writes[slot].record.event_time == p.record.event_time =>
-                        {
-                            PutOutcome::Applied
-                        }
-                        _ => PutOutcome::Stale,
-                    };
-                    let _ = p.done.send(Ok(outcome));
-                }
+                });
             }
-            Err(e) => {
-                let error = WriteError {
-                    message: e.to_string(),
-                    retryable: e.is_retryable(),
-                };
-                tracing::warn!(group = %group.name, records = pending.len(), error = %error.message, "store write failed");
-                for p in pending {
-                    let _ = p.done.send(Err(error.clone()));
-                }
+            if changed {
+                record
+            } else {
+                None
+            }
+        });
+        updater
+    };
+    let outcome = path.update(&group, &entities, updater).await;
+    let mut results = std::mem::take(&mut *results.lock().unwrap_or_else(|p| p.into_inner()));
+    match outcome {
+        Ok(_) => {
+            for (done, result) in answers.into_iter().zip(results.iter_mut()) {
+                let result = result.take().unwrap_or_else(|| {
+                    Err(WriteError {
+                        message: "the store did not apply this change".into(),
+                        retryable: true,
+                    })
+                });
+                let _ = done.send(result);
+            }
+        }
+        Err(e) => {
+            let error = failed(e);
+            tracing::warn!(group = %group.name, changes = answers.len(), error = %error.message, "store update failed");
+            for done in answers {
+                let _ = done.send(Err(error.clone()));
             }
         }
     }
@@ -183,7 +279,8 @@ async fn flush(path: &WritePath, batch: &mut Vec<Pending>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cellar_spec::Value;
+    use crate::aggregate::{Fold, WindowSpec};
+    use cellar_spec::{AggregateFunction, Value};
     use cellar_store::conformance::{attribute_group, timeseries_group};
     use cellar_store::embedded::EmbeddedStore;
     use cellar_store::{OnlineStore, RecordReader, TimeseriesQuery};
@@ -192,14 +289,27 @@ mod tests {
         Record::new(at, vec![Value::Int64(v)])
     }
 
+    fn set(at: i64, v: Value, origin: u64) -> Change {
+        Change::Update(Update {
+            event_time: at,
+            origin: Some((1, origin)),
+            fields: vec![(0, v)],
+            folds: Vec::new(),
+        })
+    }
+
+    fn writer_on(store: Arc<EmbeddedStore>) -> BatchingWriter {
+        BatchingWriter::start(
+            WritePath::new(store as Arc<dyn OnlineStore>, None),
+            BatchPolicy::default(),
+        )
+    }
+
     #[tokio::test]
     async fn concurrent_writes_are_batched_and_answered_one_by_one() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
-        let writer = BatchingWriter::start(
-            WritePath::new(store.clone() as Arc<dyn OnlineStore>, None),
-            BatchPolicy::default(),
-        );
+        let writer = writer_on(store.clone());
         let attrs = Arc::new(attribute_group("profile"));
         let series = Arc::new(timeseries_group("clicks", Some(100), None));
         let mut tasks = Vec::new();
@@ -207,30 +317,29 @@ mod tests {
             let writer = writer.clone();
             let (attrs, series) = (attrs.clone(), series.clone());
             tasks.push(tokio::spawn(async move {
+                let key = EntityKey(format!("u{}", i % 10));
                 let a = writer
-                    .write(attrs, EntityKey(format!("u{}", i % 10)), record(i, i))
+                    .write(attrs, key, set(i, Value::Int64(i), i as u64))
                     .await;
                 let s = writer
-                    .write(series, EntityKey("u0".into()), record(i, i))
+                    .write(series, EntityKey("u0".into()), Change::Put(record(i, i)))
                     .await;
-                (i, a, s)
+                (a, s)
             }));
         }
-        let mut applied_newest = 0;
         for t in tasks {
-            let (i, a, s) = t.await.unwrap();
-            assert_eq!(s.unwrap(), PutOutcome::Applied);
-            if a.unwrap() == PutOutcome::Applied && i >= 190 {
-                applied_newest += 1;
-            }
+            let (a, s) = t.await.unwrap();
+            assert!(!s.unwrap().stale);
+            assert!(!a.unwrap().duplicate);
         }
         // Every entity ends with its newest record, whatever the batching.
         let keys: Vec<EntityKey> = (0..10).map(|i| EntityKey(format!("u{i}"))).collect();
         let got = store.get_attributes(&attrs, &keys).await.unwrap();
         for (i, r) in got.into_iter().enumerate() {
-            assert_eq!(r.unwrap().event_time, 190 + i as i64);
+            let r = r.unwrap();
+            assert_eq!(r.event_time, 190 + i as i64);
+            assert_eq!(r.value(0), &Value::Int64(190 + i as i64));
         }
-        assert_eq!(applied_newest, 10);
         let all = store
             .scan_timeseries(
                 &series,
@@ -246,21 +355,91 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn counts_are_exact_under_concurrency_and_redelivery_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let writer = writer_on(store.clone());
+        let group = Arc::new(attribute_group("activity"));
+        let count = WindowSpec {
+            function: AggregateFunction::Count,
+            size_ms: 3_600_000,
+            slide_ms: 3_600_000,
+            float: false,
+        };
+        let click = move |origin: u64, key: u64| Update {
+            event_time: 1_000 + key as i64,
+            origin: Some((key, origin)),
+            fields: Vec::new(),
+            folds: vec![Fold {
+                position: 0,
+                window: count,
+                input: Value::Null,
+            }],
+        };
+        // Every key gets 50 events from its own source, offsets in order; each event is
+        // delivered twice.
+        let mut tasks = Vec::new();
+        for key in 0..8u64 {
+            let (writer, group) = (writer.clone(), group.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut duplicates = 0;
+                for offset in 0..50 {
+                    for _ in 0..2 {
+                        let effect = writer
+                            .write(
+                                group.clone(),
+                                EntityKey(format!("k{key}")),
+                                Change::Update(click(offset, key)),
+                            )
+                            .await
+                            .unwrap();
+                        duplicates += usize::from(effect.duplicate);
+                    }
+                }
+                duplicates
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), 50, "every second delivery is a duplicate");
+        }
+        let keys: Vec<EntityKey> = (0..8).map(|k| EntityKey(format!("k{k}"))).collect();
+        for r in store.get_attributes(&group, &keys).await.unwrap() {
+            assert_eq!(r.unwrap().value(0), &Value::Int64(50));
+        }
+    }
+
+    #[tokio::test]
     async fn an_oversized_record_is_refused_alone_with_size_and_limit() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
-        let writer = BatchingWriter::start(
-            WritePath::new(store as Arc<dyn OnlineStore>, None),
-            BatchPolicy::default(),
-        );
-        let mut group = attribute_group("profile");
-        group.max_record_bytes = 16;
+        let writer = writer_on(store.clone());
+        let mut series = timeseries_group("clicks", Some(10), None);
+        series.max_record_bytes = 16;
         let big = Record::new(1, vec![Value::String("x".repeat(100))]);
         let err = writer
-            .write(Arc::new(group), EntityKey("u1".into()), big)
+            .write(Arc::new(series), EntityKey("u1".into()), Change::Put(big))
             .await
             .unwrap_err();
         assert!(err.message.contains("limit of 16 bytes"), "{err}");
         assert!(!err.retryable);
+
+        // In one batch, the oversized update of an entity fails and its other update stays.
+        let mut attrs = attribute_group("profile");
+        attrs.max_record_bytes = 32;
+        let attrs = Arc::new(attrs);
+        let key = EntityKey("u1".into());
+        let (small, large) = tokio::join!(
+            writer.write(attrs.clone(), key.clone(), set(1, Value::Int64(5), 1)),
+            writer.write(
+                attrs.clone(),
+                key.clone(),
+                set(2, Value::String("y".repeat(64)), 2)
+            ),
+        );
+        assert!(small.is_ok());
+        let err = large.unwrap_err();
+        assert!(err.message.contains("limit of 32 bytes"), "{err}");
+        let got = store.get_attributes(&attrs, &[key]).await.unwrap();
+        assert_eq!(got[0].as_ref().unwrap().value(0), &Value::Int64(5));
     }
 }

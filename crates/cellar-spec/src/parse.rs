@@ -1328,6 +1328,30 @@ impl<'a> Doc<'a> {
                         window.map(format_duration).unwrap_or_default()
                     ),
                 );
+            } else if let Some(w) = window.filter(|w| w.as_millis() % slide.as_millis().max(1) != 0)
+            {
+                self.error(
+                    n.span(),
+                    &join(path, "slide"),
+                    format!(
+                        "the window ({}) is not a whole number of slides ({})",
+                        format_duration(w),
+                        format_duration(slide)
+                    ),
+                );
+            } else if let Some(w) =
+                window.filter(|w| w.as_millis() / slide.as_millis().max(1) > MAX_SLIDES_PER_WINDOW)
+            {
+                self.error(
+                    n.span(),
+                    &join(path, "slide"),
+                    format!(
+                        "the window ({}) holds {} slides of {}, over the limit of {MAX_SLIDES_PER_WINDOW}",
+                        format_duration(w),
+                        w.as_millis() / slide.as_millis().max(1),
+                        format_duration(slide)
+                    ),
+                );
             }
         }
         if self.errors.len() != before {
@@ -1425,6 +1449,10 @@ fn aggregate_function(name: &str) -> Result<AggregateFunction, String> {
         }),
     }
 }
+
+/// Most buckets a sliding window keeps per entity: each holds a partial aggregate in the
+/// entity's record.
+const MAX_SLIDES_PER_WINDOW: u128 = 4096;
 
 fn aggregate_name(f: AggregateFunction) -> &'static str {
     match f {
@@ -2235,6 +2263,26 @@ mod tests {
                  `a` is string",
                 "repo.yaml:31: features.x: `distinct_count` produces int64, but feature `x` of \
                  `a` is float64",
+            ]
+        );
+    }
+
+    #[test]
+    fn sliding_windows_are_whole_numbers_of_slides_within_a_limit() {
+        let text = format!(
+            "{USER}---\nkind: FeatureGroup\nname: a\nentity: user\ntype: attribute\n\
+             features: [{{ name: n, type: int64 }}, {{ name: m, type: int64 }}]\n---\n\
+             kind: Ingestion\nname: i\nstream: {{ topic: t }}\ninto: a\nkey: $.u\nfeatures:\n  \
+             n: {{ aggregate: count, window: 1h, slide: 7m }}\n  \
+             m: {{ aggregate: count, window: 1d, slide: 1s }}\n"
+        );
+        assert_eq!(
+            errors_of(&text),
+            vec![
+                "repo.yaml:17: features.n.slide: the window (1h) is not a whole number of slides \
+                 (7m)",
+                "repo.yaml:18: features.m.slide: the window (1d) holds 86400 slides of 1s, over \
+                 the limit of 4096",
             ]
         );
     }

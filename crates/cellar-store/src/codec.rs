@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! record  = version:u8  event_time:zigzag  n:varint value*n  m:varint applied*m
+//!           k:varint value*k            (aggregator state; version 2 on)
 //! applied = source:varint offset:varint
 //! value   = tag:u8 payload
 //! ```
@@ -33,7 +34,10 @@ use crate::{AppliedOffset, Record, Result, StoreError};
 
 /// The format version written as the first byte of every encoded record. A new layout gets a
 /// new version, and the decoder keeps reading the old ones.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
+
+/// The first format, without aggregator state; still read.
+const FORMAT_VERSION_1: u8 = 1;
 
 /// Deepest nesting of lists, sets and maps the decoder accepts. Specs allow one level (a list of
 /// scalars); the margin is for in-process values, while a bound keeps hostile bytes from
@@ -64,6 +68,8 @@ pub fn encoded_len(record: &Record) -> usize {
             .iter()
             .map(|a| varint_len(a.source) + varint_len(a.offset))
             .sum::<usize>()
+        + varint_len(record.state.len() as u64)
+        + record.state.iter().map(value_len).sum::<usize>()
 }
 
 /// Encodes `record` in a new buffer of exactly its encoded length.
@@ -88,6 +94,10 @@ pub fn encode_into(record: &Record, buf: &mut Vec<u8>) -> Result<()> {
         put_varint(buf, applied.source);
         put_varint(buf, applied.offset);
     }
+    put_varint(buf, record.state.len() as u64);
+    for value in &record.state {
+        put_value(buf, value, 0)?;
+    }
     Ok(())
 }
 
@@ -96,7 +106,7 @@ pub fn encode_into(record: &Record, buf: &mut Vec<u8>) -> Result<()> {
 pub fn decode(bytes: &[u8]) -> Result<Record> {
     let mut input = Input { bytes, pos: 0 };
     let version = input.byte()?;
-    if version != FORMAT_VERSION {
+    if version != FORMAT_VERSION && version != FORMAT_VERSION_1 {
         return Err(input.error(format!("unknown record format version {version}")));
     }
     let event_time = input.zigzag()?;
@@ -112,6 +122,14 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
         let offset = input.varint()?;
         applied.push(AppliedOffset { source, offset });
     }
+    let mut state = Vec::new();
+    if version >= FORMAT_VERSION {
+        let k = input.count(1)?;
+        state.reserve(k);
+        for _ in 0..k {
+            state.push(input.value(0)?);
+        }
+    }
     if input.pos != bytes.len() {
         return Err(input.error(format!("{} trailing bytes", bytes.len() - input.pos)));
     }
@@ -119,6 +137,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
         event_time,
         values,
         applied,
+        state,
     })
 }
 
@@ -127,7 +146,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
 pub fn decode_event_time(bytes: &[u8]) -> Result<i64> {
     let mut input = Input { bytes, pos: 0 };
     let version = input.byte()?;
-    if version != FORMAT_VERSION {
+    if version != FORMAT_VERSION && version != FORMAT_VERSION_1 {
         return Err(input.error(format!("unknown record format version {version}")));
     }
     input.zigzag()
@@ -428,7 +447,20 @@ mod tests {
                     offset: 0,
                 },
             ],
+            state: vec![Value::List(vec![Value::Int64(60_000), Value::Int64(3)])],
         }
+    }
+
+    #[test]
+    fn version_1_records_still_decode_without_state() {
+        let mut record = every_type();
+        record.state.clear();
+        let mut bytes = encode(&record).unwrap();
+        // Version 1 is version 2 without the trailing state count.
+        bytes[0] = FORMAT_VERSION_1;
+        assert_eq!(bytes.pop(), Some(0));
+        assert_eq!(decode(&bytes).unwrap(), record);
+        assert_eq!(decode_event_time(&bytes).unwrap(), record.event_time);
     }
 
     #[test]
@@ -469,8 +501,8 @@ mod tests {
                 Value::Float64(0.75),
             ],
         );
-        // version + 6-byte time + count + (1+1+11) + (1+1) + (1+8) + applied count
-        assert_eq!(encoded_len(&record), 33);
+        // version + 6-byte time + count + (1+1+11) + (1+1) + (1+8) + applied and state counts
+        assert_eq!(encoded_len(&record), 34);
     }
 
     #[test]

@@ -29,7 +29,7 @@ use cellar_spec::{
 
 use crate::{
     AppliedOffset, OnlineStore, PutOutcome, Record, RecordReader, Result, StoreError,
-    TimeseriesQuery, Write,
+    TimeseriesQuery, Updater, Write,
 };
 
 /// Generates one `#[tokio::test]` per conformance check, each running against a fresh store
@@ -59,6 +59,10 @@ macro_rules! online_store_conformance {
             prefix_entities_stay_apart,
             oversized_record_is_rejected_with_size_and_limit,
             values_of_every_type_round_trip,
+            update_replaces_the_record_it_read_whatever_its_event_time,
+            update_returning_none_leaves_the_record,
+            concurrent_updates_of_one_key_are_never_lost,
+            update_refuses_oversized_records_and_timeseries_groups,
         );
     };
 }
@@ -125,6 +129,15 @@ impl<S: RecordReader, G: Send + Sync> RecordReader for Guarded<S, G> {
 impl<S: OnlineStore, G: Send + Sync> OnlineStore for Guarded<S, G> {
     async fn put(&self, group: &FeatureGroup, writes: &[Write]) -> Result<Vec<PutOutcome>> {
         self.store.put(group, writes).await
+    }
+
+    async fn update(
+        &self,
+        group: &FeatureGroup,
+        entities: &[EntityKey],
+        updater: Updater,
+    ) -> Result<Vec<Option<Record>>> {
+        self.store.update(group, entities, updater).await
     }
 
     async fn delete(&self, group: &FeatureGroup, entities: &[EntityKey]) -> Result<()> {
@@ -780,6 +793,7 @@ pub async fn values_of_every_type_round_trip(store: SharedStore) {
                 offset: 0,
             },
         ],
+        state: vec![Value::List(vec![Value::Int64(t), Value::Float64(2.5)])],
     };
     let attrs = attribute_group("everything");
     let w = Write {
@@ -800,4 +814,136 @@ pub async fn values_of_every_type_round_trip(store: SharedStore) {
     for e in entities {
         assert_eq!(get(&store, &attrs, e).await, Some(record(t, e)));
     }
+}
+
+/// A counter record: its one value is the number of updates applied.
+fn counter(event_time: i64, n: i64) -> Record {
+    Record::new(event_time, vec![Value::Int64(n)])
+}
+
+fn increment() -> Updater {
+    Box::new(|_, stored: Option<Record>| {
+        let n = match stored.as_ref().map(|r| r.value(0)) {
+            Some(Value::Int64(n)) => *n,
+            _ => 0,
+        };
+        Some(counter(stored.map_or(1, |r| r.event_time), n + 1))
+    })
+}
+
+pub async fn update_replaces_the_record_it_read_whatever_its_event_time(store: SharedStore) {
+    let group = attribute_group("counters");
+    put(
+        &store,
+        &group,
+        vec![Write {
+            entity: key("u1"),
+            record: counter(50, 1),
+        }],
+    )
+    .await;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let updater: Updater = Box::new(move |entity, stored| {
+        log.lock()
+            .unwrap()
+            .push((entity.as_str().to_owned(), stored.clone()));
+        let n = match stored.as_ref().map(|r| r.value(0)) {
+            Some(Value::Int64(n)) => *n,
+            _ => 0,
+        };
+        let mut next = counter(10, n + 10);
+        next.set_applied_offset(3, 99);
+        Some(next)
+    });
+    let stored = store
+        .update(&group, &[key("u1"), key("u2")], updater)
+        .await
+        .expect("update");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![
+            ("u1".to_owned(), Some(counter(50, 1))),
+            ("u2".to_owned(), None)
+        ],
+        "the updater sees each stored record"
+    );
+    let mut expected = counter(10, 11);
+    expected.set_applied_offset(3, 99);
+    assert_eq!(stored[0].as_ref(), Some(&expected));
+    // Stored although its event time (10) is older than the record it replaced (50).
+    assert_eq!(get(&store, &group, "u1").await, Some(expected));
+    assert_eq!(
+        get(&store, &group, "u2").await.map(|r| r.values),
+        Some(vec![Value::Int64(10)])
+    );
+}
+
+pub async fn update_returning_none_leaves_the_record(store: SharedStore) {
+    let group = attribute_group("counters");
+    put(
+        &store,
+        &group,
+        vec![Write {
+            entity: key("u1"),
+            record: counter(5, 7),
+        }],
+    )
+    .await;
+    let stored = store
+        .update(&group, &[key("u1"), key("u2")], Box::new(|_, _| None))
+        .await
+        .expect("update");
+    assert_eq!(stored, vec![None, None]);
+    assert_eq!(get(&store, &group, "u1").await, Some(counter(5, 7)));
+    assert_eq!(get(&store, &group, "u2").await, None);
+}
+
+pub async fn concurrent_updates_of_one_key_are_never_lost(store: SharedStore) {
+    let group = Arc::new(attribute_group("counters"));
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (store, group) = (store.clone(), group.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..5 {
+                store
+                    .update(&group, &[key("hot")], increment())
+                    .await
+                    .expect("update");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    assert_eq!(
+        get(&store, &group, "hot").await.map(|r| r.values),
+        Some(vec![Value::Int64(100)]),
+        "every one of 100 concurrent increments is kept"
+    );
+}
+
+pub async fn update_refuses_oversized_records_and_timeseries_groups(store: SharedStore) {
+    let mut group = attribute_group("counters");
+    group.max_record_bytes = 32;
+    let err = store
+        .update(
+            &group,
+            &[key("u1")],
+            Box::new(|_, _| Some(Record::new(1, vec![Value::String("x".repeat(100))]))),
+        )
+        .await
+        .expect_err("an oversized record is refused");
+    assert!(
+        matches!(err, StoreError::RecordTooLarge { limit: 32, .. }),
+        "{err}"
+    );
+    assert_eq!(get(&store, &group, "u1").await, None);
+    let series = timeseries_group("series", Some(10), None);
+    let err = store
+        .update(&series, &[key("u1")], increment())
+        .await
+        .expect_err("time series are appended, not updated");
+    assert!(!err.is_retryable(), "{err}");
 }

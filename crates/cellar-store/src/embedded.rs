@@ -266,6 +266,52 @@ impl Inner {
         Ok(outcomes)
     }
 
+    /// Read-modify-write under the writer lock, so no put or other update interleaves; one
+    /// durable batch for all the entities.
+    fn update_attributes(
+        &self,
+        group: &FeatureGroup,
+        entities: &[EntityKey],
+        mut updater: crate::Updater,
+    ) -> Result<Vec<Option<Record>>> {
+        let _writer = self.lock_writer();
+        let mut updated: HashMap<Vec<u8>, Record> = HashMap::new();
+        let mut outcome = Vec::with_capacity(entities.len());
+        let mut batch = self.db.batch().durability(Some(DURABLE));
+        for entity in entities {
+            let mut key = Vec::with_capacity(group.name.len() + entity.0.len() + 1);
+            attribute_key(&mut key, &group.name, entity);
+            let stored = match updated.get(&key) {
+                Some(r) => Some(r.clone()),
+                None => match self.attributes.get(&key).map_err(backend)? {
+                    None => None,
+                    Some(bytes) => match codec::decode(&bytes) {
+                        Ok(r) => Some(r),
+                        Err(e) => {
+                            tracing::warn!(group = %group.name, entity = %entity.as_str().escape_debug(), error = %e, "updating an undecodable stored record as absent");
+                            None
+                        }
+                    },
+                },
+            };
+            let Some(next) = updater(entity, stored) else {
+                outcome.push(None);
+                continue;
+            };
+            crate::check_size(group, entity, &next)?;
+            let bytes = codec::encode(&next).map_err(|e| StoreError::InvalidInput {
+                group: group.name.clone(),
+                entity: entity.as_str().escape_debug().to_string(),
+                reason: e.to_string(),
+            })?;
+            batch.insert(&self.attributes, key.as_slice(), bytes);
+            updated.insert(key, next.clone());
+            outcome.push(Some(next));
+        }
+        batch.commit().map_err(backend)?;
+        Ok(outcome)
+    }
+
     /// The event time of the stored attribute record, if any. A record that cannot be decoded
     /// is treated as absent so that a newer write can replace it, rather than wedging the key.
     fn stored_event_time(&self, group: &str, key: &[u8]) -> Result<Option<i64>> {
@@ -634,6 +680,36 @@ impl OnlineStore for EmbeddedStore {
                     .await
             }
         }
+    }
+
+    async fn update(
+        &self,
+        group: &FeatureGroup,
+        entities: &[EntityKey],
+        updater: crate::Updater,
+    ) -> Result<Vec<Option<Record>>> {
+        check_group_name(group)?;
+        if group.kind != GroupKind::Attribute {
+            return Err(StoreError::InvalidInput {
+                group: group.name.clone(),
+                entity: String::new(),
+                reason: "only attribute groups are updated in place; time series are appended"
+                    .to_owned(),
+            });
+        }
+        if let Some(bad) = entities.iter().find(|e| e.as_bytes().contains(&SEPARATOR)) {
+            return Err(StoreError::InvalidInput {
+                group: group.name.clone(),
+                entity: bad.as_str().escape_debug().to_string(),
+                reason: "entity keys may not contain a NUL byte".to_owned(),
+            });
+        }
+        if entities.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (group, entities) = (group.clone(), entities.to_vec());
+        self.blocking(move |inner| inner.update_attributes(&group, &entities, updater))
+            .await
     }
 
     async fn delete(&self, group: &FeatureGroup, entities: &[EntityKey]) -> Result<()> {

@@ -8,11 +8,13 @@ use async_trait::async_trait;
 use cellar_spec::{EntityKey, FeatureGroup};
 
 use crate::{
-    OnlineStore, PutOutcome, Record, RecordReader, Result, StoreError, TimeseriesQuery, Write,
+    OnlineStore, PutOutcome, Record, RecordReader, Result, StoreError, TimeseriesQuery, Updater,
+    Write,
 };
 
-/// Wraps a store: its first `fail_first` puts fail with a retryable backend error, and every
-/// put waits `put_latency` first. Reads, deletes and trims pass straight through.
+/// Wraps a store: its first `fail_first` writes (puts and updates) fail with a retryable
+/// backend error, and every write waits `put_latency` first. Reads, deletes and trims pass
+/// straight through.
 pub struct FaultyStore<S> {
     pub inner: S,
     fail_first: AtomicUsize,
@@ -26,6 +28,21 @@ impl<S> FaultyStore<S> {
             fail_first: AtomicUsize::new(fail_first),
             put_latency,
         }
+    }
+
+    /// Waits the write latency, then fails while injected failures remain.
+    async fn before_write(&self) -> Result<()> {
+        if !self.put_latency.is_zero() {
+            tokio::time::sleep(self.put_latency).await;
+        }
+        let failed = self
+            .fail_first
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if failed {
+            return Err(StoreError::Backend("store unavailable (injected)".into()));
+        }
+        Ok(())
     }
 }
 
@@ -52,17 +69,18 @@ impl<S: OnlineStore> RecordReader for FaultyStore<S> {
 #[async_trait]
 impl<S: OnlineStore> OnlineStore for FaultyStore<S> {
     async fn put(&self, group: &FeatureGroup, writes: &[Write]) -> Result<Vec<PutOutcome>> {
-        if !self.put_latency.is_zero() {
-            tokio::time::sleep(self.put_latency).await;
-        }
-        let failed = self
-            .fail_first
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
-        if failed {
-            return Err(StoreError::Backend("store unavailable (injected)".into()));
-        }
+        self.before_write().await?;
         self.inner.put(group, writes).await
+    }
+
+    async fn update(
+        &self,
+        group: &FeatureGroup,
+        entities: &[EntityKey],
+        updater: Updater,
+    ) -> Result<Vec<Option<Record>>> {
+        self.before_write().await?;
+        self.inner.update(group, entities, updater).await
     }
 
     async fn delete(&self, group: &FeatureGroup, entities: &[EntityKey]) -> Result<()> {

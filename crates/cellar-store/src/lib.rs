@@ -148,6 +148,11 @@ pub trait RecordReader: Send + Sync {
     ) -> Result<Vec<Vec<Record>>>;
 }
 
+/// How [`OnlineStore::update`] changes one entity's record: it is given the entity and its
+/// stored record (`None` when there is none) and returns the record to store, or `None` to
+/// leave the entity as it is.
+pub type Updater = Box<dyn FnMut(&EntityKey, Option<Record>) -> Option<Record> + Send>;
+
 /// A persistent online store backend.
 #[async_trait]
 pub trait OnlineStore: RecordReader {
@@ -156,6 +161,20 @@ pub trait OnlineStore: RecordReader {
     /// event time (replacing a record with the same event time) and the entity's records are
     /// trimmed to the group's retention.
     async fn put(&self, group: &FeatureGroup, writes: &[Write]) -> Result<Vec<PutOutcome>>;
+
+    /// Read-modify-write of attribute records, for writers whose new record depends on the
+    /// stored one (windowed aggregates, partial updates, effectively-once offsets). For each
+    /// entity in turn, `updater` gets the stored record and returns its replacement, which is
+    /// stored whatever its event time: the updater decides. No other write of the store changes
+    /// these entities between the read and the write. Entities should be distinct; a repeated
+    /// entity sees the record returned for its earlier occurrence. Returns, per entity, the
+    /// record stored (`None` where the updater left it).
+    async fn update(
+        &self,
+        group: &FeatureGroup,
+        entities: &[EntityKey],
+        updater: Updater,
+    ) -> Result<Vec<Option<Record>>>;
 
     /// Removes every record of the given entities from a group.
     async fn delete(&self, group: &FeatureGroup, entities: &[EntityKey]) -> Result<()>;

@@ -19,6 +19,10 @@ pub struct Record {
     /// a redelivered event can be recognised and skipped (effectively-once ingestion).
     #[serde(default)]
     pub applied: Vec<AppliedOffset>,
+    /// State kept by the stream aggregators beside the values (the partial aggregates of each
+    /// window's buckets), never served.
+    #[serde(default)]
+    pub state: Vec<Value>,
 }
 
 /// The last offset of one source partition applied to a record.
@@ -37,6 +41,23 @@ impl Record {
             event_time,
             values,
             applied: Vec::new(),
+            state: Vec::new(),
+        }
+    }
+
+    /// The offset last applied from `source`, if any.
+    pub fn applied_offset(&self, source: u64) -> Option<u64> {
+        self.applied
+            .iter()
+            .find(|a| a.source == source)
+            .map(|a| a.offset)
+    }
+
+    /// Records `offset` as the last one applied from `source`.
+    pub fn set_applied_offset(&mut self, source: u64, offset: u64) {
+        match self.applied.iter_mut().find(|a| a.source == source) {
+            Some(a) => a.offset = offset,
+            None => self.applied.push(AppliedOffset { source, offset }),
         }
     }
 

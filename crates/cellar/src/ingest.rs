@@ -20,6 +20,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use tokio::sync::watch;
 
@@ -158,8 +159,8 @@ impl EmbeddedIngestion {
                 }
                 let key = routes
                     .first()
-                    .and_then(|m| m.map(e, now).ok())
-                    .map(|(entity, _)| Bytes::from(entity.0));
+                    .and_then(|m| m.entity_key(e).ok())
+                    .map(|entity| Bytes::from(entity.0));
                 LogRecord {
                     key,
                     payload: Bytes::from(e.to_string()),
@@ -227,6 +228,7 @@ impl EmbeddedIngestion {
 
 /// Reads one counter of a pipeline.
 type StatReader = fn(&PipelineStats) -> u64;
+type HistogramReader = fn(&PipelineStats) -> &Histogram;
 
 /// Prometheus view of the ingestion: counters per pipeline, the consumer's adaptive
 /// concurrency and in-flight work, and lag per partition.
@@ -243,7 +245,7 @@ impl Collector for IngestMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let ingestion = &self.0;
         let (main, retry) = ingestion.stats();
-        let counters: [(&str, &str, StatReader); 5] = [
+        let counters: [(&str, &str, StatReader); 7] = [
             ("ingest_events", "Events processed", |s| {
                 s.events.load(Ordering::Relaxed)
             }),
@@ -251,6 +253,16 @@ impl Collector for IngestMetrics {
                 "ingest_records",
                 "Records written (stale ones included)",
                 |s| s.records.load(Ordering::Relaxed),
+            ),
+            (
+                "ingest_duplicates",
+                "Records an event had already been applied to (redeliveries, left unchanged)",
+                |s| s.duplicates.load(Ordering::Relaxed),
+            ),
+            (
+                "ingest_late_events",
+                "Windowed aggregates an event came too late for (older than the window)",
+                |s| s.late.load(Ordering::Relaxed),
             ),
             ("ingest_retries", "Failures sent to the retry topic", |s| {
                 s.retried.load(Ordering::Relaxed)
@@ -269,6 +281,24 @@ impl Collector for IngestMetrics {
             for (pipeline, stats) in [("main", main), ("retry", retry)] {
                 ConstCounter::new(read(stats))
                     .encode(m.encode_family(&[("pipeline", pipeline)])?)?;
+            }
+        }
+        let histograms: [(&str, &str, HistogramReader); 2] = [
+            (
+                "ingest_commit_latency_seconds",
+                "Time to commit consumed positions to the source",
+                |s| &s.commit_seconds,
+            ),
+            (
+                "ingest_freshness_seconds",
+                "From an event's event time to its records being servable",
+                |s| &s.freshness_seconds,
+            ),
+        ];
+        for (name, help, read) in histograms {
+            let mut m = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+            for (pipeline, stats) in [("main", main), ("retry", retry)] {
+                read(stats).encode(m.encode_family(&[("pipeline", pipeline)])?)?;
             }
         }
         let consumers = ingestion

@@ -1,6 +1,7 @@
 //! Crash test of stream ingestion on the embedded log: `cellar ingest` is killed with SIGKILL
 //! at random moments while it consumes 100,000 events, then restarted; at the end every
-//! expected value is stored, no event is lost and no record is written twice.
+//! expected value is stored, no event is lost and none is counted twice: latest values, time
+//! series and windowed aggregates (counts, a sum, a distinct count) are exact.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -39,6 +40,28 @@ type: timeseries
 features:
   - { name: article_id, type: string }
 retention: { max_records: 1000 }
+---
+kind: FeatureGroup
+name: activity
+entity: user
+type: attribute
+features:
+  - { name: clicks_1h, type: int64 }
+  - { name: clicks_50ms, type: int64 }
+  - { name: seq_sum_1h, type: int64 }
+  - { name: categories_1h, type: int64 }
+---
+kind: Ingestion
+name: click_activity
+stream: { topic: actions, event_types: [article_clicked] }
+into: activity
+key: $.user_id
+event_time: $.ts
+features:
+  clicks_1h: { aggregate: count, window: 1h }
+  clicks_50ms: { aggregate: count, window: 50ms, slide: 10ms }
+  seq_sum_1h: { aggregate: sum, of: $.seq, window: 1h }
+  categories_1h: { aggregate: distinct_count, of: $.category, window: 1h }
 ---
 kind: Ingestion
 name: latest_click
@@ -92,6 +115,7 @@ async fn produce(data: &Path) {
                 "ts": BASE_TS + seq as i64,
                 "seq": seq,
                 "article_id": format!("a{u}-{seq}"),
+                "category": format!("c{}", seq % 7),
             });
             batch.push(LogRecord {
                 key: Some(Bytes::from(format!("u{u}"))),
@@ -231,6 +255,30 @@ async fn killed_ingestion_loses_nothing_and_writes_nothing_twice() {
             let seq = r.event_time - BASE_TS;
             assert_eq!(r.values[0], Value::String(format!("a{u}-{seq}")), "u{u}");
         }
+    }
+    // Windowed aggregates: BASE_TS starts an hour, and events are 1 ms apart, so the hour
+    // holds all 100 events of a user and the 50 ms window (ending with the newest event's
+    // 10 ms slide) the last 50.
+    let activity = repo.group("activity").unwrap();
+    let n = EVENTS_PER_USER as i64;
+    let expected = vec![
+        Value::Int64(n),
+        Value::Int64(50),
+        Value::Int64(n * (n - 1) / 2),
+        Value::Int64(7),
+    ];
+    for (u, record) in store
+        .get_attributes(activity, &keys)
+        .await
+        .unwrap()
+        .into_iter()
+        .enumerate()
+    {
+        let record = record.unwrap_or_else(|| panic!("u{u} has no activity"));
+        assert_eq!(
+            record.values, expected,
+            "u{u}: lost or double-counted events"
+        );
     }
     drop(store);
 
