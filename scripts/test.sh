@@ -7,6 +7,7 @@ source scripts/services.sh
 
 ensure_build_packages
 ensure_postgres
+ensure_kafka
 
 cargo fmt --all -- --check
 cargo clippy --all-targets -j2 -- -D warnings

@@ -25,9 +25,38 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IngestConfig {
-    /// Whether `serve` also consumes the embedded event log (the embedded mode's stream
-    /// ingestion; `POST /v1/events` appends to it).
-    pub embedded: bool,
+    /// Whether `serve` also runs the stream pipelines (on the embedded log, or on Kafka when
+    /// brokers are set); `cellar ingest` runs them without serving.
+    pub in_server: bool,
+    /// Kafka, instead of the embedded log, when `brokers` is set.
+    pub kafka: KafkaConfig,
+    /// Attempts of a failing event in all; after the last it is dead-lettered.
+    pub max_attempts: u32,
+    /// Backoff before the second attempt, milliseconds; doubled for each further one.
+    pub retry_backoff_ms: u64,
+}
+
+/// The Kafka cluster stream ingestion consumes and publishes to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port...]`; empty means the embedded log.
+    pub brokers: String,
+    /// Consumer group of the main pipeline, shared by every `cellar ingest` worker of a
+    /// deployment; the retry pipeline's group is this with `-retry`.
+    pub group: String,
+    /// Partitions of the retry and dead-letter topics when Cellar creates them.
+    pub partitions: i32,
+    /// Further librdkafka properties for consumers and producers (`session.timeout.ms`,
+    /// security settings, ...).
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+impl KafkaConfig {
+    /// Whether Kafka is configured.
+    pub fn enabled(&self) -> bool {
+        !self.brokers.trim().is_empty()
+    }
 }
 
 /// The serving process.
@@ -104,7 +133,17 @@ impl Default for Config {
             cache: CacheConfig {
                 local_max_bytes: 512 * 1024 * 1024,
             },
-            ingest: IngestConfig { embedded: true },
+            ingest: IngestConfig {
+                in_server: true,
+                kafka: KafkaConfig {
+                    brokers: String::new(),
+                    group: "cellar-ingest".into(),
+                    partitions: 8,
+                    properties: Default::default(),
+                },
+                max_attempts: 5,
+                retry_backoff_ms: 1000,
+            },
         }
     }
 }

@@ -1,19 +1,24 @@
-//! Stream ingestion in the embedded mode: events are appended to the embedded log (by
-//! `POST /v1/events` or `cellar produce`) and consumed by the main and retry pipelines of the
-//! same process, which owns the log and the store.
+//! Stream ingestion of a Cellar process: events come from the embedded log (appended by
+//! `POST /v1/events` or `cellar produce`) or from Kafka, and are consumed by a main and a retry
+//! pipeline, which write through the process's write path.
 
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
 use cellar_cache::WritePath;
+use cellar_ingest_stream::consumer::ParallelConsumer;
 use cellar_ingest_stream::dispatch::Dispatcher;
+use cellar_ingest_stream::kafka::{
+    ensure_topics, KafkaPublisher, KafkaPublisherConfig, KafkaSource, KafkaSourceConfig,
+};
 use cellar_ingest_stream::log::source::{ensure_topic, LogPublisher, LogSource};
 use cellar_ingest_stream::log::{EventLog, LogRecord};
 use cellar_ingest_stream::pipeline::{Pipeline, PipelineConfig, PipelineStats};
 use cellar_ingest_stream::process::{EventProcessor, RetryPolicy};
+use cellar_ingest_stream::source::{OutgoingEvent, Publisher, SourceEvent};
 use cellar_ingest_stream::writer::{BatchPolicy, BatchingWriter};
 use cellar_spec::FeatureRepo;
 use prometheus_client::collector::Collector;
@@ -24,25 +29,38 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use tokio::sync::watch;
 
-/// Consumer group of the main pipeline; the retry pipeline's is this with `-retry`.
+use crate::config::Config;
+
+/// Consumer group of the embedded log's main pipeline; the retry pipeline's is this with
+/// `-retry`.
 pub const CONSUMER_GROUP: &str = "cellar-ingest";
 
-/// The embedded log and the pipelines that consume it.
-pub struct EmbeddedIngestion {
-    pub log: EventLog,
+/// Where events come from and failures go.
+enum Transport {
+    /// The embedded durable log in the data directory.
+    Log(EventLog),
+    Kafka(KafkaTransport),
+}
+
+struct KafkaTransport {
+    brokers: String,
+    group: String,
+    /// Partitions of the topics Cellar creates.
+    partitions: i32,
+    properties: Vec<(String, String)>,
+    publisher: KafkaPublisher,
+}
+
+/// The source of events and the pipelines that consume it.
+pub struct StreamIngestion {
+    transport: Transport,
     pub processor: Arc<EventProcessor>,
     pub policy: RetryPolicy,
     main: Arc<PipelineStats>,
     retry: Arc<PipelineStats>,
     pipelines: std::sync::Mutex<Option<(Pipeline, Pipeline)>>,
     /// Concurrency gauges read at scrape time.
-    consumers: std::sync::Mutex<
-        Vec<
-            cellar_ingest_stream::consumer::ParallelConsumer<
-                cellar_ingest_stream::source::SourceEvent,
-            >,
-        >,
-    >,
+    consumers: std::sync::Mutex<Vec<ParallelConsumer<SourceEvent>>>,
 }
 
 /// What one `append_events` call did.
@@ -53,24 +71,57 @@ pub struct Appended {
     pub unrouted: usize,
 }
 
-impl EmbeddedIngestion {
-    /// Opens the log in `data_dir/log` and prepares pipelines for `repo`'s stream ingestions.
-    /// Must be called inside a tokio runtime.
+impl StreamIngestion {
+    /// Prepares pipelines for `repo`'s stream ingestions on the transport `config` names: Kafka
+    /// when brokers are set, else the log in `data_dir/log`. Must be called inside a tokio
+    /// runtime.
     pub fn open(
-        data_dir: &Path,
+        config: &Config,
         writer: WritePath,
         repo: &FeatureRepo,
-    ) -> anyhow::Result<EmbeddedIngestion> {
-        let log = EventLog::open(data_dir.join("log")).context("opening the event log")?;
+    ) -> anyhow::Result<StreamIngestion> {
+        let kafka = &config.ingest.kafka;
+        let (transport, publisher): (Transport, Arc<dyn Publisher>) = if kafka.enabled() {
+            let properties: Vec<(String, String)> = kafka
+                .properties
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let mut publisher_config = KafkaPublisherConfig::new(&kafka.brokers);
+            publisher_config.properties = properties.clone();
+            let publisher =
+                KafkaPublisher::new(&publisher_config).context("connecting to Kafka")?;
+            (
+                Transport::Kafka(KafkaTransport {
+                    brokers: kafka.brokers.clone(),
+                    group: kafka.group.clone(),
+                    partitions: kafka.partitions,
+                    properties,
+                    publisher: publisher.clone(),
+                }),
+                Arc::new(publisher),
+            )
+        } else {
+            let log =
+                EventLog::open(config.data_dir.join("log")).context("opening the event log")?;
+            (
+                Transport::Log(log.clone()),
+                Arc::new(LogPublisher::new(log)),
+            )
+        };
         let (dispatcher, errors) = Dispatcher::new(repo);
         for e in errors {
             tracing::warn!(error = %e, "ingestion skipped");
         }
-        let policy = RetryPolicy::default();
+        let policy = RetryPolicy {
+            max_attempts: config.ingest.max_attempts.max(1),
+            backoff: Duration::from_millis(config.ingest.retry_backoff_ms),
+            ..RetryPolicy::default()
+        };
         let processor = Arc::new(EventProcessor::new(
             Arc::new(dispatcher),
             BatchingWriter::start(writer, BatchPolicy::default()),
-            Arc::new(LogPublisher::new(log.clone())),
+            publisher,
             policy.clone(),
         ));
         let main = Pipeline::new(processor.clone(), PipelineConfig::default())?;
@@ -81,8 +132,8 @@ impl EmbeddedIngestion {
                 ..PipelineConfig::default()
             },
         )?;
-        Ok(EmbeddedIngestion {
-            log,
+        Ok(StreamIngestion {
+            transport,
             processor,
             policy,
             main: main.stats(),
@@ -93,6 +144,11 @@ impl EmbeddedIngestion {
             ]),
             pipelines: std::sync::Mutex::new(Some((main, retry))),
         })
+    }
+
+    /// Whether events come from the embedded log (rather than Kafka).
+    pub fn is_embedded(&self) -> bool {
+        matches!(self.transport, Transport::Log(_))
     }
 
     /// Swaps in the ingestions of a newly applied repo.
@@ -114,43 +170,72 @@ impl EmbeddedIngestion {
             anyhow::bail!("the ingestion pipelines are already running");
         };
         let topics = self.processor.dispatcher().topics();
-        for t in topics
-            .iter()
-            .chain([&self.policy.retry_topic, &self.policy.dead_letter_topic])
-        {
-            ensure_topic(&self.log, t).await?;
-        }
-        tracing::info!(topics = ?topics, "consuming the embedded log");
-        let mut main_source = LogSource::new(self.log.clone(), CONSUMER_GROUP, topics);
-        let mut retry_source = LogSource::new(
-            self.log.clone(),
-            format!("{CONSUMER_GROUP}-retry"),
-            vec![self.policy.retry_topic.clone()],
-        );
+        let mut all_topics = topics.clone();
+        all_topics.push(self.policy.retry_topic.clone());
+        all_topics.push(self.policy.dead_letter_topic.clone());
+        let retry_topics = vec![self.policy.retry_topic.clone()];
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        let (a, b) = tokio::join!(
-            main.run(&mut main_source, stopped(stop.clone())),
-            retry.run(&mut retry_source, stopped(stop)),
-        );
-        a?;
-        b?;
+        match &self.transport {
+            Transport::Log(log) => {
+                for t in &all_topics {
+                    ensure_topic(log, t).await?;
+                }
+                tracing::info!(topics = ?topics, "consuming the embedded log");
+                let mut main_source = LogSource::new(log.clone(), CONSUMER_GROUP, topics);
+                let mut retry_source =
+                    LogSource::new(log.clone(), format!("{CONSUMER_GROUP}-retry"), retry_topics);
+                let (a, b) = tokio::join!(
+                    main.run(&mut main_source, stopped(stop.clone())),
+                    retry.run(&mut retry_source, stopped(stop)),
+                );
+                a?;
+                b?;
+            }
+            Transport::Kafka(kafka) => {
+                ensure_topics(
+                    &kafka.brokers,
+                    &kafka.properties,
+                    &all_topics,
+                    kafka.partitions,
+                )
+                .await
+                .context("creating the consumed, retry and dead-letter topics")?;
+                let source = |group: String, topics: Vec<String>| {
+                    let mut config = KafkaSourceConfig::new(&kafka.brokers, group, topics);
+                    config.properties = kafka.properties.clone();
+                    KafkaSource::new(&config)
+                };
+                let mut main_source = source(kafka.group.clone(), topics.clone())?;
+                let mut retry_source = source(format!("{}-retry", kafka.group), retry_topics)?;
+                tracing::info!(topics = ?topics, group = %kafka.group, brokers = %kafka.brokers, "consuming Kafka");
+                let (a, b) = tokio::join!(
+                    main.run(&mut main_source, stopped(stop.clone())),
+                    retry.run(&mut retry_source, stopped(stop)),
+                );
+                // Leave the group cleanly, so the partitions move on without a session timeout.
+                main_source.close().await;
+                retry_source.close().await;
+                a?;
+                b?;
+            }
+        }
         Ok(())
     }
 
-    /// Appends events to a topic of the log, each keyed by the entity it is about (so its
-    /// events are applied in order), and returns once they are durable.
+    /// Appends events to a topic, each keyed by the entity it is about (so its events are
+    /// applied in order), and returns once they are durable (in the log, or acknowledged by
+    /// Kafka).
     pub async fn append_events(
         &self,
         topic: &str,
         events: &[serde_json::Value],
     ) -> anyhow::Result<Appended> {
-        ensure_topic(&self.log, topic).await?;
         let dispatcher = self.processor.dispatcher();
         let now = chrono::Utc::now().timestamp_millis();
         let mut unrouted = 0;
-        let records: Vec<LogRecord> = events
+        let keyed: Vec<(Option<Bytes>, Bytes)> = events
             .iter()
             .map(|e| {
                 let routes = dispatcher.route(topic, e);
@@ -161,17 +246,37 @@ impl EmbeddedIngestion {
                     .first()
                     .and_then(|m| m.entity_key(e).ok())
                     .map(|entity| Bytes::from(entity.0));
-                LogRecord {
-                    key,
-                    payload: Bytes::from(e.to_string()),
-                    headers: Vec::new(),
-                    timestamp_ms: now,
-                }
+                (key, Bytes::from(e.to_string()))
             })
             .collect();
-        self.log.append(topic, &records).await?;
+        match &self.transport {
+            Transport::Log(log) => {
+                ensure_topic(log, topic).await?;
+                let records: Vec<LogRecord> = keyed
+                    .into_iter()
+                    .map(|(key, payload)| LogRecord {
+                        key,
+                        payload,
+                        headers: Vec::new(),
+                        timestamp_ms: now,
+                    })
+                    .collect();
+                log.append(topic, &records).await?;
+            }
+            Transport::Kafka(kafka) => {
+                let outgoing: Vec<OutgoingEvent> = keyed
+                    .into_iter()
+                    .map(|(key, payload)| OutgoingEvent {
+                        key,
+                        payload,
+                        headers: Vec::new(),
+                    })
+                    .collect();
+                kafka.publisher.publish(topic, &outgoing).await?;
+            }
+        }
         Ok(Appended {
-            appended: records.len(),
+            appended: events.len(),
             unrouted,
         })
     }
@@ -181,17 +286,18 @@ impl EmbeddedIngestion {
         (&self.main, &self.retry)
     }
 
-    /// Whether every event of the consumed topics and of the retry topic is committed.
+    /// Whether every event of the consumed topics and of the retry topic is committed. Known
+    /// only for the embedded log: Kafka-protocol brokers do not all report end offsets
+    /// reliably, so on Kafka this is always false.
     pub fn caught_up(&self) -> bool {
+        let Transport::Log(log) = &self.transport else {
+            return false;
+        };
         let retry_group = format!("{CONSUMER_GROUP}-retry");
-        let retry_lag = match self.log.partitions(&self.policy.retry_topic) {
+        let retry_lag = match log.partitions(&self.policy.retry_topic) {
             Ok(partitions) => (0..partitions).any(|p| {
-                let end = self
-                    .log
-                    .end_offset(&self.policy.retry_topic, p)
-                    .unwrap_or(0);
-                let committed = self
-                    .log
+                let end = log.end_offset(&self.policy.retry_topic, p).unwrap_or(0);
+                let committed = log
                     .committed(&retry_group, &self.policy.retry_topic, p)
                     .ok()
                     .flatten()
@@ -204,17 +310,19 @@ impl EmbeddedIngestion {
     }
 
     /// Committed lag per partition of the consumed topics: end offset minus the group's
-    /// committed position.
+    /// committed position (embedded log only).
     pub fn lag(&self) -> Vec<(String, u32, i64)> {
+        let Transport::Log(log) = &self.transport else {
+            return Vec::new();
+        };
         let mut out = Vec::new();
         for topic in self.processor.dispatcher().topics() {
-            let Ok(partitions) = self.log.partitions(&topic) else {
+            let Ok(partitions) = log.partitions(&topic) else {
                 continue;
             };
             for p in 0..partitions {
-                let end = self.log.end_offset(&topic, p).unwrap_or(0);
-                let committed = self
-                    .log
+                let end = log.end_offset(&topic, p).unwrap_or(0);
+                let committed = log
                     .committed(CONSUMER_GROUP, &topic, p)
                     .ok()
                     .flatten()
@@ -233,7 +341,7 @@ type HistogramReader = fn(&PipelineStats) -> &Histogram;
 /// Prometheus view of the ingestion: counters per pipeline, the consumer's adaptive
 /// concurrency and in-flight work, and lag per partition.
 #[derive(Clone)]
-pub struct IngestMetrics(pub Arc<EmbeddedIngestion>);
+pub struct IngestMetrics(pub Arc<StreamIngestion>);
 
 impl std::fmt::Debug for IngestMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -353,7 +461,7 @@ struct EventsBody {
 /// `POST /v1/events`: `{"topic": "...", "events": [{...}, ...]}` appended to the embedded log;
 /// answers `{"appended": N, "unrouted": M}` once they are durable.
 pub fn events_router(
-    ingestion: Arc<EmbeddedIngestion>,
+    ingestion: Arc<StreamIngestion>,
     max_events: usize,
     max_body_bytes: usize,
 ) -> axum::Router {
@@ -364,7 +472,7 @@ pub fn events_router(
     use cellar_serving::ErrorKind;
 
     async fn append(
-        State((ingestion, max_events)): State<(Arc<EmbeddedIngestion>, usize)>,
+        State((ingestion, max_events)): State<(Arc<StreamIngestion>, usize)>,
         body: axum::body::Bytes,
     ) -> axum::response::Response {
         let bad =

@@ -352,11 +352,17 @@ async fn run_ingest(config: Config, until_caught_up: bool) -> anyhow::Result<()>
         cellar_store::embedded::EmbeddedStore::open(&store_path)
             .with_context(|| format!("opening the store at {}", store_path.display()))?,
     );
-    let ingestion = std::sync::Arc::new(cellar::ingest::EmbeddedIngestion::open(
-        &config.data_dir,
+    let ingestion = std::sync::Arc::new(cellar::ingest::StreamIngestion::open(
+        &config,
         cellar_cache::WritePath::new(store, None),
         &repo,
     )?);
+    if until_caught_up && !ingestion.is_embedded() {
+        anyhow::bail!(
+            "--until-caught-up needs the embedded log: on Kafka, run `cellar ingest` as a \
+             service and watch cellar_ingest_consumer_lag"
+        );
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_tx = std::sync::Arc::new(stop_tx);
     {

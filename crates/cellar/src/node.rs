@@ -16,7 +16,7 @@ use cellar_store::{OnlineStore, RecordReader};
 use tokio::net::TcpListener;
 
 use crate::config::Config;
-use crate::ingest::{events_router, EmbeddedIngestion, IngestMetrics};
+use crate::ingest::{events_router, IngestMetrics, StreamIngestion};
 use cellar_spec::FeatureRepo;
 
 /// Everything a serving process holds.
@@ -32,7 +32,7 @@ pub struct Node {
     /// Registry version the catalog was built from; 0 before any apply.
     pub version: i64,
     /// Stream ingestion from the embedded log, when enabled.
-    pub ingestion: Option<Arc<EmbeddedIngestion>>,
+    pub ingestion: Option<Arc<StreamIngestion>>,
 }
 
 impl Node {
@@ -72,12 +72,8 @@ impl Node {
         let reader: Arc<dyn RecordReader> = local.clone();
         let writer = WritePath::new(store.clone(), Some(local.clone()));
         let server = Arc::new(FeatureServer::new(catalog, reader, writer.clone(), limits));
-        let ingestion = if config.ingest.embedded {
-            let ingestion = Arc::new(EmbeddedIngestion::open(
-                &config.data_dir,
-                writer.clone(),
-                &repo,
-            )?);
+        let ingestion = if config.ingest.in_server {
+            let ingestion = Arc::new(StreamIngestion::open(&config, writer.clone(), &repo)?);
             metrics
                 .registry_mut()
                 .register_collector(Box::new(IngestMetrics(ingestion.clone())));
@@ -191,7 +187,7 @@ impl Node {
 async fn reload_catalog(
     registry: Registry,
     server: Arc<FeatureServer>,
-    ingestion: Option<Arc<EmbeddedIngestion>>,
+    ingestion: Option<Arc<StreamIngestion>>,
     mut version: i64,
     every: Duration,
 ) {
