@@ -24,6 +24,10 @@ use cellar_store::embedded::EmbeddedStore;
 use cellar_store::faults::FaultyStore;
 use cellar_store::{OnlineStore, Updater, Write};
 
+// The allocator of the `cellar` binary, so the figures are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const REPO: &str = r#"
 kind: Entity
 name: user

@@ -47,6 +47,9 @@ pub struct StreamMapping {
     /// Shared with every record this ingestion writes, so mapping an event copies no spec.
     pub group: Arc<FeatureGroup>,
     pub entity: Entity,
+    /// Where derived events go after each change (the record as it stands), for a further
+    /// ingestion to consume.
+    pub republish_to: Option<String>,
     key: Vec<(String, JsonPath)>,
     event_time: Option<(String, JsonPath)>,
     /// (feature position, source path text, parsed path).
@@ -179,6 +182,7 @@ impl StreamMapping {
             event_types: stream.event_types.clone(),
             group: Arc::new(group.clone()),
             entity: entity.clone(),
+            republish_to: stream.republish_to.clone(),
             key,
             event_time,
             features,
@@ -279,6 +283,31 @@ impl StreamMapping {
         ))
     }
 
+    /// The derived event re-published after `event` changed `record`: the ingestion's name as
+    /// its type, the entity's key fields (named as in the entity), the record's event time as
+    /// `ts`, the group and its features by name. It carries the values as they stand, not the
+    /// change, so consuming one twice does no harm to a latest-value ingestion.
+    pub fn derived_event(&self, event: &serde_json::Value, record: &Record) -> serde_json::Value {
+        let mut out = serde_json::Map::new();
+        out.insert("type".into(), self.name.clone().into());
+        for (field, (_, path)) in self.entity.keys.iter().zip(&self.key) {
+            if let Some(v) = select(path, event) {
+                out.insert(field.name.clone(), v.clone());
+            }
+        }
+        out.insert("ts".into(), record.event_time.into());
+        out.insert("group".into(), self.group.name.clone().into());
+        let features: serde_json::Map<String, serde_json::Value> = self
+            .group
+            .features
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.name.clone(), record.value(i).to_json()))
+            .collect();
+        out.insert("features".into(), features.into());
+        serde_json::Value::Object(out)
+    }
+
     /// Whether records of this ingestion append to a time series (or replace an attribute).
     pub fn appends(&self) -> bool {
         self.group.kind == GroupKind::Timeseries
@@ -338,6 +367,21 @@ impl Dispatcher {
     pub fn topics(&self) -> Vec<String> {
         let mut topics: Vec<String> = self.type_fields.keys().cloned().collect();
         topics.sort();
+        topics
+    }
+
+    /// Topics derived events are re-published to, sorted; they must exist before events are
+    /// consumed.
+    pub fn republish_topics(&self) -> Vec<String> {
+        let mut topics: Vec<String> = self
+            .typed
+            .values()
+            .chain(self.untyped.values())
+            .flatten()
+            .filter_map(|m| m.republish_to.clone())
+            .collect();
+        topics.sort();
+        topics.dedup();
         topics
     }
 

@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use crate::dispatch::{Dispatcher, StreamMapping};
 use crate::source::{BrokerError, OutgoingEvent, Publisher, SourceEvent};
-use crate::writer::{BatchingWriter, Change};
+use crate::writer::{BatchingWriter, Change, Written};
 
 /// Header names carried by retried and dead-lettered events.
 pub mod headers {
@@ -190,12 +190,22 @@ impl EventProcessor {
                 Change::Put(r) => r.event_time,
                 Change::Update(u) => u.event_time,
             };
+            let republish = mapping.republish_to.is_some();
             match self
                 .writer
-                .write(mapping.group.clone(), entity, change)
+                .write_returning(mapping.group.clone(), entity.clone(), change, republish)
                 .await
             {
-                Ok(effect) => {
+                Ok(Written { effect, record }) => {
+                    if let (Some(topic), Some(record)) = (&mapping.republish_to, record) {
+                        let derived = mapping.derived_event(&value, &record);
+                        if let Err(e) = self.republish(topic, &entity, &derived).await {
+                            applied
+                                .failures
+                                .push((mapping.name.clone(), Failure::Transient(e.to_string())));
+                            continue;
+                        }
+                    }
                     applied.records += 1;
                     applied.newest_event_time = applied.newest_event_time.max(Some(event_time));
                     applied.stale += usize::from(effect.stale);
@@ -211,6 +221,40 @@ impl EventProcessor {
             }
         }
         applied
+    }
+
+    /// Publishes a derived event, trying again with a backoff while the broker fails
+    /// transiently: the change it reports is already stored, and failing the event would
+    /// apply it again from the retry topic.
+    async fn republish(
+        &self,
+        topic: &str,
+        entity: &cellar_spec::EntityKey,
+        derived: &serde_json::Value,
+    ) -> Result<(), BrokerError> {
+        let event = OutgoingEvent {
+            key: Some(Bytes::from(entity.0.clone())),
+            payload: Bytes::from(derived.to_string()),
+            headers: Vec::new(),
+        };
+        let mut wait = Duration::from_millis(50);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self
+                .publisher
+                .publish(topic, std::slice::from_ref(&event))
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(e) if e.retryable && attempt < 10 => {
+                    tracing::warn!(topic, error = %e, attempt, "re-publishing a derived event failed, trying again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Sends each failure of an event where it belongs: a transient one to the retry topic

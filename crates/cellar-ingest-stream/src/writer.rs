@@ -39,15 +39,24 @@ pub enum Change {
     Update(Update),
 }
 
-type Answer = oneshot::Sender<Result<Effect, WriteError>>;
+/// What a change did, and, when asked for, the entity's record as stored after it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Written {
+    pub effect: Effect,
+    pub record: Option<Record>,
+}
+
+type Answer = oneshot::Sender<Result<Written, WriteError>>;
 
 /// Each change's result, filled in by the store's updater.
-type Results = Arc<Mutex<Vec<Option<Result<Effect, WriteError>>>>>;
+type Results = Arc<Mutex<Vec<Option<Result<Written, WriteError>>>>>;
 
 struct Pending {
     group: Arc<FeatureGroup>,
     entity: EntityKey,
     change: Change,
+    /// Whether the caller wants the record as stored (to re-publish it).
+    want_record: bool,
     done: Answer,
 }
 
@@ -63,8 +72,13 @@ pub struct BatchingWriter {
 pub struct BatchPolicy {
     /// Most records in one batch.
     pub max_records: usize,
-    /// How long the first record of a batch may wait for others.
+    /// How long a batch may wait for more records once the queued ones are taken; zero
+    /// leaves batching to the queue that builds up while earlier batches are written.
     pub linger: Duration,
+    /// Batches being written at once. While one waits for its durable commit the next one
+    /// gathers and starts; one key is never in two of them, because the consumer runs one
+    /// event per key at a time.
+    pub max_in_flight: usize,
 }
 
 impl Default for BatchPolicy {
@@ -72,6 +86,7 @@ impl Default for BatchPolicy {
         BatchPolicy {
             max_records: 2048,
             linger: Duration::from_millis(2),
+            max_in_flight: 4,
         }
     }
 }
@@ -91,6 +106,20 @@ impl BatchingWriter {
         entity: EntityKey,
         change: Change,
     ) -> Result<Effect, WriteError> {
+        self.write_returning(group, entity, change, false)
+            .await
+            .map(|w| w.effect)
+    }
+
+    /// Like [`BatchingWriter::write`], also returning the record as stored after the change
+    /// when `want_record` is set (for a redelivered change, the record as it stands).
+    pub async fn write_returning(
+        &self,
+        group: Arc<FeatureGroup>,
+        entity: EntityKey,
+        change: Change,
+        want_record: bool,
+    ) -> Result<Written, WriteError> {
         // An oversized record is refused alone, before it can fail a whole batch (updated
         // records are checked as they are built).
         if let Change::Put(record) = &change {
@@ -106,6 +135,7 @@ impl BatchingWriter {
                 group,
                 entity,
                 change,
+                want_record,
                 done,
             })
             .await
@@ -129,17 +159,36 @@ fn failed(e: cellar_store::StoreError) -> WriteError {
 }
 
 async fn run(path: WritePath, policy: BatchPolicy, mut rx: mpsc::Receiver<Pending>) {
-    let mut batch: Vec<Pending> = Vec::with_capacity(policy.max_records);
+    let slots = Arc::new(tokio::sync::Semaphore::new(policy.max_in_flight.max(1)));
     while let Some(first) = rx.recv().await {
+        // Group commit: while every slot is busy, changes queue up, and the next batch takes
+        // all of them; an idle writer commits a lone change at once. The semaphore is never
+        // closed, so acquiring only waits.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let mut batch: Vec<Pending> = Vec::with_capacity(policy.max_records);
         batch.push(first);
-        let deadline = tokio::time::Instant::now() + policy.linger;
         while batch.len() < policy.max_records {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(p)) => batch.push(p),
-                Ok(None) | Err(_) => break,
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
             }
         }
-        flush(&path, &mut batch).await;
+        if !policy.linger.is_zero() {
+            let deadline = tokio::time::Instant::now() + policy.linger;
+            while batch.len() < policy.max_records {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(p)) => batch.push(p),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+        let path = path.clone();
+        tokio::spawn(async move {
+            flush(&path, &mut batch).await;
+            drop(slot);
+        });
     }
 }
 
@@ -173,22 +222,25 @@ async fn flush_puts(path: &WritePath, pending: Vec<Pending>) {
                 entity: p.entity,
                 record,
             });
-            answers.push(p.done);
+            answers.push((p.done, p.want_record));
         }
     }
     match path.write(&group, &writes).await {
         Ok(outcomes) => {
-            for (done, outcome) in answers.into_iter().zip(outcomes) {
-                let _ = done.send(Ok(Effect {
-                    stale: outcome == PutOutcome::Stale,
-                    ..Effect::default()
+            for (((done, want), outcome), w) in answers.into_iter().zip(outcomes).zip(&writes) {
+                let _ = done.send(Ok(Written {
+                    effect: Effect {
+                        stale: outcome == PutOutcome::Stale,
+                        ..Effect::default()
+                    },
+                    record: want.then(|| w.record.clone()),
                 }));
             }
         }
         Err(e) => {
             let error = failed(e);
             tracing::warn!(group = %group.name, records = writes.len(), error = %error.message, "store write failed");
-            for done in answers {
+            for (done, _) in answers {
                 let _ = done.send(Err(error.clone()));
             }
         }
@@ -199,7 +251,7 @@ async fn flush_updates(path: &WritePath, pending: Vec<Pending>) {
     let group = pending[0].group.clone();
     // Changes by entity, in arrival order (the consumer keeps one key's events in order).
     let mut entities: Vec<EntityKey> = Vec::new();
-    let mut work: Vec<Vec<(usize, Update)>> = Vec::new();
+    let mut work: Vec<Vec<(usize, Update, bool)>> = Vec::new();
     let mut slot: HashMap<EntityKey, usize> = HashMap::new();
     let mut answers = Vec::with_capacity(pending.len());
     for p in pending {
@@ -211,7 +263,7 @@ async fn flush_updates(path: &WritePath, pending: Vec<Pending>) {
             work.push(Vec::new());
             work.len() - 1
         });
-        work[at].push((answers.len(), update));
+        work[at].push((answers.len(), update, p.want_record));
         answers.push(p.done);
     }
     let results: Results = Arc::new(Mutex::new(vec![None; answers.len()]));
@@ -226,7 +278,7 @@ async fn flush_updates(path: &WritePath, pending: Vec<Pending>) {
             let mut results = results.lock().unwrap_or_else(|p| p.into_inner());
             let mut record = stored;
             let mut changed = false;
-            for (answer, update) in changes {
+            for (answer, update, want_record) in changes {
                 let before = record.clone();
                 let effect = aggregate::apply(&mut record, width, update);
                 let too_large = record
@@ -240,7 +292,10 @@ async fn flush_updates(path: &WritePath, pending: Vec<Pending>) {
                     }
                     None => {
                         changed |= !effect.duplicate;
-                        Ok(effect)
+                        Ok(Written {
+                            effect,
+                            record: if *want_record { record.clone() } else { None },
+                        })
                     }
                 });
             }

@@ -55,6 +55,36 @@ into: clicks
 key: $.user_id
 event_time: $.ts
 features: { article_id: $.article_id }
+---
+kind: FeatureGroup
+name: likes
+entity: user
+type: attribute
+features:
+  - { name: likes_1h, type: int64 }
+---
+kind: Ingestion
+name: like_counts
+stream: { topic: actions, event_types: [article_liked], republish_to: like_counts_derived }
+into: likes
+key: $.user_id
+event_time: $.ts
+features: { likes_1h: { aggregate: count, window: 1h } }
+---
+kind: FeatureGroup
+name: likes_mirror
+entity: user
+type: attribute
+features:
+  - { name: likes_1h, type: int64 }
+---
+kind: Ingestion
+name: like_counts_mirror
+stream: { topic: like_counts_derived, event_types: [like_counts] }
+into: likes_mirror
+key: $.user_id
+event_time: $.ts
+features: { likes_1h: $.features.likes_1h }
 "#;
 
 fn repo() -> FeatureRepo {
@@ -143,10 +173,19 @@ impl Fixture {
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
+        for topic in ["users", "actions", "like_counts_derived"] {
+            cellar_ingest_stream::log::source::ensure_topic(&self.log, topic)
+                .await
+                .unwrap();
+        }
         let mut main_source = LogSource::new(
             self.log.clone(),
             "ingest",
-            vec!["users".into(), "actions".into()],
+            vec![
+                "users".into(),
+                "actions".into(),
+                "like_counts_derived".into(),
+            ],
         );
         let mut retry_source = LogSource::new(
             self.log.clone(),
@@ -342,4 +381,40 @@ async fn a_store_that_fails_transiently_gets_events_through_the_retry_topic() {
         );
     }
     assert!(dead_letters(&f.log).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn derived_events_are_republished_and_consumed_again() {
+    let f = Fixture::new(0);
+    let likes: Vec<serde_json::Value> = (0..300i64)
+        .map(
+            |i| json!({"type": "article_liked", "user_id": format!("u{}", i % 10), "ts": 1000 + i}),
+        )
+        .collect();
+    f.produce("actions", &likes).await;
+    // 300 likes, then one derived event for each.
+    f.run_until(|m, _| events_seen(m) >= 600).await;
+    let keys: Vec<EntityKey> = (0..10).map(|u| EntityKey(format!("u{u}"))).collect();
+    for group in ["likes", "likes_mirror"] {
+        let got = f
+            .store
+            .get_attributes(f.repo.group(group).unwrap(), &keys)
+            .await
+            .unwrap();
+        for (u, record) in got.into_iter().enumerate() {
+            let record = record.unwrap_or_else(|| panic!("{group}: u{u} missing"));
+            assert_eq!(record.values, vec![Value::Int64(30)], "{group}: u{u}");
+            assert_eq!(record.event_time, 1000 + 290 + u as i64, "{group}: u{u}");
+        }
+    }
+    // The derived events name their ingestion, key, time, group and features.
+    let derived = f.log.read("like_counts_derived", 0, 0, 1).unwrap();
+    let event: serde_json::Value = serde_json::from_slice(&derived[0].payload).unwrap();
+    assert_eq!(event["type"], "like_counts");
+    assert_eq!(event["group"], "likes");
+    assert!(
+        event["user_id"].is_string() && event["ts"].is_i64(),
+        "{event}"
+    );
+    assert!(event["features"]["likes_1h"].is_i64(), "{event}");
 }

@@ -206,6 +206,30 @@ fn series_prefix(buf: &mut Vec<u8>, group: &str, entity: &EntityKey) {
 /// Flipping the sign bit maps i64 order onto u64 order (negative times included).
 const SIGN_BIT: u64 = 1 << 63;
 
+/// Whether a put of `new` records into one entity's series trims it to `max` now. Trimming
+/// reads every stored key of the entity, so doing it on every put makes appends cost O(max);
+/// instead a put trims with a probability of about `new.len() / (max / 8)`, decided by a hash
+/// of the new keys, so an entity holds about `max * 9 / 8` records at most between trims
+/// (reads stop at `max`, and the periodic `trim` removes the rest), at an amortised cost of a
+/// few key reads per append.
+fn trim_due(new: &BTreeMap<&[u8], &[u8]>, max: u32) -> bool {
+    let every = u64::from(max / 8).max(1);
+    if new.len() as u64 >= every {
+        return true;
+    }
+    new.keys().any(|key| {
+        // splitmix64 of the key's last 8 bytes (the inverted event time): event times in a
+        // pattern (whole seconds, say) still trim at the intended rate.
+        let tail = key.len().saturating_sub(8);
+        let mut bytes = [0u8; 8];
+        bytes[..key.len() - tail].copy_from_slice(&key[tail..]);
+        let mut z = u64::from_be_bytes(bytes).wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) % every == 0
+    })
+}
+
 fn inverted_time(event_time: i64) -> [u8; TIME_LEN] {
     // Inverted so that a newer time gives a smaller key and sorts first.
     (!((event_time as u64) ^ SIGN_BIT)).to_be_bytes()
@@ -346,7 +370,9 @@ impl Inner {
         let mut batch = self.db.batch().durability(Some(DURABLE));
         for (prefix, mut new) in by_entity {
             if let Some(max) = max_records {
-                self.trim_entity_on_put(&mut batch, prefix, &mut new, max as usize)?;
+                if trim_due(&new, max) {
+                    self.trim_entity_on_put(&mut batch, prefix, &mut new, max as usize)?;
+                }
             }
             for (key, bytes) in new {
                 batch.insert(&self.timeseries, key, bytes);
@@ -356,7 +382,8 @@ impl Inner {
         Ok(outcomes)
     }
 
-    /// Keeps the newest `max` of an entity's stored and new records: stored ones past it are
+    /// Keeps the newest `max` of an entity's stored and new records (see [`trim_due`] for
+    /// when): stored ones past it are
     /// removed in `batch`, new ones past it are dropped from `new` before being written.
     fn trim_entity_on_put(
         &self,
@@ -628,11 +655,17 @@ impl RecordReader for EmbeddedStore {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         };
+        // Puts trim lazily (see `trim_due`), so a series may briefly hold more than its
+        // retention allows: never serve past it.
+        let limit = match group.retention.max_records {
+            Some(max) => query.top_n.min(max as usize),
+            None => query.top_n,
+        };
         let mut prefix = Vec::with_capacity(group.name.len() + 32);
         let mut result = Vec::with_capacity(entities.len());
         for entity in entities {
             let mut series = Vec::new();
-            if query.top_n == 0 || entity.as_bytes().contains(&SEPARATOR) {
+            if limit == 0 || entity.as_bytes().contains(&SEPARATOR) {
                 result.push(series);
                 continue;
             }
@@ -649,7 +682,7 @@ impl RecordReader for EmbeddedStore {
                 let record = codec::decode(&value)
                     .map_err(|e| corrupt(&group.name, entity.as_bytes(), e))?;
                 series.push(record);
-                if series.len() >= query.top_n {
+                if series.len() >= limit {
                     break;
                 }
             }
