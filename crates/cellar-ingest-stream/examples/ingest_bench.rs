@@ -139,7 +139,7 @@ async fn run_sequential(log: &EventLog, store: &dyn OnlineStore, n: usize) -> f6
                     }
                     (entity, Change::Update(update)) => {
                         let width = m.group.features.len();
-                        let updater: Updater = Box::new(move |_, mut stored| {
+                        let updater: Updater = Box::new(move |_, _, mut stored| {
                             aggregate::apply(&mut stored, width, &update);
                             stored
                         });

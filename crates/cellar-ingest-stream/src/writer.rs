@@ -271,40 +271,39 @@ async fn flush_updates(path: &WritePath, pending: Vec<Pending>) {
         let results = results.clone();
         let group = group.clone();
         let width = group.features.len();
-        let mut next = 0;
-        let updater: Updater = Box::new(move |entity: &EntityKey, stored: Option<Record>| {
-            let changes = work.get(next).map(Vec::as_slice).unwrap_or_default();
-            next += 1;
-            let mut results = results.lock().unwrap_or_else(|p| p.into_inner());
-            let mut record = stored;
-            let mut changed = false;
-            for (answer, update, want_record) in changes {
-                let before = record.clone();
-                let effect = aggregate::apply(&mut record, width, update);
-                let too_large = record
-                    .as_ref()
-                    .and_then(|r| cellar_store::check_size(&group, entity, r).err());
-                results[*answer] = Some(match too_large {
-                    // This change alone is refused; the entity keeps the others.
-                    Some(e) => {
-                        record = before;
-                        Err(refused(e))
-                    }
-                    None => {
-                        changed |= !effect.duplicate;
-                        Ok(Written {
-                            effect,
-                            record: if *want_record { record.clone() } else { None },
-                        })
-                    }
-                });
-            }
-            if changed {
-                record
-            } else {
-                None
-            }
-        });
+        let updater: Updater =
+            Box::new(move |index, entity: &EntityKey, stored: Option<Record>| {
+                let changes = work.get(index).map(Vec::as_slice).unwrap_or_default();
+                let mut results = results.lock().unwrap_or_else(|p| p.into_inner());
+                let mut record = stored;
+                let mut changed = false;
+                for (answer, update, want_record) in changes {
+                    let before = record.clone();
+                    let effect = aggregate::apply(&mut record, width, update);
+                    let too_large = record
+                        .as_ref()
+                        .and_then(|r| cellar_store::check_size(&group, entity, r).err());
+                    results[*answer] = Some(match too_large {
+                        // This change alone is refused; the entity keeps the others.
+                        Some(e) => {
+                            record = before;
+                            Err(refused(e))
+                        }
+                        None => {
+                            changed |= !effect.duplicate;
+                            Ok(Written {
+                                effect,
+                                record: if *want_record { record.clone() } else { None },
+                            })
+                        }
+                    });
+                }
+                if changed {
+                    record
+                } else {
+                    None
+                }
+            });
         updater
     };
     let outcome = path.update(&group, &entities, updater).await;

@@ -843,7 +843,7 @@ fn counter(event_time: i64, n: i64) -> Record {
 }
 
 fn increment() -> Updater {
-    Box::new(|_, stored: Option<Record>| {
+    Box::new(|_, _, stored: Option<Record>| {
         let n = match stored.as_ref().map(|r| r.value(0)) {
             Some(Value::Int64(n)) => *n,
             _ => 0,
@@ -865,7 +865,7 @@ pub async fn update_replaces_the_record_it_read_whatever_its_event_time(store: S
     .await;
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let log = seen.clone();
-    let updater: Updater = Box::new(move |entity, stored| {
+    let updater: Updater = Box::new(move |_, entity, stored| {
         log.lock()
             .unwrap()
             .push((entity.as_str().to_owned(), stored.clone()));
@@ -913,7 +913,7 @@ pub async fn update_returning_none_leaves_the_record(store: SharedStore) {
     )
     .await;
     let stored = store
-        .update(&group, &[key("u1"), key("u2")], Box::new(|_, _| None))
+        .update(&group, &[key("u1"), key("u2")], Box::new(|_, _, _| None))
         .await
         .expect("update");
     assert_eq!(stored, vec![None, None]);
@@ -952,7 +952,7 @@ pub async fn update_refuses_oversized_records_and_timeseries_groups(store: Share
         .update(
             &group,
             &[key("u1")],
-            Box::new(|_, _| Some(Record::new(1, vec![Value::String("x".repeat(100))]))),
+            Box::new(|_, _, _| Some(Record::new(1, vec![Value::String("x".repeat(100))]))),
         )
         .await
         .expect_err("an oversized record is refused");

@@ -302,7 +302,7 @@ impl Inner {
         let mut updated: HashMap<Vec<u8>, Record> = HashMap::new();
         let mut outcome = Vec::with_capacity(entities.len());
         let mut batch = self.db.batch().durability(Some(DURABLE));
-        for entity in entities {
+        for (index, entity) in entities.iter().enumerate() {
             let mut key = Vec::with_capacity(group.name.len() + entity.0.len() + 1);
             attribute_key(&mut key, &group.name, entity);
             let stored = match updated.get(&key) {
@@ -318,7 +318,7 @@ impl Inner {
                     },
                 },
             };
-            let Some(next) = updater(entity, stored) else {
+            let Some(next) = updater(index, entity, stored) else {
                 outcome.push(None);
                 continue;
             };

@@ -148,10 +148,12 @@ pub trait RecordReader: Send + Sync {
     ) -> Result<Vec<Vec<Record>>>;
 }
 
-/// How [`OnlineStore::update`] changes one entity's record: it is given the entity and its
-/// stored record (`None` when there is none) and returns the record to store, or `None` to
-/// leave the entity as it is.
-pub type Updater = Box<dyn FnMut(&EntityKey, Option<Record>) -> Option<Record> + Send>;
+/// How [`OnlineStore::update`] changes one entity's record: it is given the entity's index in
+/// the call, the entity and its stored record (`None` when there is none), and returns the
+/// record to store, or `None` to leave the entity as it is. A backend with optimistic
+/// concurrency may call it again for the same entity after a concurrent write: the last call's
+/// answer is what is stored.
+pub type Updater = Box<dyn FnMut(usize, &EntityKey, Option<Record>) -> Option<Record> + Send>;
 
 /// A persistent online store backend.
 #[async_trait]
