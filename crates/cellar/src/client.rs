@@ -1,8 +1,11 @@
-//! `cellar get` and `cellar push`: talk to a running server over its HTTP API.
+//! `cellar get`, `cellar push`, `cellar produce` and `cellar dead-letters`: talk to a running
+//! server over its HTTP API.
 
 use anyhow::Context as _;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use serde_json::{json, Value as Json};
+
+use crate::deadletter::{DeadLetter, Redriven};
 
 /// Parses `key=value` entity arguments into key columns (repeated keys add rows).
 pub fn entity_columns(args: &[String]) -> anyhow::Result<serde_json::Map<String, Json>> {
@@ -24,12 +27,28 @@ pub fn entity_columns(args: &[String]) -> anyhow::Result<serde_json::Map<String,
     Ok(columns)
 }
 
+/// An error answer of the server: its status and message.
+#[derive(Debug, thiserror::Error)]
+#[error("{status}: {message}")]
+pub struct ServerError {
+    pub status: reqwest::StatusCode,
+    pub message: String,
+}
+
 /// Posts a JSON body and returns the JSON answer, or the server's error message.
 pub async fn post(server: &str, path: &str, body: &Json) -> anyhow::Result<Json> {
     let url = format!("{}{path}", server.trim_end_matches('/'));
-    let resp = reqwest::Client::new()
-        .post(&url)
-        .json(body)
+    send(reqwest::Client::new().post(&url).json(body), &url).await
+}
+
+/// Gets `path` with a query and returns the JSON answer, or the server's error message.
+pub async fn get(server: &str, path: &str, query: &[(&str, String)]) -> anyhow::Result<Json> {
+    let url = format!("{}{path}", server.trim_end_matches('/'));
+    send(reqwest::Client::new().get(&url).query(query), &url).await
+}
+
+async fn send(request: reqwest::RequestBuilder, url: &str) -> anyhow::Result<Json> {
+    let resp = request
         .send()
         .await
         .with_context(|| format!("cannot reach {url}; is `cellar serve` running?"))?;
@@ -37,15 +56,138 @@ pub async fn post(server: &str, path: &str, body: &Json) -> anyhow::Result<Json>
     let answer: Json = resp
         .json()
         .await
-        .context("the server's answer is not JSON")?;
+        .with_context(|| format!("the answer of {url} is not JSON (status {status})"))?;
     if !status.is_success() {
         let message = answer["error"]["message"]
             .as_str()
             .map(str::to_owned)
             .unwrap_or_else(|| answer.to_string());
-        anyhow::bail!("{status}: {message}");
+        return Err(ServerError { status, message }.into());
     }
     Ok(answer)
+}
+
+/// The server a command talks to: `given` (`http://` is assumed when it names no scheme), else
+/// the configured listen address (a wildcard one reached on loopback).
+pub fn server_url(given: Option<&str>, listen: &str) -> anyhow::Result<String> {
+    let text = match given {
+        Some(g) => g.trim().to_owned(),
+        None => {
+            let local = listen
+                .replacen("0.0.0.0:", "127.0.0.1:", 1)
+                .replacen("[::]:", "[::1]:", 1);
+            format!("http://{local}")
+        }
+    };
+    let with_scheme = if text.contains("://") {
+        text.clone()
+    } else {
+        format!("http://{text}")
+    };
+    let valid = reqwest::Url::parse(&with_scheme).ok().filter(|u| {
+        matches!(u.scheme(), "http" | "https")
+            && u.host_str().is_some_and(|h| !h.is_empty())
+            && u.query().is_none()
+    });
+    match valid {
+        Some(_) => Ok(with_scheme.trim_end_matches('/').to_owned()),
+        None => anyhow::bail!(
+            "`{text}` is not a server address such as http://127.0.0.1:6566 (from {})",
+            if given.is_some() {
+                "--server"
+            } else {
+                "server.listen"
+            }
+        ),
+    }
+}
+
+/// A dead-letter request's error, with a 404 explained: the server answers, but without the
+/// dead-letter API.
+fn dead_letter_error(server: &str, e: anyhow::Error) -> anyhow::Error {
+    match e.downcast_ref::<ServerError>() {
+        Some(s) if s.status == reqwest::StatusCode::NOT_FOUND => anyhow::anyhow!(
+            "{server} has no dead-letter API: it runs no stream ingestion (ingest.in_server = \
+             false; the process that ingests owns the dead letters) or is not a Cellar server"
+        ),
+        _ => e,
+    }
+}
+
+/// `GET /v1/dead-letters` of a running server.
+pub async fn list_dead_letters(
+    server: &str,
+    limit: usize,
+    ingestion: Option<&str>,
+) -> anyhow::Result<Vec<DeadLetter>> {
+    let mut query = vec![("limit", limit.to_string())];
+    if let Some(i) = ingestion {
+        query.push(("ingestion", i.to_owned()));
+    }
+    let answer = get(server, "/v1/dead-letters", &query)
+        .await
+        .map_err(|e| dead_letter_error(server, e))?;
+    serde_json::from_value(answer).context("the server's list of dead letters is not understood")
+}
+
+/// `POST /v1/dead-letters/redrive` of a running server.
+pub async fn redrive_dead_letters(server: &str, limit: Option<usize>) -> anyhow::Result<Redriven> {
+    let body = match limit {
+        Some(n) => json!({ "limit": n }),
+        None => json!({}),
+    };
+    let answer = post(server, "/v1/dead-letters/redrive", &body)
+        .await
+        .map_err(|e| dead_letter_error(server, e))?;
+    serde_json::from_value(answer).context("the server's answer to a re-drive is not understood")
+}
+
+/// Widest payload and error shown in a dead-letter table; `--json` shows them whole.
+const PAYLOAD_WIDTH: usize = 60;
+const ERROR_WIDTH: usize = 80;
+
+/// `text` on one line, cut to `max` characters.
+fn shorten(text: &str, max: usize) -> String {
+    let flat: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if flat.chars().count() <= max {
+        return flat;
+    }
+    let mut cut: String = flat.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+/// Renders dead letters as one table.
+pub fn render_dead_letters(letters: &[DeadLetter]) -> String {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED);
+    table.set_header([
+        "partition",
+        "offset",
+        "topic",
+        "ingestion",
+        "attempts",
+        "first failure",
+        "error",
+        "payload",
+    ]);
+    let text = |v: &Option<String>| v.clone().unwrap_or_default();
+    for d in letters {
+        table.add_row([
+            d.partition.to_string(),
+            d.offset.to_string(),
+            text(&d.topic),
+            text(&d.ingestion),
+            d.attempts.map(|a| a.to_string()).unwrap_or_default(),
+            text(&d.first_failure),
+            shorten(d.error.as_deref().unwrap_or_default(), ERROR_WIDTH),
+            shorten(&d.payload, PAYLOAD_WIDTH),
+        ]);
+    }
+    format!("{table}\n")
 }
 
 /// Events sent per request by `produce`.
@@ -193,6 +335,51 @@ mod tests {
         let cols = entity_columns(&["user_id=u1".into(), "user_id=u2".into()]).unwrap();
         assert_eq!(Json::Object(cols), json!({"user_id": ["u1", "u2"]}));
         assert!(entity_columns(&["u1".into()]).is_err());
+    }
+
+    #[test]
+    fn server_addresses_default_to_the_listen_address() {
+        assert_eq!(
+            server_url(None, "0.0.0.0:6566").unwrap(),
+            "http://127.0.0.1:6566"
+        );
+        assert_eq!(
+            server_url(Some("localhost:7000/"), "x").unwrap(),
+            "http://localhost:7000"
+        );
+        assert_eq!(
+            server_url(Some("https://cellar.example"), "x").unwrap(),
+            "https://cellar.example"
+        );
+        for bad in ["", "ftp://h", "http://", "a b:1"] {
+            let err = server_url(Some(bad), "x").unwrap_err().to_string();
+            assert!(err.contains("not a server address"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn dead_letter_tables_cut_long_payloads() {
+        let letter = DeadLetter {
+            partition: 2,
+            offset: 41,
+            topic: Some("actions".into()),
+            ingestion: Some("clicks".into()),
+            attempts: Some(1),
+            first_failure: Some("2026-01-01T00:00:00.000Z".into()),
+            error: Some("feature `age`: expected int64".into()),
+            origin: None,
+            key: None,
+            payload: format!("{{\"pad\": \"{}\"}}", "x".repeat(500)),
+        };
+        let text = render_dead_letters(&[letter]);
+        assert!(
+            text.contains("clicks") && text.contains("expected int64"),
+            "{text}"
+        );
+        assert!(
+            text.contains('…') && !text.contains(&"x".repeat(100)),
+            "{text}"
+        );
     }
 
     #[test]

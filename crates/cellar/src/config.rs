@@ -34,6 +34,11 @@ pub struct IngestConfig {
     pub max_attempts: u32,
     /// Backoff before the second attempt, milliseconds; doubled for each further one.
     pub retry_backoff_ms: u64,
+    /// Topic failed events wait in between attempts.
+    pub retry_topic: String,
+    /// Topic of events given up on (poison, or past the last attempt); `cellar dead-letters`
+    /// lists and re-drives them.
+    pub dead_letter_topic: String,
 }
 
 /// The Kafka cluster stream ingestion consumes and publishes to.
@@ -50,6 +55,23 @@ pub struct KafkaConfig {
     /// Further librdkafka properties for consumers and producers (`session.timeout.ms`,
     /// security settings, ...).
     pub properties: std::collections::BTreeMap<String, String>,
+}
+
+impl IngestConfig {
+    /// The retry and dead-letter topics, `(retry, dead letter)`: both named, and not the same
+    /// topic (dead letters would be retried, and retries listed as dead).
+    pub fn failure_topics(&self) -> Result<(String, String), String> {
+        let (retry, dead) = (self.retry_topic.trim(), self.dead_letter_topic.trim());
+        if retry.is_empty() || dead.is_empty() {
+            return Err("ingest.retry_topic and ingest.dead_letter_topic must not be empty".into());
+        }
+        if retry == dead {
+            return Err(format!(
+                "ingest.retry_topic and ingest.dead_letter_topic are both `{retry}`: give each its own topic"
+            ));
+        }
+        Ok((retry.to_owned(), dead.to_owned()))
+    }
 }
 
 impl KafkaConfig {
@@ -143,6 +165,8 @@ impl Default for Config {
                 },
                 max_attempts: 5,
                 retry_backoff_ms: 1000,
+                retry_topic: "cellar-retry".into(),
+                dead_letter_topic: "cellar-dead-letter".into(),
             },
         }
     }

@@ -30,10 +30,44 @@ use prometheus_client::metrics::MetricType;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::deadletter::{DeadLetters, KafkaSettings};
 
 /// Consumer group of the embedded log's main pipeline; the retry pipeline's is this with
-/// `-retry`.
+/// `-retry`, and the positions of re-driven dead letters are this with `-redrive`.
 pub const CONSUMER_GROUP: &str = "cellar-ingest";
+
+/// The group whose committed positions say which dead letters were re-driven, for the main
+/// pipeline's group `group`.
+pub fn redrive_group(group: &str) -> String {
+    format!("{group}-redrive")
+}
+
+/// The dead letters of the Kafka cluster `config` names, for the CLI (no server needed).
+pub fn kafka_dead_letters(config: &Config) -> anyhow::Result<DeadLetters> {
+    let kafka = &config.ingest.kafka;
+    anyhow::ensure!(kafka.enabled(), "ingest.kafka.brokers is not set");
+    let (_, dead_letter_topic) = config
+        .ingest
+        .failure_topics()
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let properties: Vec<(String, String)> = kafka
+        .properties
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut publisher_config = KafkaPublisherConfig::new(&kafka.brokers);
+    publisher_config.properties = properties.clone();
+    let publisher = KafkaPublisher::new(&publisher_config).context("connecting to Kafka")?;
+    Ok(DeadLetters::kafka(
+        KafkaSettings {
+            brokers: kafka.brokers.clone(),
+            properties,
+        },
+        Arc::new(publisher),
+        dead_letter_topic,
+        redrive_group(&kafka.group),
+    ))
+}
 
 /// Where events come from and failures go.
 enum Transport {
@@ -61,6 +95,7 @@ pub struct StreamIngestion {
     pipelines: std::sync::Mutex<Option<(Pipeline, Pipeline)>>,
     /// Concurrency gauges read at scrape time.
     consumers: std::sync::Mutex<Vec<ParallelConsumer<SourceEvent>>>,
+    dead_letters: DeadLetters,
 }
 
 /// What one `append_events` call did.
@@ -81,6 +116,10 @@ impl StreamIngestion {
         repo: &FeatureRepo,
     ) -> anyhow::Result<StreamIngestion> {
         let kafka = &config.ingest.kafka;
+        let (retry_topic, dead_letter_topic) = config
+            .ingest
+            .failure_topics()
+            .map_err(|e| anyhow::anyhow!(e))?;
         let (transport, publisher): (Transport, Arc<dyn Publisher>) = if kafka.enabled() {
             let properties: Vec<(String, String)> = kafka
                 .properties
@@ -113,7 +152,25 @@ impl StreamIngestion {
         for e in errors {
             tracing::warn!(error = %e, "ingestion skipped");
         }
+        let dead_letters = match &transport {
+            Transport::Log(log) => DeadLetters::log(
+                log.clone(),
+                dead_letter_topic.clone(),
+                redrive_group(CONSUMER_GROUP),
+            ),
+            Transport::Kafka(kafka) => DeadLetters::kafka(
+                KafkaSettings {
+                    brokers: kafka.brokers.clone(),
+                    properties: kafka.properties.clone(),
+                },
+                publisher.clone(),
+                dead_letter_topic.clone(),
+                redrive_group(&kafka.group),
+            ),
+        };
         let policy = RetryPolicy {
+            retry_topic,
+            dead_letter_topic,
             max_attempts: config.ingest.max_attempts.max(1),
             backoff: Duration::from_millis(config.ingest.retry_backoff_ms),
             ..RetryPolicy::default()
@@ -143,7 +200,13 @@ impl StreamIngestion {
                 retry.consumer().clone(),
             ]),
             pipelines: std::sync::Mutex::new(Some((main, retry))),
+            dead_letters,
         })
+    }
+
+    /// The dead-letter topic of this transport, to list and re-drive.
+    pub fn dead_letters(&self) -> &DeadLetters {
+        &self.dead_letters
     }
 
     /// Whether events come from the embedded log (rather than Kafka).
@@ -171,6 +234,7 @@ impl StreamIngestion {
         };
         let topics = self.processor.dispatcher().topics();
         let mut all_topics = topics.clone();
+        all_topics.extend(self.processor.dispatcher().republish_topics());
         all_topics.push(self.policy.retry_topic.clone());
         all_topics.push(self.policy.dead_letter_topic.clone());
         let retry_topics = vec![self.policy.retry_topic.clone()];
@@ -458,25 +522,60 @@ struct EventsBody {
     events: Vec<serde_json::Value>,
 }
 
+/// The query of `GET /v1/dead-letters`; the limit is text, so a bad one gets its own message.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeadLetterQuery {
+    limit: Option<String>,
+    ingestion: Option<String>,
+}
+
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedriveBody {
+    limit: Option<u64>,
+}
+
 /// `POST /v1/events`: `{"topic": "...", "events": [{...}, ...]}` appended to the embedded log;
 /// answers `{"appended": N, "unrouted": M}` once they are durable.
+///
+/// `GET /v1/dead-letters?limit=N&ingestion=X`: the dead letters not yet re-driven, as a JSON
+/// array (see [`crate::deadletter::DeadLetter`]); `POST /v1/dead-letters/redrive` with an
+/// optional body `{"limit": N}`: re-drives them (all, or the first N) and answers
+/// `{"redriven": N, "skipped": M}`.
 pub fn events_router(
     ingestion: Arc<StreamIngestion>,
     max_events: usize,
     max_body_bytes: usize,
 ) -> axum::Router {
-    use axum::extract::{DefaultBodyLimit, State};
+    use crate::deadletter::{check_ingestion_name, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
+    use axum::extract::rejection::QueryRejection;
+    use axum::extract::{DefaultBodyLimit, Query, State};
     use axum::http::StatusCode;
+    use axum::response::Response;
     use cellar_serving::http::{error_response, json_response};
     use cellar_serving::json::error_body;
     use cellar_serving::ErrorKind;
 
-    async fn append(
-        State((ingestion, max_events)): State<(Arc<StreamIngestion>, usize)>,
-        body: axum::body::Bytes,
-    ) -> axum::response::Response {
-        let bad =
-            |kind: ErrorKind, message: String| error_response(kind, error_body(kind, &message));
+    type Shared = State<(Arc<StreamIngestion>, usize)>;
+
+    fn bad(kind: ErrorKind, message: String) -> Response {
+        error_response(kind, error_body(kind, &message))
+    }
+
+    /// Whether trying again may help: a broker or log failure that says so (or says nothing).
+    fn retryable(e: &anyhow::Error) -> bool {
+        match (
+            e.downcast_ref::<cellar_ingest_stream::source::BrokerError>(),
+            e.downcast_ref::<cellar_ingest_stream::log::LogError>(),
+        ) {
+            (Some(b), _) => b.retryable,
+            (_, Some(l)) => l.is_retryable(),
+            _ => true,
+        }
+    }
+
+    async fn append(State((ingestion, max_events)): Shared, body: axum::body::Bytes) -> Response {
         let body: EventsBody = match serde_json::from_slice(&body) {
             Ok(b) => b,
             Err(e) => return bad(ErrorKind::InvalidArgument, format!("invalid request: {e}")),
@@ -504,15 +603,7 @@ pub fn events_router(
                     .into_bytes(),
             ),
             Err(e) => {
-                let retryable = match (
-                    e.downcast_ref::<cellar_ingest_stream::source::BrokerError>(),
-                    e.downcast_ref::<cellar_ingest_stream::log::LogError>(),
-                ) {
-                    (Some(b), _) => b.retryable,
-                    (_, Some(l)) => l.is_retryable(),
-                    _ => true,
-                };
-                let kind = if retryable {
+                let kind = if retryable(&e) {
                     ErrorKind::Unavailable
                 } else {
                     ErrorKind::InvalidArgument
@@ -522,8 +613,94 @@ pub fn events_router(
         }
     }
 
+    /// A dead-letter failure: the request was valid, so it is the transport's.
+    fn dead_letter_failure(e: anyhow::Error) -> Response {
+        let kind = if retryable(&e) {
+            ErrorKind::Unavailable
+        } else {
+            ErrorKind::Internal
+        };
+        bad(kind, format!("dead letters: {e:#}"))
+    }
+
+    async fn list_dead_letters(
+        State((ingestion, _)): Shared,
+        query: Result<Query<DeadLetterQuery>, QueryRejection>,
+    ) -> Response {
+        let query = match query {
+            Ok(Query(q)) => q,
+            Err(e) => {
+                return bad(
+                    ErrorKind::InvalidArgument,
+                    format!("invalid query: {}", e.body_text()),
+                )
+            }
+        };
+        let limit = match query.limit.as_deref() {
+            None => DEFAULT_LIST_LIMIT,
+            Some(text) => match text.parse::<usize>() {
+                Ok(n) if (1..=MAX_LIST_LIMIT).contains(&n) => n,
+                _ => {
+                    return bad(
+                        ErrorKind::InvalidArgument,
+                        format!("limit: `{text}` is not a number from 1 to {MAX_LIST_LIMIT}"),
+                    )
+                }
+            },
+        };
+        if let Some(Err(e)) = query.ingestion.as_deref().map(check_ingestion_name) {
+            return bad(ErrorKind::InvalidArgument, format!("ingestion: {e}"));
+        }
+        match ingestion
+            .dead_letters()
+            .list(limit, query.ingestion.as_deref())
+            .await
+        {
+            Ok(found) => json_response(
+                StatusCode::OK,
+                serde_json::to_vec(&found).unwrap_or_default(),
+            ),
+            Err(e) => dead_letter_failure(e),
+        }
+    }
+
+    async fn redrive_dead_letters(
+        State((ingestion, _)): Shared,
+        body: axum::body::Bytes,
+    ) -> Response {
+        let body: RedriveBody = if body.trim_ascii().is_empty() {
+            RedriveBody::default()
+        } else {
+            match serde_json::from_slice(&body) {
+                Ok(b) => b,
+                Err(e) => return bad(ErrorKind::InvalidArgument, format!("invalid request: {e}")),
+            }
+        };
+        let limit = match body.limit {
+            Some(0) => {
+                return bad(
+                    ErrorKind::InvalidArgument,
+                    "limit: must be at least 1 (leave it out to re-drive every dead letter)".into(),
+                )
+            }
+            limit => limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        };
+        match ingestion.dead_letters().redrive(limit).await {
+            Ok(done) => json_response(
+                StatusCode::OK,
+                serde_json::to_vec(&done).unwrap_or_default(),
+            ),
+            Err(e) => dead_letter_failure(e),
+        }
+    }
+
     axum::Router::new()
         .route("/v1/events", axum::routing::post(append))
+        .route("/v1/dead-letters", axum::routing::get(list_dead_letters))
+        .route(
+            "/v1/dead-letters/redrive",
+            axum::routing::post(redrive_dead_letters),
+        )
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state((ingestion, max_events))
 }

@@ -3,6 +3,7 @@
 //!
 //! - [`config`]: runtime configuration (defaults, TOML file, `CELLAR_*` variables);
 //! - [`ingest`]: stream ingestion of the embedded mode: the event log and its pipelines;
+//! - [`deadletter`]: listing dead letters and re-driving them to their original topics;
 //! - [`node`]: store, registry, cache tiers and serving wired together, and the servers;
 //! - [`repo`]: `plan` and `apply` of a feature repo directory;
 //! - [`quickstart`]: the example repo and its sample data;
@@ -12,6 +13,7 @@
 pub mod bench;
 pub mod client;
 pub mod config;
+pub mod deadletter;
 pub mod ingest;
 pub mod node;
 pub mod quickstart;

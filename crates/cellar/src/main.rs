@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use cellar::config::Config;
+use cellar::deadletter::{DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
 use cellar::node::{shutdown_signal, Node};
 use cellar::{client, quickstart, repo};
 use clap::{Parser, Subcommand};
@@ -109,6 +110,56 @@ enum Command {
         file: Option<PathBuf>,
         #[arg(long, default_value = "http://127.0.0.1:6566")]
         server: String,
+    },
+    /// List and re-drive the events stream ingestion gave up on (the dead-letter topic).
+    ///
+    /// With the embedded log, the running server owns the log: these commands talk to it
+    /// (`--server`, default the configured `server.listen`). With Kafka (`ingest.kafka.brokers`
+    /// set) they read and write Kafka directly, unless `--server` is given.
+    #[command(subcommand)]
+    DeadLetters(DeadLetterCommand),
+}
+
+#[derive(Subcommand)]
+enum DeadLetterCommand {
+    /// Show the dead letters not yet re-driven, oldest first per partition.
+    List {
+        /// Show at most this many.
+        #[arg(long, default_value_t = DEFAULT_LIST_LIMIT as u64,
+              value_parser = clap::value_parser!(u64).range(1..=MAX_LIST_LIMIT as u64))]
+        limit: u64,
+        /// Only the dead letters of this ingestion.
+        #[arg(long)]
+        ingestion: Option<String>,
+        /// Print them as JSON, payloads and errors whole.
+        #[arg(long)]
+        json: bool,
+        /// Server to ask (embedded log); default: `server.listen` of the config.
+        #[arg(long)]
+        server: Option<String>,
+    },
+    /// Publish dead letters again to the topics they were first published to.
+    ///
+    /// Each re-driven event keeps its key and its `cellar-ingestion` header, so only the
+    /// ingestion that failed runs it again; if it fails again it is retried and dead-lettered
+    /// as usual. What was re-driven is remembered (a committed position per dead-letter
+    /// partition), so a second re-drive does not send it again.
+    ///
+    /// A re-drive takes every dead letter not yet re-driven, or with `--limit` the oldest N
+    /// (in offset order per partition). It cannot take one ingestion's only: the position
+    /// moves past records in order and would hide the others (`list --ingestion` filters the
+    /// list only). Fix every cause first, or re-drive in order and let what still fails come
+    /// back as new dead letters.
+    Redrive {
+        /// Re-drive at most this many.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        limit: Option<u64>,
+        /// Not supported: see above.
+        #[arg(long, hide = true)]
+        ingestion: Option<String>,
+        /// Server to ask (embedded log); default: `server.listen` of the config.
+        #[arg(long)]
+        server: Option<String>,
     },
 }
 
@@ -280,6 +331,90 @@ async fn run(cli: Cli, mut config: Config) -> anyhow::Result<()> {
                 serde_json::from_str(&text).context("the push body is not valid JSON")?;
             let answer = client::post(&server, "/v1/push", &body).await?;
             println!("{answer}");
+            Ok(())
+        }
+        Command::DeadLetters(command) => run_dead_letters(&config, command).await,
+    }
+}
+
+/// Where `cellar dead-letters` reads and writes: a server, or Kafka directly.
+enum DeadLetterTarget {
+    Server(String),
+    Kafka(cellar::deadletter::DeadLetters),
+}
+
+impl DeadLetterTarget {
+    fn new(config: &Config, server: Option<&str>) -> anyhow::Result<DeadLetterTarget> {
+        if server.is_none() && config.ingest.kafka.enabled() {
+            return Ok(DeadLetterTarget::Kafka(cellar::ingest::kafka_dead_letters(
+                config,
+            )?));
+        }
+        Ok(DeadLetterTarget::Server(client::server_url(
+            server,
+            &config.server.listen,
+        )?))
+    }
+}
+
+async fn run_dead_letters(config: &Config, command: DeadLetterCommand) -> anyhow::Result<()> {
+    match command {
+        DeadLetterCommand::List {
+            limit,
+            ingestion,
+            json,
+            server,
+        } => {
+            if let Some(name) = &ingestion {
+                cellar::deadletter::check_ingestion_name(name).context("--ingestion")?;
+            }
+            let limit = limit as usize;
+            let letters = match DeadLetterTarget::new(config, server.as_deref())? {
+                DeadLetterTarget::Server(url) => {
+                    client::list_dead_letters(&url, limit, ingestion.as_deref()).await?
+                }
+                DeadLetterTarget::Kafka(dead) => dead.list(limit, ingestion.as_deref()).await?,
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&letters)?);
+            } else if letters.is_empty() {
+                match &ingestion {
+                    Some(name) => println!("no dead letters of ingestion `{name}`"),
+                    None => println!("no dead letters"),
+                }
+            } else {
+                print!("{}", client::render_dead_letters(&letters));
+                if letters.len() == limit {
+                    println!("the first {limit}; --limit shows more");
+                }
+            }
+            Ok(())
+        }
+        DeadLetterCommand::Redrive {
+            limit,
+            ingestion,
+            server,
+        } => {
+            if ingestion.is_some() {
+                anyhow::bail!(
+                    "redrive takes no --ingestion: it re-drives every dead letter in order (or \
+                     the first --limit), since what was re-driven is one position per partition; \
+                     `list --ingestion` shows one ingestion's"
+                );
+            }
+            let limit = limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+            let done = match DeadLetterTarget::new(config, server.as_deref())? {
+                DeadLetterTarget::Server(url) => client::redrive_dead_letters(&url, limit).await?,
+                DeadLetterTarget::Kafka(dead) => dead.redrive(limit).await?,
+            };
+            println!("re-drove {} dead letters", done.redriven);
+            if done.skipped > 0 {
+                println!(
+                    "passed over {} that name no original topic (no cellar-topic or \
+                     cellar-origin header)",
+                    done.skipped
+                );
+            }
             Ok(())
         }
     }
