@@ -84,3 +84,4 @@ ensure_kafka() {
     export CELLAR_TEST_KAFKA="127.0.0.1:9092"
     log "kafka: $CELLAR_TEST_KAFKA"
 }
+source "$CELLAR_ROOT/scripts/dynamodb.sh"

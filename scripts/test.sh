@@ -8,6 +8,7 @@ source scripts/services.sh
 ensure_build_packages
 ensure_postgres
 ensure_kafka
+ensure_dynamodb
 
 cargo fmt --all -- --check
 cargo clippy --all-targets -j2 -- -D warnings
