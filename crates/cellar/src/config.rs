@@ -115,11 +115,34 @@ pub struct RegistryConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
+    /// `embedded` (local disk, the default) or `dynamodb`.
+    pub backend: StoreBackend,
     /// Embedded store directory; empty means `<data_dir>/store`.
     pub path: String,
+    pub dynamodb: DynamoDbConfig,
     /// How often a serving process removes records past their group's retention, in
     /// seconds; 0 turns it off.
     pub trim_interval_secs: u64,
+}
+
+/// Which online store backend holds the records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreBackend {
+    Embedded,
+    Dynamodb,
+}
+
+/// The DynamoDB table of the `dynamodb` backend.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DynamoDbConfig {
+    /// The table holding every group's records; created (on-demand billing) when missing.
+    pub table: String,
+    pub region: String,
+    /// A DynamoDB-compatible endpoint instead of AWS's (e.g. `http://127.0.0.1:8000`);
+    /// empty means AWS. Credentials come from the usual AWS environment and profiles.
+    pub endpoint: String,
 }
 
 /// Cache tiers.
@@ -149,7 +172,13 @@ impl Default for Config {
             },
             registry: RegistryConfig { url: String::new() },
             store: StoreConfig {
+                backend: StoreBackend::Embedded,
                 path: String::new(),
+                dynamodb: DynamoDbConfig {
+                    table: "cellar".into(),
+                    region: "us-east-1".into(),
+                    endpoint: String::new(),
+                },
                 trim_interval_secs: 600,
             },
             cache: CacheConfig {

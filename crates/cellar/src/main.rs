@@ -482,11 +482,7 @@ async fn run_ingest(config: Config, until_caught_up: bool) -> anyhow::Result<()>
     registry.close().await;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-    let store_path = config.store_path();
-    let store: std::sync::Arc<dyn cellar_store::OnlineStore> = std::sync::Arc::new(
-        cellar_store::embedded::EmbeddedStore::open(&store_path)
-            .with_context(|| format!("opening the store at {}", store_path.display()))?,
-    );
+    let store = cellar::node::open_store(&config).await?;
     let ingestion = std::sync::Arc::new(cellar::ingest::StreamIngestion::open(
         &config,
         cellar_cache::WritePath::new(store, None),

@@ -13,9 +13,10 @@ use cellar_serving::metrics::ServingMetrics;
 use cellar_serving::{Catalog, FeatureServer, FeatureServing, Limits};
 use cellar_store::embedded::EmbeddedStore;
 use cellar_store::{OnlineStore, RecordReader};
+use cellar_store_dynamodb::{DynamoConfig, DynamoStore};
 use tokio::net::TcpListener;
 
-use crate::config::Config;
+use crate::config::{Config, StoreBackend};
 use crate::ingest::{events_router, IngestMetrics, StreamIngestion};
 use cellar_spec::FeatureRepo;
 
@@ -23,7 +24,7 @@ use cellar_spec::FeatureRepo;
 pub struct Node {
     pub config: Config,
     pub registry: Registry,
-    pub store: Arc<EmbeddedStore>,
+    pub store: Arc<dyn OnlineStore>,
     pub local: Arc<LocalTier>,
     pub server: Arc<FeatureServer>,
     /// Every write of this process goes through it: store, then cache tiers.
@@ -35,17 +36,41 @@ pub struct Node {
     pub ingestion: Option<Arc<StreamIngestion>>,
 }
 
+/// Opens the online store `config` names: the embedded one in the data directory, or a
+/// DynamoDB table (created when missing).
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn OnlineStore>> {
+    match config.store.backend {
+        StoreBackend::Embedded => {
+            let path = config.store_path();
+            let store = EmbeddedStore::open(&path)
+                .with_context(|| format!("opening the store at {}", path.display()))?;
+            Ok(Arc::new(store))
+        }
+        StoreBackend::Dynamodb => {
+            let d = &config.store.dynamodb;
+            let store = DynamoStore::connect(DynamoConfig {
+                table: d.table.clone(),
+                region: d.region.clone(),
+                endpoint: (!d.endpoint.is_empty()).then(|| d.endpoint.clone()),
+            })
+            .await
+            .with_context(|| format!("connecting to DynamoDB table `{}`", d.table))?;
+            store
+                .ensure_table()
+                .await
+                .with_context(|| format!("creating DynamoDB table `{}`", d.table))?;
+            Ok(Arc::new(store))
+        }
+    }
+}
+
 impl Node {
     /// Opens the store and registry named by `config` and builds the read path.
     pub async fn open(config: Config) -> anyhow::Result<Node> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
         let registry = Registry::open(&config.registry_url()).await?;
-        let store_path = config.store_path();
-        let store = Arc::new(
-            EmbeddedStore::open(&store_path)
-                .with_context(|| format!("opening the store at {}", store_path.display()))?,
-        );
+        let store = open_store(&config).await?;
         let (repo, version) = match registry.current().await? {
             Some(applied) => (applied.repo, applied.version),
             None => (FeatureRepo::default(), 0),
@@ -211,7 +236,7 @@ async fn reload_catalog(
 
 /// Periodically removes records past each group's retention (count and age), so that the
 /// store does not keep what it will never serve.
-async fn trim_retention(store: Arc<EmbeddedStore>, server: Arc<FeatureServer>, every: Duration) {
+async fn trim_retention(store: Arc<dyn OnlineStore>, server: Arc<FeatureServer>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     // The first tick fires at once; trimming right at start-up would slow it down.
     tick.tick().await;

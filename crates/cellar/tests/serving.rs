@@ -17,6 +17,11 @@ struct Server {
 
 impl Server {
     async fn start() -> Server {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A node on the example repo, `configure` changing its config first.
+    async fn start_with(configure: impl FnOnce(&mut Config)) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config {
             data_dir: dir.path().join("data"),
@@ -24,6 +29,7 @@ impl Server {
             ..Config::default()
         };
         config.server.max_entities_per_request = 100;
+        configure(&mut config);
         quickstart::write_example_repo(&config.repo).unwrap();
         let registry = cellar_registry::Registry::open(&config.registry_url())
             .await
@@ -529,4 +535,76 @@ async fn events_posted_to_the_embedded_log_are_ingested_and_served() {
         .post("/v1/events", json!({"topic": "bad topic!", "events": [{}]}))
         .await;
     assert_eq!(status, 400, "{body}");
+}
+
+#[tokio::test]
+async fn a_node_on_dynamodb_serves_pushed_and_ingested_records() {
+    let Ok(endpoint) = std::env::var("CELLAR_TEST_DYNAMODB") else {
+        eprintln!("CELLAR_TEST_DYNAMODB is not set: skipped (scripts/test.sh starts dynalite)");
+        return;
+    };
+    let table = format!("cellar-serving-{:016x}", rand::random::<u64>());
+    let s = Server::start_with(|c| {
+        c.store.backend = cellar::config::StoreBackend::Dynamodb;
+        c.store.dynamodb.table = table.clone();
+        c.store.dynamodb.endpoint = endpoint.clone();
+    })
+    .await;
+    s.push(
+        "user_profile",
+        json!([{"entity": {"user_id": "u1"}, "event_time": "2026-01-02T00:00:00Z",
+                "features": {"country": "KR", "age": 31}}]),
+    )
+    .await;
+    let stale = s
+        .push(
+            "user_profile",
+            json!([{"entity": {"user_id": "u1"}, "event_time": "2026-01-01T00:00:00Z",
+                    "features": {"country": "JP", "age": 30}}]),
+        )
+        .await;
+    assert_eq!(stale, json!({"applied": 0, "stale": 1}));
+    let (_, body) = s
+        .post(
+            "/v1/features",
+            json!({"entities": {"user_id": ["u1", "nobody"]}, "groups": ["user_profile"]}),
+        )
+        .await;
+    let rows = &body["results"][0]["rows"];
+    assert_eq!(rows[0]["values"], json!(["KR", 31, null]), "{body}");
+    assert_eq!(rows[1], json!({"status": "not_found"}));
+
+    // Events through the embedded log land in the DynamoDB table and are served.
+    let now = chrono::Utc::now().timestamp_millis();
+    let events: Vec<Value> = (0..6)
+        .map(|i| {
+            json!({"type": "article_clicked", "user_id": "u9", "ts": now - 1000 * (6 - i),
+                        "article_id": format!("a{i}"), "session_id": "s1"})
+        })
+        .collect();
+    let (status, body) = s
+        .post(
+            "/v1/events",
+            json!({"topic": "user-actions", "events": events}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut served = 0;
+    for _ in 0..300 {
+        let (_, body) = s
+            .post(
+                "/v1/features",
+                json!({"entities": {"user_id": ["u9"]},
+                       "groups": [{"name": "recent_clicked_articles", "top_n": 50}]}),
+            )
+            .await;
+        served = body["results"][0]["rows"][0]["records"]
+            .as_array()
+            .map_or(0, |r| r.len());
+        if served == 6 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(served, 6);
 }
