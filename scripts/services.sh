@@ -85,3 +85,22 @@ ensure_kafka() {
     log "kafka: $CELLAR_TEST_KAFKA"
 }
 source "$CELLAR_ROOT/scripts/dynamodb.sh"
+
+# Redis: use 127.0.0.1:6379 when it answers, else install (once) and start one there.
+ensure_redis() {
+    if ! command -v redis-server >/dev/null 2>&1; then
+        log "installing redis-server"
+        apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    fi
+    if ! redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; then
+        log "starting redis on 127.0.0.1:6379"
+        redis-server --bind 127.0.0.1 --port 6379 --save '' --appendonly no --daemonize yes \
+            --pidfile "$SVC_DIR/redis.pid" --logfile "$SVC_DIR/redis.log" --dir "$SVC_DIR"
+        for _ in $(seq 1 50); do
+            redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG && break
+            sleep 0.1
+        done
+    fi
+    export CELLAR_TEST_REDIS="redis://127.0.0.1:6379"
+    log "redis: $CELLAR_TEST_REDIS"
+}

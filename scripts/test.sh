@@ -9,6 +9,7 @@ ensure_build_packages
 ensure_postgres
 ensure_kafka
 ensure_dynamodb
+ensure_redis
 
 cargo fmt --all -- --check
 cargo clippy --all-targets -j2 -- -D warnings

@@ -4,17 +4,25 @@
 //!
 //! - [`local`]: the in-process tier, bounded by bytes, with soft and hard TTLs, jitter,
 //!   negative caching, background refresh of stale entries, and write-through / write-around;
+//! - [`remote`]: the shared tier in Redis (standalone or cluster): one round trip per request
+//!   and group, asynchronous back-fill through a bounded queue, newer-event-time-wins writes
+//!   in Lua, soft/hard TTLs and negative caching;
+//! - [`breaker`]: the circuit breaker that sends reads past a failing Redis;
 //! - [`ttl`]: deadlines with jitter;
 //! - [`write`]: the write path: store first, then each tier per the group's write strategy;
 //! - [`metrics`]: hit, miss, negative-hit and stale counters per tier and group.
 //!
 //! Depends on `cellar-spec` and `cellar-store` only; serving builds on top of it.
 
+pub mod breaker;
 pub mod local;
 pub mod metrics;
+pub mod remote;
 pub mod ttl;
 pub mod write;
 
+pub use breaker::{BreakerConfig, BreakerState};
 pub use local::LocalTier;
 pub use metrics::{CacheMetrics, Outcome};
+pub use remote::{RemoteConfig, RemoteError, RemoteStatsSnapshot, RemoteTier};
 pub use write::WritePath;
