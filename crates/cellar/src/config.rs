@@ -151,6 +151,14 @@ pub struct DynamoDbConfig {
 pub struct CacheConfig {
     /// Byte budget of the in-process tier.
     pub local_max_bytes: u64,
+    /// Redis URLs of the remote tier, used by groups whose `serving.tiers` name `remote`:
+    /// one URL for a standalone Redis, several for a cluster's seed nodes; empty: no remote
+    /// tier.
+    pub remote_urls: Vec<String>,
+    /// Put before every Redis key, so deployments can share a Redis.
+    pub remote_key_prefix: String,
+    /// Longest wait for a Redis read, milliseconds; past it the read goes to the store.
+    pub remote_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -183,6 +191,9 @@ impl Default for Config {
             },
             cache: CacheConfig {
                 local_max_bytes: 512 * 1024 * 1024,
+                remote_urls: Vec::new(),
+                remote_key_prefix: "cellar:".into(),
+                remote_timeout_ms: 50,
             },
             ingest: IngestConfig {
                 in_server: true,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use cellar_cache::remote::{RemoteConfig, RemoteTier};
 use cellar_cache::{CacheMetrics, LocalTier, WritePath};
 use cellar_registry::Registry;
 use cellar_serving::http::{router, HttpState};
@@ -77,7 +78,23 @@ impl Node {
         };
         let catalog = Catalog::new(&repo);
         let cache_metrics = CacheMetrics::default();
-        let next: Arc<dyn RecordReader> = store.clone();
+        let remote = if config.cache.remote_urls.is_empty() {
+            None
+        } else {
+            let remote_config = RemoteConfig {
+                urls: config.cache.remote_urls.clone(),
+                key_prefix: config.cache.remote_key_prefix.clone(),
+                timeout: Duration::from_millis(config.cache.remote_timeout_ms),
+                ..RemoteConfig::default()
+            };
+            let tier = RemoteTier::new(remote_config, store.clone(), cache_metrics.clone())
+                .context("setting up the Redis tier")?;
+            Some(Arc::new(tier))
+        };
+        let next: Arc<dyn RecordReader> = match &remote {
+            Some(remote) => remote.clone(),
+            None => store.clone(),
+        };
         let local = Arc::new(LocalTier::new(
             config.cache.local_max_bytes,
             next,
@@ -87,6 +104,11 @@ impl Node {
         metrics
             .registry_mut()
             .register_collector(Box::new(cache_metrics));
+        if let Some(remote) = &remote {
+            metrics
+                .registry_mut()
+                .register_collector(Box::new(RemoteMetrics(remote.clone())));
+        }
         let limits = Limits {
             max_entities: config.server.max_entities_per_request,
             max_push_records: config.server.max_push_records,
@@ -95,7 +117,10 @@ impl Node {
             deadline: Duration::from_millis(config.server.deadline_ms),
         };
         let reader: Arc<dyn RecordReader> = local.clone();
-        let writer = WritePath::new(store.clone(), Some(local.clone()));
+        let mut writer = WritePath::new(store.clone(), Some(local.clone()));
+        if let Some(remote) = &remote {
+            writer = writer.with_remote(remote.clone());
+        }
         let server = Arc::new(FeatureServer::new(catalog, reader, writer.clone(), limits));
         let ingestion = if config.ingest.in_server {
             let ingestion = Arc::new(StreamIngestion::open(&config, writer.clone(), &repo)?);
@@ -281,5 +306,88 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+    }
+}
+
+/// Prometheus view of the remote tier: its counters and the circuit breaker's state.
+#[derive(Clone)]
+struct RemoteMetrics(Arc<RemoteTier>);
+
+impl std::fmt::Debug for RemoteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RemoteMetrics")
+    }
+}
+
+impl prometheus_client::collector::Collector for RemoteMetrics {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        use prometheus_client::metrics::MetricType;
+        let s = self.0.stats();
+        let counters = [
+            (
+                "remote_cache_bypassed",
+                "Reads that went to the store without Redis (breaker open or Redis failing)",
+                s.bypassed,
+            ),
+            (
+                "remote_cache_fills_queued",
+                "Values queued for back-fill into Redis",
+                s.fills_queued,
+            ),
+            (
+                "remote_cache_fills_dropped",
+                "Back-fills dropped: queue full or breaker open",
+                s.fills_dropped,
+            ),
+            (
+                "remote_cache_fills_applied",
+                "Back-filled values written to Redis",
+                s.fills_applied,
+            ),
+            (
+                "remote_cache_fills_superseded",
+                "Back-fills Redis refused because it held a newer event time",
+                s.fills_superseded,
+            ),
+            (
+                "remote_cache_writes",
+                "Write-through and invalidation values written to Redis",
+                s.writes,
+            ),
+            (
+                "remote_cache_writes_skipped",
+                "Write-through and invalidation values not written (breaker open or failure)",
+                s.writes_skipped,
+            ),
+            ("remote_cache_errors", "Redis calls that failed", s.errors),
+            (
+                "remote_cache_timeouts",
+                "Redis calls that timed out",
+                s.timeouts,
+            ),
+            (
+                "remote_cache_breaker_trips",
+                "Times the circuit breaker opened",
+                s.breaker_trips,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value).encode(m)?;
+        }
+        let m = encoder.encode_descriptor(
+            "remote_cache_breaker_state",
+            "Circuit breaker of the Redis tier: 0 closed, 1 open, 2 half-open",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(s.breaker.as_gauge()).encode(m)?;
+        Ok(())
     }
 }

@@ -31,6 +31,18 @@ impl Server {
         config.server.max_entities_per_request = 100;
         configure(&mut config);
         quickstart::write_example_repo(&config.repo).unwrap();
+        if !config.cache.remote_urls.is_empty() {
+            // Every group also cached in the remote tier.
+            for entry in std::fs::read_dir(&config.repo).unwrap() {
+                let path = entry.unwrap().path();
+                let text = std::fs::read_to_string(&path).unwrap();
+                std::fs::write(
+                    &path,
+                    text.replace("tiers: [local]", "tiers: [local, remote]"),
+                )
+                .unwrap();
+            }
+        }
         let registry = cellar_registry::Registry::open(&config.registry_url())
             .await
             .unwrap();
@@ -607,4 +619,65 @@ async fn a_node_on_dynamodb_serves_pushed_and_ingested_records() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert_eq!(served, 6);
+}
+
+#[tokio::test]
+async fn a_node_with_a_redis_tier_writes_through_and_reads_it() {
+    let Ok(url) = std::env::var("CELLAR_TEST_REDIS") else {
+        eprintln!("CELLAR_TEST_REDIS is not set: skipped (scripts/test.sh starts Redis)");
+        return;
+    };
+    let prefix = format!("cellar-test-{:016x}:", rand::random::<u64>());
+    let s = Server::start_with(|c| {
+        c.cache.remote_urls = vec![url.clone()];
+        c.cache.remote_key_prefix = prefix.clone();
+    })
+    .await;
+    s.push(
+        "user_profile",
+        json!([{"entity": {"user_id": "u1"}, "event_time": "2026-01-02T00:00:00Z",
+                "features": {"country": "KR", "age": 31}}]),
+    )
+    .await;
+    // Written through to Redis: the key is there before any read.
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(keys, vec![format!("{prefix}user_profile#u1")]);
+    let (_, body) = s
+        .post(
+            "/v1/features",
+            json!({"entities": {"user_id": ["u1", "nobody"]}, "groups": ["user_profile"]}),
+        )
+        .await;
+    assert_eq!(
+        body["results"][0]["rows"][0]["values"],
+        json!(["KR", 31, null])
+    );
+    let metrics = s
+        .client
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("cellar_remote_cache_breaker_state 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("cellar_remote_cache_writes_total 1"),
+        "{metrics}"
+    );
+    let _: () = redis::cmd("DEL")
+        .arg(keys)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
 }
