@@ -15,6 +15,7 @@
 //! Depends on `cellar-spec` and `cellar-store` only; serving builds on top of it.
 
 pub mod breaker;
+mod flight;
 pub mod local;
 pub mod metrics;
 pub mod remote;

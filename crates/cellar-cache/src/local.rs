@@ -10,6 +10,7 @@ use cellar_store::{Record, RecordReader, Result, TimeseriesQuery};
 use moka::ops::compute::Op;
 use moka::sync::Cache;
 
+use crate::flight::{follow, Flights, Role};
 use crate::metrics::{CacheMetrics, Outcome};
 use crate::ttl::Deadlines;
 
@@ -123,6 +124,8 @@ pub struct LocalTier {
     next: Arc<dyn RecordReader>,
     /// Keys being refreshed in the background, so a stale hot key is refreshed once.
     refreshing: Arc<Mutex<HashSet<CacheKey>>>,
+    /// Misses being read from the next tier, so concurrent misses on a key make one read.
+    flights: Flights<Cached>,
     metrics: CacheMetrics,
 }
 
@@ -138,8 +141,58 @@ impl LocalTier {
             cache,
             next,
             refreshing: Arc::default(),
+            flights: Flights::default(),
             metrics,
         }
+    }
+
+    /// Reads missed keys from the next tier, once per key however many requests missed it at
+    /// the same time: this request reads the keys nobody else is reading, in one call, and
+    /// waits for the others' answers. Each answer is cached here before it is returned.
+    async fn read_misses(
+        &self,
+        group: &FeatureGroup,
+        keys: Vec<CacheKey>,
+        entities: Vec<EntityKey>,
+        series_len: usize,
+    ) -> Result<Vec<Cached>> {
+        let (roles, mut leadership) = self.flights.join(&keys);
+        let led: Vec<usize> = (0..keys.len())
+            .filter(|&i| matches!(roles[i], Role::Lead))
+            .collect();
+        let mut answers: Vec<Option<Cached>> = vec![None; keys.len()];
+        if !led.is_empty() {
+            let asked: Vec<EntityKey> = led.iter().map(|&i| entities[i].clone()).collect();
+            let found = read_next(&*self.next, group, &asked, series_len).await?;
+            for (&i, cached) in led.iter().zip(found) {
+                insert_if_newer(&self.cache, group, keys[i].clone(), cached.clone());
+                leadership.publish(&keys[i], cached.clone());
+                answers[i] = Some(cached);
+            }
+        }
+        drop(leadership);
+        let mut unanswered = Vec::new();
+        for (i, role) in roles.into_iter().enumerate() {
+            if let Role::Follow(rx) = role {
+                match follow(rx).await {
+                    Some(cached) => answers[i] = Some(cached),
+                    None => unanswered.push(i),
+                }
+            }
+        }
+        if !unanswered.is_empty() {
+            // Their leader gave up: read them here.
+            let asked: Vec<EntityKey> = unanswered.iter().map(|&i| entities[i].clone()).collect();
+            let found = read_next(&*self.next, group, &asked, series_len).await?;
+            for (&i, cached) in unanswered.iter().zip(found) {
+                insert_if_newer(&self.cache, group, keys[i].clone(), cached.clone());
+                answers[i] = Some(cached);
+            }
+        }
+        Ok(answers
+            .into_iter()
+            .map(|a| a.unwrap_or(Cached::Missing))
+            .collect())
     }
 
     fn serves(group: &FeatureGroup) -> bool {
@@ -402,12 +455,11 @@ impl RecordReader for LocalTier {
             return Ok(out);
         }
         let asked: Vec<EntityKey> = missed.iter().map(|&i| entities[i].clone()).collect();
-        let found = read_next(&*self.next, group, &asked, 0).await?;
-        for ((i, key), cached) in missed.into_iter().zip(missed_keys).zip(found) {
+        let found = self.read_misses(group, missed_keys, asked, 0).await?;
+        for (i, cached) in missed.into_iter().zip(found) {
             if let Cached::Attribute(r) = &cached {
                 out[i] = Some((**r).clone());
             }
-            insert_if_newer(&self.cache, group, key, cached);
         }
         Ok(out)
     }
@@ -450,12 +502,11 @@ impl RecordReader for LocalTier {
             return Ok(out);
         }
         let asked: Vec<EntityKey> = missed.iter().map(|&i| entities[i].clone()).collect();
-        let found = read_next(&*self.next, group, &asked, len).await?;
-        for ((i, key), cached) in missed.into_iter().zip(missed_keys).zip(found) {
+        let found = self.read_misses(group, missed_keys, asked, len).await?;
+        for (i, cached) in missed.into_iter().zip(found) {
             if let Cached::Series { records, .. } = &cached {
                 out[i] = select(records, query);
             }
-            insert_if_newer(&self.cache, group, key, cached);
         }
         Ok(out)
     }
@@ -508,6 +559,104 @@ mod tests {
             self.reads.fetch_add(1, Ordering::SeqCst);
             self.store.scan_timeseries(group, entities, query).await
         }
+    }
+
+    /// A store that counts reads and takes `delay` over each, so concurrent misses overlap.
+    struct SlowStore {
+        store: EmbeddedStore,
+        reads: AtomicUsize,
+        delay: Duration,
+    }
+
+    #[async_trait]
+    impl RecordReader for SlowStore {
+        async fn get_attributes(
+            &self,
+            group: &FeatureGroup,
+            entities: &[EntityKey],
+        ) -> Result<Vec<Option<Record>>> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(self.delay).await;
+            self.store.get_attributes(group, entities).await
+        }
+
+        async fn scan_timeseries(
+            &self,
+            group: &FeatureGroup,
+            entities: &[EntityKey],
+            query: TimeseriesQuery,
+        ) -> Result<Vec<Vec<Record>>> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(self.delay).await;
+            self.store.scan_timeseries(group, entities, query).await
+        }
+    }
+
+    async fn slow_tier(delay: Duration) -> (Arc<SlowStore>, Arc<LocalTier>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SlowStore {
+            store: EmbeddedStore::open(dir.path()).unwrap(),
+            reads: AtomicUsize::new(0),
+            delay,
+        });
+        let group = cached_group(ServingPolicy::default());
+        let writes = [Write {
+            entity: key("hot"),
+            record: record(1, "v1"),
+        }];
+        store.store.put(&group, &writes).await.unwrap();
+        let tier = Arc::new(LocalTier::new(
+            1 << 20,
+            store.clone(),
+            CacheMetrics::default(),
+        ));
+        (store, tier, dir)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_thousand_concurrent_misses_on_one_key_make_one_store_read() {
+        let (store, tier, _dir) = slow_tier(Duration::from_millis(200)).await;
+        let group = Arc::new(cached_group(ServingPolicy::default()));
+        let tasks: Vec<_> = (0..1000)
+            .map(|_| {
+                let (tier, group) = (tier.clone(), group.clone());
+                tokio::spawn(
+                    async move { tier.get_attributes(&group, &[key("hot")]).await.unwrap() },
+                )
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(label(&t.await.unwrap()[0]), Some("v1"));
+        }
+        assert_eq!(store.reads.load(Ordering::SeqCst), 1, "one store read");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn followers_of_a_cancelled_read_read_for_themselves() {
+        let (store, tier, _dir) = slow_tier(Duration::from_millis(300)).await;
+        let group = Arc::new(cached_group(ServingPolicy::default()));
+        let leader = {
+            let (tier, group) = (tier.clone(), group.clone());
+            tokio::spawn(async move { tier.get_attributes(&group, &[key("hot")]).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let followers: Vec<_> = (0..10)
+            .map(|_| {
+                let (tier, group) = (tier.clone(), group.clone());
+                tokio::spawn(
+                    async move { tier.get_attributes(&group, &[key("hot")]).await.unwrap() },
+                )
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        leader.abort();
+        for f in followers {
+            assert_eq!(label(&f.await.unwrap()[0]), Some("v1"));
+        }
+        // The cancelled leader's read, then one more by the first follower to notice; the
+        // other followers followed that one or found it cached.
+        assert!(store.reads.load(Ordering::SeqCst) <= 11);
+        assert!(store.reads.load(Ordering::SeqCst) >= 2);
     }
 
     struct Fixture {
