@@ -72,8 +72,7 @@ pub struct BatchingWriter {
 pub struct BatchPolicy {
     /// Most records in one batch.
     pub max_records: usize,
-    /// How long a batch may wait for more records once the queued ones are taken; zero
-    /// leaves batching to the queue that builds up while earlier batches are written.
+    /// How long the first record of a batch may wait for others.
     pub linger: Duration,
     /// Batches being written at once. While one waits for its durable commit the next one
     /// gathers and starts; one key is never in two of them, because the consumer runs one
@@ -161,29 +160,20 @@ fn failed(e: cellar_store::StoreError) -> WriteError {
 async fn run(path: WritePath, policy: BatchPolicy, mut rx: mpsc::Receiver<Pending>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(policy.max_in_flight.max(1)));
     while let Some(first) = rx.recv().await {
-        // Group commit: while every slot is busy, changes queue up, and the next batch takes
-        // all of them; an idle writer commits a lone change at once. The semaphore is never
-        // closed, so acquiring only waits.
+        let mut batch: Vec<Pending> = Vec::with_capacity(policy.max_records);
+        batch.push(first);
+        let deadline = tokio::time::Instant::now() + policy.linger;
+        while batch.len() < policy.max_records {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(p)) => batch.push(p),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        // While earlier batches wait for their commits, the next ones gather; the semaphore
+        // is never closed, so acquiring only waits.
         let Ok(slot) = slots.clone().acquire_owned().await else {
             break;
         };
-        let mut batch: Vec<Pending> = Vec::with_capacity(policy.max_records);
-        batch.push(first);
-        while batch.len() < policy.max_records {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
-        if !policy.linger.is_zero() {
-            let deadline = tokio::time::Instant::now() + policy.linger;
-            while batch.len() < policy.max_records {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(p)) => batch.push(p),
-                    Ok(None) | Err(_) => break,
-                }
-            }
-        }
         let path = path.clone();
         tokio::spawn(async move {
             flush(&path, &mut batch).await;

@@ -50,11 +50,11 @@ impl Default for ConcurrencyConfig {
     fn default() -> Self {
         Self {
             min: 1,
-            max: 1024,
+            max: 4096,
             initial: 16,
             increase: 4.0,
             backoff: 0.9,
-            latency_tolerance: 2.0,
+            latency_tolerance: 3.0,
             max_error_rate: 0.05,
             min_window: 16,
             baseline_windows: 50,
