@@ -18,9 +18,13 @@
 //!   partitions at exactly those offsets and reports them as [`Polled::Assigned`], so the offset
 //!   the consumer tracks from is the offset fetching starts at.
 //!
-//! Offsets are committed only by the driver ([`Source::commit`], synchronously): automatic
-//! commits and the automatic offset store are off, because only the pipeline knows which
-//! events are applied.
+//! Offsets are committed only by the driver ([`Source::commit`]): automatic commits and the
+//! automatic offset store are off, because only the pipeline knows which events are applied.
+//! A commit waits for the coordinator's answer at most [`KafkaSourceConfig::commit_timeout`]:
+//! librdkafka's own synchronous commit waits without bound, and an OffsetCommit that fails on
+//! the coordinator's connection while the coordinator is being looked up again can be retried
+//! forever (each lookup reconnects to the coordinator, which fails the queued retry again), so
+//! a driver waiting for it would stop consuming for good.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,8 +36,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::future::join_all;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -178,6 +182,11 @@ pub struct KafkaSourceConfig {
     /// Hand-overs that may wait for the driver before the fetch thread stops fetching: the
     /// prefetch bound, on top of librdkafka's own queue.
     pub prefetch_batches: usize,
+    /// How long a commit waits for the group coordinator, its retries included. A periodic
+    /// commit that gets no answer fails (the next one covers its positions); the commit of
+    /// revoked partitions is then given up, and their next owner replays from the last commit.
+    /// Keep it well below `release_timeout`.
+    pub commit_timeout: Duration,
 }
 
 impl KafkaSourceConfig {
@@ -195,6 +204,7 @@ impl KafkaSourceConfig {
             release_timeout: Duration::from_secs(60),
             fetch_batch: 500,
             prefetch_batches: 4,
+            commit_timeout: Duration::from_secs(10),
         }
     }
 
@@ -218,6 +228,9 @@ impl KafkaSourceConfig {
         }
         if self.fetch_batch == 0 || self.prefetch_batches == 0 {
             problems.push("the fetch batch and prefetch bound must be at least 1".to_owned());
+        }
+        if self.commit_timeout.is_zero() {
+            problems.push("the commit timeout must be above zero".to_owned());
         }
         if problems.is_empty() {
             Ok(())
@@ -591,6 +604,51 @@ fn fetch(consumer: Arc<BaseConsumer<GroupMembership>>, batch: usize) {
     consumer.unsubscribe();
 }
 
+/// Commits `offsets` for the group and waits at most `timeout` for the coordinator's answer:
+/// `None` when none came. librdkafka goes on with an unanswered commit in the background, and
+/// drops its answer with the queue it was meant for.
+fn commit_within(
+    consumer: &BaseConsumer<GroupMembership>,
+    offsets: &TopicPartitionList,
+    timeout: Duration,
+) -> Option<KafkaResult<()>> {
+    use rdkafka::bindings as rd;
+    let failed = |code: RDKafkaRespErr| Err(KafkaError::ConsumerCommit(code.into()));
+    let deadline = Instant::now() + timeout;
+    let client = consumer.client().native_ptr();
+    // SAFETY: `client` and `offsets` stay valid for the whole call (the consumer and the list
+    // are borrowed), and librdkafka copies the offsets before `rd_kafka_commit_queue` returns.
+    // The queue is this call's own: created here, destroyed once here, and every event taken
+    // from it is destroyed once, right after being read.
+    unsafe {
+        let queue = rd::rd_kafka_queue_new(client);
+        let started =
+            rd::rd_kafka_commit_queue(client, offsets.ptr(), queue, None, std::ptr::null_mut());
+        let mut answer =
+            (started != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR).then(|| failed(started));
+        while answer.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let event =
+                rd::rd_kafka_queue_poll(queue, left.as_millis().clamp(1, i32::MAX as u128) as i32);
+            if event.is_null() {
+                continue;
+            }
+            if rd::rd_kafka_event_type(event) == rd::RD_KAFKA_EVENT_OFFSET_COMMIT {
+                answer = Some(match rd::rd_kafka_event_error(event) {
+                    RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR => Ok(()),
+                    code => failed(code),
+                });
+            }
+            rd::rd_kafka_event_destroy(event);
+        }
+        rd::rd_kafka_queue_destroy(queue);
+        answer
+    }
+}
+
 /// A consumer-group member reading Kafka topics; see the module documentation for how
 /// rebalances reach the driver.
 pub struct KafkaSource {
@@ -609,6 +667,7 @@ pub struct KafkaSource {
     positions: HashMap<TopicPartition, i64>,
     /// The revoke round of each partition being revoked, named by its release.
     revoking: HashMap<TopicPartition, u64>,
+    commit_timeout: Duration,
 }
 
 impl KafkaSource {
@@ -668,6 +727,7 @@ impl KafkaSource {
             carried: VecDeque::new(),
             positions: HashMap::new(),
             revoking: HashMap::new(),
+            commit_timeout: config.commit_timeout,
         })
     }
 
@@ -721,6 +781,25 @@ impl KafkaSource {
             }
         }
         events
+    }
+
+    /// The outcome of a commit that could not be made in time for a passing reason. For
+    /// partitions being revoked it is given up, so that they can be released: their next owner
+    /// replays from the last commit, and the store skips what it has applied. Otherwise it
+    /// failed, and the next commit covers its positions.
+    fn commit_not_made(
+        &self,
+        positions: &[(TopicPartition, i64)],
+        error: BrokerError,
+    ) -> Result<(), BrokerError> {
+        if positions
+            .iter()
+            .all(|(tp, _)| self.revoking.contains_key(tp))
+        {
+            tracing::warn!(%error, partitions = positions.len(), "revoked partitions released without a commit; their next owner replays from the last commit");
+            return Ok(());
+        }
+        Err(error)
     }
 
     fn tpl(partitions: &[TopicPartition]) -> TopicPartitionList {
@@ -803,31 +882,51 @@ impl Source for KafkaSource {
             return Ok(());
         }
         // A commit that fails for a passing reason (coordinator moving, broker restarting) is
-        // tried again here: the pipeline stops on an error, and a commit is cheap to repeat.
+        // tried again here, within the commit timeout: the pipeline stops on an error, and a
+        // commit is cheap to repeat.
+        let deadline = Instant::now() + self.commit_timeout;
         let mut wait = Duration::from_millis(100);
         let mut attempt = 1;
         loop {
+            let left = deadline.saturating_duration_since(Instant::now());
             let (consumer, offsets) = (consumer.clone(), tpl.clone());
             let committed =
-                tokio::task::spawn_blocking(move || consumer.commit(&offsets, CommitMode::Sync))
+                tokio::task::spawn_blocking(move || commit_within(&consumer, &offsets, left))
                     .await
                     .map_err(|e| config_error(format!("the commit task failed: {e}")))?;
+            let Some(committed) = committed else {
+                return self.commit_not_made(
+                    positions,
+                    BrokerError {
+                        broker: BROKER,
+                        message: format!(
+                            "committing offsets: no answer from the group coordinator within {} ms",
+                            self.commit_timeout.as_millis()
+                        ),
+                        retryable: true,
+                    },
+                );
+            };
             match committed {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     let error = broker_error("committing offsets", &e);
                     let rebalancing = e.rdkafka_error_code().is_some_and(rebalancing_code);
-                    if rebalancing && attempt >= 3 {
+                    if rebalancing && (attempt >= 3 || Instant::now() + wait >= deadline) {
                         // The group moved on (or, like librdkafka's mock cluster, refuses
-                        // commits while members rejoin). Nothing is lost: the next commit
+                        // commits while members rejoin; or the member was evicted while the
+                        // commit waited for the coordinator). Nothing is lost: the next commit
                         // after the rebalance covers these positions, or the partitions'
                         // next owner replays from the last commit, and the store skips what
                         // it has applied. Stopping the pipeline would help nobody.
                         tracing::warn!(error = %e, partitions = tpl.count(), "commit refused during a rebalance; skipped");
                         return Ok(());
                     }
-                    if !error.retryable || attempt >= 6 {
+                    if !(error.retryable || rebalancing) {
                         return Err(error);
+                    }
+                    if attempt >= 6 || Instant::now() + wait >= deadline {
+                        return self.commit_not_made(positions, error);
                     }
                     tracing::warn!(error = %e, attempt, "commit failed, trying again");
                     tokio::time::sleep(wait).await;
@@ -1055,12 +1154,19 @@ mod tests {
     fn a_configuration_reports_every_problem() {
         let mut config = KafkaSourceConfig::new("", " ", Vec::new());
         config.fetch_batch = 0;
+        config.commit_timeout = Duration::ZERO;
         let message = config
             .validate()
             .err()
             .map(|e| e.message)
             .unwrap_or_default();
-        for problem in ["bootstrap", "group id", "no topics", "fetch batch"] {
+        for problem in [
+            "bootstrap",
+            "group id",
+            "no topics",
+            "fetch batch",
+            "commit timeout",
+        ] {
             assert!(message.contains(problem), "{message}");
         }
     }
