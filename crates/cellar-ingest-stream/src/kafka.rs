@@ -280,9 +280,38 @@ struct GroupMembership {
     release_timeout: Duration,
     /// Topic names as shared strings, so an event does not allocate its topic name.
     topic_names: Mutex<HashSet<Arc<str>>>,
+    /// Lag per owned partition, from librdkafka's statistics.
+    lag: ConsumerLag,
 }
 
-impl ClientContext for GroupMembership {}
+/// Consumer lag per partition this member owns, as librdkafka last reported it (the broker's
+/// high watermark minus the group's committed offset), refreshed every
+/// `statistics.interval.ms` (5 s unless set).
+#[derive(Debug, Clone, Default)]
+pub struct ConsumerLag(Arc<Mutex<Vec<(String, i32, i64)>>>);
+
+impl ConsumerLag {
+    /// (topic, partition, lag) of every owned partition with a known lag.
+    pub fn snapshot(&self) -> Vec<(String, i32, i64)> {
+        lock(&self.0).clone()
+    }
+}
+
+impl ClientContext for GroupMembership {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut lag = Vec::new();
+        for (name, topic) in &statistics.topics {
+            for (id, p) in &topic.partitions {
+                // Partition -1 is librdkafka's internal one; a lag of -1 means not known yet.
+                if *id >= 0 && p.desired && p.consumer_lag >= 0 {
+                    lag.push((name.clone(), *id, p.consumer_lag));
+                }
+            }
+        }
+        lag.sort();
+        *lock(&self.lag.0) = lag;
+    }
+}
 
 impl GroupMembership {
     fn closing(&self) -> bool {
@@ -671,6 +700,11 @@ pub struct KafkaSource {
 }
 
 impl KafkaSource {
+    /// The lag of the partitions this member owns, for metrics.
+    pub fn lag(&self) -> ConsumerLag {
+        self.membership.lag.clone()
+    }
+
     /// Joins the consumer group and starts fetching. Must be called inside a tokio runtime.
     pub fn new(config: &KafkaSourceConfig) -> Result<KafkaSource, BrokerError> {
         config.validate()?;
@@ -687,11 +721,13 @@ impl KafkaSource {
             closing: AtomicBool::new(false),
             release_timeout: config.release_timeout,
             topic_names: Mutex::new(HashSet::new()),
+            lag: ConsumerLag::default(),
         };
         let mut client = ClientConfig::new();
         client
             .set("bootstrap.servers", &config.bootstrap_servers)
-            .set("group.id", &config.group_id);
+            .set("group.id", &config.group_id)
+            .set("statistics.interval.ms", "5000");
         apply_properties(
             &mut client,
             &config.properties,

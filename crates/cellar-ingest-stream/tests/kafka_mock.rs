@@ -319,6 +319,18 @@ async fn kafka_events_become_served_records_and_offsets_are_committed() {
     };
     let (result, ()) = tokio::join!(run, watch);
     result.unwrap_or_else(|e| panic!("{e}"));
+    // librdkafka reports the lag of every owned partition in its statistics (every 5 s): none
+    // once everything is committed.
+    let lag = source.lag();
+    wait_for("lag reported", Duration::from_secs(20), || {
+        lag.snapshot().len() == PARTITIONS as usize
+    })
+    .await;
+    assert!(
+        lag.snapshot().iter().all(|(_, _, l)| *l == 0),
+        "{:?}",
+        lag.snapshot()
+    );
     source.close().await;
 
     assert_eq!(seen(&stats), 2000, "each event is applied once");

@@ -12,7 +12,8 @@ use cellar_cache::WritePath;
 use cellar_ingest_stream::consumer::ParallelConsumer;
 use cellar_ingest_stream::dispatch::Dispatcher;
 use cellar_ingest_stream::kafka::{
-    ensure_topics, KafkaPublisher, KafkaPublisherConfig, KafkaSource, KafkaSourceConfig,
+    ensure_topics, ConsumerLag, KafkaPublisher, KafkaPublisherConfig, KafkaSource,
+    KafkaSourceConfig,
 };
 use cellar_ingest_stream::log::source::{ensure_topic, LogPublisher, LogSource};
 use cellar_ingest_stream::log::{EventLog, LogRecord};
@@ -96,6 +97,8 @@ pub struct StreamIngestion {
     /// Concurrency gauges read at scrape time.
     consumers: std::sync::Mutex<Vec<ParallelConsumer<SourceEvent>>>,
     dead_letters: DeadLetters,
+    /// Lag reported by the Kafka members this process runs (main and retry).
+    kafka_lag: std::sync::Mutex<Vec<ConsumerLag>>,
 }
 
 /// What one `append_events` call did.
@@ -201,6 +204,7 @@ impl StreamIngestion {
             ]),
             pipelines: std::sync::Mutex::new(Some((main, retry))),
             dead_letters,
+            kafka_lag: std::sync::Mutex::default(),
         })
     }
 
@@ -273,6 +277,9 @@ impl StreamIngestion {
                 };
                 let mut main_source = source(kafka.group.clone(), topics.clone())?;
                 let mut retry_source = source(format!("{}-retry", kafka.group), retry_topics)?;
+                if let Ok(mut lag) = self.kafka_lag.lock() {
+                    *lag = vec![main_source.lag(), retry_source.lag()];
+                }
                 tracing::info!(topics = ?topics, group = %kafka.group, brokers = %kafka.brokers, "consuming Kafka");
                 let (a, b) = tokio::join!(
                     main.run(&mut main_source, stopped(stop.clone())),
@@ -373,11 +380,17 @@ impl StreamIngestion {
         !retry_lag && self.lag().iter().all(|(_, _, lag)| *lag == 0)
     }
 
-    /// Committed lag per partition of the consumed topics: end offset minus the group's
-    /// committed position (embedded log only).
+    /// Lag per partition: on the embedded log, end offset minus the group's committed position
+    /// for every partition of the consumed topics; on Kafka, librdkafka's figure for the
+    /// partitions this process owns.
     pub fn lag(&self) -> Vec<(String, u32, i64)> {
         let Transport::Log(log) = &self.transport else {
-            return Vec::new();
+            let members = self.kafka_lag.lock().map(|l| l.clone()).unwrap_or_default();
+            return members
+                .iter()
+                .flat_map(ConsumerLag::snapshot)
+                .map(|(topic, partition, lag)| (topic, partition.max(0) as u32, lag))
+                .collect();
         };
         let mut out = Vec::new();
         for topic in self.processor.dispatcher().topics() {
