@@ -184,22 +184,27 @@ async fn run(path: WritePath, policy: BatchPolicy, mut rx: mpsc::Receiver<Pendin
 
 /// Writes a batch, one store call per group and kind of change, and answers every change.
 async fn flush(path: &WritePath, batch: &mut Vec<Pending>) {
-    let mut by_group: HashMap<String, (Vec<Pending>, Vec<Pending>)> = HashMap::new();
+    // Groups by identity (the Arc's address): every change of one ingestion shares its
+    // group's Arc, so no name is copied per change.
+    let mut by_group: HashMap<usize, (Vec<Pending>, Vec<Pending>)> = HashMap::new();
     for p in batch.drain(..) {
-        let (puts, updates) = by_group.entry(p.group.name.clone()).or_default();
+        let (puts, updates) = by_group.entry(Arc::as_ptr(&p.group) as usize).or_default();
         match p.change {
             Change::Put(_) => puts.push(p),
             Change::Update(_) => updates.push(p),
         }
     }
+    // Each group's writes are independent: their durable commits overlap.
+    let mut writes = Vec::with_capacity(by_group.len() * 2);
     for (_, (puts, updates)) in by_group {
         if !puts.is_empty() {
-            flush_puts(path, puts).await;
+            writes.push(futures::future::Either::Left(flush_puts(path, puts)));
         }
         if !updates.is_empty() {
-            flush_updates(path, updates).await;
+            writes.push(futures::future::Either::Right(flush_updates(path, updates)));
         }
     }
+    futures::future::join_all(writes).await;
 }
 
 async fn flush_puts(path: &WritePath, pending: Vec<Pending>) {
