@@ -99,7 +99,9 @@ pub fn apply(record: &mut Option<Record>, width: usize, update: &Update) -> Effe
     }
     if update.event_time >= rec.event_time {
         for (position, value) in &update.fields {
-            rec.values[*position] = value.clone();
+            if let Some(slot) = rec.values.get_mut(*position) {
+                *slot = value.clone();
+            }
         }
     } else if !update.fields.is_empty() {
         effect.stale = true;
@@ -132,7 +134,10 @@ pub fn apply(record: &mut Option<Record>, width: usize, update: &Update) -> Effe
         if let Some(window) = WindowState::spec_of(&rec.state[position]) {
             let mut state = WindowState::decode(&rec.state[position], window);
             state.advance(newest);
-            rec.values[position] = state.value();
+            // A stored record is not trusted to hold as many values as states.
+            if let Some(value) = rec.values.get_mut(position) {
+                *value = state.value();
+            }
             rec.state[position] = state.encode();
         }
     }
