@@ -190,16 +190,24 @@ impl EventProcessor {
                 Change::Put(r) => r.event_time,
                 Change::Update(u) => u.event_time,
             };
-            let republish = mapping.republish_to.is_some();
+            // The entity is kept only to key a derived event.
+            let republish_key = mapping.republish_to.as_ref().map(|_| entity.clone());
             match self
                 .writer
-                .write_returning(mapping.group.clone(), entity.clone(), change, republish)
+                .write_returning(
+                    mapping.group.clone(),
+                    entity,
+                    change,
+                    republish_key.is_some(),
+                )
                 .await
             {
                 Ok(Written { effect, record }) => {
-                    if let (Some(topic), Some(record)) = (&mapping.republish_to, record) {
+                    if let (Some(topic), Some(entity), Some(record)) =
+                        (&mapping.republish_to, &republish_key, record)
+                    {
                         let derived = mapping.derived_event(&value, &record);
-                        if let Err(e) = self.republish(topic, &entity, &derived).await {
+                        if let Err(e) = self.republish(topic, entity, &derived).await {
                             applied
                                 .failures
                                 .push((mapping.name.clone(), Failure::Transient(e.to_string())));

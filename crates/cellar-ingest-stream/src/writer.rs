@@ -270,10 +270,13 @@ async fn flush_updates(path: &WritePath, pending: Vec<Pending>) {
             Box::new(move |index, entity: &EntityKey, stored: Option<Record>| {
                 let changes = work.get(index).map(Vec::as_slice).unwrap_or_default();
                 let mut results = results.lock().unwrap_or_else(|p| p.into_inner());
+                // Kept only when a refused change must be undone by replaying the others:
+                // the usual single change needs no copy.
+                let original = (changes.len() > 1).then(|| stored.clone());
                 let mut record = stored;
                 let mut changed = false;
+                let mut accepted: Vec<&Update> = Vec::new();
                 for (answer, update, want_record) in changes {
-                    let before = record.clone();
                     let effect = aggregate::apply(&mut record, width, update);
                     let too_large = record
                         .as_ref()
@@ -281,11 +284,15 @@ async fn flush_updates(path: &WritePath, pending: Vec<Pending>) {
                     results[*answer] = Some(match too_large {
                         // This change alone is refused; the entity keeps the others.
                         Some(e) => {
-                            record = before;
+                            record = original.clone().flatten();
+                            for earlier in &accepted {
+                                aggregate::apply(&mut record, width, earlier);
+                            }
                             Err(refused(e))
                         }
                         None => {
                             changed |= !effect.duplicate;
+                            accepted.push(update);
                             Ok(Written {
                                 effect,
                                 record: if *want_record { record.clone() } else { None },
