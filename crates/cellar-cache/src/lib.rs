@@ -8,15 +8,20 @@
 //!   and group, asynchronous back-fill through a bounded queue, newer-event-time-wins writes
 //!   in Lua, soft/hard TTLs and negative caching;
 //! - [`breaker`]: the circuit breaker that sends reads past a failing Redis;
-//! - [`ttl`]: deadlines with jitter;
+//! - [`ttl`]: deadlines with jitter, and early refresh of hot entries (XFetch);
+//! - [`admission`]: which misses a tier keeps (after k reads in a window, per group);
+//! - [`measured`]: the store at the bottom, timed and counted;
 //! - [`write`]: the write path: store first, then each tier per the group's write strategy;
-//! - [`metrics`]: hit, miss, negative-hit and stale counters per tier and group.
+//! - [`metrics`]: hit, miss, negative-hit, stale, early-refresh and not-admitted counters per
+//!   tier and group, store reads found and missing, and read latency per tier.
 //!
 //! Depends on `cellar-spec` and `cellar-store` only; serving builds on top of it.
 
+pub mod admission;
 pub mod breaker;
 mod flight;
 pub mod local;
+pub mod measured;
 pub mod metrics;
 pub mod remote;
 pub mod ttl;
@@ -24,6 +29,7 @@ pub mod write;
 
 pub use breaker::{BreakerConfig, BreakerState};
 pub use local::LocalTier;
-pub use metrics::{CacheMetrics, Outcome};
+pub use measured::MeasuredStore;
+pub use metrics::{CacheMetrics, Outcome, Stage};
 pub use remote::{RemoteConfig, RemoteError, RemoteStatsSnapshot, RemoteTier};
 pub use write::WritePath;

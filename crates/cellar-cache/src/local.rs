@@ -10,9 +10,10 @@ use cellar_store::{Record, RecordReader, Result, TimeseriesQuery};
 use moka::ops::compute::Op;
 use moka::sync::Cache;
 
+use crate::admission::Doorkeeper;
 use crate::flight::{follow, Flights, Role};
-use crate::metrics::{CacheMetrics, Outcome};
-use crate::ttl::Deadlines;
+use crate::metrics::{CacheMetrics, Outcome, Stage};
+use crate::ttl::{refresh_early, Deadlines, ReadCosts};
 
 /// Records a time-series entry keeps when the group sets no retention count.
 pub const DEFAULT_CACHED_SERIES_LEN: usize = 200;
@@ -126,6 +127,10 @@ pub struct LocalTier {
     refreshing: Arc<Mutex<HashSet<CacheKey>>>,
     /// Misses being read from the next tier, so concurrent misses on a key make one read.
     flights: Flights<Cached>,
+    /// Reads of entities not cached yet, for groups that admit only after several.
+    doorkeeper: Doorkeeper<CacheKey>,
+    /// How long reads of the next tier take, per group: how early hot entries refresh.
+    costs: Arc<ReadCosts>,
     metrics: CacheMetrics,
 }
 
@@ -142,13 +147,16 @@ impl LocalTier {
             next,
             refreshing: Arc::default(),
             flights: Flights::default(),
+            doorkeeper: Doorkeeper::default(),
+            costs: Arc::default(),
             metrics,
         }
     }
 
     /// Reads missed keys from the next tier, once per key however many requests missed it at
     /// the same time: this request reads the keys nobody else is reading, in one call, and
-    /// waits for the others' answers. Each answer is cached here before it is returned.
+    /// waits for the others' answers. Each answer is cached here before it is returned, if the
+    /// group's admission policy lets it in.
     async fn read_misses(
         &self,
         group: &FeatureGroup,
@@ -156,6 +164,13 @@ impl LocalTier {
         entities: Vec<EntityKey>,
         series_len: usize,
     ) -> Result<Vec<Cached>> {
+        let admitted: Vec<bool> = keys
+            .iter()
+            .map(|k| self.doorkeeper.admit(&group.serving, k))
+            .collect();
+        let refused = admitted.iter().filter(|a| !**a).count() as u64;
+        self.metrics
+            .record_n(Tier::Local, &group.name, Outcome::NotAdmitted, refused);
         let (roles, mut leadership) = self.flights.join(&keys);
         let led: Vec<usize> = (0..keys.len())
             .filter(|&i| matches!(roles[i], Role::Lead))
@@ -163,9 +178,11 @@ impl LocalTier {
         let mut answers: Vec<Option<Cached>> = vec![None; keys.len()];
         if !led.is_empty() {
             let asked: Vec<EntityKey> = led.iter().map(|&i| entities[i].clone()).collect();
-            let found = read_next(&*self.next, group, &asked, series_len).await?;
+            let found = self.timed_read_next(group, &asked, series_len).await?;
             for (&i, cached) in led.iter().zip(found) {
-                insert_if_newer(&self.cache, group, keys[i].clone(), cached.clone());
+                if admitted[i] {
+                    insert_if_newer(&self.cache, group, keys[i].clone(), cached.clone());
+                }
                 leadership.publish(&keys[i], cached.clone());
                 answers[i] = Some(cached);
             }
@@ -183,9 +200,11 @@ impl LocalTier {
         if !unanswered.is_empty() {
             // Their leader gave up: read them here.
             let asked: Vec<EntityKey> = unanswered.iter().map(|&i| entities[i].clone()).collect();
-            let found = read_next(&*self.next, group, &asked, series_len).await?;
+            let found = self.timed_read_next(group, &asked, series_len).await?;
             for (&i, cached) in unanswered.iter().zip(found) {
-                insert_if_newer(&self.cache, group, keys[i].clone(), cached.clone());
+                if admitted[i] {
+                    insert_if_newer(&self.cache, group, keys[i].clone(), cached.clone());
+                }
                 answers[i] = Some(cached);
             }
         }
@@ -193,6 +212,19 @@ impl LocalTier {
             .into_iter()
             .map(|a| a.unwrap_or(Cached::Missing))
             .collect())
+    }
+
+    /// Reads from the next tier, learning how long such reads take.
+    async fn timed_read_next(
+        &self,
+        group: &FeatureGroup,
+        entities: &[EntityKey],
+        series_len: usize,
+    ) -> Result<Vec<Cached>> {
+        let started = Instant::now();
+        let found = read_next(&*self.next, group, entities, series_len).await?;
+        self.costs.observe(&group.name, started.elapsed());
+        Ok(found)
     }
 
     fn serves(group: &FeatureGroup) -> bool {
@@ -207,7 +239,9 @@ impl LocalTier {
             .map_or(DEFAULT_CACHED_SERIES_LEN, |n| n as usize)
     }
 
-    /// Looks up one key. A stale entry is returned and refreshed in the background.
+    /// Looks up one key. A stale entry is returned and refreshed in the background; so is,
+    /// now and then, a fresh one nearing its soft deadline (XFetch), so that a hot entry is
+    /// refreshed before any read finds it stale.
     fn lookup(&self, group: &FeatureGroup, key: &str, entity: &EntityKey) -> Option<Cached> {
         let entry = self.cache.get(key)?;
         let now = Instant::now();
@@ -217,6 +251,17 @@ impl LocalTier {
         if now >= entry.deadlines.soft {
             self.metrics
                 .record(Tier::Local, &group.name, Outcome::Stale);
+            self.refresh(group, key.to_owned(), entity.clone());
+        } else if group.serving.early_refresh > 0.0
+            && !matches!(entry.cached, Cached::Missing)
+            && refresh_early(
+                entry.deadlines.soft - now,
+                self.costs.get(&group.name),
+                group.serving.early_refresh,
+            )
+        {
+            self.metrics
+                .record(Tier::Local, &group.name, Outcome::EarlyRefresh);
             self.refresh(group, key.to_owned(), entity.clone());
         }
         Some(entry.cached)
@@ -239,9 +284,12 @@ impl LocalTier {
         let group = group.clone();
         let cache = self.cache.clone();
         let refreshing = self.refreshing.clone();
+        let costs = self.costs.clone();
         let len = Self::series_len(&group);
         handle.spawn(async move {
+            let started = Instant::now();
             let fresh = read_next(&*next, &group, std::slice::from_ref(&entity), len).await;
+            costs.observe(&group.name, started.elapsed());
             match fresh {
                 Ok(mut found) => {
                     if let Some(cached) = found.pop() {
@@ -265,7 +313,9 @@ impl LocalTier {
     }
 
     /// Applies a write to the cached copy as the group's write strategy says: write-through
-    /// puts the record in (when newer), write-around drops the cached copy.
+    /// puts the record in (when newer), write-around drops the cached copy. A group that
+    /// admits entities only after several reads has write-through update cached copies only:
+    /// writes do not admit.
     pub fn record_written(&self, group: &FeatureGroup, entity: &EntityKey, record: &Record) {
         if !Self::serves(group) {
             return;
@@ -276,9 +326,11 @@ impl LocalTier {
             WriteStrategy::Through => {
                 let deadlines = Deadlines::positive(&group.serving);
                 let len = Self::series_len(group);
+                let admits_on_write = group.serving.admit_after <= 1;
                 self.cache.entry(key).and_compute_with(|current| {
                     let current = current.map(|e| e.into_value().cached);
                     match (group.kind, current) {
+                        (GroupKind::Attribute, None) if !admits_on_write => Op::Nop,
                         (GroupKind::Attribute, Some(Cached::Attribute(cur)))
                             if cur.event_time >= record.event_time =>
                         {
@@ -331,11 +383,13 @@ impl LocalTier {
         match (group.serving.write, group.kind) {
             (WriteStrategy::Through, GroupKind::Attribute) => {
                 let deadlines = Deadlines::positive(&group.serving);
+                let admits_on_write = group.serving.admit_after <= 1;
                 self.cache.entry(key).and_compute_with(|current| {
                     match current.map(|e| e.into_value().cached) {
                         Some(Cached::Attribute(cur)) if cur.event_time > record.event_time => {
                             Op::Nop
                         }
+                        None if !admits_on_write => Op::Nop,
                         _ => Op::Put(Entry {
                             cached: Cached::Attribute(Arc::new(record.clone())),
                             deadlines,
@@ -429,6 +483,7 @@ impl RecordReader for LocalTier {
         if !Self::serves(group) {
             return self.next.get_attributes(group, entities).await;
         }
+        let started = Instant::now();
         let mut out: Vec<Option<Record>> = vec![None; entities.len()];
         let mut missed: Vec<usize> = Vec::new();
         let mut missed_keys: Vec<CacheKey> = Vec::new();
@@ -451,6 +506,8 @@ impl RecordReader for LocalTier {
                 }
             }
         }
+        self.metrics
+            .observe_latency(Stage::Local, started.elapsed());
         if missed.is_empty() {
             return Ok(out);
         }
@@ -474,6 +531,7 @@ impl RecordReader for LocalTier {
         if !Self::serves(group) || query.top_n > len {
             return self.next.scan_timeseries(group, entities, query).await;
         }
+        let started = Instant::now();
         let mut out: Vec<Vec<Record>> = vec![Vec::new(); entities.len()];
         let mut missed: Vec<usize> = Vec::new();
         let mut missed_keys: Vec<CacheKey> = Vec::new();
@@ -498,6 +556,8 @@ impl RecordReader for LocalTier {
                 }
             }
         }
+        self.metrics
+            .observe_latency(Stage::Local, started.elapsed());
         if missed.is_empty() {
             return Ok(out);
         }
@@ -811,6 +871,84 @@ mod tests {
         }
         assert_eq!(label(&refreshed), Some("new"));
         assert!(f.metrics.count(Tier::Local, "profile", Outcome::Stale) >= 1);
+    }
+
+    #[tokio::test]
+    async fn an_entity_is_cached_only_from_its_admit_after_th_read() {
+        let f = Fixture::new(1 << 20);
+        let g = cached_group(ServingPolicy {
+            admit_after: 3,
+            ..ServingPolicy::default()
+        });
+        f.put(&g, "u1", 10, "v1").await;
+        for _ in 0..3 {
+            assert_eq!(label(&f.get(&g, "u1").await), Some("v1"));
+        }
+        assert_eq!(
+            f.reads(),
+            3,
+            "the first two answers were not kept, the third was"
+        );
+        assert_eq!(label(&f.get(&g, "u1").await), Some("v1"));
+        assert_eq!(f.reads(), 3);
+        assert_eq!(
+            f.metrics
+                .count(Tier::Local, "profile", Outcome::NotAdmitted),
+            2
+        );
+        // Writes do not admit: an entity written through but never read is not cached...
+        f.put(&g, "u2", 10, "w").await;
+        f.tier.record_written(&g, &key("u2"), &record(10, "w"));
+        assert_eq!(label(&f.get(&g, "u2").await), Some("w"));
+        assert_eq!(f.reads(), 4);
+        // ...while a cached one takes the write.
+        f.tier.record_written(&g, &key("u1"), &record(20, "v2"));
+        assert_eq!(label(&f.get(&g, "u1").await), Some("v2"));
+        assert_eq!(f.reads(), 4);
+    }
+
+    /// Reads one hot key every 10 ms for `run`; returns (stale served, early refreshes).
+    async fn read_hot_key(policy: ServingPolicy, run: Duration) -> (u64, u64) {
+        let (store, tier, _dir) = slow_tier(Duration::from_millis(20)).await;
+        let group = cached_group(policy);
+        let started = Instant::now();
+        while started.elapsed() < run {
+            let got = tier.get_attributes(&group, &[key("hot")]).await.unwrap();
+            assert_eq!(label(&got[0]), Some("v1"));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(store.reads.load(Ordering::SeqCst) >= 2);
+        let m = &tier.metrics;
+        (
+            m.count(Tier::Local, "profile", Outcome::Stale),
+            m.count(Tier::Local, "profile", Outcome::EarlyRefresh),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_hot_entry_is_refreshed_before_its_soft_ttl_and_never_served_stale() {
+        // Reads of the next tier take 20 ms; beta 25 makes refreshes likely in the last half
+        // second or so of the 600 ms soft TTL, so no read in 2 s finds the entry stale.
+        let policy = ServingPolicy {
+            soft_ttl: Duration::from_millis(600),
+            hard_ttl: Duration::from_secs(60),
+            early_refresh: 25.0,
+            ..ServingPolicy::default()
+        };
+        let (stale, early) = read_hot_key(policy.clone(), Duration::from_secs(2)).await;
+        assert_eq!(stale, 0);
+        assert!(early >= 2, "{early} early refreshes");
+        // Without early refresh the same reads find it stale.
+        let (stale, early) = read_hot_key(
+            ServingPolicy {
+                early_refresh: 0.0,
+                ..policy
+            },
+            Duration::from_secs(2),
+        )
+        .await;
+        assert!(stale >= 2, "{stale} stale reads");
+        assert_eq!(early, 0);
     }
 
     #[tokio::test]

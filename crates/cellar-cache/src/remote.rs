@@ -19,6 +19,10 @@
 //!   key) so that a fill which read the store before the write cannot bring the old record back.
 //! - **Soft and hard TTLs.** Redis expires a value at its hard TTL (with jitter); the soft
 //!   deadline is stored in the value, and a read past it serves the value and queues a refresh.
+//!   A read shortly before it may queue the refresh early (XFetch), so hot keys never go stale.
+//! - **Admission.** A group with `admit_after: k` back-fills an entity on its k-th miss within
+//!   the window (counted by each process), and its write-through only updates values already
+//!   cached (elsewhere it leaves an invalidation marker, so the race guard above still holds).
 //!
 //! Key layout: `<key_prefix><group>#<entity>` (group names are identifiers, so the first `#`
 //! ends the group). Value layout (integers big-endian; event times and deadlines are
@@ -47,10 +51,11 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, RedisResult, Script, Value};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::admission::Doorkeeper;
 use crate::breaker::{Breaker, BreakerConfig, BreakerState};
 use crate::local::DEFAULT_CACHED_SERIES_LEN;
-use crate::metrics::{CacheMetrics, Outcome};
-use crate::ttl::jittered;
+use crate::metrics::{CacheMetrics, Outcome, Stage};
+use crate::ttl::{jittered, refresh_early, ReadCosts};
 
 /// How to reach Redis and how patient to be with it.
 #[derive(Debug, Clone, PartialEq)]
@@ -138,6 +143,8 @@ pub struct RemoteStatsSnapshot {
     pub fills_queued: u64,
     /// Values not back-filled: the queue was full, or the breaker open when they were due.
     pub fills_dropped: u64,
+    /// Back-fill and refresh jobs waiting in the queue now.
+    pub backfill_queue_depth: u64,
     /// Back-filled values written to Redis.
     pub fills_applied: u64,
     /// Back-filled values Redis kept out because it held a newer event time.
@@ -332,10 +339,16 @@ fn decode_value(
 ///
 /// KEYS[1]: the entry. ARGV[1]: the value; ARGV[2]: its TTL in milliseconds; ARGV[3]: `strict`
 /// keeps a cached value of equal event time, `tie` replaces it, `max` always writes but keeps
-/// the newer of the two event times (invalidation markers). Returns 1 if written, 0 if not.
+/// the newer of the two event times (invalidation markers). Optional ARGV[4] and ARGV[5]: an
+/// invalidation marker and its TTL, written instead of the value when nothing is cached.
+/// Returns 1 if written, 0 if not, 2 if the marker was written.
 const PUT_IF_NEWER: &str = r"
 local new = ARGV[1]
 local cur = redis.call('GET', KEYS[1])
+if not cur and ARGV[4] then
+  redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
+  return 2
+end
 if cur and string.len(cur) >= 18 and string.byte(cur, 1) == 1 then
   local order = 0
   for i = 3, 10 do
@@ -746,6 +759,10 @@ struct Shared {
     batch: usize,
     /// Keys with a refresh queued, so a stale hot key is refreshed once.
     refreshing: Mutex<HashSet<Vec<u8>>>,
+    /// Misses of entities not admitted yet, for groups that admit only after several.
+    doorkeeper: Doorkeeper<Vec<u8>>,
+    /// How long reads of the tier below take, per group: how early hot keys refresh.
+    costs: ReadCosts,
     /// Taken by the back-fill task for each batch; holding it pauses back-fills.
     gate: Arc<tokio::sync::Mutex<()>>,
 }
@@ -778,6 +795,8 @@ impl RemoteTier {
             write_timeout: config.write_timeout,
             batch: config.backfill_batch.max(1),
             refreshing: Mutex::default(),
+            doorkeeper: Doorkeeper::default(),
+            costs: ReadCosts::default(),
             gate: Arc::default(),
         });
         let (queue, jobs) = mpsc::channel(config.backfill_capacity.max(1));
@@ -822,6 +841,7 @@ impl RemoteTier {
             bypassed: load(&s.bypassed),
             fills_queued: load(&s.fills_queued),
             fills_dropped: load(&s.fills_dropped),
+            backfill_queue_depth: (self.queue.max_capacity() - self.queue.capacity()) as u64,
             fills_applied: load(&s.fills_applied),
             fills_superseded: load(&s.fills_superseded),
             writes: load(&s.writes),
@@ -846,10 +866,14 @@ impl RemoteTier {
             return None;
         };
         let mut conn = shared.conn.clone();
+        let started = std::time::Instant::now();
         let outcome = tokio::time::timeout(shared.timeout, conn.mget(keys)).await;
         match outcome {
             Ok(Ok(values)) if values.len() == keys.len() => {
                 permit.succeeded();
+                shared
+                    .metrics
+                    .observe_latency(Stage::Remote, started.elapsed());
                 Some(values)
             }
             Ok(Ok(values)) => {
@@ -932,6 +956,57 @@ impl RemoteTier {
             }
             Err(_) => bump(&self.shared.stats.fills_dropped, n),
         }
+    }
+
+    /// XFetch on a fresh hit: whether to refresh it now, `soft_deadline` being still ahead.
+    fn refresh_early(&self, group: &FeatureGroup, now: i64, soft_deadline: i64) -> bool {
+        let beta = group.serving.early_refresh;
+        beta > 0.0
+            && refresh_early(
+                Duration::from_millis(soft_deadline.saturating_sub(now).max(0) as u64),
+                self.shared.costs.get(&group.name),
+                beta,
+            )
+    }
+
+    /// Queues a refresh of the stale and early-refreshed hits, and counts the early ones.
+    fn refresh_hits(
+        &self,
+        group: &FeatureGroup,
+        entities: &[EntityKey],
+        keys: &[Vec<u8>],
+        stale: Vec<usize>,
+        early: Vec<usize>,
+    ) {
+        if !early.is_empty() {
+            self.shared.metrics.record_n(
+                Tier::Remote,
+                &group.name,
+                Outcome::EarlyRefresh,
+                early.len() as u64,
+            );
+        }
+        if stale.is_empty() && early.is_empty() {
+            return;
+        }
+        let due = stale.into_iter().chain(early);
+        let (entities, keys) = due.map(|i| (entities[i].clone(), keys[i].clone())).unzip();
+        self.refresh(group, entities, keys);
+    }
+
+    /// Counts the misses with the doorkeeper: which of them may be back-filled.
+    fn admitted(&self, group: &FeatureGroup, keys: &[Vec<u8>], missed: &[usize]) -> Vec<bool> {
+        let admitted: Vec<bool> = missed
+            .iter()
+            .map(|&i| self.shared.doorkeeper.admit(&group.serving, &keys[i]))
+            .collect();
+        let refused = admitted.iter().filter(|a| !**a).count() as u64;
+        if refused > 0 {
+            self.shared
+                .metrics
+                .record_n(Tier::Remote, &group.name, Outcome::NotAdmitted, refused);
+        }
+        admitted
     }
 
     fn count(&self, group: &str, hits: usize, negative: usize, stale: usize, misses: usize) {
@@ -1074,9 +1149,16 @@ impl RemoteTier {
         let ttls = Ttls::positive(&group.serving);
         let call = match (group.serving.write, group.kind, ttls) {
             (WriteStrategy::Through, GroupKind::Attribute, Some(ttls)) => {
-                encode_record(record, ttls.soft_deadline)
-                    .ok()
-                    .map(|value| ScriptCall::put(key.clone(), value, ttls.hard_ms, tie))
+                encode_record(record, ttls.soft_deadline).ok().map(|value| {
+                    let mut call = ScriptCall::put(key.clone(), value, ttls.hard_ms, tie);
+                    if group.serving.admit_after > 1 {
+                        // Writes do not admit: update a cached copy, else leave a marker.
+                        call.args.push(encode_invalidated(record.event_time));
+                        call.args
+                            .push(Ttls::marker(&group.serving).to_string().into_bytes());
+                    }
+                    call
+                })
             }
             (WriteStrategy::Through, GroupKind::Timeseries, Some(ttls)) => {
                 let mut entry = Vec::with_capacity(ENTRY_HEADER_LEN + codec::encoded_len(record));
@@ -1213,7 +1295,9 @@ impl Shared {
         entities: &[EntityKey],
         keys: Vec<Vec<u8>>,
     ) -> Vec<Fill> {
+        let started = std::time::Instant::now();
         let found = read_next(&*self.next, group, entities).await;
+        self.costs.observe(&group.name, started.elapsed());
         self.done_refreshing(&keys);
         match found {
             Ok(found) => keys
@@ -1362,7 +1446,7 @@ impl RecordReader for RemoteTier {
         let now = now_ms();
         let mut out: Vec<Option<Record>> = vec![None; entities.len()];
         let mut missed: Vec<usize> = Vec::new();
-        let mut stale: Vec<usize> = Vec::new();
+        let (mut stale, mut early) = (Vec::new(), Vec::new());
         let (mut hits, mut negative) = (0, 0);
         for (i, value) in values.into_iter().enumerate() {
             match self.decode(value, None) {
@@ -1373,6 +1457,8 @@ impl RecordReader for RemoteTier {
                     hits += 1;
                     if now >= soft_deadline {
                         stale.push(i);
+                    } else if self.refresh_early(group, now, soft_deadline) {
+                        early.push(i);
                     }
                     out[i] = Some(r);
                 }
@@ -1384,21 +1470,20 @@ impl RecordReader for RemoteTier {
             }
         }
         self.count(&group.name, hits, negative, stale.len(), missed.len());
-        if !stale.is_empty() {
-            self.refresh(
-                group,
-                stale.iter().map(|&i| entities[i].clone()).collect(),
-                stale.iter().map(|&i| keys[i].clone()).collect(),
-            );
-        }
+        self.refresh_hits(group, entities, &keys, stale, early);
         if missed.is_empty() {
             return Ok(out);
         }
         let asked: Vec<EntityKey> = missed.iter().map(|&i| entities[i].clone()).collect();
+        let admitted = self.admitted(group, &keys, &missed);
+        let started = std::time::Instant::now();
         let found = self.shared.next.get_attributes(group, &asked).await?;
+        self.shared.costs.observe(&group.name, started.elapsed());
         let mut fills = Vec::with_capacity(missed.len());
-        for (i, record) in missed.into_iter().zip(found) {
-            fills.extend(record_fill(group, keys[i].clone(), record.as_ref()));
+        for ((i, record), admit) in missed.into_iter().zip(found).zip(admitted) {
+            if admit {
+                fills.extend(record_fill(group, keys[i].clone(), record.as_ref()));
+            }
             out[i] = record;
         }
         self.enqueue(fills);
@@ -1430,7 +1515,7 @@ impl RecordReader for RemoteTier {
         let now = now_ms();
         let mut out: Vec<Vec<Record>> = vec![Vec::new(); entities.len()];
         let mut missed: Vec<usize> = Vec::new();
-        let mut stale: Vec<usize> = Vec::new();
+        let (mut stale, mut early) = (Vec::new(), Vec::new());
         let (mut hits, mut negative) = (0, 0);
         for (i, value) in values.into_iter().enumerate() {
             match self.decode(value, Some(query)) {
@@ -1446,6 +1531,8 @@ impl RecordReader for RemoteTier {
                     hits += 1;
                     if now >= soft_deadline {
                         stale.push(i);
+                    } else if self.refresh_early(group, now, soft_deadline) {
+                        early.push(i);
                     }
                     out[i] = records;
                 }
@@ -1457,13 +1544,7 @@ impl RecordReader for RemoteTier {
             }
         }
         self.count(&group.name, hits, negative, stale.len(), missed.len());
-        if !stale.is_empty() {
-            self.refresh(
-                group,
-                stale.iter().map(|&i| entities[i].clone()).collect(),
-                stale.iter().map(|&i| keys[i].clone()).collect(),
-            );
-        }
+        self.refresh_hits(group, entities, &keys, stale, early);
         if missed.is_empty() {
             return Ok(out);
         }
@@ -1472,15 +1553,20 @@ impl RecordReader for RemoteTier {
             top_n: len,
             since: None,
         };
+        let admitted = self.admitted(group, &keys, &missed);
+        let started = std::time::Instant::now();
         let found = self
             .shared
             .next
             .scan_timeseries(group, &asked, series)
             .await?;
+        self.shared.costs.observe(&group.name, started.elapsed());
         let mut fills = Vec::with_capacity(missed.len());
-        for (i, records) in missed.into_iter().zip(found) {
+        for ((i, records), admit) in missed.into_iter().zip(found).zip(admitted) {
             out[i] = select(&records, query);
-            fills.extend(series_fill(group, keys[i].clone(), &records));
+            if admit {
+                fills.extend(series_fill(group, keys[i].clone(), &records));
+            }
         }
         self.enqueue(fills);
         Ok(out)

@@ -1,5 +1,9 @@
-//! Soft and hard deadlines of cached entries, with jitter.
+//! Soft and hard deadlines of cached entries, with jitter, and the early refresh of hot
+//! entries before their soft deadline (XFetch).
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use cellar_spec::ServingPolicy;
@@ -42,9 +46,111 @@ impl Deadlines {
     }
 }
 
+/// XFetch (Vattani, Chierichetti and Lowenstein, "Optimal Probabilistic Cache Stampede
+/// Prevention", VLDB 2015): whether a read of a fresh entry, `until_soft` before its soft
+/// deadline, should refresh it now. The chance is `exp(-until_soft / (cost * beta))`, where
+/// `cost` is how long reading the entry again takes: it grows as the deadline nears, and sooner
+/// for entries that are slow to read. A hot entry is therefore refreshed by one read shortly
+/// before it turns stale, and no read ever sees it stale; a cold one is rarely touched early.
+pub fn refresh_early(until_soft: Duration, cost: Duration, beta: f64) -> bool {
+    if beta <= 0.0 || cost.is_zero() {
+        return false;
+    }
+    // 1 - U lies in (0, 1], so its logarithm is finite and at most 0.
+    let u: f64 = 1.0 - rand::rng().random::<f64>();
+    cost.as_secs_f64() * beta * -u.ln() >= until_soft.as_secs_f64()
+}
+
+/// How long reading from the tier below takes, per group: a moving average of observed reads,
+/// the `cost` of [`refresh_early`].
+#[derive(Debug, Default)]
+pub struct ReadCosts {
+    /// Nanoseconds, exponentially weighted (1/8 per observation).
+    by_group: RwLock<HashMap<String, Arc<AtomicU64>>>,
+}
+
+impl ReadCosts {
+    pub fn observe(&self, group: &str, took: Duration) {
+        let nanos = took.as_nanos().min(u64::MAX as u128) as u64;
+        let cell = {
+            let found = self
+                .by_group
+                .read()
+                .ok()
+                .and_then(|m| m.get(group).cloned());
+            match found {
+                Some(cell) => cell,
+                None => {
+                    let Ok(mut map) = self.by_group.write() else {
+                        return;
+                    };
+                    let cell = map
+                        .entry(group.to_owned())
+                        .or_insert_with(|| Arc::new(AtomicU64::new(nanos)));
+                    cell.clone()
+                }
+            }
+        };
+        // A lost update under contention only drops one sample from the average.
+        let old = cell.load(Ordering::Relaxed);
+        let new = old - old / 8 + nanos / 8;
+        cell.store(new, Ordering::Relaxed);
+    }
+
+    /// The group's average read time; zero before any read was observed.
+    pub fn get(&self, group: &str) -> Duration {
+        self.by_group
+            .read()
+            .ok()
+            .and_then(|m| m.get(group).map(|c| c.load(Ordering::Relaxed)))
+            .map_or(Duration::ZERO, Duration::from_nanos)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn early_refresh_grows_likelier_as_the_deadline_nears() {
+        let cost = Duration::from_millis(1);
+        let share = |until: Duration| {
+            (0..20_000)
+                .filter(|_| refresh_early(until, cost, 1.0))
+                .count() as f64
+                / 20_000.0
+        };
+        // exp(-0), exp(-1), exp(-10): about 1, 0.37 and 0.00005.
+        assert_eq!(share(Duration::ZERO), 1.0);
+        let near = share(Duration::from_millis(1));
+        assert!((0.33..0.41).contains(&near), "{near}");
+        assert!(share(Duration::from_millis(10)) < 0.002);
+        assert!(
+            !refresh_early(Duration::ZERO, cost, 0.0),
+            "beta 0 disables it"
+        );
+        assert!(
+            !refresh_early(Duration::ZERO, Duration::ZERO, 1.0),
+            "no cost known yet"
+        );
+    }
+
+    #[test]
+    fn read_costs_average_per_group() {
+        let costs = ReadCosts::default();
+        assert_eq!(costs.get("g"), Duration::ZERO);
+        costs.observe("g", Duration::from_micros(800));
+        assert_eq!(costs.get("g"), Duration::from_micros(800));
+        for _ in 0..100 {
+            costs.observe("g", Duration::from_micros(100));
+        }
+        let settled = costs.get("g");
+        assert!(
+            settled >= Duration::from_micros(99) && settled <= Duration::from_micros(101),
+            "{settled:?}"
+        );
+        assert_eq!(costs.get("other"), Duration::ZERO);
+    }
 
     #[test]
     fn jitter_stays_within_bounds() {

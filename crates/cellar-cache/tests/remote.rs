@@ -35,6 +35,8 @@ struct CountingReader {
     /// Each entity's records, newest first.
     series: Mutex<HashMap<(String, EntityKey), Vec<Record>>>,
     reads: AtomicUsize,
+    /// Milliseconds each attribute read takes.
+    delay_ms: AtomicUsize,
 }
 
 impl CountingReader {
@@ -68,6 +70,10 @@ impl RecordReader for CountingReader {
         entities: &[EntityKey],
     ) -> Result<Vec<Option<Record>>> {
         self.reads.fetch_add(1, Ordering::SeqCst);
+        let delay = self.delay_ms.load(Ordering::SeqCst) as u64;
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
         let attributes = self.attributes.lock().unwrap();
         Ok(entities
             .iter()
@@ -125,6 +131,7 @@ fn policy() -> ServingPolicy {
         jitter: 0.0,
         negative_ttl: Duration::from_secs(30),
         write: WriteStrategy::Through,
+        ..ServingPolicy::default()
     }
 }
 
@@ -373,6 +380,78 @@ async fn past_the_soft_ttl_a_value_is_served_and_refreshed() {
     assert_eq!(label(&f.get(&g, "u1").await), Some("new"));
     assert_eq!(f.next.reads(), 2);
     assert_eq!(f.tier.stats().stale, 1);
+}
+
+#[tokio::test]
+async fn an_entity_is_back_filled_only_from_its_admit_after_th_miss() {
+    let Some(url) = redis_url("an_entity_is_back_filled_only_from_its_admit_after_th_miss") else {
+        return;
+    };
+    let f = Fixture::new(config(&url));
+    let g = profile_group(ServingPolicy {
+        admit_after: 2,
+        ..policy()
+    });
+    f.next.put(&g, "u1", record(10, "v"));
+    assert_eq!(label(&f.get(&g, "u1").await), Some("v"));
+    f.tier.drain().await;
+    assert_eq!(f.tier.stats().fills_queued, 0, "one read admits nothing");
+    assert_eq!(label(&f.get(&g, "u1").await), Some("v"));
+    f.tier.drain().await;
+    assert_eq!(
+        f.tier.stats().fills_applied,
+        1,
+        "the second miss is back-filled"
+    );
+    assert_eq!(label(&f.get(&g, "u1").await), Some("v"));
+    assert_eq!(f.next.reads(), 2);
+    assert_eq!(f.tier.stats().hits, 1);
+    assert_eq!(
+        f.metrics
+            .count(Tier::Remote, "profile", cellar_cache::Outcome::NotAdmitted),
+        1
+    );
+    // Writes do not admit: a write of an entity not cached leaves a marker (read as a miss),
+    // while the cached entity takes its write.
+    f.next.put(&g, "u2", record(10, "w"));
+    f.tier
+        .record_written(&g, &key("u2"), &record(10, "w"))
+        .await;
+    f.tier
+        .record_written(&g, &key("u1"), &record(20, "v2"))
+        .await;
+    assert_eq!(label(&f.get(&g, "u2").await), Some("w"));
+    assert_eq!(f.next.reads(), 3);
+    assert_eq!(label(&f.get(&g, "u1").await), Some("v2"));
+    assert_eq!(f.next.reads(), 3);
+}
+
+#[tokio::test]
+async fn a_hot_key_is_refreshed_before_its_soft_ttl() {
+    let Some(url) = redis_url("a_hot_key_is_refreshed_before_its_soft_ttl") else {
+        return;
+    };
+    let f = Fixture::new(config(&url));
+    // Reads below take 20 ms; with beta 25 a refresh is likely within the 600 ms soft TTL.
+    f.next.delay_ms.store(20, Ordering::SeqCst);
+    let g = profile_group(ServingPolicy {
+        soft_ttl: Duration::from_millis(600),
+        early_refresh: 25.0,
+        ..policy()
+    });
+    f.next.put(&g, "u1", record(10, "v"));
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(2) {
+        assert_eq!(label(&f.get(&g, "u1").await), Some("v"));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    f.tier.drain().await;
+    let early = f
+        .metrics
+        .count(Tier::Remote, "profile", cellar_cache::Outcome::EarlyRefresh);
+    assert!(early >= 2, "{early} early refreshes");
+    assert_eq!(f.tier.stats().stale, 0, "no read found the key stale");
+    assert!(f.next.reads() >= 3);
 }
 
 #[tokio::test]

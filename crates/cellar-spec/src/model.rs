@@ -129,6 +129,28 @@ pub struct ServingPolicy {
     /// How long "this entity has no record" is cached.
     pub negative_ttl: Duration,
     pub write: WriteStrategy,
+    /// How eagerly a fresh, hot copy is refreshed before its soft TTL ends (XFetch's beta):
+    /// 0 never, 1 as the XFetch paper suggests, more is earlier.
+    #[serde(default = "default_early_refresh")]
+    pub early_refresh: f64,
+    /// A missed entity is cached only once it has been read this many times within
+    /// `admit_window` (1: every miss is cached), so entities read once do not evict hot ones.
+    #[serde(default = "default_admit_after")]
+    pub admit_after: u32,
+    #[serde(default = "default_admit_window")]
+    pub admit_window: Duration,
+}
+
+fn default_early_refresh() -> f64 {
+    1.0
+}
+
+fn default_admit_after() -> u32 {
+    1
+}
+
+fn default_admit_window() -> Duration {
+    Duration::from_secs(60)
 }
 
 impl Default for ServingPolicy {
@@ -140,6 +162,9 @@ impl Default for ServingPolicy {
             jitter: 0.1,
             negative_ttl: Duration::from_secs(30),
             write: WriteStrategy::Through,
+            early_refresh: default_early_refresh(),
+            admit_after: default_admit_after(),
+            admit_window: default_admit_window(),
         }
     }
 }

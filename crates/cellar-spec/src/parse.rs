@@ -822,6 +822,9 @@ impl<'a> Doc<'a> {
                 "jitter",
                 "negative_ttl",
                 "write",
+                "early_refresh",
+                "admit_after",
+                "admit_window",
             ],
         );
         let mut policy = ServingPolicy::default();
@@ -880,6 +883,33 @@ impl<'a> Doc<'a> {
             )),
         }) {
             policy.write = w;
+        }
+        if let Some(beta) = self.parsed(map, P, "early_refresh", false, parse_early_refresh) {
+            policy.early_refresh = beta;
+        }
+        if let Some(k) = self.parsed(map, P, "admit_after", false, |s| {
+            match s.trim().parse::<u32>() {
+                Ok(k) if (1..=MAX_ADMIT_AFTER).contains(&k) => Ok(k),
+                _ => Err(format!(
+                    "`{s}` is not a read count: expected a whole number from 1 to {MAX_ADMIT_AFTER}"
+                )),
+            }
+        }) {
+            policy.admit_after = k;
+        }
+        if let Some(d) = self.parsed(map, P, "admit_window", false, parse_duration) {
+            if d.is_zero() {
+                let span = map.get_node("admit_window").map(|n| *n.span());
+                if let Some(span) = span {
+                    self.error(
+                        &span,
+                        "serving.admit_window",
+                        "`admit_window` must be more than 0",
+                    );
+                }
+            } else {
+                policy.admit_window = d;
+            }
         }
         if policy.soft_ttl > policy.hard_ttl {
             let span = map
@@ -1540,6 +1570,23 @@ pub fn format_duration(d: Duration) -> String {
 }
 
 /// Parses a TTL jitter written as `10%` or `0.1`.
+/// Largest `serving.admit_after`: past it, a tier would hardly ever cache anything.
+pub const MAX_ADMIT_AFTER: u32 = 1000;
+
+/// Largest `serving.early_refresh`: past it, entries would refresh almost as soon as cached.
+pub const MAX_EARLY_REFRESH: f64 = 100.0;
+
+/// XFetch's beta: a non-negative number, at most [`MAX_EARLY_REFRESH`].
+pub fn parse_early_refresh(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(beta) if (0.0..=MAX_EARLY_REFRESH).contains(&beta) => Ok(beta),
+        _ => Err(format!(
+            "`{text}` is not an early refresh factor: expected a number from 0 (never) to \
+             {MAX_EARLY_REFRESH}, 1 being the usual"
+        )),
+    }
+}
+
 pub fn parse_jitter(text: &str) -> Result<f64, String> {
     let t = text.trim();
     let value = match t.strip_suffix('%') {
@@ -2220,6 +2267,35 @@ mod tests {
             vec![
                 "repo.yaml:10: serving.soft_ttl: soft_ttl (1h) is longer than hard_ttl (10m): \
                  a copy must turn stale before it expires"
+            ]
+        );
+    }
+
+    #[test]
+    fn early_refresh_and_admission() {
+        let group = |serving: &str| {
+            format!(
+                "{USER}---\nkind: FeatureGroup\nname: g\nentity: user\ntype: attribute\n\
+                 features: [{{ name: f, type: int64 }}]\nserving: {{ {serving} }}\n"
+            )
+        };
+        let text = group("early_refresh: 2.5, admit_after: 3, admit_window: 5m");
+        let repo = parse_repo(&[("r.yaml".into(), text)]).unwrap();
+        let serving = &repo.groups[0].serving;
+        assert_eq!(serving.early_refresh, 2.5);
+        assert_eq!(serving.admit_after, 3);
+        assert_eq!(serving.admit_window, Duration::from_secs(300));
+
+        assert_eq!(
+            errors_of(&group(
+                "early_refresh: -1, admit_after: 0, admit_window: 0s"
+            )),
+            vec![
+                "repo.yaml:10: serving.early_refresh: `-1` is not an early refresh factor: \
+                 expected a number from 0 (never) to 100, 1 being the usual",
+                "repo.yaml:10: serving.admit_after: `0` is not a read count: expected a whole \
+                 number from 1 to 1000",
+                "repo.yaml:10: serving.admit_window: `admit_window` must be more than 0",
             ]
         );
     }

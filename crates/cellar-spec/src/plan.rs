@@ -302,6 +302,24 @@ fn diff_serving(old: &ServingPolicy, new: &ServingPolicy, d: &mut Diff) {
         format!("{}%", j * 100.0)
     });
     d.field("serving.write", &old.write, &new.write, debug_lower);
+    d.field(
+        "serving.early_refresh",
+        &old.early_refresh,
+        &new.early_refresh,
+        |b| b.to_string(),
+    );
+    d.field(
+        "serving.admit_after",
+        &old.admit_after,
+        &new.admit_after,
+        |k| k.to_string(),
+    );
+    d.field(
+        "serving.admit_window",
+        &old.admit_window,
+        &new.admit_window,
+        ttl,
+    );
 }
 
 fn diff_ingestion(old: &Ingestion, new: &Ingestion, d: &mut Diff) {
