@@ -11,7 +11,7 @@ use moka::ops::compute::Op;
 use moka::sync::Cache;
 
 use crate::admission::Doorkeeper;
-use crate::flight::{follow, Flights, Role};
+use crate::flight::Flights;
 use crate::metrics::{CacheMetrics, Outcome, Stage};
 use crate::ttl::{refresh_early, Deadlines, ReadCosts};
 
@@ -126,7 +126,7 @@ pub struct LocalTier {
     /// Keys being refreshed in the background, so a stale hot key is refreshed once.
     refreshing: Arc<Mutex<HashSet<CacheKey>>>,
     /// Misses being read from the next tier, so concurrent misses on a key make one read.
-    flights: Flights<Cached>,
+    flights: Flights<CacheKey, Cached>,
     /// Reads of entities not cached yet, for groups that admit only after several.
     doorkeeper: Doorkeeper<CacheKey>,
     /// How long reads of the next tier take, per group: how early hot entries refresh.
@@ -171,43 +171,23 @@ impl LocalTier {
         let refused = admitted.iter().filter(|a| !**a).count() as u64;
         self.metrics
             .record_n(Tier::Local, &group.name, Outcome::NotAdmitted, refused);
-        let (roles, mut leadership) = self.flights.join(&keys);
-        let led: Vec<usize> = (0..keys.len())
-            .filter(|&i| matches!(roles[i], Role::Lead))
-            .collect();
-        let mut answers: Vec<Option<Cached>> = vec![None; keys.len()];
-        if !led.is_empty() {
-            let asked: Vec<EntityKey> = led.iter().map(|&i| entities[i].clone()).collect();
-            let found = self.timed_read_next(group, &asked, series_len).await?;
-            for (&i, cached) in led.iter().zip(found) {
-                if admitted[i] {
-                    insert_if_newer(&self.cache, group, keys[i].clone(), cached.clone());
+        let answers = self
+            .flights
+            .read(&keys, |asked: Vec<usize>| {
+                let (keys, entities, admitted) = (&keys, &entities, &admitted);
+                async move {
+                    let wanted: Vec<EntityKey> =
+                        asked.iter().map(|&i| entities[i].clone()).collect();
+                    let found = self.timed_read_next(group, &wanted, series_len).await?;
+                    for (&i, cached) in asked.iter().zip(&found) {
+                        if admitted[i] {
+                            insert_if_newer(&self.cache, group, keys[i].clone(), cached.clone());
+                        }
+                    }
+                    Ok(found)
                 }
-                leadership.publish(&keys[i], cached.clone());
-                answers[i] = Some(cached);
-            }
-        }
-        drop(leadership);
-        let mut unanswered = Vec::new();
-        for (i, role) in roles.into_iter().enumerate() {
-            if let Role::Follow(rx) = role {
-                match follow(rx).await {
-                    Some(cached) => answers[i] = Some(cached),
-                    None => unanswered.push(i),
-                }
-            }
-        }
-        if !unanswered.is_empty() {
-            // Their leader gave up: read them here.
-            let asked: Vec<EntityKey> = unanswered.iter().map(|&i| entities[i].clone()).collect();
-            let found = self.timed_read_next(group, &asked, series_len).await?;
-            for (&i, cached) in unanswered.iter().zip(found) {
-                if admitted[i] {
-                    insert_if_newer(&self.cache, group, keys[i].clone(), cached.clone());
-                }
-                answers[i] = Some(cached);
-            }
-        }
+            })
+            .await?;
         Ok(answers
             .into_iter()
             .map(|a| a.unwrap_or(Cached::Missing))

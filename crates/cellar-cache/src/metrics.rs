@@ -1,5 +1,5 @@
 //! Per tier and per group cache counters, and read latency per tier, exported to Prometheus
-//! on scrape.
+//! on scrape. Names are given without the `cellar_` prefix, which the registry adds.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -176,7 +176,7 @@ struct Family {
 
 const FAMILIES: [Family; 5] = [
     Family {
-        name: "cellar_cache_lookups",
+        name: "cache_lookups",
         help: "Cache lookups by tier, feature group and outcome",
         stages: &[Stage::Local, Stage::Remote],
         outcomes: &[
@@ -187,28 +187,28 @@ const FAMILIES: [Family; 5] = [
         labelled: true,
     },
     Family {
-        name: "cellar_cache_stale_served",
+        name: "cache_stale_served",
         help: "Hits served past their soft TTL (and refreshed), by tier and feature group",
         stages: &[Stage::Local, Stage::Remote],
         outcomes: &[(Outcome::Stale, "")],
         labelled: false,
     },
     Family {
-        name: "cellar_cache_early_refreshes",
+        name: "cache_early_refreshes",
         help: "Hits refreshed before their soft TTL ended (XFetch), by tier and feature group",
         stages: &[Stage::Local, Stage::Remote],
         outcomes: &[(Outcome::EarlyRefresh, "")],
         labelled: false,
     },
     Family {
-        name: "cellar_cache_not_admitted",
+        name: "cache_not_admitted",
         help: "Misses not cached by the group's admission policy, by tier and feature group",
         stages: &[Stage::Local, Stage::Remote],
         outcomes: &[(Outcome::NotAdmitted, "")],
         labelled: false,
     },
     Family {
-        name: "cellar_store_reads",
+        name: "store_reads",
         help: "Entities read from the online store by feature group: found or missing",
         stages: &[Stage::Store],
         outcomes: &[(Outcome::Hit, "found"), (Outcome::Miss, "missing")],
@@ -264,7 +264,7 @@ impl Collector for CacheMetrics {
             }
         }
         let mut metric = encoder.encode_descriptor(
-            "cellar_cache_read_duration_seconds",
+            "cache_read_duration_seconds",
             "Time one read took in each stage of the read path: the local tier (its own \
              lookups), Redis (one round trip) and the online store",
             None,
@@ -295,7 +295,7 @@ mod tests {
         metrics.record(Tier::Remote, "g", Outcome::NotAdmitted);
         metrics.record_store_read("g", 5, 4);
         metrics.observe_latency(Stage::Store, Duration::from_micros(300));
-        let mut registry = Registry::default();
+        let mut registry = Registry::with_prefix("cellar");
         registry.register_collector(Box::new(metrics.clone()));
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
@@ -311,6 +311,7 @@ mod tests {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
         assert!(!text.contains(r#"tier="remote",group="g",outcome="hit""#));
+        assert!(!text.contains("cellar_cellar"), "prefixed once: {text}");
         assert_eq!(metrics.store_reads("g"), (4, 1));
     }
 }

@@ -53,6 +53,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::admission::Doorkeeper;
 use crate::breaker::{Breaker, BreakerConfig, BreakerState};
+use crate::flight::Flights;
 use crate::local::DEFAULT_CACHED_SERIES_LEN;
 use crate::metrics::{CacheMetrics, Outcome, Stage};
 use crate::ttl::{jittered, refresh_early, ReadCosts};
@@ -763,6 +764,8 @@ struct Shared {
     doorkeeper: Doorkeeper<Vec<u8>>,
     /// How long reads of the tier below take, per group: how early hot keys refresh.
     costs: ReadCosts,
+    /// Misses being read from the tier below, so concurrent misses on a key make one read.
+    flights: Flights<Vec<u8>, Found>,
     /// Taken by the back-fill task for each batch; holding it pauses back-fills.
     gate: Arc<tokio::sync::Mutex<()>>,
 }
@@ -797,6 +800,7 @@ impl RemoteTier {
             refreshing: Mutex::default(),
             doorkeeper: Doorkeeper::default(),
             costs: ReadCosts::default(),
+            flights: Flights::default(),
             gate: Arc::default(),
         });
         let (queue, jobs) = mpsc::channel(config.backfill_capacity.max(1));
@@ -992,6 +996,44 @@ impl RemoteTier {
         let due = stale.into_iter().chain(early);
         let (entities, keys) = due.map(|i| (entities[i].clone(), keys[i].clone())).unzip();
         self.refresh(group, entities, keys);
+    }
+
+    /// Reads the missed entities (at positions `missed`) from the tier below, once per key
+    /// however many requests missed it at the same time, learning how long such reads take;
+    /// whoever reads a key queues its back-fill, if the key is admitted.
+    async fn read_below(
+        &self,
+        group: &FeatureGroup,
+        entities: &[EntityKey],
+        keys: &[Vec<u8>],
+        missed: &[usize],
+    ) -> Result<Vec<Found>> {
+        let admitted = self.admitted(group, keys, missed);
+        let missed_keys: Vec<Vec<u8>> = missed.iter().map(|&i| keys[i].clone()).collect();
+        let admitted = &admitted;
+        let answers = self
+            .shared
+            .flights
+            .read(&missed_keys, |asked: Vec<usize>| async move {
+                let wanted: Vec<EntityKey> =
+                    asked.iter().map(|&j| entities[missed[j]].clone()).collect();
+                let started = std::time::Instant::now();
+                let found = read_next(&*self.shared.next, group, &wanted).await?;
+                self.shared.costs.observe(&group.name, started.elapsed());
+                let fills = asked
+                    .iter()
+                    .zip(&found)
+                    .filter(|(&j, _)| admitted[j])
+                    .filter_map(|(&j, f)| fill_for(group, keys[missed[j]].clone(), f.clone()))
+                    .collect();
+                self.enqueue(fills);
+                Ok(found)
+            })
+            .await?;
+        Ok(answers
+            .into_iter()
+            .map(|a| a.unwrap_or(Found::Missing))
+            .collect())
     }
 
     /// Counts the misses with the doorkeeper: which of them may be back-filled.
@@ -1474,19 +1516,12 @@ impl RecordReader for RemoteTier {
         if missed.is_empty() {
             return Ok(out);
         }
-        let asked: Vec<EntityKey> = missed.iter().map(|&i| entities[i].clone()).collect();
-        let admitted = self.admitted(group, &keys, &missed);
-        let started = std::time::Instant::now();
-        let found = self.shared.next.get_attributes(group, &asked).await?;
-        self.shared.costs.observe(&group.name, started.elapsed());
-        let mut fills = Vec::with_capacity(missed.len());
-        for ((i, record), admit) in missed.into_iter().zip(found).zip(admitted) {
-            if admit {
-                fills.extend(record_fill(group, keys[i].clone(), record.as_ref()));
+        let found = self.read_below(group, entities, &keys, &missed).await?;
+        for (i, found) in missed.into_iter().zip(found) {
+            if let Found::Record(r) = found {
+                out[i] = Some(r);
             }
-            out[i] = record;
         }
-        self.enqueue(fills);
         Ok(out)
     }
 
@@ -1548,27 +1583,12 @@ impl RecordReader for RemoteTier {
         if missed.is_empty() {
             return Ok(out);
         }
-        let asked: Vec<EntityKey> = missed.iter().map(|&i| entities[i].clone()).collect();
-        let series = TimeseriesQuery {
-            top_n: len,
-            since: None,
-        };
-        let admitted = self.admitted(group, &keys, &missed);
-        let started = std::time::Instant::now();
-        let found = self
-            .shared
-            .next
-            .scan_timeseries(group, &asked, series)
-            .await?;
-        self.shared.costs.observe(&group.name, started.elapsed());
-        let mut fills = Vec::with_capacity(missed.len());
-        for ((i, records), admit) in missed.into_iter().zip(found).zip(admitted) {
-            out[i] = select(&records, query);
-            if admit {
-                fills.extend(series_fill(group, keys[i].clone(), &records));
+        let found = self.read_below(group, entities, &keys, &missed).await?;
+        for (i, found) in missed.into_iter().zip(found) {
+            if let Found::Series(records) = found {
+                out[i] = select(&records, query);
             }
         }
-        self.enqueue(fills);
         Ok(out)
     }
 }

@@ -454,6 +454,33 @@ async fn a_hot_key_is_refreshed_before_its_soft_ttl() {
     assert!(f.next.reads() >= 3);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_misses_on_one_key_make_one_read_below() {
+    let Some(url) = redis_url("a_thousand_concurrent_misses_on_one_key_make_one_read_below")
+    else {
+        return;
+    };
+    let f = Arc::new(Fixture::new(RemoteConfig {
+        backfill_capacity: 10_000,
+        ..config(&url)
+    }));
+    f.next.delay_ms.store(200, Ordering::SeqCst);
+    let g = Arc::new(profile_group(policy()));
+    f.next.put(&g, "hot", record(10, "v"));
+    let tasks: Vec<_> = (0..1000)
+        .map(|_| {
+            let (f, g) = (f.clone(), g.clone());
+            tokio::spawn(async move { f.get(&g, "hot").await })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(label(&t.await.unwrap()), Some("v"));
+    }
+    assert_eq!(f.next.reads(), 1, "one read of the tier below");
+    f.tier.drain().await;
+    assert_eq!(f.tier.stats().fills_queued, 1, "and one back-fill");
+}
+
 #[tokio::test]
 async fn groups_without_the_remote_tier_pass_through() {
     let Some(url) = redis_url("groups_without_the_remote_tier_pass_through") else {
