@@ -115,11 +115,12 @@ pub struct RegistryConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// `embedded` (local disk, the default) or `dynamodb`.
+    /// `embedded` (local disk, the default), `dynamodb` or `redis`.
     pub backend: StoreBackend,
     /// Embedded store directory; empty means `<data_dir>/store`.
     pub path: String,
     pub dynamodb: DynamoDbConfig,
+    pub redis: RedisStoreConfig,
     /// How often a serving process removes records past their group's retention, in
     /// seconds; 0 turns it off.
     pub trim_interval_secs: u64,
@@ -131,6 +132,7 @@ pub struct StoreConfig {
 pub enum StoreBackend {
     Embedded,
     Dynamodb,
+    Redis,
 }
 
 /// The DynamoDB table of the `dynamodb` backend.
@@ -143,6 +145,18 @@ pub struct DynamoDbConfig {
     /// A DynamoDB-compatible endpoint instead of AWS's (e.g. `http://127.0.0.1:8000`);
     /// empty means AWS. Credentials come from the usual AWS environment and profiles.
     pub endpoint: String,
+}
+
+/// The Redis of the `redis` backend, for small deployments: the store held in memory, as
+/// durable as Redis's own persistence (`appendonly yes`) makes it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisStoreConfig {
+    /// A standalone Redis, `redis://[:password@]host:port[/db]` (`rediss://` for TLS).
+    pub url: String,
+    /// Put before every key of the store, so deployments (and the cache tier, whose keys start
+    /// with `cache.remote_key_prefix`) can share a Redis.
+    pub key_prefix: String,
 }
 
 /// Cache tiers.
@@ -186,6 +200,10 @@ impl Default for Config {
                     table: "cellar".into(),
                     region: "us-east-1".into(),
                     endpoint: String::new(),
+                },
+                redis: RedisStoreConfig {
+                    url: "redis://127.0.0.1:6379".into(),
+                    key_prefix: "cellar:store:".into(),
                 },
                 trim_interval_secs: 600,
             },
@@ -286,6 +304,24 @@ mod tests {
             assert_eq!(c.registry_url(), "sqlite:///tmp/x/registry.db");
             Ok(())
         });
+    }
+
+    #[test]
+    fn the_redis_store_is_chosen_and_configured_in_its_section() {
+        let defaults = Config::default();
+        assert_eq!(defaults.store.redis.url, "redis://127.0.0.1:6379");
+        assert_eq!(defaults.store.redis.key_prefix, "cellar:store:");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cellar.toml");
+        std::fs::write(
+            &file,
+            "[store]\nbackend = \"redis\"\n[store.redis]\nurl = \"redis://10.0.0.5:6380/2\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&file)).unwrap();
+        assert_eq!(c.store.backend, StoreBackend::Redis);
+        assert_eq!(c.store.redis.url, "redis://10.0.0.5:6380/2");
+        assert_eq!(c.store.redis.key_prefix, "cellar:store:");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use cellar_cache::remote::{RemoteConfig, RemoteTier};
-use cellar_cache::{CacheMetrics, LocalTier, WritePath};
+use cellar_cache::{CacheMetrics, LocalTier, MeasuredStore, WritePath};
 use cellar_registry::Registry;
 use cellar_serving::http::{router, HttpState};
 use cellar_serving::metrics::ServingMetrics;
@@ -15,6 +15,7 @@ use cellar_serving::{Catalog, FeatureServer, FeatureServing, Limits};
 use cellar_store::embedded::EmbeddedStore;
 use cellar_store::{OnlineStore, RecordReader};
 use cellar_store_dynamodb::{DynamoConfig, DynamoStore};
+use cellar_store_redis::{RedisConfig, RedisStore};
 use tokio::net::TcpListener;
 
 use crate::config::{Config, StoreBackend};
@@ -37,8 +38,8 @@ pub struct Node {
     pub ingestion: Option<Arc<StreamIngestion>>,
 }
 
-/// Opens the online store `config` names: the embedded one in the data directory, or a
-/// DynamoDB table (created when missing).
+/// Opens the online store `config` names: the embedded one in the data directory, a DynamoDB
+/// table (created when missing), or a Redis (keys under `store.redis.key_prefix`).
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn OnlineStore>> {
     match config.store.backend {
         StoreBackend::Embedded => {
@@ -62,6 +63,18 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn OnlineStore>>
                 .with_context(|| format!("creating DynamoDB table `{}`", d.table))?;
             Ok(Arc::new(store))
         }
+        StoreBackend::Redis => {
+            let r = &config.store.redis;
+            let store = RedisStore::connect(RedisConfig {
+                url: r.url.clone(),
+                key_prefix: r.key_prefix.clone(),
+                ..RedisConfig::default()
+            })
+            .await
+            // Not the URL: it may hold a password.
+            .context("connecting to the Redis store (store.redis.url)")?;
+            Ok(Arc::new(store))
+        }
     }
 }
 
@@ -78,6 +91,9 @@ impl Node {
         };
         let catalog = Catalog::new(&repo);
         let cache_metrics = CacheMetrics::default();
+        // Reads that reach the store are timed and counted on their way.
+        let measured: Arc<dyn RecordReader> =
+            Arc::new(MeasuredStore::new(store.clone(), cache_metrics.clone()));
         let remote = if config.cache.remote_urls.is_empty() {
             None
         } else {
@@ -87,13 +103,13 @@ impl Node {
                 timeout: Duration::from_millis(config.cache.remote_timeout_ms),
                 ..RemoteConfig::default()
             };
-            let tier = RemoteTier::new(remote_config, store.clone(), cache_metrics.clone())
+            let tier = RemoteTier::new(remote_config, measured.clone(), cache_metrics.clone())
                 .context("setting up the Redis tier")?;
             Some(Arc::new(tier))
         };
         let next: Arc<dyn RecordReader> = match &remote {
             Some(remote) => remote.clone(),
-            None => store.clone(),
+            None => measured,
         };
         let local = Arc::new(LocalTier::new(
             config.cache.local_max_bytes,
@@ -388,6 +404,13 @@ impl prometheus_client::collector::Collector for RemoteMetrics {
             MetricType::Gauge,
         )?;
         ConstGauge::new(s.breaker.as_gauge()).encode(m)?;
+        let m = encoder.encode_descriptor(
+            "remote_cache_backfill_queue_depth",
+            "Back-fill and refresh jobs waiting to be written to Redis",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(s.backfill_queue_depth as i64).encode(m)?;
         Ok(())
     }
 }

@@ -622,6 +622,90 @@ async fn a_node_on_dynamodb_serves_pushed_and_ingested_records() {
 }
 
 #[tokio::test]
+async fn a_node_on_the_redis_store_serves_pushed_records() {
+    let Ok(url) = std::env::var("CELLAR_TEST_REDIS") else {
+        eprintln!("CELLAR_TEST_REDIS is not set: skipped (scripts/test.sh starts Redis)");
+        return;
+    };
+    let prefix = format!("cellar-serving-{:016x}:", rand::random::<u64>());
+    let s = Server::start_with(|c| {
+        c.store.backend = cellar::config::StoreBackend::Redis;
+        c.store.redis.url = url.clone();
+        c.store.redis.key_prefix = prefix.clone();
+    })
+    .await;
+    s.push(
+        "user_profile",
+        json!([{"entity": {"user_id": "u1"}, "event_time": "2026-01-02T00:00:00Z",
+                "features": {"country": "KR", "age": 31}}]),
+    )
+    .await;
+    let stale = s
+        .push(
+            "user_profile",
+            json!([{"entity": {"user_id": "u1"}, "event_time": "2026-01-01T00:00:00Z",
+                    "features": {"country": "JP", "age": 30}}]),
+        )
+        .await;
+    assert_eq!(stale, json!({"applied": 0, "stale": 1}));
+    let now = chrono::Utc::now().timestamp_millis();
+    let clicks: Vec<Value> = (0..3)
+        .map(|i| {
+            json!({"entity": {"user_id": "u9"}, "event_time": now - 1000 * (3 - i),
+                   "features": {"article_id": format!("a{i}"), "session_id": "s1"}})
+        })
+        .collect();
+    s.push("recent_clicked_articles", json!(clicks)).await;
+
+    // The records are in Redis under the prefix, not in the embedded store.
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    keys.sort();
+    assert_eq!(
+        keys,
+        vec![
+            format!("{prefix}a:user_profile#u1"),
+            format!("{prefix}s:recent_clicked_articles#u9"),
+        ]
+    );
+
+    let (_, body) = s
+        .post(
+            "/v1/features",
+            json!({"entities": {"user_id": ["u1", "nobody"]}, "groups": ["user_profile"]}),
+        )
+        .await;
+    let rows = &body["results"][0]["rows"];
+    assert_eq!(rows[0]["values"], json!(["KR", 31, null]), "{body}");
+    assert_eq!(rows[0]["event_time"], "2026-01-02T00:00:00Z", "{body}");
+    assert_eq!(rows[1], json!({"status": "not_found"}));
+    let (_, body) = s
+        .post(
+            "/v1/features",
+            json!({"entities": {"user_id": ["u9"]},
+                   "groups": [{"name": "recent_clicked_articles", "top_n": 2}]}),
+        )
+        .await;
+    let records = &body["results"][0]["rows"][0]["records"];
+    let articles: Vec<&Value> = records
+        .as_array()
+        .map(|r| r.iter().map(|r| &r["values"][0]).collect())
+        .unwrap_or_default();
+    assert_eq!(articles, vec!["a2", "a1"], "{body}");
+
+    let _: () = redis::cmd("DEL")
+        .arg(keys)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
 async fn a_node_with_a_redis_tier_writes_through_and_reads_it() {
     let Ok(url) = std::env::var("CELLAR_TEST_REDIS") else {
         eprintln!("CELLAR_TEST_REDIS is not set: skipped (scripts/test.sh starts Redis)");
