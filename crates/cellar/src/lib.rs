@@ -8,6 +8,7 @@
 //! - [`repo`]: `plan` and `apply` of a feature repo directory;
 //! - [`quickstart`]: the example repo and its sample data;
 //! - [`client`]: `get` and `push` against a running server;
+//! - [`stats`]: `cellar stats`, the cache tiers of a running server from its metrics;
 //! - [`bench`]: the serving benchmark's bare-server baseline.
 
 pub mod bench;
@@ -18,3 +19,4 @@ pub mod ingest;
 pub mod node;
 pub mod quickstart;
 pub mod repo;
+pub mod stats;

@@ -118,6 +118,13 @@ enum Command {
     /// set) they read and write Kafka directly, unless `--server` is given.
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
+    /// Show a running server's cache tiers: hit ratios per group and tier, store misses, read
+    /// latency per tier, and the Redis tier's breaker and back-fill queue.
+    Stats {
+        /// Server to ask; default: `server.listen` of the config.
+        #[arg(long)]
+        server: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -334,6 +341,12 @@ async fn run(cli: Cli, mut config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::DeadLetters(command) => run_dead_letters(&config, command).await,
+        Command::Stats { server } => {
+            let server = client::server_url(server.as_deref(), &config.server.listen)?;
+            let stats = cellar::stats::fetch(&server).await?;
+            print!("{}", cellar::stats::render(&stats));
+            Ok(())
+        }
     }
 }
 
