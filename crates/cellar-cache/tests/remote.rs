@@ -456,8 +456,7 @@ async fn a_hot_key_is_refreshed_before_its_soft_ttl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_misses_on_one_key_make_one_read_below() {
-    let Some(url) = redis_url("a_thousand_concurrent_misses_on_one_key_make_one_read_below")
-    else {
+    let Some(url) = redis_url("a_thousand_concurrent_misses_on_one_key_make_one_read_below") else {
         return;
     };
     let f = Arc::new(Fixture::new(RemoteConfig {
