@@ -211,6 +211,16 @@ impl LocalTier {
         group.serving.tiers.contains(&Tier::Local)
     }
 
+    /// The group's cost of a read of the next tier, looked up once per request; zero (no early
+    /// refresh) when the group does not refresh early.
+    fn read_cost(&self, group: &FeatureGroup) -> Duration {
+        if group.serving.early_refresh > 0.0 {
+            self.costs.get(&group.name)
+        } else {
+            Duration::ZERO
+        }
+    }
+
     /// Series entries hold this many records, so that most `top_n` can be answered.
     fn series_len(group: &FeatureGroup) -> usize {
         group
@@ -222,7 +232,13 @@ impl LocalTier {
     /// Looks up one key. A stale entry is returned and refreshed in the background; so is,
     /// now and then, a fresh one nearing its soft deadline (XFetch), so that a hot entry is
     /// refreshed before any read finds it stale.
-    fn lookup(&self, group: &FeatureGroup, key: &str, entity: &EntityKey) -> Option<Cached> {
+    fn lookup(
+        &self,
+        group: &FeatureGroup,
+        key: &str,
+        entity: &EntityKey,
+        read_cost: Duration,
+    ) -> Option<Cached> {
         let entry = self.cache.get(key)?;
         let now = Instant::now();
         if now >= entry.deadlines.hard {
@@ -236,7 +252,7 @@ impl LocalTier {
             && !matches!(entry.cached, Cached::Missing)
             && refresh_early(
                 entry.deadlines.soft - now,
-                self.costs.get(&group.name),
+                read_cost,
                 group.serving.early_refresh,
             )
         {
@@ -464,13 +480,14 @@ impl RecordReader for LocalTier {
             return self.next.get_attributes(group, entities).await;
         }
         let started = Instant::now();
+        let read_cost = self.read_cost(group);
         let mut out: Vec<Option<Record>> = vec![None; entities.len()];
         let mut missed: Vec<usize> = Vec::new();
         let mut missed_keys: Vec<CacheKey> = Vec::new();
         let mut key = String::new();
         for (i, entity) in entities.iter().enumerate() {
             write_cache_key(&mut key, &group.name, entity);
-            match self.lookup(group, &key, entity) {
+            match self.lookup(group, &key, entity, read_cost) {
                 Some(Cached::Attribute(r)) => {
                     self.metrics.record(Tier::Local, &group.name, Outcome::Hit);
                     out[i] = Some((*r).clone());
@@ -512,13 +529,14 @@ impl RecordReader for LocalTier {
             return self.next.scan_timeseries(group, entities, query).await;
         }
         let started = Instant::now();
+        let read_cost = self.read_cost(group);
         let mut out: Vec<Vec<Record>> = vec![Vec::new(); entities.len()];
         let mut missed: Vec<usize> = Vec::new();
         let mut missed_keys: Vec<CacheKey> = Vec::new();
         let mut key = String::new();
         for (i, entity) in entities.iter().enumerate() {
             write_cache_key(&mut key, &group.name, entity);
-            match self.lookup(group, &key, entity) {
+            match self.lookup(group, &key, entity, read_cost) {
                 Some(Cached::Series { records, complete })
                     if complete || records.len() >= query.top_n =>
                 {

@@ -56,9 +56,15 @@ pub fn refresh_early(until_soft: Duration, cost: Duration, beta: f64) -> bool {
     if beta <= 0.0 || cost.is_zero() {
         return false;
     }
+    let scale = cost.as_secs_f64() * beta;
+    let until = until_soft.as_secs_f64();
+    // Far from the deadline the chance is below e^-40: skip drawing a number on most hits.
+    if until > 40.0 * scale {
+        return false;
+    }
     // 1 - U lies in (0, 1], so its logarithm is finite and at most 0.
     let u: f64 = 1.0 - rand::rng().random::<f64>();
-    cost.as_secs_f64() * beta * -u.ln() >= until_soft.as_secs_f64()
+    scale * -u.ln() >= until
 }
 
 /// How long reading from the tier below takes, per group: a moving average of observed reads,
