@@ -49,61 +49,108 @@ pub enum KeyError {
     Reserved { field: String },
 }
 
+/// One key field's value as a reader holds it: text, or an integer. Batch readers build keys
+/// from typed columns with it, without going through JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyPart<'a> {
+    Text(&'a str),
+    Int(i64),
+}
+
 impl Entity {
     /// Builds the key of one entity from JSON values of its key fields, in order.
     pub fn key_from_json(&self, values: &[&serde_json::Value]) -> Result<EntityKey, KeyError> {
-        if values.len() != self.keys.len() {
-            return Err(KeyError::Arity {
-                entity: self.name.clone(),
-                expected: self.keys.len(),
-                names: self
-                    .keys
-                    .iter()
-                    .map(|k| k.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                got: values.len(),
-            });
-        }
+        self.check_arity(values.len())?;
         let mut out = String::new();
         for (i, (field, v)) in self.keys.iter().zip(values).enumerate() {
-            if i > 0 {
-                out.push(KEY_SEPARATOR);
-            }
-            let type_error = |expected: &'static str| KeyError::Type {
-                entity: self.name.clone(),
-                field: field.name.clone(),
-                expected,
-                got: match v {
-                    serde_json::Value::String(_) => "a string".into(),
-                    serde_json::Value::Number(n) => format!("the number {n}"),
-                    serde_json::Value::Null => "null".into(),
-                    serde_json::Value::Bool(_) => "a boolean".into(),
-                    _ => "a compound value".into(),
-                },
+            let part = match v {
+                serde_json::Value::String(s) => Some(KeyPart::Text(s)),
+                serde_json::Value::Number(n) => n.as_i64().map(KeyPart::Int),
+                _ => None,
             };
-            match (field.key_type, v) {
-                (KeyType::String, serde_json::Value::String(s)) => {
-                    if s.is_empty() || s.contains(KEY_SEPARATOR) {
-                        return Err(KeyError::Reserved {
-                            field: field.name.clone(),
-                        });
-                    }
-                    out.push_str(s)
-                }
-                (KeyType::Int64, serde_json::Value::Number(n)) => match n.as_i64() {
-                    Some(i) => out.push_str(&i.to_string()),
-                    None => return Err(type_error("a 64-bit integer")),
-                },
-                // Integer keys are also accepted as decimal text, as query strings send them.
-                (KeyType::Int64, serde_json::Value::String(s)) if s.parse::<i64>().is_ok() => {
-                    out.push_str(s)
-                }
-                (KeyType::String, _) => return Err(type_error("a string")),
-                (KeyType::Int64, _) => return Err(type_error("a 64-bit integer")),
-            }
+            let Some(part) = part else {
+                return Err(KeyError::Type {
+                    entity: self.name.clone(),
+                    field: field.name.clone(),
+                    expected: expected_of(field.key_type),
+                    got: match v {
+                        serde_json::Value::Number(n) => format!("the number {n}"),
+                        serde_json::Value::Null => "null".into(),
+                        serde_json::Value::Bool(_) => "a boolean".into(),
+                        _ => "a compound value".into(),
+                    },
+                });
+            };
+            self.push_key_part(&mut out, i, part)?;
         }
         Ok(EntityKey(out))
+    }
+
+    /// Fails unless `got` key field values were given for this entity's key fields.
+    pub fn check_arity(&self, got: usize) -> Result<(), KeyError> {
+        if got == self.keys.len() {
+            return Ok(());
+        }
+        Err(self.arity_error(got))
+    }
+
+    fn arity_error(&self, got: usize) -> KeyError {
+        KeyError::Arity {
+            entity: self.name.clone(),
+            expected: self.keys.len(),
+            names: self
+                .keys
+                .iter()
+                .map(|k| k.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            got,
+        }
+    }
+
+    /// Appends the value of key field `index` to `out` in the canonical form (preceded by the
+    /// separator unless it is the first field): the one place the key encoding is decided, so
+    /// keys built from JSON events and from batch columns are equal.
+    pub fn push_key_part(
+        &self,
+        out: &mut String,
+        index: usize,
+        part: KeyPart<'_>,
+    ) -> Result<(), KeyError> {
+        let Some(field) = self.keys.get(index) else {
+            return Err(self.arity_error(index + 1));
+        };
+        if index > 0 {
+            out.push(KEY_SEPARATOR);
+        }
+        let type_error = |got: String| KeyError::Type {
+            entity: self.name.clone(),
+            field: field.name.clone(),
+            expected: expected_of(field.key_type),
+            got,
+        };
+        match (field.key_type, part) {
+            (KeyType::String, KeyPart::Text(s)) => {
+                if s.is_empty() || s.contains(KEY_SEPARATOR) {
+                    return Err(KeyError::Reserved {
+                        field: field.name.clone(),
+                    });
+                }
+                out.push_str(s);
+            }
+            (KeyType::Int64, KeyPart::Int(i)) => {
+                use std::fmt::Write as _;
+                // Writing into a String cannot fail.
+                let _ = write!(out, "{i}");
+            }
+            // Integer keys are also accepted as decimal text, as query strings send them.
+            (KeyType::Int64, KeyPart::Text(s)) if s.parse::<i64>().is_ok() => out.push_str(s),
+            (KeyType::Int64, KeyPart::Text(_)) => return Err(type_error("a string".into())),
+            (KeyType::String, KeyPart::Int(i)) => {
+                return Err(type_error(format!("the number {i}")))
+            }
+        }
+        Ok(())
     }
 
     /// The JSON values of a key's fields, as they are echoed back to clients.
@@ -119,6 +166,13 @@ impl Entity {
                     .unwrap_or_else(|_| serde_json::Value::String(part.to_owned())),
             })
             .collect()
+    }
+}
+
+fn expected_of(key_type: KeyType) -> &'static str {
+    match key_type {
+        KeyType::String => "a string",
+        KeyType::Int64 => "a 64-bit integer",
     }
 }
 
@@ -147,6 +201,23 @@ mod tests {
         let e = entity(&[("user_id", KeyType::String), ("shard", KeyType::Int64)]);
         let key = e.key_from_json(&[&json!("u1"), &json!(7)]).unwrap();
         assert_eq!(e.key_to_json(&key), vec![json!("u1"), json!(7)]);
+    }
+
+    #[test]
+    fn typed_parts_encode_like_json() {
+        let e = entity(&[("user_id", KeyType::String), ("shard", KeyType::Int64)]);
+        let from_json = e.key_from_json(&[&json!("u1"), &json!(-7)]).unwrap();
+        let mut typed = String::new();
+        e.push_key_part(&mut typed, 0, KeyPart::Text("u1")).unwrap();
+        e.push_key_part(&mut typed, 1, KeyPart::Int(-7)).unwrap();
+        assert_eq!(typed, from_json.0);
+        let err = e
+            .push_key_part(&mut String::new(), 1, KeyPart::Text("x"))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "key field `shard` of entity `e` must be a 64-bit integer, got a string"
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub mod plan;
 pub mod repo;
 pub mod value;
 
-pub use key::{EntityKey, KeyError};
+pub use key::{EntityKey, KeyError, KeyPart};
 pub use model::*;
 pub use parse::{parse_repo, SpecError, SpecErrors};
 pub use plan::{plan, Change, ChangeAction, Plan};

@@ -158,11 +158,16 @@ fn mismatch(expected: impl Into<String>, got: &serde_json::Value) -> ValueError 
 pub fn parse_timestamp(v: &serde_json::Value) -> Option<i64> {
     match v {
         serde_json::Value::Number(n) => n.as_i64(),
-        serde_json::Value::String(s) => chrono::DateTime::parse_from_rfc3339(s)
-            .ok()
-            .map(|t| t.timestamp_millis()),
+        serde_json::Value::String(s) => parse_rfc3339(s),
         _ => None,
     }
+}
+
+/// Parses RFC 3339 text (`2024-01-02T03:04:05Z`, any offset) to epoch milliseconds.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.timestamp_millis())
 }
 
 /// Formats epoch milliseconds as RFC 3339 UTC text.
@@ -218,9 +223,7 @@ impl Value {
                     })?);
                 }
                 if matches!(t, ValueType::Set(_)) {
-                    out.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-                    out.dedup();
-                    Ok(Value::Set(out))
+                    Ok(Value::set_of(out))
                 } else {
                     Ok(Value::List(out))
                 }
@@ -259,6 +262,13 @@ impl Value {
                     .ok_or_else(|| mismatch(format!("{dim} numbers"), v))
             }
         }
+    }
+
+    /// A set of the given elements: sorted and without duplicates, so equal sets encode equally.
+    pub fn set_of(mut items: Vec<Value>) -> Value {
+        items.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        items.dedup();
+        Value::Set(items)
     }
 
     /// The JSON form of this value, as served.

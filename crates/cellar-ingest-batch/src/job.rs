@@ -1,0 +1,289 @@
+//! A batch ingestion ready to run: its spec checked and resolved once (group, entity, feature
+//! positions, columns read, how records are written), shared by every shard of the job.
+
+use std::sync::Arc;
+
+use cellar_spec::{
+    BatchInput, Entity, FeatureExpr, FeatureGroup, FeatureRepo, FileFormat, GroupKind, Ingestion,
+    IngestionSource, Parallelism,
+};
+
+use crate::error::{BatchError, Result};
+
+/// Rows per record batch read.
+pub const DEFAULT_BATCH_ROWS: usize = 4096;
+
+/// Rows per store write. A write holds the embedded store's writer lock for its duration
+/// (about 50-100 ms for this many rows on the reference machine), so larger writes, though
+/// faster per row (fewer fsyncs, more neighbouring keys per sorted batch), would delay
+/// concurrent writers (stream ingestion, pushes) for longer.
+pub const DEFAULT_WRITE_ROWS: usize = 16 * 1024;
+
+/// Share of a shard's rows that may be rejected before the shard fails.
+pub const DEFAULT_MAX_REJECT_RATIO: f64 = 0.01;
+
+/// Rows a shard reads before its reject ratio is judged mid-shard (it is always judged at the
+/// end): the first rejected row of a shard must not fail it alone.
+pub const REJECT_RATIO_MIN_ROWS: u64 = 1000;
+
+/// How a job's rows are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Each row is a whole record: time series (inserted at its event time, replacing one of
+    /// the same event time) and attribute groups whose every feature the ingestion maps
+    /// (stored unless the stored record's event time is the same or newer). A redone shard
+    /// writes nothing new: every put of it is stale, or replaces a record with itself.
+    Put,
+    /// The ingestion sets some of an attribute group's features: each row is merged into the
+    /// stored record (its fields set when the row is not older than the record), leaving the
+    /// others, as stream ingestion does. Merging the same row again sets the same values.
+    Merge,
+}
+
+/// Tuning of a job's shards.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct JobOptions {
+    /// Rows per record batch read: what a reader holds in memory per column at once.
+    pub batch_rows: usize,
+    /// Rows gathered (from one file) into one store write, sorted by entity key.
+    pub write_rows: usize,
+    /// A shard fails once more than this share of its rows is rejected (0.0: any reject fails
+    /// it, 1.0: never).
+    pub max_reject_ratio: f64,
+}
+
+impl Default for JobOptions {
+    fn default() -> Self {
+        JobOptions {
+            batch_rows: DEFAULT_BATCH_ROWS,
+            write_rows: DEFAULT_WRITE_ROWS,
+            max_reject_ratio: DEFAULT_MAX_REJECT_RATIO,
+        }
+    }
+}
+
+/// A batch ingestion ready to plan and run.
+#[derive(Debug, Clone)]
+pub struct BatchJob {
+    /// The ingestion's name, in reports and rejects.
+    pub ingestion: String,
+    /// The files read: a path, directory or glob.
+    pub path: String,
+    pub format: FileFormat,
+    pub parallelism: Parallelism,
+    /// The group written, shared with every write.
+    pub group: Arc<FeatureGroup>,
+    /// The group's entity: its key fields' order and types.
+    pub entity: Entity,
+    /// Columns holding the entity's key fields, in the entity's order.
+    pub key_columns: Vec<String>,
+    /// Column holding each row's event time; `None` stamps every row with `run_time_ms`.
+    pub event_time_column: Option<String>,
+    /// (feature position in the group, column), in the ingestion's order.
+    pub features: Vec<(usize, String)>,
+    pub mode: WriteMode,
+    /// When the job runs, epoch milliseconds: the event time of rows when the ingestion names
+    /// no event-time column. Fixed per job, so a redone shard stamps the same time.
+    pub run_time_ms: i64,
+    pub options: JobOptions,
+}
+
+impl BatchJob {
+    /// The job of ingestion `name` of `repo`.
+    pub fn from_repo(repo: &FeatureRepo, name: &str, run_time_ms: i64) -> Result<BatchJob> {
+        let ingestion = repo.ingestion(name).ok_or_else(|| BatchError::Job {
+            ingestion: name.to_owned(),
+            reason: "no such ingestion".into(),
+        })?;
+        let fail = |reason: String| BatchError::Job {
+            ingestion: name.to_owned(),
+            reason,
+        };
+        let group = repo
+            .group(&ingestion.into)
+            .ok_or_else(|| fail(format!("group `{}` does not exist", ingestion.into)))?;
+        let entity = repo
+            .entity(&group.entity)
+            .ok_or_else(|| fail(format!("entity `{}` does not exist", group.entity)))?;
+        BatchJob::new(ingestion, group, entity, run_time_ms)
+    }
+
+    /// The job of `ingestion`, which writes `group` of `entity`.
+    pub fn new(
+        ingestion: &Ingestion,
+        group: &FeatureGroup,
+        entity: &Entity,
+        run_time_ms: i64,
+    ) -> Result<BatchJob> {
+        let fail = |reason: String| BatchError::Job {
+            ingestion: ingestion.name.clone(),
+            reason,
+        };
+        let IngestionSource::Batch(batch) = &ingestion.source else {
+            return Err(fail("it is a stream ingestion".into()));
+        };
+        let (path, format) = match &batch.input {
+            BatchInput::Files { path, format } => (path.clone(), *format),
+            BatchInput::Postgres { .. } => {
+                return Err(fail(
+                    "PostgreSQL sources are not supported yet: only Parquet and CSV files".into(),
+                ))
+            }
+        };
+        if batch.transform.is_some() {
+            return Err(fail("SQL transforms are not supported yet".into()));
+        }
+        if ingestion.into != group.name || group.entity != entity.name {
+            return Err(fail(format!(
+                "it writes group `{}`, not `{}` of entity `{}`",
+                ingestion.into, group.name, entity.name
+            )));
+        }
+        if ingestion.key.len() != entity.keys.len() {
+            return Err(fail(format!(
+                "key has {} column(s) but entity `{}` has {} key field(s)",
+                ingestion.key.len(),
+                entity.name,
+                entity.keys.len()
+            )));
+        }
+        let mut features = Vec::with_capacity(ingestion.features.len());
+        for m in &ingestion.features {
+            let position = group.feature_index(&m.feature).ok_or_else(|| {
+                fail(format!(
+                    "group `{}` has no feature `{}`",
+                    group.name, m.feature
+                ))
+            })?;
+            match &m.expr {
+                FeatureExpr::Field(column) => features.push((position, column.clone())),
+                FeatureExpr::Aggregate(_) => {
+                    return Err(fail(format!(
+                        "feature `{}` is an aggregate: batch ingestions read values as they \
+                         are, aggregate in the SQL `transform` instead",
+                        m.feature
+                    )))
+                }
+            }
+        }
+        let maps_every_feature =
+            (0..group.features.len()).all(|position| features.iter().any(|(p, _)| *p == position));
+        let mode = match group.kind {
+            GroupKind::Attribute if !maps_every_feature => WriteMode::Merge,
+            _ => WriteMode::Put,
+        };
+        Ok(BatchJob {
+            ingestion: ingestion.name.clone(),
+            path,
+            format,
+            parallelism: batch.parallelism,
+            group: Arc::new(group.clone()),
+            entity: entity.clone(),
+            key_columns: ingestion.key.clone(),
+            event_time_column: ingestion.event_time.clone(),
+            features,
+            mode,
+            run_time_ms,
+            options: JobOptions::default(),
+        })
+    }
+
+    /// The same job with other options.
+    pub fn with_options(mut self, options: JobOptions) -> BatchJob {
+        self.options = options;
+        self
+    }
+
+    /// Every column the job reads, each once, in first-use order: keys, event time, features.
+    pub fn columns(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        let all = self
+            .key_columns
+            .iter()
+            .chain(&self.event_time_column)
+            .chain(self.features.iter().map(|(_, c)| c));
+        for c in all {
+            if !out.contains(&c.as_str()) {
+                out.push(c);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo(extra: &str) -> FeatureRepo {
+        let text = format!(
+            r#"
+kind: Entity
+name: user
+keys: [{{ name: user_id, type: string }}]
+---
+kind: FeatureGroup
+name: profile
+entity: user
+type: attribute
+features:
+  - {{ name: country, type: string }}
+  - {{ name: age, type: int64 }}
+---
+{extra}
+"#
+        );
+        cellar_spec::parse_repo(&[("repo.yaml".into(), text)]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn partial_attribute_ingestions_merge_and_full_ones_put() {
+        let partial = repo(
+            "kind: Ingestion\nname: countries\nbatch: { files: { path: a.parquet } }\n\
+             into: profile\nkey: user_id\nfeatures: { country: c }\n",
+        );
+        let job = BatchJob::from_repo(&partial, "countries", 5).unwrap();
+        assert_eq!(job.mode, WriteMode::Merge);
+        assert_eq!(job.columns(), ["user_id", "c"]);
+        let full = repo(
+            "kind: Ingestion\nname: profiles\nbatch: { files: { path: a.csv } }\n\
+             into: profile\nkey: user_id\nevent_time: ts\nfeatures: { country: c, age: user_id }\n",
+        );
+        let job = BatchJob::from_repo(&full, "profiles", 5).unwrap();
+        assert_eq!(job.mode, WriteMode::Put);
+        assert_eq!(job.format, FileFormat::Csv);
+        assert_eq!(job.columns(), ["user_id", "ts", "c"]);
+    }
+
+    #[test]
+    fn aggregates_and_unsupported_sources_are_refused_with_the_reason() {
+        let r = repo(
+            "kind: Ingestion\nname: profiles\nbatch: { files: { path: a.csv } }\n\
+             into: profile\nkey: user_id\nfeatures: { country: c }\n",
+        );
+        let mut ingestion = r.ingestion("profiles").unwrap().clone();
+        ingestion.features[0].expr = FeatureExpr::Aggregate(cellar_spec::AggregateExpr {
+            function: cellar_spec::AggregateFunction::Count,
+            of: None,
+            window: std::time::Duration::from_secs(60),
+            slide: None,
+        });
+        let err = BatchJob::new(&ingestion, &r.groups[0], &r.entities[0], 0).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "ingestion `profiles` cannot run: feature `country` is an aggregate: batch \
+             ingestions read values as they are, aggregate in the SQL `transform` instead"
+        );
+        let r = repo(
+            "kind: Ingestion\nname: pg\nbatch: { postgres: { url: \"postgres://x/y\", query: \"SELECT 1\" } }\n\
+             into: profile\nkey: user_id\nfeatures: { country: c }\n",
+        );
+        let err = BatchJob::from_repo(&r, "pg", 0).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("PostgreSQL sources are not supported yet"),
+            "{err}"
+        );
+        assert!(!err.is_retryable());
+    }
+}
