@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use cellar_spec::{
     BatchInput, Entity, FeatureExpr, FeatureGroup, FeatureRepo, FileFormat, GroupKind, Ingestion,
     IngestionSource, Parallelism,
@@ -38,6 +40,29 @@ pub enum WriteMode {
     /// stored record (its fields set when the row is not older than the record), leaving the
     /// others, as stream ingestion does. Merging the same row again sets the same values.
     Merge,
+}
+
+/// The span of event time a job loads, `[from, to)` in epoch milliseconds; an open end is
+/// unbounded. Rows outside it are skipped, not rejected: a daily run reading a file that also
+/// holds other days loads only its own. Ingestions without an event-time column stamp every
+/// row with the run time and load every row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Period {
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+}
+
+impl Period {
+    /// Every event time.
+    pub const ALL: Period = Period {
+        from_ms: None,
+        to_ms: None,
+    };
+
+    pub fn contains(&self, event_time_ms: i64) -> bool {
+        self.from_ms.is_none_or(|from| event_time_ms >= from)
+            && self.to_ms.is_none_or(|to| event_time_ms < to)
+    }
 }
 
 /// Tuning of a job's shards.
@@ -85,6 +110,8 @@ pub struct BatchJob {
     /// When the job runs, epoch milliseconds: the event time of rows when the ingestion names
     /// no event-time column. Fixed per job, so a redone shard stamps the same time.
     pub run_time_ms: i64,
+    /// Rows whose event time falls outside are skipped.
+    pub period: Period,
     pub options: JobOptions,
 }
 
@@ -184,8 +211,15 @@ impl BatchJob {
             features,
             mode,
             run_time_ms,
+            period: Period::ALL,
             options: JobOptions::default(),
         })
+    }
+
+    /// The same job, loading only rows of `period`.
+    pub fn with_period(mut self, period: Period) -> BatchJob {
+        self.period = period;
+        self
     }
 
     /// The same job with other options.

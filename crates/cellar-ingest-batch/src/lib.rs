@@ -39,7 +39,7 @@ pub mod shard;
 pub mod sink;
 
 pub use error::{BatchError, Result};
-pub use job::{BatchJob, JobOptions, WriteMode};
+pub use job::{BatchJob, JobOptions, Period, WriteMode};
 pub use plan::{plan, plan_with, Piece, Plan, PlanOptions, Shard};
 pub use rejects::{MemoryRejects, Reject, RejectFile, Rejects};
 pub use runner::{JobReport, LocalRunner, Progress, ShardOutcome};

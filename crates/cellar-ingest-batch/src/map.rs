@@ -216,14 +216,16 @@ impl<'j> Mapper<'j> {
     }
 
     /// Maps every row of `batch`, appending the writes of the rows that fit to `out` (of the
-    /// job's mode) and a reject to `rejects` for each row that does not.
+    /// job's mode) and a reject to `rejects` for each row that does not. Returns how many rows
+    /// were skipped for an event time outside the job's period.
     pub(crate) fn map(
         &self,
         batch: &RecordBatch,
         locator: Locator<'_>,
         out: &mut Writes,
         rejects: &mut Vec<Reject>,
-    ) {
+    ) -> u64 {
+        let mut skipped = 0;
         let columns: Vec<Column> = batch.columns().iter().map(Column::new).collect();
         let rows = batch.num_rows();
         match out {
@@ -240,7 +242,11 @@ impl<'j> Mapper<'j> {
         }
         for row in 0..rows {
             let (entity, record) = match self.map_row(&columns, row) {
-                Ok(mapped) => mapped,
+                Ok(Some(mapped)) => mapped,
+                Ok(None) => {
+                    skipped += 1;
+                    continue;
+                }
                 Err((column, reason)) => {
                     rejects.push(self.reject(locator.place(row), column, reason));
                     continue;
@@ -274,15 +280,16 @@ impl<'j> Mapper<'j> {
                 }
             }
         }
+        skipped
     }
 
-    /// One row as the entity and its record (every feature the job does not map is null), or
-    /// the column at fault and why.
+    /// One row as the entity and its record (every feature the job does not map is null),
+    /// `None` when its event time is outside the job's period, or the column at fault and why.
     fn map_row(
         &self,
         columns: &[Column],
         row: usize,
-    ) -> std::result::Result<(EntityKey, Record), (Option<&'j str>, String)> {
+    ) -> std::result::Result<Option<(EntityKey, Record)>, RowFault<'j>> {
         let job = self.job;
         let mut key = String::with_capacity(24);
         for (i, &c) in self.key.iter().enumerate() {
@@ -346,6 +353,9 @@ impl<'j> Mapper<'j> {
             }
             _ => job.run_time_ms,
         };
+        if !job.period.contains(event_time) {
+            return Ok(None);
+        }
         let mut values = vec![Value::Null; job.group.features.len()];
         for (i, &(position, c)) in self.features.iter().enumerate() {
             let feature = &job.group.features[position];
@@ -364,9 +374,13 @@ impl<'j> Mapper<'j> {
         let record = Record::new(event_time, values);
         cellar_store::check_size(&job.group, &entity, &record)
             .map_err(|e| (None, e.to_string()))?;
-        Ok((entity, record))
+        Ok(Some((entity, record)))
     }
 }
+
+
+/// Why a row was refused: the column at fault (`None` for the row as a whole) and the reason.
+type RowFault<'j> = (Option<&'j str>, String);
 
 #[cfg(test)]
 mod tests {

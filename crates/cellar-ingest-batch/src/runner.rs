@@ -48,6 +48,7 @@ pub struct JobReport {
     pub rows_written: u64,
     pub rows_stale: u64,
     pub rows_rejected: u64,
+    pub rows_skipped: u64,
     pub elapsed: Duration,
 }
 
@@ -182,6 +183,7 @@ impl LocalRunner {
             rows_written: 0,
             rows_stale: 0,
             rows_rejected: 0,
+            rows_skipped: 0,
             elapsed: Duration::ZERO,
         };
         for o in &outcomes {
@@ -190,6 +192,7 @@ impl LocalRunner {
                 report.rows_written += r.rows_written;
                 report.rows_stale += r.rows_stale;
                 report.rows_rejected += r.rows_rejected;
+                report.rows_skipped += r.rows_skipped;
             }
         }
         report.shards = outcomes;

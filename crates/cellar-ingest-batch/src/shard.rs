@@ -47,6 +47,8 @@ pub struct ShardReport {
     pub rows_stale: u64,
     /// Rows refused, each recorded with its reason.
     pub rows_rejected: u64,
+    /// Rows skipped for an event time outside the job's period.
+    pub rows_skipped: u64,
     /// Store writes made (one per batch of rows).
     pub batches: u64,
     pub elapsed: Duration,
@@ -67,9 +69,10 @@ pub struct BatchDone {
 
 /// One batch of a shard's rows, mapped.
 struct Mapped {
-    /// Rows read, rejected ones included.
+    /// Rows read, rejected and skipped ones included.
     rows: u64,
     rejected: u64,
+    skipped: u64,
     writes: Writes,
     file: Arc<str>,
 }
@@ -108,6 +111,7 @@ pub async fn run_shard_observed(
         while let Some(mapped) = rx.recv().await {
             report.rows_read += mapped.rows;
             report.rows_rejected += mapped.rejected;
+            report.rows_skipped += mapped.skipped;
             let written = Instant::now();
             let late_rejects = write(job, sink, mapped.writes, &mut report).await?;
             report.write_time += written.elapsed();
@@ -181,6 +185,7 @@ fn read_and_map(
     let mut pending = Mapped {
         rows: 0,
         rejected: 0,
+        skipped: 0,
         writes: Writes::new(job.mode),
         file: Arc::from(""),
     };
@@ -192,6 +197,7 @@ fn read_and_map(
         let mut next = Mapped {
             rows: 0,
             rejected: 0,
+            skipped: 0,
             writes: Writes::new(job.mode),
             file: Arc::clone(&pending.file),
         };
@@ -212,7 +218,7 @@ fn read_and_map(
             pending.file = Arc::from(mapper.file());
         }
         let read_rejects = rejected.len() as u64;
-        mapper.map(batch, locator, &mut pending.writes, &mut rejected);
+        pending.skipped += mapper.map(batch, locator, &mut pending.writes, &mut rejected);
         rejects.record(&rejected)?;
         pending.rows += batch.num_rows() as u64 + read_rejects;
         pending.rejected += rejected.len() as u64;

@@ -3,7 +3,10 @@
 //! The statements are portable between SQLite and PostgreSQL (`$n` parameters, `ON CONFLICT`,
 //! integer timestamps). A macro instantiates them per driver, which keeps every query typed
 //! against a concrete database without sqlx's long generic bounds; only how an apply takes its
-//! lock differs, and that is a parameter.
+//! lock differs, and that is a parameter. The SQL of batch jobs is in `jobs`, re-exported
+//! into each driver's module.
+
+mod jobs;
 
 use cellar_spec::SpecKind;
 
@@ -74,6 +77,8 @@ macro_rules! backend {
     ($module:ident, $db:ty, begin: $begin:expr, lock: $lock:expr) => {
         pub(crate) mod $module {
             use super::*;
+
+            pub(crate) use super::jobs::$module::*;
 
             type Pool = sqlx::Pool<$db>;
 

@@ -2,6 +2,8 @@
 
 use cellar_spec::SpecKind;
 
+use crate::JobState;
+
 /// What went wrong in the registry, and with what.
 ///
 /// URLs in messages have their password replaced by `***`.
@@ -55,6 +57,26 @@ pub enum RegistryError {
     /// or written by an incompatible version of Cellar.
     #[error("corrupt registry data: {what}: {reason}")]
     Corrupt { what: String, reason: String },
+
+    /// No job has this id.
+    #[error("no job {id} in the registry")]
+    NoSuchJob { id: i64 },
+
+    /// The job exists but was not planned with a shard of this index.
+    #[error("job {job_id} has no shard {index}")]
+    NoSuchShard { job_id: i64, index: i64 },
+
+    /// The job's state does not allow the action, such as retrying a job that succeeded.
+    #[error("cannot {action} job {id}: it is {state}")]
+    JobState {
+        id: i64,
+        state: JobState,
+        action: &'static str,
+    },
+
+    /// A job can only be finished as succeeded or failed; cancelling has its own call.
+    #[error("cannot finish job {id} as {state}: a job finishes as succeeded or failed")]
+    NotAFinalState { id: i64, state: JobState },
 }
 
 impl RegistryError {

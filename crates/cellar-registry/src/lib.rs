@@ -1,13 +1,16 @@
 //! Cellar's registry: the durable record of what was applied. It keeps every applied feature
 //! repo with its version, the history of each spec (added, changed, removed), and the
-//! ingestion watermarks that `apply` must never reset.
+//! ingestion watermarks that `apply` must never reset. It also keeps the state of batch jobs
+//! and their shards, which `apply` never touches either.
 //!
 //! One SQLite file is the embedded default; PostgreSQL is the shared one for many processes.
 //! Both run the same statements through `sqlx`.
 //!
 //! Layout:
-//! - [`Registry`]: open a registry by URL, apply a repo, read repos, histories and watermarks;
+//! - [`Registry`]: open a registry by URL, apply a repo, read repos, histories and watermarks,
+//!   and record batch jobs from submission through their shards' attempts;
 //! - [`RegistryError`]: the one error type, saying what failed;
+//! - `jobs`: the job and shard types ([`Job`], [`ShardRun`], ...) and how their rows decode;
 //! - `snapshot`: how a repo is serialized and which history rows an apply writes (no IO);
 //! - `backend`: the SQL, instantiated for each driver;
 //! - `migrations/sqlite`, `migrations/postgres`: the schema, embedded and run by
@@ -18,6 +21,7 @@
 
 mod backend;
 mod error;
+mod jobs;
 mod snapshot;
 
 use std::path::Path;
@@ -31,6 +35,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool};
 use sqlx::Connection;
 
 pub use error::RegistryError;
+pub use jobs::{Job, JobFilter, JobKind, JobState, NewJob, PlannedShard, ShardResult, ShardRun};
 
 use backend::{SpecRow, WatermarkRow};
 use snapshot::RepoSnapshot;
@@ -194,7 +199,7 @@ impl Registry {
     /// If it equals the current one (ignoring `origins`), nothing is written and the outcome
     /// says `changed: false`. Otherwise one transaction writes the next repo version and a
     /// history entry for every spec added, changed or removed. Concurrent applies, from this
-    /// process or others, run one after the other. Watermarks are never touched.
+    /// process or others, run one after the other. Watermarks and jobs are never touched.
     pub async fn apply(&self, repo: &FeatureRepo) -> Result<ApplyOutcome, RegistryError> {
         let desired = RepoSnapshot::new(repo)?;
         let mut attempt = 1;
@@ -231,6 +236,128 @@ impl Registry {
         value: &WatermarkValue,
     ) -> Result<(), RegistryError> {
         dispatch!(self, set_watermark(ingestion, value))
+    }
+
+    /// Records a new job, `submitted`, to be planned.
+    pub async fn submit_job(&self, new: &NewJob) -> Result<Job, RegistryError> {
+        dispatch!(self, submit_job(new))
+    }
+
+    /// Records the plan of a `submitted` job in one transaction: its shards, `runnable` and
+    /// never attempted, and its planned rows; the job becomes `runnable`.
+    pub async fn plan_job(
+        &self,
+        id: i64,
+        rows_planned: i64,
+        shards: &[PlannedShard],
+    ) -> Result<Job, RegistryError> {
+        dispatch!(self, plan_job(id, rows_planned, shards))
+    }
+
+    /// Starts an attempt at a shard on `worker`, and starts its job if it was `runnable`.
+    ///
+    /// `None` when the shard or its job is finished, so a redelivered task is skipped, and
+    /// when the shard is `running` with progress written at or after `stale_before`: its
+    /// worker is alive. A `running` shard silent since before then (`None`: any running
+    /// shard) is claimed again: its worker died, and shard runs are idempotent, so another
+    /// one redoes it. The counters restart at zero.
+    pub async fn claim_shard(
+        &self,
+        job_id: i64,
+        index: i64,
+        worker: &str,
+        stale_before: Option<DateTime<Utc>>,
+    ) -> Result<Option<ShardRun>, RegistryError> {
+        let stale_before_ms = stale_before.map_or(i64::MAX, |t| t.timestamp_millis());
+        dispatch!(self, claim_shard(job_id, index, worker, stale_before_ms))
+    }
+
+    /// Records how far the current attempt at a running shard got (cumulative counts); does
+    /// nothing if the shard is not running.
+    pub async fn shard_progress(
+        &self,
+        job_id: i64,
+        index: i64,
+        rows_read: i64,
+        rows_written: i64,
+        rows_rejected: i64,
+    ) -> Result<(), RegistryError> {
+        dispatch!(
+            self,
+            shard_progress(job_id, index, rows_read, rows_written, rows_rejected)
+        )
+    }
+
+    /// Ends the current attempt at a shard: `succeeded` with its counts, or, on an error,
+    /// back to `runnable` for another attempt while the job's `max_attempts` allow and the
+    /// error is `retryable`, else `failed`. A finished or cancelled shard is returned
+    /// unchanged. Deciding whether the job is done is left to the caller
+    /// ([`Registry::finish_job`]).
+    pub async fn finish_shard(
+        &self,
+        job_id: i64,
+        index: i64,
+        result: Result<ShardResult, String>,
+        retryable: bool,
+    ) -> Result<ShardRun, RegistryError> {
+        dispatch!(self, finish_shard(job_id, index, result, retryable))
+    }
+
+    /// Ends a job as `succeeded` or `failed` (with why); a finished job is returned unchanged.
+    pub async fn finish_job(
+        &self,
+        id: i64,
+        state: JobState,
+        error: Option<&str>,
+    ) -> Result<Job, RegistryError> {
+        dispatch!(self, finish_job(id, state, error))
+    }
+
+    /// Cancels an unfinished job and its unfinished shards, so no more attempts start.
+    pub async fn cancel_job(&self, id: i64) -> Result<Job, RegistryError> {
+        dispatch!(self, cancel_job(id))
+    }
+
+    /// Runs a `failed` or `cancelled` job again: its failed and cancelled shards get fresh
+    /// attempts, succeeded ones are kept. A job that never got planned goes back to
+    /// `submitted`.
+    pub async fn retry_job(&self, id: i64) -> Result<Job, RegistryError> {
+        dispatch!(self, retry_job(id))
+    }
+
+    /// The job with this id, or `None`.
+    pub async fn job(&self, id: i64) -> Result<Option<Job>, RegistryError> {
+        dispatch!(self, job(id))
+    }
+
+    /// The shards of a job by index; empty before planning or for an unknown job.
+    pub async fn shards(&self, job_id: i64) -> Result<Vec<ShardRun>, RegistryError> {
+        dispatch!(self, shards(job_id))
+    }
+
+    /// The jobs that pass `filter`, newest first.
+    pub async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, RegistryError> {
+        dispatch!(self, list_jobs(filter))
+    }
+
+    /// The newest job of `ingestion` over exactly this period (an unbounded side matches only
+    /// an unbounded side), so a schedule can tell whether a period was already run.
+    pub async fn last_job_for_period(
+        &self,
+        ingestion: &str,
+        period_from_ms: Option<i64>,
+        period_to_ms: Option<i64>,
+    ) -> Result<Option<Job>, RegistryError> {
+        dispatch!(
+            self,
+            last_job_for_period(ingestion, period_from_ms, period_to_ms)
+        )
+    }
+
+    /// Records that an alert about the job was sent now. It does not count as a change of
+    /// the job: `updated_at` keeps marking its last progress.
+    pub async fn mark_alerted(&self, id: i64) -> Result<(), RegistryError> {
+        dispatch!(self, mark_alerted(id))
     }
 
     /// Closes every connection, waiting for them to finish. Dropping the registry closes them

@@ -7,7 +7,10 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cellar_registry::{Registry, RegistryError, WatermarkValue};
+use cellar_registry::{
+    Job, JobFilter, JobKind, JobState, NewJob, PlannedShard, Registry, RegistryError, ShardResult,
+    WatermarkValue,
+};
 use cellar_spec::{
     Entity, EntityKeyField, EventFormat, Feature, FeatureExpr, FeatureGroup, FeatureMapping,
     FeatureRepo, FeatureSelection, FeatureService, GroupKind, Ingestion, IngestionSource, KeyType,
@@ -653,6 +656,769 @@ async fn a_plain_path_creates_the_file_and_its_directory() {
     let current = registry.current().await.expect("current").expect("applied");
     assert_eq!(current.version, 1);
     registry.close().await;
+}
+
+fn backfill(ingestion: &str, from_ms: Option<i64>, to_ms: Option<i64>) -> NewJob {
+    NewJob {
+        ingestion: ingestion.to_owned(),
+        kind: JobKind::Backfill,
+        period_from_ms: from_ms,
+        period_to_ms: to_ms,
+        runner: "local".to_owned(),
+        max_attempts: 3,
+    }
+}
+
+/// `count` shards of 100 planned rows each, indexed from 0.
+fn shards_of_100(count: i64) -> Vec<PlannedShard> {
+    (0..count)
+        .map(|index| PlannedShard {
+            index,
+            description: format!("{{\"file\":\"part-{index}.parquet\"}}"),
+            rows_planned: 100,
+        })
+        .collect()
+}
+
+fn counts(rows_read: i64, rows_written: i64, rows_rejected: i64) -> ShardResult {
+    ShardResult {
+        rows_read,
+        rows_written,
+        rows_rejected,
+    }
+}
+
+/// Submits a backfill of `clicks` and plans it into `shards` shards.
+async fn planned_job(registry: &Registry, shards: i64) -> Job {
+    let job = registry
+        .submit_job(&backfill("clicks", Some(0), Some(1000)))
+        .await
+        .expect("submit");
+    registry
+        .plan_job(job.id, 100 * shards, &shards_of_100(shards))
+        .await
+        .expect("plan")
+}
+
+#[tokio::test]
+async fn a_job_runs_from_submission_to_success() {
+    on_every_backend("a_job_runs_from_submission_to_success", |url| async move {
+        let registry = open(&url).await;
+        let submitted = registry
+            .submit_job(&backfill("clicks", Some(0), Some(86_400_000)))
+            .await
+            .expect("submit");
+        assert_eq!(submitted.state, JobState::Submitted);
+        assert_eq!(submitted.kind, JobKind::Backfill);
+        assert_eq!(
+            (submitted.period_from_ms, submitted.period_to_ms),
+            (Some(0), Some(86_400_000))
+        );
+        assert_eq!(
+            (submitted.runner.as_str(), submitted.max_attempts),
+            ("local", 3)
+        );
+        assert_eq!(submitted.rows_planned, None);
+        assert_eq!((submitted.started_at, submitted.finished_at), (None, None));
+        assert_eq!(submitted.shards_total, 0);
+        assert_eq!(registry.shards(submitted.id).await.expect("shards"), vec![]);
+
+        let planned = registry
+            .plan_job(submitted.id, 250, &shards_of_100(3))
+            .await
+            .expect("plan");
+        assert_eq!(planned.state, JobState::Runnable);
+        assert_eq!(planned.rows_planned, Some(250));
+        assert_eq!((planned.shards_total, planned.shards_succeeded), (3, 0));
+        let shards = registry.shards(planned.id).await.expect("shards");
+        let indexes: Vec<i64> = shards.iter().map(|s| s.index).collect();
+        assert_eq!(indexes, vec![0, 1, 2]);
+        for shard in &shards {
+            assert_eq!((shard.state, shard.attempts), (JobState::Runnable, 0));
+            assert_eq!(shard.worker, None);
+        }
+        assert_eq!(shards[1].description, "{\"file\":\"part-1.parquet\"}");
+
+        let claimed = registry
+            .claim_shard(planned.id, 0, "worker-a", None)
+            .await
+            .expect("claim")
+            .expect("claimable");
+        assert_eq!((claimed.state, claimed.attempts), (JobState::Running, 1));
+        assert_eq!(claimed.worker.as_deref(), Some("worker-a"));
+        assert!(claimed.started_at.is_some() && claimed.finished_at.is_none());
+        let running = registry
+            .job(planned.id)
+            .await
+            .expect("job")
+            .expect("exists");
+        assert_eq!(running.state, JobState::Running);
+        let started_at = running.started_at.expect("started");
+
+        registry
+            .shard_progress(planned.id, 0, 40, 38, 2)
+            .await
+            .expect("progress");
+        let job = registry
+            .job(planned.id)
+            .await
+            .expect("job")
+            .expect("exists");
+        assert_eq!(
+            (job.rows_read, job.rows_written, job.rows_rejected),
+            (40, 38, 2)
+        );
+        assert!(job.updated_at >= running.updated_at);
+        // Progress of a shard that is not running changes nothing.
+        registry
+            .shard_progress(planned.id, 1, 7, 7, 0)
+            .await
+            .expect("progress of a runnable shard");
+        assert_eq!(registry.job(planned.id).await.expect("job"), Some(job));
+
+        let done = registry
+            .finish_shard(planned.id, 0, Ok(counts(100, 97, 3)), true)
+            .await
+            .expect("finish");
+        assert_eq!(done.state, JobState::Succeeded);
+        assert_eq!(
+            (done.rows_read, done.rows_written, done.rows_rejected),
+            (100, 97, 3)
+        );
+        assert!(done.finished_at.is_some());
+        for index in [1, 2] {
+            let worker = format!("worker-{index}");
+            registry
+                .claim_shard(planned.id, index, &worker, None)
+                .await
+                .expect("claim")
+                .expect("claimable");
+            registry
+                .finish_shard(planned.id, index, Ok(counts(75, 75, 0)), true)
+                .await
+                .expect("finish");
+        }
+
+        let job = registry
+            .job(planned.id)
+            .await
+            .expect("job")
+            .expect("exists");
+        assert_eq!(
+            job.state,
+            JobState::Running,
+            "finishing shards leaves the job"
+        );
+        assert_eq!(job.started_at, Some(started_at), "started once");
+        assert_eq!(
+            (job.rows_read, job.rows_written, job.rows_rejected),
+            (250, 247, 3)
+        );
+        assert_eq!(
+            (job.shards_total, job.shards_succeeded, job.shards_failed),
+            (3, 3, 0)
+        );
+
+        let finished = registry
+            .finish_job(planned.id, JobState::Succeeded, None)
+            .await
+            .expect("finish job");
+        assert_eq!(finished.state, JobState::Succeeded);
+        assert_eq!(finished.error, None);
+        let finished_at = finished.finished_at.expect("finished");
+        assert!(finished_at >= started_at);
+        assert_eq!(finished.rows_written, 247);
+        // Finishing again changes nothing.
+        let again = registry
+            .finish_job(planned.id, JobState::Failed, Some("late"))
+            .await
+            .expect("finish again");
+        assert_eq!(again, finished);
+        registry.close().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_failing_shard_is_retried_until_its_attempts_run_out() {
+    on_every_backend(
+        "a_failing_shard_is_retried_until_its_attempts_run_out",
+        |url| async move {
+            let registry = open(&url).await;
+            let job = planned_job(&registry, 2).await;
+            for attempt in 1..=3 {
+                let claimed = registry
+                    .claim_shard(job.id, 1, "worker-a", None)
+                    .await
+                    .expect("claim")
+                    .expect("claimable while attempts remain");
+                assert_eq!(claimed.attempts, attempt);
+                let reason = format!("s3 timeout {attempt}");
+                let failed = registry
+                    .finish_shard(job.id, 1, Err(reason.clone()), true)
+                    .await
+                    .expect("finish");
+                let expected = if attempt < 3 {
+                    JobState::Runnable
+                } else {
+                    JobState::Failed
+                };
+                assert_eq!(failed.state, expected, "after attempt {attempt}");
+                assert_eq!(failed.error, Some(reason));
+                assert!(failed.finished_at.is_some());
+            }
+            assert_eq!(
+                registry
+                    .claim_shard(job.id, 1, "worker-b", None)
+                    .await
+                    .expect("claim"),
+                None,
+                "a failed shard is not claimed again"
+            );
+            // An error a retry cannot cure fails the shard on its first attempt.
+            registry
+                .claim_shard(job.id, 0, "worker-a", None)
+                .await
+                .expect("claim")
+                .expect("claimable");
+            let failed = registry
+                .finish_shard(job.id, 0, Err("column `age` is missing".to_owned()), false)
+                .await
+                .expect("finish");
+            assert_eq!((failed.state, failed.attempts), (JobState::Failed, 1));
+            let job = registry.job(job.id).await.expect("job").expect("exists");
+            assert_eq!((job.shards_failed, job.shards_succeeded), (2, 0));
+            let failed = registry
+                .finish_job(job.id, JobState::Failed, Some("shard 1 failed 3 times"))
+                .await
+                .expect("fail job");
+            assert_eq!(failed.state, JobState::Failed);
+            assert_eq!(failed.error.as_deref(), Some("shard 1 failed 3 times"));
+            assert!(failed.finished_at.is_some());
+            registry.close().await;
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_redelivered_claim_after_success_is_skipped() {
+    on_every_backend(
+        "a_redelivered_claim_after_success_is_skipped",
+        |url| async move {
+            let registry = open(&url).await;
+            let job = planned_job(&registry, 1).await;
+            registry
+                .claim_shard(job.id, 0, "worker-a", None)
+                .await
+                .expect("claim")
+                .expect("claimable");
+            let done = registry
+                .finish_shard(job.id, 0, Ok(counts(100, 100, 0)), true)
+                .await
+                .expect("finish");
+            assert_eq!(
+                registry
+                    .claim_shard(job.id, 0, "worker-b", None)
+                    .await
+                    .expect("claim"),
+                None
+            );
+            // A late failure report of the same attempt does not undo the success.
+            let late = registry
+                .finish_shard(job.id, 0, Err("late".to_owned()), true)
+                .await
+                .expect("finish again");
+            assert_eq!(late, done);
+            assert_eq!(registry.shards(job.id).await.expect("shards"), vec![done]);
+            registry.close().await;
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_running_shard_can_be_claimed_again() {
+    on_every_backend("a_running_shard_can_be_claimed_again", |url| async move {
+        let registry = open(&url).await;
+        let job = planned_job(&registry, 1).await;
+        registry
+            .claim_shard(job.id, 0, "worker-a", None)
+            .await
+            .expect("claim")
+            .expect("claimable");
+        registry
+            .shard_progress(job.id, 0, 60, 60, 0)
+            .await
+            .expect("progress");
+        // While worker-a's progress is recent, its lease holds.
+        let an_hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+        let held = registry
+            .claim_shard(job.id, 0, "worker-b", Some(an_hour_ago))
+            .await
+            .expect("claim");
+        assert_eq!(held, None, "a live worker's shard is not taken");
+        // worker-a dies; once its lease lapses, worker-b takes the shard and starts over.
+        let in_a_second = chrono::Utc::now() + chrono::Duration::seconds(1);
+        let again = registry
+            .claim_shard(job.id, 0, "worker-b", Some(in_a_second))
+            .await
+            .expect("claim")
+            .expect("a running shard is claimable");
+        assert_eq!((again.state, again.attempts), (JobState::Running, 2));
+        assert_eq!(again.worker.as_deref(), Some("worker-b"));
+        assert_eq!((again.rows_read, again.rows_written), (0, 0));
+        let job = registry.job(job.id).await.expect("job").expect("exists");
+        assert_eq!((job.state, job.rows_read), (JobState::Running, 0));
+        registry.close().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn cancel_stops_a_job_and_retry_runs_what_did_not_succeed() {
+    on_every_backend(
+        "cancel_stops_a_job_and_retry_runs_what_did_not_succeed",
+        |url| async move {
+            let registry = open(&url).await;
+            let job = planned_job(&registry, 3).await;
+            registry
+                .claim_shard(job.id, 0, "worker-a", None)
+                .await
+                .expect("claim")
+                .expect("claimable");
+            registry
+                .finish_shard(job.id, 0, Ok(counts(100, 100, 0)), true)
+                .await
+                .expect("finish");
+            registry
+                .claim_shard(job.id, 1, "worker-a", None)
+                .await
+                .expect("claim")
+                .expect("claimable");
+            registry
+                .finish_shard(job.id, 1, Err("bad row group".to_owned()), true)
+                .await
+                .expect("fail once");
+            registry
+                .claim_shard(job.id, 1, "worker-b", None)
+                .await
+                .expect("claim")
+                .expect("retry attempt");
+            registry.mark_alerted(job.id).await.expect("mark alerted");
+
+            let cancelled = registry.cancel_job(job.id).await.expect("cancel");
+            assert_eq!(cancelled.state, JobState::Cancelled);
+            assert_eq!(cancelled.error.as_deref(), Some("cancelled"));
+            assert!(cancelled.finished_at.is_some());
+            let states: Vec<JobState> = registry
+                .shards(job.id)
+                .await
+                .expect("shards")
+                .iter()
+                .map(|s| s.state)
+                .collect();
+            assert_eq!(
+                states,
+                vec![
+                    JobState::Succeeded,
+                    JobState::Cancelled,
+                    JobState::Cancelled
+                ]
+            );
+            for index in [1, 2] {
+                let claim = registry.claim_shard(job.id, index, "worker-c", None).await;
+                assert_eq!(
+                    claim.expect("claim"),
+                    None,
+                    "shard {index} of a cancelled job"
+                );
+            }
+            // The worker that was running shard 1 reports back: it stays cancelled.
+            let late = registry
+                .finish_shard(job.id, 1, Ok(counts(100, 100, 0)), true)
+                .await
+                .expect("late finish");
+            assert_eq!(late.state, JobState::Cancelled);
+
+            let retried = registry.retry_job(job.id).await.expect("retry");
+            assert_eq!(retried.state, JobState::Runnable);
+            assert_eq!((retried.error, retried.finished_at), (None, None));
+            assert_eq!(retried.alerted_at, None);
+            assert_eq!(retried.shards_succeeded, 1);
+            let shards = registry.shards(job.id).await.expect("shards");
+            assert_eq!(
+                (shards[0].state, shards[0].attempts, shards[0].rows_written),
+                (JobState::Succeeded, 1, 100),
+                "a succeeded shard is kept"
+            );
+            for shard in &shards[1..] {
+                assert_eq!((shard.state, shard.attempts), (JobState::Runnable, 0));
+                assert_eq!((shard.error.as_deref(), shard.finished_at), (None, None));
+            }
+            let claimed = registry
+                .claim_shard(job.id, 1, "worker-d", None)
+                .await
+                .expect("claim")
+                .expect("claimable after retry");
+            assert_eq!(claimed.attempts, 1);
+
+            // A job cancelled before planning goes back to planning.
+            let unplanned = registry
+                .submit_job(&backfill("clicks", None, None))
+                .await
+                .expect("submit");
+            registry.cancel_job(unplanned.id).await.expect("cancel");
+            let again = registry.retry_job(unplanned.id).await.expect("retry");
+            assert_eq!(again.state, JobState::Submitted);
+            registry.close().await;
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn list_jobs_filters_and_puts_the_newest_first() {
+    on_every_backend(
+        "list_jobs_filters_and_puts_the_newest_first",
+        |url| async move {
+            let registry = open(&url).await;
+            let mut ids = Vec::new();
+            for ingestion in ["clicks", "orders", "clicks", "clicks"] {
+                let job = registry
+                    .submit_job(&backfill(ingestion, None, None))
+                    .await
+                    .expect("submit");
+                ids.push(job.id);
+            }
+            let failed = registry
+                .finish_job(ids[2], JobState::Failed, Some("no such bucket"))
+                .await
+                .expect("fail");
+            assert_eq!(failed.state, JobState::Failed);
+            registry.plan_job(ids[3], 0, &[]).await.expect("plan");
+
+            let list = |filter: JobFilter| {
+                let registry = registry.clone();
+                async move {
+                    let jobs = registry.list_jobs(&filter).await.expect("list");
+                    jobs.iter().map(|j| j.id).collect::<Vec<i64>>()
+                }
+            };
+            assert_eq!(
+                list(JobFilter::default()).await,
+                vec![ids[3], ids[2], ids[1], ids[0]]
+            );
+            let clicks = JobFilter {
+                ingestion: Some("clicks".to_owned()),
+                ..JobFilter::default()
+            };
+            assert_eq!(list(clicks.clone()).await, vec![ids[3], ids[2], ids[0]]);
+            assert_eq!(
+                list(JobFilter {
+                    limit: 2,
+                    ..clicks.clone()
+                })
+                .await,
+                vec![ids[3], ids[2]]
+            );
+            assert_eq!(
+                list(JobFilter {
+                    states: vec![JobState::Submitted, JobState::Failed],
+                    ..clicks.clone()
+                })
+                .await,
+                vec![ids[2], ids[0]]
+            );
+            assert_eq!(
+                list(JobFilter {
+                    states: vec![JobState::Runnable],
+                    ..JobFilter::default()
+                })
+                .await,
+                vec![ids[3]]
+            );
+            assert_eq!(
+                list(JobFilter {
+                    states: vec![JobState::Running],
+                    ..JobFilter::default()
+                })
+                .await,
+                Vec::<i64>::new()
+            );
+            assert_eq!(
+                list(JobFilter {
+                    ingestion: Some("views".to_owned()),
+                    ..JobFilter::default()
+                })
+                .await,
+                Vec::<i64>::new()
+            );
+            registry.close().await;
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn last_job_for_period_matches_bounds_exactly() {
+    on_every_backend(
+        "last_job_for_period_matches_bounds_exactly",
+        |url| async move {
+            let registry = open(&url).await;
+            let submit = |ingestion: &'static str, from: Option<i64>, to: Option<i64>| {
+                let registry = registry.clone();
+                async move {
+                    registry
+                        .submit_job(&backfill(ingestion, from, to))
+                        .await
+                        .expect("submit")
+                        .id
+                }
+            };
+            let day_1 = submit("clicks", Some(0), Some(100)).await;
+            let day_1_again = submit("clicks", Some(0), Some(100)).await;
+            let open_ended = submit("clicks", Some(0), None).await;
+            let everything = submit("clicks", None, None).await;
+            let until_100 = submit("clicks", None, Some(100)).await;
+            submit("orders", Some(0), Some(100)).await;
+
+            let last = |from: Option<i64>, to: Option<i64>| {
+                let registry = registry.clone();
+                async move {
+                    registry
+                        .last_job_for_period("clicks", from, to)
+                        .await
+                        .expect("last job")
+                        .map(|job| job.id)
+                }
+            };
+            assert_eq!(last(Some(0), Some(100)).await, Some(day_1_again));
+            assert_ne!(day_1, day_1_again);
+            assert_eq!(last(Some(0), None).await, Some(open_ended));
+            assert_eq!(last(None, None).await, Some(everything));
+            assert_eq!(last(None, Some(100)).await, Some(until_100));
+            assert_eq!(last(Some(100), Some(200)).await, None);
+            assert_eq!(last(Some(1), None).await, None);
+            let other = registry
+                .last_job_for_period("views", Some(0), Some(100))
+                .await
+                .expect("last job");
+            assert_eq!(other, None);
+            registry.close().await;
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn job_errors_say_which_job_and_why() {
+    on_every_backend("job_errors_say_which_job_and_why", |url| async move {
+        let registry = open(&url).await;
+        let missing = 4242;
+        assert_eq!(registry.job(missing).await.expect("job"), None);
+        assert_eq!(registry.shards(missing).await.expect("shards"), vec![]);
+        let message = |result: Result<_, RegistryError>| match result {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => {
+                assert!(!e.is_retryable(), "{e}");
+                e.to_string()
+            }
+        };
+        let no_job = "no job 4242 in the registry";
+        assert_eq!(
+            message(registry.plan_job(missing, 0, &[]).await.map(|_| ())),
+            no_job
+        );
+        assert_eq!(
+            message(
+                registry
+                    .claim_shard(missing, 0, "w", None)
+                    .await
+                    .map(|_| ())
+            ),
+            no_job
+        );
+        assert_eq!(
+            message(registry.shard_progress(missing, 0, 1, 1, 0).await),
+            no_job
+        );
+        let finish_shard = registry
+            .finish_shard(missing, 0, Err("x".to_owned()), true)
+            .await;
+        assert_eq!(message(finish_shard.map(|_| ())), no_job);
+        let finish_job = registry
+            .finish_job(missing, JobState::Succeeded, None)
+            .await;
+        assert_eq!(message(finish_job.map(|_| ())), no_job);
+        assert_eq!(
+            message(registry.cancel_job(missing).await.map(|_| ())),
+            no_job
+        );
+        assert_eq!(
+            message(registry.retry_job(missing).await.map(|_| ())),
+            no_job
+        );
+        assert_eq!(message(registry.mark_alerted(missing).await), no_job);
+        let err = registry.cancel_job(missing).await.expect_err("unknown job");
+        assert!(
+            matches!(err, RegistryError::NoSuchJob { id: 4242 }),
+            "{err:?}"
+        );
+
+        let job = planned_job(&registry, 2).await;
+        let id = job.id;
+        assert_eq!(
+            message(registry.plan_job(id, 0, &[]).await.map(|_| ())),
+            format!("cannot plan job {id}: it is runnable")
+        );
+        assert_eq!(
+            message(registry.retry_job(id).await.map(|_| ())),
+            format!("cannot retry job {id}: it is runnable")
+        );
+        assert_eq!(
+            message(registry.claim_shard(id, 7, "w", None).await.map(|_| ())),
+            format!("job {id} has no shard 7")
+        );
+        assert_eq!(
+            message(registry.shard_progress(id, 7, 1, 1, 0).await),
+            format!("job {id} has no shard 7")
+        );
+        assert_eq!(
+            message(
+                registry
+                    .finish_job(id, JobState::Running, None)
+                    .await
+                    .map(|_| ())
+            ),
+            format!("cannot finish job {id} as running: a job finishes as succeeded or failed")
+        );
+        registry
+            .finish_job(id, JobState::Succeeded, None)
+            .await
+            .expect("finish");
+        let err = registry.cancel_job(id).await.expect_err("finished");
+        assert!(
+            matches!(
+                err,
+                RegistryError::JobState {
+                    state: JobState::Succeeded,
+                    action: "cancel",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!("cannot cancel job {id}: it is succeeded")
+        );
+        assert_eq!(
+            message(registry.retry_job(id).await.map(|_| ())),
+            format!("cannot retry job {id}: it is succeeded")
+        );
+
+        // Two shards with one index make the plan fail as a whole.
+        let unplanned = registry
+            .submit_job(&backfill("clicks", None, None))
+            .await
+            .expect("submit");
+        let mut twice = shards_of_100(2);
+        twice[1].index = 0;
+        let err = registry
+            .plan_job(unplanned.id, 200, &twice)
+            .await
+            .expect_err("duplicate");
+        assert!(matches!(err, RegistryError::Query { .. }), "{err:?}");
+        let still = registry
+            .job(unplanned.id)
+            .await
+            .expect("job")
+            .expect("exists");
+        assert_eq!((still.state, still.shards_total), (JobState::Submitted, 0));
+        registry.close().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn apply_leaves_jobs_and_watermarks_alone() {
+    on_every_backend("apply_leaves_jobs_and_watermarks_alone", |url| async move {
+        let registry = open(&url).await;
+        registry.apply(&sample_repo()).await.expect("apply");
+        let watermark = WatermarkValue::Millis(1_717_000_000_000);
+        registry
+            .set_watermark("clicks", &watermark)
+            .await
+            .expect("set");
+        let job = planned_job(&registry, 1).await;
+        registry
+            .claim_shard(job.id, 0, "worker-a", None)
+            .await
+            .expect("claim")
+            .expect("claimable");
+        registry
+            .finish_shard(job.id, 0, Ok(counts(100, 99, 1)), true)
+            .await
+            .expect("finish shard");
+        let finished = registry
+            .finish_job(job.id, JobState::Succeeded, None)
+            .await
+            .expect("finish job");
+        let shards = registry.shards(job.id).await.expect("shards");
+        let before = registry.watermark("clicks").await.expect("watermark");
+
+        // A changed repo without the ingestion that owns them, then with it again.
+        let mut without_clicks = repo_with_profile_ttl(30);
+        without_clicks.ingestions.clear();
+        let outcome = registry.apply(&without_clicks).await.expect("apply change");
+        assert!(outcome.changed);
+        registry.apply(&sample_repo()).await.expect("apply again");
+
+        assert_eq!(registry.job(job.id).await.expect("job"), Some(finished));
+        assert_eq!(registry.shards(job.id).await.expect("shards"), shards);
+        let after = registry.watermark("clicks").await.expect("watermark");
+        assert_eq!(after, before);
+        assert_eq!(after.map(|w| w.value), Some(watermark));
+        registry.close().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn claims_racing_a_cancel_leave_every_shard_cancelled() {
+    on_every_backend(
+        "claims_racing_a_cancel_leave_every_shard_cancelled",
+        |url| async move {
+            // Separate pools stand for a worker process and the CLI.
+            let worker = open(&url).await;
+            let cli = open(&url).await;
+            for _ in 0..5 {
+                let job = planned_job(&cli, 4).await;
+                let claims = (0..4).map(|index| {
+                    let worker = worker.clone();
+                    tokio::spawn(async move {
+                        worker
+                            .claim_shard(job.id, index, "worker-a", None)
+                            .await
+                            .expect("a claim never fails")
+                    })
+                });
+                let claims: Vec<_> = claims.collect();
+                let cancelled = cli.cancel_job(job.id).await.expect("cancel");
+                for claim in claims {
+                    claim.await.expect("claim task");
+                }
+                assert_eq!(cancelled.state, JobState::Cancelled);
+                for shard in cli.shards(job.id).await.expect("shards") {
+                    assert_eq!(shard.state, JobState::Cancelled, "shard {}", shard.index);
+                }
+            }
+            worker.close().await;
+            cli.close().await;
+        },
+    )
+    .await;
 }
 
 #[test]

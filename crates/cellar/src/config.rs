@@ -19,6 +19,35 @@ pub struct Config {
     pub store: StoreConfig,
     pub cache: CacheConfig,
     pub ingest: IngestConfig,
+    pub jobs: JobsConfig,
+}
+
+/// Batch jobs: the executor and scheduler a serving process runs, and alerts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsConfig {
+    /// Whether `serve` runs batch jobs: scheduled ingestions, and jobs submitted by
+    /// `cellar backfill` or `POST /v1/jobs`.
+    pub in_server: bool,
+    /// Shards run at once by one process; 0 means one per core.
+    pub shard_workers: usize,
+    /// Attempts of a failing shard in all, before its job fails.
+    pub max_attempts: u32,
+    /// Wait before a failed shard's second attempt, milliseconds; doubled for each further one.
+    pub retry_backoff_ms: u64,
+    /// A running shard whose process wrote no progress for this long is run again elsewhere.
+    pub lease_secs: u64,
+    /// How often the scheduler looks for due periods and the executor for jobs to run.
+    pub poll_interval_ms: u64,
+    /// Where rejected rows go; empty means `<data_dir>/rejects`.
+    pub rejects_dir: String,
+    /// URL alerts are POSTed to (JSON with a `text` field, as Slack's incoming webhooks take);
+    /// empty: no alerts.
+    pub alert_webhook: String,
+    /// Alert about a job submitted, runnable or running with no progress for this long.
+    pub stuck_after_secs: u64,
+    /// Base URL of the job pages alerts link to; empty means `http://<server.listen>`.
+    pub public_url: String,
 }
 
 /// Stream ingestion.
@@ -226,13 +255,25 @@ impl Default for Config {
                 retry_topic: "cellar-retry".into(),
                 dead_letter_topic: "cellar-dead-letter".into(),
             },
+            jobs: JobsConfig {
+                in_server: true,
+                shard_workers: 0,
+                max_attempts: 3,
+                retry_backoff_ms: 1000,
+                lease_secs: 30,
+                poll_interval_ms: 2000,
+                rejects_dir: String::new(),
+                alert_webhook: String::new(),
+                stuck_after_secs: 1800,
+                public_url: String::new(),
+            },
         }
     }
 }
 
 /// Top-level names of the config, the only `CELLAR_*` variables read as settings.
-const SECTIONS: [&str; 7] = [
-    "data_dir", "repo", "server", "registry", "store", "cache", "ingest",
+const SECTIONS: [&str; 8] = [
+    "data_dir", "repo", "server", "registry", "store", "cache", "ingest", "jobs",
 ];
 
 impl Config {
@@ -266,6 +307,24 @@ impl Config {
             format!("sqlite://{}", self.data_dir.join("registry.db").display())
         } else {
             self.registry.url.clone()
+        }
+    }
+
+    /// Where rejected rows of batch jobs go.
+    pub fn rejects_dir(&self) -> PathBuf {
+        if self.jobs.rejects_dir.is_empty() {
+            self.data_dir.join("rejects")
+        } else {
+            PathBuf::from(&self.jobs.rejects_dir)
+        }
+    }
+
+    /// The base URL of job pages, for alert links.
+    pub fn public_url(&self) -> String {
+        if self.jobs.public_url.is_empty() {
+            format!("http://{}", self.server.listen)
+        } else {
+            self.jobs.public_url.clone()
         }
     }
 

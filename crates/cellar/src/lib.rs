@@ -4,6 +4,7 @@
 //! - [`config`]: runtime configuration (defaults, TOML file, `CELLAR_*` variables);
 //! - [`ingest`]: stream ingestion of the embedded mode: the event log and its pipelines;
 //! - [`deadletter`]: listing dead letters and re-driving them to their original topics;
+//! - [`jobs`]: `cellar backfill` and `cellar jobs`: batch jobs submitted, run or followed;
 //! - [`node`]: store, registry, cache tiers and serving wired together, and the servers;
 //! - [`repo`]: `plan` and `apply` of a feature repo directory;
 //! - [`quickstart`]: the example repo and its sample data;
@@ -16,6 +17,7 @@ pub mod client;
 pub mod config;
 pub mod deadletter;
 pub mod ingest;
+pub mod jobs;
 pub mod node;
 pub mod quickstart;
 pub mod repo;

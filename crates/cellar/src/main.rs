@@ -1,5 +1,6 @@
 //! `cellar`: a real-time feature platform in one binary.
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -118,6 +119,29 @@ enum Command {
     /// set) they read and write Kafka directly, unless `--server` is given.
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
+    /// Load an ingestion's batch data once (history, or a period of it), with a progress bar.
+    ///
+    /// A server answering at `server.listen` (or `--server`) runs the job; otherwise this
+    /// process does. Rows outside `--from`/`--to` (by the ingestion's event time) are skipped.
+    Backfill {
+        /// The batch ingestion to run.
+        ingestion: String,
+        /// Start of the period: RFC 3339 or YYYY-MM-DD (UTC).
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the period, exclusive: RFC 3339 or YYYY-MM-DD (UTC).
+        #[arg(long)]
+        to: Option<String>,
+        /// Attempts of a failing shard (default: `jobs.max_attempts`).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+        max_attempts: Option<u32>,
+        /// Server to run it on.
+        #[arg(long)]
+        server: Option<String>,
+    },
+    /// List, show, retry and cancel batch jobs (from the registry).
+    #[command(subcommand)]
+    Jobs(JobsCommand),
     /// Show a running server's cache tiers: hit ratios per group and tier, store misses, read
     /// latency per tier, and the Redis tier's breaker and back-fill queue.
     Stats {
@@ -125,6 +149,40 @@ enum Command {
         #[arg(long)]
         server: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// Jobs, newest first.
+    List {
+        /// Only this ingestion's.
+        #[arg(long)]
+        ingestion: Option<String>,
+        /// Only jobs in these states (comma-separated: submitted, runnable, running,
+        /// succeeded, failed, cancelled).
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = cellar_jobs::http::DEFAULT_LIST_LIMIT,
+              value_parser = clap::value_parser!(i64).range(1..=cellar_jobs::http::MAX_LIST_LIMIT))]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A job with its shards: state, attempts, rows and errors.
+    Show {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a failed or cancelled job's unfinished shards again.
+    Retry {
+        id: i64,
+        /// Server to run it on (default: `server.listen` if it answers, else here).
+        #[arg(long)]
+        server: Option<String>,
+    },
+    /// Cancel a job: its unfinished shards stop.
+    Cancel { id: i64 },
 }
 
 #[derive(Subcommand)]
@@ -341,10 +399,86 @@ async fn run(cli: Cli, mut config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::DeadLetters(command) => run_dead_letters(&config, command).await,
+        Command::Backfill {
+            ingestion,
+            from,
+            to,
+            max_attempts,
+            server,
+        } => {
+            let period = cellar_jobs::http::parse_period(from.as_deref(), to.as_deref())
+                .map_err(|e| anyhow::anyhow!("--{e}"))?;
+            let args = cellar::jobs::BackfillArgs {
+                ingestion,
+                period,
+                max_attempts,
+                server,
+                progress_bar: std::io::stderr().is_terminal(),
+            };
+            let job = cellar::jobs::backfill(&config, &args).await?;
+            finish_job_command(&job)
+        }
+        Command::Jobs(command) => run_jobs(&config, command).await,
         Command::Stats { server } => {
             let server = client::server_url(server.as_deref(), &config.server.listen)?;
             let stats = cellar::stats::fetch(&server).await?;
             print!("{}", cellar::stats::render(&stats));
+            Ok(())
+        }
+    }
+}
+
+/// Prints how a job ended; a failed or cancelled job makes the command fail.
+fn finish_job_command(job: &cellar_registry::Job) -> anyhow::Result<()> {
+    println!("{}", cellar::jobs::summary(job));
+    if job.state != cellar_registry::JobState::Succeeded {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+async fn run_jobs(config: &Config, command: JobsCommand) -> anyhow::Result<()> {
+    match command {
+        JobsCommand::List {
+            ingestion,
+            state,
+            limit,
+            json,
+        } => {
+            let states = state
+                .as_deref()
+                .map(cellar_jobs::http::parse_states)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--{e}"))?
+                .unwrap_or_default();
+            let jobs = cellar::jobs::list(config, ingestion, states, limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&jobs)?);
+            } else if jobs.is_empty() {
+                println!("no jobs");
+            } else {
+                print!("{}", cellar::jobs::render_jobs(&jobs));
+            }
+            Ok(())
+        }
+        JobsCommand::Show { id, json } => {
+            let (job, shards) = cellar::jobs::show(config, id).await?;
+            if json {
+                let both = serde_json::json!({ "job": job, "shards": shards });
+                println!("{}", serde_json::to_string_pretty(&both)?);
+            } else {
+                print!("{}", cellar::jobs::render_job(&job, &shards));
+            }
+            Ok(())
+        }
+        JobsCommand::Retry { id, server } => {
+            let job =
+                cellar::jobs::retry(config, id, server, std::io::stderr().is_terminal()).await?;
+            finish_job_command(&job)
+        }
+        JobsCommand::Cancel { id } => {
+            let job = cellar::jobs::cancel(config, id).await?;
+            println!("job {} {}", job.id, job.state);
             Ok(())
         }
     }

@@ -8,6 +8,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use cellar_cache::remote::{RemoteConfig, RemoteTier};
 use cellar_cache::{CacheMetrics, LocalTier, MeasuredStore, WritePath};
+use cellar_ingest_batch::RecordSink;
+use cellar_jobs::http::jobs_router;
+use cellar_jobs::schedule::run_scheduler;
+use cellar_jobs::Executor;
 use cellar_registry::Registry;
 use cellar_serving::http::{router, HttpState};
 use cellar_serving::metrics::ServingMetrics;
@@ -36,6 +40,8 @@ pub struct Node {
     pub version: i64,
     /// Stream ingestion from the embedded log, when enabled.
     pub ingestion: Option<Arc<StreamIngestion>>,
+    /// Runs batch jobs (scheduled, and submitted to this node), when enabled.
+    pub jobs: Option<Executor>,
 }
 
 /// Opens the online store `config` names: the embedded one in the data directory, a DynamoDB
@@ -147,7 +153,12 @@ impl Node {
         } else {
             None
         };
+        let jobs = config.jobs.in_server.then(|| {
+            let sink: Arc<dyn RecordSink> = Arc::new(writer.clone());
+            crate::jobs::executor(&config, registry.clone(), sink)
+        });
         Ok(Node {
+            jobs,
             config,
             registry,
             store,
@@ -181,6 +192,9 @@ impl Node {
                 self.config.server.max_body_bytes,
             ));
         }
+        if let Some(executor) = &self.jobs {
+            app = app.merge(jobs_router(executor.clone()));
+        }
         let trim = (self.config.store.trim_interval_secs > 0).then(|| {
             tokio::spawn(trim_retention(
                 self.store.clone(),
@@ -212,6 +226,28 @@ impl Node {
                 }
             })
         });
+        let mut job_tasks = Vec::new();
+        if let Some(executor) = &self.jobs {
+            let every = Duration::from_millis(self.config.jobs.poll_interval_ms.max(10));
+            job_tasks.push(tokio::spawn({
+                let (executor, stop) = (executor.clone(), stop_rx.clone());
+                async move { executor.serve(every, stop).await }
+            }));
+            job_tasks.push(tokio::spawn(run_scheduler(
+                executor.clone(),
+                every,
+                stop_rx.clone(),
+            )));
+            if let Some(alerter) = crate::jobs::alerter(&self.config) {
+                let stuck_after = Duration::from_secs(self.config.jobs.stuck_after_secs.max(1));
+                let (registry, stop) = (self.registry.clone(), stop_rx.clone());
+                job_tasks.push(tokio::spawn(async move {
+                    alerter
+                        .watch_stuck(registry, stuck_after, every, stop)
+                        .await
+                }));
+            }
+        }
         let grpc_task = match grpc {
             Some(listener) => {
                 tracing::info!(addr = %listener.local_addr()?, "serving grpc");
@@ -240,6 +276,9 @@ impl Node {
             let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
         }
         if let Some(task) = trim {
+            task.abort();
+        }
+        for task in job_tasks {
             task.abort();
         }
         if let Some(task) = grpc_task {

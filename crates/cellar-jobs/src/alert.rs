@@ -1,0 +1,153 @@
+//! Alerts: a JSON message POSTed to a webhook when a job fails or is stuck, naming the job and
+//! linking to its page (`<public_url>/jobs/<id>`), which shows its state, shards and errors.
+//!
+//! The body carries `text` (a one-line message, which Slack and Mattermost incoming webhooks
+//! show as is) and the job's fields for receivers that route or de-duplicate. A webhook that
+//! fails is logged, not retried: the job's page and `cellar jobs` keep the state either way.
+
+use std::time::Duration;
+
+use cellar_registry::{Job, JobFilter, JobState, Registry};
+use chrono::Utc;
+use serde::Serialize;
+
+/// Sends job alerts to one webhook.
+#[derive(Debug, Clone)]
+pub struct Alerter {
+    client: reqwest::Client,
+    webhook: String,
+    /// Base URL of the server whose `/jobs/<id>` pages the links open.
+    public_url: String,
+}
+
+/// What an alert says.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AlertMessage {
+    pub text: String,
+    /// `failed` or `stuck`.
+    pub alert: &'static str,
+    pub job_id: i64,
+    pub ingestion: String,
+    pub state: JobState,
+    pub reason: String,
+    pub link: String,
+}
+
+impl Alerter {
+    pub fn new(webhook: &str, public_url: &str) -> Alerter {
+        Alerter {
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap_or_default(),
+            webhook: webhook.to_owned(),
+            public_url: public_url.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    /// The page of job `id`.
+    pub fn link(&self, id: i64) -> String {
+        format!("{}/jobs/{id}", self.public_url)
+    }
+
+    /// The message about a failed job.
+    pub fn failed_message(&self, job: &Job) -> AlertMessage {
+        let reason = job
+            .error
+            .clone()
+            .unwrap_or_else(|| "no error recorded".into());
+        let link = self.link(job.id);
+        AlertMessage {
+            text: format!(
+                "cellar: batch job {} of ingestion `{}` failed: {reason} ({link})",
+                job.id, job.ingestion
+            ),
+            alert: "failed",
+            job_id: job.id,
+            ingestion: job.ingestion.clone(),
+            state: job.state,
+            reason,
+            link,
+        }
+    }
+
+    /// The message about a job with no progress for `idle`.
+    pub fn stuck_message(&self, job: &Job, idle: Duration) -> AlertMessage {
+        let link = self.link(job.id);
+        let reason = format!(
+            "{} with no progress for {}s (since {})",
+            job.state,
+            idle.as_secs(),
+            job.updated_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+        AlertMessage {
+            text: format!(
+                "cellar: batch job {} of ingestion `{}` is stuck: {reason} ({link})",
+                job.id, job.ingestion
+            ),
+            alert: "stuck",
+            job_id: job.id,
+            ingestion: job.ingestion.clone(),
+            state: job.state,
+            reason,
+            link,
+        }
+    }
+
+    pub async fn job_failed(&self, job: &Job) {
+        self.send(&self.failed_message(job)).await;
+    }
+
+    async fn send(&self, message: &AlertMessage) {
+        match self.client.post(&self.webhook).json(message).send().await {
+            Ok(answer) if answer.status().is_success() => {
+                tracing::info!(job = message.job_id, alert = message.alert, "alert sent");
+            }
+            Ok(answer) => {
+                tracing::warn!(job = message.job_id, status = %answer.status(), "the alert webhook refused an alert");
+            }
+            Err(e) => {
+                tracing::warn!(job = message.job_id, error = %e, "the alert webhook is unreachable");
+            }
+        }
+    }
+
+    /// Every `every`, alerts once about each job that has been submitted, runnable or running
+    /// with no progress (no shard heartbeat, no state change) for `stuck_after`: a job nobody
+    /// picks up, or one whose workers all died. Runs until `stop` is set.
+    pub async fn watch_stuck(
+        &self,
+        registry: Registry,
+        stuck_after: Duration,
+        every: Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let filter = JobFilter {
+            ingestion: None,
+            states: vec![JobState::Submitted, JobState::Runnable, JobState::Running],
+            limit: 1000,
+        };
+        loop {
+            match registry.list_jobs(&filter).await {
+                Ok(jobs) => {
+                    let now = Utc::now();
+                    for job in jobs.iter().filter(|j| j.alerted_at.is_none()) {
+                        let idle = (now - job.updated_at).to_std().unwrap_or_default();
+                        if idle >= stuck_after {
+                            self.send(&self.stuck_message(job, idle)).await;
+                            if let Err(e) = registry.mark_alerted(job.id).await {
+                                tracing::warn!(job = job.id, error = %e, "recording an alert failed");
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "listing jobs for stuck alerts failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+}

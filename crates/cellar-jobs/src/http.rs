@@ -1,0 +1,422 @@
+//! The jobs API and pages, merged into the server's router.
+//!
+//! - `GET /v1/jobs?ingestion=&state=&limit=`: jobs, newest first;
+//! - `POST /v1/jobs` `{"ingestion", "from", "to", "max_attempts"}`: submits a backfill, which
+//!   this server runs (202 with the job);
+//! - `GET /v1/jobs/{id}`: the job and its shards;
+//! - `POST /v1/jobs/{id}/retry`, `POST /v1/jobs/{id}/cancel`;
+//! - `GET /jobs/{id}`: the job's page, the link alerts carry: state, progress, each shard's
+//!   attempts and last error, and where the rejected rows are.
+//!
+//! Errors have the serving API's shape: `{"error": {"code", "kind", "message"}}`.
+
+use std::fmt::Write as _;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use cellar_ingest_batch::Period;
+use cellar_registry::{Job, JobFilter, JobState, RegistryError, ShardRun};
+use serde::Deserialize;
+
+use crate::error::JobError;
+use crate::executor::{reject_path, Executor, JobRequest, DEFAULT_MAX_ATTEMPTS};
+
+/// Jobs a list returns when the request does not say.
+pub const DEFAULT_LIST_LIMIT: i64 = 50;
+pub const MAX_LIST_LIMIT: i64 = 1000;
+
+/// The routes above, served by `executor`.
+pub fn jobs_router(executor: Executor) -> Router {
+    Router::new()
+        .route("/v1/jobs", get(list).post(submit))
+        .route("/v1/jobs/{id}", get(show))
+        .route("/v1/jobs/{id}/retry", post(retry))
+        .route("/v1/jobs/{id}/cancel", post(cancel))
+        .route("/jobs/{id}", get(page))
+        .with_state(executor)
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    ingestion: Option<String>,
+    /// Comma-separated states.
+    state: Option<String>,
+    limit: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmitBody {
+    ingestion: String,
+    /// Start of the period, RFC 3339 or `YYYY-MM-DD` (UTC).
+    from: Option<String>,
+    /// End of the period (exclusive), same forms.
+    to: Option<String>,
+    max_attempts: Option<u32>,
+}
+
+async fn list(State(executor): State<Executor>, Query(q): Query<ListQuery>) -> Response {
+    let limit = q.limit.unwrap_or(DEFAULT_LIST_LIMIT);
+    if !(1..=MAX_LIST_LIMIT).contains(&limit) {
+        return bad_request(format!(
+            "limit: {limit} is out of range, expected 1 to {MAX_LIST_LIMIT}"
+        ));
+    }
+    let states = match q.state.as_deref().map(parse_states).transpose() {
+        Ok(states) => states.unwrap_or_default(),
+        Err(message) => return bad_request(message),
+    };
+    let filter = JobFilter {
+        ingestion: q.ingestion,
+        states,
+        limit,
+    };
+    match executor.registry().list_jobs(&filter).await {
+        Ok(jobs) => Json(serde_json::json!({ "jobs": jobs })).into_response(),
+        Err(e) => registry_error(e),
+    }
+}
+
+async fn submit(State(executor): State<Executor>, body: axum::body::Bytes) -> Response {
+    let body: SubmitBody = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(e) => return bad_request(format!("invalid job request: {e}")),
+    };
+    let period = match parse_period(body.from.as_deref(), body.to.as_deref()) {
+        Ok(period) => period,
+        Err(message) => return bad_request(message),
+    };
+    let request = JobRequest {
+        max_attempts: body.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+        ..JobRequest::backfill(&body.ingestion, period)
+    };
+    match executor.submit(&request).await {
+        Ok(job) => {
+            spawn_run(&executor, job.id);
+            (StatusCode::ACCEPTED, Json(job)).into_response()
+        }
+        Err(e) => job_error(e),
+    }
+}
+
+async fn show(State(executor): State<Executor>, Path(id): Path<i64>) -> Response {
+    match detail(&executor, id).await {
+        Ok(Some((job, shards))) => {
+            Json(serde_json::json!({ "job": job, "shards": shards })).into_response()
+        }
+        Ok(None) => not_found(id),
+        Err(e) => registry_error(e),
+    }
+}
+
+async fn retry(State(executor): State<Executor>, Path(id): Path<i64>) -> Response {
+    match executor.registry().retry_job(id).await {
+        Ok(job) => {
+            spawn_run(&executor, id);
+            Json(job).into_response()
+        }
+        Err(e) => registry_error(e),
+    }
+}
+
+async fn cancel(State(executor): State<Executor>, Path(id): Path<i64>) -> Response {
+    match executor.registry().cancel_job(id).await {
+        Ok(job) => Json(job).into_response(),
+        Err(e) => registry_error(e),
+    }
+}
+
+async fn page(State(executor): State<Executor>, Path(id): Path<i64>) -> Response {
+    match detail(&executor, id).await {
+        Ok(Some((job, shards))) => {
+            let html = render_page(&job, &shards, executor.rejects_dir());
+            ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
+        }
+        Ok(None) => not_found(id),
+        Err(e) => registry_error(e),
+    }
+}
+
+async fn detail(
+    executor: &Executor,
+    id: i64,
+) -> Result<Option<(Job, Vec<ShardRun>)>, RegistryError> {
+    let Some(job) = executor.registry().job(id).await? else {
+        return Ok(None);
+    };
+    let shards = executor.registry().shards(id).await?;
+    Ok(Some((job, shards)))
+}
+
+fn spawn_run(executor: &Executor, id: i64) {
+    let executor = executor.clone();
+    tokio::spawn(async move {
+        if let Err(e) = executor.run(id).await {
+            tracing::warn!(job = id, error = %e, "batch job run stopped");
+        }
+    });
+}
+
+/// `a,b` to states, naming the one not known.
+pub fn parse_states(text: &str) -> Result<Vec<JobState>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            JobState::parse(s).ok_or_else(|| {
+                format!(
+                    "state: `{s}` is not a job state (submitted, runnable, running, succeeded, \
+                     failed, cancelled)"
+                )
+            })
+        })
+        .collect()
+}
+
+/// A period from optional `from` and `to` times.
+pub fn parse_period(from: Option<&str>, to: Option<&str>) -> Result<Period, String> {
+    let from_ms = from.map(|t| parse_time("from", t)).transpose()?;
+    let to_ms = to.map(|t| parse_time("to", t)).transpose()?;
+    if let (Some(f), Some(t)) = (from_ms, to_ms) {
+        if f >= t {
+            return Err(format!(
+                "from ({}) must be before to ({})",
+                from.unwrap_or_default(),
+                to.unwrap_or_default()
+            ));
+        }
+    }
+    Ok(Period { from_ms, to_ms })
+}
+
+/// RFC 3339, or a `YYYY-MM-DD` date meaning its midnight UTC, to epoch milliseconds.
+pub fn parse_time(field: &str, text: &str) -> Result<i64, String> {
+    if let Some(ms) = cellar_spec::value::parse_rfc3339(text) {
+        return Ok(ms);
+    }
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc().timestamp_millis())
+        .ok_or_else(|| {
+            format!(
+                "{field}: `{text}` is not a time: expected RFC 3339 (2026-01-31T00:00:00Z) or a \
+                 date (2026-01-31)"
+            )
+        })
+}
+
+fn error(status: StatusCode, kind: &str, message: String) -> Response {
+    let body = serde_json::json!({
+        "error": { "code": status.as_u16(), "kind": kind, "message": message }
+    });
+    (status, Json(body)).into_response()
+}
+
+fn bad_request(message: String) -> Response {
+    error(StatusCode::BAD_REQUEST, "invalid_argument", message)
+}
+
+fn not_found(id: i64) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("there is no job {id}"),
+    )
+}
+
+fn registry_error(e: RegistryError) -> Response {
+    match &e {
+        RegistryError::NoSuchJob { .. } => error(StatusCode::NOT_FOUND, "not_found", e.to_string()),
+        RegistryError::JobState { .. } => {
+            error(StatusCode::CONFLICT, "failed_precondition", e.to_string())
+        }
+        _ => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        ),
+    }
+}
+
+fn job_error(e: JobError) -> Response {
+    match e {
+        JobError::Invalid(message) => bad_request(message),
+        JobError::Registry(e) => registry_error(e),
+        e => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
+}
+
+/// The job's page: plain HTML, no scripts; it refreshes itself while the job runs.
+pub fn render_page(job: &Job, shards: &[ShardRun], rejects_dir: &std::path::Path) -> String {
+    let mut html = String::with_capacity(4096);
+    let title = format!("Job {} — {}", job.id, escape(&job.ingestion));
+    let refresh = if job.state.is_finished() {
+        ""
+    } else {
+        "<meta http-equiv=\"refresh\" content=\"5\">"
+    };
+    let _ = write!(
+        html,
+        "<!doctype html><html><head><meta charset=\"utf-8\">{refresh}<title>{title}</title>\
+         <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}\
+         td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}\
+         .failed{{color:#b00}}.succeeded{{color:#080}}</style></head><body>\
+         <h1>{title}</h1><table>"
+    );
+    let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map_or_else(
+            || "-".to_owned(),
+            |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        )
+    };
+    let period = |ms: Option<i64>| {
+        ms.and_then(chrono::DateTime::from_timestamp_millis)
+            .map_or_else(|| "unbounded".to_owned(), |t| t.to_rfc3339())
+    };
+    let planned = job
+        .rows_planned
+        .map_or_else(|| "-".to_owned(), |r| r.to_string());
+    let rows = [
+        ("State", format!("<b class=\"{0}\">{0}</b>", job.state)),
+        ("Kind", job.kind.to_string()),
+        (
+            "Period",
+            format!(
+                "{} to {}",
+                period(job.period_from_ms),
+                period(job.period_to_ms)
+            ),
+        ),
+        ("Runner", escape(&job.runner)),
+        ("Submitted", time(Some(job.submitted_at))),
+        ("Started", time(job.started_at)),
+        ("Finished", time(job.finished_at)),
+        ("Last progress", time(Some(job.updated_at))),
+        (
+            "Shards",
+            format!(
+                "{} in all, {} succeeded, {} failed",
+                job.shards_total, job.shards_succeeded, job.shards_failed
+            ),
+        ),
+        (
+            "Rows",
+            format!(
+                "{} read of {planned} planned, {} written, {} rejected",
+                job.rows_read, job.rows_written, job.rows_rejected
+            ),
+        ),
+        (
+            "Error",
+            job.error.as_deref().map_or_else(|| "-".to_owned(), escape),
+        ),
+        (
+            "Rejected rows",
+            escape(
+                &rejects_dir
+                    .join(&job.ingestion)
+                    .join(format!("job-{}", job.id))
+                    .display()
+                    .to_string(),
+            ),
+        ),
+    ];
+    for (name, value) in rows {
+        let _ = write!(html, "<tr><th>{name}</th><td>{value}</td></tr>");
+    }
+    html.push_str(
+        "</table><h2>Shards</h2><table><tr><th>Shard</th><th>State</th><th>Attempts</th>\
+         <th>Worker</th><th>Rows planned</th><th>Read</th><th>Written</th><th>Rejected</th>\
+         <th>Last error</th></tr>",
+    );
+    for s in shards {
+        let worker = s.worker.as_deref().map_or_else(|| "-".to_owned(), escape);
+        let error = s.error.as_deref().map_or_else(|| "-".to_owned(), escape);
+        let _ = write!(
+            html,
+            "<tr><td>{index}</td><td class=\"{state}\">{state}</td><td>{attempts}</td>\
+             <td>{worker}</td><td>{planned}</td><td>{read}</td><td>{written}</td>\
+             <td>{rejected}</td><td>{error}</td></tr>",
+            index = s.index,
+            state = s.state,
+            attempts = s.attempts,
+            planned = s.rows_planned,
+            read = s.rows_read,
+            written = s.rows_written,
+            rejected = s.rows_rejected,
+        );
+    }
+    let _ = write!(
+        html,
+        "</table><p>JSON: <a href=\"/v1/jobs/{0}\">/v1/jobs/{0}</a>. Retry: <code>cellar jobs \
+         retry {0}</code>. Rejected rows of shard n: <code>{1}</code></p></body></html>",
+        job.id,
+        escape(
+            &reject_path(rejects_dir, &job.ingestion, job.id, 0)
+                .display()
+                .to_string()
+                .replace("shard-0", "shard-n")
+        )
+    );
+    html
+}
+
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339_or_dates() {
+        assert_eq!(parse_time("from", "1970-01-02"), Ok(86_400_000));
+        assert_eq!(parse_time("from", "1970-01-01T00:00:01Z"), Ok(1000));
+        let err = parse_time("to", "yesterday").unwrap_err();
+        assert!(err.starts_with("to: `yesterday` is not a time"), "{err}");
+        let err = parse_period(Some("1970-01-02"), Some("1970-01-01")).unwrap_err();
+        assert_eq!(err, "from (1970-01-02) must be before to (1970-01-01)");
+        assert_eq!(
+            parse_period(None, Some("1970-01-02")),
+            Ok(Period {
+                from_ms: None,
+                to_ms: Some(86_400_000)
+            })
+        );
+    }
+
+    #[test]
+    fn states_are_named_when_unknown() {
+        assert_eq!(
+            parse_states("failed, running"),
+            Ok(vec![JobState::Failed, JobState::Running])
+        );
+        assert!(parse_states("done")
+            .unwrap_err()
+            .contains("`done` is not a job state"));
+    }
+
+    #[test]
+    fn html_is_escaped() {
+        assert_eq!(
+            escape("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+    }
+}
