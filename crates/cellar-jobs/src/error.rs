@@ -13,6 +13,9 @@ pub enum JobError {
     Registry(#[from] RegistryError),
     #[error(transparent)]
     Batch(#[from] BatchError),
+    /// The `kafka` runner's broker failed.
+    #[error("shard tasks: {0}")]
+    Runner(String),
     /// A worker task died: a bug, reported rather than hidden.
     #[error("job worker failed: {0}")]
     Internal(String),

@@ -33,6 +33,7 @@ use futures::StreamExt as _;
 
 use crate::alert::Alerter;
 use crate::error::{JobError, Result};
+use crate::kafka::{ShardTask, TaskPublisher};
 
 /// Attempts a shard gets when the request does not say.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
@@ -110,9 +111,23 @@ pub struct Executor {
     sink: Arc<dyn RecordSink>,
     settings: Arc<ExecutorSettings>,
     alerter: Option<Alerter>,
+    /// Who runs the shards of the jobs this executor submits.
+    runner: Runner,
     /// Jobs this process is running now, so a job is never run twice by one process.
     running: Arc<Mutex<HashSet<i64>>>,
 }
+
+/// Where a job's shards run.
+#[derive(Clone)]
+enum Runner {
+    /// On this process's pool.
+    Local,
+    /// On `cellar worker`s, fed through a Kafka topic.
+    Kafka(TaskPublisher),
+}
+
+const LOCAL: &str = "local";
+const KAFKA: &str = "kafka";
 
 impl Executor {
     pub fn new(
@@ -126,8 +141,33 @@ impl Executor {
             sink,
             settings: Arc::new(settings),
             alerter,
+            runner: Runner::Local,
             running: Arc::default(),
         }
+    }
+
+    /// The same executor, running the shards of the jobs it submits on `cellar worker`s.
+    pub fn with_kafka_runner(mut self, tasks: TaskPublisher) -> Executor {
+        self.runner = Runner::Kafka(tasks);
+        self
+    }
+
+    /// The runner of the jobs this executor submits: `local` or `kafka`.
+    pub fn runner(&self) -> &'static str {
+        match self.runner {
+            Runner::Local => LOCAL,
+            Runner::Kafka(_) => KAFKA,
+        }
+    }
+
+    /// This process's name in the shards it runs.
+    pub fn worker(&self) -> &str {
+        &self.settings.worker
+    }
+
+    /// Shards this process runs at once.
+    pub fn shard_workers(&self) -> usize {
+        self.settings.shard_workers.max(1)
     }
 
     pub fn registry(&self) -> &Registry {
@@ -163,7 +203,7 @@ impl Executor {
                 kind: request.kind,
                 period_from_ms: request.period.from_ms,
                 period_to_ms: request.period.to_ms,
-                runner: "local".to_owned(),
+                runner: self.runner().to_owned(),
                 max_attempts: request.max_attempts,
             })
             .await?;
@@ -189,6 +229,15 @@ impl Executor {
         if job.state.is_finished() {
             return Ok(job);
         }
+        match &self.runner {
+            Runner::Kafka(tasks) if job.runner == KAFKA => self.coordinate(id, tasks).await,
+            _ => self.run_here(job).await,
+        }
+    }
+
+    /// Runs a planned job's shards in this process.
+    async fn run_here(&self, job: Job) -> Result<Job> {
+        let id = job.id;
         let batch = match self.batch_job(&job).await {
             Ok(batch) => Arc::new(batch),
             Err(failure) => return self.fail(&job, &failure.to_string()).await,
@@ -199,8 +248,7 @@ impl Executor {
                 return Ok(job);
             }
             let shards = self.registry.shards(id).await?;
-            let stale_before = Utc::now()
-                - chrono::Duration::from_std(self.settings.lease).unwrap_or(chrono::Duration::MAX);
+            let stale_before = self.stale_before();
             let takeable: Vec<ShardRun> = shards
                 .iter()
                 .filter(|s| {
@@ -210,29 +258,8 @@ impl Executor {
                 .cloned()
                 .collect();
             if takeable.is_empty() {
-                if shards.iter().all(|s| s.state == JobState::Succeeded) {
-                    let done = self
-                        .registry
-                        .finish_job(id, JobState::Succeeded, None)
-                        .await?;
-                    tracing::info!(job = id, ingestion = %done.ingestion, rows = done.rows_written, "batch job succeeded");
-                    if let (JobKind::Scheduled, Some(to)) = (done.kind, done.period_to_ms) {
-                        crate::schedule::advance_watermark(&self.registry, &done.ingestion, to)
-                            .await?;
-                    }
+                if let Some(done) = self.conclude(&job, &shards).await? {
                     return Ok(done);
-                }
-                // Every shard that could run has: the job fails on its first failed shard.
-                if !shards.iter().any(|s| s.state == JobState::Running) {
-                    if let Some(failed) = shards.iter().find(|s| s.state == JobState::Failed) {
-                        let reason = format!(
-                            "shard {} failed after {} attempt(s): {}",
-                            failed.index,
-                            failed.attempts,
-                            failed.error.as_deref().unwrap_or("no error recorded")
-                        );
-                        return self.fail(&job, &reason).await;
-                    }
                 }
                 // Shards run elsewhere (another process holds their lease): wait for them.
                 tokio::time::sleep(self.settings.heartbeat).await;
@@ -241,11 +268,7 @@ impl Executor {
             // A retry round waits its backoff, doubled per attempt already made.
             let attempts = takeable.iter().map(|s| s.attempts).max().unwrap_or(0);
             if attempts > 0 {
-                let backoff = self
-                    .settings
-                    .retry_backoff
-                    .saturating_mul(1 << (attempts - 1).clamp(0, 10) as u32);
-                tokio::time::sleep(backoff).await;
+                tokio::time::sleep(self.backoff(attempts)).await;
             }
             let workers = self.settings.shard_workers.max(1);
             let results: Vec<Result<()>> = futures::stream::iter(takeable)
@@ -263,10 +286,130 @@ impl Executor {
         }
     }
 
+    /// Coordinates a job run by `cellar worker`s: publishes a task per shard, and again for
+    /// each shard back to `runnable` (after its backoff) or whose worker stopped beating
+    /// (after the lease), until the job ends. A task published twice is harmless: the claim
+    /// skips a shard that is finished or alive elsewhere.
+    async fn coordinate(&self, id: i64, tasks: &TaskPublisher) -> Result<Job> {
+        // (shard, attempts) already published: a shard is published once per attempt.
+        let mut published: HashSet<(i64, i64)> = HashSet::new();
+        loop {
+            let job = self.job(id).await?;
+            if job.state.is_finished() {
+                return Ok(job);
+            }
+            let shards = self.registry.shards(id).await?;
+            if let Some(done) = self.conclude(&job, &shards).await? {
+                return Ok(done);
+            }
+            let now = Utc::now();
+            let stale_before = self.stale_before();
+            let due: Vec<ShardTask> = shards
+                .iter()
+                .filter(|s| !published.contains(&(s.index, s.attempts)))
+                .filter(|s| match s.state {
+                    JobState::Runnable => {
+                        s.attempts == 0
+                            || s.updated_at
+                                + chrono::Duration::from_std(self.backoff(s.attempts))
+                                    .unwrap_or_default()
+                                <= now
+                    }
+                    JobState::Running => s.updated_at < stale_before,
+                    _ => false,
+                })
+                .map(|s| ShardTask {
+                    job_id: id,
+                    index: s.index,
+                })
+                .collect();
+            if !due.is_empty() {
+                tasks.publish(&due).await?;
+                tracing::info!(job = id, tasks = due.len(), "published shard tasks");
+                for s in &shards {
+                    if due.iter().any(|t| t.index == s.index) {
+                        published.insert((s.index, s.attempts));
+                    }
+                }
+            }
+            tokio::time::sleep(self.settings.heartbeat).await;
+        }
+    }
+
+    /// Ends the job if its shards are all done: succeeded when every one is (moving a
+    /// scheduled job's watermark), failed when one failed and none can still run. `None`
+    /// while shards are runnable or running.
+    async fn conclude(&self, job: &Job, shards: &[ShardRun]) -> Result<Option<Job>> {
+        if shards.iter().all(|s| s.state == JobState::Succeeded) {
+            let done = self
+                .registry
+                .finish_job(job.id, JobState::Succeeded, None)
+                .await?;
+            tracing::info!(job = job.id, ingestion = %done.ingestion, rows = done.rows_written, "batch job succeeded");
+            if let (JobKind::Scheduled, Some(to)) = (done.kind, done.period_to_ms) {
+                crate::schedule::advance_watermark(&self.registry, &done.ingestion, to).await?;
+            }
+            return Ok(Some(done));
+        }
+        let pending = shards
+            .iter()
+            .any(|s| matches!(s.state, JobState::Runnable | JobState::Running));
+        if pending {
+            return Ok(None);
+        }
+        match shards.iter().find(|s| s.state == JobState::Failed) {
+            Some(failed) => {
+                let reason = format!(
+                    "shard {} failed after {} attempt(s): {}",
+                    failed.index,
+                    failed.attempts,
+                    failed.error.as_deref().unwrap_or("no error recorded")
+                );
+                self.fail(job, &reason).await.map(Some)
+            }
+            // Cancelled shards: the job is being cancelled.
+            None => Ok(None),
+        }
+    }
+
+    /// Runs one shard task taken from the topic: the `cellar worker` side of the `kafka`
+    /// runner. A task of a finished job, or of a shard finished or alive elsewhere, is
+    /// skipped.
+    pub async fn run_task(&self, job_id: i64, index: i64) -> Result<()> {
+        let Some(job) = self.registry.job(job_id).await? else {
+            tracing::warn!(job = job_id, "a task of a job not in the registry: skipped");
+            return Ok(());
+        };
+        if job.state.is_finished() {
+            return Ok(());
+        }
+        match self.batch_job(&job).await {
+            Ok(batch) => self.run_shard(&Arc::new(batch), job_id, index).await,
+            Err(e) => {
+                // The ingestion cannot run any more (changed or removed since planning).
+                self.registry
+                    .finish_shard(job_id, index, Err(e.to_string()), false)
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    fn stale_before(&self) -> chrono::DateTime<Utc> {
+        Utc::now()
+            - chrono::Duration::from_std(self.settings.lease).unwrap_or(chrono::Duration::MAX)
+    }
+
+    /// Wait before the attempt after `attempts` failed ones.
+    fn backoff(&self, attempts: i64) -> Duration {
+        self.settings
+            .retry_backoff
+            .saturating_mul(1 << (attempts - 1).clamp(0, 10) as u32)
+    }
+
     /// Claims and runs one shard, writing its heartbeat, and records how it ended.
     async fn run_shard(&self, batch: &Arc<BatchJob>, job_id: i64, index: i64) -> Result<()> {
-        let stale_before = Utc::now()
-            - chrono::Duration::from_std(self.settings.lease).unwrap_or(chrono::Duration::MAX);
+        let stale_before = self.stale_before();
         let Some(claimed) = self
             .registry
             .claim_shard(job_id, index, &self.settings.worker, Some(stale_before))
@@ -406,7 +549,9 @@ impl Executor {
         loop {
             match self.registry.list_jobs(&filter).await {
                 Ok(mut jobs) => {
-                    jobs.retain(|j| j.runner == "local");
+                    // A job of the other runner is left to a process that has it.
+                    let runner = self.runner();
+                    jobs.retain(|j| j.runner == runner);
                     // Oldest first.
                     jobs.sort_by_key(|j| j.id);
                     for job in jobs {

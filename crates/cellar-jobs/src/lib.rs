@@ -8,6 +8,7 @@
 //!   runs them on a local pool: each shard is claimed, run, its progress written as a
 //!   heartbeat, and finished; a failed shard is retried up to the job's attempts, and the job
 //!   ends succeeded or failed, alerting on failure;
+//! - [`kafka`]: the `kafka` runner: shard tasks on a topic, taken by `cellar worker`s;
 //! - [`schedule`]: the cron scheduler: due periods of each scheduled ingestion, caught up once
 //!   after downtime, in `depends_on` order, with watermarks moved only by succeeded jobs;
 //! - [`alert`]: the webhook that tells people a job failed or is stuck, with a link to its page;
@@ -21,6 +22,7 @@ pub mod alert;
 pub mod error;
 pub mod executor;
 pub mod http;
+pub mod kafka;
 pub mod schedule;
 
 pub use alert::Alerter;

@@ -48,6 +48,24 @@ pub struct JobsConfig {
     pub stuck_after_secs: u64,
     /// Base URL of the job pages alerts link to; empty means `http://<server.listen>`.
     pub public_url: String,
+    /// Who runs the shards of jobs this process submits: `local` (its own pool) or `kafka`
+    /// (`cellar worker` processes, fed through `kafka_topic` on `ingest.kafka.brokers`; the
+    /// store must then be one they share, not the embedded one).
+    pub runner: JobRunner,
+    /// Topic of shard tasks of the `kafka` runner.
+    pub kafka_topic: String,
+    /// Partitions of that topic when Cellar creates it: at most this many workers share a job.
+    pub kafka_partitions: i32,
+    /// Consumer group of `cellar worker` processes.
+    pub kafka_group: String,
+}
+
+/// Where batch jobs' shards run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobRunner {
+    Local,
+    Kafka,
 }
 
 /// Stream ingestion.
@@ -266,6 +284,10 @@ impl Default for Config {
                 alert_webhook: String::new(),
                 stuck_after_secs: 1800,
                 public_url: String::new(),
+                runner: JobRunner::Local,
+                kafka_topic: "cellar-batch-shards".into(),
+                kafka_partitions: 8,
+                kafka_group: "cellar-workers".into(),
             },
         }
     }

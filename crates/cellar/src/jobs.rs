@@ -12,16 +12,22 @@ use anyhow::Context as _;
 use cellar_cache::WritePath;
 use cellar_ingest_batch::{Period, RecordSink};
 use cellar_jobs::executor::{default_worker_name, JobRequest};
+use cellar_jobs::kafka::{KafkaRunnerConfig, TaskPublisher};
 use cellar_jobs::{Alerter, Executor, ExecutorSettings};
 use cellar_registry::{Job, JobFilter, JobState, Registry, ShardRun};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::client;
-use crate::config::Config;
+use crate::config::{Config, JobRunner, StoreBackend};
 
-/// The executor a process runs jobs with, as `config` sets it up.
-pub fn executor(config: &Config, registry: Registry, sink: Arc<dyn RecordSink>) -> Executor {
+/// The executor a process runs jobs with, as `config` sets it up: with the `kafka` runner,
+/// it publishes shard tasks instead of running them.
+pub async fn executor(
+    config: &Config,
+    registry: Registry,
+    sink: Arc<dyn RecordSink>,
+) -> anyhow::Result<Executor> {
     let mut settings = ExecutorSettings::new(config.rejects_dir());
     if config.jobs.shard_workers > 0 {
         settings.shard_workers = config.jobs.shard_workers;
@@ -29,7 +35,66 @@ pub fn executor(config: &Config, registry: Registry, sink: Arc<dyn RecordSink>) 
     settings.lease = Duration::from_secs(config.jobs.lease_secs.max(1));
     settings.retry_backoff = Duration::from_millis(config.jobs.retry_backoff_ms);
     settings.worker = default_worker_name();
-    Executor::new(registry, sink, settings, alerter(config))
+    let executor = Executor::new(registry, sink, settings, alerter(config));
+    Ok(match config.jobs.runner {
+        JobRunner::Local => executor,
+        JobRunner::Kafka => {
+            let tasks = TaskPublisher::connect(&kafka_runner(config)?)
+                .await
+                .context("connecting the kafka runner (jobs.runner = \"kafka\")")?;
+            executor.with_kafka_runner(tasks)
+        }
+    })
+}
+
+/// The `kafka` runner's settings, from `ingest.kafka` and `jobs`.
+pub fn kafka_runner(config: &Config) -> anyhow::Result<KafkaRunnerConfig> {
+    if !config.ingest.kafka.enabled() {
+        anyhow::bail!(
+            "the kafka runner needs a Kafka cluster: set ingest.kafka.brokers (or \
+             CELLAR_INGEST__KAFKA__BROKERS)"
+        );
+    }
+    if config.store.backend == StoreBackend::Embedded {
+        anyhow::bail!(
+            "the kafka runner's workers must share the store: the embedded store belongs to one \
+             process; set store.backend to dynamodb or redis"
+        );
+    }
+    Ok(KafkaRunnerConfig {
+        bootstrap_servers: config.ingest.kafka.brokers.clone(),
+        properties: config
+            .ingest
+            .kafka
+            .properties
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        topic: config.jobs.kafka_topic.clone(),
+        partitions: config.jobs.kafka_partitions.max(1),
+        group: config.jobs.kafka_group.clone(),
+    })
+}
+
+/// `cellar worker`: runs shard tasks of the `kafka` runner until stopped.
+pub async fn worker(config: &Config) -> anyhow::Result<()> {
+    let runner = kafka_runner(config)?;
+    let registry = Registry::open(&config.registry_url()).await?;
+    let store = crate::node::open_store(config).await?;
+    let sink: Arc<dyn RecordSink> = Arc::new(WritePath::new(store, None));
+    let mut settings = ExecutorSettings::new(config.rejects_dir());
+    if config.jobs.shard_workers > 0 {
+        settings.shard_workers = config.jobs.shard_workers;
+    }
+    settings.lease = Duration::from_secs(config.jobs.lease_secs.max(1));
+    let executor = Executor::new(registry, sink, settings, None);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        crate::node::shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    cellar_jobs::kafka::run_worker(executor, &runner, stop_rx).await?;
+    Ok(())
 }
 
 /// The alerter `config` names, if any.
@@ -85,7 +150,7 @@ pub async fn backfill(config: &Config, args: &BackfillArgs) -> anyhow::Result<Jo
                 .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
             let store = crate::node::open_store(config).await?;
             let sink: Arc<dyn RecordSink> = Arc::new(WritePath::new(store, None));
-            let executor = executor(config, registry.clone(), sink);
+            let executor = executor(config, registry.clone(), sink).await?;
             let request = JobRequest {
                 max_attempts,
                 ..JobRequest::backfill(&args.ingestion, args.period)
@@ -252,7 +317,7 @@ pub async fn retry(
         registry.retry_job(id).await?;
         let store = crate::node::open_store(config).await?;
         let sink: Arc<dyn RecordSink> = Arc::new(WritePath::new(store, None));
-        let executor = executor(config, registry.clone(), sink);
+        let executor = executor(config, registry.clone(), sink).await?;
         eprintln!("job {id} made runnable again; running it here");
         tokio::spawn(async move {
             if let Err(e) = executor.run(id).await {

@@ -139,6 +139,11 @@ enum Command {
         #[arg(long)]
         server: Option<String>,
     },
+    /// Run batch shards handed out through Kafka (`jobs.runner = "kafka"`), until stopped.
+    ///
+    /// Any number of workers, on any machines sharing the registry, store and Kafka, take the
+    /// shard tasks of `jobs.kafka_topic` as one consumer group (`jobs.kafka_group`).
+    Worker,
     /// List, show, retry and cancel batch jobs (from the registry).
     #[command(subcommand)]
     Jobs(JobsCommand),
@@ -419,6 +424,7 @@ async fn run(cli: Cli, mut config: Config) -> anyhow::Result<()> {
             finish_job_command(&job)
         }
         Command::Jobs(command) => run_jobs(&config, command).await,
+        Command::Worker => cellar::jobs::worker(&config).await,
         Command::Stats { server } => {
             let server = client::server_url(server.as_deref(), &config.server.listen)?;
             let stats = cellar::stats::fetch(&server).await?;

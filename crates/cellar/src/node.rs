@@ -153,10 +153,12 @@ impl Node {
         } else {
             None
         };
-        let jobs = config.jobs.in_server.then(|| {
+        let jobs = if config.jobs.in_server {
             let sink: Arc<dyn RecordSink> = Arc::new(writer.clone());
-            crate::jobs::executor(&config, registry.clone(), sink)
-        });
+            Some(crate::jobs::executor(&config, registry.clone(), sink).await?)
+        } else {
+            None
+        };
         Ok(Node {
             jobs,
             config,
