@@ -135,3 +135,37 @@ fn apply_is_idempotent_and_plan_names_breaking_changes() {
         text(&third.stdout)
     );
 }
+
+#[test]
+fn plan_rejects_a_depends_on_cycle_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "entities.yaml", ENTITY);
+    write(dir.path(), "groups.yaml", GROUP);
+    let ingestion = |name: &str, dep: &str| {
+        format!(
+            "kind: Ingestion\nname: {name}\nbatch: {{ files: {{ path: x.parquet }}, depends_on: [{dep}] }}\n\
+             into: user_profile\nkey: user_id\nfeatures: {{ country: country }}\n"
+        )
+    };
+    write(
+        dir.path(),
+        "jobs.yaml",
+        &[
+            ingestion("daily_a", "daily_c"),
+            ingestion("daily_b", "daily_a"),
+            ingestion("daily_c", "daily_b"),
+        ]
+        .join("---\n"),
+    );
+    let out = cellar(dir.path(), &["plan"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("dependency cycle: daily_a -> daily_c -> daily_b -> daily_a")
+            || err.contains("dependency cycle: daily_a -> daily_b -> daily_c -> daily_a"),
+        "{err}"
+    );
+    // Nothing was applied.
+    let apply = cellar(dir.path(), &["apply"]);
+    assert_eq!(apply.status.code(), Some(1));
+}
