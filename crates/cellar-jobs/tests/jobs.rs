@@ -465,3 +465,47 @@ async fn the_scheduler_runs_a_dag_in_order_and_apply_keeps_its_watermarks() {
         (Some(tick), Some(tick + 2 * hour))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_nobody_runs_is_reported_stuck_once() {
+    let (hook, alerts) = webhook().await;
+    let alerter = Alerter::new(&hook, "http://cellar.example:6566/");
+    let s = setup(Some(alerter.clone())).await;
+    write_users(&s.dir.path().join("profiles/p.parquet"), 10, 10, |i| {
+        i as i64
+    });
+    // Submitted, and no executor takes it.
+    let job = s
+        .executor
+        .submit(&JobRequest::backfill("profiles", Period::ALL))
+        .await
+        .unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let watcher = tokio::spawn({
+        let registry = s.registry.clone();
+        async move {
+            alerter
+                .watch_stuck(registry, Duration::ZERO, Duration::from_millis(20), stop_rx)
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop_tx.send(true).unwrap();
+    watcher.await.unwrap();
+    let sent = alerts.lock().unwrap().clone();
+    assert_eq!(sent.len(), 1, "once, however many passes: {sent:?}");
+    assert_eq!(sent[0]["alert"], "stuck");
+    assert_eq!(sent[0]["state"], "submitted");
+    assert_eq!(
+        sent[0]["link"],
+        format!("http://cellar.example:6566/jobs/{}", job.id)
+    );
+    assert!(s
+        .registry
+        .job(job.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .alerted_at
+        .is_some());
+}
