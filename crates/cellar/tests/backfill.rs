@@ -88,16 +88,28 @@ features: {{ country: country, age: age, score: score }}
         self.command(args).output().expect("run cellar")
     }
 
-    fn serve(&self) -> Child {
-        self.command(&["serve"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start cellar serve")
+    fn serve(&self) -> Server {
+        Server(
+            self.command(&["serve"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start cellar serve"),
+        )
     }
 
     fn base(&self) -> String {
         format!("http://{}", self.listen)
+    }
+}
+
+/// A `cellar serve` process, killed when dropped (also when a test fails).
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -218,7 +230,7 @@ async fn a_million_parquet_rows_are_backfilled_and_every_row_is_served() {
     );
 
     // Every row, served.
-    let mut server = env.serve();
+    let server = env.serve();
     let base = env.base();
     wait_healthy(&base).await;
     let client = reqwest::Client::new();
@@ -250,8 +262,7 @@ async fn a_million_parquet_rows_are_backfilled_and_every_row_is_served() {
             );
         }
     }
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,7 +270,7 @@ async fn a_backfill_started_beside_a_server_runs_on_it() {
     let env = Env::new();
     write_users(&env.dir.path().join("input/a.parquet"), 0, 20_000);
     assert!(env.run(&["apply"]).status.success());
-    let mut server = env.serve();
+    let server = env.serve();
     let base = env.base();
     wait_healthy(&base).await;
 
@@ -324,6 +335,5 @@ async fn a_backfill_started_beside_a_server_runs_on_it() {
         .await
         .unwrap()
         .contains("from: `soon` is not a time"));
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
 }

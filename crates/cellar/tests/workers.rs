@@ -83,13 +83,25 @@ fn write_file(path: &Path, f: usize) {
     writer.close().unwrap();
 }
 
-fn spawn(command: &mut Command, log: &Path) -> Child {
+/// A child process killed when dropped, so a failing test leaves none behind.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(command: &mut Command, log: &Path) -> Process {
     let out = std::fs::File::create(log).unwrap();
-    command
-        .stdout(Stdio::from(out.try_clone().unwrap()))
-        .stderr(Stdio::from(out))
-        .spawn()
-        .expect("start cellar")
+    Process(
+        command
+            .stdout(Stdio::from(out.try_clone().unwrap()))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .expect("start cellar"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,20 +234,22 @@ retry_backoff_ms = 200
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    doomed.kill().unwrap(); // SIGKILL
-    doomed.wait().unwrap();
+    doomed.0.kill().unwrap(); // SIGKILL
+    doomed.0.wait().unwrap();
     // Another worker joins the group: it gets the dead worker's tasks, and the coordinator
     // publishes the killed shard again once its lease lapses.
-    let mut survivor = spawn(
+    let survivor = spawn(
         &mut cellar(&["worker"], "survivor"),
         &logs.join("survivor.log"),
     );
 
-    let status = tokio::task::spawn_blocking(move || backfill.wait().unwrap())
-        .await
-        .unwrap();
-    let _ = survivor.kill();
-    let _ = survivor.wait();
+    let (status, backfill) = tokio::task::spawn_blocking(move || {
+        let status = backfill.0.wait().unwrap();
+        (status, backfill)
+    })
+    .await
+    .unwrap();
+    drop((backfill, survivor));
     let log = std::fs::read_to_string(logs.join("backfill.log")).unwrap();
     let survivor_log = std::fs::read_to_string(logs.join("survivor.log")).unwrap();
     assert!(status.success(), "{log}\n--- survivor:\n{survivor_log}");
