@@ -87,14 +87,40 @@ impl Default for JobOptions {
     }
 }
 
+/// Where a job's rows come from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum JobInput {
+    /// Parquet or CSV files: a path, directory or glob.
+    Files { path: String, format: FileFormat },
+    /// The rows of one query on a PostgreSQL database, in the order it returns them. `url`
+    /// may hold a password: `Debug` and every error show the URL with it hidden.
+    Postgres { url: String, query: String },
+}
+
+impl std::fmt::Debug for JobInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JobInput::Files { path, format } => f
+                .debug_struct("Files")
+                .field("path", path)
+                .field("format", format)
+                .finish(),
+            JobInput::Postgres { url, query } => f
+                .debug_struct("Postgres")
+                .field("url", &crate::postgres::redact(url))
+                .field("query", query)
+                .finish(),
+        }
+    }
+}
+
 /// A batch ingestion ready to plan and run.
 #[derive(Debug, Clone)]
 pub struct BatchJob {
     /// The ingestion's name, in reports and rejects.
     pub ingestion: String,
-    /// The files read: a path, directory or glob.
-    pub path: String,
-    pub format: FileFormat,
+    /// Where the rows come from.
+    pub input: JobInput,
     pub parallelism: Parallelism,
     /// The group written, shared with every write.
     pub group: Arc<FeatureGroup>,
@@ -149,13 +175,15 @@ impl BatchJob {
         let IngestionSource::Batch(batch) = &ingestion.source else {
             return Err(fail("it is a stream ingestion".into()));
         };
-        let (path, format) = match &batch.input {
-            BatchInput::Files { path, format } => (path.clone(), *format),
-            BatchInput::Postgres { .. } => {
-                return Err(fail(
-                    "PostgreSQL sources are not supported yet: only Parquet and CSV files".into(),
-                ))
-            }
+        let input = match &batch.input {
+            BatchInput::Files { path, format } => JobInput::Files {
+                path: path.clone(),
+                format: *format,
+            },
+            BatchInput::Postgres { url, query } => JobInput::Postgres {
+                url: url.clone(),
+                query: query.clone(),
+            },
         };
         if batch.transform.is_some() {
             return Err(fail("SQL transforms are not supported yet".into()));
@@ -201,8 +229,7 @@ impl BatchJob {
         };
         Ok(BatchJob {
             ingestion: ingestion.name.clone(),
-            path,
-            format,
+            input,
             parallelism: batch.parallelism,
             group: Arc::new(group.clone()),
             entity: entity.clone(),
@@ -285,12 +312,18 @@ features:
         );
         let job = BatchJob::from_repo(&full, "profiles", 5).unwrap();
         assert_eq!(job.mode, WriteMode::Put);
-        assert_eq!(job.format, FileFormat::Csv);
+        assert_eq!(
+            job.input,
+            JobInput::Files {
+                path: "a.csv".into(),
+                format: FileFormat::Csv
+            }
+        );
         assert_eq!(job.columns(), ["user_id", "ts", "c"]);
     }
 
     #[test]
-    fn aggregates_and_unsupported_sources_are_refused_with_the_reason() {
+    fn aggregates_are_refused_with_the_reason() {
         let r = repo(
             "kind: Ingestion\nname: profiles\nbatch: { files: { path: a.csv } }\n\
              into: profile\nkey: user_id\nfeatures: { country: c }\n",
@@ -308,16 +341,27 @@ features:
             "ingestion `profiles` cannot run: feature `country` is an aggregate: batch \
              ingestions read values as they are, aggregate in the SQL `transform` instead"
         );
+        assert!(!err.is_retryable());
+    }
+
+    #[test]
+    fn postgres_sources_keep_their_query_and_hide_the_password() {
         let r = repo(
-            "kind: Ingestion\nname: pg\nbatch: { postgres: { url: \"postgres://x/y\", query: \"SELECT 1\" } }\n\
+            "kind: Ingestion\nname: pg\nbatch: { postgres: { url: \"postgres://me:hush@db/y\", query: \"SELECT 1\" } }\n\
              into: profile\nkey: user_id\nfeatures: { country: c }\n",
         );
-        let err = BatchJob::from_repo(&r, "pg", 0).unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("PostgreSQL sources are not supported yet"),
-            "{err}"
+        let job = BatchJob::from_repo(&r, "pg", 0).unwrap();
+        assert_eq!(
+            job.input,
+            JobInput::Postgres {
+                url: "postgres://me:hush@db/y".into(),
+                query: "SELECT 1".into()
+            }
         );
-        assert!(!err.is_retryable());
+        let shown = format!("{job:?}");
+        assert!(
+            !shown.contains("hush") && shown.contains("postgres://me:***@db/y"),
+            "{shown}"
+        );
     }
 }

@@ -1,15 +1,18 @@
 //! Cellar's batch ingestion: Parquet and CSV files are planned into shards from the data's real
-//! size, each shard's rows are mapped to records of the ingestion's feature group (or rejected
-//! with a reason), and the records are written in batches through the write path, on a local
-//! pool of workers.
+//! size (a PostgreSQL query is one shard), each shard's rows are mapped to records of the
+//! ingestion's feature group (or rejected with a reason), and the records are written in
+//! batches through the write path, on a local pool of workers.
 //!
 //! The flow of a job, and where each step lives:
 //!
 //! - [`job`]: [`BatchJob`], an `Ingestion` spec with a `batch` source checked and resolved once
 //!   (group, entity, columns, write mode);
 //! - [`mod@plan`]: the planner: files listed, Parquet footers and CSV samples read, the job split
-//!   into serialisable [`Shard`]s (row groups or row ranges, CSV byte ranges at line starts);
+//!   into serialisable [`Shard`]s (row groups or row ranges, CSV byte ranges at line starts, or
+//!   the query);
 //! - `read`: a shard's pieces streamed as Arrow record batches, never a whole file in memory;
+//! - `postgres`: a query's rows streamed with `sqlx` into Arrow record batches, PostgreSQL
+//!   types mapped to Arrow ones (the table is in its docs), the URL's password never shown;
 //! - `column` and `map`: each row to an entity key (the stream path's encoding), an event
 //!   time and feature values coerced to their types, or a [`Reject`];
 //! - [`shard`]: [`run_shard`]: read and map on a blocking thread, batched writes to a
@@ -21,9 +24,9 @@
 //! - `files`: the seam to where files live (local disk; object storage later);
 //! - `examples/batch_bench.rs`: the throughput benchmark.
 //!
-//! Depends on `cellar-spec`, `cellar-store`, `cellar-cache` (the write path) and
-//! `cellar-ingest-stream` (only its read-modify-write of attribute records, so batch and
-//! stream ingestion merge into shared records alike). It must not depend on serving, the
+//! Depends on `cellar-spec`, `cellar-store`, `cellar-cache` (the write path), `sqlx` (the
+//! PostgreSQL source) and `cellar-ingest-stream` (only its read-modify-write of attribute
+//! records, so batch and stream ingestion merge into shared records alike). It must not depend on serving, the
 //! registry or the binary; scheduling, job state and the Kafka runner build on top of it.
 
 mod column;
@@ -32,6 +35,7 @@ mod files;
 pub mod job;
 mod map;
 pub mod plan;
+mod postgres;
 mod read;
 pub mod rejects;
 pub mod runner;
@@ -39,7 +43,7 @@ pub mod shard;
 pub mod sink;
 
 pub use error::{BatchError, Result};
-pub use job::{BatchJob, JobOptions, Period, WriteMode};
+pub use job::{BatchJob, JobInput, JobOptions, Period, WriteMode};
 pub use plan::{plan, plan_with, Piece, Plan, PlanOptions, Shard};
 pub use rejects::{MemoryRejects, Reject, RejectFile, Rejects};
 pub use runner::{JobReport, LocalRunner, Progress, ShardOutcome};

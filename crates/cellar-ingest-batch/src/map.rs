@@ -378,7 +378,6 @@ impl<'j> Mapper<'j> {
     }
 }
 
-
 /// Why a row was refused: the column at fault (`None` for the row as a whole) and the reason.
 type RowFault<'j> = (Option<&'j str>, String);
 

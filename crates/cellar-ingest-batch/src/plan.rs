@@ -19,8 +19,13 @@
 //! break (true of most machine-written CSV). [`PlanOptions::split_csv`] off reads each CSV
 //! file whole in one shard, which is always safe.
 //!
+//! A PostgreSQL job is one shard of one [`Piece::Postgres`]: a query cannot be split in
+//! general (see there), and planning does not run it, so its row count is unknown (0, not
+//! exact).
+//!
 //! A [`Shard`] is plain serialisable data naming exactly what to read (file, its length when
-//! planned, row group and rows, or byte range), so a shard can be sent to another process.
+//! planned, row group and rows, or byte range; or a query), so a shard can be sent to another
+//! process.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -31,7 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{BatchError, Result};
 use crate::files::{self, FileEntry};
-use crate::job::BatchJob;
+use crate::job::{BatchJob, JobInput};
 
 /// Rows a shard holds, about, when parallelism is `auto`.
 pub const TARGET_SHARD_ROWS: u64 = 256 * 1024;
@@ -74,7 +79,8 @@ pub struct Plan {
     pub shards: Vec<Shard>,
     /// Files listed.
     pub files: usize,
-    /// Rows in all shards: exact for Parquet, estimated for CSV (see `rows_exact`).
+    /// Rows in all shards: exact for Parquet, estimated for CSV (see `rows_exact`), unknown
+    /// (0) for PostgreSQL.
     pub rows: u64,
     pub rows_exact: bool,
     /// Bytes in all shards (compressed bytes for Parquet).
@@ -88,12 +94,12 @@ pub struct Shard {
     /// Position in the plan, from 0; names the shard in reports and rejects.
     pub index: u32,
     pub pieces: Vec<Piece>,
-    /// Rows in the pieces: exact for Parquet, estimated for CSV.
+    /// Rows in the pieces: exact for Parquet, estimated for CSV, 0 for PostgreSQL.
     pub rows: u64,
     pub bytes: u64,
 }
 
-/// Exactly what to read of one file.
+/// Exactly what to read of one file, or the query to run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "format", rename_all = "snake_case")]
 pub enum Piece {
@@ -120,20 +126,29 @@ pub enum Piece {
         /// Rows in the range, estimated from the file's average line length.
         rows_estimate: u64,
     },
+    /// Every row of the job's PostgreSQL query, read by one worker. A query is not split:
+    /// splitting it would need a key to range over, and running it once per range would give
+    /// each range its own snapshot (and cost as many scans, for a query that aggregates or
+    /// sorts). The connection URL is the job's, not the piece's, so a shard sent elsewhere or
+    /// recorded carries no password.
+    Postgres { query: String },
 }
 
 impl Piece {
+    /// The file read, or the query run.
     pub fn file(&self) -> &str {
         match self {
             Piece::Parquet { file, .. } | Piece::Csv { file, .. } => file,
+            Piece::Postgres { query } => query,
         }
     }
 
-    /// Rows in the piece (estimated for CSV).
+    /// Rows in the piece (estimated for CSV, unknown (0) for PostgreSQL).
     pub fn rows(&self) -> u64 {
         match self {
             Piece::Parquet { rows, .. } => *rows,
             Piece::Csv { rows_estimate, .. } => *rows_estimate,
+            Piece::Postgres { .. } => 0,
         }
     }
 
@@ -141,6 +156,7 @@ impl Piece {
         match self {
             Piece::Parquet { bytes, .. } => *bytes,
             Piece::Csv { start, end, .. } => end - start,
+            Piece::Postgres { .. } => 0,
         }
     }
 
@@ -154,6 +170,7 @@ impl Piece {
                 ..
             } => (file, *row_group as u64, *offset),
             Piece::Csv { file, start, .. } => (file, *start, 0),
+            Piece::Postgres { query } => (query, 0, 0),
         }
     }
 }
@@ -164,12 +181,17 @@ pub fn plan(job: &BatchJob) -> Result<Plan> {
 }
 
 /// Plans `job`: lists its files, reads their footers (Parquet) or a sample (CSV), and splits
-/// the work as the module docs say. Does blocking IO: call it off the async runtime.
+/// the work as the module docs say. Does blocking IO: call it off the async runtime. A
+/// PostgreSQL job is one shard, planned without connecting.
 pub fn plan_with(job: &BatchJob, options: &PlanOptions) -> Result<Plan> {
-    let listed = files::list(&job.path, job.format)?;
+    let (path, format) = match &job.input {
+        JobInput::Files { path, format } => (path, *format),
+        JobInput::Postgres { query, .. } => return Ok(postgres_plan(job, query)),
+    };
+    let listed = files::list(path, format)?;
     let mut units = Vec::new();
     for file in &listed {
-        match job.format {
+        match format {
             FileFormat::Parquet => parquet_units(file, &mut units)?,
             FileFormat::Csv => units.extend(csv_unit(file)?),
         }
@@ -193,10 +215,29 @@ pub fn plan_with(job: &BatchJob, options: &PlanOptions) -> Result<Plan> {
         ingestion: job.ingestion.clone(),
         files: listed.len(),
         rows: shards.iter().map(|s| s.rows).sum(),
-        rows_exact: job.format == FileFormat::Parquet,
+        rows_exact: format == FileFormat::Parquet,
         bytes: shards.iter().map(|s| s.bytes).sum(),
         shards,
     })
+}
+
+fn postgres_plan(job: &BatchJob, query: &str) -> Plan {
+    Plan {
+        ingestion: job.ingestion.clone(),
+        shards: vec![Shard {
+            ingestion: job.ingestion.clone(),
+            index: 0,
+            pieces: vec![Piece::Postgres {
+                query: query.to_owned(),
+            }],
+            rows: 0,
+            bytes: 0,
+        }],
+        files: 0,
+        rows: 0,
+        rows_exact: false,
+        bytes: 0,
+    }
 }
 
 /// A unit of planning before splitting: a whole row group or a whole CSV file.
@@ -347,6 +388,7 @@ impl Unit {
                     });
                 }
             }
+            piece @ Piece::Postgres { .. } => out.push(piece),
         }
         Ok(())
     }
@@ -482,7 +524,7 @@ mod tests {
             .iter()
             .map(|p| match p {
                 Piece::Parquet { offset, rows, .. } => (*offset, *rows),
-                Piece::Csv { .. } => unreachable!(),
+                _ => unreachable!(),
             })
             .collect();
         assert_eq!(

@@ -8,6 +8,9 @@
 //! a line with the wrong number of fields or bytes that are not UTF-8 is rejected alone, by its
 //! position. Every CSV column is text; mapping parses it to the feature's type, row by row. An
 //! empty CSV field is null.
+//!
+//! A PostgreSQL piece is read by [`crate::postgres`]: the query's rows streamed into typed
+//! Arrow columns.
 
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
@@ -24,7 +27,7 @@ use parquet::arrow::ProjectionMask;
 
 use crate::error::{BatchError, Result};
 use crate::files;
-use crate::job::BatchJob;
+use crate::job::{BatchJob, JobInput};
 use crate::map::{Locator, Mapper, Place};
 use crate::plan::{Piece, Shard};
 use crate::rejects::Reject;
@@ -74,6 +77,15 @@ pub(crate) fn read_shard(shard: &Shard, job: &BatchJob, each: &mut OnBatch<'_>) 
                 end,
                 ..
             } => read_csv(shard, job, file, *file_len, *start, *end, each)?,
+            Piece::Postgres { query } => {
+                let JobInput::Postgres { url, .. } = &job.input else {
+                    return Err(BatchError::Job {
+                        ingestion: job.ingestion.clone(),
+                        reason: "a shard holds a PostgreSQL query but the job reads files".into(),
+                    });
+                };
+                crate::postgres::read(shard, job, url, query, each)?
+            }
         };
         if !go_on {
             break;

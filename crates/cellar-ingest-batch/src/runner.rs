@@ -21,8 +21,8 @@ use crate::sink::RecordSink;
 pub struct Progress {
     /// Rows read so far, rejected ones included.
     pub rows_done: u64,
-    /// Rows in the plan: exact for Parquet, estimated for CSV (see `rows_total_exact`), so
-    /// `rows_done` may end above or below it.
+    /// Rows in the plan: exact for Parquet, estimated for CSV, 0 for PostgreSQL (see
+    /// `rows_total_exact`), so `rows_done` may end above or below it.
     pub rows_total: u64,
     pub rows_total_exact: bool,
     pub rows_rejected: u64,

@@ -75,7 +75,7 @@ fn parquet_is_planned_by_row_groups_from_the_footers() {
             Piece::Parquet {
                 file, row_group, ..
             } => (file.clone(), *row_group),
-            Piece::Csv { .. } => unreachable!(),
+            _ => unreachable!(),
         })
         .collect();
     groups.sort();
@@ -110,7 +110,7 @@ fn a_fixed_parallelism_splits_row_groups_into_row_ranges() {
                 rows,
                 ..
             } => (*group_first_row, *offset, *rows),
-            Piece::Csv { .. } => unreachable!(),
+            _ => unreachable!(),
         })
         .collect();
     assert_eq!(
