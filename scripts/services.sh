@@ -104,3 +104,42 @@ ensure_redis() {
     export CELLAR_TEST_REDIS="redis://127.0.0.1:6379"
     log "redis: $CELLAR_TEST_REDIS"
 }
+
+s3_answers() { # host port
+    # An S3-compatible server answers an unsigned request with an XML error (AccessDenied).
+    curl -s --max-time 2 "http://$1:$2/" 2>/dev/null | grep -q '<Error>'
+}
+
+# s3s-fs, an S3-compatible server over a local directory (a bucket is a subdirectory):
+# installed once into ~/.cargo/bin (about 2 minutes from source).
+ensure_s3_installed() {
+    export PATH="$HOME/.cargo/bin:$PATH"
+    if ! command -v s3s-fs >/dev/null 2>&1; then
+        log "installing s3s-fs 0.14.1 (once per machine, about 2 minutes)"
+        cargo install --locked s3s-fs@0.14.1 --features binary -j2 >"$SVC_DIR/s3s-install.log" 2>&1 \
+            || { tail -n 30 "$SVC_DIR/s3s-install.log" >&2; return 1; }
+    fi
+}
+
+# Object storage for the S3 tests: s3s-fs on 127.0.0.1:8014 with the access key AK and the
+# secret key SECRET, its data in a fresh temporary directory, unless something S3-compatible
+# already answers there.
+ensure_s3() {
+    if ! s3_answers 127.0.0.1 8014; then
+        ensure_s3_installed
+        local s3dir
+        s3dir=$(mktemp -d /tmp/cellar-s3.XXXXXX)
+        echo "$s3dir" > "$SVC_DIR/s3.dir"
+        log "starting s3s-fs on 127.0.0.1:8014 in $s3dir"
+        nohup s3s-fs --host 127.0.0.1 --port 8014 --access-key AK --secret-key SECRET "$s3dir" \
+            >"$SVC_DIR/s3s-fs.log" 2>&1 &
+        echo $! > "$SVC_DIR/s3s-fs.pid"
+        for _ in $(seq 1 50); do
+            s3_answers 127.0.0.1 8014 && break
+            sleep 0.1
+        done
+        s3_answers 127.0.0.1 8014 || { tail -n 20 "$SVC_DIR/s3s-fs.log" >&2; return 1; }
+    fi
+    export CELLAR_TEST_S3="http://127.0.0.1:8014"
+    log "s3: $CELLAR_TEST_S3"
+}

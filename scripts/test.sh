@@ -10,6 +10,7 @@ ensure_postgres
 ensure_kafka
 ensure_dynamodb
 ensure_redis
+ensure_s3
 
 cargo fmt --all -- --check
 cargo clippy --all-targets -j2 -- -D warnings

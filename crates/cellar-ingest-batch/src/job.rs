@@ -11,6 +11,7 @@ use cellar_spec::{
 };
 
 use crate::error::{BatchError, Result};
+use crate::files::Storage;
 
 /// Rows per record batch read.
 pub const DEFAULT_BATCH_ROWS: usize = 4096;
@@ -139,6 +140,8 @@ pub struct BatchJob {
     /// Rows whose event time falls outside are skipped.
     pub period: Period,
     pub options: JobOptions,
+    /// Where its files are read from (clones of the job share its object store clients).
+    pub(crate) storage: Storage,
 }
 
 impl BatchJob {
@@ -240,6 +243,7 @@ impl BatchJob {
             run_time_ms,
             period: Period::ALL,
             options: JobOptions::default(),
+            storage: Storage::default(),
         })
     }
 

@@ -21,13 +21,15 @@
 //! - [`runner`]: [`LocalRunner`], a bounded pool of workers with progress reports;
 //! - [`rejects`]: the [`Rejects`] sink and its JSON-lines file;
 //! - [`sink`]: [`RecordSink`], implemented by `cellar_cache::WritePath`;
-//! - `files`: the seam to where files live (local disk; object storage later);
+//! - `files`: the seam to where files live, local disk or S3-compatible object storage
+//!   (`s3`: `s3://BUCKET/...` paths listed and read with ranged GETs through `object_store`);
 //! - `examples/batch_bench.rs`: the throughput benchmark.
 //!
 //! Depends on `cellar-spec`, `cellar-store`, `cellar-cache` (the write path), `sqlx` (the
-//! PostgreSQL source) and `cellar-ingest-stream` (only its read-modify-write of attribute
-//! records, so batch and stream ingestion merge into shared records alike). It must not depend on serving, the
-//! registry or the binary; scheduling, job state and the Kafka runner build on top of it.
+//! PostgreSQL source), `object_store` (the S3 client) and `cellar-ingest-stream` (only its
+//! read-modify-write of attribute records, so batch and stream ingestion merge into shared
+//! records alike). It must not depend on serving, the registry or the binary; scheduling, job
+//! state and the Kafka runner build on top of it.
 
 mod column;
 pub mod error;
@@ -39,6 +41,7 @@ mod postgres;
 mod read;
 pub mod rejects;
 pub mod runner;
+mod s3;
 pub mod shard;
 pub mod sink;
 

@@ -3,8 +3,8 @@
 //! The rule, in three steps:
 //!
 //! 1. **Units.** Each Parquet row group is a unit, with its row count and compressed size from
-//!    the file's footer (no data page is read). Each CSV file is a unit, its size from the file
-//!    system and its row count estimated from the average line length of its first 64 KiB.
+//!    the file's footer (no data page is read). Each CSV file is a unit, its size as listed
+//!    and its row count estimated from the average line length of its first 64 KiB.
 //! 2. **Shard count.** `parallelism: N` asks for N shards. `auto` asks for as many as the data
 //!    needs for each to hold about [`TARGET_SHARD_ROWS`] rows or [`TARGET_SHARD_BYTES`] bytes,
 //!    whichever gives more shards.
@@ -27,15 +27,14 @@
 //! planned, row group and rows, or byte range; or a query), so a shard can be sent to another
 //! process.
 
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 
 use cellar_spec::{FileFormat, Parallelism};
 use parquet::file::metadata::ParquetMetaDataReader;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{BatchError, Result};
-use crate::files::{self, FileEntry};
+use crate::files::{FileEntry, Source, Storage};
 use crate::job::{BatchJob, JobInput};
 
 /// Rows a shard holds, about, when parallelism is `auto`.
@@ -181,19 +180,21 @@ pub fn plan(job: &BatchJob) -> Result<Plan> {
 }
 
 /// Plans `job`: lists its files, reads their footers (Parquet) or a sample (CSV), and splits
-/// the work as the module docs say. Does blocking IO: call it off the async runtime. A
-/// PostgreSQL job is one shard, planned without connecting.
+/// the work as the module docs say. Does blocking IO: call it off the async runtime; files in
+/// object storage are read through the runtime, so it must run on one of its blocking threads
+/// (`tokio::task::spawn_blocking`). A PostgreSQL job is one shard, planned without connecting.
 pub fn plan_with(job: &BatchJob, options: &PlanOptions) -> Result<Plan> {
     let (path, format) = match &job.input {
         JobInput::Files { path, format } => (path, *format),
         JobInput::Postgres { query, .. } => return Ok(postgres_plan(job, query)),
     };
-    let listed = files::list(path, format)?;
+    let storage = &job.storage;
+    let listed = storage.list(path, format)?;
     let mut units = Vec::new();
     for file in &listed {
         match format {
-            FileFormat::Parquet => parquet_units(file, &mut units)?,
-            FileFormat::Csv => units.extend(csv_unit(file)?),
+            FileFormat::Parquet => parquet_units(storage, file, &mut units)?,
+            FileFormat::Csv => units.extend(csv_unit(storage, file)?),
         }
     }
     let rows: u64 = units.iter().map(|u| u.piece.rows()).sum();
@@ -208,7 +209,7 @@ pub fn plan_with(job: &BatchJob, options: &PlanOptions) -> Result<Plan> {
     let share = rows.div_ceil(wanted).max(1);
     let mut pieces = Vec::new();
     for unit in units {
-        unit.split(share, options, &mut pieces)?;
+        unit.split(share, options, storage, &mut pieces)?;
     }
     let shards = deal(&job.ingestion, pieces, wanted);
     Ok(Plan {
@@ -247,8 +248,8 @@ struct Unit {
     data_start: u64,
 }
 
-fn parquet_units(file: &FileEntry, out: &mut Vec<Unit>) -> Result<()> {
-    let f = files::open(&file.path, file.len)?;
+fn parquet_units(storage: &Storage, file: &FileEntry, out: &mut Vec<Unit>) -> Result<()> {
+    let f = storage.open(&file.path, file.len)?;
     let metadata = ParquetMetaDataReader::new()
         .parse_and_finish(&f)
         .map_err(|e| BatchError::source(&file.path, e))?;
@@ -274,10 +275,11 @@ fn parquet_units(file: &FileEntry, out: &mut Vec<Unit>) -> Result<()> {
     Ok(())
 }
 
-fn csv_unit(file: &FileEntry) -> Result<Option<Unit>> {
-    let mut f = files::open(&file.path, file.len)?;
+fn csv_unit(storage: &Storage, file: &FileEntry) -> Result<Option<Unit>> {
+    let f = storage.open(&file.path, file.len)?;
     let mut sample = vec![0u8; CSV_SAMPLE_BYTES.min(file.len as usize)];
-    f.read_exact(&mut sample)
+    f.range(0, sample.len() as u64)
+        .and_then(|mut r| r.read_exact(&mut sample))
         .map_err(|e| BatchError::source(&file.path, e))?;
     let Some(header_end) = sample
         .iter()
@@ -323,7 +325,13 @@ fn csv_whole(file: &FileEntry, data_start: u64, rows_estimate: u64) -> Unit {
 impl Unit {
     /// Pushes this unit's pieces onto `out`: itself, or equal parts of at most about `share`
     /// rows each.
-    fn split(self, share: u64, options: &PlanOptions, out: &mut Vec<Piece>) -> Result<()> {
+    fn split(
+        self,
+        share: u64,
+        options: &PlanOptions,
+        storage: &Storage,
+        out: &mut Vec<Piece>,
+    ) -> Result<()> {
         let rows = self.piece.rows();
         let parts = rows.div_ceil(share);
         match self.piece {
@@ -366,10 +374,10 @@ impl Unit {
                 };
                 let mut bounds = vec![0];
                 if parts > 1 {
-                    let mut f = files::open(&file, file_len)?;
+                    let f = storage.open(&file, file_len)?;
                     for k in 1..parts {
                         let target = self.data_start + data_len * k / parts;
-                        let at = next_line_start(&mut f, target, file_len)
+                        let at = next_line_start(&f, target, file_len)
                             .map_err(|e| BatchError::source(&file, e))?;
                         if at > *bounds.last().unwrap_or(&0) && at < file_len {
                             bounds.push(at);
@@ -401,12 +409,12 @@ fn prorate(value: u64, part: u64, whole: u64) -> u64 {
 
 /// The first line start at or after `at`: just after the first `\n` at or after `at - 1`
 /// (`file_len` when there is none).
-fn next_line_start(f: &mut File, at: u64, file_len: u64) -> std::io::Result<u64> {
+fn next_line_start(f: &Source, at: u64, file_len: u64) -> std::io::Result<u64> {
     let mut pos = at.saturating_sub(1);
-    f.seek(SeekFrom::Start(pos))?;
+    let mut range = f.range(pos, file_len)?;
     let mut buf = [0u8; 8192];
     loop {
-        let n = f.read(&mut buf)?;
+        let n = range.read(&mut buf)?;
         if n == 0 {
             return Ok(file_len);
         }
@@ -519,7 +527,8 @@ mod tests {
             data_start: 0,
         };
         let mut out = Vec::new();
-        unit.split(30_000, &options, &mut out).unwrap();
+        unit.split(30_000, &options, &Storage::default(), &mut out)
+            .unwrap();
         let ranges: Vec<(u64, u64)> = out
             .iter()
             .map(|p| match p {
@@ -541,7 +550,7 @@ mod tests {
             piece: group("a", 0, 20_000),
             data_start: 0,
         }
-        .split(1_000, &options, &mut out)
+        .split(1_000, &options, &Storage::default(), &mut out)
         .unwrap();
         assert_eq!(out.len(), 1, "20k rows hold one 16k-row piece at most");
     }

@@ -12,8 +12,7 @@
 //! A PostgreSQL piece is read by [`crate::postgres`]: the query's rows streamed into typed
 //! Arrow columns.
 
-use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::{BufReader, Read};
 use std::sync::Arc;
 
 use arrow_array::builder::StringBuilder;
@@ -26,7 +25,7 @@ use parquet::arrow::arrow_reader::{
 use parquet::arrow::ProjectionMask;
 
 use crate::error::{BatchError, Result};
-use crate::files;
+use crate::files::Source;
 use crate::job::{BatchJob, JobInput};
 use crate::map::{Locator, Mapper, Place};
 use crate::plan::{Piece, Shard};
@@ -40,7 +39,7 @@ pub(crate) type OnBatch<'a> =
 /// Reads every piece of `shard` in order; stops early when `each` says so.
 pub(crate) fn read_shard(shard: &Shard, job: &BatchJob, each: &mut OnBatch<'_>) -> Result<()> {
     // Consecutive pieces of one file share its open handle and decoded footer.
-    let mut open: Option<(String, File, ArrowReaderMetadata)> = None;
+    let mut open: Option<(String, Source, ArrowReaderMetadata)> = None;
     for piece in &shard.pieces {
         let go_on = match piece {
             Piece::Parquet {
@@ -53,7 +52,7 @@ pub(crate) fn read_shard(shard: &Shard, job: &BatchJob, each: &mut OnBatch<'_>) 
                 ..
             } => {
                 if open.as_ref().is_none_or(|(path, _, _)| path != file) {
-                    let f = files::open(file, *file_len)?;
+                    let f = job.storage.open(file, *file_len)?;
                     let options = ArrowReaderOptions::new().with_skip_arrow_metadata(true);
                     let metadata = ArrowReaderMetadata::load(&f, options)
                         .map_err(|e| BatchError::source(file, e))?;
@@ -107,7 +106,7 @@ fn read_parquet(
     shard: &Shard,
     job: &BatchJob,
     file: &str,
-    f: &File,
+    f: &Source,
     metadata: &ArrowReaderMetadata,
     range: ParquetRange,
     each: &mut OnBatch<'_>,
@@ -206,18 +205,22 @@ fn read_csv(
     each: &mut OnBatch<'_>,
 ) -> Result<bool> {
     let fail = |e: &dyn std::fmt::Display| BatchError::source(file, e);
-    let mut f = files::open(file, file_len)?;
+    let f = job.storage.open(file, file_len)?;
+    let range = |from: u64, to: u64| {
+        f.range(from, to)
+            .map(|r| csv_reader(BufReader::with_capacity(1 << 16, r)))
+            .map_err(|e| fail(&e))
+    };
     let mut header = csv::ByteRecord::new();
     let mut reader;
     if start == 0 {
-        reader = csv_reader(BufReader::with_capacity(1 << 16, f.take(end)));
+        reader = range(0, end)?;
         reader.read_byte_record(&mut header).map_err(|e| fail(&e))?;
     } else {
-        csv_reader(BufReader::new(&mut f))
+        range(0, file_len)?
             .read_byte_record(&mut header)
             .map_err(|e| fail(&e))?;
-        f.seek(SeekFrom::Start(start)).map_err(|e| fail(&e))?;
-        reader = csv_reader(BufReader::with_capacity(1 << 16, f.take(end - start)));
+        reader = range(start, end)?;
     }
     let names = header_names(&header);
     let all = Schema::new(

@@ -268,32 +268,6 @@ async fn a_shard_past_the_reject_ratio_fails_and_says_so() {
     );
 }
 
-/// `rows` clicks of `users` users, in `files` Parquet files with row groups of `group` rows.
-fn click_files(dir: &std::path::Path, rows: usize, users: usize, files: usize, group: usize) {
-    let per_file = rows / files;
-    for f in 0..files {
-        let base = f * per_file;
-        let ids: Vec<String> = (base..base + per_file)
-            .map(|i| format!("u{}", i % users))
-            .collect();
-        let ts: Vec<i64> = (base..base + per_file).map(|i| TS + i as i64).collect();
-        let articles: Vec<String> = (base..base + per_file).map(|i| format!("a{i}")).collect();
-        let dwell: Vec<f64> = (base..base + per_file).map(|i| i as f64 / 10.0).collect();
-        let batch = RecordBatch::try_from_iter(vec![
-            ("user_id", Arc::new(StringArray::from(ids)) as ArrayRef),
-            ("ts", Arc::new(Int64Array::from(ts))),
-            ("article_id", Arc::new(StringArray::from(articles))),
-            ("dwell_s", Arc::new(Float64Array::from(dwell))),
-        ])
-        .unwrap();
-        write_parquet(
-            &dir.join(format!("clicks/part-{f}.parquet")),
-            &[batch],
-            group,
-        );
-    }
-}
-
 #[tokio::test]
 async fn a_shard_run_twice_leaves_the_store_as_one_run_does() {
     let dir = tempfile::tempdir().unwrap();
@@ -450,25 +424,7 @@ async fn a_100k_row_job_is_written_whole_and_reported_as_it_goes() {
     assert!(calls.load(Ordering::Relaxed) >= (ROWS / write_rows + 6) as u64);
 
     // Every row is in the store: each user's series holds its clicks, newest first.
-    let users: Vec<String> = (0..USERS).map(|u| format!("u{u}")).collect();
-    let users: Vec<&str> = users.iter().map(String::as_str).collect();
-    let stored = series(&store, &job, &keys(&users)).await;
-    for (u, records) in stored.iter().enumerate() {
-        assert_eq!(records.len(), ROWS / USERS, "user u{u}");
-        for (k, record) in records.iter().enumerate() {
-            let i = u + USERS * (ROWS / USERS - 1 - k);
-            assert_eq!(
-                record,
-                &Record::new(
-                    TS + i as i64,
-                    vec![
-                        Value::String(format!("a{i}")),
-                        Value::Float64(i as f64 / 10.0)
-                    ]
-                )
-            );
-        }
-    }
+    assert_clicks(&store, &job, ROWS, USERS).await;
 }
 
 #[tokio::test]

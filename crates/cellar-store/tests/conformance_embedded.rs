@@ -163,3 +163,147 @@ fn write_then_abort(dir: &Path) -> ! {
     });
     std::process::abort()
 }
+
+/// Set in the child process of the concurrent crash test.
+const CONCURRENT_CHILD_DIR: &str = "CELLAR_STORE_CONCURRENT_CHILD_DIR";
+/// Writers in the concurrent crash test, spread over three groups.
+const CONCURRENT_WRITERS: usize = 8;
+
+/// Concurrent writers share fsyncs (group commit): the child prints each write once its `put`
+/// returns and aborts while the others are still writing; every printed write must be there.
+#[test]
+fn concurrent_acknowledged_writes_survive_a_crash() {
+    if let Some(dir) = std::env::var_os(CONCURRENT_CHILD_DIR) {
+        write_concurrently_then_abort(Path::new(&dir));
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let exe = std::env::current_exe().expect("test binary path");
+    let output = Command::new(exe)
+        .args([
+            "concurrent_acknowledged_writes_survive_a_crash",
+            "--exact",
+            "--nocapture",
+        ])
+        .env(CONCURRENT_CHILD_DIR, dir.path())
+        .output()
+        .expect("run the child");
+    assert!(!output.status.success(), "the child aborts mid-write");
+    let acknowledged: Vec<(usize, i64)> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            let (writer, i) = line.strip_prefix("acked ")?.split_once(' ')?;
+            Some((writer.parse().ok()?, i.parse().ok()?))
+        })
+        .collect();
+    assert!(
+        acknowledged.len() >= 100,
+        "the child acknowledged {} writes before aborting",
+        acknowledged.len()
+    );
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let store = EmbeddedStore::open(dir.path()).expect("reopen after the crash");
+        for (writer, i) in acknowledged {
+            let group = attribute_group(&format!("g{}", writer % 3));
+            let entity = EntityKey(format!("w{writer}-{}", i % 10));
+            let got = store.get_attributes(&group, &[entity]).await.expect("get");
+            let stored = got[0].as_ref().map_or(i64::MIN, |r| r.event_time);
+            // Each writer rewrites ten entities with rising event times: an acknowledged
+            // write is there, or a later one of the same entity replaced it.
+            assert!(
+                stored >= CRASH_EVENT_TIME + i,
+                "writer {writer}'s acknowledged write {i} was lost (stored event time {stored})"
+            );
+        }
+    });
+}
+
+fn write_concurrently_then_abort(dir: &Path) -> ! {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        use std::io::Write as _;
+        let store = EmbeddedStore::open(dir).expect("open in the child");
+        let mut tasks = Vec::new();
+        for writer in 0..CONCURRENT_WRITERS {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let group = attribute_group(&format!("g{}", writer % 3));
+                for i in 0..i64::MAX {
+                    let entity = format!("w{writer}-{}", i % 10);
+                    let w = write(&entity, CRASH_EVENT_TIME + i, "x");
+                    store.put(&group, &[w]).await.expect("put in the child");
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "acked {writer} {i}").expect("stdout");
+                    out.flush().expect("stdout");
+                    if writer == 0 && i == 200 {
+                        // While the store is open and the others are mid-write.
+                        std::process::abort();
+                    }
+                }
+            }));
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+    });
+    std::process::abort()
+}
+
+/// Writers of one group run in parallel, stripe by stripe: concurrent puts of the same entities
+/// with interleaved event times still leave each entity with its newest record, and exactly one
+/// put of each (entity, event time) is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_puts_of_one_group_keep_the_newest_record() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = EmbeddedStore::open(dir.path()).expect("open");
+    let group = attribute_group("profile");
+    let writers = 4i64;
+    let rounds = 25i64;
+    let mut tasks = Vec::new();
+    for writer in 0..writers {
+        let store = store.clone();
+        let group = group.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut applied = 0;
+            for round in 0..rounds {
+                // Every writer writes every entity, each with its own event times.
+                let t = CRASH_EVENT_TIME + round * writers + writer;
+                let writes: Vec<Write> = (0..200)
+                    .map(|e| write(&format!("u{e}"), t, &format!("w{writer}")))
+                    .collect();
+                let outcomes = store.put(&group, &writes).await.expect("put");
+                applied += outcomes
+                    .iter()
+                    .filter(|o| **o == PutOutcome::Applied)
+                    .count();
+            }
+            applied
+        }));
+    }
+    let mut applied = 0;
+    for task in tasks {
+        applied += task.await.expect("writer");
+    }
+    assert!(applied >= 200, "at least the first write of each entity");
+    let entities: Vec<EntityKey> = (0..200).map(|e| EntityKey(format!("u{e}"))).collect();
+    let newest = CRASH_EVENT_TIME + rounds * writers - 1;
+    for (e, record) in store
+        .get_attributes(&group, &entities)
+        .await
+        .expect("get")
+        .into_iter()
+        .enumerate()
+    {
+        let record = record.unwrap_or_else(|| panic!("u{e} missing"));
+        assert_eq!(record.event_time, newest, "u{e} holds the newest write");
+        assert_eq!(
+            record.values,
+            vec![Value::String(format!("w{}", writers - 1))]
+        );
+    }
+}

@@ -1,15 +1,18 @@
 //! Helpers shared by the integration tests: a feature repo, Parquet and CSV files written into
-//! temporary directories, and an embedded store behind the write path.
+//! temporary directories (click logs among them, checked back row by row), and an embedded
+//! store behind the write path.
 
 #![allow(dead_code)]
 
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow_array::{RecordBatch, RecordBatchReader};
+use arrow_array::{
+    ArrayRef, Float64Array, Int64Array, RecordBatch, RecordBatchReader, StringArray,
+};
 use cellar_cache::WritePath;
 use cellar_ingest_batch::{BatchJob, MemoryRejects, Rejects};
-use cellar_spec::{EntityKey, FeatureRepo};
+use cellar_spec::{EntityKey, FeatureRepo, Value};
 use cellar_store::embedded::EmbeddedStore;
 use cellar_store::{OnlineStore, Record, RecordReader, TimeseriesQuery};
 use parquet::arrow::ArrowWriter;
@@ -141,6 +144,82 @@ pub fn write_parquet(path: &Path, batches: &[RecordBatch], rows_per_group: usize
 pub fn write_text(path: &Path, text: &str) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, text).unwrap();
+}
+
+/// Event time of the first click of [`click_files`] and [`click_csv`].
+pub const CLICKS_TS: i64 = 1_700_000_000_000;
+
+/// Click `i` of a log of `users` users: user, event time, article and dwell time.
+fn click(i: usize, users: usize) -> (String, i64, String, f64) {
+    (
+        format!("u{}", i % users),
+        CLICKS_TS + i as i64,
+        format!("a{i}"),
+        i as f64 / 10.0,
+    )
+}
+
+/// `rows` clicks of `users` users, in `files` Parquet files `clicks/part-N.parquet` under
+/// `dir` with row groups of `group` rows.
+pub fn click_files(dir: &Path, rows: usize, users: usize, files: usize, group: usize) {
+    let per_file = rows / files;
+    for f in 0..files {
+        let clicks: Vec<_> = (f * per_file..(f + 1) * per_file)
+            .map(|i| click(i, users))
+            .collect();
+        let batch = RecordBatch::try_from_iter(vec![
+            (
+                "user_id",
+                Arc::new(StringArray::from_iter_values(clicks.iter().map(|c| &c.0))) as ArrayRef,
+            ),
+            (
+                "ts",
+                Arc::new(Int64Array::from_iter_values(clicks.iter().map(|c| c.1))),
+            ),
+            (
+                "article_id",
+                Arc::new(StringArray::from_iter_values(clicks.iter().map(|c| &c.2))),
+            ),
+            (
+                "dwell_s",
+                Arc::new(Float64Array::from_iter_values(clicks.iter().map(|c| c.3))),
+            ),
+        ])
+        .unwrap();
+        write_parquet(
+            &dir.join(format!("clicks/part-{f}.parquet")),
+            &[batch],
+            group,
+        );
+    }
+}
+
+/// The clicks of [`click_files`] as one CSV text, header first.
+pub fn click_csv(rows: usize, users: usize) -> String {
+    let mut text = String::from("user_id,ts,article_id,dwell_s\n");
+    for i in 0..rows {
+        let (user, ts, article, dwell) = click(i, users);
+        text.push_str(&format!("{user},{ts},{article},{dwell}\n"));
+    }
+    text
+}
+
+/// Checks that every one of `rows` clicks is in `store`, each once: each user's series holds
+/// its clicks, newest first.
+pub async fn assert_clicks(store: &EmbeddedStore, job: &BatchJob, rows: usize, users: usize) {
+    let names: Vec<String> = (0..users).map(|u| format!("u{u}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let stored = series(store, job, &keys(&names)).await;
+    for (u, records) in stored.iter().enumerate() {
+        assert_eq!(records.len(), rows / users, "user u{u}");
+        for (k, record) in records.iter().enumerate() {
+            let (_, ts, article, dwell) = click(u + users * (rows / users - 1 - k), users);
+            assert_eq!(
+                record,
+                &Record::new(ts, vec![Value::String(article), Value::Float64(dwell)])
+            );
+        }
+    }
 }
 
 /// Row count of every Parquet file given.
