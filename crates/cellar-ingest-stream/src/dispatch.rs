@@ -1,7 +1,6 @@
 //! The dispatcher and the per-ingestion mappings: which ingestions consume an event (M:N, from
 //! the applied specs), and how one event becomes a record of one group.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use cellar_spec::value::parse_timestamp;
@@ -14,6 +13,7 @@ use serde_json_path::JsonPath;
 
 use crate::aggregate::{Fold, Update, WindowSpec};
 use crate::writer::Change;
+use rustc_hash::FxHashMap;
 
 /// Why an event could not become a record. The reason goes with the event to the dead-letter
 /// topic: it names the ingestion and the field at fault.
@@ -32,9 +32,62 @@ pub struct CompileError {
     pub reason: String,
 }
 
-/// A windowed aggregate of an ingestion: feature position, window, and the `of` path (its
-/// text and parsed form), if any.
-type AggregateMapping = (usize, WindowSpec, Option<(String, JsonPath)>);
+/// A windowed aggregate of an ingestion: feature position, window, and the `of` path, if any.
+type AggregateMapping = (usize, WindowSpec, Option<FieldPath>);
+
+/// A path of an ingestion: its text, for messages, and how to follow it. Paths made only of
+/// member names (`$.user_id`, `$.a.b`), nearly all of them, are followed directly on the event:
+/// the JSONPath engine costs more than the rest of mapping an event.
+#[derive(Debug)]
+struct FieldPath {
+    text: String,
+    query: JsonPath,
+    /// The member names, when the path is nothing else.
+    members: Option<Vec<String>>,
+}
+
+impl FieldPath {
+    fn parse(ingestion: &str, field: &str, text: &str) -> Result<FieldPath, CompileError> {
+        let query = JsonPath::parse(text).map_err(|e| CompileError {
+            ingestion: ingestion.to_owned(),
+            reason: format!("{field}: `{text}` is not a JSON path: {e}"),
+        })?;
+        Ok(FieldPath {
+            text: text.to_owned(),
+            query,
+            members: member_names(text),
+        })
+    }
+
+    /// The single value the path selects, or `None` when it selects nothing.
+    fn select<'a>(&self, event: &'a serde_json::Value) -> Option<&'a serde_json::Value> {
+        match &self.members {
+            Some(members) => members
+                .iter()
+                .try_fold(event, |value, name| value.as_object()?.get(name)),
+            None => self.query.query(event).at_most_one().ok().flatten(),
+        }
+    }
+}
+
+/// The member names of a path written as `$` followed by `.name` shorthands only, each name
+/// in plain ASCII (a letter or `_`, then letters, digits or `_`); `None` for any other path.
+fn member_names(text: &str) -> Option<Vec<String>> {
+    let rest = text.strip_prefix('$')?;
+    if rest.is_empty() {
+        return Some(Vec::new());
+    }
+    rest.strip_prefix('.')?
+        .split('.')
+        .map(|name| {
+            let mut chars = name.chars();
+            let first = chars.next()?;
+            let plain = (first.is_ascii_alphabetic() || first == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+            plain.then(|| name.to_owned())
+        })
+        .collect()
+}
 
 /// A stream ingestion ready to map events: its paths parsed, its features resolved to
 /// positions of its group.
@@ -50,26 +103,14 @@ pub struct StreamMapping {
     /// Where derived events go after each change (the record as it stands), for a further
     /// ingestion to consume.
     pub republish_to: Option<String>,
-    key: Vec<(String, JsonPath)>,
-    event_time: Option<(String, JsonPath)>,
-    /// (feature position, source path text, parsed path).
-    features: Vec<(usize, String, JsonPath)>,
+    key: Vec<FieldPath>,
+    event_time: Option<FieldPath>,
+    /// (feature position, source path).
+    features: Vec<(usize, FieldPath)>,
     aggregates: Vec<AggregateMapping>,
     /// Whether records are read, changed and written back (attribute groups: aggregates,
     /// ingestions that set only some features, applied offsets) or appended (time series).
     updates: bool,
-}
-
-fn parse_path(ingestion: &str, field: &str, text: &str) -> Result<JsonPath, CompileError> {
-    JsonPath::parse(text).map_err(|e| CompileError {
-        ingestion: ingestion.to_owned(),
-        reason: format!("{field}: `{text}` is not a JSON path: {e}"),
-    })
-}
-
-/// The single value a path selects, or `None` when it selects nothing.
-fn select<'a>(path: &JsonPath, event: &'a serde_json::Value) -> Option<&'a serde_json::Value> {
-    path.query(event).at_most_one().ok().flatten()
 }
 
 impl StreamMapping {
@@ -102,10 +143,10 @@ impl StreamMapping {
         let key = ingestion
             .key
             .iter()
-            .map(|k| Ok((k.clone(), parse_path(&ingestion.name, "key", k)?)))
+            .map(|k| FieldPath::parse(&ingestion.name, "key", k))
             .collect::<Result<Vec<_>, CompileError>>()?;
         let event_time = match &ingestion.event_time {
-            Some(t) => Some((t.clone(), parse_path(&ingestion.name, "event_time", t)?)),
+            Some(t) => Some(FieldPath::parse(&ingestion.name, "event_time", t)?),
             None => None,
         };
         let mut features = Vec::with_capacity(ingestion.features.len());
@@ -119,9 +160,12 @@ impl StreamMapping {
             })?;
             match &m.expr {
                 FeatureExpr::Field(path) => {
-                    let parsed =
-                        parse_path(&ingestion.name, &format!("features.{}", m.feature), path)?;
-                    features.push((position, path.clone(), parsed));
+                    let parsed = FieldPath::parse(
+                        &ingestion.name,
+                        &format!("features.{}", m.feature),
+                        path,
+                    )?;
+                    features.push((position, parsed));
                 }
                 FeatureExpr::Aggregate(agg) => {
                     let feature = &group.features[position];
@@ -155,14 +199,11 @@ impl StreamMapping {
                         )));
                     }
                     let of = match &agg.of {
-                        Some(path) => Some((
-                            path.clone(),
-                            parse_path(
-                                &ingestion.name,
-                                &format!("features.{}.of", m.feature),
-                                path,
-                            )?,
-                        )),
+                        Some(path) => Some(FieldPath::parse(
+                            &ingestion.name,
+                            &format!("features.{}.of", m.feature),
+                            path,
+                        )?),
                         None => None,
                     };
                     let window = WindowSpec {
@@ -198,14 +239,19 @@ impl StreamMapping {
             ingestion: self.name.clone(),
             reason,
         };
-        let mut parts = Vec::with_capacity(self.key.len());
-        for (text, path) in &self.key {
-            parts
-                .push(select(path, event).ok_or_else(|| fail(format!("key `{text}` is missing")))?);
-        }
-        self.entity
-            .key_from_json(&parts)
-            .map_err(|e| fail(format!("key: {e}")))
+        let part = |path: &FieldPath| {
+            path.select(event)
+                .ok_or_else(|| fail(format!("key `{}` is missing", path.text)))
+        };
+        // Entities keyed by one field, the usual kind, need no list of parts.
+        let keyed = match self.key.as_slice() {
+            [path] => self.entity.key_from_json(&[part(path)?]),
+            paths => {
+                let parts = paths.iter().map(part).collect::<Result<Vec<_>, _>>()?;
+                self.entity.key_from_json(&parts)
+            }
+        };
+        keyed.map_err(|e| fail(format!("key: {e}")))
     }
 
     /// Maps one event to the entity key and the change it makes to that entity's record.
@@ -225,8 +271,10 @@ impl StreamMapping {
         let entity = self.entity_key(event)?;
         let event_time = match &self.event_time {
             None => arrival_ms,
-            Some((text, path)) => {
-                let v = select(path, event)
+            Some(path) => {
+                let text = &path.text;
+                let v = path
+                    .select(event)
                     .ok_or_else(|| fail(format!("event_time `{text}` is missing")))?;
                 parse_timestamp(v).ok_or_else(|| {
                     fail(format!(
@@ -235,36 +283,37 @@ impl StreamMapping {
                 })?
             }
         };
-        let field = |position: usize, text: &str, path: &JsonPath| {
+        let field = |position: usize, path: &FieldPath| {
             let feature = &self.group.features[position];
-            match select(path, event) {
-                Some(v) => Value::from_json(feature.value_type, v)
-                    .map_err(|e| fail(format!("feature `{}` (`{text}`): {e}", feature.name))),
+            match path.select(event) {
+                Some(v) => Value::from_json(feature.value_type, v).map_err(|e| {
+                    fail(format!("feature `{}` (`{}`): {e}", feature.name, path.text))
+                }),
                 None => Ok(Value::Null),
             }
         };
         if !self.updates {
             let mut values = vec![Value::Null; self.group.features.len()];
-            for (position, text, path) in &self.features {
-                values[*position] = field(*position, text, path)?;
+            for (position, path) in &self.features {
+                values[*position] = field(*position, path)?;
             }
             return Ok((entity, Change::Put(Record::new(event_time, values))));
         }
         let mut fields = Vec::with_capacity(self.features.len());
-        for (position, text, path) in &self.features {
-            fields.push((*position, field(*position, text, path)?));
+        for (position, path) in &self.features {
+            fields.push((*position, field(*position, path)?));
         }
         let mut folds = Vec::with_capacity(self.aggregates.len());
         for (position, window, of) in &self.aggregates {
             let input = match (window.function, of) {
                 (_, None) => Value::Null,
                 // Distinct values are told apart by their JSON text, whatever their type.
-                (AggregateFunction::DistinctCount, Some((_, path))) => match select(path, event) {
+                (AggregateFunction::DistinctCount, Some(path)) => match path.select(event) {
                     None | Some(serde_json::Value::Null) => Value::Null,
                     Some(serde_json::Value::String(s)) => Value::String(s.clone()),
                     Some(other) => Value::String(other.to_string()),
                 },
-                (_, Some((text, path))) => field(*position, text, path)?,
+                (_, Some(path)) => field(*position, path)?,
             };
             folds.push(Fold {
                 position: *position,
@@ -290,8 +339,8 @@ impl StreamMapping {
     pub fn derived_event(&self, event: &serde_json::Value, record: &Record) -> serde_json::Value {
         let mut out = serde_json::Map::new();
         out.insert("type".into(), self.name.clone().into());
-        for (field, (_, path)) in self.entity.keys.iter().zip(&self.key) {
-            if let Some(v) = select(path, event) {
+        for (field, path) in self.entity.keys.iter().zip(&self.key) {
+            if let Some(v) = path.select(event) {
                 out.insert(field.name.clone(), v.clone());
             }
         }
@@ -317,12 +366,21 @@ impl StreamMapping {
 /// Routes events to every ingestion that consumes them, by topic and event type.
 #[derive(Debug, Default)]
 pub struct Dispatcher {
-    /// (topic, event type) -> ingestions naming that type.
-    typed: HashMap<(String, String), Vec<Arc<StreamMapping>>>,
-    /// topic -> ingestions taking every event of the topic.
-    untyped: HashMap<String, Vec<Arc<StreamMapping>>>,
-    /// Where each topic's events carry their type.
-    type_fields: HashMap<String, Vec<String>>,
+    /// Keyed by topic, so routing an event looks its topic up once and copies no name. Fx
+    /// hashing: the keys come from the specs, not from producers, so none can be crafted to
+    /// collide.
+    topics: FxHashMap<String, TopicRoutes>,
+}
+
+/// The ingestions of one topic.
+#[derive(Debug, Default)]
+struct TopicRoutes {
+    /// Event type -> ingestions naming that type.
+    typed: FxHashMap<String, Vec<Arc<StreamMapping>>>,
+    /// Ingestions taking every event of the topic.
+    untyped: Vec<Arc<StreamMapping>>,
+    /// Where the topic's events carry their type.
+    type_fields: Vec<String>,
 }
 
 impl Dispatcher {
@@ -342,19 +400,17 @@ impl Dispatcher {
                     continue;
                 }
             };
-            let fields = d.type_fields.entry(stream.topic.clone()).or_default();
-            if !fields.contains(&stream.event_type_field) {
-                fields.push(stream.event_type_field.clone());
+            let routes = d.topics.entry(stream.topic.clone()).or_default();
+            if !routes.type_fields.contains(&stream.event_type_field) {
+                routes.type_fields.push(stream.event_type_field.clone());
             }
             if stream.event_types.is_empty() {
-                d.untyped
-                    .entry(stream.topic.clone())
-                    .or_default()
-                    .push(mapping);
+                routes.untyped.push(mapping);
             } else {
                 for t in &stream.event_types {
-                    d.typed
-                        .entry((stream.topic.clone(), t.clone()))
+                    routes
+                        .typed
+                        .entry(t.clone())
                         .or_default()
                         .push(mapping.clone());
                 }
@@ -365,7 +421,7 @@ impl Dispatcher {
 
     /// Topics any ingestion consumes, sorted.
     pub fn topics(&self) -> Vec<String> {
-        let mut topics: Vec<String> = self.type_fields.keys().cloned().collect();
+        let mut topics: Vec<String> = self.topics.keys().cloned().collect();
         topics.sort();
         topics
     }
@@ -374,10 +430,9 @@ impl Dispatcher {
     /// consumed.
     pub fn republish_topics(&self) -> Vec<String> {
         let mut topics: Vec<String> = self
-            .typed
+            .topics
             .values()
-            .chain(self.untyped.values())
-            .flatten()
+            .flat_map(|routes| routes.typed.values().flatten().chain(&routes.untyped))
             .filter_map(|m| m.republish_to.clone())
             .collect();
         topics.sort();
@@ -391,17 +446,14 @@ impl Dispatcher {
         topic: &str,
         event: &serde_json::Value,
     ) -> Vec<&'a Arc<StreamMapping>> {
-        let mut out: Vec<&Arc<StreamMapping>> = self
-            .untyped
-            .get(topic)
-            .map(|v| v.iter().collect())
-            .unwrap_or_default();
-        if let Some(fields) = self.type_fields.get(topic) {
-            for field in fields {
-                if let Some(serde_json::Value::String(t)) = event.get(field) {
-                    if let Some(m) = self.typed.get(&(topic.to_owned(), t.clone())) {
-                        out.extend(m.iter());
-                    }
+        let Some(routes) = self.topics.get(topic) else {
+            return Vec::new();
+        };
+        let mut out: Vec<&Arc<StreamMapping>> = routes.untyped.iter().collect();
+        for field in &routes.type_fields {
+            if let Some(serde_json::Value::String(t)) = event.get(field) {
+                if let Some(m) = routes.typed.get(t.as_str()) {
+                    out.extend(m);
                 }
             }
         }
@@ -510,6 +562,63 @@ features: { country: $.country }
             m.map(&click, 0, None).unwrap().1,
             Change::Put(Record::new(7, vec![Value::String("a9".into())]))
         );
+    }
+
+    #[test]
+    fn member_paths_select_what_the_jsonpath_engine_selects() {
+        let paths = [
+            "$",
+            "$.user_id",
+            "$.a",
+            "$.a.b",
+            "$.a.b.c",
+            "$._x",
+            "$.a1",
+            "$.missing",
+            "$.a.missing",
+            "$.null",
+            "$.list",
+            "$.list.a",
+            "$.true",
+            "$['a']",
+            "$.a['b']",
+            "$.list[0]",
+            "$.list[-1].a",
+            "$..b",
+            "$.*",
+            "$.a.*",
+            "$.é",
+            "$['a-b']",
+            "$ .a",
+        ];
+        let documents = [
+            json!({"user_id": "u1", "a": {"b": {"c": 3}}, "_x": 1, "a1": [1], "null": null,
+                   "list": [{"a": 1}, {"a": 2}], "true": false, "é": "e", "a-b": 2}),
+            json!({"a": {"b": [1, 2]}, "user_id": 7}),
+            json!({"a": "text", "list": {"a": 5}}),
+            json!({"a": {"b": null}}),
+            json!([{"a": 1}]),
+            json!("scalar"),
+            json!(null),
+            json!({}),
+        ];
+        for text in paths {
+            let path = FieldPath::parse("test", "key", text).unwrap_or_else(|e| panic!("{e}"));
+            for doc in &documents {
+                let expected = path.query.query(doc).at_most_one().ok().flatten();
+                assert_eq!(path.select(doc), expected, "`{text}` on {doc}");
+            }
+        }
+        assert_eq!(member_names("$.a.b"), Some(vec!["a".into(), "b".into()]));
+        for text in [
+            "$['a']", "$.a[0]", "$..a", "$.*", "$.é", "$ .a", "$.", "$.a.", "@.a",
+        ] {
+            assert_eq!(
+                member_names(text),
+                None,
+                "`{text}` is not member names only"
+            );
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! the parallel consumer, pauses partitions whose buffers are full, and commits the positions
 //! below which every event is applied or durably re-published.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -329,12 +329,20 @@ impl Pipeline {
                     source.release(&partitions).await?;
                 }
                 Polled::Events(events) => {
-                    let mut by_partition: BTreeMap<TopicPartition, Vec<Event<SourceEvent>>> =
-                        BTreeMap::new();
+                    // A poll returns each partition's events together, so the partition is
+                    // looked for from the last one found, not by a map lookup per event.
+                    let mut by_partition: Vec<(TopicPartition, Vec<Event<SourceEvent>>)> =
+                        Vec::new();
                     for e in events {
-                        by_partition
-                            .entry(e.partition.clone())
-                            .or_default()
+                        let at = match by_partition.iter().rposition(|(tp, _)| *tp == e.partition) {
+                            Some(at) => at,
+                            None => {
+                                by_partition.push((e.partition.clone(), Vec::new()));
+                                by_partition.len() - 1
+                            }
+                        };
+                        by_partition[at]
+                            .1
                             .push(Event::new(e.offset, e.key.clone(), e));
                     }
                     for (tp, batch) in by_partition {

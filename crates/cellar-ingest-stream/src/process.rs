@@ -102,11 +102,12 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+fn header_str<'a>(event: &'a SourceEvent, name: &str) -> Option<&'a str> {
+    event.header(name).and_then(|v| std::str::from_utf8(v).ok())
+}
+
 fn header_text(event: &SourceEvent, name: &str) -> Option<String> {
-    event
-        .header(name)
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .map(str::to_owned)
+    header_str(event, name).map(str::to_owned)
 }
 
 impl EventProcessor {
@@ -158,17 +159,15 @@ impl EventProcessor {
                 return applied;
             }
         };
-        let topic =
-            header_text(event, headers::TOPIC).unwrap_or_else(|| event.partition.topic.to_string());
-        let only = header_text(event, headers::INGESTION);
+        let topic = header_str(event, headers::TOPIC).unwrap_or(&event.partition.topic);
+        let only = header_str(event, headers::INGESTION);
         let arrival = event.timestamp_ms.unwrap_or_else(now_ms);
         let dispatcher = self.dispatcher();
-        let mappings: Vec<&Arc<StreamMapping>> = dispatcher
-            .route(&topic, &value)
-            .into_iter()
-            .filter(|m| only.as_deref().is_none_or(|o| o == m.name))
-            .collect();
+        let mappings: Vec<&Arc<StreamMapping>> = dispatcher.route(topic, &value);
         for mapping in mappings {
+            if only.is_some_and(|o| o != mapping.name) {
+                continue;
+            }
             let origin = Some((
                 crate::aggregate::origin_id(
                     &mapping.name,

@@ -159,14 +159,19 @@ fn failed(e: cellar_store::StoreError) -> WriteError {
 
 async fn run(path: WritePath, policy: BatchPolicy, mut rx: mpsc::Receiver<Pending>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(policy.max_in_flight.max(1)));
-    while let Some(first) = rx.recv().await {
-        let mut batch: Vec<Pending> = Vec::with_capacity(policy.max_records);
-        batch.push(first);
+    let max_records = policy.max_records.max(1);
+    loop {
+        // Whatever is queued is taken at once, not one change at a time.
+        let mut batch: Vec<Pending> = Vec::with_capacity(max_records);
+        if rx.recv_many(&mut batch, max_records).await == 0 {
+            break;
+        }
         let deadline = tokio::time::Instant::now() + policy.linger;
-        while batch.len() < policy.max_records {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(p)) => batch.push(p),
-                Ok(None) | Err(_) => break,
+        while batch.len() < max_records {
+            let room = max_records - batch.len();
+            match tokio::time::timeout_at(deadline, rx.recv_many(&mut batch, room)).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
             }
         }
         // While earlier batches wait for their commits, the next ones gather; the semaphore
@@ -185,10 +190,19 @@ async fn run(path: WritePath, policy: BatchPolicy, mut rx: mpsc::Receiver<Pendin
 /// Writes a batch, one store call per group and kind of change, and answers every change.
 async fn flush(path: &WritePath, batch: &mut Vec<Pending>) {
     // Groups by identity (the Arc's address): every change of one ingestion shares its
-    // group's Arc, so no name is copied per change.
-    let mut by_group: HashMap<usize, (Vec<Pending>, Vec<Pending>)> = HashMap::new();
+    // group's Arc, so no name is copied per change. A batch holds few groups, so a list
+    // searched from the last group found costs less than hashing every change.
+    let mut by_group: Vec<(usize, Vec<Pending>, Vec<Pending>)> = Vec::new();
     for p in batch.drain(..) {
-        let (puts, updates) = by_group.entry(Arc::as_ptr(&p.group) as usize).or_default();
+        let id = Arc::as_ptr(&p.group) as usize;
+        let at = match by_group.iter().rposition(|(group, _, _)| *group == id) {
+            Some(at) => at,
+            None => {
+                by_group.push((id, Vec::new(), Vec::new()));
+                by_group.len() - 1
+            }
+        };
+        let (_, puts, updates) = &mut by_group[at];
         match p.change {
             Change::Put(_) => puts.push(p),
             Change::Update(_) => updates.push(p),
@@ -196,7 +210,7 @@ async fn flush(path: &WritePath, batch: &mut Vec<Pending>) {
     }
     // Each group's writes are independent: their durable commits overlap.
     let mut writes = Vec::with_capacity(by_group.len() * 2);
-    for (_, (puts, updates)) in by_group {
+    for (_, puts, updates) in by_group {
         if !puts.is_empty() {
             writes.push(futures::future::Either::Left(flush_puts(path, puts)));
         }
@@ -245,21 +259,24 @@ async fn flush_puts(path: &WritePath, pending: Vec<Pending>) {
 async fn flush_updates(path: &WritePath, pending: Vec<Pending>) {
     let group = pending[0].group.clone();
     // Changes by entity, in arrival order (the consumer keeps one key's events in order).
-    let mut entities: Vec<EntityKey> = Vec::new();
+    // Each key moves into the index and back out, so none is copied.
     let mut work: Vec<Vec<(usize, Update, bool)>> = Vec::new();
-    let mut slot: HashMap<EntityKey, usize> = HashMap::new();
+    let mut slot: HashMap<EntityKey, usize> = HashMap::with_capacity(pending.len());
     let mut answers = Vec::with_capacity(pending.len());
     for p in pending {
         let Change::Update(update) = p.change else {
             continue;
         };
-        let at = *slot.entry(p.entity.clone()).or_insert_with(|| {
-            entities.push(p.entity);
+        let at = *slot.entry(p.entity).or_insert_with(|| {
             work.push(Vec::new());
             work.len() - 1
         });
         work[at].push((answers.len(), update, p.want_record));
         answers.push(p.done);
+    }
+    let mut entities = vec![EntityKey(String::new()); work.len()];
+    for (entity, at) in slot {
+        entities[at] = entity;
     }
     let results: Results = Arc::new(Mutex::new(vec![None; answers.len()]));
     let updater = {

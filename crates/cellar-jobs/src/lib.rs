@@ -12,7 +12,8 @@
 //! - [`schedule`]: the cron scheduler: due periods of each scheduled ingestion, caught up once
 //!   after downtime, in `depends_on` order, with watermarks moved only by succeeded jobs;
 //! - [`alert`]: the webhook that tells people a job failed or is stuck, with a link to its page;
-//! - [`http`]: `/v1/jobs...` (JSON) and `/jobs/{id}` (the page an alert links to).
+//! - [`http`]: `/v1/jobs...` (JSON) and `/jobs/{id}` (the page an alert links to);
+//! - [`metrics`]: Prometheus figures of the registry's jobs.
 //!
 //! Job and shard state live in the registry (`cellar-registry`), so any process that shares
 //! the registry can show, retry or cancel a job, and a job whose process died is taken over
@@ -23,8 +24,10 @@ pub mod error;
 pub mod executor;
 pub mod http;
 pub mod kafka;
+pub mod metrics;
 pub mod schedule;
 
 pub use alert::Alerter;
 pub use error::{JobError, Result};
 pub use executor::{Executor, ExecutorSettings, JobRequest};
+pub use metrics::JobMetrics;

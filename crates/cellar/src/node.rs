@@ -11,7 +11,7 @@ use cellar_cache::{CacheMetrics, LocalTier, MeasuredStore, WritePath};
 use cellar_ingest_batch::RecordSink;
 use cellar_jobs::http::jobs_router;
 use cellar_jobs::schedule::run_scheduler;
-use cellar_jobs::Executor;
+use cellar_jobs::{Executor, JobMetrics};
 use cellar_registry::Registry;
 use cellar_serving::http::{router, HttpState};
 use cellar_serving::metrics::ServingMetrics;
@@ -25,6 +25,10 @@ use tokio::net::TcpListener;
 use crate::config::{Config, StoreBackend};
 use crate::ingest::{events_router, IngestMetrics, StreamIngestion};
 use cellar_spec::FeatureRepo;
+
+/// How often the batch job figures of `/metrics` are read from the registry: about as often
+/// as Prometheus scrapes.
+const JOB_METRICS_EVERY: Duration = Duration::from_secs(5);
 
 /// Everything a serving process holds.
 pub struct Node {
@@ -42,6 +46,8 @@ pub struct Node {
     pub ingestion: Option<Arc<StreamIngestion>>,
     /// Runs batch jobs (scheduled, and submitted to this node), when enabled.
     pub jobs: Option<Executor>,
+    /// Figures of the registry's batch jobs, whoever runs them.
+    job_metrics: JobMetrics,
 }
 
 /// Opens the online store `config` names: the embedded one in the data directory, a DynamoDB
@@ -153,6 +159,10 @@ impl Node {
         } else {
             None
         };
+        let job_metrics = JobMetrics::default();
+        metrics
+            .registry_mut()
+            .register_collector(Box::new(job_metrics.clone()));
         let jobs = if config.jobs.in_server {
             let sink: Arc<dyn RecordSink> = Arc::new(writer.clone());
             Some(crate::jobs::executor(&config, registry.clone(), sink).await?)
@@ -161,6 +171,7 @@ impl Node {
         };
         Ok(Node {
             jobs,
+            job_metrics,
             config,
             registry,
             store,
@@ -229,6 +240,14 @@ impl Node {
             })
         });
         let mut job_tasks = Vec::new();
+        job_tasks.push(tokio::spawn({
+            let (metrics, registry, stop) = (
+                self.job_metrics.clone(),
+                self.registry.clone(),
+                stop_rx.clone(),
+            );
+            async move { metrics.watch(registry, JOB_METRICS_EVERY, stop).await }
+        }));
         if let Some(executor) = &self.jobs {
             let every = Duration::from_millis(self.config.jobs.poll_interval_ms.max(10));
             job_tasks.push(tokio::spawn({

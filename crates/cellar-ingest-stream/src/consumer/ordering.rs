@@ -7,6 +7,7 @@
 //! spreads keyless records over partitions round-robin, so no producer can rely on an order
 //! between them, and serialising them would only cost throughput.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
@@ -43,14 +44,16 @@ impl<E> KeyQueue<E> {
         let Some(key) = key else {
             return Some(event);
         };
-        match self.busy.get_mut(key) {
-            Some(waiting) => {
-                waiting.push_back(event);
+        // One lookup per event: the consumer's keys are shared, so a clone only counts a
+        // reference.
+        match self.busy.entry(key.clone()) {
+            Entry::Occupied(mut waiting) => {
+                waiting.get_mut().push_back(event);
                 self.queued += 1;
                 None
             }
-            None => {
-                self.busy.insert(key.clone(), VecDeque::new());
+            Entry::Vacant(idle) => {
+                idle.insert(VecDeque::new());
                 Some(event)
             }
         }
@@ -59,15 +62,16 @@ impl<E> KeyQueue<E> {
     /// Records that the running event of `key` finished: returns the key's next event, which
     /// may run now (the key stays busy), or frees the key.
     pub fn complete(&mut self, key: Option<&Bytes>) -> Option<E> {
-        let key = key?;
-        let waiting = self.busy.get_mut(key)?;
-        match waiting.pop_front() {
+        let Entry::Occupied(mut waiting) = self.busy.entry(key?.clone()) else {
+            return None;
+        };
+        match waiting.get_mut().pop_front() {
             Some(next) => {
                 self.queued -= 1;
                 Some(next)
             }
             None => {
-                self.busy.remove(key);
+                waiting.remove();
                 None
             }
         }

@@ -7,7 +7,7 @@
 //! cannot starve a quiet one. No await happens under the lock.
 
 use std::any::Any;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -18,6 +18,8 @@ use futures::FutureExt;
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+use rustc_hash::FxHashMap;
 
 use super::concurrency::ConcurrencyLimit;
 use super::partition::{Outcome, PartitionStats, PartitionWorker};
@@ -53,7 +55,7 @@ struct Shared<P> {
 }
 
 struct State<P> {
-    partitions: HashMap<TopicPartition, Assigned<P>>,
+    partitions: FxHashMap<TopicPartition, Assigned<P>>,
     /// Partitions with events ready to run, in the order they get the next free slot.
     turns: VecDeque<TopicPartition>,
     limit: ConcurrencyLimit,
@@ -86,7 +88,7 @@ impl<P: Send + Sync + 'static> ParallelConsumer<P> {
         Ok(Self {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
-                    partitions: HashMap::new(),
+                    partitions: FxHashMap::default(),
                     turns: VecDeque::new(),
                     limit,
                     in_flight: 0,
