@@ -260,7 +260,9 @@ impl Registry {
     /// when the shard is `running` with progress written at or after `stale_before`: its
     /// worker is alive. A `running` shard silent since before then (`None`: any running
     /// shard) is claimed again: its worker died, and shard runs are idempotent, so another
-    /// one redoes it. The counters restart at zero.
+    /// one redoes it. The counters restart at zero. A silent shard on its job's last allowed
+    /// attempt is failed instead (`None`), naming why: a shard that brings down every worker
+    /// that runs it is not retried forever.
     pub async fn claim_shard(
         &self,
         job_id: i64,

@@ -976,6 +976,36 @@ async fn a_running_shard_can_be_claimed_again() {
 }
 
 #[tokio::test]
+async fn a_shard_whose_workers_keep_dying_fails_on_its_last_attempt() {
+    on_every_backend("a_shard_whose_workers_keep_dying_fails", |url| async move {
+        let registry = open(&url).await;
+        // Three attempts allowed; every worker dies silently mid-shard.
+        let job = planned_job(&registry, 1).await;
+        for (attempt, worker) in ["worker-a", "worker-b", "worker-c"].iter().enumerate() {
+            let in_a_second = chrono::Utc::now() + chrono::Duration::seconds(1);
+            let claimed = registry
+                .claim_shard(job.id, 0, worker, Some(in_a_second))
+                .await
+                .expect("claim")
+                .expect("claimable while attempts remain");
+            assert_eq!(claimed.attempts, attempt as i64 + 1);
+        }
+        let in_a_second = chrono::Utc::now() + chrono::Duration::seconds(1);
+        let fourth = registry
+            .claim_shard(job.id, 0, "worker-d", Some(in_a_second))
+            .await
+            .expect("claim");
+        assert_eq!(fourth, None, "no fourth attempt");
+        let shards = registry.shards(job.id).await.expect("shards");
+        assert_eq!((shards[0].state, shards[0].attempts), (JobState::Failed, 3));
+        let error = shards[0].error.as_deref().unwrap_or_default();
+        assert!(error.contains("stopped sending heartbeats"), "{error}");
+        registry.close().await;
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn cancel_stops_a_job_and_retry_runs_what_did_not_succeed() {
     on_every_backend(
         "cancel_stops_a_job_and_retry_runs_what_did_not_succeed",

@@ -89,6 +89,15 @@ const CLAIM_SHARD: &str = concat!(
      AND (state = 'runnable' OR (state = 'running' AND updated_at_ms < $5)) RETURNING ",
     shard_columns!()
 );
+// A running shard silent since before `$5` on its last allowed attempt (`$6`) fails instead
+// of being claimed again: a shard that brings its worker down must not be retried forever.
+const SHARD_LOST: &str = "UPDATE job_shards SET state = 'failed', error = $3, \
+     finished_at_ms = $4, updated_at_ms = $4 \
+     WHERE job_id = $1 AND shard_index = $2 AND state = 'running' AND updated_at_ms < $5 \
+     AND attempts >= $6";
+/// The error of a shard failed by [`SHARD_LOST`].
+pub(crate) const SHARD_LOST_ERROR: &str = "its worker stopped sending heartbeats on the last \
+     allowed attempt: the shard may be what stops its workers (memory, a crash); see their logs";
 const SHARD_PROGRESS: &str = "UPDATE job_shards \
      SET rows_read = $3, rows_written = $4, rows_rejected = $5, updated_at_ms = $6 \
      WHERE job_id = $1 AND shard_index = $2 AND state = 'running'";
@@ -288,12 +297,24 @@ macro_rules! jobs {
             ) -> Result<Option<ShardRun>, RegistryError> {
                 let mut tx = begin(pool, "starting to claim a shard").await?;
                 let now = now_ms();
-                let (state, _) = touch_job(&mut tx, job_id, now).await?;
+                let (state, max_attempts) = touch_job(&mut tx, job_id, now).await?;
                 if !matches!(state, JobState::Runnable | JobState::Running) {
                     // The job is finished, or has no shards yet (an error then).
                     load_shard(&mut *tx, job_id, index).await?;
                     return Ok(None);
                 }
+                let lost = sqlx::query(SHARD_LOST)
+                    .bind(job_id)
+                    .bind(index)
+                    .bind(SHARD_LOST_ERROR)
+                    .bind(now)
+                    .bind(stale_before_ms)
+                    .bind(max_attempts)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(RegistryError::query("failing a shard whose workers died"))?
+                    .rows_affected()
+                    > 0;
                 let claimed = sqlx::query_as::<_, ShardRow>(CLAIM_SHARD)
                     .bind(job_id)
                     .bind(index)
@@ -304,8 +325,12 @@ macro_rules! jobs {
                     .await
                     .map_err(RegistryError::query("claiming a shard"))?;
                 let Some(claimed) = claimed else {
-                    // Finished already (a redelivered task), or never planned.
+                    // Finished already (a redelivered task), failed just now, or never planned.
                     load_shard(&mut *tx, job_id, index).await?;
+                    if lost {
+                        commit(tx, "committing a shard whose workers died").await?;
+                        tracing::warn!(job = job_id, shard = index, "{SHARD_LOST_ERROR}");
+                    }
                     return Ok(None);
                 };
                 sqlx::query(START_JOB)
