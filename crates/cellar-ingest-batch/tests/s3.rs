@@ -242,6 +242,28 @@ async fn run(
     (store, report)
 }
 
+/// Runs `plan` and checks that it succeeded, wrote each of its `rows` clicks once, and that
+/// every user's clicks are in the store.
+async fn run_and_check_every_click(
+    dir: &Path,
+    job: &Arc<BatchJob>,
+    plan: &Plan,
+    rows: usize,
+    users: usize,
+) {
+    let (store, report) = run(dir, job, plan).await;
+    assert!(
+        report.succeeded(),
+        "{:?}",
+        report.failures().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        (report.rows_read, report.rows_written),
+        (rows as u64, rows as u64)
+    );
+    assert_clicks(&store, job, rows, users).await;
+}
+
 #[tokio::test]
 async fn a_parquet_glob_loads_every_row_group_of_every_object() {
     with_bucket("parquet_glob_loads_every_row_group", |bucket| async move {
@@ -296,17 +318,7 @@ async fn a_parquet_glob_loads_every_row_group_of_every_object() {
             .collect();
         assert_eq!(groups, expected);
 
-        let (store, report) = run(dir.path(), &job, &plan).await;
-        assert!(
-            report.succeeded(),
-            "{:?}",
-            report.failures().collect::<Vec<_>>()
-        );
-        assert_eq!(
-            (report.rows_read, report.rows_written),
-            (ROWS as u64, ROWS as u64)
-        );
-        assert_clicks(&store, &job, ROWS, USERS).await;
+        run_and_check_every_click(dir.path(), &job, &plan, ROWS, USERS).await;
     })
     .await;
 }
@@ -395,17 +407,7 @@ async fn a_csv_object_split_into_byte_ranges_loads_each_row_once() {
         assert_eq!(next, len);
 
         let dir = tempfile::tempdir().unwrap();
-        let (store, report) = run(dir.path(), &job, &plan).await;
-        assert!(
-            report.succeeded(),
-            "{:?}",
-            report.failures().collect::<Vec<_>>()
-        );
-        assert_eq!(
-            (report.rows_read, report.rows_written),
-            (ROWS as u64, ROWS as u64)
-        );
-        assert_clicks(&store, &job, ROWS, USERS).await;
+        run_and_check_every_click(dir.path(), &job, &plan, ROWS, USERS).await;
     })
     .await;
 }
