@@ -82,17 +82,14 @@ impl JobMetrics {
         every: Duration,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
-        let mut tick = tokio::time::interval(every);
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stop.changed() => {}
-            }
-            if *stop.borrow() {
-                return;
-            }
             if let Err(e) = self.refresh(&registry).await {
                 tracing::warn!(error = %e, "reading jobs for metrics failed");
+            }
+            // Also ends when the sender is gone, rather than spinning on a closed channel.
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.wait_for(|s| *s) => return,
             }
         }
     }
