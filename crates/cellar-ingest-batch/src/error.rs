@@ -4,8 +4,8 @@ use cellar_store::StoreError;
 
 /// Why planning or running a batch job failed.
 ///
-/// Each kind says whose fault it is, so a scheduler knows whether to retry: [`BatchError::Job`]
-/// and [`BatchError::Column`] are the spec's or the data's (retrying changes nothing until
+/// Each kind says whose fault it is, so a scheduler knows whether to retry: [`BatchError::Job`],
+/// [`BatchError::Column`] and [`BatchError::Transform`] are the spec's or the data's (retrying changes nothing until
 /// someone fixes them), [`BatchError::TooManyRejects`] is the data's, [`BatchError::Source`]
 /// and [`BatchError::Store`] are the outside systems' (a retry may help).
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +21,10 @@ pub enum BatchError {
     /// A file could not be listed, opened or decoded.
     #[error("{file}: {reason}")]
     Source { file: String, reason: String },
+    /// The ingestion's SQL transform does not fit its input (a column it names is missing) or
+    /// failed on the data (a cast that cannot be done, a division by zero).
+    #[error("ingestion `{ingestion}`: the SQL transform failed: {reason}")]
+    Transform { ingestion: String, reason: String },
     /// A shard rejected more of its rows than the job allows.
     #[error(
         "shard {shard} rejected {rejected} of {read} rows, over the limit of {limit_percent}%: \
@@ -51,6 +55,7 @@ impl BatchError {
             BatchError::Store(e) => e.is_retryable(),
             BatchError::Job { .. }
             | BatchError::Column { .. }
+            | BatchError::Transform { .. }
             | BatchError::TooManyRejects { .. } => false,
         }
     }

@@ -12,6 +12,7 @@ use cellar_spec::{
 
 use crate::error::{BatchError, Result};
 use crate::files::Storage;
+use crate::transform::Transform;
 
 /// Rows per record batch read.
 pub const DEFAULT_BATCH_ROWS: usize = 4096;
@@ -140,6 +141,12 @@ pub struct BatchJob {
     /// Rows whose event time falls outside are skipped.
     pub period: Period,
     pub options: JobOptions,
+    /// The SQL run over the input before its rows are mapped; the columns above are then the
+    /// query's.
+    pub transform: Option<Transform>,
+    /// The columns readers read when they are not the mapped ones: a transform's input
+    /// columns, on the copy of the job that reads its `source` table.
+    pub(crate) read_columns: Option<Vec<String>>,
     /// Where its files are read from (clones of the job share its object store clients).
     pub(crate) storage: Storage,
 }
@@ -188,9 +195,11 @@ impl BatchJob {
                 query: query.clone(),
             },
         };
-        if batch.transform.is_some() {
-            return Err(fail("SQL transforms are not supported yet".into()));
-        }
+        let transform = batch
+            .transform
+            .as_deref()
+            .map(|sql| Transform::parse(sql).map_err(&fail))
+            .transpose()?;
         if ingestion.into != group.name || group.entity != entity.name {
             return Err(fail(format!(
                 "it writes group `{}`, not `{}` of entity `{}`",
@@ -243,6 +252,8 @@ impl BatchJob {
             run_time_ms,
             period: Period::ALL,
             options: JobOptions::default(),
+            transform,
+            read_columns: None,
             storage: Storage::default(),
         })
     }
@@ -259,8 +270,12 @@ impl BatchJob {
         self
     }
 
-    /// Every column the job reads, each once, in first-use order: keys, event time, features.
+    /// Every column the job reads, each once, in first-use order: keys, event time, features
+    /// (of the transform's rows when there is one).
     pub fn columns(&self) -> Vec<&str> {
+        if let Some(columns) = &self.read_columns {
+            return columns.iter().map(String::as_str).collect();
+        }
         let mut out: Vec<&str> = Vec::new();
         let all = self
             .key_columns

@@ -21,12 +21,14 @@
 //! - [`runner`]: [`LocalRunner`], a bounded pool of workers with progress reports;
 //! - [`rejects`]: the [`Rejects`] sink and its JSON-lines file;
 //! - [`sink`]: [`RecordSink`], implemented by `cellar_cache::WritePath`;
+//! - [`transform`]: an ingestion's SQL transform, run with DataFusion over the readers'
+//!   batches (as table `source`) before mapping; it decides whether the job can be sharded;
 //! - `files`: the seam to where files live, local disk or S3-compatible object storage
 //!   (`s3`: `s3://BUCKET/...` paths listed and read with ranged GETs through `object_store`);
 //! - `examples/batch_bench.rs`: the throughput benchmark.
 //!
 //! Depends on `cellar-spec`, `cellar-store`, `cellar-cache` (the write path), `sqlx` (the
-//! PostgreSQL source), `object_store` (the S3 client) and `cellar-ingest-stream` (only its
+//! PostgreSQL source), `object_store` (the S3 client), `datafusion` (SQL transforms) and `cellar-ingest-stream` (only its
 //! read-modify-write of attribute records, so batch and stream ingestion merge into shared
 //! records alike). It must not depend on serving, the registry or the binary; scheduling, job
 //! state and the Kafka runner build on top of it.
@@ -44,6 +46,7 @@ pub mod runner;
 mod s3;
 pub mod shard;
 pub mod sink;
+pub mod transform;
 
 pub use error::{BatchError, Result};
 pub use job::{BatchJob, JobInput, JobOptions, Period, WriteMode};
@@ -52,3 +55,4 @@ pub use rejects::{MemoryRejects, Reject, RejectFile, Rejects};
 pub use runner::{JobReport, LocalRunner, Progress, ShardOutcome};
 pub use shard::{run_shard, run_shard_observed, BatchDone, ShardReport};
 pub use sink::RecordSink;
+pub use transform::{Scope, Transform};

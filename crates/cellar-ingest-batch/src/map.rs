@@ -137,7 +137,7 @@ impl<'j> Mapper<'j> {
             schema.index_of(column).map_err(|_| {
                 let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
                 fail(format!(
-                    "no column `{column}` ({role}); the file's columns are: {}",
+                    "no column `{column}` ({role}); its columns are: {}",
                     names.join(", ")
                 ))
             })
@@ -186,6 +186,9 @@ impl<'j> Mapper<'j> {
                 )));
             }
             features.push((*position, i));
+        }
+        for column in job.read_columns.iter().flatten() {
+            find(column, "read by the transform")?;
         }
         Ok(Mapper {
             job,
@@ -584,7 +587,7 @@ features: { article: article_id, dwell: dwell_s }
         let err = Mapper::new(&job, 0, "f.parquet", &schema).err().unwrap();
         assert_eq!(
             err.to_string(),
-            "f.parquet: no column `dwell_s` (feature `dwell`); the file's columns are: \
+            "f.parquet: no column `dwell_s` (feature `dwell`); its columns are: \
              user_id, region, ts, article_id"
         );
         let schema = Schema::new(vec![

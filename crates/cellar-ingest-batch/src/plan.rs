@@ -19,6 +19,9 @@
 //! break (true of most machine-written CSV). [`PlanOptions::split_csv`] off reads each CSV
 //! file whole in one shard, which is always safe.
 //!
+//! A job whose SQL transform needs its whole input at once (an aggregate, a sort, a join: see
+//! [`crate::transform`]) is one shard whatever its size, holding every piece unsplit.
+//!
 //! A PostgreSQL job is one shard of one [`Piece::Postgres`]: a query cannot be split in
 //! general (see there), and planning does not run it, so its row count is unknown (0, not
 //! exact).
@@ -36,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{BatchError, Result};
 use crate::files::{FileEntry, Source, Storage};
 use crate::job::{BatchJob, JobInput};
+use crate::transform::Scope;
 
 /// Rows a shard holds, about, when parallelism is `auto`.
 pub const TARGET_SHARD_ROWS: u64 = 256 * 1024;
@@ -199,7 +203,15 @@ pub fn plan_with(job: &BatchJob, options: &PlanOptions) -> Result<Plan> {
     }
     let rows: u64 = units.iter().map(|u| u.piece.rows()).sum();
     let bytes: u64 = units.iter().map(|u| u.piece.bytes()).sum();
+    // A transform that needs the whole input at once makes the job one shard.
+    let whole = match (&job.transform, units.first()) {
+        (Some(transform), Some(first)) => {
+            crate::transform::scope(job, transform, &first.piece)? == Scope::Whole
+        }
+        _ => false,
+    };
     let wanted = match job.parallelism {
+        _ if whole => 1,
         Parallelism::Fixed(n) => u64::from(n.max(1)),
         Parallelism::Auto => rows
             .div_ceil(options.target_rows.max(1))

@@ -246,37 +246,12 @@ pub(crate) fn read(
 ) -> Result<bool> {
     let source = redact(url);
     let fail = |e: &dyn std::fmt::Display| BatchError::source(&source, hide(&e.to_string(), url));
-    let runtime = Handle::try_current().map_err(|e| {
-        BatchError::Internal(format!("the PostgreSQL reader needs a Tokio runtime: {e}"))
-    })?;
-    let mut conn = runtime.block_on(async {
-        match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect(url)).await {
-            Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(e)) => Err(fail(&format!("cannot connect: {e}"))),
-            Err(_) => Err(fail(&format!(
-                "cannot connect: no answer within {} s",
-                CONNECT_TIMEOUT.as_secs()
-            ))),
-        }
-    })?;
+    let runtime = runtime()?;
+    let mut conn = runtime.block_on(connect(url, &fail))?;
     let statement = runtime
         .block_on(conn.prepare(query))
         .map_err(|e| fail(&format!("the query failed: {e}")))?;
-    let names: Vec<&str> = statement.columns().iter().map(|c| c.name()).collect();
-    let types: Vec<Option<PgType>> = statement
-        .columns()
-        .iter()
-        .map(|c| c.type_info().oid().and_then(|oid| PgType::of(oid.0)))
-        .collect();
-    // Every column of the result, those of types not read as all-null placeholders: the
-    // mapper names a missing column with the others, and refuses types that cannot fit.
-    let all = Schema::new(
-        names
-            .iter()
-            .zip(&types)
-            .map(|(n, t)| Field::new(*n, t.map_or(DataType::Null, PgType::data_type), true))
-            .collect::<Vec<_>>(),
-    );
+    let (names, types, all) = result_columns(&statement);
     Mapper::new(job, shard.index, &source, &all)?;
     let mut columns: Vec<(usize, PgType)> = Vec::new();
     for c in job.columns() {
@@ -345,6 +320,67 @@ pub(crate) fn read(
     // The rows are all read: a failure to say goodbye changes nothing.
     let _ = runtime.block_on(conn.close());
     Ok(true)
+}
+
+/// The query's columns as the reader types them (columns of types it does not read as
+/// `Null`): the `source` table a transform sees.
+pub(crate) fn describe(url: &str, query: &str) -> Result<Schema> {
+    let source = redact(url);
+    let fail = |e: &dyn std::fmt::Display| BatchError::source(&source, hide(&e.to_string(), url));
+    let runtime = runtime()?;
+    runtime.block_on(async {
+        let mut conn = connect(url, &fail).await?;
+        let statement = conn
+            .prepare(query)
+            .await
+            .map_err(|e| fail(&format!("the query failed: {e}")))?;
+        let (_, _, all) = result_columns(&statement);
+        drop(statement);
+        let _ = conn.close().await;
+        Ok(all)
+    })
+}
+
+fn runtime() -> Result<Handle> {
+    Handle::try_current().map_err(|e| {
+        BatchError::Internal(format!("the PostgreSQL reader needs a Tokio runtime: {e}"))
+    })
+}
+
+async fn connect(
+    url: &str,
+    fail: &dyn Fn(&dyn std::fmt::Display) -> BatchError,
+) -> Result<PgConnection> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect(url)).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(fail(&format!("cannot connect: {e}"))),
+        Err(_) => Err(fail(&format!(
+            "cannot connect: no answer within {} s",
+            CONNECT_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// The result's column names, the types read (`None`: not read), and every column as a
+/// schema, those of types not read as all-null placeholders: the mapper names a missing
+/// column with the others, and refuses types that cannot fit.
+fn result_columns<'s>(
+    statement: &'s sqlx::postgres::PgStatement<'_>,
+) -> (Vec<&'s str>, Vec<Option<PgType>>, Schema) {
+    let names: Vec<&str> = statement.columns().iter().map(|c| c.name()).collect();
+    let types: Vec<Option<PgType>> = statement
+        .columns()
+        .iter()
+        .map(|c| c.type_info().oid().and_then(|oid| PgType::of(oid.0)))
+        .collect();
+    let all = Schema::new(
+        names
+            .iter()
+            .zip(&types)
+            .map(|(n, t)| Field::new(*n, t.map_or(DataType::Null, PgType::data_type), true))
+            .collect::<Vec<_>>(),
+    );
+    (names, types, all)
 }
 
 /// `url` with its password (in the user part or a `password` parameter) shown as `***`.

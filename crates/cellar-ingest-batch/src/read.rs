@@ -36,8 +36,12 @@ use crate::rejects::Reject;
 pub(crate) type OnBatch<'a> =
     dyn FnMut(&Mapper<'_>, &RecordBatch, Locator<'_>, Vec<Reject>) -> Result<bool> + 'a;
 
-/// Reads every piece of `shard` in order; stops early when `each` says so.
+/// Reads every piece of `shard` in order (through the job's transform, when it has one);
+/// stops early when `each` says so.
 pub(crate) fn read_shard(shard: &Shard, job: &BatchJob, each: &mut OnBatch<'_>) -> Result<()> {
+    if let Some(transform) = &job.transform {
+        return crate::transform::read(shard, job, transform, each).map(drop);
+    }
     // Consecutive pieces of one file share its open handle and decoded footer.
     let mut open: Option<(String, Source, ArrowReaderMetadata)> = None;
     for piece in &shard.pieces {
@@ -91,6 +95,35 @@ pub(crate) fn read_shard(shard: &Shard, job: &BatchJob, each: &mut OnBatch<'_>) 
         }
     }
     Ok(())
+}
+
+/// The columns of a Parquet file, from its footer.
+pub(crate) fn parquet_schema(job: &BatchJob, file: &str, file_len: u64) -> Result<Schema> {
+    let f = job.storage.open(file, file_len)?;
+    let options = ArrowReaderOptions::new().with_skip_arrow_metadata(true);
+    let metadata =
+        ArrowReaderMetadata::load(&f, options).map_err(|e| BatchError::source(file, e))?;
+    Ok(metadata.schema().as_ref().clone())
+}
+
+/// The columns of a CSV file, from its header: every one text.
+pub(crate) fn csv_schema(job: &BatchJob, file: &str, file_len: u64) -> Result<Schema> {
+    let f = job.storage.open(file, file_len)?;
+    let mut header = csv::ByteRecord::new();
+    f.range(0, file_len)
+        .map(|r| csv_reader(BufReader::with_capacity(1 << 16, r)))
+        .and_then(|mut reader| reader.read_byte_record(&mut header).map_err(Into::into))
+        .map_err(|e| BatchError::source(file, e))?;
+    Ok(text_schema(&header_names(&header)))
+}
+
+fn text_schema(names: &[String]) -> Schema {
+    Schema::new(
+        names
+            .iter()
+            .map(|n| Field::new(n, DataType::Utf8, true))
+            .collect::<Vec<_>>(),
+    )
 }
 
 struct ParquetRange {
@@ -223,12 +256,7 @@ fn read_csv(
         reader = range(start, end)?;
     }
     let names = header_names(&header);
-    let all = Schema::new(
-        names
-            .iter()
-            .map(|n| Field::new(n, DataType::Utf8, true))
-            .collect::<Vec<_>>(),
-    );
+    let all = text_schema(&names);
     // Checks the columns against the whole header, so a missing one is named with the others.
     Mapper::new(job, shard.index, file, &all)?;
     let columns: Vec<usize> = job

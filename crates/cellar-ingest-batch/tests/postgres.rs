@@ -94,6 +94,18 @@ event_time: ts
 features: {{ country: nope }}
 ---
 kind: Ingestion
+name: shouted
+batch:
+  postgres: {{ url: "{url}", query: "SELECT id, user_id, ts, country, age FROM {table}" }}
+  transform: >
+    SELECT user_id, ts, upper(country) AS country, age * 2 AS age FROM source
+    WHERE user_id IS NOT NULL AND ts IS NOT NULL AND id % 2 = 0
+into: profile
+key: user_id
+event_time: ts
+features: {{ country: country, age: age }}
+---
+kind: Ingestion
 name: no_table
 batch: {{ postgres: {{ url: "{url}", query: "SELECT * FROM {table}_absent" }} }}
 into: profile
@@ -278,29 +290,69 @@ async fn query_rows_of_every_type_load_with_nulls_and_rejects() {
 }
 
 #[tokio::test]
-async fn query_columns_not_read_or_missing_fail_the_shard_by_name() {
-    with_table("query_columns_not_read_or_missing", |url, table| async move {
-        let repo = repo(&url, &table);
-        let job = Arc::new(BatchJob::from_repo(&repo, "payloads", 1_000).unwrap());
-        let (outcome, _) = run(&job).await;
-        let err = outcome.unwrap_err();
-        let BatchError::Column { reason, .. } = &err else {
-            panic!("{err:?}");
-        };
-        assert!(
-            reason.starts_with("column `payload` is of PostgreSQL type jsonb"),
-            "{reason}"
-        );
-        assert!(!err.is_retryable());
+async fn a_transform_reshapes_query_rows_typed_as_the_reader_types_them() {
+    with_table("a_transform_reshapes_query_rows", |url, table| async move {
+        let job = Arc::new(BatchJob::from_repo(&repo(&url, &table), "shouted", 1_000).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let (store, sink) = store(dir.path());
+        let (rejected, rejects) = memory_rejects();
+        let plan = plan(&job).unwrap();
+        let report = run_shard(&plan.shards[0], &job, &*sink, &rejects)
+            .await
+            .unwrap();
+        // Even ids, but for the rows of the null key (1234) and null event time (2000).
+        assert_eq!(report.rows_written, ROWS as u64 / 2 - 2);
+        assert!(rejected.rejects().is_empty());
 
-        let job = Arc::new(BatchJob::from_repo(&repo, "missing", 1_000).unwrap());
-        let err = run(&job).await.0.unwrap_err();
-        assert!(
-            matches!(&err, BatchError::Column { reason, .. }
-                if reason == "no column `nope` (feature `country`); the file's columns are: user_id, ts"),
-            "{err:?}"
-        );
+        let entities: Vec<EntityKey> = (0..ROWS).map(|i| EntityKey(format!("u{i}"))).collect();
+        let got = attributes(&store, &job, &entities).await;
+        for (i, record) in (0..ROWS).zip(got) {
+            if i % 2 == 1 || i == NULL_KEY_ROW || i == NULL_TIME_ROW {
+                assert_eq!(record, None, "row {i}");
+                continue;
+            }
+            let record = record.unwrap_or_else(|| panic!("row {i}"));
+            assert_eq!(record.event_time, TS + i * 1000, "row {i}");
+            let country = if i % 10 == 0 {
+                Value::Null
+            } else {
+                Value::String(format!("C{}", i % 7))
+            };
+            assert_eq!(record.value(0), &country, "row {i}");
+            assert_eq!(record.value(3), &Value::Int64(i % 100 * 2), "row {i}");
+            assert_eq!(record.value(1), &Value::Null, "row {i}: not mapped");
+        }
     })
+    .await;
+}
+
+#[tokio::test]
+async fn query_columns_not_read_or_missing_fail_the_shard_by_name() {
+    with_table(
+        "query_columns_not_read_or_missing",
+        |url, table| async move {
+            let repo = repo(&url, &table);
+            let job = Arc::new(BatchJob::from_repo(&repo, "payloads", 1_000).unwrap());
+            let (outcome, _) = run(&job).await;
+            let err = outcome.unwrap_err();
+            let BatchError::Column { reason, .. } = &err else {
+                panic!("{err:?}");
+            };
+            assert!(
+                reason.starts_with("column `payload` is of PostgreSQL type jsonb"),
+                "{reason}"
+            );
+            assert!(!err.is_retryable());
+
+            let job = Arc::new(BatchJob::from_repo(&repo, "missing", 1_000).unwrap());
+            let err = run(&job).await.0.unwrap_err();
+            assert!(
+                matches!(&err, BatchError::Column { reason, .. }
+                if reason == "no column `nope` (feature `country`); its columns are: user_id, ts"),
+                "{err:?}"
+            );
+        },
+    )
     .await;
 }
 

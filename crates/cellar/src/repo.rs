@@ -5,8 +5,11 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Context as _;
+use cellar_ingest_batch::Transform;
 use cellar_registry::Registry;
-use cellar_spec::{parse_repo, plan, ChangeAction, FeatureRepo, Plan, SpecErrors};
+use cellar_spec::{
+    parse_repo, plan, BatchSource, ChangeAction, FeatureRepo, IngestionSource, Plan, SpecErrors,
+};
 
 /// Reads every `.yaml` / `.yml` file under `dir`, sorted by path, as (path, text) pairs.
 pub fn read_repo_files(dir: &Path) -> anyhow::Result<Vec<(String, String)>> {
@@ -52,9 +55,32 @@ pub fn load_repo(dir: &Path) -> Result<FeatureRepo, RepoError> {
     parse_repo(&files).map_err(RepoError::Invalid)
 }
 
+/// Refuses a batch ingestion whose SQL transform is not one query, before it is applied
+/// (whether its columns fit is known only once its input is read, when the job is planned).
+fn check_transforms(repo: &FeatureRepo) -> Result<(), RepoError> {
+    let mut problems = String::new();
+    for ingestion in &repo.ingestions {
+        if let IngestionSource::Batch(BatchSource {
+            transform: Some(sql),
+            ..
+        }) = &ingestion.source
+        {
+            if let Err(reason) = Transform::parse(sql) {
+                let _ = writeln!(problems, "ingestion `{}`: {reason}", ingestion.name);
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(RepoError::Other(anyhow::anyhow!(problems)))
+    }
+}
+
 /// The plan from the registry's current repo to the one in `dir`.
 pub async fn plan_repo(registry: &Registry, dir: &Path) -> Result<(FeatureRepo, Plan), RepoError> {
     let desired = load_repo(dir)?;
+    check_transforms(&desired)?;
     let current = registry
         .current()
         .await

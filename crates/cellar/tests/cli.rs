@@ -169,3 +169,43 @@ fn plan_rejects_a_depends_on_cycle_naming_it() {
     let apply = cellar(dir.path(), &["apply"]);
     assert_eq!(apply.status.code(), Some(1));
 }
+
+#[test]
+fn plan_refuses_a_transform_that_is_not_one_query() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "entities.yaml", ENTITY);
+    write(dir.path(), "groups.yaml", GROUP);
+    let ingestion = |name: &str, sql: &str| {
+        format!(
+            "kind: Ingestion\nname: {name}\nbatch: {{ files: {{ path: x.parquet }}, transform: \"{sql}\" }}\n\
+             into: user_profile\nkey: user_id\nfeatures: {{ country: country }}\n"
+        )
+    };
+    write(
+        dir.path(),
+        "jobs.yaml",
+        &[
+            ingestion(
+                "fine",
+                "SELECT user_id, upper(country) AS country FROM source",
+            ),
+            ingestion("broken", "SELEC user_id FROM source"),
+            ingestion("dropper", "DROP TABLE source"),
+        ]
+        .join("---\n"),
+    );
+    let out = cellar(dir.path(), &["plan"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("ingestion `broken`: the SQL transform does not parse"),
+        "{err}"
+    );
+    assert!(
+        err.contains("ingestion `dropper`: the SQL transform must be a SELECT query"),
+        "{err}"
+    );
+    assert!(!err.contains("`fine`"), "{err}");
+    let apply = cellar(dir.path(), &["apply"]);
+    assert_eq!(apply.status.code(), Some(1));
+}

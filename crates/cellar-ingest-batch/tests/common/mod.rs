@@ -55,6 +55,15 @@ features:
   - {{ name: dwell, type: float64 }}
 ---
 kind: FeatureGroup
+name: engagement
+entity: user
+type: attribute
+features:
+  - {{ name: clicks, type: int64 }}
+  - {{ name: mean_dwell, type: float64 }}
+  - {{ name: last_article, type: string }}
+---
+kind: FeatureGroup
 name: placement_stats
 entity: placement
 type: attribute
@@ -113,6 +122,32 @@ event_time: ts
 features: {{ article: article_id, dwell: dwell_s }}
 ---
 kind: Ingestion
+name: long_clicks
+batch:
+  files: {{ path: "{d}/clicks", format: parquet }}
+  transform: >
+    SELECT user_id, ts, upper(article_id) AS article, dwell_s * 2 AS dwell
+    FROM source WHERE dwell_s >= 1
+into: clicks
+key: user_id
+event_time: ts
+features: {{ article: article, dwell: dwell }}
+---
+kind: Ingestion
+name: engagement_daily
+batch:
+  files: {{ path: "{d}/clicks/*.csv" }}
+  transform: >
+    SELECT user_id, max(CAST(ts AS BIGINT)) AS ts, count(*) AS clicks,
+           avg(CAST(dwell_s AS DOUBLE)) AS mean_dwell,
+           last_value(article_id ORDER BY CAST(ts AS BIGINT)) AS last_article
+    FROM source GROUP BY user_id
+into: engagement
+key: user_id
+event_time: ts
+features: {{ clicks: clicks, mean_dwell: mean_dwell, last_article: last_article }}
+---
+kind: Ingestion
 name: placements
 batch: {{ files: {{ path: "{d}/placements.csv" }} }}
 into: placement_stats
@@ -150,7 +185,7 @@ pub fn write_text(path: &Path, text: &str) {
 pub const CLICKS_TS: i64 = 1_700_000_000_000;
 
 /// Click `i` of a log of `users` users: user, event time, article and dwell time.
-fn click(i: usize, users: usize) -> (String, i64, String, f64) {
+pub fn click(i: usize, users: usize) -> (String, i64, String, f64) {
     (
         format!("u{}", i % users),
         CLICKS_TS + i as i64,
