@@ -12,6 +12,7 @@ use cellar_store::Record;
 use serde_json_path::JsonPath;
 
 use crate::aggregate::{Fold, Update, WindowSpec};
+use crate::decode::{DecodedEvent, EventFields};
 use crate::writer::Change;
 use rustc_hash::FxHashMap;
 
@@ -60,13 +61,27 @@ impl FieldPath {
     }
 
     /// The single value the path selects, or `None` when it selects nothing.
-    fn select<'a>(&self, event: &'a serde_json::Value) -> Option<&'a serde_json::Value> {
-        match &self.members {
-            Some(members) => members
-                .iter()
-                .try_fold(event, |value, name| value.as_object()?.get(name)),
-            None => self.query.query(event).at_most_one().ok().flatten(),
+    fn select<'a>(&self, event: &'a (impl EventFields + ?Sized)) -> Option<&'a serde_json::Value> {
+        match self.members.as_deref() {
+            Some([first, rest @ ..]) => {
+                rest.iter().try_fold(event.member(first)?, |value, name| {
+                    value.as_object()?.get(name)
+                })
+            }
+            Some([]) => event.document(),
+            None => self
+                .query
+                .query(event.document()?)
+                .at_most_one()
+                .ok()
+                .flatten(),
         }
+    }
+
+    /// The top-level member the path starts with, or `None` when it reads more than the
+    /// members it names (`$` itself, or any path beyond member names).
+    fn first_member(&self) -> Option<&str> {
+        self.members.as_deref()?.first().map(String::as_str)
     }
 }
 
@@ -234,7 +249,10 @@ impl StreamMapping {
 
     /// The entity an event is about (producers key events by it, so that one entity's events
     /// stay in one partition, in order).
-    pub fn entity_key(&self, event: &serde_json::Value) -> Result<EntityKey, MappingError> {
+    pub fn entity_key(
+        &self,
+        event: &(impl EventFields + ?Sized),
+    ) -> Result<EntityKey, MappingError> {
         let fail = |reason: String| MappingError {
             ingestion: self.name.clone(),
             reason,
@@ -260,7 +278,7 @@ impl StreamMapping {
     /// skips an event it already applied.
     pub fn map(
         &self,
-        event: &serde_json::Value,
+        event: &(impl EventFields + ?Sized),
         arrival_ms: i64,
         origin: Option<(u64, u64)>,
     ) -> Result<(EntityKey, Change), MappingError> {
@@ -336,7 +354,11 @@ impl StreamMapping {
     /// its type, the entity's key fields (named as in the entity), the record's event time as
     /// `ts`, the group and its features by name. It carries the values as they stand, not the
     /// change, so consuming one twice does no harm to a latest-value ingestion.
-    pub fn derived_event(&self, event: &serde_json::Value, record: &Record) -> serde_json::Value {
+    pub fn derived_event(
+        &self,
+        event: &(impl EventFields + ?Sized),
+        record: &Record,
+    ) -> serde_json::Value {
         let mut out = serde_json::Map::new();
         out.insert("type".into(), self.name.clone().into());
         for (field, path) in self.entity.keys.iter().zip(&self.key) {
@@ -361,6 +383,26 @@ impl StreamMapping {
     pub fn appends(&self) -> bool {
         self.group.kind == GroupKind::Timeseries
     }
+
+    /// Adds the top-level members this ingestion reads to `names`; false when some path
+    /// needs the whole document.
+    fn read_members(&self, names: &mut Vec<String>) -> bool {
+        let paths = self
+            .key
+            .iter()
+            .chain(&self.event_time)
+            .chain(self.features.iter().map(|(_, path)| path))
+            .chain(self.aggregates.iter().filter_map(|(_, _, of)| of.as_ref()));
+        for path in paths {
+            let Some(name) = path.first_member() else {
+                return false;
+            };
+            if !names.iter().any(|n| n == name) {
+                names.push(name.to_owned());
+            }
+        }
+        true
+    }
 }
 
 /// Routes events to every ingestion that consumes them, by topic and event type.
@@ -381,6 +423,9 @@ struct TopicRoutes {
     untyped: Vec<Arc<StreamMapping>>,
     /// Where the topic's events carry their type.
     type_fields: Vec<String>,
+    /// The top-level members the topic's ingestions read and route by, or `None` when one of
+    /// them needs whole documents.
+    members: Option<Vec<String>>,
 }
 
 impl Dispatcher {
@@ -400,9 +445,23 @@ impl Dispatcher {
                     continue;
                 }
             };
-            let routes = d.topics.entry(stream.topic.clone()).or_default();
+            let routes = d
+                .topics
+                .entry(stream.topic.clone())
+                .or_insert_with(|| TopicRoutes {
+                    members: Some(Vec::new()),
+                    ..TopicRoutes::default()
+                });
             if !routes.type_fields.contains(&stream.event_type_field) {
                 routes.type_fields.push(stream.event_type_field.clone());
+            }
+            if let Some(members) = &mut routes.members {
+                if !members.contains(&stream.event_type_field) {
+                    members.push(stream.event_type_field.clone());
+                }
+                if !mapping.read_members(members) {
+                    routes.members = None;
+                }
             }
             if stream.event_types.is_empty() {
                 routes.untyped.push(mapping);
@@ -440,18 +499,36 @@ impl Dispatcher {
         topics
     }
 
+    /// Decodes the payload of an event of `topic`: only the members its ingestions read,
+    /// unless one of them needs the whole document. Fails as decoding it whole would.
+    pub fn decode<'p>(
+        &self,
+        topic: &str,
+        payload: &'p [u8],
+    ) -> Result<DecodedEvent<'p>, serde_json::Error> {
+        match self.topics.get(topic) {
+            // No ingestion reads it, but a malformed event is still reported.
+            None => DecodedEvent::members(payload, &[]),
+            Some(TopicRoutes {
+                members: Some(members),
+                ..
+            }) => DecodedEvent::members(payload, members),
+            Some(_) => DecodedEvent::document(payload),
+        }
+    }
+
     /// The ingestions an event of `topic` feeds.
     pub fn route<'a>(
         &'a self,
         topic: &str,
-        event: &serde_json::Value,
+        event: &(impl EventFields + ?Sized),
     ) -> Vec<&'a Arc<StreamMapping>> {
         let Some(routes) = self.topics.get(topic) else {
             return Vec::new();
         };
         let mut out: Vec<&Arc<StreamMapping>> = routes.untyped.iter().collect();
         for field in &routes.type_fields {
-            if let Some(serde_json::Value::String(t)) = event.get(field) {
+            if let Some(serde_json::Value::String(t)) = event.member(field) {
                 if let Some(m) = routes.typed.get(t.as_str()) {
                     out.extend(m);
                 }
@@ -562,6 +639,57 @@ features: { country: $.country }
             m.map(&click, 0, None).unwrap().1,
             Change::Put(Record::new(7, vec![Value::String("a9".into())]))
         );
+    }
+
+    #[test]
+    fn events_decoded_for_their_topic_map_as_whole_ones_do() {
+        let (d, _) = Dispatcher::new(&repo());
+        let click = json!({"type": "article_clicked", "user_id": "u1", "ts": 7, "country": "KR",
+                           "article": {"id": "a9", "tags": [1]}, "unused": {"deep": [null]}});
+        let payload = click.to_string();
+        let decoded = d.decode("actions", payload.as_bytes()).unwrap();
+        assert_eq!(
+            decoded.document(),
+            None,
+            "member paths need no whole document"
+        );
+        assert_eq!(decoded.member("unused"), None);
+        let whole = d.route("actions", &click);
+        let part = d.route("actions", &decoded);
+        assert_eq!(part.len(), 2);
+        for (m, w) in part.iter().zip(&whole) {
+            assert_eq!(m.name, w.name);
+            let mapped = m.map(&decoded, 0, Some((1, 2))).unwrap();
+            assert_eq!(mapped, w.map(&click, 0, Some((1, 2))).unwrap());
+            let record = match mapped.1 {
+                Change::Put(record) => record,
+                Change::Update(update) => Record::new(update.event_time, Vec::new()),
+            };
+            assert_eq!(
+                m.derived_event(&decoded, &record),
+                m.derived_event(&click, &record)
+            );
+        }
+        // Events of a topic no ingestion reads are still checked.
+        assert!(d.decode("elsewhere", b"{}").is_ok());
+        assert!(d.decode("elsewhere", b"{").is_err());
+
+        // A path beyond member names makes its topic's events decode whole.
+        let repo = cellar_spec::parse_repo(&[(
+            "repo.yaml".into(),
+            format!(
+                "{REPO}---\nkind: Ingestion\nname: first_tags\nstream: {{ topic: actions }}\n\
+                 into: clicks\nkey: $.user_id\nfeatures: {{ article_id: \"$.article.tags[0]\" }}\n"
+            ),
+        )])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let (d, errors) = Dispatcher::new(&repo);
+        assert!(errors.is_empty(), "{errors:?}");
+        let decoded = d.decode("actions", payload.as_bytes()).unwrap();
+        assert_eq!(decoded.document(), Some(&click));
+        assert_eq!(d.route("actions", &decoded).len(), 3);
+        let users = d.decode("users", payload.as_bytes()).unwrap();
+        assert_eq!(users.document(), None, "other topics still decode members");
     }
 
     #[test]

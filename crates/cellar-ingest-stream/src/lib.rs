@@ -7,6 +7,7 @@
 //!   positions per consumer group, on local disk;
 //! - [`dispatch`]: which ingestions consume an event (M:N), and how an event maps to a
 //!   record of each one's group;
+//! - [`decode`]: an event's JSON payload decoded into the members its ingestions read;
 //! - [`pipeline`]: the driver loop: poll, submit per partition, pause when full, commit;
 //! - [`source`]: the `Source` (a consumer-group member) and `Publisher` traits;
 //! - [`process`]: one event through dispatch, mapping and writing; failures to the retry or
@@ -22,6 +23,7 @@
 
 pub mod aggregate;
 pub mod consumer;
+pub mod decode;
 pub mod dispatch;
 #[cfg(feature = "kafka")]
 pub mod kafka;

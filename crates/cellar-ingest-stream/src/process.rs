@@ -149,7 +149,9 @@ impl EventProcessor {
     /// the one ingestion that failed). Failures are returned, not published.
     pub async fn apply(&self, event: &SourceEvent) -> Applied {
         let mut applied = Applied::default();
-        let value: serde_json::Value = match serde_json::from_slice(&event.payload) {
+        let topic = header_str(event, headers::TOPIC).unwrap_or(&event.partition.topic);
+        let dispatcher = self.dispatcher();
+        let value = match dispatcher.decode(topic, &event.payload) {
             Ok(v) => v,
             Err(e) => {
                 applied.failures.push((
@@ -159,10 +161,8 @@ impl EventProcessor {
                 return applied;
             }
         };
-        let topic = header_str(event, headers::TOPIC).unwrap_or(&event.partition.topic);
         let only = header_str(event, headers::INGESTION);
         let arrival = event.timestamp_ms.unwrap_or_else(now_ms);
-        let dispatcher = self.dispatcher();
         let mappings: Vec<&Arc<StreamMapping>> = dispatcher.route(topic, &value);
         for mapping in mappings {
             if only.is_some_and(|o| o != mapping.name) {
@@ -206,7 +206,9 @@ impl EventProcessor {
                         (&mapping.republish_to, &republish_key, record)
                     {
                         let derived = mapping.derived_event(&value, &record);
-                        if let Err(e) = self.republish(topic, entity, &derived).await {
+                        // Boxed, being rare: inline, it would enlarge every event's future.
+                        let republished = Box::pin(self.republish(topic, entity, &derived));
+                        if let Err(e) = republished.await {
                             applied
                                 .failures
                                 .push((mapping.name.clone(), Failure::Transient(e.to_string())));

@@ -129,16 +129,16 @@ impl BatchingWriter {
             message: "the writer has stopped".into(),
             retryable: true,
         };
-        self.tx
-            .send(Pending {
-                group,
-                entity,
-                change,
-                want_record,
-                done,
-            })
-            .await
-            .map_err(|_| stopped())?;
+        // A slot is reserved before the change moves into the channel, so the waiting future
+        // does not hold the change twice.
+        let slot = self.tx.reserve().await.map_err(|_| stopped())?;
+        slot.send(Pending {
+            group,
+            entity,
+            change,
+            want_record,
+            done,
+        });
         wait.await.map_err(|_| stopped())?
     }
 }

@@ -69,10 +69,17 @@ impl OffsetTracker {
     /// Records that the event at `offset` has finished (applied, or durably handed to the
     /// retry topic). Returns true when the commit position moved.
     pub fn complete(&mut self, offset: i64) -> Result<bool, ConsumerError> {
-        let index = self
-            .slots
-            .binary_search_by(|slot| slot.offset.cmp(&offset))
-            .map_err(|_| ConsumerError::UnknownOffset { offset })?;
+        // Without holes, an offset's slot is its distance from the front; with holes it is
+        // earlier, and searched for.
+        let front = self.slots.front().map_or(offset, |slot| slot.offset);
+        let guess = usize::try_from(offset.wrapping_sub(front)).ok();
+        let index = match guess {
+            Some(at) if self.slots.get(at).is_some_and(|slot| slot.offset == offset) => at,
+            _ => self
+                .slots
+                .binary_search_by(|slot| slot.offset.cmp(&offset))
+                .map_err(|_| ConsumerError::UnknownOffset { offset })?,
+        };
         let slot = &mut self.slots[index];
         if slot.done {
             return Err(ConsumerError::AlreadyCompleted { offset });

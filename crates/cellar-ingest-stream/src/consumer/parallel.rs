@@ -1,10 +1,16 @@
-//! The engine: partitions' states behind one lock, one tokio task per running event, and one
-//! concurrency budget shared by every partition.
+//! The engine: partitions' states behind one lock, runner tasks that each run a bounded number
+//! of events concurrently, and one concurrency budget shared by every partition.
 //!
 //! Scheduling is synchronous and short: under the lock, an event that finishes updates its
 //! partition, releases its key's next event, feeds the concurrency limit one sample and starts
 //! as many ready events as the limit allows, taking partitions in turn so that a busy partition
 //! cannot starve a quiet one. No await happens under the lock.
+//!
+//! The events an event's completion starts run in the runner it finished in, beside the others
+//! there, rather than each in a task of its own, which cost a spawn and a trip through the
+//! scheduler per event. Runners are capped so that events still spread over the runtime's
+//! threads; what does not fit starts a new runner. Which runner an event runs in changes nothing
+//! else: per-key order, the limit and the offsets are all kept under the lock.
 
 use std::any::Any;
 use std::collections::VecDeque;
@@ -14,7 +20,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::FutureExt;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -27,6 +34,9 @@ use super::{
     BufferState, ConsumerConfig, ConsumerError, Event, EventProcessor, FailedEvent, FailureHandler,
     ProcessError, Revoked, Stall, TopicPartition,
 };
+
+/// Most events one runner task runs at once.
+const RUNNER_EVENTS: usize = 64;
 
 /// Processes the events of any number of partitions in parallel, in offset order per key, and
 /// answers each partition's commit position. Cheap to clone: clones share one engine.
@@ -72,6 +82,23 @@ struct Assigned<P> {
     generation: u64,
     /// Whether the partition is in `turns`, so that it is queued at most once.
     has_turn: bool,
+}
+
+/// An event taken from its partition and counted in flight, to be run by a runner.
+struct Started<P> {
+    partition: TopicPartition,
+    generation: u64,
+    event: Event<P>,
+}
+
+/// How a run event ended, to be recorded under the lock.
+struct Finished {
+    partition: TopicPartition,
+    generation: u64,
+    offset: i64,
+    key: Option<Bytes>,
+    latency: Duration,
+    outcome: Outcome,
 }
 
 impl<P: Send + Sync + 'static> ParallelConsumer<P> {
@@ -139,18 +166,23 @@ impl<P: Send + Sync + 'static> ParallelConsumer<P> {
         events: impl IntoIterator<Item = Event<P>>,
     ) -> Result<BufferState, ConsumerError> {
         let events: Vec<Event<P>> = events.into_iter().collect();
-        let mut state = self.shared.lock();
-        let state = &mut *state;
-        let assigned = state
-            .partitions
-            .get_mut(partition)
-            .ok_or_else(|| ConsumerError::NotAssigned(partition.clone()))?;
-        let buffer = assigned.worker.accept(partition, events, Instant::now())?;
-        if assigned.worker.has_ready() && !assigned.has_turn {
-            assigned.has_turn = true;
-            state.turns.push_back(partition.clone());
-        }
-        self.shared.dispatch(state);
+        let mut started = Vec::new();
+        let buffer = {
+            let mut state = self.shared.lock();
+            let state = &mut *state;
+            let assigned = state
+                .partitions
+                .get_mut(partition)
+                .ok_or_else(|| ConsumerError::NotAssigned(partition.clone()))?;
+            let buffer = assigned.worker.accept(partition, events, Instant::now())?;
+            if assigned.worker.has_ready() && !assigned.has_turn {
+                assigned.has_turn = true;
+                state.turns.push_back(partition.clone());
+            }
+            self.shared.dispatch(state, &mut started);
+            buffer
+        };
+        self.shared.spawn_runners(started);
         Ok(buffer)
     }
 
@@ -359,8 +391,9 @@ impl<P: Send + Sync + 'static> Shared<P> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Starts ready events, partitions in turn, while the concurrency limit allows.
-    fn dispatch(self: &Arc<Self>, state: &mut State<P>) {
+    /// Starts ready events, partitions in turn, while the concurrency limit allows; the caller
+    /// runs them.
+    fn dispatch(&self, state: &mut State<P>, started: &mut Vec<Started<P>>) {
         let limit = state.limit.current();
         while state.in_flight < limit {
             let Some(partition) = state.turns.pop_front() else {
@@ -379,15 +412,47 @@ impl<P: Send + Sync + 'static> Shared<P> {
                 state.turns.push_back(partition.clone());
             }
             state.in_flight += 1;
-            let shared = Arc::clone(self);
-            self.runtime
-                .spawn(async move { shared.run(partition, generation, event).await });
+            started.push(Started {
+                partition,
+                generation,
+                event,
+            });
         }
     }
 
-    /// Runs one event through the processor, and the failure handler if needed, then records
-    /// the outcome.
-    async fn run(self: Arc<Self>, partition: TopicPartition, generation: u64, event: Event<P>) {
+    /// Runs `events` in new runner tasks, [`RUNNER_EVENTS`] at most in each.
+    fn spawn_runners(self: &Arc<Self>, mut events: Vec<Started<P>>) {
+        while !events.is_empty() {
+            let rest = events.split_off(events.len().min(RUNNER_EVENTS));
+            let shared = Arc::clone(self);
+            self.runtime
+                .spawn(async move { shared.run_events(events).await });
+            events = rest;
+        }
+    }
+
+    /// Runs `events` concurrently, and the events their completions start, until none is left;
+    /// events beyond [`RUNNER_EVENTS`] go to a new runner.
+    async fn run_events(self: Arc<Self>, events: Vec<Started<P>>) {
+        let mut running: FuturesUnordered<_> = events.into_iter().map(|e| self.run(e)).collect();
+        let mut started = Vec::new();
+        while let Some(finished) = running.next().await {
+            self.finish(finished, &mut started);
+            let room = RUNNER_EVENTS.saturating_sub(running.len());
+            if started.len() > room {
+                self.spawn_runners(started.split_off(room));
+            }
+            running.extend(started.drain(..).map(|e| self.run(e)));
+        }
+    }
+
+    /// Runs one event through the processor, and the failure handler if needed.
+    async fn run(&self, started: Started<P>) -> Finished {
+        let Started {
+            partition,
+            generation,
+            event,
+        } = started;
         let started = Instant::now();
         let processed = guarded(self.processor.process(&partition, &event)).await;
         let latency = started.elapsed();
@@ -417,25 +482,26 @@ impl<P: Send + Sync + 'static> Shared<P> {
                 }
             }
         };
-        self.finish(
-            &partition,
+        Finished {
+            partition,
             generation,
-            event.offset,
-            event.key,
+            offset: event.offset,
+            key: event.key,
             latency,
             outcome,
-        );
+        }
     }
 
-    fn finish(
-        self: &Arc<Self>,
-        partition: &TopicPartition,
-        generation: u64,
-        offset: i64,
-        key: Option<Bytes>,
-        latency: Duration,
-        outcome: Outcome,
-    ) {
+    /// Records how an event ended; the events this lets start are added to `started`.
+    fn finish(&self, finished: Finished, started: &mut Vec<Started<P>>) {
+        let Finished {
+            partition,
+            generation,
+            offset,
+            key,
+            latency,
+            outcome,
+        } = finished;
         {
             let mut state = self.lock();
             let state = &mut *state;
@@ -443,7 +509,7 @@ impl<P: Send + Sync + 'static> Shared<P> {
             state.in_flight = state.in_flight.saturating_sub(1);
             let failed = outcome != Outcome::Processed;
             state.limit.on_sample(latency, failed, running);
-            match state.partitions.get_mut(partition) {
+            match state.partitions.get_mut(&partition) {
                 Some(assigned) if assigned.generation == generation => {
                     let now = Instant::now();
                     if let Err(error) = assigned.worker.finish(offset, key.as_ref(), outcome, now) {
@@ -452,14 +518,14 @@ impl<P: Send + Sync + 'static> Shared<P> {
                     }
                     if assigned.worker.has_ready() && !assigned.has_turn {
                         assigned.has_turn = true;
-                        state.turns.push_back(partition.clone());
+                        state.turns.push_back(partition);
                     }
                 }
                 _ => {
                     tracing::debug!(%partition, offset, "result of a revoked partition ignored");
                 }
             }
-            self.dispatch(state);
+            self.dispatch(state, started);
         }
         self.changed.notify_waiters();
     }

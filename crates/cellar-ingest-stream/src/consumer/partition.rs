@@ -2,7 +2,8 @@
 //! commit position. Pure logic with no tasks or locks, so every rule is unit-testable; the
 //! [`ParallelConsumer`](super::ParallelConsumer) drives it under its lock.
 
-use std::collections::BTreeMap;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -48,11 +49,12 @@ pub struct PartitionStats {
 #[derive(Debug)]
 pub struct PartitionWorker<P> {
     tracker: OffsetTracker,
-    /// Events waiting behind a busy key.
-    keys: KeyQueue<Event<P>>,
-    /// Events free to run, waiting for a concurrency slot; by offset, so the lowest offsets go
-    /// first and the commit position moves as early as possible.
-    ready: BTreeMap<i64, Event<P>>,
+    /// Events waiting behind a busy key. Boxed here and in `ready`, so that queueing and
+    /// ordering them moves a pointer rather than the whole event.
+    keys: KeyQueue<Box<Event<P>>>,
+    /// Events free to run, waiting for a concurrency slot; the lowest offset first, so the
+    /// commit position moves as early as possible.
+    ready: BinaryHeap<Ready<P>>,
     in_flight: usize,
     /// Events whose failure handler failed, by offset, with the error: kept for reports, and
     /// counted as unfinished.
@@ -78,7 +80,7 @@ impl<P> PartitionWorker<P> {
         Self {
             tracker: OffsetTracker::new(start),
             keys: KeyQueue::new(),
-            ready: BTreeMap::new(),
+            ready: BinaryHeap::new(),
             in_flight: 0,
             parked: BTreeMap::new(),
             buffered: 0,
@@ -121,8 +123,8 @@ impl<P> PartitionWorker<P> {
             self.tracker.dispatch(event.offset)?;
             self.buffered += 1;
             let key = event.key.clone();
-            if let Some(event) = self.keys.admit(key.as_ref(), event) {
-                self.ready.insert(event.offset, event);
+            if let Some(event) = self.keys.admit(key.as_ref(), Box::new(event)) {
+                self.ready.push(Ready(event));
             }
         }
         if self.buffered >= self.capacity {
@@ -136,9 +138,9 @@ impl<P> PartitionWorker<P> {
         if self.revoking {
             return None;
         }
-        let (_, event) = self.ready.pop_first()?;
+        let Ready(event) = self.ready.pop()?;
         self.in_flight += 1;
-        Some(event)
+        Some(*event)
     }
 
     /// Whether an event is free to run.
@@ -162,7 +164,7 @@ impl<P> PartitionWorker<P> {
                 self.buffered = self.buffered.saturating_sub(1);
                 if !self.revoking {
                     if let Some(next) = self.keys.complete(key) {
-                        self.ready.insert(next.offset, next);
+                        self.ready.push(Ready(next));
                     }
                 }
                 moved
@@ -241,7 +243,7 @@ impl<P> PartitionWorker<P> {
             StallReason::FailureHandlerFailed {
                 error: error.clone(),
             }
-        } else if self.ready.contains_key(&offset) {
+        } else if self.ready.iter().any(|Ready(event)| event.offset == offset) {
             StallReason::Waiting
         } else {
             StallReason::InFlight
@@ -269,6 +271,31 @@ impl<P> PartitionWorker<P> {
         }
     }
 }
+
+/// An event free to run, ordered so that the lowest offset comes first out of the heap
+/// (offsets are unique within a partition).
+#[derive(Debug)]
+struct Ready<P>(Box<Event<P>>);
+
+impl<P> Ord for Ready<P> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        other.0.offset.cmp(&self.0.offset)
+    }
+}
+
+impl<P> PartialOrd for Ready<P> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl<P> PartialEq for Ready<P> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.offset == other.0.offset
+    }
+}
+
+impl<P> Eq for Ready<P> {}
 
 #[cfg(test)]
 mod tests {
