@@ -376,13 +376,7 @@ async fn a_100k_row_job_is_written_whole_and_reported_as_it_goes() {
     let mut job = job(dir.path(), "click_log");
     job.parallelism = Parallelism::Fixed(6);
     let job = Arc::new(job);
-    let plan = tokio::task::spawn_blocking({
-        let job = Arc::clone(&job);
-        move || plan(&job)
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let plan = plan_blocking(&job).await.unwrap();
     assert_eq!(plan.shards.len(), 6);
     assert_eq!(plan.rows, ROWS as u64);
     let (store, sink) = store(dir.path());

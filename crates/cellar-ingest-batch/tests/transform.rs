@@ -6,17 +6,10 @@ mod common;
 
 use std::sync::Arc;
 
-use cellar_ingest_batch::{plan, run_shard, BatchError, BatchJob, JobOptions, LocalRunner, Plan};
+use cellar_ingest_batch::{run_shard, BatchError, BatchJob, JobOptions, LocalRunner};
 use cellar_spec::{IngestionSource, Parallelism, Value};
 use cellar_store::Record;
 use common::*;
-
-async fn plan_of(job: &Arc<BatchJob>) -> Result<Plan, BatchError> {
-    let job = Arc::clone(job);
-    tokio::task::spawn_blocking(move || plan(&job))
-        .await
-        .unwrap()
-}
 
 /// The job of ingestion `name` with its transform replaced by `sql`.
 fn with_sql(dir: &std::path::Path, name: &str, sql: &str) -> Result<BatchJob, BatchError> {
@@ -44,7 +37,7 @@ async fn a_row_by_row_transform_is_sharded_and_its_rows_mapped() {
     let mut job = job(dir.path(), "long_clicks");
     job.parallelism = Parallelism::Fixed(4);
     let job = Arc::new(job);
-    let plan = plan_of(&job).await.unwrap();
+    let plan = plan_blocking(&job).await.unwrap();
     assert_eq!(
         plan.shards.len(),
         4,
@@ -119,7 +112,7 @@ async fn an_aggregate_runs_over_the_whole_input_in_one_shard() {
         ..JobOptions::default()
     });
     let job = Arc::new(job);
-    let plan = plan_of(&job).await.unwrap();
+    let plan = plan_blocking(&job).await.unwrap();
     assert_eq!(plan.shards.len(), 1, "an aggregate needs every row at once");
     assert_eq!(plan.shards[0].pieces.len(), 2);
 
@@ -179,7 +172,7 @@ async fn transform_errors_name_what_is_wrong() {
         "SELECT user_id, ts, nope AS article, dwell_s AS dwell FROM source",
     )
     .unwrap();
-    let err = plan_of(&Arc::new(job)).await.unwrap_err();
+    let err = plan_blocking(&Arc::new(job)).await.unwrap_err();
     assert!(matches!(err, BatchError::Transform { .. }), "{err}");
     assert!(err.to_string().contains("nope"), "{err}");
     assert!(!err.is_retryable());
@@ -193,7 +186,7 @@ async fn transform_errors_name_what_is_wrong() {
         )
         .unwrap(),
     );
-    let plan = plan_of(&job).await.unwrap();
+    let plan = plan_blocking(&job).await.unwrap();
     let (_, sink) = store(dir.path());
     let (_, rejects) = memory_rejects();
     let err = run_shard(&plan.shards[0], &job, &*sink, &rejects)
@@ -214,7 +207,7 @@ async fn transform_errors_name_what_is_wrong() {
         )
         .unwrap(),
     );
-    let plan = plan_of(&job).await.unwrap();
+    let plan = plan_blocking(&job).await.unwrap();
     let err = run_shard(&plan.shards[0], &job, &*sink, &rejects)
         .await
         .unwrap_err();

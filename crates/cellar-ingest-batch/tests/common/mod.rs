@@ -11,7 +11,7 @@ use arrow_array::{
     ArrayRef, Float64Array, Int64Array, RecordBatch, RecordBatchReader, StringArray,
 };
 use cellar_cache::WritePath;
-use cellar_ingest_batch::{BatchJob, MemoryRejects, Rejects};
+use cellar_ingest_batch::{BatchError, BatchJob, MemoryRejects, Plan, Rejects};
 use cellar_spec::{EntityKey, FeatureRepo, Value};
 use cellar_store::embedded::EmbeddedStore;
 use cellar_store::{OnlineStore, Record, RecordReader, TimeseriesQuery};
@@ -160,6 +160,14 @@ features: {{ ctr: ctr, views: views }}
 
 pub fn job(dir: &Path, ingestion: &str) -> BatchJob {
     BatchJob::from_repo(&repo(dir), ingestion, 1_000).unwrap()
+}
+
+/// Plans `job` on a blocking thread, as a runtime's caller must.
+pub async fn plan_blocking(job: &Arc<BatchJob>) -> Result<Plan, BatchError> {
+    let job = Arc::clone(job);
+    tokio::task::spawn_blocking(move || cellar_ingest_batch::plan(&job))
+        .await
+        .unwrap()
 }
 
 /// Writes `batches` as one Parquet file, a row group every `rows_per_group` rows.
