@@ -89,21 +89,24 @@ impl Writes {
     /// unchanged.
     pub(crate) fn sort_by_entity(&mut self) {
         match self {
-            Writes::Puts(w) => w.sort_by(|a, b| a.entity.cmp(&b.entity)),
+            Writes::Puts(writes) => {
+                let order = entity_order(writes.len(), |i| &writes[i].entity);
+                let mut slots: Vec<Option<Write>> = writes.drain(..).map(Some).collect();
+                writes.extend(order.into_iter().filter_map(|i| slots[i as usize].take()));
+            }
             Writes::Merges {
                 entities,
                 updates,
                 places,
             } => {
-                let mut order: Vec<usize> = (0..entities.len()).collect();
-                order.sort_by(|a, b| entities[*a].cmp(&entities[*b]));
+                let order = entity_order(entities.len(), |i| &entities[i]);
                 let mut slots: Vec<Option<(EntityKey, Update, Place)>> = entities
                     .drain(..)
                     .zip(updates.drain(..))
                     .zip(places.drain(..))
                     .map(|((e, u), p)| Some((e, u, p)))
                     .collect();
-                for (e, u, p) in order.into_iter().filter_map(|i| slots[i].take()) {
+                for (e, u, p) in order.into_iter().filter_map(|i| slots[i as usize].take()) {
                     entities.push(e);
                     updates.push(u);
                     places.push(p);
@@ -111,6 +114,14 @@ impl Writes {
             }
         }
     }
+}
+
+/// The positions of `len` rows ordered by entity key, rows of one entity in their order.
+/// Sorting positions and moving each row once is cheaper than sorting the rows themselves.
+fn entity_order<'a>(len: usize, entity: impl Fn(usize) -> &'a EntityKey) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..len as u32).collect();
+    order.sort_unstable_by(|a, b| entity(*a as usize).cmp(entity(*b as usize)).then(a.cmp(b)));
+    order
 }
 
 /// Maps the record batches of one file (whose schema it checked once) to writes.

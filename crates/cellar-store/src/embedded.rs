@@ -20,6 +20,14 @@
 //! survive a crash. Writers of one group are serialised (see [`Inner::writers`]); writers of
 //! different groups run in parallel.
 //!
+//! An attribute put reads the stored event times of its keys before taking its group's lock,
+//! so two writers of one group (two shards of a batch job) read in parallel and hold the lock
+//! only to decide and append. Under the lock it catches up with the puts committed since its
+//! reads: each put leaves the newest event time it carried per key in its stripe's
+//! [`RecentCommits`], and the writer takes the maximum of what it read and what they wrote. When
+//! a commit in between left no such record (an update, delete or trim), or is no longer kept, it
+//! reads its keys again under the lock.
+//!
 //! Durability is a group commit: a writer appends its batch to the engine's journal, releases
 //! its group's lock, then waits for an fsync that covers the batch. One fsync covers every
 //! batch appended before it starts, so writers arriving during an fsync share the next one
@@ -32,8 +40,8 @@
 //! and page-cache access, cheaper than a hop to a blocking thread); writes, which wait on
 //! fsync, run on Tokio's blocking pool.
 
-use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -60,18 +68,26 @@ const DURABLE: PersistMode = PersistMode::SyncData;
 /// Writer locks; groups hash onto them, so writers of different groups rarely wait on each
 /// other.
 const WRITER_LOCKS: usize = 16;
+/// Commits a stripe remembers for the writers that read before them (see [`RecentCommits`]);
+/// a writer that read before older ones reads its keys again under the lock.
+const RECENT_COMMITS: usize = 8;
 
 /// Tuning for [`EmbeddedStore::open_with`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EmbeddedOptions {
     /// Bytes of the engine's block cache, shared by both keyspaces.
     pub cache_bytes: u64,
+    /// Bytes a keyspace's memtable holds before it is flushed to a table; set when a store is
+    /// created. Every write first reads its key, and a smaller memtable keeps that lookup
+    /// within the CPU caches, at the cost of more (cheaply filtered) tables.
+    pub memtable_bytes: u64,
 }
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
         EmbeddedOptions {
             cache_bytes: 64 << 20,
+            memtable_bytes: 16 << 20,
         }
     }
 }
@@ -97,8 +113,124 @@ struct Inner {
     /// records before trimming them; an interleaved writer could otherwise replace a newer
     /// record with an older one or trim the wrong records. Keys never span groups, so writers
     /// of different groups need not wait for each other.
-    writers: [Mutex<()>; WRITER_LOCKS],
+    writers: [Stripe; WRITER_LOCKS],
     commits: GroupCommit,
+}
+
+/// One writer lock and what was committed under it.
+#[derive(Default)]
+struct Stripe {
+    /// Commits made under `recent`'s lock so far; written only with it held.
+    commits: AtomicU64,
+    recent: Mutex<RecentCommits>,
+}
+
+/// What the last few commits of a stripe wrote to attribute keys, newest last, numbered as
+/// [`Stripe::commits`] counts them.
+#[derive(Default)]
+struct RecentCommits {
+    commits: VecDeque<(u64, Written)>,
+}
+
+/// What one commit wrote to attribute keys, as far as a writer that read before it needs to
+/// know.
+#[derive(Clone)]
+enum Written {
+    /// No attribute record (time-series writes).
+    NoAttributes,
+    /// An attribute put: the newest event time it carried per key.
+    Puts(Arc<PutTimes>),
+    /// Attribute records changed in a way not kept here (an update, delete or trim).
+    Unrecorded,
+}
+
+/// The newest event time a put carried for each of its keys, whether or not it was applied: a
+/// stale write's event time is no newer than the stored one, so taking the maximum with it
+/// never changes a decision.
+struct PutTimes {
+    /// The keys, end to end.
+    keys: Vec<u8>,
+    /// (start, end) of a key in `keys`, and its event time.
+    index: hashbrown::HashTable<(usize, usize, i64)>,
+    hasher: hashbrown::DefaultHashBuilder,
+}
+
+impl PutTimes {
+    fn of(prepared: &[Prepared]) -> PutTimes {
+        let mut times = PutTimes {
+            keys: Vec::with_capacity(prepared.iter().map(|p| p.key.len()).sum()),
+            index: hashbrown::HashTable::with_capacity(prepared.len()),
+            hasher: hashbrown::DefaultHashBuilder::default(),
+        };
+        for p in prepared {
+            let hash = times.hasher.hash_one(p.key.as_slice());
+            let keys = &times.keys;
+            match times.index.entry(
+                hash,
+                |(start, end, _)| keys[*start..*end] == p.key[..],
+                |(start, end, _)| times.hasher.hash_one(&keys[*start..*end]),
+            ) {
+                hashbrown::hash_table::Entry::Occupied(mut e) => {
+                    let newest = &mut e.get_mut().2;
+                    *newest = (*newest).max(p.event_time);
+                }
+                hashbrown::hash_table::Entry::Vacant(e) => {
+                    let start = times.keys.len();
+                    e.insert((start, start + p.key.len(), p.event_time));
+                    times.keys.extend_from_slice(&p.key);
+                }
+            }
+        }
+        times
+    }
+
+    fn get(&self, key: &[u8]) -> Option<i64> {
+        self.index
+            .find(self.hasher.hash_one(key), |(start, end, _)| {
+                self.keys[*start..*end] == *key
+            })
+            .map(|(_, _, t)| *t)
+    }
+}
+
+impl RecentCommits {
+    /// What every commit after `seen` up to `now` wrote, or `None` when one of them is not
+    /// recorded or no longer kept.
+    fn since(&self, seen: u64, now: u64) -> Option<Vec<Arc<PutTimes>>> {
+        let mut puts = Vec::new();
+        let mut next = seen + 1;
+        for (number, written) in &self.commits {
+            if *number < next {
+                continue;
+            }
+            if next > now {
+                break;
+            }
+            if *number > next {
+                return None;
+            }
+            match written {
+                Written::NoAttributes => {}
+                Written::Puts(times) => puts.push(Arc::clone(times)),
+                Written::Unrecorded => return None,
+            }
+            next += 1;
+        }
+        (next > now).then_some(puts)
+    }
+
+    fn push(&mut self, number: u64, written: Written) {
+        if self.commits.len() == RECENT_COMMITS {
+            self.commits.pop_front();
+        }
+        self.commits.push_back((number, written));
+    }
+}
+
+/// A held writer lock.
+struct Writer<'a> {
+    stripe: &'a Stripe,
+    recent: MutexGuard<'a, RecentCommits>,
 }
 
 /// Sequence numbers for group commit (see the module documentation).
@@ -140,11 +272,13 @@ impl EmbeddedStore {
             .cache_size(options.cache_bytes)
             .open()
             .map_err(open_error)?;
+        let keyspace_options =
+            || KeyspaceCreateOptions::default().max_memtable_size(options.memtable_bytes);
         let attributes = db
-            .keyspace("attributes", KeyspaceCreateOptions::default)
+            .keyspace("attributes", keyspace_options)
             .map_err(open_error)?;
         let timeseries = db
-            .keyspace("timeseries", KeyspaceCreateOptions::default)
+            .keyspace("timeseries", keyspace_options)
             .map_err(open_error)?;
         Ok(EmbeddedStore {
             inner: Arc::new(Inner {
@@ -152,7 +286,7 @@ impl EmbeddedStore {
                 db,
                 attributes,
                 timeseries,
-                writers: std::array::from_fn(|_| Mutex::new(())),
+                writers: std::array::from_fn(|_| Stripe::default()),
                 commits: GroupCommit::default(),
             }),
         })
@@ -288,16 +422,23 @@ fn corrupt(group: &str, entity: &[u8], e: StoreError) -> StoreError {
 }
 
 impl Inner {
-    /// The writer lock of `group`.
-    fn lock_writer(&self, group: &str) -> MutexGuard<'_, ()> {
+    /// The writer stripe of `group`.
+    fn stripe(&self, group: &str) -> &Stripe {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         group.hash(&mut hasher);
-        let stripe = (hasher.finish() % WRITER_LOCKS as u64) as usize;
-        // The lock guards no data of its own (the engine's state is always consistent), so a
-        // writer that panicked leaves nothing to repair.
-        self.writers[stripe]
+        &self.writers[(hasher.finish() % WRITER_LOCKS as u64) as usize]
+    }
+
+    /// Takes the writer lock of `group`.
+    fn lock_writer(&self, group: &str) -> Writer<'_> {
+        let stripe = self.stripe(group);
+        // A writer that panicked appended nothing it had not recorded, so there is nothing to
+        // repair.
+        let recent = stripe
+            .recent
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Writer { stripe, recent }
     }
 
     /// A batch whose durability [`Inner::append`] and [`Inner::wait_durable`] handle.
@@ -332,16 +473,50 @@ impl Inner {
         Ok(())
     }
 
-    /// Appends `batch` under the group's `writer` lock, releases the lock, and waits until the
-    /// batch is durable.
-    fn commit(&self, batch: fjall::OwnedWriteBatch, writer: MutexGuard<'_, ()>) -> Result<()> {
+    /// Appends `batch` under the group's `writer` lock, records what it `written`, releases
+    /// the lock, and waits until the batch is durable.
+    fn commit(
+        &self,
+        batch: fjall::OwnedWriteBatch,
+        mut writer: Writer<'_>,
+        written: Written,
+    ) -> Result<()> {
         let ticket = self.append(batch)?;
+        // Numbered only once applied: a writer that reads the new number reads this batch.
+        let number = writer.stripe.commits.load(Ordering::Relaxed) + 1;
+        writer.recent.push(number, written);
+        writer.stripe.commits.store(number, Ordering::Release);
         drop(writer);
         self.wait_durable(ticket)
     }
 
     fn put_attributes(&self, group: &str, prepared: Vec<Prepared>) -> Result<Vec<PutOutcome>> {
+        // Read before locking (see the module documentation), then catch up under the lock.
+        let times = Arc::new(PutTimes::of(&prepared));
+        let stripe = self.stripe(group);
+        let seen = stripe.commits.load(Ordering::Acquire);
+        let mut stored = prepared
+            .iter()
+            .map(|p| self.stored_event_time(group, &p.key))
+            .collect::<Result<Vec<_>>>()?;
         let writer = self.lock_writer(group);
+        let now = stripe.commits.load(Ordering::Relaxed);
+        if now != seen {
+            match writer.recent.since(seen, now) {
+                Some(puts) => {
+                    for (current, p) in stored.iter_mut().zip(&prepared) {
+                        for put in &puts {
+                            *current = (*current).max(put.get(&p.key));
+                        }
+                    }
+                }
+                None => {
+                    for (current, p) in stored.iter_mut().zip(&prepared) {
+                        *current = self.stored_event_time(group, &p.key)?;
+                    }
+                }
+            }
+        }
         // The write decided earlier in this batch for each key (its index), so a batch holding
         // several writes for one entity is judged write by write, and only the last applied
         // one is written.
@@ -350,7 +525,7 @@ impl Inner {
         for (i, p) in prepared.iter().enumerate() {
             let current = match winners.get(p.key.as_slice()) {
                 Some(w) => Some(prepared[*w].event_time),
-                None => self.stored_event_time(group, &p.key)?,
+                None => stored[i],
             };
             if current.is_some_and(|t| t >= p.event_time) {
                 outcomes.push(PutOutcome::Stale);
@@ -368,7 +543,7 @@ impl Inner {
                 batch.insert(&self.attributes, p.key.as_slice(), p.bytes.as_slice());
             }
         }
-        self.commit(batch, writer)?;
+        self.commit(batch, writer, Written::Puts(times))?;
         Ok(outcomes)
     }
 
@@ -414,7 +589,7 @@ impl Inner {
             updated.insert(key, next.clone());
             outcome.push(Some(next));
         }
-        self.commit(batch, writer)?;
+        self.commit(batch, writer, Written::Unrecorded)?;
         Ok(outcome)
     }
 
@@ -461,7 +636,7 @@ impl Inner {
                 batch.insert(&self.timeseries, key, bytes);
             }
         }
-        self.commit(batch, writer)?;
+        self.commit(batch, writer, Written::NoAttributes)?;
         Ok(outcomes)
     }
 
@@ -548,7 +723,11 @@ impl Inner {
                 }
             }
         }
-        self.commit(batch, writer)
+        let written = match group.kind {
+            GroupKind::Attribute => Written::Unrecorded,
+            GroupKind::Timeseries => Written::NoAttributes,
+        };
+        self.commit(batch, writer, written)
     }
 
     fn trim(&self, group: &FeatureGroup, now: i64) -> Result<u64> {
@@ -640,7 +819,7 @@ impl Inner {
                 removed += 1;
             }
         }
-        self.commit(batch, writer)?;
+        self.commit(batch, writer, Written::Unrecorded)?;
         Ok(removed)
     }
 
@@ -658,7 +837,7 @@ impl Inner {
                 removed += 1;
             }
         }
-        self.commit(batch, writer)?;
+        self.commit(batch, writer, Written::NoAttributes)?;
         Ok(removed)
     }
 }
@@ -886,5 +1065,56 @@ mod tests {
         series_prefix(&mut other, "g", &EntityKey("u1\u{1f}x".into()));
         other.extend_from_slice(&inverted_time(5));
         assert_eq!(key_time(&other, prefix_len), None);
+    }
+
+    fn prepared(key: &str, event_time: i64) -> Prepared {
+        Prepared {
+            key: key.as_bytes().to_vec(),
+            prefix_len: key.len(),
+            event_time,
+            bytes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn put_times_keep_the_newest_event_time_per_key() {
+        let times = PutTimes::of(&[
+            prepared("g\0a", 5),
+            prepared("g\0b", 7),
+            prepared("g\0a", 9),
+            prepared("g\0a", 3),
+        ]);
+        assert_eq!(times.get(b"g\0a"), Some(9));
+        assert_eq!(times.get(b"g\0b"), Some(7));
+        assert_eq!(times.get(b"g\0c"), None);
+        assert_eq!(times.get(b"g\0"), None);
+    }
+
+    #[test]
+    fn recent_commits_answer_only_for_an_unbroken_recorded_run() {
+        let put = |t| Written::Puts(Arc::new(PutTimes::of(&[prepared("k", t)])));
+        let mut recent = RecentCommits::default();
+        recent.push(1, put(10));
+        recent.push(2, Written::NoAttributes);
+        recent.push(3, put(30));
+        let newest = |puts: Vec<Arc<PutTimes>>| puts.iter().filter_map(|p| p.get(b"k")).max();
+
+        assert_eq!(recent.since(0, 3).map(newest), Some(Some(30)));
+        assert_eq!(recent.since(1, 2).map(newest), Some(None));
+        assert_eq!(recent.since(2, 3).map(newest), Some(Some(30)));
+        // A commit after 3 that is not kept yet.
+        assert!(recent.since(2, 4).is_none());
+
+        recent.push(4, Written::Unrecorded);
+        assert!(recent.since(2, 4).is_none());
+        recent.push(5, put(50));
+        assert_eq!(recent.since(4, 5).map(newest), Some(Some(50)));
+
+        // Old commits fall out: a writer that read before them reads again.
+        for n in 6..6 + RECENT_COMMITS as u64 {
+            recent.push(n, Written::NoAttributes);
+        }
+        assert!(recent.since(4, 5 + RECENT_COMMITS as u64).is_none());
+        assert!(recent.since(6, 5 + RECENT_COMMITS as u64).is_some());
     }
 }

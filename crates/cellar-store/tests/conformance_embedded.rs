@@ -307,3 +307,61 @@ async fn concurrent_puts_of_one_group_keep_the_newest_record() {
         );
     }
 }
+
+/// Writers of one group read stored event times before taking the group's lock and catch up
+/// with what was committed meanwhile under it. Batches of overlapping keys from many tasks,
+/// with deletes of other keys interleaved (a commit that forces a fresh read), must still end
+/// with each key's newest record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_batches_of_overlapping_keys_end_with_each_newest() {
+    let store = fresh_store().await;
+    let group = attribute_group("profile");
+    let keys = 300usize;
+    let writers = 12u64;
+    let batches = 15u64;
+    let mut tasks = tokio::task::JoinSet::new();
+    for writer in 0..writers {
+        let store = store.store().clone();
+        let group = group.clone();
+        tasks.spawn(async move {
+            for batch in 0..batches {
+                // Every writer writes every key once per batch, at scrambled event times.
+                let writes: Vec<Write> = (0..keys)
+                    .map(|k| {
+                        let t = ((k as u64 * 7919 + writer * 104_729 + batch * 1_299_709) % 100_003)
+                            as i64;
+                        write(&format!("user-{k:04}"), t, &format!("w{writer}-b{batch}"))
+                    })
+                    .collect();
+                store.put(&group, &writes).await.expect("put");
+                if batch % 5 == 4 {
+                    store
+                        .delete(&group, &[EntityKey(format!("gone-{writer}"))])
+                        .await
+                        .expect("delete");
+                }
+            }
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.expect("writer task");
+    }
+    let entities: Vec<EntityKey> = (0..keys)
+        .map(|k| EntityKey(format!("user-{k:04}")))
+        .collect();
+    let stored = store
+        .get_attributes(&group, &entities)
+        .await
+        .expect("read back");
+    for (k, record) in stored.iter().enumerate() {
+        let newest = (0..writers)
+            .flat_map(|w| (0..batches).map(move |b| (w, b)))
+            .map(|(w, b)| ((k as u64 * 7919 + w * 104_729 + b * 1_299_709) % 100_003) as i64)
+            .max()
+            .expect("some write");
+        let record = record
+            .as_ref()
+            .unwrap_or_else(|| panic!("user-{k:04} missing"));
+        assert_eq!(record.event_time, newest, "user-{k:04}");
+    }
+}
