@@ -14,6 +14,7 @@ use cellar_ingest_batch::{
     plan, run_shard, BatchError, BatchJob, JobInput, JobOptions, Piece, ShardReport,
 };
 use cellar_spec::{EntityKey, FeatureRepo, Value};
+use cellar_store::embedded::EmbeddedStore;
 use cellar_store::Record;
 use common::*;
 use sqlx::{Connection, Executor};
@@ -220,18 +221,26 @@ fn expected(i: i64) -> Record {
     )
 }
 
-async fn run(
-    job: &Arc<BatchJob>,
-) -> (
-    Result<ShardReport, BatchError>,
-    Vec<cellar_ingest_batch::Reject>,
-) {
+/// A query job's one shard run into a fresh embedded store.
+struct Run {
+    outcome: Result<ShardReport, BatchError>,
+    rejects: Vec<cellar_ingest_batch::Reject>,
+    store: Arc<EmbeddedStore>,
+    _dir: tempfile::TempDir,
+}
+
+async fn run(job: &Arc<BatchJob>) -> Run {
     let dir = tempfile::tempdir().unwrap();
-    let (_, sink) = store(dir.path());
+    let (store, sink) = store(dir.path());
     let (rejected, rejects) = memory_rejects();
     let plan = plan(job).unwrap();
     let outcome = run_shard(&plan.shards[0], job, &*sink, &rejects).await;
-    (outcome, rejected.rejects())
+    Run {
+        outcome,
+        rejects: rejected.rejects(),
+        store,
+        _dir: dir,
+    }
 }
 
 #[tokio::test]
@@ -244,19 +253,14 @@ async fn query_rows_of_every_type_load_with_nulls_and_rejects() {
                 ..JobOptions::default()
             });
         let job = Arc::new(job);
-        let dir = tempfile::tempdir().unwrap();
-        let (store, sink) = store(dir.path());
-        let (rejected, rejects) = memory_rejects();
-        let plan = plan(&job).unwrap();
-        let report = run_shard(&plan.shards[0], &job, &*sink, &rejects)
-            .await
-            .unwrap();
+        let ran = run(&job).await;
+        let report = ran.outcome.unwrap();
         assert_eq!(report.rows_read, ROWS as u64);
         assert_eq!(report.rows_written, ROWS as u64 - 2);
         assert_eq!(report.rows_rejected, 2);
 
-        let found: Vec<(Option<u64>, Option<String>, String)> = rejected
-            .rejects()
+        let found: Vec<(Option<u64>, Option<String>, String)> = ran
+            .rejects
             .into_iter()
             .map(|r| (r.row, r.column, r.reason))
             .collect();
@@ -277,7 +281,7 @@ async fn query_rows_of_every_type_load_with_nulls_and_rejects() {
         );
 
         let entities: Vec<EntityKey> = (0..ROWS).map(|i| EntityKey(format!("u{i}"))).collect();
-        let got = attributes(&store, &job, &entities).await;
+        let got = attributes(&ran.store, &job, &entities).await;
         for (i, record) in (0..ROWS).zip(got) {
             if i == NULL_KEY_ROW || i == NULL_TIME_ROW {
                 assert_eq!(record, None, "row {i}");
@@ -293,19 +297,14 @@ async fn query_rows_of_every_type_load_with_nulls_and_rejects() {
 async fn a_transform_reshapes_query_rows_typed_as_the_reader_types_them() {
     with_table("a_transform_reshapes_query_rows", |url, table| async move {
         let job = Arc::new(BatchJob::from_repo(&repo(&url, &table), "shouted", 1_000).unwrap());
-        let dir = tempfile::tempdir().unwrap();
-        let (store, sink) = store(dir.path());
-        let (rejected, rejects) = memory_rejects();
-        let plan = plan(&job).unwrap();
-        let report = run_shard(&plan.shards[0], &job, &*sink, &rejects)
-            .await
-            .unwrap();
+        let ran = run(&job).await;
+        let report = ran.outcome.unwrap();
         // Even ids, but for the rows of the null key (1234) and null event time (2000).
         assert_eq!(report.rows_written, ROWS as u64 / 2 - 2);
-        assert!(rejected.rejects().is_empty());
+        assert!(ran.rejects.is_empty());
 
         let entities: Vec<EntityKey> = (0..ROWS).map(|i| EntityKey(format!("u{i}"))).collect();
-        let got = attributes(&store, &job, &entities).await;
+        let got = attributes(&ran.store, &job, &entities).await;
         for (i, record) in (0..ROWS).zip(got) {
             if i % 2 == 1 || i == NULL_KEY_ROW || i == NULL_TIME_ROW {
                 assert_eq!(record, None, "row {i}");
@@ -333,7 +332,7 @@ async fn query_columns_not_read_or_missing_fail_the_shard_by_name() {
         |url, table| async move {
             let repo = repo(&url, &table);
             let job = Arc::new(BatchJob::from_repo(&repo, "payloads", 1_000).unwrap());
-            let (outcome, _) = run(&job).await;
+            let outcome = run(&job).await.outcome;
             let err = outcome.unwrap_err();
             let BatchError::Column { reason, .. } = &err else {
                 panic!("{err:?}");
@@ -345,7 +344,7 @@ async fn query_columns_not_read_or_missing_fail_the_shard_by_name() {
             assert!(!err.is_retryable());
 
             let job = Arc::new(BatchJob::from_repo(&repo, "missing", 1_000).unwrap());
-            let err = run(&job).await.0.unwrap_err();
+            let err = run(&job).await.outcome.unwrap_err();
             assert!(
                 matches!(&err, BatchError::Column { reason, .. }
                 if reason == "no column `nope` (feature `country`); its columns are: user_id, ts"),
@@ -372,7 +371,7 @@ async fn source_failures_are_retryable_and_never_show_the_password() {
     let password = "s3cret-pw";
     let unreachable = format!("postgres://cellar:{password}@127.0.0.1:1/postgres");
     let job = Arc::new(BatchJob::from_repo(&repo(&unreachable, "t"), "profiles", 1_000).unwrap());
-    let err = run(&job).await.0.unwrap_err();
+    let err = run(&job).await.outcome.unwrap_err();
     let shown = err.to_string();
     assert!(
         matches!(err, BatchError::Source { .. }) && err.is_retryable(),
@@ -387,7 +386,7 @@ async fn source_failures_are_retryable_and_never_show_the_password() {
     with_table("source_failures", move |url, table| async move {
         let wrong = wrong_login(&url, password);
         let job = Arc::new(BatchJob::from_repo(&repo(&wrong, &table), "profiles", 1_000).unwrap());
-        let err = run(&job).await.0.unwrap_err();
+        let err = run(&job).await.outcome.unwrap_err();
         assert!(
             matches!(err, BatchError::Source { .. }) && err.is_retryable(),
             "{err:?}"
@@ -395,7 +394,7 @@ async fn source_failures_are_retryable_and_never_show_the_password() {
         assert!(!err.to_string().contains(password), "{err}");
 
         let job = Arc::new(BatchJob::from_repo(&repo(&url, &table), "no_table", 1_000).unwrap());
-        let err = run(&job).await.0.unwrap_err();
+        let err = run(&job).await.outcome.unwrap_err();
         assert!(
             matches!(&err, BatchError::Source { reason, .. }
                 if reason.starts_with("the query failed") && reason.contains("_absent")),
