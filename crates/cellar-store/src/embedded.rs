@@ -855,8 +855,8 @@ impl EmbeddedStore {
             if w.entity.as_bytes().contains(&SEPARATOR) {
                 return Err(invalid("entity keys may not contain a NUL byte".to_owned()));
             }
-            crate::check_size(group, &w.entity, &w.record)?;
             let bytes = codec::encode(&w.record).map_err(|e| invalid(e.to_string()))?;
+            crate::check_encoded_size(group, &w.entity, bytes.len())?;
             let mut key = Vec::with_capacity(group.name.len() + w.entity.0.len() + 2 + TIME_LEN);
             let prefix_len = match group.kind {
                 GroupKind::Attribute => {

@@ -115,7 +115,11 @@ pub enum PutOutcome {
 /// Checks a record against its group's size limit before it is written, so a caller can
 /// refuse one oversized record without failing the batch it would have joined.
 pub fn check_size(group: &FeatureGroup, entity: &EntityKey, record: &Record) -> Result<()> {
-    let size = codec::encoded_len(record);
+    check_encoded_size(group, entity, codec::encoded_len(record))
+}
+
+/// [`check_size`] for a record already encoded in `size` bytes.
+pub fn check_encoded_size(group: &FeatureGroup, entity: &EntityKey, size: usize) -> Result<()> {
     if size > group.max_record_bytes {
         return Err(StoreError::RecordTooLarge {
             group: group.name.clone(),
