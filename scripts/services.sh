@@ -131,8 +131,10 @@ ensure_s3() {
         s3dir=$(mktemp -d /tmp/cellar-s3.XXXXXX)
         echo "$s3dir" > "$SVC_DIR/s3.dir"
         log "starting s3s-fs on 127.0.0.1:8014 in $s3dir"
-        nohup s3s-fs --host 127.0.0.1 --port 8014 --access-key AK --secret-key SECRET "$s3dir" \
-            >"$SVC_DIR/s3s-fs.log" 2>&1 &
+        # Run from its data directory: s3s-fs resolves paths against its working directory on
+        # every request, so a server started from a checkout that is later deleted fails them all.
+        (cd "$s3dir" && exec nohup s3s-fs --host 127.0.0.1 --port 8014 --access-key AK \
+            --secret-key SECRET "$s3dir" >"$SVC_DIR/s3s-fs.log" 2>&1) &
         echo $! > "$SVC_DIR/s3s-fs.pid"
         for _ in $(seq 1 50); do
             s3_answers 127.0.0.1 8014 && break
