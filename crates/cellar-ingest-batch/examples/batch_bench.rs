@@ -3,7 +3,7 @@
 //! ```sh
 //! cargo run --release -p cellar-ingest-batch --example batch_bench -- \
 //!     [--rows 1000000] [--files 4] [--row-group 65536] [--users ROWS] \
-//!     [--kind attribute|timeseries] [--workers CORES]
+//!     [--kind attribute|timeseries] [--workers CORES] [--write-rows 65536]
 //! ```
 //!
 //! Setup (not timed): `--rows` rows written as `--files` snappy-compressed Parquet files with
@@ -61,6 +61,7 @@ struct Args {
     /// Users in key order through the files (an export sorted by user) instead of scattered.
     sorted: bool,
     batch_rows: usize,
+    write_rows: usize,
 }
 
 fn args() -> Args {
@@ -73,6 +74,7 @@ fn args() -> Args {
         workers: LocalRunner::default().workers(),
         sorted: false,
         batch_rows: cellar_ingest_batch::job::DEFAULT_BATCH_ROWS,
+        write_rows: JobOptions::default().write_rows,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     for pair in argv.chunks(2) {
@@ -92,6 +94,7 @@ fn args() -> Args {
             "--workers" => a.workers = number().max(1),
             "--sorted" => a.sorted = value == "true",
             "--batch-rows" => a.batch_rows = number().max(1),
+            "--write-rows" => a.write_rows = number().max(1),
             other => panic!("unknown argument `{other}`"),
         }
     }
@@ -344,6 +347,7 @@ async fn main() {
         .unwrap()
         .with_options(JobOptions {
             batch_rows: a.batch_rows,
+            write_rows: a.write_rows,
             ..JobOptions::default()
         });
     let job = Arc::new(job);

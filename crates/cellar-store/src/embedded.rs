@@ -71,6 +71,10 @@ const WRITER_LOCKS: usize = 16;
 /// Commits a stripe remembers for the writers that read before them (see [`RecentCommits`]);
 /// a writer that read before older ones reads its keys again under the lock.
 const RECENT_COMMITS: usize = 8;
+/// Keys a stripe's recent commits may hold in all (about 50 bytes each); older commits fall
+/// out first, the newest stays whatever its size. Two writers of a group need only the commits
+/// since their own reads, one or two batch writes of up to 64 Ki keys.
+const RECENT_KEYS: usize = 256 * 1024;
 
 /// Tuning for [`EmbeddedStore::open_with`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +134,8 @@ struct Stripe {
 #[derive(Default)]
 struct RecentCommits {
     commits: VecDeque<(u64, Written)>,
+    /// Keys held by the puts among `commits`.
+    keys: usize,
 }
 
 /// What one commit wrote to attribute keys, as far as a writer that read before it needs to
@@ -153,6 +159,16 @@ struct PutTimes {
     /// (start, end) of a key in `keys`, and its event time.
     index: hashbrown::HashTable<(usize, usize, i64)>,
     hasher: hashbrown::DefaultHashBuilder,
+}
+
+impl Written {
+    /// Keys recorded.
+    fn keys(&self) -> usize {
+        match self {
+            Written::Puts(times) => times.index.len(),
+            Written::NoAttributes | Written::Unrecorded => 0,
+        }
+    }
 }
 
 impl PutTimes {
@@ -220,10 +236,15 @@ impl RecentCommits {
     }
 
     fn push(&mut self, number: u64, written: Written) {
-        if self.commits.len() == RECENT_COMMITS {
-            self.commits.pop_front();
-        }
+        self.keys += written.keys();
         self.commits.push_back((number, written));
+        while self.commits.len() > RECENT_COMMITS
+            || (self.keys > RECENT_KEYS && self.commits.len() > 1)
+        {
+            if let Some((_, gone)) = self.commits.pop_front() {
+                self.keys -= gone.keys();
+            }
+        }
     }
 }
 
@@ -1116,5 +1137,29 @@ mod tests {
         }
         assert!(recent.since(4, 5 + RECENT_COMMITS as u64).is_none());
         assert!(recent.since(6, 5 + RECENT_COMMITS as u64).is_some());
+    }
+
+    #[test]
+    fn recent_commits_hold_a_bounded_number_of_keys() {
+        let put = |keys: std::ops::Range<usize>| {
+            let batch: Vec<Prepared> = keys.map(|k| prepared(&format!("k{k}"), 1)).collect();
+            Written::Puts(Arc::new(PutTimes::of(&batch)))
+        };
+        let half = RECENT_KEYS / 2;
+        let mut recent = RecentCommits::default();
+        recent.push(1, put(0..half));
+        recent.push(2, put(half..2 * half));
+        assert_eq!(recent.keys, 2 * half);
+        assert!(recent.since(0, 2).is_some());
+        // A third commit of that size pushes the first out.
+        recent.push(3, put(0..half));
+        assert_eq!(recent.keys, 2 * half);
+        assert!(recent.since(0, 3).is_none());
+        assert!(recent.since(1, 3).is_some());
+        // The newest is kept whatever its size.
+        recent.push(4, put(0..RECENT_KEYS + 1));
+        assert_eq!(recent.keys, RECENT_KEYS + 1);
+        assert!(recent.since(3, 4).is_some());
+        assert!(recent.since(2, 4).is_none());
     }
 }
