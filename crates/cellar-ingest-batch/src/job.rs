@@ -19,7 +19,7 @@ pub const DEFAULT_BATCH_ROWS: usize = 4096;
 
 /// Rows per store write. Larger sorted writes are faster per row on the embedded store: more
 /// of their keys are neighbours in its index, and fewer fsyncs are paid (`batch_bench`,
-/// attribute group: 280k-460k rows/s at 16 Ki rows per write, 400k-550k at 32 Ki, 520k-690k
+/// attribute group: 280k-460k rows/s at 16 Ki rows per write, 400k-550k at 32 Ki, 500k-690k
 /// at 64 Ki, with about 110 MB more peak memory than 16 Ki). A write holds its
 /// group's writer lock while it decides and appends its rows, delaying concurrent writers of
 /// the group (stream ingestion, pushes) for that long, and a shard holds up to four writes
