@@ -55,6 +55,7 @@ use aws_config::{BehaviorVersion, Region};
 use aws_sdk_dynamodb::config::Credentials;
 use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, PutRequest, WriteRequest};
 use aws_sdk_dynamodb::Client;
+use aws_smithy_http_client::tls;
 use futures::{StreamExt, TryStreamExt};
 
 use cellar_spec::{EntityKey, FeatureGroup, GroupKind};
@@ -92,8 +93,12 @@ impl DynamoStore {
     /// [`DynamoStore::ensure_table`].
     pub async fn connect(config: DynamoConfig) -> Result<DynamoStore> {
         table::check_table_name(&config.table)?;
-        let mut loader =
-            aws_config::defaults(BehaviorVersion::latest()).region(Region::new(config.region));
+        let https = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+            .build_https();
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(config.region))
+            .http_client(https);
         if let Some(endpoint) = config.endpoint {
             loader = loader.endpoint_url(endpoint);
             if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {

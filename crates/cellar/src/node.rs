@@ -18,6 +18,7 @@ use cellar_serving::metrics::ServingMetrics;
 use cellar_serving::{Catalog, FeatureServer, FeatureServing, Limits};
 use cellar_store::embedded::EmbeddedStore;
 use cellar_store::{OnlineStore, RecordReader};
+#[cfg(feature = "dynamodb")]
 use cellar_store_dynamodb::{DynamoConfig, DynamoStore};
 use cellar_store_redis::{RedisConfig, RedisStore};
 use tokio::net::TcpListener;
@@ -60,6 +61,12 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn OnlineStore>>
                 .with_context(|| format!("opening the store at {}", path.display()))?;
             Ok(Arc::new(store))
         }
+        #[cfg(not(feature = "dynamodb"))]
+        StoreBackend::Dynamodb => anyhow::bail!(
+            "store.backend = \"dynamodb\" needs the `dynamodb` feature, which this build of cellar \
+             leaves out: build it with default features"
+        ),
+        #[cfg(feature = "dynamodb")]
         StoreBackend::Dynamodb => {
             let d = &config.store.dynamodb;
             let store = DynamoStore::connect(DynamoConfig {
