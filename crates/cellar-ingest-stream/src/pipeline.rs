@@ -313,7 +313,7 @@ impl Pipeline {
             match polled {
                 Polled::Assigned(partitions) => {
                     for (tp, start) in partitions {
-                        tracing::info!(partition = %tp, start, "partition assigned");
+                        tracing::debug!(partition = %tp, start, "partition assigned");
                         self.consumer.assign(tp, start)?;
                     }
                 }

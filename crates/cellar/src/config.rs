@@ -350,6 +350,22 @@ impl Config {
         }
     }
 
+    /// Moves the server to the addresses given on the command line. An HTTP address alone
+    /// moves gRPC with it, to the next port on the same host, so that two servers started
+    /// with different `--listen` do not both claim the default gRPC port.
+    pub fn set_listen(&mut self, http: Option<String>, grpc: Option<String>) -> Result<(), String> {
+        if let Some(http) = http {
+            if grpc.is_none() {
+                self.server.grpc_listen = next_port(&http)?;
+            }
+            self.server.listen = http;
+        }
+        if let Some(grpc) = grpc {
+            self.server.grpc_listen = grpc;
+        }
+        Ok(())
+    }
+
     /// The embedded store directory.
     pub fn store_path(&self) -> PathBuf {
         if self.store.path.is_empty() {
@@ -360,9 +376,54 @@ impl Config {
     }
 }
 
+/// `host:port` with the port after the given one; port 0 (any free port) stays 0.
+fn next_port(addr: &str) -> Result<String, String> {
+    let invalid = || format!("listen address {addr:?} is not HOST:PORT");
+    let (host, port) = addr.rsplit_once(':').ok_or_else(invalid)?;
+    let port: u16 = port.parse().map_err(|_| invalid())?;
+    let next = match port {
+        0 => 0,
+        u16::MAX => {
+            return Err(format!(
+                "listen address {addr:?} has the last port: give --grpc-listen as well"
+            ))
+        }
+        p => p + 1,
+    };
+    Ok(format!("{host}:{next}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_address_alone_moves_grpc_to_the_next_port() {
+        let mut c = Config::default();
+        c.set_listen(Some("127.0.0.1:7100".into()), None).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:7100");
+        assert_eq!(c.server.grpc_listen, "127.0.0.1:7101");
+
+        let mut c = Config::default();
+        c.set_listen(Some("[::1]:0".into()), None).unwrap();
+        assert_eq!(c.server.grpc_listen, "[::1]:0");
+
+        let mut c = Config::default();
+        c.set_listen(Some("127.0.0.1:7100".into()), Some("127.0.0.1:9000".into()))
+            .unwrap();
+        assert_eq!(c.server.grpc_listen, "127.0.0.1:9000");
+
+        let mut c = Config::default();
+        c.set_listen(None, Some("127.0.0.1:9000".into())).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:6566");
+        assert_eq!(c.server.grpc_listen, "127.0.0.1:9000");
+
+        let mut c = Config::default();
+        let err = c.set_listen(Some("localhost".into()), None).unwrap_err();
+        assert!(err.contains("HOST:PORT"), "{err}");
+        let err = c.set_listen(Some("h:65535".into()), None).unwrap_err();
+        assert!(err.contains("--grpc-listen"), "{err}");
+    }
 
     #[test]
     // `Jail`'s closure must return figment's own (large) error type.

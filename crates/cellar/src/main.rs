@@ -39,7 +39,7 @@ enum Command {
         /// HTTP address.
         #[arg(long)]
         listen: Option<String>,
-        /// gRPC address.
+        /// gRPC address; default: the port after `--listen`'s, when that is given.
         #[arg(long)]
         grpc_listen: Option<String>,
     },
@@ -48,7 +48,7 @@ enum Command {
         /// HTTP address.
         #[arg(long)]
         listen: Option<String>,
-        /// gRPC address.
+        /// gRPC address; default: the port after `--listen`'s, when that is given.
         #[arg(long)]
         grpc_listen: Option<String>,
     },
@@ -269,7 +269,10 @@ fn start() -> anyhow::Result<()> {
 async fn run(cli: Cli, mut config: Config) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            // Cellar's own events at INFO; its libraries' (the storage engine's flushes and
+            // compactions, the SQL pool's statements) only when they warn. RUST_LOG overrides.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,cellar=info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -278,12 +281,9 @@ async fn run(cli: Cli, mut config: Config) -> anyhow::Result<()> {
             listen,
             grpc_listen,
         } => {
-            if let Some(l) = listen {
-                config.server.listen = l;
-            }
-            if let Some(l) = grpc_listen {
-                config.server.grpc_listen = l;
-            }
+            config
+                .set_listen(listen, grpc_listen)
+                .map_err(anyhow::Error::msg)?;
             if cli.repo.is_none() {
                 config.repo = config.data_dir.join("feature_repo");
             }
@@ -293,12 +293,9 @@ async fn run(cli: Cli, mut config: Config) -> anyhow::Result<()> {
             listen,
             grpc_listen,
         } => {
-            if let Some(l) = listen {
-                config.server.listen = l;
-            }
-            if let Some(l) = grpc_listen {
-                config.server.grpc_listen = l;
-            }
+            config
+                .set_listen(listen, grpc_listen)
+                .map_err(anyhow::Error::msg)?;
             let node = Node::open(config.clone()).await?;
             if node.version == 0 {
                 tracing::warn!("the registry is empty: run `cellar apply` to serve a feature repo");

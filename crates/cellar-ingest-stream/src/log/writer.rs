@@ -345,7 +345,7 @@ fn write_group(shared: &Shared, group: Vec<Request>) {
             if !created.is_empty() {
                 let mut topics = shared.write_topics();
                 for topic in created {
-                    tracing::info!(topic = %topic.name, partitions = topic.partition_count(), "created log topic");
+                    tracing::debug!(topic = %topic.name, partitions = topic.partition_count(), "created log topic");
                     topics.insert(topic.name.clone(), topic);
                 }
             }
