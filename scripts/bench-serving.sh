@@ -31,18 +31,41 @@ wait_http() { # url
 PIDS+=($!)
 wait_http "http://127.0.0.1:$PORT/health"
 
-# Request bodies.
-one='{"entities": {"user_id": ["u1"]}, "groups": ["user_profile"]}'
-service='{"entities": {"user_id": ["u1"], "article_id": ["a1"]}, "feature_service": "home_feed_ranker"}'
-hundred=$(python3 -c 'import json; print(json.dumps({"entities": {"user_id": ["u%d" % i for i in range(100)]}, "groups": ["user_profile"]}))')
-
-lua() { # body -> script path
-    local f="$WORK/req$RANDOM.lua"
-    python3 - "$1" "$f" <<'PY'
-import json, sys
-body, path = sys.argv[1], sys.argv[2]
-open(path, "w").write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = %s\n' % json.dumps(body))
-PY
+# Requests draw their entities uniformly from every user (u0..u9999) and article (a0..a99999)
+# of the quickstart's sample data, so the server's caches and store see the whole key space
+# rather than one hot key. wrk builds each request in Lua; the bodies of the 100-entity case
+# come from a pool made once per run (building 100 keys per request would slow the generator).
+USERS=10000
+ARTICLES=100000
+one_body() { echo '{"entities": {"user_id": ["u1"]}, "groups": ["user_profile"]}'; }
+lua() { # case -> script path
+    local f="$WORK/$1.lua"
+    cat >"$f" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local users, articles = $USERS, $ARTICLES
+math.randomseed(os.time())
+local pool = {}
+if "$1" == "hundred" then
+    for b = 1, 1000 do
+        local keys = {}
+        for i = 1, 100 do keys[i] = '"u' .. math.random(0, users - 1) .. '"' end
+        pool[b] = '{"entities": {"user_id": [' .. table.concat(keys, ",") .. ']}, "groups": ["user_profile"]}'
+    end
+end
+request = function()
+    local body
+    if "$1" == "one" then
+        body = '{"entities": {"user_id": ["u' .. math.random(0, users - 1) .. '"]}, "groups": ["user_profile"]}'
+    elseif "$1" == "service" then
+        body = '{"entities": {"user_id": ["u' .. math.random(0, users - 1) .. '"], "article_id": ["a' ..
+            math.random(0, articles - 1) .. '"]}, "feature_service": "home_feed_ranker"}'
+    else
+        body = pool[math.random(1, #pool)]
+    end
+    return wrk.format(nil, nil, nil, body)
+end
+LUA
     echo "$f"
 }
 
@@ -70,12 +93,20 @@ print("%.0f %.3f %.3f" % (rps, ms("50%"), ms("99%")))
 PY
 }
 
-# Warm the local tier: the first read of each key goes to the store.
-for body in "$one" "$service" "$hundred"; do
-    curl -sf "http://127.0.0.1:$PORT/v1/features" -d "$body" >/dev/null || \
-    curl -sf "http://127.0.0.1:$PORT/get-online-features" -d "$body" >/dev/null || true
-done
-size=$(curl -s "http://127.0.0.1:$PORT/v1/features" -d "$one" | wc -c)
+# Warm the local tier with every user and article: the first read of each key goes to the store.
+python3 - "http://127.0.0.1:$PORT" "$USERS" "$ARTICLES" <<'PY'
+import json, sys, urllib.request
+url, users, articles = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def post(path, body):
+    req = urllib.request.Request(url + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    urllib.request.urlopen(req).read()
+for start in range(0, users, 1000):
+    post("/v1/features", {"entities": {"user_id": ["u%d" % u for u in range(start, min(start + 1000, users))]}, "groups": ["user_profile"]})
+for start in range(0, articles, 1000):
+    rows = range(start, min(start + 1000, articles))
+    post("/v1/features", {"entities": {"user_id": ["u%d" % (a % users) for a in rows], "article_id": ["a%d" % a for a in rows]}, "feature_service": "home_feed_ranker"})
+PY
+size=$(curl -s "http://127.0.0.1:$PORT/v1/features" -d "$(one_body)" | wc -c)
 
 "$BIN" bench-baseline --listen "127.0.0.1:$BASE_PORT" --body-bytes "$size" >"$WORK/baseline.log" 2>&1 &
 PIDS+=($!)
@@ -83,21 +114,22 @@ wait_http "http://127.0.0.1:$BASE_PORT/health"
 
 # The baseline runs before and after Cellar's runs; the ratio uses the better of the two, so
 # noise on a shared machine cannot flatter Cellar.
-read -r rb1 p50_b1 p99_b1 < <(load "http://127.0.0.1:$BASE_PORT/fixed" "$(lua "$one")")
-read -r r1 p50_1 p99_1 < <(load "http://127.0.0.1:$PORT/v1/features" "$(lua "$one")")
-read -r rs p50_s p99_s < <(load "http://127.0.0.1:$PORT/v1/features" "$(lua "$service")")
-read -r r100 p50_100 p99_100 < <(load "http://127.0.0.1:$PORT/v1/features" "$(lua "$hundred")")
-read -r rb2 p50_b2 p99_b2 < <(load "http://127.0.0.1:$BASE_PORT/fixed" "$(lua "$one")")
+read -r rb1 p50_b1 p99_b1 < <(load "http://127.0.0.1:$BASE_PORT/fixed" "$(lua one)")
+read -r r1 p50_1 p99_1 < <(load "http://127.0.0.1:$PORT/v1/features" "$(lua one)")
+read -r rs p50_s p99_s < <(load "http://127.0.0.1:$PORT/v1/features" "$(lua service)")
+read -r r100 p50_100 p99_100 < <(load "http://127.0.0.1:$PORT/v1/features" "$(lua hundred)")
+read -r rb2 p50_b2 p99_b2 < <(load "http://127.0.0.1:$BASE_PORT/fixed" "$(lua one)")
 if [ "$rb1" -ge "$rb2" ]; then rb=$rb1; p50_b=$p50_b1; p99_b=$p99_b1; else rb=$rb2; p50_b=$p50_b2; p99_b=$p99_b2; fi
 
 cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -n 1)
 echo
 echo "machine: $(nproc) cores, $cpu; wrk -t1 -c$CONNS -d${DURATION}s over loopback; server worker threads: $CELLAR_SERVER__WORKER_THREADS"
+echo "entities drawn uniformly from all $USERS users and $ARTICLES articles, local tier warmed with all of them"
 printf "%-44s %12s %9s %9s\n" "case" "requests/s" "p50 ms" "p99 ms"
 printf "%-44s %12s %9s %9s\n" "baseline: bare server, fixed $size-byte body" "$rb" "$p50_b" "$p99_b"
-printf "%-44s %12s %9s %9s\n" "1 entity x 1 group (local tier)" "$r1" "$p50_1" "$p99_1"
-printf "%-44s %12s %9s %9s\n" "1 entity x feature service home_feed_ranker" "$rs" "$p50_s" "$p99_s"
-printf "%-44s %12s %9s %9s\n" "100 entities x 1 group" "$r100" "$p50_100" "$p99_100"
+printf "%-44s %12s %9s %9s\n" "1 random user x 1 group (local tier)" "$r1" "$p50_1" "$p99_1"
+printf "%-44s %12s %9s %9s\n" "1 user, 1 article x home_feed_ranker" "$rs" "$p50_s" "$p99_s"
+printf "%-44s %12s %9s %9s\n" "100 random users x 1 group" "$r100" "$p50_100" "$p99_100"
 python3 - "$r1" "$rb" "$r100" <<'PY'
 import sys
 r1, rb, r100 = map(float, sys.argv[1:])

@@ -3,8 +3,12 @@
 //! ```sh
 //! cargo run --release -p cellar-ingest-batch --example batch_bench -- \
 //!     [--rows 1000000] [--files 4] [--row-group 65536] [--users ROWS] \
-//!     [--kind attribute|timeseries] [--workers CORES] [--write-rows 65536]
+//!     [--kind attribute|timeseries] [--workers CORES] [--write-rows 65536] [--transform SQL]
 //! ```
+//!
+//! `--transform` puts a SQL transform (DataFusion) over table `source` in the ingestion, e.g.
+//! `"SELECT user_id, ts, lower(country) AS country, visits * 2 AS visits, ctr, subscribed,
+//! last_seen FROM source WHERE ctr < 0.9"`; the features are still mapped by column name.
 //!
 //! Setup (not timed): `--rows` rows written as `--files` snappy-compressed Parquet files with
 //! row groups of `--row-group` rows, into a temp dir: a `user_id` string key (`--users`
@@ -62,6 +66,8 @@ struct Args {
     sorted: bool,
     batch_rows: usize,
     write_rows: usize,
+    /// A SQL transform for the ingestion.
+    transform: Option<String>,
 }
 
 fn args() -> Args {
@@ -75,6 +81,7 @@ fn args() -> Args {
         sorted: false,
         batch_rows: cellar_ingest_batch::job::DEFAULT_BATCH_ROWS,
         write_rows: JobOptions::default().write_rows,
+        transform: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     for pair in argv.chunks(2) {
@@ -95,6 +102,7 @@ fn args() -> Args {
             "--sorted" => a.sorted = value == "true",
             "--batch-rows" => a.batch_rows = number().max(1),
             "--write-rows" => a.write_rows = number().max(1),
+            "--transform" => a.transform = Some(value.to_owned()),
             other => panic!("unknown argument `{other}`"),
         }
     }
@@ -104,7 +112,10 @@ fn args() -> Args {
     a
 }
 
-fn repo(dir: &str, kind: &str) -> FeatureRepo {
+fn repo(dir: &str, kind: &str, transform: Option<&str>) -> FeatureRepo {
+    let transform = transform.map_or_else(String::new, |sql| {
+        format!(", transform: {}", serde_json::to_string(sql).expect("json string"))
+    });
     let text = format!(
         r#"
 kind: Entity
@@ -124,7 +135,7 @@ features:
 ---
 kind: Ingestion
 name: user_daily_load
-batch: {{ files: {{ path: "{dir}/*.parquet" }} }}
+batch: {{ files: {{ path: "{dir}/*.parquet" }}{transform} }}
 into: user_daily
 key: user_id
 event_time: ts
@@ -342,7 +353,7 @@ async fn main() {
         generating.elapsed().as_secs_f64(),
         a.kind
     );
-    let repo = repo(&data.display().to_string(), &a.kind);
+    let repo = repo(&data.display().to_string(), &a.kind, a.transform.as_deref());
     let job = BatchJob::from_repo(&repo, "user_daily_load", TS)
         .unwrap()
         .with_options(JobOptions {
