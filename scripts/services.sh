@@ -56,13 +56,17 @@ kafka_answers() { # host port
     (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null
 }
 
-# tansu, a Kafka-wire-compatible broker: installed once into ~/.cargo/bin (about 16 minutes
-# from source), started in memory on 127.0.0.1:9092 unless something already answers there.
+# tansu, a Kafka-wire-compatible broker: installed once into ~/.cargo/bin, started in memory on
+# 127.0.0.1:9092 unless something already answers there. The tests need a broker, not a fast
+# one: built at opt-level 1 without debug info it installs in a fraction of a full release
+# build's time and still runs the Kafka tests well within their timeouts.
 ensure_tansu_installed() {
     export PATH="$HOME/.cargo/bin:$PATH"
     if ! command -v tansu >/dev/null 2>&1; then
-        log "installing tansu 0.6.0 (once per machine, about 16 minutes)"
-        cargo install --locked tansu@0.6.0 --features dynostore -j2 >"$SVC_DIR/tansu-install.log" 2>&1 \
+        log "installing tansu 0.6.0 (once per machine)"
+        # Its own temporary target directory: the workspace's would be locked by its build.
+        env -u CARGO_TARGET_DIR CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_DEBUG=false \
+            cargo install --locked tansu@0.6.0 --features dynostore -j2 >"$SVC_DIR/tansu-install.log" 2>&1 \
             || { tail -n 30 "$SVC_DIR/tansu-install.log" >&2; return 1; }
     fi
 }
@@ -111,12 +115,14 @@ s3_answers() { # host port
 }
 
 # s3s-fs, an S3-compatible server over a local directory (a bucket is a subdirectory):
-# installed once into ~/.cargo/bin (about 2 minutes from source).
+# installed once into ~/.cargo/bin (about 2 minutes from source), in its own temporary target
+# directory.
 ensure_s3_installed() {
     export PATH="$HOME/.cargo/bin:$PATH"
     if ! command -v s3s-fs >/dev/null 2>&1; then
         log "installing s3s-fs 0.14.1 (once per machine, about 2 minutes)"
-        cargo install --locked s3s-fs@0.14.1 --features binary -j2 >"$SVC_DIR/s3s-install.log" 2>&1 \
+        env -u CARGO_TARGET_DIR cargo install --locked s3s-fs@0.14.1 --features binary -j2 \
+            >"$SVC_DIR/s3s-install.log" 2>&1 \
             || { tail -n 30 "$SVC_DIR/s3s-install.log" >&2; return 1; }
     fi
 }
