@@ -14,5 +14,5 @@ ensure_s3
 
 cargo fmt --all -- --check
 cargo clippy --all-targets -j2 -- -D warnings
-cargo test --all-targets -j2
+cargo test --all-targets -j2 -- --include-ignored
 cargo test --doc -j2
