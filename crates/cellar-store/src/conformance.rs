@@ -4,7 +4,7 @@
 //!
 //! A backend's integration test runs the whole suite with one line:
 //!
-//! ```ignore
+//! ```text
 //! cellar_store::online_store_conformance!(async { MyStore::connect(&addr).await.unwrap() });
 //! ```
 //!
@@ -18,7 +18,7 @@
 //! generated test gets: `#[ignore = "..."]` keeps the checks out of a plain `cargo test`, which
 //! has no service to give them, instead of letting them pass having tested nothing.
 //!
-//! ```ignore
+//! ```text
 //! cellar_store::online_store_conformance!(
 //!     #[ignore = "needs MyService (CELLAR_TEST_MYSERVICE); scripts/test.sh starts it"]
 //!     async { MyStore::connect(&address()).await.unwrap() }
