@@ -1,5 +1,6 @@
 # Starts, on loopback, the services Cellar's tests need, reusing any that already answer.
-# Source it: it exports the CELLAR_TEST_* variables that un-gate the integration tests.
+# Source it: it exports the CELLAR_TEST_* variables the integration tests that need a service
+# read (they are #[ignore]d by default; scripts/test.sh runs them with --include-ignored).
 # State, logs and pid files live in .svc/ at the project root.
 
 CELLAR_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

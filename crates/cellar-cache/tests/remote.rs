@@ -1,7 +1,9 @@
-//! The remote tier against a real Redis: set `CELLAR_TEST_REDIS` (e.g.
-//! `redis://127.0.0.1:6379`); without it every test prints a skip line and passes. Each test
-//! uses its own key prefix, so tests can share the server and run in parallel. The tests that
-//! stop a Redis, or build a cluster, start their own `redis-server` processes on free ports.
+//! The remote tier against a real Redis, named by `CELLAR_TEST_REDIS` (e.g.
+//! `redis://127.0.0.1:6379`; `scripts/test.sh` starts one and sets it). The tests that need it
+//! are ignored by a plain `cargo test`; run with `--include-ignored` and without the variable,
+//! they fail. Each test uses its own key prefix, so tests can share the server and run in
+//! parallel. The tests that stop a Redis, or build a cluster, start their own `redis-server`
+//! processes on free ports.
 
 use std::collections::HashMap;
 use std::net::{TcpListener, TcpStream};
@@ -18,12 +20,13 @@ use cellar_spec::{EntityKey, FeatureGroup, ServingPolicy, Tier, Value, WriteStra
 use cellar_store::conformance::{attribute_group, timeseries_group};
 use cellar_store::{Record, RecordReader, Result, TimeseriesQuery};
 
-fn redis_url(test: &str) -> Option<String> {
+/// The test Redis's URL. A test asked for without one fails: passing would claim a test that
+/// never ran.
+fn redis_url() -> String {
     match std::env::var("CELLAR_TEST_REDIS") {
-        Ok(url) if !url.is_empty() => Some(url),
+        Ok(url) if !url.is_empty() => url,
         _ => {
-            println!("skipping {test}: CELLAR_TEST_REDIS is not set");
-            None
+            panic!("CELLAR_TEST_REDIS is not set: this test needs Redis; scripts/test.sh starts it")
         }
     }
 }
@@ -199,10 +202,9 @@ impl Fixture {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis (CELLAR_TEST_REDIS); scripts/test.sh starts it"]
 async fn a_miss_reads_the_next_tier_once_then_hits_redis() {
-    let Some(url) = redis_url("a_miss_reads_the_next_tier_once_then_hits_redis") else {
-        return;
-    };
+    let url = redis_url();
     let f = Fixture::new(config(&url));
     let g = profile_group(policy());
     let stored = Record {
@@ -250,10 +252,9 @@ async fn a_miss_reads_the_next_tier_once_then_hits_redis() {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis (CELLAR_TEST_REDIS); scripts/test.sh starts it"]
 async fn missing_entities_are_cached_until_the_negative_ttl() {
-    let Some(url) = redis_url("missing_entities_are_cached_until_the_negative_ttl") else {
-        return;
-    };
+    let url = redis_url();
     let f = Fixture::new(config(&url));
     let g = profile_group(ServingPolicy {
         negative_ttl: Duration::from_millis(300),
@@ -274,10 +275,9 @@ async fn missing_entities_are_cached_until_the_negative_ttl() {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis (CELLAR_TEST_REDIS); scripts/test.sh starts it"]
 async fn a_slow_back_fill_never_overwrites_a_fresher_write() {
-    let Some(url) = redis_url("a_slow_back_fill_never_overwrites_a_fresher_write") else {
-        return;
-    };
+    let url = redis_url();
     let f = Fixture::new(config(&url));
     let g = profile_group(policy());
     // A read found the old record below and its fill is on the way, when a newer record is
@@ -322,11 +322,9 @@ async fn a_slow_back_fill_never_overwrites_a_fresher_write() {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis (CELLAR_TEST_REDIS); scripts/test.sh starts it"]
 async fn write_around_leaves_a_marker_that_older_fills_cannot_replace() {
-    let Some(url) = redis_url("write_around_leaves_a_marker_that_older_fills_cannot_replace")
-    else {
-        return;
-    };
+    let url = redis_url();
     let f = Fixture::new(config(&url));
     let g = profile_group(ServingPolicy {
         write: WriteStrategy::Around,
@@ -360,10 +358,9 @@ async fn write_around_leaves_a_marker_that_older_fills_cannot_replace() {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis (CELLAR_TEST_REDIS); scripts/test.sh starts it"]
 async fn past_the_soft_ttl_a_value_is_served_and_refreshed() {
-    let Some(url) = redis_url("past_the_soft_ttl_a_value_is_served_and_refreshed") else {
-        return;
-    };
+    let url = redis_url();
     let f = Fixture::new(config(&url));
     let g = profile_group(ServingPolicy {
         soft_ttl: Duration::from_millis(100),
@@ -383,10 +380,9 @@ async fn past_the_soft_ttl_a_value_is_served_and_refreshed() {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis (CELLAR_TEST_REDIS); scripts/test.sh starts it"]
 async fn an_entity_is_back_filled_only_from_its_admit_after_th_miss() {
-    let Some(url) = redis_url("an_entity_is_back_filled_only_from_its_admit_after_th_miss") else {
-        return;
-    };
+    let url = redis_url();
     let f = Fixture::new(config(&url));
     let g = profile_group(ServingPolicy {
         admit_after: 2,
@@ -427,10 +423,9 @@ async fn an_entity_is_back_filled_only_from_its_admit_after_th_miss() {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis (CELLAR_TEST_REDIS); scripts/test.sh starts it"]
 async fn a_hot_key_is_refreshed_before_its_soft_ttl() {
-    let Some(url) = redis_url("a_hot_key_is_refreshed_before_its_soft_ttl") else {
-        return;
-    };
+    let url = redis_url();
     let f = Fixture::new(config(&url));
     // Reads below take 20 ms; with beta 25 a refresh is likely within the 600 ms soft TTL.
     f.next.delay_ms.store(20, Ordering::SeqCst);
@@ -455,10 +450,9 @@ async fn a_hot_key_is_refreshed_before_its_soft_ttl() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (CELLAR_TEST_REDIS); scripts/test.sh starts it"]
 async fn a_thousand_concurrent_misses_on_one_key_make_one_read_below() {
-    let Some(url) = redis_url("a_thousand_concurrent_misses_on_one_key_make_one_read_below") else {
-        return;
-    };
+    let url = redis_url();
     let f = Arc::new(Fixture::new(RemoteConfig {
         backfill_capacity: 10_000,
         ..config(&url)
@@ -481,10 +475,9 @@ async fn a_thousand_concurrent_misses_on_one_key_make_one_read_below() {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis (CELLAR_TEST_REDIS); scripts/test.sh starts it"]
 async fn groups_without_the_remote_tier_pass_through() {
-    let Some(url) = redis_url("groups_without_the_remote_tier_pass_through") else {
-        return;
-    };
+    let url = redis_url();
     let f = Fixture::new(config(&url));
     let g = profile_group(ServingPolicy {
         tiers: vec![Tier::Local],
@@ -500,10 +493,9 @@ async fn groups_without_the_remote_tier_pass_through() {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis (CELLAR_TEST_REDIS); scripts/test.sh starts it"]
 async fn a_full_back_fill_queue_drops_fills_and_reads_still_succeed() {
-    let Some(url) = redis_url("a_full_back_fill_queue_drops_fills_and_reads_still_succeed") else {
-        return;
-    };
+    let url = redis_url();
     let f = Fixture::new(RemoteConfig {
         backfill_capacity: 2,
         ..config(&url)
@@ -535,10 +527,9 @@ async fn a_full_back_fill_queue_drops_fills_and_reads_still_succeed() {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis (CELLAR_TEST_REDIS); scripts/test.sh starts it"]
 async fn cached_series_answer_top_n_and_since_and_take_writes() {
-    let Some(url) = redis_url("cached_series_answer_top_n_and_since_and_take_writes") else {
-        return;
-    };
+    let url = redis_url();
     let f = Fixture::new(config(&url));
     let mut g = timeseries_group("clicks", Some(10), None);
     g.serving = policy();
@@ -599,10 +590,9 @@ async fn cached_series_answer_top_n_and_since_and_take_writes() {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis (CELLAR_TEST_REDIS); scripts/test.sh starts it"]
 async fn an_incomplete_series_answers_only_what_it_holds() {
-    let Some(url) = redis_url("an_incomplete_series_answers_only_what_it_holds") else {
-        return;
-    };
+    let url = redis_url();
     let f = Fixture::new(config(&url));
     // The series holds 3 records; the store below has 5 (it trims on its own schedule).
     let mut g = timeseries_group("views", Some(3), None);
@@ -643,9 +633,6 @@ async fn an_incomplete_series_answers_only_what_it_holds() {
 
 #[tokio::test]
 async fn an_unreachable_redis_opens_the_breaker_and_reads_still_succeed() {
-    if redis_url("an_unreachable_redis_opens_the_breaker_and_reads_still_succeed").is_none() {
-        return;
-    }
     let f = Fixture::new(RemoteConfig {
         urls: vec!["redis://127.0.0.1:1".to_owned()],
         timeout: Duration::from_millis(50),
@@ -737,23 +724,25 @@ fn free_port() -> u16 {
         .unwrap()
 }
 
-fn has_redis_server() -> bool {
-    Command::new("redis-server")
+/// For the tests that run `redis-server`s of their own: fails unless Redis is installed, which
+/// `CELLAR_TEST_REDIS` being set says (scripts/test.sh installs Redis before setting it).
+fn require_redis_server() {
+    redis_url();
+    let installed = Command::new("redis-server")
         .arg("--version")
         .stdout(Stdio::null())
         .status()
-        .is_ok_and(|s| s.success())
+        .is_ok_and(|s| s.success());
+    assert!(
+        installed,
+        "redis-server is not on PATH: this test runs its own; scripts/test.sh installs Redis"
+    );
 }
 
 #[tokio::test]
+#[ignore = "needs Redis installed (CELLAR_TEST_REDIS); scripts/test.sh installs it"]
 async fn a_redis_that_dies_and_comes_back_is_used_again() {
-    if redis_url("a_redis_that_dies_and_comes_back_is_used_again").is_none() {
-        return;
-    }
-    if !has_redis_server() {
-        println!("skipping a_redis_that_dies_and_comes_back_is_used_again: no redis-server");
-        return;
-    }
+    require_redis_server();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let redis = OwnRedis::start(port, dir.path(), &[]).expect("redis-server starts");
@@ -849,19 +838,11 @@ fn start_cluster(dir: &Path) -> Option<Vec<OwnRedis>> {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis installed (CELLAR_TEST_REDIS); scripts/test.sh installs it"]
 async fn a_redis_cluster_serves_reads_across_slots() {
-    if redis_url("a_redis_cluster_serves_reads_across_slots").is_none() {
-        return;
-    }
-    if !has_redis_server() {
-        println!("skipping a_redis_cluster_serves_reads_across_slots: no redis-server");
-        return;
-    }
+    require_redis_server();
     let dir = tempfile::tempdir().unwrap();
-    let Some(nodes) = start_cluster(dir.path()) else {
-        println!("skipping a_redis_cluster_serves_reads_across_slots: no cluster could be made");
-        return;
-    };
+    let nodes = start_cluster(dir.path()).expect("three redis-servers make one cluster");
     let f = Fixture::new(RemoteConfig {
         urls: nodes.iter().map(OwnRedis::url).collect(),
         ..config("unused")
@@ -903,10 +884,9 @@ async fn a_redis_cluster_serves_reads_across_slots() {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis (CELLAR_TEST_REDIS); scripts/test.sh starts it"]
 async fn garbage_in_redis_reads_as_a_miss_and_is_replaced() {
-    let Some(url) = redis_url("garbage_in_redis_reads_as_a_miss_and_is_replaced") else {
-        return;
-    };
+    let url = redis_url();
     let config = config(&url);
     let prefix = config.key_prefix.clone();
     let f = Fixture::new(config);

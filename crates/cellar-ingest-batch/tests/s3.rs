@@ -1,9 +1,10 @@
 //! Files in S3-compatible object storage as a batch source, end to end into the embedded store:
 //! Parquet row groups and CSV byte ranges read with ranged GETs, listing like local paths, and
-//! the errors met on the way. Tests that need a server run when `CELLAR_TEST_S3` holds its
-//! endpoint, such as `http://127.0.0.1:8014` (where `scripts/services.sh` starts s3s-fs), which
-//! takes the access key `AK` and the secret key `SECRET`; each makes its own uniquely named
-//! bucket and deletes it afterwards.
+//! the errors met on the way. Tests that need a server take its endpoint from `CELLAR_TEST_S3`,
+//! such as `http://127.0.0.1:8014` (where `scripts/services.sh` starts s3s-fs), which takes the
+//! access key `AK` and the secret key `SECRET`; each makes its own uniquely named bucket and
+//! deletes it afterwards. They are ignored by a plain `cargo test`; run with
+//! `--include-ignored` (as `scripts/test.sh` does) and without the variable, they fail.
 
 mod common;
 
@@ -190,20 +191,19 @@ fn aws_environment(endpoint: &str) {
     });
 }
 
-/// Runs `body` with a fresh bucket, then deletes the bucket; skips (with a message) when no
-/// server is configured.
+/// Runs `body` with a fresh bucket, then deletes the bucket.
 async fn with_bucket<F, Fut>(test: &str, body: F)
 where
     F: FnOnce(Arc<Bucket>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let Ok(endpoint) = std::env::var(S3_ENV) else {
-        println!(
-            "{test}: skipped: {S3_ENV} is unset (set it to an S3-compatible endpoint taking \
-             the access key {ACCESS_KEY}, e.g. http://127.0.0.1:8014)"
-        );
-        return;
-    };
+    let endpoint = service_address(
+        S3_ENV,
+        &format!(
+            "an S3-compatible endpoint taking the access key {ACCESS_KEY}, such as \
+             http://127.0.0.1:8014"
+        ),
+    );
     aws_environment(&endpoint);
     let bucket = Arc::new(Bucket::create(&endpoint).await);
     // On a task, so a failing assertion still lets the bucket be deleted.
@@ -265,6 +265,7 @@ async fn run_and_check_every_click(
 }
 
 #[tokio::test]
+#[ignore = "needs S3-compatible storage (CELLAR_TEST_S3); scripts/test.sh starts s3s-fs"]
 async fn a_parquet_glob_loads_every_row_group_of_every_object() {
     with_bucket("parquet_glob_loads_every_row_group", |bucket| async move {
         const ROWS: usize = 12_000;
@@ -324,6 +325,7 @@ async fn a_parquet_glob_loads_every_row_group_of_every_object() {
 }
 
 #[tokio::test]
+#[ignore = "needs S3-compatible storage (CELLAR_TEST_S3); scripts/test.sh starts s3s-fs"]
 async fn a_directory_or_one_key_lists_like_a_local_path() {
     with_bucket("directory_or_one_key_lists", |bucket| async move {
         let dir = tempfile::tempdir().unwrap();
@@ -370,6 +372,7 @@ async fn a_directory_or_one_key_lists_like_a_local_path() {
 }
 
 #[tokio::test]
+#[ignore = "needs S3-compatible storage (CELLAR_TEST_S3); scripts/test.sh starts s3s-fs"]
 async fn a_csv_object_split_into_byte_ranges_loads_each_row_once() {
     with_bucket("csv_split_into_byte_ranges", |bucket| async move {
         const ROWS: usize = 20_000;
@@ -413,6 +416,7 @@ async fn a_csv_object_split_into_byte_ranges_loads_each_row_once() {
 }
 
 #[tokio::test]
+#[ignore = "needs S3-compatible storage (CELLAR_TEST_S3); scripts/test.sh starts s3s-fs"]
 async fn missing_objects_and_buckets_are_named_by_url() {
     with_bucket("missing_objects_and_buckets", |bucket| async move {
         let dir = tempfile::tempdir().unwrap();
@@ -448,6 +452,7 @@ async fn missing_objects_and_buckets_are_named_by_url() {
 }
 
 #[tokio::test]
+#[ignore = "needs S3-compatible storage (CELLAR_TEST_S3); scripts/test.sh starts s3s-fs"]
 async fn an_object_changed_after_planning_is_refused() {
     with_bucket("object_changed_after_planning", |bucket| async move {
         let dir = tempfile::tempdir().unwrap();

@@ -1,7 +1,9 @@
-//! The registry's behaviour, run against every backend: SQLite always (in a temp dir), and
-//! PostgreSQL when `CELLAR_TEST_POSTGRES` holds an admin URL such as
-//! `postgres://postgres@127.0.0.1:5432/postgres`. Each PostgreSQL run gets a fresh database
-//! with a unique name, dropped afterwards, so parallel tests and runs never share state.
+//! The registry's behaviour, run against every backend: each check is a test on SQLite (in a
+//! temp dir) and one on PostgreSQL, at the admin URL `CELLAR_TEST_POSTGRES` holds, such as
+//! `postgres://postgres@127.0.0.1:5432/postgres` (`scripts/test.sh` starts a server and sets
+//! it). The PostgreSQL tests are ignored by a plain `cargo test`; run with `--include-ignored`
+//! and without the variable, they fail. Each PostgreSQL run gets a fresh database with a unique
+//! name, dropped afterwards, so parallel tests and runs never share state.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,22 +22,50 @@ use sqlx::Connection;
 
 const POSTGRES_ENV: &str = "CELLAR_TEST_POSTGRES";
 
-/// Runs `body` with the URL of an empty registry database on each backend in turn.
-async fn on_every_backend<F, Fut>(test: &str, body: F)
+/// Generates the tests of `$check`, an `async fn(url: String)` that checks an empty registry
+/// database at `url`: `$check::sqlite`, a plain test, and `$check::postgres`, ignored by a plain
+/// `cargo test` (there is no server to give it) and failing, when asked for, without one.
+macro_rules! on_every_backend {
+    ($check:ident) => {
+        mod $check {
+            #[tokio::test]
+            async fn sqlite() {
+                super::on_sqlite(super::$check).await;
+            }
+
+            #[tokio::test]
+            #[ignore = "needs PostgreSQL (CELLAR_TEST_POSTGRES); scripts/test.sh starts it"]
+            async fn postgres() {
+                super::on_postgres(stringify!($check), super::$check).await;
+            }
+        }
+    };
+}
+
+/// Runs `body` with the URL of an empty SQLite registry database in a temp dir.
+async fn on_sqlite<F, Fut>(body: F)
 where
-    F: Fn(String) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = ()>,
 {
     let dir = tempfile::tempdir().expect("create a temp dir");
-    let sqlite_url = format!("sqlite://{}", dir.path().join("registry.db").display());
-    body(sqlite_url).await;
+    let url = format!("sqlite://{}", dir.path().join("registry.db").display());
+    body(url).await;
+}
 
-    let Ok(admin_url) = std::env::var(POSTGRES_ENV) else {
-        println!(
-            "{test}: postgres run skipped: {POSTGRES_ENV} is unset \
-             (set it to an admin url, e.g. postgres://postgres@127.0.0.1:5432/postgres)"
-        );
-        return;
+/// Runs `body` with the URL of a fresh PostgreSQL database, dropped afterwards.
+async fn on_postgres<F, Fut>(test: &str, body: F)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let admin_url = match std::env::var(POSTGRES_ENV) {
+        Ok(url) if !url.is_empty() => url,
+        // Passing would claim a check that never ran.
+        _ => panic!(
+            "{POSTGRES_ENV} is not set: this test needs PostgreSQL (an admin url such as \
+             postgres://postgres@127.0.0.1:5432/postgres); scripts/test.sh starts it"
+        ),
     };
     let database = TestDatabase::create(&admin_url).await;
     // Run on a task so that a failing assertion still lets us drop the database.
@@ -250,370 +280,327 @@ async fn open(url: &str) -> Registry {
         .unwrap_or_else(|e| panic!("open {url}: {e}"))
 }
 
-#[tokio::test]
-async fn an_empty_registry_has_no_current_repo() {
-    on_every_backend("an_empty_registry_has_no_current_repo", |url| async move {
-        let registry = open(&url).await;
-        assert_eq!(registry.current().await.expect("current"), None);
-        assert_eq!(registry.repo_at(1).await.expect("repo_at"), None);
-        let history = registry.history(SpecKind::Entity, "user").await;
-        assert_eq!(history.expect("history"), vec![]);
-        assert_eq!(registry.watermark("clicks").await.expect("watermark"), None);
-        registry.close().await;
-    })
-    .await;
+on_every_backend!(an_empty_registry_has_no_current_repo);
+async fn an_empty_registry_has_no_current_repo(url: String) {
+    let registry = open(&url).await;
+    assert_eq!(registry.current().await.expect("current"), None);
+    assert_eq!(registry.repo_at(1).await.expect("repo_at"), None);
+    let history = registry.history(SpecKind::Entity, "user").await;
+    assert_eq!(history.expect("history"), vec![]);
+    assert_eq!(registry.watermark("clicks").await.expect("watermark"), None);
+    registry.close().await;
 }
 
-#[tokio::test]
-async fn apply_then_current_returns_the_same_repo() {
-    on_every_backend(
-        "apply_then_current_returns_the_same_repo",
-        |url| async move {
-            let registry = open(&url).await;
-            let repo = sample_repo();
-            let outcome = registry.apply(&repo).await.expect("apply");
-            assert_eq!((outcome.version, outcome.changed), (1, true));
+on_every_backend!(apply_then_current_returns_the_same_repo);
+async fn apply_then_current_returns_the_same_repo(url: String) {
+    let registry = open(&url).await;
+    let repo = sample_repo();
+    let outcome = registry.apply(&repo).await.expect("apply");
+    assert_eq!((outcome.version, outcome.changed), (1, true));
 
-            let current = registry.current().await.expect("current").expect("applied");
-            assert_eq!(current.version, 1);
-            assert_eq!(current.repo, without_origins(&repo));
+    let current = registry.current().await.expect("current").expect("applied");
+    assert_eq!(current.version, 1);
+    assert_eq!(current.repo, without_origins(&repo));
 
-            let history = registry
-                .history(SpecKind::FeatureGroup, "user_profile")
+    let history = registry
+        .history(SpecKind::FeatureGroup, "user_profile")
+        .await
+        .expect("history");
+    assert_eq!(history.len(), 1);
+    assert_eq!((history[0].version, history[0].repo_version), (1, 1));
+    assert!(!history[0].removed);
+    assert_eq!(history[0].applied_at, current.applied_at);
+    let expected = serde_json::to_value(repo.group("user_profile")).expect("to json");
+    assert_eq!(history[0].spec.as_ref(), Some(&expected));
+    registry.close().await;
+}
+
+on_every_backend!(applying_the_same_repo_twice_writes_nothing);
+async fn applying_the_same_repo_twice_writes_nothing(url: String) {
+    let registry = open(&url).await;
+    let repo = sample_repo();
+    registry.apply(&repo).await.expect("first apply");
+
+    // The same specs read from other files and lines are the same repo.
+    let mut moved = repo.clone();
+    moved.origins.clear();
+    moved.origins.insert(
+        (SpecKind::Entity, "user".to_owned()),
+        Origin {
+            file: "elsewhere.yaml".to_owned(),
+            line: 40,
+        },
+    );
+    for again in [&repo, &moved] {
+        let outcome = registry.apply(again).await.expect("apply again");
+        assert_eq!((outcome.version, outcome.changed), (1, false));
+    }
+    assert_eq!(registry.repo_at(2).await.expect("repo_at"), None);
+    let history = registry.history(SpecKind::Entity, "user").await;
+    assert_eq!(history.expect("history").len(), 1);
+    registry.close().await;
+}
+
+on_every_backend!(a_changed_group_gets_a_new_version_and_the_rest_keep_theirs);
+async fn a_changed_group_gets_a_new_version_and_the_rest_keep_theirs(url: String) {
+    let registry = open(&url).await;
+    let first = sample_repo();
+    let second = repo_with_profile_ttl(90);
+    registry.apply(&first).await.expect("apply first");
+    let outcome = registry.apply(&second).await.expect("apply second");
+    assert_eq!((outcome.version, outcome.changed), (2, true));
+
+    let profile = registry
+        .history(SpecKind::FeatureGroup, "user_profile")
+        .await
+        .expect("history");
+    let versions: Vec<(i64, i64, bool)> = profile
+        .iter()
+        .map(|v| (v.version, v.repo_version, v.removed))
+        .collect();
+    assert_eq!(versions, vec![(1, 1, false), (2, 2, false)]);
+    let soft_ttl = &profile[1].spec.as_ref().expect("live spec")["serving"]["soft_ttl"];
+    assert_eq!(soft_ttl["secs"], 90);
+
+    for (kind, name) in [
+        (SpecKind::Entity, "user"),
+        (SpecKind::FeatureGroup, "recent_clicked_articles"),
+        (SpecKind::Ingestion, "clicks"),
+        (SpecKind::FeatureService, "ranker_v3"),
+    ] {
+        let history = registry.history(kind, name).await.expect("history");
+        assert_eq!(history.len(), 1, "{kind} {name} did not change");
+    }
+
+    let old = registry
+        .repo_at(1)
+        .await
+        .expect("repo_at")
+        .expect("version 1");
+    assert_eq!(old.repo, without_origins(&first));
+    let current = registry.current().await.expect("current").expect("applied");
+    assert_eq!(
+        (current.version, current.repo),
+        (2, without_origins(&second))
+    );
+    registry.close().await;
+}
+
+on_every_backend!(a_removed_spec_appears_in_history_as_removed);
+async fn a_removed_spec_appears_in_history_as_removed(url: String) {
+    let registry = open(&url).await;
+    let full = sample_repo();
+    let mut without_service = full.clone();
+    without_service.services.clear();
+
+    registry.apply(&full).await.expect("apply full");
+    let outcome = registry.apply(&without_service).await.expect("remove");
+    assert_eq!((outcome.version, outcome.changed), (2, true));
+    // Still absent: no second removal entry.
+    let mut reordered_origins = without_service.clone();
+    reordered_origins.origins.clear();
+    registry.apply(&reordered_origins).await.expect("no-op");
+
+    let history = registry
+        .history(SpecKind::FeatureService, "ranker_v3")
+        .await
+        .expect("history");
+    assert_eq!(history.len(), 2);
+    assert!(!history[0].removed && history[0].spec.is_some());
+    assert!(history[1].removed, "second entry records the removal");
+    assert_eq!((history[1].version, history[1].repo_version), (2, 2));
+    assert_eq!(history[1].spec, None);
+
+    let current = registry.current().await.expect("current").expect("applied");
+    assert!(current.repo.service("ranker_v3").is_none());
+
+    // Declaring it again starts a new live version.
+    let outcome = registry.apply(&full).await.expect("re-add");
+    assert_eq!(outcome.version, 3);
+    let history = registry
+        .history(SpecKind::FeatureService, "ranker_v3")
+        .await
+        .expect("history");
+    let versions: Vec<(i64, bool)> = history.iter().map(|v| (v.version, v.removed)).collect();
+    assert_eq!(versions, vec![(1, false), (2, true), (3, false)]);
+    registry.close().await;
+}
+
+on_every_backend!(watermarks_survive_apply);
+async fn watermarks_survive_apply(url: String) {
+    let registry = open(&url).await;
+    registry.apply(&sample_repo()).await.expect("apply");
+    let clicks = WatermarkValue::Millis(1_717_000_000_123);
+    let orders = WatermarkValue::Text("orders/2024-06-01.parquet".to_owned());
+    registry
+        .set_watermark("clicks", &clicks)
+        .await
+        .expect("set");
+    registry
+        .set_watermark("orders", &orders)
+        .await
+        .expect("set");
+
+    // A change, a removal of the ingestion that owns the watermark, and a re-add.
+    let mut without_clicks = repo_with_profile_ttl(45);
+    without_clicks.ingestions.clear();
+    registry.apply(&without_clicks).await.expect("apply change");
+    registry.apply(&sample_repo()).await.expect("apply again");
+
+    let read = |name: &'static str| {
+        let registry = registry.clone();
+        async move {
+            registry
+                .watermark(name)
                 .await
-                .expect("history");
-            assert_eq!(history.len(), 1);
-            assert_eq!((history[0].version, history[0].repo_version), (1, 1));
-            assert!(!history[0].removed);
-            assert_eq!(history[0].applied_at, current.applied_at);
-            let expected = serde_json::to_value(repo.group("user_profile")).expect("to json");
-            assert_eq!(history[0].spec.as_ref(), Some(&expected));
-            registry.close().await;
-        },
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn applying_the_same_repo_twice_writes_nothing() {
-    on_every_backend(
-        "applying_the_same_repo_twice_writes_nothing",
-        |url| async move {
-            let registry = open(&url).await;
-            let repo = sample_repo();
-            registry.apply(&repo).await.expect("first apply");
-
-            // The same specs read from other files and lines are the same repo.
-            let mut moved = repo.clone();
-            moved.origins.clear();
-            moved.origins.insert(
-                (SpecKind::Entity, "user".to_owned()),
-                Origin {
-                    file: "elsewhere.yaml".to_owned(),
-                    line: 40,
-                },
-            );
-            for again in [&repo, &moved] {
-                let outcome = registry.apply(again).await.expect("apply again");
-                assert_eq!((outcome.version, outcome.changed), (1, false));
-            }
-            assert_eq!(registry.repo_at(2).await.expect("repo_at"), None);
-            let history = registry.history(SpecKind::Entity, "user").await;
-            assert_eq!(history.expect("history").len(), 1);
-            registry.close().await;
-        },
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn a_changed_group_gets_a_new_version_and_the_rest_keep_theirs() {
-    on_every_backend("a_changed_group_gets_a_new_version", |url| async move {
-        let registry = open(&url).await;
-        let first = sample_repo();
-        let second = repo_with_profile_ttl(90);
-        registry.apply(&first).await.expect("apply first");
-        let outcome = registry.apply(&second).await.expect("apply second");
-        assert_eq!((outcome.version, outcome.changed), (2, true));
-
-        let profile = registry
-            .history(SpecKind::FeatureGroup, "user_profile")
-            .await
-            .expect("history");
-        let versions: Vec<(i64, i64, bool)> = profile
-            .iter()
-            .map(|v| (v.version, v.repo_version, v.removed))
-            .collect();
-        assert_eq!(versions, vec![(1, 1, false), (2, 2, false)]);
-        let soft_ttl = &profile[1].spec.as_ref().expect("live spec")["serving"]["soft_ttl"];
-        assert_eq!(soft_ttl["secs"], 90);
-
-        for (kind, name) in [
-            (SpecKind::Entity, "user"),
-            (SpecKind::FeatureGroup, "recent_clicked_articles"),
-            (SpecKind::Ingestion, "clicks"),
-            (SpecKind::FeatureService, "ranker_v3"),
-        ] {
-            let history = registry.history(kind, name).await.expect("history");
-            assert_eq!(history.len(), 1, "{kind} {name} did not change");
+                .expect("watermark")
+                .map(|w| w.value)
         }
+    };
+    assert_eq!(read("clicks").await, Some(clicks));
+    assert_eq!(read("orders").await, Some(orders));
 
-        let old = registry
-            .repo_at(1)
-            .await
-            .expect("repo_at")
-            .expect("version 1");
-        assert_eq!(old.repo, without_origins(&first));
-        let current = registry.current().await.expect("current").expect("applied");
-        assert_eq!(
-            (current.version, current.repo),
-            (2, without_origins(&second))
-        );
-        registry.close().await;
-    })
-    .await;
+    // Setting replaces the value, including its kind.
+    let moved = WatermarkValue::Text("offset-42".to_owned());
+    registry.set_watermark("clicks", &moved).await.expect("set");
+    assert_eq!(read("clicks").await, Some(moved));
+    registry.close().await;
 }
 
-#[tokio::test]
-async fn a_removed_spec_appears_in_history_as_removed() {
-    on_every_backend(
-        "a_removed_spec_appears_in_history_as_removed",
-        |url| async move {
-            let registry = open(&url).await;
-            let full = sample_repo();
-            let mut without_service = full.clone();
-            without_service.services.clear();
+on_every_backend!(reopening_keeps_everything);
+async fn reopening_keeps_everything(url: String) {
+    let registry = open(&url).await;
+    registry.apply(&sample_repo()).await.expect("apply 1");
+    registry
+        .apply(&repo_with_profile_ttl(120))
+        .await
+        .expect("apply 2");
+    registry
+        .set_watermark("clicks", &WatermarkValue::Millis(99))
+        .await
+        .expect("set");
+    registry.close().await;
 
-            registry.apply(&full).await.expect("apply full");
-            let outcome = registry.apply(&without_service).await.expect("remove");
-            assert_eq!((outcome.version, outcome.changed), (2, true));
-            // Still absent: no second removal entry.
-            let mut reordered_origins = without_service.clone();
-            reordered_origins.origins.clear();
-            registry.apply(&reordered_origins).await.expect("no-op");
-
-            let history = registry
-                .history(SpecKind::FeatureService, "ranker_v3")
-                .await
-                .expect("history");
-            assert_eq!(history.len(), 2);
-            assert!(!history[0].removed && history[0].spec.is_some());
-            assert!(history[1].removed, "second entry records the removal");
-            assert_eq!((history[1].version, history[1].repo_version), (2, 2));
-            assert_eq!(history[1].spec, None);
-
-            let current = registry.current().await.expect("current").expect("applied");
-            assert!(current.repo.service("ranker_v3").is_none());
-
-            // Declaring it again starts a new live version.
-            let outcome = registry.apply(&full).await.expect("re-add");
-            assert_eq!(outcome.version, 3);
-            let history = registry
-                .history(SpecKind::FeatureService, "ranker_v3")
-                .await
-                .expect("history");
-            let versions: Vec<(i64, bool)> =
-                history.iter().map(|v| (v.version, v.removed)).collect();
-            assert_eq!(versions, vec![(1, false), (2, true), (3, false)]);
-            registry.close().await;
-        },
-    )
-    .await;
+    // Opening again also re-runs the migrations, which must be a no-op.
+    let registry = open(&url).await;
+    let current = registry.current().await.expect("current").expect("kept");
+    assert_eq!(current.version, 2);
+    assert_eq!(current.repo, without_origins(&repo_with_profile_ttl(120)));
+    let old = registry.repo_at(1).await.expect("repo_at").expect("kept");
+    assert_eq!(old.repo, without_origins(&sample_repo()));
+    let history = registry
+        .history(SpecKind::FeatureGroup, "user_profile")
+        .await
+        .expect("history");
+    assert_eq!(history.len(), 2);
+    let watermark = registry.watermark("clicks").await.expect("watermark");
+    assert_eq!(watermark.map(|w| w.value), Some(WatermarkValue::Millis(99)));
+    let outcome = registry
+        .apply(&repo_with_profile_ttl(120))
+        .await
+        .expect("apply");
+    assert_eq!((outcome.version, outcome.changed), (2, false));
+    registry.close().await;
 }
 
-#[tokio::test]
-async fn watermarks_survive_apply() {
-    on_every_backend("watermarks_survive_apply", |url| async move {
-        let registry = open(&url).await;
-        registry.apply(&sample_repo()).await.expect("apply");
-        let clicks = WatermarkValue::Millis(1_717_000_000_123);
-        let orders = WatermarkValue::Text("orders/2024-06-01.parquet".to_owned());
-        registry
-            .set_watermark("clicks", &clicks)
-            .await
-            .expect("set");
-        registry
-            .set_watermark("orders", &orders)
-            .await
-            .expect("set");
+on_every_backend!(concurrent_applies_leave_consistent_versions);
+async fn concurrent_applies_leave_consistent_versions(url: String) {
+    const PER_TASK: u64 = 6;
+    // Two registries with their own pools stand for two `cellar apply` processes.
+    let a = open(&url).await;
+    let b = open(&url).await;
 
-        // A change, a removal of the ingestion that owns the watermark, and a re-add.
-        let mut without_clicks = repo_with_profile_ttl(45);
-        without_clicks.ingestions.clear();
-        registry.apply(&without_clicks).await.expect("apply change");
-        registry.apply(&sample_repo()).await.expect("apply again");
-
-        let read = |name: &'static str| {
-            let registry = registry.clone();
-            async move {
-                registry
-                    .watermark(name)
+    // Every repo differs from every other, so every apply must write a version.
+    let run = |registry: Registry, first_ttl: u64| {
+        tokio::spawn(async move {
+            let mut applied = Vec::new();
+            for i in 0..PER_TASK {
+                let ttl = first_ttl + i;
+                let outcome = registry
+                    .apply(&repo_with_profile_ttl(ttl))
                     .await
-                    .expect("watermark")
-                    .map(|w| w.value)
+                    .unwrap_or_else(|e| panic!("apply ttl {ttl}: {e}"));
+                assert!(outcome.changed, "ttl {ttl} differs from every other repo");
+                applied.push((outcome.version, ttl));
             }
-        };
-        assert_eq!(read("clicks").await, Some(clicks));
-        assert_eq!(read("orders").await, Some(orders));
+            applied
+        })
+    };
+    let task_a = run(a.clone(), 1000);
+    let task_b = run(b.clone(), 2000);
+    let mut applied = task_a.await.expect("task a");
+    applied.extend(task_b.await.expect("task b"));
+    applied.sort();
 
-        // Setting replaces the value, including its kind.
-        let moved = WatermarkValue::Text("offset-42".to_owned());
-        registry.set_watermark("clicks", &moved).await.expect("set");
-        assert_eq!(read("clicks").await, Some(moved));
-        registry.close().await;
-    })
-    .await;
+    let total = 2 * PER_TASK as i64;
+    let versions: Vec<i64> = applied.iter().map(|(v, _)| *v).collect();
+    assert_eq!(
+        versions,
+        (1..=total).collect::<Vec<_>>(),
+        "no gap, no duplicate"
+    );
+
+    // Each version holds the repo its apply wrote, and the group's history matches.
+    let history = a
+        .history(SpecKind::FeatureGroup, "user_profile")
+        .await
+        .expect("history");
+    assert_eq!(history.len(), total as usize);
+    for ((version, ttl), entry) in applied.iter().zip(&history) {
+        let stored = b.repo_at(*version).await.expect("repo_at").expect("exists");
+        assert_eq!(stored.repo, without_origins(&repo_with_profile_ttl(*ttl)));
+        assert_eq!((entry.version, entry.repo_version), (*version, *version));
+        let spec = entry.spec.as_ref().expect("live spec");
+        assert_eq!(spec["serving"]["soft_ttl"]["secs"], *ttl);
+    }
+    let user = a.history(SpecKind::Entity, "user").await.expect("history");
+    assert_eq!(user.len(), 1, "the entity never changed");
+    let current = a.current().await.expect("current").expect("applied");
+    assert_eq!(current.version, total);
+
+    // The same repo from both at once: one writes, the other finds it applied.
+    let same = repo_with_profile_ttl(5);
+    let (x, y) = tokio::join!(a.apply(&same), b.apply(&same));
+    let (x, y) = (x.expect("apply a"), y.expect("apply b"));
+    assert_eq!((x.version, y.version), (total + 1, total + 1));
+    assert_eq!(
+        u8::from(x.changed) + u8::from(y.changed),
+        1,
+        "exactly one apply writes"
+    );
+    a.close().await;
+    b.close().await;
 }
 
-#[tokio::test]
-async fn reopening_keeps_everything() {
-    on_every_backend("reopening_keeps_everything", |url| async move {
-        let registry = open(&url).await;
-        registry.apply(&sample_repo()).await.expect("apply 1");
-        registry
-            .apply(&repo_with_profile_ttl(120))
+on_every_backend!(a_corrupt_stored_repo_is_reported_with_its_version);
+async fn a_corrupt_stored_repo_is_reported_with_its_version(url: String) {
+    let registry = open(&url).await;
+    registry.apply(&sample_repo()).await.expect("apply");
+    let vandalize = "UPDATE repo_versions SET repo = '{\"entities\": 7}' WHERE version = 1";
+    if url.starts_with("sqlite") {
+        let mut conn = sqlx::SqliteConnection::connect(&url)
             .await
-            .expect("apply 2");
-        registry
-            .set_watermark("clicks", &WatermarkValue::Millis(99))
+            .expect("connect");
+        sqlx::query(vandalize)
+            .execute(&mut conn)
             .await
-            .expect("set");
-        registry.close().await;
-
-        // Opening again also re-runs the migrations, which must be a no-op.
-        let registry = open(&url).await;
-        let current = registry.current().await.expect("current").expect("kept");
-        assert_eq!(current.version, 2);
-        assert_eq!(current.repo, without_origins(&repo_with_profile_ttl(120)));
-        let old = registry.repo_at(1).await.expect("repo_at").expect("kept");
-        assert_eq!(old.repo, without_origins(&sample_repo()));
-        let history = registry
-            .history(SpecKind::FeatureGroup, "user_profile")
+            .expect("update");
+    } else {
+        let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+        sqlx::query(vandalize)
+            .execute(&mut conn)
             .await
-            .expect("history");
-        assert_eq!(history.len(), 2);
-        let watermark = registry.watermark("clicks").await.expect("watermark");
-        assert_eq!(watermark.map(|w| w.value), Some(WatermarkValue::Millis(99)));
-        let outcome = registry
-            .apply(&repo_with_profile_ttl(120))
-            .await
-            .expect("apply");
-        assert_eq!((outcome.version, outcome.changed), (2, false));
-        registry.close().await;
-    })
-    .await;
-}
-
-#[tokio::test]
-async fn concurrent_applies_leave_consistent_versions() {
-    on_every_backend(
-        "concurrent_applies_leave_consistent_versions",
-        |url| async move {
-            const PER_TASK: u64 = 6;
-            // Two registries with their own pools stand for two `cellar apply` processes.
-            let a = open(&url).await;
-            let b = open(&url).await;
-
-            // Every repo differs from every other, so every apply must write a version.
-            let run = |registry: Registry, first_ttl: u64| {
-                tokio::spawn(async move {
-                    let mut applied = Vec::new();
-                    for i in 0..PER_TASK {
-                        let ttl = first_ttl + i;
-                        let outcome = registry
-                            .apply(&repo_with_profile_ttl(ttl))
-                            .await
-                            .unwrap_or_else(|e| panic!("apply ttl {ttl}: {e}"));
-                        assert!(outcome.changed, "ttl {ttl} differs from every other repo");
-                        applied.push((outcome.version, ttl));
-                    }
-                    applied
-                })
-            };
-            let task_a = run(a.clone(), 1000);
-            let task_b = run(b.clone(), 2000);
-            let mut applied = task_a.await.expect("task a");
-            applied.extend(task_b.await.expect("task b"));
-            applied.sort();
-
-            let total = 2 * PER_TASK as i64;
-            let versions: Vec<i64> = applied.iter().map(|(v, _)| *v).collect();
-            assert_eq!(
-                versions,
-                (1..=total).collect::<Vec<_>>(),
-                "no gap, no duplicate"
-            );
-
-            // Each version holds the repo its apply wrote, and the group's history matches.
-            let history = a
-                .history(SpecKind::FeatureGroup, "user_profile")
-                .await
-                .expect("history");
-            assert_eq!(history.len(), total as usize);
-            for ((version, ttl), entry) in applied.iter().zip(&history) {
-                let stored = b.repo_at(*version).await.expect("repo_at").expect("exists");
-                assert_eq!(stored.repo, without_origins(&repo_with_profile_ttl(*ttl)));
-                assert_eq!((entry.version, entry.repo_version), (*version, *version));
-                let spec = entry.spec.as_ref().expect("live spec");
-                assert_eq!(spec["serving"]["soft_ttl"]["secs"], *ttl);
-            }
-            let user = a.history(SpecKind::Entity, "user").await.expect("history");
-            assert_eq!(user.len(), 1, "the entity never changed");
-            let current = a.current().await.expect("current").expect("applied");
-            assert_eq!(current.version, total);
-
-            // The same repo from both at once: one writes, the other finds it applied.
-            let same = repo_with_profile_ttl(5);
-            let (x, y) = tokio::join!(a.apply(&same), b.apply(&same));
-            let (x, y) = (x.expect("apply a"), y.expect("apply b"));
-            assert_eq!((x.version, y.version), (total + 1, total + 1));
-            assert_eq!(
-                u8::from(x.changed) + u8::from(y.changed),
-                1,
-                "exactly one apply writes"
-            );
-            a.close().await;
-            b.close().await;
-        },
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn a_corrupt_stored_repo_is_reported_with_its_version() {
-    on_every_backend(
-        "a_corrupt_stored_repo_is_reported_with_its_version",
-        |url| async move {
-            let registry = open(&url).await;
-            registry.apply(&sample_repo()).await.expect("apply");
-            let vandalize = "UPDATE repo_versions SET repo = '{\"entities\": 7}' WHERE version = 1";
-            if url.starts_with("sqlite") {
-                let mut conn = sqlx::SqliteConnection::connect(&url)
-                    .await
-                    .expect("connect");
-                sqlx::query(vandalize)
-                    .execute(&mut conn)
-                    .await
-                    .expect("update");
-            } else {
-                let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
-                sqlx::query(vandalize)
-                    .execute(&mut conn)
-                    .await
-                    .expect("update");
-            }
-            let err = registry.current().await.expect_err("corrupt");
-            assert!(matches!(err, RegistryError::Corrupt { .. }), "{err:?}");
-            let message = err.to_string();
-            assert!(
-                message.starts_with("corrupt registry data: repo version 1: "),
-                "{message}"
-            );
-            assert!(!err.is_retryable());
-            registry.close().await;
-        },
-    )
-    .await;
+            .expect("update");
+    }
+    let err = registry.current().await.expect_err("corrupt");
+    assert!(matches!(err, RegistryError::Corrupt { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.starts_with("corrupt registry data: repo version 1: "),
+        "{message}"
+    );
+    assert!(!err.is_retryable());
+    registry.close().await;
 }
 
 #[tokio::test]
@@ -700,755 +687,704 @@ async fn planned_job(registry: &Registry, shards: i64) -> Job {
         .expect("plan")
 }
 
-#[tokio::test]
-async fn a_job_runs_from_submission_to_success() {
-    on_every_backend("a_job_runs_from_submission_to_success", |url| async move {
-        let registry = open(&url).await;
-        let submitted = registry
-            .submit_job(&backfill("clicks", Some(0), Some(86_400_000)))
-            .await
-            .expect("submit");
-        assert_eq!(submitted.state, JobState::Submitted);
-        assert_eq!(submitted.kind, JobKind::Backfill);
-        assert_eq!(
-            (submitted.period_from_ms, submitted.period_to_ms),
-            (Some(0), Some(86_400_000))
-        );
-        assert_eq!(
-            (submitted.runner.as_str(), submitted.max_attempts),
-            ("local", 3)
-        );
-        assert_eq!(submitted.rows_planned, None);
-        assert_eq!((submitted.started_at, submitted.finished_at), (None, None));
-        assert_eq!(submitted.shards_total, 0);
-        assert_eq!(registry.shards(submitted.id).await.expect("shards"), vec![]);
+on_every_backend!(a_job_runs_from_submission_to_success);
+async fn a_job_runs_from_submission_to_success(url: String) {
+    let registry = open(&url).await;
+    let submitted = registry
+        .submit_job(&backfill("clicks", Some(0), Some(86_400_000)))
+        .await
+        .expect("submit");
+    assert_eq!(submitted.state, JobState::Submitted);
+    assert_eq!(submitted.kind, JobKind::Backfill);
+    assert_eq!(
+        (submitted.period_from_ms, submitted.period_to_ms),
+        (Some(0), Some(86_400_000))
+    );
+    assert_eq!(
+        (submitted.runner.as_str(), submitted.max_attempts),
+        ("local", 3)
+    );
+    assert_eq!(submitted.rows_planned, None);
+    assert_eq!((submitted.started_at, submitted.finished_at), (None, None));
+    assert_eq!(submitted.shards_total, 0);
+    assert_eq!(registry.shards(submitted.id).await.expect("shards"), vec![]);
 
-        let planned = registry
-            .plan_job(submitted.id, 250, &shards_of_100(3))
-            .await
-            .expect("plan");
-        assert_eq!(planned.state, JobState::Runnable);
-        assert_eq!(planned.rows_planned, Some(250));
-        assert_eq!((planned.shards_total, planned.shards_succeeded), (3, 0));
-        let shards = registry.shards(planned.id).await.expect("shards");
-        let indexes: Vec<i64> = shards.iter().map(|s| s.index).collect();
-        assert_eq!(indexes, vec![0, 1, 2]);
-        for shard in &shards {
-            assert_eq!((shard.state, shard.attempts), (JobState::Runnable, 0));
-            assert_eq!(shard.worker, None);
-        }
-        assert_eq!(shards[1].description, "{\"file\":\"part-1.parquet\"}");
+    let planned = registry
+        .plan_job(submitted.id, 250, &shards_of_100(3))
+        .await
+        .expect("plan");
+    assert_eq!(planned.state, JobState::Runnable);
+    assert_eq!(planned.rows_planned, Some(250));
+    assert_eq!((planned.shards_total, planned.shards_succeeded), (3, 0));
+    let shards = registry.shards(planned.id).await.expect("shards");
+    let indexes: Vec<i64> = shards.iter().map(|s| s.index).collect();
+    assert_eq!(indexes, vec![0, 1, 2]);
+    for shard in &shards {
+        assert_eq!((shard.state, shard.attempts), (JobState::Runnable, 0));
+        assert_eq!(shard.worker, None);
+    }
+    assert_eq!(shards[1].description, "{\"file\":\"part-1.parquet\"}");
 
+    let claimed = registry
+        .claim_shard(planned.id, 0, "worker-a", None)
+        .await
+        .expect("claim")
+        .expect("claimable");
+    assert_eq!((claimed.state, claimed.attempts), (JobState::Running, 1));
+    assert_eq!(claimed.worker.as_deref(), Some("worker-a"));
+    assert!(claimed.started_at.is_some() && claimed.finished_at.is_none());
+    let running = registry
+        .job(planned.id)
+        .await
+        .expect("job")
+        .expect("exists");
+    assert_eq!(running.state, JobState::Running);
+    let started_at = running.started_at.expect("started");
+
+    registry
+        .shard_progress(planned.id, 0, 40, 38, 2)
+        .await
+        .expect("progress");
+    let job = registry
+        .job(planned.id)
+        .await
+        .expect("job")
+        .expect("exists");
+    assert_eq!(
+        (job.rows_read, job.rows_written, job.rows_rejected),
+        (40, 38, 2)
+    );
+    assert!(job.updated_at >= running.updated_at);
+    // Progress of a shard that is not running changes nothing.
+    registry
+        .shard_progress(planned.id, 1, 7, 7, 0)
+        .await
+        .expect("progress of a runnable shard");
+    assert_eq!(registry.job(planned.id).await.expect("job"), Some(job));
+
+    let done = registry
+        .finish_shard(planned.id, 0, Ok(counts(100, 97, 3)), true)
+        .await
+        .expect("finish");
+    assert_eq!(done.state, JobState::Succeeded);
+    assert_eq!(
+        (done.rows_read, done.rows_written, done.rows_rejected),
+        (100, 97, 3)
+    );
+    assert!(done.finished_at.is_some());
+    for index in [1, 2] {
+        let worker = format!("worker-{index}");
+        registry
+            .claim_shard(planned.id, index, &worker, None)
+            .await
+            .expect("claim")
+            .expect("claimable");
+        registry
+            .finish_shard(planned.id, index, Ok(counts(75, 75, 0)), true)
+            .await
+            .expect("finish");
+    }
+
+    let job = registry
+        .job(planned.id)
+        .await
+        .expect("job")
+        .expect("exists");
+    assert_eq!(
+        job.state,
+        JobState::Running,
+        "finishing shards leaves the job"
+    );
+    assert_eq!(job.started_at, Some(started_at), "started once");
+    assert_eq!(
+        (job.rows_read, job.rows_written, job.rows_rejected),
+        (250, 247, 3)
+    );
+    assert_eq!(
+        (job.shards_total, job.shards_succeeded, job.shards_failed),
+        (3, 3, 0)
+    );
+
+    let finished = registry
+        .finish_job(planned.id, JobState::Succeeded, None)
+        .await
+        .expect("finish job");
+    assert_eq!(finished.state, JobState::Succeeded);
+    assert_eq!(finished.error, None);
+    let finished_at = finished.finished_at.expect("finished");
+    assert!(finished_at >= started_at);
+    assert_eq!(finished.rows_written, 247);
+    // Finishing again changes nothing.
+    let again = registry
+        .finish_job(planned.id, JobState::Failed, Some("late"))
+        .await
+        .expect("finish again");
+    assert_eq!(again, finished);
+    registry.close().await;
+}
+
+on_every_backend!(a_failing_shard_is_retried_until_its_attempts_run_out);
+async fn a_failing_shard_is_retried_until_its_attempts_run_out(url: String) {
+    let registry = open(&url).await;
+    let job = planned_job(&registry, 2).await;
+    for attempt in 1..=3 {
         let claimed = registry
-            .claim_shard(planned.id, 0, "worker-a", None)
+            .claim_shard(job.id, 1, "worker-a", None)
             .await
             .expect("claim")
-            .expect("claimable");
-        assert_eq!((claimed.state, claimed.attempts), (JobState::Running, 1));
-        assert_eq!(claimed.worker.as_deref(), Some("worker-a"));
-        assert!(claimed.started_at.is_some() && claimed.finished_at.is_none());
-        let running = registry
-            .job(planned.id)
-            .await
-            .expect("job")
-            .expect("exists");
-        assert_eq!(running.state, JobState::Running);
-        let started_at = running.started_at.expect("started");
-
-        registry
-            .shard_progress(planned.id, 0, 40, 38, 2)
-            .await
-            .expect("progress");
-        let job = registry
-            .job(planned.id)
-            .await
-            .expect("job")
-            .expect("exists");
-        assert_eq!(
-            (job.rows_read, job.rows_written, job.rows_rejected),
-            (40, 38, 2)
-        );
-        assert!(job.updated_at >= running.updated_at);
-        // Progress of a shard that is not running changes nothing.
-        registry
-            .shard_progress(planned.id, 1, 7, 7, 0)
-            .await
-            .expect("progress of a runnable shard");
-        assert_eq!(registry.job(planned.id).await.expect("job"), Some(job));
-
-        let done = registry
-            .finish_shard(planned.id, 0, Ok(counts(100, 97, 3)), true)
+            .expect("claimable while attempts remain");
+        assert_eq!(claimed.attempts, attempt);
+        let reason = format!("s3 timeout {attempt}");
+        let failed = registry
+            .finish_shard(job.id, 1, Err(reason.clone()), true)
             .await
             .expect("finish");
-        assert_eq!(done.state, JobState::Succeeded);
-        assert_eq!(
-            (done.rows_read, done.rows_written, done.rows_rejected),
-            (100, 97, 3)
-        );
-        assert!(done.finished_at.is_some());
-        for index in [1, 2] {
-            let worker = format!("worker-{index}");
-            registry
-                .claim_shard(planned.id, index, &worker, None)
-                .await
-                .expect("claim")
-                .expect("claimable");
-            registry
-                .finish_shard(planned.id, index, Ok(counts(75, 75, 0)), true)
-                .await
-                .expect("finish");
-        }
-
-        let job = registry
-            .job(planned.id)
-            .await
-            .expect("job")
-            .expect("exists");
-        assert_eq!(
-            job.state,
-            JobState::Running,
-            "finishing shards leaves the job"
-        );
-        assert_eq!(job.started_at, Some(started_at), "started once");
-        assert_eq!(
-            (job.rows_read, job.rows_written, job.rows_rejected),
-            (250, 247, 3)
-        );
-        assert_eq!(
-            (job.shards_total, job.shards_succeeded, job.shards_failed),
-            (3, 3, 0)
-        );
-
-        let finished = registry
-            .finish_job(planned.id, JobState::Succeeded, None)
-            .await
-            .expect("finish job");
-        assert_eq!(finished.state, JobState::Succeeded);
-        assert_eq!(finished.error, None);
-        let finished_at = finished.finished_at.expect("finished");
-        assert!(finished_at >= started_at);
-        assert_eq!(finished.rows_written, 247);
-        // Finishing again changes nothing.
-        let again = registry
-            .finish_job(planned.id, JobState::Failed, Some("late"))
-            .await
-            .expect("finish again");
-        assert_eq!(again, finished);
-        registry.close().await;
-    })
-    .await;
-}
-
-#[tokio::test]
-async fn a_failing_shard_is_retried_until_its_attempts_run_out() {
-    on_every_backend(
-        "a_failing_shard_is_retried_until_its_attempts_run_out",
-        |url| async move {
-            let registry = open(&url).await;
-            let job = planned_job(&registry, 2).await;
-            for attempt in 1..=3 {
-                let claimed = registry
-                    .claim_shard(job.id, 1, "worker-a", None)
-                    .await
-                    .expect("claim")
-                    .expect("claimable while attempts remain");
-                assert_eq!(claimed.attempts, attempt);
-                let reason = format!("s3 timeout {attempt}");
-                let failed = registry
-                    .finish_shard(job.id, 1, Err(reason.clone()), true)
-                    .await
-                    .expect("finish");
-                let expected = if attempt < 3 {
-                    JobState::Runnable
-                } else {
-                    JobState::Failed
-                };
-                assert_eq!(failed.state, expected, "after attempt {attempt}");
-                assert_eq!(failed.error, Some(reason));
-                assert!(failed.finished_at.is_some());
-            }
-            assert_eq!(
-                registry
-                    .claim_shard(job.id, 1, "worker-b", None)
-                    .await
-                    .expect("claim"),
-                None,
-                "a failed shard is not claimed again"
-            );
-            // An error a retry cannot cure fails the shard on its first attempt.
-            registry
-                .claim_shard(job.id, 0, "worker-a", None)
-                .await
-                .expect("claim")
-                .expect("claimable");
-            let failed = registry
-                .finish_shard(job.id, 0, Err("column `age` is missing".to_owned()), false)
-                .await
-                .expect("finish");
-            assert_eq!((failed.state, failed.attempts), (JobState::Failed, 1));
-            let job = registry.job(job.id).await.expect("job").expect("exists");
-            assert_eq!((job.shards_failed, job.shards_succeeded), (2, 0));
-            let failed = registry
-                .finish_job(job.id, JobState::Failed, Some("shard 1 failed 3 times"))
-                .await
-                .expect("fail job");
-            assert_eq!(failed.state, JobState::Failed);
-            assert_eq!(failed.error.as_deref(), Some("shard 1 failed 3 times"));
-            assert!(failed.finished_at.is_some());
-            registry.close().await;
-        },
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn a_redelivered_claim_after_success_is_skipped() {
-    on_every_backend(
-        "a_redelivered_claim_after_success_is_skipped",
-        |url| async move {
-            let registry = open(&url).await;
-            let job = planned_job(&registry, 1).await;
-            registry
-                .claim_shard(job.id, 0, "worker-a", None)
-                .await
-                .expect("claim")
-                .expect("claimable");
-            let done = registry
-                .finish_shard(job.id, 0, Ok(counts(100, 100, 0)), true)
-                .await
-                .expect("finish");
-            assert_eq!(
-                registry
-                    .claim_shard(job.id, 0, "worker-b", None)
-                    .await
-                    .expect("claim"),
-                None
-            );
-            // A late failure report of the same attempt does not undo the success.
-            let late = registry
-                .finish_shard(job.id, 0, Err("late".to_owned()), true)
-                .await
-                .expect("finish again");
-            assert_eq!(late, done);
-            assert_eq!(registry.shards(job.id).await.expect("shards"), vec![done]);
-            registry.close().await;
-        },
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn a_running_shard_can_be_claimed_again() {
-    on_every_backend("a_running_shard_can_be_claimed_again", |url| async move {
-        let registry = open(&url).await;
-        let job = planned_job(&registry, 1).await;
-        registry
-            .claim_shard(job.id, 0, "worker-a", None)
-            .await
-            .expect("claim")
-            .expect("claimable");
-        registry
-            .shard_progress(job.id, 0, 60, 60, 0)
-            .await
-            .expect("progress");
-        // While worker-a's progress is recent, its lease holds.
-        let an_hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
-        let held = registry
-            .claim_shard(job.id, 0, "worker-b", Some(an_hour_ago))
-            .await
-            .expect("claim");
-        assert_eq!(held, None, "a live worker's shard is not taken");
-        // worker-a dies; once its lease lapses, worker-b takes the shard and starts over.
-        let in_a_second = chrono::Utc::now() + chrono::Duration::seconds(1);
-        let again = registry
-            .claim_shard(job.id, 0, "worker-b", Some(in_a_second))
-            .await
-            .expect("claim")
-            .expect("a running shard is claimable");
-        assert_eq!((again.state, again.attempts), (JobState::Running, 2));
-        assert_eq!(again.worker.as_deref(), Some("worker-b"));
-        assert_eq!((again.rows_read, again.rows_written), (0, 0));
-        let job = registry.job(job.id).await.expect("job").expect("exists");
-        assert_eq!((job.state, job.rows_read), (JobState::Running, 0));
-        registry.close().await;
-    })
-    .await;
-}
-
-#[tokio::test]
-async fn a_shard_whose_workers_keep_dying_fails_on_its_last_attempt() {
-    on_every_backend("a_shard_whose_workers_keep_dying_fails", |url| async move {
-        let registry = open(&url).await;
-        // Three attempts allowed; every worker dies silently mid-shard.
-        let job = planned_job(&registry, 1).await;
-        for (attempt, worker) in ["worker-a", "worker-b", "worker-c"].iter().enumerate() {
-            let in_a_second = chrono::Utc::now() + chrono::Duration::seconds(1);
-            let claimed = registry
-                .claim_shard(job.id, 0, worker, Some(in_a_second))
-                .await
-                .expect("claim")
-                .expect("claimable while attempts remain");
-            assert_eq!(claimed.attempts, attempt as i64 + 1);
-        }
-        let in_a_second = chrono::Utc::now() + chrono::Duration::seconds(1);
-        let fourth = registry
-            .claim_shard(job.id, 0, "worker-d", Some(in_a_second))
-            .await
-            .expect("claim");
-        assert_eq!(fourth, None, "no fourth attempt");
-        let shards = registry.shards(job.id).await.expect("shards");
-        assert_eq!((shards[0].state, shards[0].attempts), (JobState::Failed, 3));
-        let error = shards[0].error.as_deref().unwrap_or_default();
-        assert!(error.contains("stopped sending heartbeats"), "{error}");
-        registry.close().await;
-    })
-    .await;
-}
-
-#[tokio::test]
-async fn cancel_stops_a_job_and_retry_runs_what_did_not_succeed() {
-    on_every_backend(
-        "cancel_stops_a_job_and_retry_runs_what_did_not_succeed",
-        |url| async move {
-            let registry = open(&url).await;
-            let job = planned_job(&registry, 3).await;
-            registry
-                .claim_shard(job.id, 0, "worker-a", None)
-                .await
-                .expect("claim")
-                .expect("claimable");
-            registry
-                .finish_shard(job.id, 0, Ok(counts(100, 100, 0)), true)
-                .await
-                .expect("finish");
-            registry
-                .claim_shard(job.id, 1, "worker-a", None)
-                .await
-                .expect("claim")
-                .expect("claimable");
-            registry
-                .finish_shard(job.id, 1, Err("bad row group".to_owned()), true)
-                .await
-                .expect("fail once");
-            registry
-                .claim_shard(job.id, 1, "worker-b", None)
-                .await
-                .expect("claim")
-                .expect("retry attempt");
-            registry.mark_alerted(job.id).await.expect("mark alerted");
-
-            let cancelled = registry.cancel_job(job.id).await.expect("cancel");
-            assert_eq!(cancelled.state, JobState::Cancelled);
-            assert_eq!(cancelled.error.as_deref(), Some("cancelled"));
-            assert!(cancelled.finished_at.is_some());
-            let states: Vec<JobState> = registry
-                .shards(job.id)
-                .await
-                .expect("shards")
-                .iter()
-                .map(|s| s.state)
-                .collect();
-            assert_eq!(
-                states,
-                vec![
-                    JobState::Succeeded,
-                    JobState::Cancelled,
-                    JobState::Cancelled
-                ]
-            );
-            for index in [1, 2] {
-                let claim = registry.claim_shard(job.id, index, "worker-c", None).await;
-                assert_eq!(
-                    claim.expect("claim"),
-                    None,
-                    "shard {index} of a cancelled job"
-                );
-            }
-            // The worker that was running shard 1 reports back: it stays cancelled.
-            let late = registry
-                .finish_shard(job.id, 1, Ok(counts(100, 100, 0)), true)
-                .await
-                .expect("late finish");
-            assert_eq!(late.state, JobState::Cancelled);
-
-            let retried = registry.retry_job(job.id).await.expect("retry");
-            assert_eq!(retried.state, JobState::Runnable);
-            assert_eq!((retried.error, retried.finished_at), (None, None));
-            assert_eq!(retried.alerted_at, None);
-            assert_eq!(retried.shards_succeeded, 1);
-            let shards = registry.shards(job.id).await.expect("shards");
-            assert_eq!(
-                (shards[0].state, shards[0].attempts, shards[0].rows_written),
-                (JobState::Succeeded, 1, 100),
-                "a succeeded shard is kept"
-            );
-            for shard in &shards[1..] {
-                assert_eq!((shard.state, shard.attempts), (JobState::Runnable, 0));
-                assert_eq!((shard.error.as_deref(), shard.finished_at), (None, None));
-            }
-            let claimed = registry
-                .claim_shard(job.id, 1, "worker-d", None)
-                .await
-                .expect("claim")
-                .expect("claimable after retry");
-            assert_eq!(claimed.attempts, 1);
-
-            // A job cancelled before planning goes back to planning.
-            let unplanned = registry
-                .submit_job(&backfill("clicks", None, None))
-                .await
-                .expect("submit");
-            registry.cancel_job(unplanned.id).await.expect("cancel");
-            let again = registry.retry_job(unplanned.id).await.expect("retry");
-            assert_eq!(again.state, JobState::Submitted);
-            registry.close().await;
-        },
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn list_jobs_filters_and_puts_the_newest_first() {
-    on_every_backend(
-        "list_jobs_filters_and_puts_the_newest_first",
-        |url| async move {
-            let registry = open(&url).await;
-            let mut ids = Vec::new();
-            for ingestion in ["clicks", "orders", "clicks", "clicks"] {
-                let job = registry
-                    .submit_job(&backfill(ingestion, None, None))
-                    .await
-                    .expect("submit");
-                ids.push(job.id);
-            }
-            let failed = registry
-                .finish_job(ids[2], JobState::Failed, Some("no such bucket"))
-                .await
-                .expect("fail");
-            assert_eq!(failed.state, JobState::Failed);
-            registry.plan_job(ids[3], 0, &[]).await.expect("plan");
-
-            let list = |filter: JobFilter| {
-                let registry = registry.clone();
-                async move {
-                    let jobs = registry.list_jobs(&filter).await.expect("list");
-                    jobs.iter().map(|j| j.id).collect::<Vec<i64>>()
-                }
-            };
-            assert_eq!(
-                list(JobFilter::default()).await,
-                vec![ids[3], ids[2], ids[1], ids[0]]
-            );
-            let clicks = JobFilter {
-                ingestion: Some("clicks".to_owned()),
-                ..JobFilter::default()
-            };
-            assert_eq!(list(clicks.clone()).await, vec![ids[3], ids[2], ids[0]]);
-            assert_eq!(
-                list(JobFilter {
-                    limit: 2,
-                    ..clicks.clone()
-                })
-                .await,
-                vec![ids[3], ids[2]]
-            );
-            assert_eq!(
-                list(JobFilter {
-                    states: vec![JobState::Submitted, JobState::Failed],
-                    ..clicks.clone()
-                })
-                .await,
-                vec![ids[2], ids[0]]
-            );
-            assert_eq!(
-                list(JobFilter {
-                    states: vec![JobState::Runnable],
-                    ..JobFilter::default()
-                })
-                .await,
-                vec![ids[3]]
-            );
-            assert_eq!(
-                list(JobFilter {
-                    states: vec![JobState::Running],
-                    ..JobFilter::default()
-                })
-                .await,
-                Vec::<i64>::new()
-            );
-            assert_eq!(
-                list(JobFilter {
-                    ingestion: Some("views".to_owned()),
-                    ..JobFilter::default()
-                })
-                .await,
-                Vec::<i64>::new()
-            );
-            registry.close().await;
-        },
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn last_job_for_period_matches_bounds_exactly() {
-    on_every_backend(
-        "last_job_for_period_matches_bounds_exactly",
-        |url| async move {
-            let registry = open(&url).await;
-            let submit = |ingestion: &'static str, from: Option<i64>, to: Option<i64>| {
-                let registry = registry.clone();
-                async move {
-                    registry
-                        .submit_job(&backfill(ingestion, from, to))
-                        .await
-                        .expect("submit")
-                        .id
-                }
-            };
-            let day_1 = submit("clicks", Some(0), Some(100)).await;
-            let day_1_again = submit("clicks", Some(0), Some(100)).await;
-            let open_ended = submit("clicks", Some(0), None).await;
-            let everything = submit("clicks", None, None).await;
-            let until_100 = submit("clicks", None, Some(100)).await;
-            submit("orders", Some(0), Some(100)).await;
-
-            let last = |from: Option<i64>, to: Option<i64>| {
-                let registry = registry.clone();
-                async move {
-                    registry
-                        .last_job_for_period("clicks", from, to)
-                        .await
-                        .expect("last job")
-                        .map(|job| job.id)
-                }
-            };
-            assert_eq!(last(Some(0), Some(100)).await, Some(day_1_again));
-            assert_ne!(day_1, day_1_again);
-            assert_eq!(last(Some(0), None).await, Some(open_ended));
-            assert_eq!(last(None, None).await, Some(everything));
-            assert_eq!(last(None, Some(100)).await, Some(until_100));
-            assert_eq!(last(Some(100), Some(200)).await, None);
-            assert_eq!(last(Some(1), None).await, None);
-            let other = registry
-                .last_job_for_period("views", Some(0), Some(100))
-                .await
-                .expect("last job");
-            assert_eq!(other, None);
-            registry.close().await;
-        },
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn job_errors_say_which_job_and_why() {
-    on_every_backend("job_errors_say_which_job_and_why", |url| async move {
-        let registry = open(&url).await;
-        let missing = 4242;
-        assert_eq!(registry.job(missing).await.expect("job"), None);
-        assert_eq!(registry.shards(missing).await.expect("shards"), vec![]);
-        let message = |result: Result<_, RegistryError>| match result {
-            Ok(_) => panic!("expected an error"),
-            Err(e) => {
-                assert!(!e.is_retryable(), "{e}");
-                e.to_string()
-            }
+        let expected = if attempt < 3 {
+            JobState::Runnable
+        } else {
+            JobState::Failed
         };
-        let no_job = "no job 4242 in the registry";
-        assert_eq!(
-            message(registry.plan_job(missing, 0, &[]).await.map(|_| ())),
-            no_job
-        );
-        assert_eq!(
-            message(
-                registry
-                    .claim_shard(missing, 0, "w", None)
-                    .await
-                    .map(|_| ())
-            ),
-            no_job
-        );
-        assert_eq!(
-            message(registry.shard_progress(missing, 0, 1, 1, 0).await),
-            no_job
-        );
-        let finish_shard = registry
-            .finish_shard(missing, 0, Err("x".to_owned()), true)
-            .await;
-        assert_eq!(message(finish_shard.map(|_| ())), no_job);
-        let finish_job = registry
-            .finish_job(missing, JobState::Succeeded, None)
-            .await;
-        assert_eq!(message(finish_job.map(|_| ())), no_job);
-        assert_eq!(
-            message(registry.cancel_job(missing).await.map(|_| ())),
-            no_job
-        );
-        assert_eq!(
-            message(registry.retry_job(missing).await.map(|_| ())),
-            no_job
-        );
-        assert_eq!(message(registry.mark_alerted(missing).await), no_job);
-        let err = registry.cancel_job(missing).await.expect_err("unknown job");
-        assert!(
-            matches!(err, RegistryError::NoSuchJob { id: 4242 }),
-            "{err:?}"
-        );
-
-        let job = planned_job(&registry, 2).await;
-        let id = job.id;
-        assert_eq!(
-            message(registry.plan_job(id, 0, &[]).await.map(|_| ())),
-            format!("cannot plan job {id}: it is runnable")
-        );
-        assert_eq!(
-            message(registry.retry_job(id).await.map(|_| ())),
-            format!("cannot retry job {id}: it is runnable")
-        );
-        assert_eq!(
-            message(registry.claim_shard(id, 7, "w", None).await.map(|_| ())),
-            format!("job {id} has no shard 7")
-        );
-        assert_eq!(
-            message(registry.shard_progress(id, 7, 1, 1, 0).await),
-            format!("job {id} has no shard 7")
-        );
-        assert_eq!(
-            message(
-                registry
-                    .finish_job(id, JobState::Running, None)
-                    .await
-                    .map(|_| ())
-            ),
-            format!("cannot finish job {id} as running: a job finishes as succeeded or failed")
-        );
+        assert_eq!(failed.state, expected, "after attempt {attempt}");
+        assert_eq!(failed.error, Some(reason));
+        assert!(failed.finished_at.is_some());
+    }
+    assert_eq!(
         registry
-            .finish_job(id, JobState::Succeeded, None)
+            .claim_shard(job.id, 1, "worker-b", None)
             .await
-            .expect("finish");
-        let err = registry.cancel_job(id).await.expect_err("finished");
-        assert!(
-            matches!(
-                err,
-                RegistryError::JobState {
-                    state: JobState::Succeeded,
-                    action: "cancel",
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
-        assert_eq!(
-            err.to_string(),
-            format!("cannot cancel job {id}: it is succeeded")
-        );
-        assert_eq!(
-            message(registry.retry_job(id).await.map(|_| ())),
-            format!("cannot retry job {id}: it is succeeded")
-        );
+            .expect("claim"),
+        None,
+        "a failed shard is not claimed again"
+    );
+    // An error a retry cannot cure fails the shard on its first attempt.
+    registry
+        .claim_shard(job.id, 0, "worker-a", None)
+        .await
+        .expect("claim")
+        .expect("claimable");
+    let failed = registry
+        .finish_shard(job.id, 0, Err("column `age` is missing".to_owned()), false)
+        .await
+        .expect("finish");
+    assert_eq!((failed.state, failed.attempts), (JobState::Failed, 1));
+    let job = registry.job(job.id).await.expect("job").expect("exists");
+    assert_eq!((job.shards_failed, job.shards_succeeded), (2, 0));
+    let failed = registry
+        .finish_job(job.id, JobState::Failed, Some("shard 1 failed 3 times"))
+        .await
+        .expect("fail job");
+    assert_eq!(failed.state, JobState::Failed);
+    assert_eq!(failed.error.as_deref(), Some("shard 1 failed 3 times"));
+    assert!(failed.finished_at.is_some());
+    registry.close().await;
+}
 
-        // Two shards with one index make the plan fail as a whole.
-        let unplanned = registry
-            .submit_job(&backfill("clicks", None, None))
+on_every_backend!(a_redelivered_claim_after_success_is_skipped);
+async fn a_redelivered_claim_after_success_is_skipped(url: String) {
+    let registry = open(&url).await;
+    let job = planned_job(&registry, 1).await;
+    registry
+        .claim_shard(job.id, 0, "worker-a", None)
+        .await
+        .expect("claim")
+        .expect("claimable");
+    let done = registry
+        .finish_shard(job.id, 0, Ok(counts(100, 100, 0)), true)
+        .await
+        .expect("finish");
+    assert_eq!(
+        registry
+            .claim_shard(job.id, 0, "worker-b", None)
+            .await
+            .expect("claim"),
+        None
+    );
+    // A late failure report of the same attempt does not undo the success.
+    let late = registry
+        .finish_shard(job.id, 0, Err("late".to_owned()), true)
+        .await
+        .expect("finish again");
+    assert_eq!(late, done);
+    assert_eq!(registry.shards(job.id).await.expect("shards"), vec![done]);
+    registry.close().await;
+}
+
+on_every_backend!(a_running_shard_can_be_claimed_again);
+async fn a_running_shard_can_be_claimed_again(url: String) {
+    let registry = open(&url).await;
+    let job = planned_job(&registry, 1).await;
+    registry
+        .claim_shard(job.id, 0, "worker-a", None)
+        .await
+        .expect("claim")
+        .expect("claimable");
+    registry
+        .shard_progress(job.id, 0, 60, 60, 0)
+        .await
+        .expect("progress");
+    // While worker-a's progress is recent, its lease holds.
+    let an_hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+    let held = registry
+        .claim_shard(job.id, 0, "worker-b", Some(an_hour_ago))
+        .await
+        .expect("claim");
+    assert_eq!(held, None, "a live worker's shard is not taken");
+    // worker-a dies; once its lease lapses, worker-b takes the shard and starts over.
+    let in_a_second = chrono::Utc::now() + chrono::Duration::seconds(1);
+    let again = registry
+        .claim_shard(job.id, 0, "worker-b", Some(in_a_second))
+        .await
+        .expect("claim")
+        .expect("a running shard is claimable");
+    assert_eq!((again.state, again.attempts), (JobState::Running, 2));
+    assert_eq!(again.worker.as_deref(), Some("worker-b"));
+    assert_eq!((again.rows_read, again.rows_written), (0, 0));
+    let job = registry.job(job.id).await.expect("job").expect("exists");
+    assert_eq!((job.state, job.rows_read), (JobState::Running, 0));
+    registry.close().await;
+}
+
+on_every_backend!(a_shard_whose_workers_keep_dying_fails_on_its_last_attempt);
+async fn a_shard_whose_workers_keep_dying_fails_on_its_last_attempt(url: String) {
+    let registry = open(&url).await;
+    // Three attempts allowed; every worker dies silently mid-shard.
+    let job = planned_job(&registry, 1).await;
+    for (attempt, worker) in ["worker-a", "worker-b", "worker-c"].iter().enumerate() {
+        let in_a_second = chrono::Utc::now() + chrono::Duration::seconds(1);
+        let claimed = registry
+            .claim_shard(job.id, 0, worker, Some(in_a_second))
+            .await
+            .expect("claim")
+            .expect("claimable while attempts remain");
+        assert_eq!(claimed.attempts, attempt as i64 + 1);
+    }
+    let in_a_second = chrono::Utc::now() + chrono::Duration::seconds(1);
+    let fourth = registry
+        .claim_shard(job.id, 0, "worker-d", Some(in_a_second))
+        .await
+        .expect("claim");
+    assert_eq!(fourth, None, "no fourth attempt");
+    let shards = registry.shards(job.id).await.expect("shards");
+    assert_eq!((shards[0].state, shards[0].attempts), (JobState::Failed, 3));
+    let error = shards[0].error.as_deref().unwrap_or_default();
+    assert!(error.contains("stopped sending heartbeats"), "{error}");
+    registry.close().await;
+}
+
+on_every_backend!(cancel_stops_a_job_and_retry_runs_what_did_not_succeed);
+async fn cancel_stops_a_job_and_retry_runs_what_did_not_succeed(url: String) {
+    let registry = open(&url).await;
+    let job = planned_job(&registry, 3).await;
+    registry
+        .claim_shard(job.id, 0, "worker-a", None)
+        .await
+        .expect("claim")
+        .expect("claimable");
+    registry
+        .finish_shard(job.id, 0, Ok(counts(100, 100, 0)), true)
+        .await
+        .expect("finish");
+    registry
+        .claim_shard(job.id, 1, "worker-a", None)
+        .await
+        .expect("claim")
+        .expect("claimable");
+    registry
+        .finish_shard(job.id, 1, Err("bad row group".to_owned()), true)
+        .await
+        .expect("fail once");
+    registry
+        .claim_shard(job.id, 1, "worker-b", None)
+        .await
+        .expect("claim")
+        .expect("retry attempt");
+    registry.mark_alerted(job.id).await.expect("mark alerted");
+
+    let cancelled = registry.cancel_job(job.id).await.expect("cancel");
+    assert_eq!(cancelled.state, JobState::Cancelled);
+    assert_eq!(cancelled.error.as_deref(), Some("cancelled"));
+    assert!(cancelled.finished_at.is_some());
+    let states: Vec<JobState> = registry
+        .shards(job.id)
+        .await
+        .expect("shards")
+        .iter()
+        .map(|s| s.state)
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            JobState::Succeeded,
+            JobState::Cancelled,
+            JobState::Cancelled
+        ]
+    );
+    for index in [1, 2] {
+        let claim = registry.claim_shard(job.id, index, "worker-c", None).await;
+        assert_eq!(
+            claim.expect("claim"),
+            None,
+            "shard {index} of a cancelled job"
+        );
+    }
+    // The worker that was running shard 1 reports back: it stays cancelled.
+    let late = registry
+        .finish_shard(job.id, 1, Ok(counts(100, 100, 0)), true)
+        .await
+        .expect("late finish");
+    assert_eq!(late.state, JobState::Cancelled);
+
+    let retried = registry.retry_job(job.id).await.expect("retry");
+    assert_eq!(retried.state, JobState::Runnable);
+    assert_eq!((retried.error, retried.finished_at), (None, None));
+    assert_eq!(retried.alerted_at, None);
+    assert_eq!(retried.shards_succeeded, 1);
+    let shards = registry.shards(job.id).await.expect("shards");
+    assert_eq!(
+        (shards[0].state, shards[0].attempts, shards[0].rows_written),
+        (JobState::Succeeded, 1, 100),
+        "a succeeded shard is kept"
+    );
+    for shard in &shards[1..] {
+        assert_eq!((shard.state, shard.attempts), (JobState::Runnable, 0));
+        assert_eq!((shard.error.as_deref(), shard.finished_at), (None, None));
+    }
+    let claimed = registry
+        .claim_shard(job.id, 1, "worker-d", None)
+        .await
+        .expect("claim")
+        .expect("claimable after retry");
+    assert_eq!(claimed.attempts, 1);
+
+    // A job cancelled before planning goes back to planning.
+    let unplanned = registry
+        .submit_job(&backfill("clicks", None, None))
+        .await
+        .expect("submit");
+    registry.cancel_job(unplanned.id).await.expect("cancel");
+    let again = registry.retry_job(unplanned.id).await.expect("retry");
+    assert_eq!(again.state, JobState::Submitted);
+    registry.close().await;
+}
+
+on_every_backend!(list_jobs_filters_and_puts_the_newest_first);
+async fn list_jobs_filters_and_puts_the_newest_first(url: String) {
+    let registry = open(&url).await;
+    let mut ids = Vec::new();
+    for ingestion in ["clicks", "orders", "clicks", "clicks"] {
+        let job = registry
+            .submit_job(&backfill(ingestion, None, None))
             .await
             .expect("submit");
-        let mut twice = shards_of_100(2);
-        twice[1].index = 0;
-        let err = registry
-            .plan_job(unplanned.id, 200, &twice)
-            .await
-            .expect_err("duplicate");
-        assert!(matches!(err, RegistryError::Query { .. }), "{err:?}");
-        let still = registry
-            .job(unplanned.id)
-            .await
-            .expect("job")
-            .expect("exists");
-        assert_eq!((still.state, still.shards_total), (JobState::Submitted, 0));
-        registry.close().await;
-    })
-    .await;
+        ids.push(job.id);
+    }
+    let failed = registry
+        .finish_job(ids[2], JobState::Failed, Some("no such bucket"))
+        .await
+        .expect("fail");
+    assert_eq!(failed.state, JobState::Failed);
+    registry.plan_job(ids[3], 0, &[]).await.expect("plan");
+
+    let list = |filter: JobFilter| {
+        let registry = registry.clone();
+        async move {
+            let jobs = registry.list_jobs(&filter).await.expect("list");
+            jobs.iter().map(|j| j.id).collect::<Vec<i64>>()
+        }
+    };
+    assert_eq!(
+        list(JobFilter::default()).await,
+        vec![ids[3], ids[2], ids[1], ids[0]]
+    );
+    let clicks = JobFilter {
+        ingestion: Some("clicks".to_owned()),
+        ..JobFilter::default()
+    };
+    assert_eq!(list(clicks.clone()).await, vec![ids[3], ids[2], ids[0]]);
+    assert_eq!(
+        list(JobFilter {
+            limit: 2,
+            ..clicks.clone()
+        })
+        .await,
+        vec![ids[3], ids[2]]
+    );
+    assert_eq!(
+        list(JobFilter {
+            states: vec![JobState::Submitted, JobState::Failed],
+            ..clicks.clone()
+        })
+        .await,
+        vec![ids[2], ids[0]]
+    );
+    assert_eq!(
+        list(JobFilter {
+            states: vec![JobState::Runnable],
+            ..JobFilter::default()
+        })
+        .await,
+        vec![ids[3]]
+    );
+    assert_eq!(
+        list(JobFilter {
+            states: vec![JobState::Running],
+            ..JobFilter::default()
+        })
+        .await,
+        Vec::<i64>::new()
+    );
+    assert_eq!(
+        list(JobFilter {
+            ingestion: Some("views".to_owned()),
+            ..JobFilter::default()
+        })
+        .await,
+        Vec::<i64>::new()
+    );
+    registry.close().await;
 }
 
-#[tokio::test]
-async fn apply_leaves_jobs_and_watermarks_alone() {
-    on_every_backend("apply_leaves_jobs_and_watermarks_alone", |url| async move {
-        let registry = open(&url).await;
-        registry.apply(&sample_repo()).await.expect("apply");
-        let watermark = WatermarkValue::Millis(1_717_000_000_000);
-        registry
-            .set_watermark("clicks", &watermark)
-            .await
-            .expect("set");
-        let job = planned_job(&registry, 1).await;
-        registry
-            .claim_shard(job.id, 0, "worker-a", None)
-            .await
-            .expect("claim")
-            .expect("claimable");
-        registry
-            .finish_shard(job.id, 0, Ok(counts(100, 99, 1)), true)
-            .await
-            .expect("finish shard");
-        let finished = registry
-            .finish_job(job.id, JobState::Succeeded, None)
-            .await
-            .expect("finish job");
-        let shards = registry.shards(job.id).await.expect("shards");
-        let before = registry.watermark("clicks").await.expect("watermark");
+on_every_backend!(last_job_for_period_matches_bounds_exactly);
+async fn last_job_for_period_matches_bounds_exactly(url: String) {
+    let registry = open(&url).await;
+    let submit = |ingestion: &'static str, from: Option<i64>, to: Option<i64>| {
+        let registry = registry.clone();
+        async move {
+            registry
+                .submit_job(&backfill(ingestion, from, to))
+                .await
+                .expect("submit")
+                .id
+        }
+    };
+    let day_1 = submit("clicks", Some(0), Some(100)).await;
+    let day_1_again = submit("clicks", Some(0), Some(100)).await;
+    let open_ended = submit("clicks", Some(0), None).await;
+    let everything = submit("clicks", None, None).await;
+    let until_100 = submit("clicks", None, Some(100)).await;
+    submit("orders", Some(0), Some(100)).await;
 
-        // A changed repo without the ingestion that owns them, then with it again.
-        let mut without_clicks = repo_with_profile_ttl(30);
-        without_clicks.ingestions.clear();
-        let outcome = registry.apply(&without_clicks).await.expect("apply change");
-        assert!(outcome.changed);
-        registry.apply(&sample_repo()).await.expect("apply again");
-
-        assert_eq!(registry.job(job.id).await.expect("job"), Some(finished));
-        assert_eq!(registry.shards(job.id).await.expect("shards"), shards);
-        let after = registry.watermark("clicks").await.expect("watermark");
-        assert_eq!(after, before);
-        assert_eq!(after.map(|w| w.value), Some(watermark));
-        registry.close().await;
-    })
-    .await;
+    let last = |from: Option<i64>, to: Option<i64>| {
+        let registry = registry.clone();
+        async move {
+            registry
+                .last_job_for_period("clicks", from, to)
+                .await
+                .expect("last job")
+                .map(|job| job.id)
+        }
+    };
+    assert_eq!(last(Some(0), Some(100)).await, Some(day_1_again));
+    assert_ne!(day_1, day_1_again);
+    assert_eq!(last(Some(0), None).await, Some(open_ended));
+    assert_eq!(last(None, None).await, Some(everything));
+    assert_eq!(last(None, Some(100)).await, Some(until_100));
+    assert_eq!(last(Some(100), Some(200)).await, None);
+    assert_eq!(last(Some(1), None).await, None);
+    let other = registry
+        .last_job_for_period("views", Some(0), Some(100))
+        .await
+        .expect("last job");
+    assert_eq!(other, None);
+    registry.close().await;
 }
 
-#[tokio::test]
-async fn claims_racing_a_cancel_leave_every_shard_cancelled() {
-    on_every_backend(
-        "claims_racing_a_cancel_leave_every_shard_cancelled",
-        |url| async move {
-            // Separate pools stand for a worker process and the CLI.
-            let worker = open(&url).await;
-            let cli = open(&url).await;
-            for _ in 0..5 {
-                let job = planned_job(&cli, 4).await;
-                let claims = (0..4).map(|index| {
-                    let worker = worker.clone();
-                    tokio::spawn(async move {
-                        worker
-                            .claim_shard(job.id, index, "worker-a", None)
-                            .await
-                            .expect("a claim never fails")
-                    })
-                });
-                let claims: Vec<_> = claims.collect();
-                let cancelled = cli.cancel_job(job.id).await.expect("cancel");
-                for claim in claims {
-                    claim.await.expect("claim task");
-                }
-                assert_eq!(cancelled.state, JobState::Cancelled);
-                for shard in cli.shards(job.id).await.expect("shards") {
-                    assert_eq!(shard.state, JobState::Cancelled, "shard {}", shard.index);
-                }
+on_every_backend!(job_errors_say_which_job_and_why);
+async fn job_errors_say_which_job_and_why(url: String) {
+    let registry = open(&url).await;
+    let missing = 4242;
+    assert_eq!(registry.job(missing).await.expect("job"), None);
+    assert_eq!(registry.shards(missing).await.expect("shards"), vec![]);
+    let message = |result: Result<_, RegistryError>| match result {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => {
+            assert!(!e.is_retryable(), "{e}");
+            e.to_string()
+        }
+    };
+    let no_job = "no job 4242 in the registry";
+    assert_eq!(
+        message(registry.plan_job(missing, 0, &[]).await.map(|_| ())),
+        no_job
+    );
+    assert_eq!(
+        message(
+            registry
+                .claim_shard(missing, 0, "w", None)
+                .await
+                .map(|_| ())
+        ),
+        no_job
+    );
+    assert_eq!(
+        message(registry.shard_progress(missing, 0, 1, 1, 0).await),
+        no_job
+    );
+    let finish_shard = registry
+        .finish_shard(missing, 0, Err("x".to_owned()), true)
+        .await;
+    assert_eq!(message(finish_shard.map(|_| ())), no_job);
+    let finish_job = registry
+        .finish_job(missing, JobState::Succeeded, None)
+        .await;
+    assert_eq!(message(finish_job.map(|_| ())), no_job);
+    assert_eq!(
+        message(registry.cancel_job(missing).await.map(|_| ())),
+        no_job
+    );
+    assert_eq!(
+        message(registry.retry_job(missing).await.map(|_| ())),
+        no_job
+    );
+    assert_eq!(message(registry.mark_alerted(missing).await), no_job);
+    let err = registry.cancel_job(missing).await.expect_err("unknown job");
+    assert!(
+        matches!(err, RegistryError::NoSuchJob { id: 4242 }),
+        "{err:?}"
+    );
+
+    let job = planned_job(&registry, 2).await;
+    let id = job.id;
+    assert_eq!(
+        message(registry.plan_job(id, 0, &[]).await.map(|_| ())),
+        format!("cannot plan job {id}: it is runnable")
+    );
+    assert_eq!(
+        message(registry.retry_job(id).await.map(|_| ())),
+        format!("cannot retry job {id}: it is runnable")
+    );
+    assert_eq!(
+        message(registry.claim_shard(id, 7, "w", None).await.map(|_| ())),
+        format!("job {id} has no shard 7")
+    );
+    assert_eq!(
+        message(registry.shard_progress(id, 7, 1, 1, 0).await),
+        format!("job {id} has no shard 7")
+    );
+    assert_eq!(
+        message(
+            registry
+                .finish_job(id, JobState::Running, None)
+                .await
+                .map(|_| ())
+        ),
+        format!("cannot finish job {id} as running: a job finishes as succeeded or failed")
+    );
+    registry
+        .finish_job(id, JobState::Succeeded, None)
+        .await
+        .expect("finish");
+    let err = registry.cancel_job(id).await.expect_err("finished");
+    assert!(
+        matches!(
+            err,
+            RegistryError::JobState {
+                state: JobState::Succeeded,
+                action: "cancel",
+                ..
             }
-            worker.close().await;
-            cli.close().await;
-        },
-    )
-    .await;
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!("cannot cancel job {id}: it is succeeded")
+    );
+    assert_eq!(
+        message(registry.retry_job(id).await.map(|_| ())),
+        format!("cannot retry job {id}: it is succeeded")
+    );
+
+    // Two shards with one index make the plan fail as a whole.
+    let unplanned = registry
+        .submit_job(&backfill("clicks", None, None))
+        .await
+        .expect("submit");
+    let mut twice = shards_of_100(2);
+    twice[1].index = 0;
+    let err = registry
+        .plan_job(unplanned.id, 200, &twice)
+        .await
+        .expect_err("duplicate");
+    assert!(matches!(err, RegistryError::Query { .. }), "{err:?}");
+    let still = registry
+        .job(unplanned.id)
+        .await
+        .expect("job")
+        .expect("exists");
+    assert_eq!((still.state, still.shards_total), (JobState::Submitted, 0));
+    registry.close().await;
+}
+
+on_every_backend!(apply_leaves_jobs_and_watermarks_alone);
+async fn apply_leaves_jobs_and_watermarks_alone(url: String) {
+    let registry = open(&url).await;
+    registry.apply(&sample_repo()).await.expect("apply");
+    let watermark = WatermarkValue::Millis(1_717_000_000_000);
+    registry
+        .set_watermark("clicks", &watermark)
+        .await
+        .expect("set");
+    let job = planned_job(&registry, 1).await;
+    registry
+        .claim_shard(job.id, 0, "worker-a", None)
+        .await
+        .expect("claim")
+        .expect("claimable");
+    registry
+        .finish_shard(job.id, 0, Ok(counts(100, 99, 1)), true)
+        .await
+        .expect("finish shard");
+    let finished = registry
+        .finish_job(job.id, JobState::Succeeded, None)
+        .await
+        .expect("finish job");
+    let shards = registry.shards(job.id).await.expect("shards");
+    let before = registry.watermark("clicks").await.expect("watermark");
+
+    // A changed repo without the ingestion that owns them, then with it again.
+    let mut without_clicks = repo_with_profile_ttl(30);
+    without_clicks.ingestions.clear();
+    let outcome = registry.apply(&without_clicks).await.expect("apply change");
+    assert!(outcome.changed);
+    registry.apply(&sample_repo()).await.expect("apply again");
+
+    assert_eq!(registry.job(job.id).await.expect("job"), Some(finished));
+    assert_eq!(registry.shards(job.id).await.expect("shards"), shards);
+    let after = registry.watermark("clicks").await.expect("watermark");
+    assert_eq!(after, before);
+    assert_eq!(after.map(|w| w.value), Some(watermark));
+    registry.close().await;
+}
+
+on_every_backend!(claims_racing_a_cancel_leave_every_shard_cancelled);
+async fn claims_racing_a_cancel_leave_every_shard_cancelled(url: String) {
+    // Separate pools stand for a worker process and the CLI.
+    let worker = open(&url).await;
+    let cli = open(&url).await;
+    for _ in 0..5 {
+        let job = planned_job(&cli, 4).await;
+        let claims = (0..4).map(|index| {
+            let worker = worker.clone();
+            tokio::spawn(async move {
+                worker
+                    .claim_shard(job.id, index, "worker-a", None)
+                    .await
+                    .expect("a claim never fails")
+            })
+        });
+        let claims: Vec<_> = claims.collect();
+        let cancelled = cli.cancel_job(job.id).await.expect("cancel");
+        for claim in claims {
+            claim.await.expect("claim task");
+        }
+        assert_eq!(cancelled.state, JobState::Cancelled);
+        for shard in cli.shards(job.id).await.expect("shards") {
+            assert_eq!(shard.state, JobState::Cancelled, "shard {}", shard.index);
+        }
+    }
+    worker.close().await;
+    cli.close().await;
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! The DynamoDB backend against the shared conformance suite, on a DynamoDB-compatible server
 //! named by `CELLAR_TEST_DYNAMODB` (`scripts/dynamodb.sh` starts dynalite and sets it). Each
 //! check gets a table of its own, so the checks run in parallel; the table is dropped with the
-//! store. Without the variable every check prints that it is skipped and passes.
+//! store. Every check is ignored by a plain `cargo test`; run with `--include-ignored` (as
+//! `scripts/test.sh` does) and without the variable, each fails.
 
 use cellar_spec::EntityKey;
 use cellar_store::conformance::{attribute_group, now_ms, timeseries_group, Guarded};
@@ -10,13 +11,16 @@ use cellar_store_dynamodb::{DynamoConfig, DynamoStore};
 
 const ENDPOINT_VAR: &str = "CELLAR_TEST_DYNAMODB";
 
-/// The test server's endpoint, or `None` after saying the test is skipped.
-fn endpoint_or_skip() -> Option<String> {
-    let endpoint = std::env::var(ENDPOINT_VAR).ok().filter(|e| !e.is_empty());
-    if endpoint.is_none() {
-        eprintln!("skipped: {ENDPOINT_VAR} is not set (source scripts/dynamodb.sh to start a local server)");
+/// The test server's endpoint. A check asked for without one fails: passing would claim a
+/// check that never ran.
+fn endpoint() -> String {
+    match std::env::var(ENDPOINT_VAR) {
+        Ok(endpoint) if !endpoint.is_empty() => endpoint,
+        _ => panic!(
+            "{ENDPOINT_VAR} is not set: this test needs a DynamoDB-compatible server; \
+             scripts/test.sh starts dynalite"
+        ),
     }
-    endpoint
 }
 
 /// Drops its table when the store it guards is dropped.
@@ -48,14 +52,10 @@ async fn fresh_store(endpoint: String) -> Guarded<DynamoStore, DropTable> {
     Guarded::new(store.clone(), DropTable(store))
 }
 
-cellar_store::online_store_conformance!({
-    // The macro awaits this expression in the body of each test it generates, so `return`
-    // here ends the test.
-    let Some(endpoint) = endpoint_or_skip() else {
-        return;
-    };
-    fresh_store(endpoint)
-});
+cellar_store::online_store_conformance!(
+    #[ignore = "needs a DynamoDB-compatible server (CELLAR_TEST_DYNAMODB); scripts/test.sh starts dynalite"]
+    fresh_store(endpoint())
+);
 
 fn write(entity: &str, event_time: i64) -> Write {
     Write {
@@ -65,11 +65,9 @@ fn write(entity: &str, event_time: i64) -> Write {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a DynamoDB-compatible server (CELLAR_TEST_DYNAMODB); scripts/test.sh starts dynalite"]
 async fn group_names_with_the_separator_are_refused() {
-    let Some(endpoint) = endpoint_or_skip() else {
-        return;
-    };
-    let store = fresh_store(endpoint).await;
+    let store = fresh_store(endpoint()).await;
     let group = attribute_group("a#b");
     let err = store
         .put(&group, &[write("c", now_ms())])
@@ -84,11 +82,9 @@ async fn group_names_with_the_separator_are_refused() {
 /// Entity keys may hold `#`; group `a`'s entity `b#c` is not any other group's record, and
 /// trimming one group never counts another's items.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a DynamoDB-compatible server (CELLAR_TEST_DYNAMODB); scripts/test.sh starts dynalite"]
 async fn entities_with_the_separator_stay_in_their_group() {
-    let Some(endpoint) = endpoint_or_skip() else {
-        return;
-    };
-    let store = fresh_store(endpoint).await;
+    let store = fresh_store(endpoint()).await;
     let t = now_ms();
     let a = attribute_group("a");
     let ab = attribute_group("ab");
@@ -119,11 +115,9 @@ async fn entities_with_the_separator_stay_in_their_group() {
 
 /// An entity key too long for a DynamoDB partition key is a miss on read and refused on write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a DynamoDB-compatible server (CELLAR_TEST_DYNAMODB); scripts/test.sh starts dynalite"]
 async fn overlong_entity_keys_miss_and_are_refused() {
-    let Some(endpoint) = endpoint_or_skip() else {
-        return;
-    };
-    let store = fresh_store(endpoint).await;
+    let store = fresh_store(endpoint()).await;
     let group = attribute_group("profile");
     let long = "x".repeat(4096);
     let got = store
@@ -140,11 +134,9 @@ async fn overlong_entity_keys_miss_and_are_refused() {
 
 /// More distinct keys than one BatchGetItem takes, asked with repeats, answer in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a DynamoDB-compatible server (CELLAR_TEST_DYNAMODB); scripts/test.sh starts dynalite"]
 async fn large_batches_are_split_and_answered_in_order() {
-    let Some(endpoint) = endpoint_or_skip() else {
-        return;
-    };
-    let store = fresh_store(endpoint).await;
+    let store = fresh_store(endpoint()).await;
     let group = attribute_group("profile");
     let t = now_ms();
     let writes: Vec<Write> = (0..260).map(|i| write(&format!("u{i}"), t + i)).collect();
@@ -187,11 +179,9 @@ async fn large_batches_are_split_and_answered_in_order() {
 /// A repeated entity sees the record answered for its earlier position, and only the last
 /// answer is stored; a second `ensure_table` finds the table as it left it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a DynamoDB-compatible server (CELLAR_TEST_DYNAMODB); scripts/test.sh starts dynalite"]
 async fn repeated_entities_in_one_update_chain_and_tables_are_reused() {
-    let Some(endpoint) = endpoint_or_skip() else {
-        return;
-    };
-    let store = fresh_store(endpoint).await;
+    let store = fresh_store(endpoint()).await;
     let group = attribute_group("counters");
     let count = |r: &Option<Record>| match r.as_ref().map(|r| r.value(0)) {
         Some(cellar_spec::Value::Int64(n)) => *n,

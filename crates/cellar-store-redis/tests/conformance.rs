@@ -1,8 +1,8 @@
 //! The Redis backend against the shared conformance suite, on the Redis named by
 //! `CELLAR_TEST_REDIS` (a URL such as `redis://127.0.0.1:6379`; `scripts/services.sh` starts
 //! Redis and sets it). Each check gets a key prefix of its own, so the checks run in parallel;
-//! the prefix's keys are deleted with the store. Without the variable every check prints that
-//! it is skipped and passes.
+//! the prefix's keys are deleted with the store. Every check is ignored by a plain `cargo test`;
+//! run with `--include-ignored` (as `scripts/test.sh` does) and without the variable, each fails.
 
 use std::time::Duration;
 
@@ -15,13 +15,13 @@ use cellar_store_redis::{RedisConfig, RedisStore};
 
 const URL_VAR: &str = "CELLAR_TEST_REDIS";
 
-/// The test Redis's URL, or `None` after saying the test is skipped.
-fn url_or_skip() -> Option<String> {
-    let url = std::env::var(URL_VAR).ok().filter(|u| !u.is_empty());
-    if url.is_none() {
-        eprintln!("skipped: {URL_VAR} is not set (source scripts/services.sh and run ensure_redis to start a local Redis)");
+/// The test Redis's URL. A check asked for without one fails: passing would claim a check
+/// that never ran.
+fn redis_url() -> String {
+    match std::env::var(URL_VAR) {
+        Ok(url) if !url.is_empty() => url,
+        _ => panic!("{URL_VAR} is not set: this test needs Redis; scripts/test.sh starts it"),
     }
-    url
 }
 
 /// Deletes its prefix's keys when the store it guards is dropped.
@@ -55,14 +55,10 @@ async fn fresh_store(url: String) -> Guarded<RedisStore, ClearPrefix> {
     Guarded::new(store.clone(), ClearPrefix(store))
 }
 
-cellar_store::online_store_conformance!({
-    // The macro awaits this expression in the body of each test it generates, so `return`
-    // here ends the test.
-    let Some(url) = url_or_skip() else {
-        return;
-    };
-    fresh_store(url)
-});
+cellar_store::online_store_conformance!(
+    #[ignore = "needs Redis (CELLAR_TEST_REDIS); scripts/test.sh starts it"]
+    fresh_store(redis_url())
+);
 
 fn key(entity: &str) -> EntityKey {
     EntityKey(entity.to_owned())
@@ -95,11 +91,9 @@ async fn keys_under(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (CELLAR_TEST_REDIS); scripts/test.sh starts it"]
 async fn group_names_with_the_separator_are_refused() {
-    let Some(url) = url_or_skip() else {
-        return;
-    };
-    let store = fresh_store(url).await;
+    let store = fresh_store(redis_url()).await;
     let group = attribute_group("a#b");
     let err = store
         .put(&group, &[write("c", now_ms())])
@@ -113,10 +107,9 @@ async fn group_names_with_the_separator_are_refused() {
 
 /// The documented key layout, expiry from `max_age`, and a store's keys gone with `clear`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (CELLAR_TEST_REDIS); scripts/test.sh starts it"]
 async fn keys_follow_the_documented_layout_and_expire_past_max_age() {
-    let Some(url) = url_or_skip() else {
-        return;
-    };
+    let url = redis_url();
     let store = fresh_store(url.clone()).await;
     let prefix = store.store().key_prefix();
     let mut conn = raw(&url).await;
@@ -167,11 +160,9 @@ async fn keys_follow_the_documented_layout_and_expire_past_max_age() {
 /// Entity keys may hold `#`; group `a`'s entity `b#c` is not any other group's record, and
 /// trimming one group never counts another's keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (CELLAR_TEST_REDIS); scripts/test.sh starts it"]
 async fn entities_with_the_separator_stay_in_their_group() {
-    let Some(url) = url_or_skip() else {
-        return;
-    };
-    let store = fresh_store(url).await;
+    let store = fresh_store(redis_url()).await;
     let t = now_ms();
     let a = attribute_group("a");
     let ab = attribute_group("ab");
@@ -204,10 +195,9 @@ async fn entities_with_the_separator_stay_in_their_group() {
 /// data (not retryable); a put replaces a foreign string value as the embedded store
 /// replaces an undecodable record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (CELLAR_TEST_REDIS); scripts/test.sh starts it"]
 async fn foreign_values_under_the_prefix_are_corrupt() {
-    let Some(url) = url_or_skip() else {
-        return;
-    };
+    let url = redis_url();
     let store = fresh_store(url.clone()).await;
     let prefix = store.store().key_prefix();
     let mut conn = raw(&url).await;
@@ -261,10 +251,9 @@ async fn foreign_values_under_the_prefix_are_corrupt() {
 /// Scripts flushed from Redis's cache (a restart, `SCRIPT FLUSH`) are loaded again by the
 /// next write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (CELLAR_TEST_REDIS); scripts/test.sh starts it"]
 async fn writes_survive_a_flushed_script_cache() {
-    let Some(url) = url_or_skip() else {
-        return;
-    };
+    let url = redis_url();
     let store = fresh_store(url.clone()).await;
     let mut conn = raw(&url).await;
     let _: () = redis::cmd("SCRIPT")
@@ -295,11 +284,9 @@ async fn writes_survive_a_flushed_script_cache() {
 /// A repeated entity sees the record answered for its earlier position, and only the last
 /// answer is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (CELLAR_TEST_REDIS); scripts/test.sh starts it"]
 async fn repeated_entities_in_one_update_chain() {
-    let Some(url) = url_or_skip() else {
-        return;
-    };
-    let store = fresh_store(url).await;
+    let store = fresh_store(redis_url()).await;
     let group = attribute_group("counters");
     let count = |r: &Option<Record>| match r.as_ref().map(|r| r.value(0)) {
         Some(Value::Int64(n)) => *n,
@@ -324,11 +311,9 @@ async fn repeated_entities_in_one_update_chain() {
 
 /// Event times past 2^53 ms, where scores round, still sort, replace and trim exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis (CELLAR_TEST_REDIS); scripts/test.sh starts it"]
 async fn event_times_beyond_double_precision_stay_exact() {
-    let Some(url) = url_or_skip() else {
-        return;
-    };
-    let store = fresh_store(url).await;
+    let store = fresh_store(redis_url()).await;
     let series = timeseries_group("far", Some(3), None);
     // 2^60 and its neighbours share one double.
     let base = 1i64 << 60;

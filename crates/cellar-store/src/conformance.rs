@@ -4,7 +4,7 @@
 //!
 //! A backend's integration test runs the whole suite with one line:
 //!
-//! ```ignore
+//! ```text
 //! cellar_store::online_store_conformance!(async { MyStore::connect(&addr).await.unwrap() });
 //! ```
 //!
@@ -13,6 +13,17 @@
 //! `rt-multi-thread` features). When something must outlive the store (a temp dir, a container
 //! handle), wrap the store in a [`Guarded`]. Each check is also a public async function here,
 //! taking the store to test, for backends that need their own harness.
+//!
+//! A backend that needs a service puts an attribute before the expression, which every
+//! generated test gets: `#[ignore = "..."]` keeps the checks out of a plain `cargo test`, which
+//! has no service to give them, instead of letting them pass having tested nothing.
+//!
+//! ```text
+//! cellar_store::online_store_conformance!(
+//!     #[ignore = "needs MyService (CELLAR_TEST_MYSERVICE); scripts/test.sh starts it"]
+//!     async { MyStore::connect(&address()).await.unwrap() }
+//! );
+//! ```
 //!
 //! The checks assert and panic on failure: this module is test support, never called on a
 //! serving or ingestion path.
@@ -34,10 +45,41 @@ use crate::{
 
 /// Generates one `#[tokio::test]` per conformance check, each running against a fresh store
 /// from `$make`, an async expression (a future) yielding an [`OnlineStore`](crate::OnlineStore).
+/// An attribute before the expression (such as `#[ignore = "needs ..."]`) is put on every test.
 #[macro_export]
 macro_rules! online_store_conformance {
+    // The attribute arm comes first: an expression may itself begin with an attribute.
+    (#[$attr:meta] $make:expr) => {
+        $crate::__online_store_checks!([$attr] $make);
+    };
     ($make:expr) => {
-        $crate::__online_store_checks!($make;
+        $crate::__online_store_checks!([] $make);
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __online_store_checks {
+    // The arms are told apart by their first tokens: a failed `expr` match is not retried
+    // against the next arm, so no arm may begin by parsing one.
+    (@check [$($attr:meta)?] $make:expr; $check:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        $(#[$attr])?
+        async fn $check() {
+            let store: ::std::sync::Arc<dyn $crate::OnlineStore> =
+                ::std::sync::Arc::new($make.await);
+            $crate::conformance::$check(store).await;
+        }
+    };
+    // One check at a time: the optional attribute, bound once, cannot repeat in step with the
+    // list of checks.
+    (@each $attrs:tt $make:expr; $($check:ident),* $(,)?) => {
+        $(
+            $crate::__online_store_checks!(@check $attrs $make; $check);
+        )*
+    };
+    ($attrs:tt $make:expr) => {
+        $crate::__online_store_checks!(@each $attrs $make;
             missing_entity_reads_as_none,
             empty_requests_return_empty_answers,
             put_then_get_returns_the_record,
@@ -65,21 +107,6 @@ macro_rules! online_store_conformance {
             concurrent_updates_of_one_key_are_never_lost,
             update_refuses_oversized_records_and_timeseries_groups,
         );
-    };
-}
-
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __online_store_checks {
-    ($make:expr; $($check:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $check() {
-                let store: ::std::sync::Arc<dyn $crate::OnlineStore> =
-                    ::std::sync::Arc::new($make.await);
-                $crate::conformance::$check(store).await;
-            }
-        )*
     };
 }
 

@@ -1,5 +1,10 @@
 //! End-to-end tests of a serving node over HTTP: the example repo applied, records pushed and
-//! read back through the local tier and the embedded store.
+//! read back through the local tier and the embedded store. The tests of a node on DynamoDB or
+//! Redis need the server `CELLAR_TEST_DYNAMODB` or `CELLAR_TEST_REDIS` names (`scripts/test.sh`
+//! starts both): they are ignored by a plain `cargo test`, and run with `--include-ignored` but
+//! without their variable, they fail.
+
+mod common;
 
 use std::net::SocketAddr;
 
@@ -550,11 +555,9 @@ async fn events_posted_to_the_embedded_log_are_ingested_and_served() {
 }
 
 #[tokio::test]
+#[ignore = "needs a DynamoDB-compatible server (CELLAR_TEST_DYNAMODB); scripts/test.sh starts dynalite"]
 async fn a_node_on_dynamodb_serves_pushed_and_ingested_records() {
-    let Ok(endpoint) = std::env::var("CELLAR_TEST_DYNAMODB") else {
-        eprintln!("CELLAR_TEST_DYNAMODB is not set: skipped (scripts/test.sh starts dynalite)");
-        return;
-    };
+    let endpoint = common::service_address("CELLAR_TEST_DYNAMODB", "a DynamoDB-compatible server");
     let table = format!("cellar-serving-{:016x}", rand::random::<u64>());
     let s = Server::start_with(|c| {
         c.store.backend = cellar::config::StoreBackend::Dynamodb;
@@ -622,11 +625,9 @@ async fn a_node_on_dynamodb_serves_pushed_and_ingested_records() {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis (CELLAR_TEST_REDIS); scripts/test.sh starts it"]
 async fn a_node_on_the_redis_store_serves_pushed_records() {
-    let Ok(url) = std::env::var("CELLAR_TEST_REDIS") else {
-        eprintln!("CELLAR_TEST_REDIS is not set: skipped (scripts/test.sh starts Redis)");
-        return;
-    };
+    let url = common::service_address("CELLAR_TEST_REDIS", "Redis");
     let prefix = format!("cellar-serving-{:016x}:", rand::random::<u64>());
     let s = Server::start_with(|c| {
         c.store.backend = cellar::config::StoreBackend::Redis;
@@ -706,11 +707,9 @@ async fn a_node_on_the_redis_store_serves_pushed_records() {
 }
 
 #[tokio::test]
+#[ignore = "needs Redis (CELLAR_TEST_REDIS); scripts/test.sh starts it"]
 async fn a_node_with_a_redis_tier_writes_through_and_reads_it() {
-    let Ok(url) = std::env::var("CELLAR_TEST_REDIS") else {
-        eprintln!("CELLAR_TEST_REDIS is not set: skipped (scripts/test.sh starts Redis)");
-        return;
-    };
+    let url = common::service_address("CELLAR_TEST_REDIS", "Redis");
     let prefix = format!("cellar-test-{:016x}:", rand::random::<u64>());
     let s = Server::start_with(|c| {
         c.cache.remote_urls = vec![url.clone()];

@@ -1,6 +1,6 @@
 //! Helpers shared by the integration tests: a feature repo, Parquet and CSV files written into
-//! temporary directories (click logs among them, checked back row by row), and an embedded
-//! store behind the write path.
+//! temporary directories (click logs among them, checked back row by row), an embedded store
+//! behind the write path, and the address of a service a test needs.
 
 #![allow(dead_code)]
 
@@ -319,4 +319,14 @@ pub async fn series(
         .scan_timeseries(&job.group, entities, query)
         .await
         .unwrap()
+}
+
+/// The address of a service a test needs, from `var`. Such tests are ignored by a plain
+/// `cargo test`; asked for (`--include-ignored`) without their service, they fail: passing would
+/// claim a test that never ran.
+pub fn service_address(var: &str, service: &str) -> String {
+    match std::env::var(var) {
+        Ok(address) if !address.is_empty() => address,
+        _ => panic!("{var} is not set: this test needs {service}; scripts/test.sh starts it"),
+    }
 }

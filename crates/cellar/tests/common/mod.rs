@@ -1,0 +1,11 @@
+//! What the integration tests share: the address of a service a test needs.
+
+/// The address of a service a test needs, from `var`. Such tests are ignored by a plain
+/// `cargo test`; asked for (`--include-ignored`, as `scripts/test.sh` does) without their
+/// service, they fail: passing would claim a test that never ran.
+pub fn service_address(var: &str, service: &str) -> String {
+    match std::env::var(var) {
+        Ok(address) if !address.is_empty() => address,
+        _ => panic!("{var} is not set: this test needs {service}; scripts/test.sh starts it"),
+    }
+}
