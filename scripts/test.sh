@@ -13,6 +13,8 @@ ensure_build_packages
 # crates compile one after another.
 ( renice -n 10 -p "$BASHPID" >/dev/null; ensure_tansu_installed && ensure_s3_installed ) > "$SVC_DIR/installs.log" 2>&1 &
 installs=$!
+# A failing check stops the installs too, instead of leaving them to race the next run's.
+trap 'pkill -P "$installs" 2>/dev/null; kill "$installs" 2>/dev/null || true' EXIT
 
 cargo fmt --all -- --check
 cargo clippy --all-targets -j2 -- -D warnings

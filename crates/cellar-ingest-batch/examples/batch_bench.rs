@@ -114,7 +114,10 @@ fn args() -> Args {
 
 fn repo(dir: &str, kind: &str, transform: Option<&str>) -> FeatureRepo {
     let transform = transform.map_or_else(String::new, |sql| {
-        format!(", transform: {}", serde_json::to_string(sql).expect("json string"))
+        format!(
+            ", transform: {}",
+            serde_json::to_string(sql).expect("json string")
+        )
     });
     let text = format!(
         r#"

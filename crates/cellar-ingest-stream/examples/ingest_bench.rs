@@ -25,9 +25,9 @@ use cellar_ingest_stream::log::{EventLog, LogRecord};
 use cellar_ingest_stream::pipeline::{Pipeline, PipelineConfig};
 use cellar_ingest_stream::process::{EventProcessor, RetryPolicy};
 use cellar_ingest_stream::writer::{BatchPolicy, BatchingWriter, Change};
+use cellar_spec::{EntityKey, FeatureGroup};
 use cellar_store::embedded::EmbeddedStore;
 use cellar_store::faults::FaultyStore;
-use cellar_spec::{EntityKey, FeatureGroup};
 use cellar_store::{OnlineStore, Updater, Write};
 
 // The allocator of the `cellar` binary, so the figures are the binary's.
@@ -191,7 +191,11 @@ async fn run_batched_sequential(
             let Some(last) = batch.last() else { break };
             next = last.offset + 1;
             // Per group, in offset order: the records to put and the aggregate updates.
-            type GroupWrites = (Arc<FeatureGroup>, Vec<Write>, Vec<(EntityKey, aggregate::Update)>);
+            type GroupWrites = (
+                Arc<FeatureGroup>,
+                Vec<Write>,
+                Vec<(EntityKey, aggregate::Update)>,
+            );
             let mut groups: Vec<GroupWrites> = Vec::new();
             for entry in &batch {
                 let event: serde_json::Value =

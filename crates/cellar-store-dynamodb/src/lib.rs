@@ -94,7 +94,9 @@ impl DynamoStore {
     pub async fn connect(config: DynamoConfig) -> Result<DynamoStore> {
         table::check_table_name(&config.table)?;
         let https = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::Ring,
+            ))
             .build_https();
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(config.region))
