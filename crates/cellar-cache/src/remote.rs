@@ -41,9 +41,10 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
+use cellar_spec::time::now_ms;
 use cellar_spec::{EntityKey, FeatureGroup, GroupKind, ServingPolicy, Tier, WriteStrategy};
 use cellar_store::{codec, Record, RecordReader, Result, TimeseriesQuery};
 use redis::aio::ConnectionManager;
@@ -507,14 +508,6 @@ static SCRIPTS: std::sync::LazyLock<Scripts> = std::sync::LazyLock::new(|| Scrip
 // ---------------------------------------------------------------------------------------------
 // Deadlines
 
-/// Milliseconds since the epoch, by the wall clock: soft deadlines are shared between
-/// processes, so they cannot be monotonic instants.
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 /// Longest TTL given to Redis (about 34 years), far below what overflows its clock.
 const MAX_TTL_MS: u64 = 1 << 40;
 
@@ -524,7 +517,9 @@ fn ms(d: Duration) -> u64 {
         .min(MAX_TTL_MS)
 }
 
-/// A value's hard TTL (for Redis) and soft deadline (stored in the value).
+/// A value's hard TTL (for Redis) and soft deadline (stored in the value). Soft deadlines are
+/// wall-clock milliseconds: they are shared between processes, so they cannot be monotonic
+/// instants.
 #[derive(Debug, Clone, Copy)]
 struct Ttls {
     hard_ms: u64,

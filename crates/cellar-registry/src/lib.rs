@@ -424,10 +424,6 @@ fn redact(url: &str) -> String {
     }
 }
 
-fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
-}
-
 fn decode_time(ms: i64, what: impl FnOnce() -> String) -> Result<DateTime<Utc>, RegistryError> {
     DateTime::from_timestamp_millis(ms).ok_or_else(|| RegistryError::Corrupt {
         what: what(),

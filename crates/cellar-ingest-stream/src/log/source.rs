@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use cellar_spec::time::now_ms;
 use futures::future::select_all;
 
 use super::{EventLog, LogError, LogRecord};
@@ -208,9 +209,7 @@ impl LogPublisher {
 impl Publisher for LogPublisher {
     async fn publish(&self, topic: &str, events: &[OutgoingEvent]) -> Result<(), BrokerError> {
         ensure_topic(&self.log, topic).await?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let now = now_ms();
         let records: Vec<LogRecord> = events
             .iter()
             .map(|e| LogRecord {
