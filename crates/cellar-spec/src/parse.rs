@@ -1516,15 +1516,23 @@ fn name_problem(name: &str) -> Option<String> {
     }
 }
 
-/// Kafka's topic name rules: 1 to 249 of `[a-zA-Z0-9._-]`.
-fn topic_problem(topic: &str) -> Option<String> {
+/// The longest topic name Kafka accepts, in bytes.
+pub const MAX_TOPIC_LEN: usize = 249;
+
+/// What is wrong with `topic` under Kafka's topic name rules (1 to [`MAX_TOPIC_LEN`] of
+/// `[a-zA-Z0-9._-]`), if anything. Specs and the embedded log both follow them, so a
+/// deployment can move from the embedded log to Kafka with the same topics.
+pub fn topic_problem(topic: &str) -> Option<String> {
     let ok = !topic.is_empty()
-        && topic.len() <= 249
+        && topic.len() <= MAX_TOPIC_LEN
         && topic
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     (!ok).then(|| {
-        format!("`{topic}` is not a valid topic name: use 1 to 249 of a-z, A-Z, 0-9, `.`, `_`, `-`")
+        format!(
+            "`{topic}` is not a valid topic name: use 1 to {MAX_TOPIC_LEN} of a-z, A-Z, 0-9, \
+             `.`, `_`, `-`"
+        )
     })
 }
 
@@ -2195,6 +2203,22 @@ mod tests {
         assert!(name_problem(&"a".repeat(65))
             .unwrap()
             .contains("limit is 64"));
+    }
+
+    #[test]
+    fn topics_follow_kafkas_rules() {
+        let longest = "t".repeat(MAX_TOPIC_LEN);
+        for good in ["user-actions", "a.b_c-D9", longest.as_str()] {
+            assert_eq!(topic_problem(good), None, "{good}");
+        }
+        let too_long = "t".repeat(MAX_TOPIC_LEN + 1);
+        for bad in ["", "user actions", "naïve", "a/b", too_long.as_str()] {
+            assert!(topic_problem(bad).is_some(), "{bad}");
+        }
+        assert_eq!(
+            topic_problem("a b").unwrap(),
+            "`a b` is not a valid topic name: use 1 to 249 of a-z, A-Z, 0-9, `.`, `_`, `-`"
+        );
     }
 
     #[test]
