@@ -344,6 +344,11 @@ fn decode_value(
 /// the newer of the two event times (invalidation markers). Optional ARGV[4] and ARGV[5]: an
 /// invalidation marker and its TTL, written instead of the value when nothing is cached.
 /// Returns 1 if written, 0 if not, 2 if the marker was written.
+///
+/// The Redis store's `PUT_ATTRIBUTE` (cellar-store-redis) also keeps the newer event time, but
+/// on another value: the store's header has no kind byte, its expiry is absolute and may be
+/// none, and an equal event time is always stale there; ties and markers are the cache's
+/// alone. One script for both would take its layout and rules as arguments on every write.
 const PUT_IF_NEWER: &str = r"
 local new = ARGV[1]
 local cur = redis.call('GET', KEYS[1])
