@@ -35,6 +35,7 @@ use arrow_array::builder::{
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use cellar_spec::redact::{hide_passwords, redact_url};
 use futures::StreamExt;
 use sqlx::error::BoxDynError;
 use sqlx::postgres::{PgConnection, PgRow, PgValueFormat, PgValueRef, Postgres};
@@ -245,7 +246,9 @@ pub(crate) fn read(
     each: &mut OnBatch<'_>,
 ) -> Result<bool> {
     let source = redact(url);
-    let fail = |e: &dyn std::fmt::Display| BatchError::source(&source, hide(&e.to_string(), url));
+    let fail = |e: &dyn std::fmt::Display| {
+        BatchError::source(&source, hide_passwords(&e.to_string(), url))
+    };
     let runtime = runtime()?;
     let mut conn = runtime.block_on(connect(url, &fail))?;
     let statement = runtime
@@ -326,7 +329,9 @@ pub(crate) fn read(
 /// `Null`): the `source` table a transform sees.
 pub(crate) fn describe(url: &str, query: &str) -> Result<Schema> {
     let source = redact(url);
-    let fail = |e: &dyn std::fmt::Display| BatchError::source(&source, hide(&e.to_string(), url));
+    let fail = |e: &dyn std::fmt::Display| {
+        BatchError::source(&source, hide_passwords(&e.to_string(), url))
+    };
     let runtime = runtime()?;
     runtime.block_on(async {
         let mut conn = connect(url, &fail).await?;
@@ -383,92 +388,11 @@ fn result_columns<'s>(
     (names, types, all)
 }
 
-/// `url` with its password (in the user part or a `password` parameter) shown as `***`.
+/// `url` as messages show it: its passwords hidden. A keyword/value connection string (which
+/// the reader cannot connect with anyway) is not shown at all: a password may sit anywhere in
+/// it.
 pub(crate) fn redact(url: &str) -> String {
-    split(url).0
-}
-
-/// `message` with every password of `url` (as written, and percent-decoded) shown as `***`.
-pub(crate) fn hide(message: &str, url: &str) -> String {
-    let mut out = message.to_owned();
-    for password in split(url).1 {
-        for form in [percent_decode(&password), password] {
-            if !form.is_empty() {
-                out = out.replace(&form, "***");
-            }
-        }
-    }
-    out
-}
-
-/// The URL as shown, and the passwords it holds.
-fn split(url: &str) -> (String, Vec<String>) {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        // Not a URL: it cannot be shown safely, nor connected to.
-        return ("(PostgreSQL URL)".to_owned(), vec![url.to_owned()]);
-    };
-    let mut passwords = Vec::new();
-    let rest = &url[scheme_end..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let mut shown = url[..scheme_end].to_owned();
-    match authority.rfind('@') {
-        Some(at) => {
-            let (user_info, host) = authority.split_at(at);
-            match user_info.split_once(':') {
-                Some((user, password)) => {
-                    passwords.push(password.to_owned());
-                    shown.push_str(user);
-                    shown.push_str(":***");
-                }
-                None => shown.push_str(user_info),
-            }
-            shown.push_str(host);
-        }
-        None => shown.push_str(authority),
-    }
-    match tail.split_once('?') {
-        Some((path, params)) => {
-            shown.push_str(path);
-            shown.push('?');
-            let params: Vec<String> = params
-                .split('&')
-                .map(|p| match p.split_once('=') {
-                    Some((key, value)) if key.eq_ignore_ascii_case("password") => {
-                        passwords.push(value.split('#').next().unwrap_or(value).to_owned());
-                        format!("{key}=***")
-                    }
-                    _ => p.to_owned(),
-                })
-                .collect();
-            shown.push_str(&params.join("&"));
-        }
-        None => shown.push_str(tail),
-    }
-    (shown, passwords)
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    redact_url(url).unwrap_or_else(|| "(PostgreSQL URL)".to_owned())
 }
 
 #[cfg(test)]
@@ -476,23 +400,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn passwords_are_hidden_wherever_the_url_holds_them() {
-        assert_eq!(
-            redact("postgres://me:p%40ss@db:5432/app?sslmode=require"),
-            "postgres://me:***@db:5432/app?sslmode=require"
-        );
-        assert_eq!(
-            redact("postgres://db/app?user=me&password=hush&sslmode=disable"),
-            "postgres://db/app?user=me&password=***&sslmode=disable"
-        );
-        assert_eq!(redact("postgres://me@db/app"), "postgres://me@db/app");
+    fn connection_strings_that_are_not_urls_are_not_shown() {
         assert_eq!(redact("host=db password=hush"), "(PostgreSQL URL)");
         assert_eq!(
-            hide(
-                "auth failed for p@ss and p%40ss",
-                "postgres://me:p%40ss@db/app"
-            ),
-            "auth failed for *** and ***"
+            redact("postgres://me:hush@db/app"),
+            "postgres://me:***@db/app"
         );
     }
 

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use cellar_spec::redact::redact_url;
 use cellar_spec::FileFormat;
 use futures::TryStreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
@@ -223,7 +224,7 @@ fn gone() -> &'static str {
 /// One bucket's client.
 struct Client {
     store: AmazonS3,
-    /// Where requests go, without any user info, for messages.
+    /// Where requests go, its password hidden, for messages.
     endpoint: String,
 }
 
@@ -240,7 +241,7 @@ impl Client {
                 ..RetryConfig::default()
             });
         let endpoint = match builder.get_config_value(&AmazonS3ConfigKey::Endpoint) {
-            Some(endpoint) => without_user_info(&endpoint),
+            Some(endpoint) => redact_url(&endpoint).unwrap_or(endpoint),
             None => {
                 let region = builder
                     .get_config_value(&AmazonS3ConfigKey::Region)
@@ -320,18 +321,6 @@ impl Client {
             return format!("cannot reach the object store at {}: {last}", self.endpoint);
         }
         text
-    }
-}
-
-/// `scheme://user:password@host/...` without `user:password@`.
-fn without_user_info(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
-        None => url.to_owned(),
     }
 }
 
@@ -511,18 +500,6 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "s3:///a.csv: no bucket: expected s3://BUCKET/KEY"
-        );
-    }
-
-    #[test]
-    fn endpoints_lose_their_user_info() {
-        assert_eq!(
-            without_user_info("http://ak:secret@127.0.0.1:9000/x"),
-            "http://127.0.0.1:9000/x"
-        );
-        assert_eq!(
-            without_user_info("https://s3.example"),
-            "https://s3.example"
         );
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use cellar_spec::time::now_ms;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
 use crate::consumer::{
@@ -109,12 +110,6 @@ struct Apply {
     processor: Arc<EventProcessor>,
     stats: Arc<PipelineStats>,
     honour_retry_time: bool,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[async_trait]

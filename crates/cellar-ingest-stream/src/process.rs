@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use cellar_spec::time::now_ms;
 
 use crate::dispatch::{Dispatcher, StreamMapping};
 use crate::source::{BrokerError, OutgoingEvent, Publisher, SourceEvent};
@@ -94,12 +95,6 @@ pub struct EventProcessor {
     writer: BatchingWriter,
     publisher: Arc<dyn Publisher>,
     policy: RetryPolicy,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn header_str<'a>(event: &'a SourceEvent, name: &str) -> Option<&'a str> {

@@ -8,11 +8,12 @@
 
 mod jobs;
 
+use cellar_spec::time::now_ms;
 use cellar_spec::SpecKind;
 
 use crate::snapshot::{kind_name, parse_kind, LatestSpec, RepoSnapshot};
 use crate::{
-    decode_applied_repo, decode_spec_version, decode_watermark, now_ms, AppliedRepo, ApplyOutcome,
+    decode_applied_repo, decode_spec_version, decode_watermark, AppliedRepo, ApplyOutcome,
     RegistryError, SpecVersion, Watermark, WatermarkValue,
 };
 

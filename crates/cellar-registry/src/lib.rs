@@ -27,6 +27,7 @@ mod snapshot;
 use std::path::Path;
 use std::str::FromStr;
 
+use cellar_spec::redact::redact_url;
 use cellar_spec::{FeatureRepo, SpecKind};
 use chrono::{DateTime, Utc};
 use sqlx::migrate::Migrator;
@@ -131,7 +132,8 @@ impl Registry {
     /// must exist. In-memory SQLite is refused, as its data would vanish with idle
     /// connections.
     pub async fn open(url: &str) -> Result<Registry, RegistryError> {
-        let shown = redact(url);
+        // What is not a URL is a file path, safe to show.
+        let shown = redact_url(url).unwrap_or_else(|| url.to_owned());
         let connect_error = |source| RegistryError::Connect {
             url: shown.clone(),
             source,
@@ -408,26 +410,6 @@ fn sqlite_options(url: &str, shown: &str) -> Result<SqliteConnectOptions, Regist
         .journal_mode(SqliteJournalMode::Wal))
 }
 
-/// `url` with the password, if any, replaced by `***`.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let Some((userinfo, host)) = authority.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
-        None => url.to_owned(),
-    }
-}
-
-fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
-}
-
 fn decode_time(ms: i64, what: impl FnOnce() -> String) -> Result<DateTime<Utc>, RegistryError> {
     DateTime::from_timestamp_millis(ms).ok_or_else(|| RegistryError::Corrupt {
         what: what(),
@@ -498,23 +480,6 @@ fn decode_watermark(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redact_hides_only_the_password() {
-        assert_eq!(
-            redact("postgres://cellar:s3cret@db:5432/cellar?sslmode=require"),
-            "postgres://cellar:***@db:5432/cellar?sslmode=require"
-        );
-        assert_eq!(
-            redact("postgres://postgres@127.0.0.1/postgres"),
-            "postgres://postgres@127.0.0.1/postgres"
-        );
-        assert_eq!(
-            redact("sqlite://data/registry.db"),
-            "sqlite://data/registry.db"
-        );
-        assert_eq!(redact("registry.db"), "registry.db");
-    }
 
     #[test]
     fn other_schemes_are_refused_with_what_is_accepted() {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cellar_cache::WritePath;
+use cellar_spec::time::now_ms;
 use cellar_spec::{EntityKey, GroupKind, Value};
 use cellar_store::{PutOutcome, Record, RecordReader, TimeseriesQuery, Write};
 
@@ -168,12 +169,6 @@ pub struct FeatureServer {
     /// Writes go to the store, then to the cache tiers per the group's write strategy.
     writer: WritePath,
     limits: Limits,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// One group of a read, resolved against the catalog.

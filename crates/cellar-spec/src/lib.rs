@@ -8,16 +8,20 @@
 //! - [`key`]: canonical entity keys;
 //! - [`repo`]: a whole feature repo and its lookups;
 //! - [`parse`]: YAML text to a validated [`FeatureRepo`], collecting every error;
-//! - [`plan`]: what applying one repo over another adds, changes (breaking or not) and removes.
+//! - [`plan`]: what applying one repo over another adds, changes (breaking or not) and removes;
+//! - [`redact`]: connection URLs with their passwords hidden, for logs and messages;
+//! - [`time`]: the wall clock in milliseconds since the epoch, the one `now_ms` of every crate.
 //!
-//! This crate does no IO (callers hand it file names and text) and depends on no other Cellar
-//! crate: every other crate depends on it.
+//! This crate does no IO (callers hand it file names and text; it only reads the clock) and
+//! depends on no other Cellar crate: every other crate depends on it.
 
 pub mod key;
 pub mod model;
 pub mod parse;
 pub mod plan;
+pub mod redact;
 pub mod repo;
+pub mod time;
 pub mod value;
 
 pub use key::{EntityKey, KeyError, KeyPart};

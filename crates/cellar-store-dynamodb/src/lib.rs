@@ -48,7 +48,6 @@ mod trim;
 mod update;
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use aws_config::{BehaviorVersion, Region};
@@ -58,6 +57,7 @@ use aws_sdk_dynamodb::Client;
 use aws_smithy_http_client::tls;
 use futures::{StreamExt, TryStreamExt};
 
+use cellar_spec::time::now_ms;
 use cellar_spec::{EntityKey, FeatureGroup, GroupKind};
 use cellar_store::{
     OnlineStore, PutOutcome, Record, RecordReader, Result, StoreError, TimeseriesQuery, Updater,
@@ -415,13 +415,6 @@ fn delete_request(key: HashMap<String, AttributeValue>) -> Result<WriteRequest> 
         .build()
         .map_err(|e| StoreError::Backend(format!("cannot build a DeleteRequest: {e}")))?;
     Ok(WriteRequest::builder().delete_request(delete).build())
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// Whether a put of new records at `event_times` (`count` of them) into one entity's series

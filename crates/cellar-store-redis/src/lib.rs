@@ -66,12 +66,13 @@ mod trim;
 mod update;
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::{RedisError, Value};
 
+use cellar_spec::time::now_ms;
 use cellar_spec::{EntityKey, FeatureGroup, GroupKind};
 use cellar_store::{
     OnlineStore, PutOutcome, Record, RecordReader, Result, StoreError, TimeseriesQuery, Updater,
@@ -122,14 +123,6 @@ impl std::fmt::Debug for RedisStore {
             .field("key_prefix", &String::from_utf8_lossy(self.keys.prefix()))
             .finish_non_exhaustive()
     }
-}
-
-/// Milliseconds since the epoch, by the wall clock: expiry times are absolute.
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// A failed Redis call as a store error: a key of the store's layout holding another type

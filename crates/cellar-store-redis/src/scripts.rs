@@ -14,6 +14,10 @@ use redis::{Cmd, RedisResult, Script, Value};
 /// KEYS[1] the attribute key. ARGV[1] the value (format, ordered event time, token, record);
 /// ARGV[2] when Redis may expire it (ms since the epoch), `""` for never. Returns 1 when
 /// written, 0 when stale. A stored value without this store's header is replaced.
+///
+/// The cache's `PUT_IF_NEWER` (cellar-cache's remote tier) compares event times the same way
+/// but on the cache's own value layout, with TTLs, tie rules and invalidation markers the
+/// store has no use for: see there.
 pub(crate) const PUT_ATTRIBUTE: &str = r"
 local function newer(a, b)
   for i = 2, 9 do

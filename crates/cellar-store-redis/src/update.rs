@@ -15,12 +15,13 @@ use std::time::Duration;
 
 use redis::Cmd;
 
+use cellar_spec::time::now_ms;
 use cellar_spec::{EntityKey, FeatureGroup, GroupKind};
 use cellar_store::{Record, Result, StoreError, Updater};
 
 use crate::keys::{self, HEADER_LEN};
 use crate::scripts::{self, SCRIPTS};
-use crate::{expiry_arg, int_reply, now_ms, redis_error, RedisStore};
+use crate::{expiry_arg, int_reply, redis_error, RedisStore};
 
 /// Conflicting writes one call survives before giving up with a retryable error.
 const UPDATE_ATTEMPTS: u32 = 64;

@@ -30,6 +30,7 @@
 
 use cellar_spec::Value;
 
+use crate::varint::{self, Malformed};
 use crate::{AppliedOffset, Record, Result, StoreError};
 
 /// The format version written as the first byte of every encoded record. A new layout gets a
@@ -59,16 +60,16 @@ const TAG_VECTOR: u8 = 11;
 
 /// The size in bytes of `record` once encoded; what a group's `max_record_bytes` limits.
 pub fn encoded_len(record: &Record) -> usize {
-    1 + zigzag_len(record.event_time)
-        + varint_len(record.values.len() as u64)
+    1 + varint::zigzag_len(record.event_time)
+        + varint::len(record.values.len() as u64)
         + record.values.iter().map(value_len).sum::<usize>()
-        + varint_len(record.applied.len() as u64)
+        + varint::len(record.applied.len() as u64)
         + record
             .applied
             .iter()
-            .map(|a| varint_len(a.source) + varint_len(a.offset))
+            .map(|a| varint::len(a.source) + varint::len(a.offset))
             .sum::<usize>()
-        + varint_len(record.state.len() as u64)
+        + varint::len(record.state.len() as u64)
         + record.state.iter().map(value_len).sum::<usize>()
 }
 
@@ -84,17 +85,17 @@ pub fn encode(record: &Record) -> Result<Vec<u8>> {
 /// back; `buf` may then hold a partial encoding.
 pub fn encode_into(record: &Record, buf: &mut Vec<u8>) -> Result<()> {
     buf.push(FORMAT_VERSION);
-    put_zigzag(buf, record.event_time);
-    put_varint(buf, record.values.len() as u64);
+    varint::put_zigzag(buf, record.event_time);
+    varint::put(buf, record.values.len() as u64);
     for value in &record.values {
         put_value(buf, value, 0)?;
     }
-    put_varint(buf, record.applied.len() as u64);
+    varint::put(buf, record.applied.len() as u64);
     for applied in &record.applied {
-        put_varint(buf, applied.source);
-        put_varint(buf, applied.offset);
+        varint::put(buf, applied.source);
+        varint::put(buf, applied.offset);
     }
-    put_varint(buf, record.state.len() as u64);
+    varint::put(buf, record.state.len() as u64);
     for value in &record.state {
         put_value(buf, value, 0)?;
     }
@@ -155,21 +156,21 @@ pub fn decode_event_time(bytes: &[u8]) -> Result<i64> {
 fn value_len(value: &Value) -> usize {
     1 + match value {
         Value::Null | Value::Bool(_) => 0,
-        Value::Int64(v) | Value::Timestamp(v) => zigzag_len(*v),
+        Value::Int64(v) | Value::Timestamp(v) => varint::zigzag_len(*v),
         Value::Float64(_) => 8,
-        Value::String(s) => varint_len(s.len() as u64) + s.len(),
-        Value::Bytes(b) => varint_len(b.len() as u64) + b.len(),
+        Value::String(s) => varint::len(s.len() as u64) + s.len(),
+        Value::Bytes(b) => varint::len(b.len() as u64) + b.len(),
         Value::List(items) | Value::Set(items) => {
-            varint_len(items.len() as u64) + items.iter().map(value_len).sum::<usize>()
+            varint::len(items.len() as u64) + items.iter().map(value_len).sum::<usize>()
         }
         Value::Map(entries) => {
-            varint_len(entries.len() as u64)
+            varint::len(entries.len() as u64)
                 + entries
                     .iter()
-                    .map(|(k, v)| varint_len(k.len() as u64) + k.len() + value_len(v))
+                    .map(|(k, v)| varint::len(k.len() as u64) + k.len() + value_len(v))
                     .sum::<usize>()
         }
-        Value::Vector(v) => varint_len(v.len() as u64) + 4 * v.len(),
+        Value::Vector(v) => varint::len(v.len() as u64) + 4 * v.len(),
     }
 }
 
@@ -180,7 +181,7 @@ fn put_value(buf: &mut Vec<u8>, value: &Value, depth: usize) -> Result<()> {
         Value::Bool(true) => buf.push(TAG_TRUE),
         Value::Int64(v) => {
             buf.push(TAG_INT64);
-            put_zigzag(buf, *v);
+            varint::put_zigzag(buf, *v);
         }
         Value::Float64(v) => {
             buf.push(TAG_FLOAT64);
@@ -188,15 +189,15 @@ fn put_value(buf: &mut Vec<u8>, value: &Value, depth: usize) -> Result<()> {
         }
         Value::String(s) => {
             buf.push(TAG_STRING);
-            put_bytes(buf, s.as_bytes());
+            varint::put_prefixed(buf, s.as_bytes());
         }
         Value::Bytes(b) => {
             buf.push(TAG_BYTES);
-            put_bytes(buf, b);
+            varint::put_prefixed(buf, b);
         }
         Value::Timestamp(v) => {
             buf.push(TAG_TIMESTAMP);
-            put_zigzag(buf, *v);
+            varint::put_zigzag(buf, *v);
         }
         Value::List(items) | Value::Set(items) => {
             check_depth(depth)?;
@@ -205,7 +206,7 @@ fn put_value(buf: &mut Vec<u8>, value: &Value, depth: usize) -> Result<()> {
             } else {
                 TAG_SET
             });
-            put_varint(buf, items.len() as u64);
+            varint::put(buf, items.len() as u64);
             for item in items {
                 put_value(buf, item, depth + 1)?;
             }
@@ -213,15 +214,15 @@ fn put_value(buf: &mut Vec<u8>, value: &Value, depth: usize) -> Result<()> {
         Value::Map(entries) => {
             check_depth(depth)?;
             buf.push(TAG_MAP);
-            put_varint(buf, entries.len() as u64);
+            varint::put(buf, entries.len() as u64);
             for (key, item) in entries {
-                put_bytes(buf, key.as_bytes());
+                varint::put_prefixed(buf, key.as_bytes());
                 put_value(buf, item, depth + 1)?;
             }
         }
         Value::Vector(v) => {
             buf.push(TAG_VECTOR);
-            put_varint(buf, v.len() as u64);
+            varint::put(buf, v.len() as u64);
             for x in v {
                 buf.extend_from_slice(&x.to_le_bytes());
             }
@@ -237,41 +238,6 @@ fn check_depth(depth: usize) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-fn put_bytes(buf: &mut Vec<u8>, bytes: &[u8]) {
-    put_varint(buf, bytes.len() as u64);
-    buf.extend_from_slice(bytes);
-}
-
-fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        buf.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    buf.push(v as u8);
-}
-
-fn put_zigzag(buf: &mut Vec<u8>, v: i64) {
-    put_varint(buf, zigzag(v));
-}
-
-fn zigzag(v: i64) -> u64 {
-    ((v << 1) ^ (v >> 63)) as u64
-}
-
-fn unzigzag(v: u64) -> i64 {
-    ((v >> 1) as i64) ^ -((v & 1) as i64)
-}
-
-fn varint_len(v: u64) -> usize {
-    // Each byte carries 7 bits; zero still takes one byte.
-    let bits = 64 - (v | 1).leading_zeros() as usize;
-    bits.div_ceil(7)
-}
-
-fn zigzag_len(v: i64) -> usize {
-    varint_len(zigzag(v))
 }
 
 /// A cursor over bytes being decoded; every read is bounds-checked.
@@ -309,23 +275,25 @@ impl Input<'_> {
     }
 
     fn varint(&mut self) -> Result<u64> {
-        let mut v: u64 = 0;
-        for shift in (0..64).step_by(7) {
-            let b = self.byte()?;
-            let bits = u64::from(b & 0x7f);
-            if shift == 63 && bits > 1 {
-                return Err(self.error("varint overflows 64 bits".to_owned()));
+        match varint::read(&self.bytes[self.pos..]) {
+            Ok((v, len)) => {
+                self.pos += len;
+                Ok(v)
             }
-            v |= bits << shift;
-            if b & 0x80 == 0 {
-                return Ok(v);
+            // Errors give the position past what was read, as every other read's do.
+            Err(Malformed::Truncated) => {
+                self.pos = self.bytes.len();
+                Err(self.truncated())
+            }
+            Err(Malformed::Overflow) => {
+                self.pos += varint::MAX_LEN;
+                Err(self.error("varint overflows 64 bits".to_owned()))
             }
         }
-        Err(self.error("varint overflows 64 bits".to_owned()))
     }
 
     fn zigzag(&mut self) -> Result<i64> {
-        self.varint().map(unzigzag)
+        self.varint().map(varint::unzigzag)
     }
 
     /// Reads an element count and checks it against the bytes left, given that each element
@@ -474,20 +442,25 @@ mod tests {
     }
 
     #[test]
-    fn varint_edges_round_trip() {
-        for v in [0, 1, 127, 128, 16_383, 16_384, u64::MAX / 2, u64::MAX] {
-            let mut buf = Vec::new();
-            put_varint(&mut buf, v);
-            assert_eq!(buf.len(), varint_len(v), "length of {v}");
-            let mut input = Input {
-                bytes: &buf,
-                pos: 0,
-            };
-            assert_eq!(input.varint().unwrap(), v);
-        }
-        for v in [0, -1, 1, i64::MIN, i64::MAX] {
-            assert_eq!(unzigzag(zigzag(v)), v);
-        }
+    fn damaged_varints_say_where() {
+        let mut truncated = Input {
+            bytes: &[7, 0x80, 0x80],
+            pos: 1,
+        };
+        assert_eq!(
+            truncated.varint().unwrap_err().to_string(),
+            "record encoding error: record is truncated (at byte 3)"
+        );
+        let mut long = vec![7];
+        long.extend_from_slice(&[0xff; 10]);
+        let mut overflow = Input {
+            bytes: &long,
+            pos: 1,
+        };
+        assert_eq!(
+            overflow.varint().unwrap_err().to_string(),
+            "record encoding error: varint overflows 64 bits (at byte 11)"
+        );
     }
 
     #[test]

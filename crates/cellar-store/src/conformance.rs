@@ -30,7 +30,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use cellar_spec::{
@@ -180,13 +180,8 @@ impl<S: OnlineStore, G: Send + Sync> OnlineStore for Guarded<S, G> {
 /// The store under test, shared so concurrent checks can hand it to spawned tasks.
 pub type SharedStore = Arc<dyn OnlineStore>;
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+/// Milliseconds since the Unix epoch, for the suites of the backends' own tests.
+pub use cellar_spec::time::now_ms;
 
 /// An attribute group with one string and one int64 feature, no retention, an 8 KB limit.
 pub fn attribute_group(name: &str) -> FeatureGroup {

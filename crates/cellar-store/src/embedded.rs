@@ -45,9 +45,9 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use cellar_spec::time::now_ms;
 use cellar_spec::{EntityKey, FeatureGroup, GroupKind};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
@@ -340,13 +340,6 @@ struct Prepared {
 
 fn backend(e: fjall::Error) -> StoreError {
     StoreError::Backend(e.to_string())
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// The oldest event time served or kept at `now`: records strictly older are past retention.

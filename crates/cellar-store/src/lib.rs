@@ -8,6 +8,7 @@
 //! - [`Record`] and [`AppliedOffset`]: a record as stored, values by feature position;
 //! - [`codec`]: the compact, versioned byte encoding of records, and the size the record-size
 //!   limit is checked against;
+//! - [`varint`]: the LEB128 and zigzag integers of that encoding, shared with the stream log's;
 //! - [`embedded`]: the embedded backend (fjall on local disk), durable on every `put`;
 //! - [`conformance`]: the checks every backend must pass, and the
 //!   [`online_store_conformance!`] macro that runs them all as tests;
@@ -22,6 +23,7 @@ pub mod conformance;
 pub mod embedded;
 pub mod faults;
 mod record;
+pub mod varint;
 
 pub use record::{AppliedOffset, Record};
 

@@ -14,10 +14,12 @@
 //! header count   varint, then per header: varint-length name (UTF-8), varint-length value
 //! ```
 //!
-//! Varints (LEB128) keep the per-record overhead to a few bytes for small events. Decoding
-//! never trusts a stored length: every read is bounds-checked and trailing bytes are an error.
+//! Varints (LEB128, those of the store's records: [`cellar_store::varint`]) keep the per-record
+//! overhead to a few bytes for small events. Decoding never trusts a stored length: every read
+//! is bounds-checked and trailing bytes are an error.
 
 use bytes::Bytes;
+use cellar_store::varint::{self, Malformed};
 
 use super::LogRecord;
 
@@ -119,7 +121,7 @@ pub(crate) fn decode_topic(value: &[u8]) -> Result<u32, String> {
 
 /// Bytes `record` takes encoded, computed without encoding it.
 pub(crate) fn encoded_len(record: &LogRecord) -> usize {
-    let bytes = |len: usize| varint_len(len as u64) + len;
+    let bytes = |len: usize| varint::len(len as u64) + len;
     let key = match &record.key {
         Some(key) => 1 + bytes(key.len()),
         None => 1,
@@ -129,29 +131,29 @@ pub(crate) fn encoded_len(record: &LogRecord) -> usize {
         .iter()
         .map(|(name, value)| bytes(name.len()) + bytes(value.len()))
         .sum();
-    1 + varint_len(zigzag(record.timestamp_ms))
+    1 + varint::zigzag_len(record.timestamp_ms)
         + key
         + bytes(record.payload.len())
-        + varint_len(record.headers.len() as u64)
+        + varint::len(record.headers.len() as u64)
         + headers
 }
 
 /// Appends `record`'s encoding to `out`.
 pub(crate) fn encode_record(out: &mut Vec<u8>, record: &LogRecord) {
     out.push(RECORD_VERSION);
-    put_varint(out, zigzag(record.timestamp_ms));
+    varint::put_zigzag(out, record.timestamp_ms);
     match &record.key {
         Some(key) => {
             out.push(1);
-            put_bytes(out, key);
+            varint::put_prefixed(out, key);
         }
         None => out.push(0),
     }
-    put_bytes(out, &record.payload);
-    put_varint(out, record.headers.len() as u64);
+    varint::put_prefixed(out, &record.payload);
+    varint::put(out, record.headers.len() as u64);
     for (name, value) in &record.headers {
-        put_bytes(out, name.as_bytes());
-        put_bytes(out, value);
+        varint::put_prefixed(out, name.as_bytes());
+        varint::put_prefixed(out, value);
     }
 }
 
@@ -162,7 +164,7 @@ pub(crate) fn decode_record(value: &[u8]) -> Result<LogRecord, String> {
         RECORD_VERSION => {}
         other => return Err(format!("unknown record format version {other}")),
     }
-    let timestamp_ms = unzigzag(input.varint("timestamp")?);
+    let timestamp_ms = varint::unzigzag(input.varint("timestamp")?);
     let key = match input.byte("key flag")? {
         0 => None,
         1 => Some(Bytes::copy_from_slice(input.bytes("key")?)),
@@ -209,19 +211,12 @@ impl<'a> Reader<'a> {
     }
 
     fn varint(&mut self, field: &str) -> Result<u64, String> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let byte = self.byte(field)?;
-            let bits = u64::from(byte & 0x7f);
-            if shift == 63 && bits > 1 {
-                return Err(format!("the {field} overflows 64 bits"));
-            }
-            value |= bits << shift;
-            if byte & 0x80 == 0 {
-                return Ok(value);
-            }
-        }
-        Err(format!("the {field} overflows 64 bits"))
+        let (value, len) = varint::read(self.rest).map_err(|e| match e {
+            Malformed::Truncated => format!("truncated before the {field}"),
+            Malformed::Overflow => format!("the {field} overflows 64 bits"),
+        })?;
+        self.rest = &self.rest[len..];
+        Ok(value)
     }
 
     fn bytes(&mut self, field: &str) -> Result<&'a [u8], String> {
@@ -239,34 +234,6 @@ impl<'a> Reader<'a> {
         self.rest = rest;
         Ok(field)
     }
-}
-
-fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    put_varint(out, bytes.len() as u64);
-    out.extend_from_slice(bytes);
-}
-
-fn put_varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
-}
-
-fn varint_len(value: u64) -> usize {
-    // One byte per started group of 7 significant bits, at least one.
-    let bits = 64 - value.leading_zeros() as usize;
-    bits.div_ceil(7).max(1)
-}
-
-/// Maps small negative and positive numbers alike to small unsigned ones.
-fn zigzag(value: i64) -> u64 {
-    ((value << 1) ^ (value >> 63)) as u64
-}
-
-fn unzigzag(value: u64) -> i64 {
-    ((value >> 1) as i64) ^ -((value & 1) as i64)
 }
 
 #[cfg(test)]
@@ -343,16 +310,18 @@ mod tests {
     }
 
     #[test]
-    fn varints_cover_the_whole_range() {
-        for value in [0, 1, 127, 128, 16_383, 16_384, u64::MAX >> 1, u64::MAX] {
-            let mut out = Vec::new();
-            put_varint(&mut out, value);
-            assert_eq!(out.len(), varint_len(value));
-            assert_eq!(Reader { rest: &out }.varint("v"), Ok(value));
-        }
-        for value in [0, 1, -1, i64::MIN, i64::MAX] {
-            assert_eq!(unzigzag(zigzag(value)), value);
-        }
+    fn damaged_varints_name_their_field() {
+        let mut reader = Reader { rest: &[0x80, 7] };
+        assert_eq!(reader.varint("timestamp"), Ok(0x380));
+        assert_eq!(
+            reader.varint("header count"),
+            Err("truncated before the header count".to_owned())
+        );
+        let long = [0xff; 10];
+        assert_eq!(
+            Reader { rest: &long }.varint("payload"),
+            Err("the payload overflows 64 bits".to_owned())
+        );
     }
 
     #[test]

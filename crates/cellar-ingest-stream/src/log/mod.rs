@@ -56,7 +56,7 @@ pub const MAX_RECORD_BYTES: usize = 8 << 20;
 /// is opened, and Cellar's parallelism comes from within a partition, not from their number.
 pub const MAX_PARTITIONS: u32 = 10_000;
 /// The longest topic or consumer group name, in bytes (Kafka's own limit for topic names).
-pub const MAX_NAME_BYTES: usize = 249;
+pub const MAX_NAME_BYTES: usize = cellar_spec::parse::MAX_TOPIC_LEN;
 /// Records removed per batch when truncating, bounding the memory of one deletion.
 const TRUNCATE_CHUNK: usize = 10_000;
 /// Records read ahead of need are not worth allocating for when a caller asks for "all".

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use cellar_spec::parse::topic_problem;
+use cellar_spec::time::now_ms;
 use futures::future::select_all;
 
 use super::{EventLog, LogError, LogRecord};
@@ -27,17 +29,10 @@ fn broker(e: LogError) -> BrokerError {
 /// Creates a topic if it does not exist yet. Names follow Kafka's rules, so a deployment can
 /// move from the embedded log to Kafka with the same topics.
 pub async fn ensure_topic(log: &EventLog, topic: &str) -> Result<(), BrokerError> {
-    let valid = !topic.is_empty()
-        && topic.len() <= 249
-        && topic
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if !valid {
+    if let Some(message) = topic_problem(topic) {
         return Err(BrokerError {
             broker: "embedded log",
-            message: format!(
-                "`{topic}` is not a valid topic name: use 1 to 249 of a-z, A-Z, 0-9, `.`, `_`, `-`"
-            ),
+            message,
             retryable: false,
         });
     }
@@ -208,9 +203,7 @@ impl LogPublisher {
 impl Publisher for LogPublisher {
     async fn publish(&self, topic: &str, events: &[OutgoingEvent]) -> Result<(), BrokerError> {
         ensure_topic(&self.log, topic).await?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let now = now_ms();
         let records: Vec<LogRecord> = events
             .iter()
             .map(|e| LogRecord {

@@ -6,11 +6,13 @@
 //! claim racing a cancel waits instead of deadlocking, and it keeps `updated_at_ms` the time
 //! of the last change to the job or any of its shards.
 
+use cellar_spec::time::now_ms;
+
 use crate::jobs::{
     decode_job, decode_shard, states_pattern, Job, JobFilter, JobRow, JobState, NewJob,
     PlannedShard, ShardResult, ShardRow, ShardRun,
 };
-use crate::{now_ms, RegistryError};
+use crate::RegistryError;
 
 /// `SELECT` of jobs with the sums over their shards, followed by the given literals (which
 /// must end in `GROUP BY j.id`, as the sums are per job).

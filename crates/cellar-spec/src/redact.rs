@@ -1,0 +1,169 @@
+//! Connection URLs as logs and messages may show them: with their passwords hidden.
+//!
+//! A URL holds a password after its user name (`scheme://user:password@host/...`) or in a
+//! `password` query parameter (`?password=...`, as libpq reads it). Both are shown as `***`;
+//! everything else (scheme, user, host, path, other parameters) stays, since it is what tells
+//! a reader which database or endpoint failed.
+
+/// `url` with its passwords shown as `***`. `None` when `url` is not a URL (no `scheme://`):
+/// only the caller knows whether such text is safe to show (a file path is, a keyword/value
+/// connection string may hold a password anywhere).
+pub fn redact_url(url: &str) -> Option<String> {
+    split(url).map(|(shown, _)| shown)
+}
+
+/// `message` with every password of `url` (as written, and percent-decoded) shown as `***`:
+/// drivers quote the URL, or the password alone, in their errors. When `url` is not a URL the
+/// whole of it is hidden, as it may be a password itself.
+pub fn hide_passwords(message: &str, url: &str) -> String {
+    let passwords = split(url).map_or_else(|| vec![url.to_owned()], |(_, passwords)| passwords);
+    let mut out = message.to_owned();
+    for password in passwords {
+        for form in [percent_decode(&password), password] {
+            if !form.is_empty() {
+                out = out.replace(&form, "***");
+            }
+        }
+    }
+    out
+}
+
+/// The URL as shown, and the passwords it holds; `None` for text that is not a URL.
+fn split(url: &str) -> Option<(String, Vec<String>)> {
+    let scheme_end = url.find("://")? + 3;
+    let mut passwords = Vec::new();
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let mut shown = url[..scheme_end].to_owned();
+    match authority.rfind('@') {
+        Some(at) => {
+            let (user_info, host) = authority.split_at(at);
+            match user_info.split_once(':') {
+                Some((user, password)) => {
+                    passwords.push(password.to_owned());
+                    shown.push_str(user);
+                    shown.push_str(":***");
+                }
+                None => shown.push_str(user_info),
+            }
+            shown.push_str(host);
+        }
+        None => shown.push_str(authority),
+    }
+    match tail.split_once('?') {
+        Some((path, params)) => {
+            shown.push_str(path);
+            shown.push('?');
+            let params: Vec<String> = params
+                .split('&')
+                .map(|p| match p.split_once('=') {
+                    Some((key, value)) if key.eq_ignore_ascii_case("password") => {
+                        passwords.push(value.split('#').next().unwrap_or(value).to_owned());
+                        format!("{key}=***")
+                    }
+                    _ => p.to_owned(),
+                })
+                .collect();
+            shown.push_str(&params.join("&"));
+        }
+        None => shown.push_str(tail),
+    }
+    Some((shown, passwords))
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shown(url: &str) -> String {
+        redact_url(url).expect("a URL")
+    }
+
+    #[test]
+    fn only_the_password_after_the_user_is_hidden() {
+        assert_eq!(
+            shown("postgres://cellar:s3cret@db:5432/cellar?sslmode=require"),
+            "postgres://cellar:***@db:5432/cellar?sslmode=require"
+        );
+        assert_eq!(
+            shown("postgres://me:p%40ss@db:5432/app?sslmode=require"),
+            "postgres://me:***@db:5432/app?sslmode=require"
+        );
+        assert_eq!(
+            shown("http://ak:secret@127.0.0.1:9000/x"),
+            "http://ak:***@127.0.0.1:9000/x"
+        );
+    }
+
+    #[test]
+    fn password_parameters_are_hidden() {
+        assert_eq!(
+            shown("postgres://db/app?user=me&password=hush&sslmode=disable"),
+            "postgres://db/app?user=me&password=***&sslmode=disable"
+        );
+    }
+
+    #[test]
+    fn urls_without_a_password_are_shown_as_they_are() {
+        for url in [
+            "postgres://postgres@127.0.0.1/postgres",
+            "postgres://me@db/app",
+            "sqlite://data/registry.db",
+            "https://s3.example",
+        ] {
+            assert_eq!(shown(url), url);
+        }
+    }
+
+    #[test]
+    fn text_that_is_not_a_url_is_left_to_the_caller() {
+        assert_eq!(redact_url("registry.db"), None);
+        assert_eq!(redact_url("host=db password=hush"), None);
+        assert_eq!(
+            hide_passwords(
+                "cannot parse host=db password=hush",
+                "host=db password=hush"
+            ),
+            "cannot parse ***"
+        );
+    }
+
+    #[test]
+    fn passwords_are_hidden_in_messages_as_written_and_decoded() {
+        assert_eq!(
+            hide_passwords(
+                "auth failed for p@ss and p%40ss",
+                "postgres://me:p%40ss@db/app"
+            ),
+            "auth failed for *** and ***"
+        );
+        assert_eq!(
+            hide_passwords("bad password hush", "postgres://db/app?password=hush"),
+            "bad password ***"
+        );
+    }
+}
