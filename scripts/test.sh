@@ -11,16 +11,19 @@ ensure_build_packages
 # The test servers built from source (the broker, the object store) install once per machine,
 # at low priority beside the workspace's build, which has idle cores while long chains of
 # crates compile one after another.
-( renice -n 10 -p "$BASHPID" >/dev/null; ensure_tansu_installed && ensure_s3_installed ) > "$SVC_DIR/installs.log" 2>&1 &
-installs=$!
+( renice -n 10 -p "$BASHPID" >/dev/null; ensure_tansu_installed ) > "$SVC_DIR/tansu-installs.log" 2>&1 &
+tansu_install=$!
+( renice -n 10 -p "$BASHPID" >/dev/null; ensure_s3_installed ) > "$SVC_DIR/s3s-installs.log" 2>&1 &
+s3s_install=$!
 # A failing check stops the installs too, instead of leaving them to race the next run's.
-trap 'pkill -P "$installs" 2>/dev/null; kill "$installs" 2>/dev/null || true' EXIT
+trap 'pkill -P "$tansu_install,$s3s_install" 2>/dev/null || true' EXIT
 
 cargo fmt --all -- --check
 cargo clippy --all-targets -j2 -- -D warnings
 cargo test --all-targets -j2 --no-run
 
-wait "$installs" || { cat "$SVC_DIR/installs.log" >&2; exit 1; }
+wait "$tansu_install" || { cat "$SVC_DIR/tansu-installs.log" >&2; exit 1; }
+wait "$s3s_install" || { cat "$SVC_DIR/s3s-installs.log" >&2; exit 1; }
 ensure_postgres
 ensure_kafka
 ensure_dynamodb
