@@ -150,6 +150,7 @@ fn profile_group(name: &str, tiers: &[Tier]) -> FeatureGroup {
         name: name.to_owned(),
         value_type,
         description: None,
+        retired: false,
     };
     let mut g = attribute_group(name);
     g.features = vec![

@@ -316,7 +316,7 @@ impl LocalTier {
         if !Self::serves(group) {
             return;
         }
-        let key = cache_key(&group.name, entity);
+        let key = cache_key(&group.storage_name(), entity);
         match group.serving.write {
             WriteStrategy::Around => self.cache.invalidate(&key),
             WriteStrategy::Through => {
@@ -375,7 +375,7 @@ impl LocalTier {
         if !Self::serves(group) {
             return;
         }
-        let key = cache_key(&group.name, entity);
+        let key = cache_key(&group.storage_name(), entity);
         match (group.serving.write, group.kind) {
             (WriteStrategy::Through, GroupKind::Attribute) => {
                 let deadlines = Deadlines::positive(&group.serving);
@@ -400,7 +400,7 @@ impl LocalTier {
     /// Drops every cached copy of the given entities of a group.
     pub fn invalidate(&self, group: &FeatureGroup, entities: &[EntityKey]) {
         for e in entities {
-            self.cache.invalidate(&cache_key(&group.name, e));
+            self.cache.invalidate(&cache_key(&group.storage_name(), e));
         }
     }
 
@@ -486,7 +486,7 @@ impl RecordReader for LocalTier {
         let mut missed_keys: Vec<CacheKey> = Vec::new();
         let mut key = String::new();
         for (i, entity) in entities.iter().enumerate() {
-            write_cache_key(&mut key, &group.name, entity);
+            write_cache_key(&mut key, &group.storage_name(), entity);
             match self.lookup(group, &key, entity, read_cost) {
                 Some(Cached::Attribute(r)) => {
                     self.metrics.record(Tier::Local, &group.name, Outcome::Hit);
@@ -535,7 +535,7 @@ impl RecordReader for LocalTier {
         let mut missed_keys: Vec<CacheKey> = Vec::new();
         let mut key = String::new();
         for (i, entity) in entities.iter().enumerate() {
-            write_cache_key(&mut key, &group.name, entity);
+            write_cache_key(&mut key, &group.storage_name(), entity);
             match self.lookup(group, &key, entity, read_cost) {
                 Some(Cached::Series { records, complete })
                     if complete || records.len() >= query.top_n =>

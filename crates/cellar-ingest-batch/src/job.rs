@@ -236,8 +236,9 @@ impl BatchJob {
                 }
             }
         }
-        let maps_every_feature =
-            (0..group.features.len()).all(|position| features.iter().any(|(p, _)| *p == position));
+        let maps_every_feature = group
+            .live_positions()
+            .all(|position| features.iter().any(|(p, _)| *p == position));
         let mode = match group.kind {
             GroupKind::Attribute if !maps_every_feature => WriteMode::Merge,
             _ => WriteMode::Put,

@@ -11,14 +11,16 @@ mod jobs;
 use cellar_spec::time::now_ms;
 use cellar_spec::SpecKind;
 
-use crate::snapshot::{kind_name, parse_kind, LatestSpec, RepoSnapshot};
+use cellar_spec::FeatureRepo;
+
+use crate::snapshot::{kind_name, parse_kind, prepare, LatestSpec};
 use crate::{
     decode_applied_repo, decode_spec_version, decode_watermark, AppliedRepo, ApplyOutcome,
-    RegistryError, SpecVersion, Watermark, WatermarkValue,
+    Breaking, RegistryError, SpecVersion, Watermark, WatermarkValue,
 };
 
 /// A `repo_versions` row: version, applied_at_ms, repo JSON.
-type RepoRow = (i64, i64, String);
+pub(crate) type RepoRow = (i64, i64, String);
 /// A `spec_versions` row for one spec: version, repo_version, applied_at_ms, removed, spec JSON.
 pub(crate) type SpecRow = (i64, i64, i64, bool, Option<String>);
 /// A `watermarks` row: value_ms, value_text, updated_at_ms.
@@ -55,7 +57,7 @@ fn write_error(action: &'static str, version: i64) -> impl Fn(sqlx::Error) -> Re
     }
 }
 
-fn decode_latest(
+pub(crate) fn decode_latest(
     rows: Vec<(String, String, i64, Option<String>)>,
 ) -> Result<Vec<LatestSpec>, RegistryError> {
     rows.into_iter()
@@ -112,11 +114,14 @@ macro_rules! backend {
             /// One attempt at an apply; the caller retries a lost race.
             pub(crate) async fn apply(
                 pool: &Pool,
-                desired: &RepoSnapshot,
+                desired: &FeatureRepo,
+                breaking: Breaking,
             ) -> Result<ApplyOutcome, RegistryError> {
                 // Most applies change nothing: answer those without taking the write lock.
-                if let Some((version, _, json)) = head(pool).await? {
-                    if json == desired.json {
+                if let Some(head) = head(pool).await? {
+                    let version = head.0;
+                    let (_, snapshot) = prepare(Some(head.clone()), &[], desired, Breaking::Allow)?;
+                    if snapshot.json == head.2 {
                         return Ok(ApplyOutcome {
                             version,
                             changed: false,
@@ -136,24 +141,25 @@ macro_rules! backend {
                         .map_err(RegistryError::query("locking the repo versions"))?;
                 }
 
-                // Read again under the lock: another apply may have committed meanwhile.
+                // Read again under the lock: another apply may have committed meanwhile, and
+                // the layout is evolved from what is current now.
                 let current = head(&mut *tx).await?;
-                if let Some((version, _, json)) = &current {
-                    if *json == desired.json {
-                        return Ok(ApplyOutcome {
-                            version: *version,
-                            changed: false,
-                        });
-                    }
-                }
-                let version = current.map_or(1, |(v, _, _)| v + 1);
-
                 let latest =
                     sqlx::query_as::<_, (String, String, i64, Option<String>)>(LATEST_SPECS)
                         .fetch_all(&mut *tx)
                         .await
                         .map_err(RegistryError::query("reading the spec history"))?;
-                let writes = desired.spec_writes(&decode_latest(latest)?);
+                let latest = decode_latest(latest)?;
+                let (version, desired) = prepare(current.clone(), &latest, desired, breaking)?;
+                if let Some((current_version, _, json)) = &current {
+                    if *json == desired.json {
+                        return Ok(ApplyOutcome {
+                            version: *current_version,
+                            changed: false,
+                        });
+                    }
+                }
+                let writes = desired.spec_writes(&latest);
 
                 let applied_at_ms = now_ms();
                 sqlx::query(INSERT_REPO)
@@ -188,6 +194,16 @@ macro_rules! backend {
                     version,
                     changed: true,
                 })
+            }
+
+            pub(crate) async fn latest_specs(
+                pool: &Pool,
+            ) -> Result<Vec<LatestSpec>, RegistryError> {
+                let rows = sqlx::query_as::<_, (String, String, i64, Option<String>)>(LATEST_SPECS)
+                    .fetch_all(pool)
+                    .await
+                    .map_err(RegistryError::query("reading the spec history"))?;
+                decode_latest(rows)
             }
 
             pub(crate) async fn history(

@@ -41,6 +41,17 @@ pub enum RegistryError {
     #[error("another apply wrote repo version {version} at the same time; apply again")]
     ConcurrentApply { version: i64 },
 
+    /// The apply would break stored data or readers, and breaking changes were not allowed.
+    #[error(
+        "apply refused: {} breaking change(s):\n{}\nthese change what stored records mean or \
+         who can read them; apply with breaking changes allowed (`cellar apply \
+         --allow-breaking`) to retire removed and retyped features and move re-laid-out \
+         groups to a new, empty storage generation",
+        changes.len(),
+        changes.iter().map(|c| format!("  - {c}")).collect::<Vec<_>>().join("\n")
+    )]
+    Breaking { changes: Vec<String> },
+
     /// The repo declares the same spec twice, so its history would be ambiguous.
     #[error("the repo declares {kind} `{name}` more than once")]
     DuplicateSpec { kind: SpecKind, name: String },

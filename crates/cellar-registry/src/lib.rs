@@ -39,7 +39,6 @@ pub use error::RegistryError;
 pub use jobs::{Job, JobFilter, JobKind, JobState, NewJob, PlannedShard, ShardResult, ShardRun};
 
 use backend::{SpecRow, WatermarkRow};
-use snapshot::RepoSnapshot;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -80,6 +79,16 @@ pub struct AppliedRepo {
     pub applied_at: DateTime<Utc>,
     /// The repo; its `origins` are empty, as they are not stored.
     pub repo: FeatureRepo,
+}
+
+/// Whether an apply may make breaking changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Breaking {
+    /// Refuse the apply if its plan has any.
+    Refuse,
+    /// Apply them: removed and retyped features are retired, re-laid-out groups move to a new
+    /// storage generation.
+    Allow,
 }
 
 /// What an apply did.
@@ -196,17 +205,29 @@ impl Registry {
         dispatch!(self, repo_at(version))
     }
 
-    /// Makes `repo` the current repo.
-    ///
-    /// If it equals the current one (ignoring `origins`), nothing is written and the outcome
-    /// says `changed: false`. Otherwise one transaction writes the next repo version and a
-    /// history entry for every spec added, changed or removed. Concurrent applies, from this
-    /// process or others, run one after the other. Watermarks and jobs are never touched.
+    /// Makes `repo` the current repo, refusing breaking changes ([`Registry::apply_with`]).
     pub async fn apply(&self, repo: &FeatureRepo) -> Result<ApplyOutcome, RegistryError> {
-        let desired = RepoSnapshot::new(repo)?;
+        self.apply_with(repo, Breaking::Refuse).await
+    }
+
+    /// Makes `repo`, evolved over the current one ([`cellar_spec::evolve`]: features keep
+    /// their stored positions, removed ones are retired, re-laid-out groups get a new
+    /// generation), the current repo.
+    ///
+    /// With [`Breaking::Refuse`], an apply whose plan has breaking changes writes nothing and
+    /// fails with [`RegistryError::Breaking`] naming them. If the evolved repo equals the
+    /// current one (ignoring `origins`), nothing is written and the outcome says
+    /// `changed: false`. Otherwise one transaction writes the next repo version and a history
+    /// entry for every spec added, changed or removed. Concurrent applies, from this process
+    /// or others, run one after the other. Watermarks and jobs are never touched.
+    pub async fn apply_with(
+        &self,
+        repo: &FeatureRepo,
+        breaking: Breaking,
+    ) -> Result<ApplyOutcome, RegistryError> {
         let mut attempt = 1;
         loop {
-            match dispatch!(self, apply(&desired)) {
+            match dispatch!(self, apply(repo, breaking)) {
                 Err(RegistryError::ConcurrentApply { version }) if attempt < APPLY_ATTEMPTS => {
                     tracing::warn!(version, attempt, url = %self.url, "apply lost a race for its version, retrying");
                     attempt += 1;
@@ -214,6 +235,20 @@ impl Registry {
                 outcome => return outcome,
             }
         }
+    }
+
+    /// The current repo (empty before the first apply) and `repo` as applying it now would
+    /// make it: evolved over the current one. What `plan` compares.
+    pub async fn preview(
+        &self,
+        repo: &FeatureRepo,
+    ) -> Result<(FeatureRepo, FeatureRepo), RegistryError> {
+        let current = self.current().await?;
+        let version = current.as_ref().map_or(1, |c| c.version + 1);
+        let current = current.map(|c| c.repo).unwrap_or_default();
+        let latest = dispatch!(self, latest_specs())?;
+        let evolved = snapshot::evolved(&current, &latest, repo, version);
+        Ok((current, evolved))
     }
 
     /// Every version of one spec, oldest first; empty if it was never applied.

@@ -2,10 +2,58 @@
 
 use std::collections::BTreeMap;
 
-use cellar_spec::{FeatureRepo, SpecKind};
+use cellar_spec::{evolve, plan, FeatureRepo, SpecKind};
 use serde::Serialize;
 
-use crate::RegistryError;
+use crate::backend::RepoRow;
+use crate::{decode_applied_repo, Breaking, RegistryError};
+
+/// What an apply of `desired` over `current` (the head row, `None` before the first apply)
+/// writes: the version it creates and the snapshot of `desired` evolved over the current repo
+/// ([`cellar_spec::evolve`]). `latest` is the newest history row of every spec ever applied,
+/// which tells a re-created group from a new one. Breaking changes are refused unless allowed.
+pub(crate) fn prepare(
+    current: Option<RepoRow>,
+    latest: &[LatestSpec],
+    desired: &FeatureRepo,
+    breaking: Breaking,
+) -> Result<(i64, RepoSnapshot), RegistryError> {
+    let (version, current) = match current {
+        Some(row) => {
+            let applied = decode_applied_repo(row)?;
+            (applied.version + 1, applied.repo)
+        }
+        None => (1, FeatureRepo::default()),
+    };
+    let evolved = evolved(&current, latest, desired, version);
+    if breaking == Breaking::Refuse {
+        let changes = plan(&current, &evolved).breaking();
+        if !changes.is_empty() {
+            return Err(RegistryError::Breaking { changes });
+        }
+    }
+    Ok((version, RepoSnapshot::new(&evolved)?))
+}
+
+/// `desired` evolved over `current` for the apply that creates `version`.
+pub(crate) fn evolved(
+    current: &FeatureRepo,
+    latest: &[LatestSpec],
+    desired: &FeatureRepo,
+    version: i64,
+) -> FeatureRepo {
+    let was_applied = |name: &str| {
+        latest
+            .iter()
+            .any(|l| l.kind == SpecKind::FeatureGroup && l.name == name)
+    };
+    evolve(
+        current,
+        desired.clone(),
+        was_applied,
+        u64::try_from(version).unwrap_or(0),
+    )
+}
 
 /// A repo serialized for storage: the whole repo, and each spec on its own.
 ///

@@ -154,6 +154,7 @@ fn string_feature(name: &str) -> Feature {
         name: name.to_owned(),
         value_type: ValueType::Scalar(ScalarType::String),
         description: None,
+        retired: false,
     }
 }
 
@@ -179,6 +180,7 @@ fn sample_repo() -> FeatureRepo {
         serving: ServingPolicy::default(),
         max_record_bytes: 8192,
         description: None,
+        generation: 0,
     };
     let profile = FeatureGroup {
         name: "user_profile".to_owned(),
@@ -190,6 +192,7 @@ fn sample_repo() -> FeatureRepo {
                 name: "embedding".to_owned(),
                 value_type: ValueType::Vector(16),
                 description: None,
+                retired: false,
             },
         ],
         retention: Retention::default(),
@@ -199,6 +202,7 @@ fn sample_repo() -> FeatureRepo {
         },
         max_record_bytes: 8192,
         description: Some("slowly changing".to_owned()),
+        generation: 0,
     };
     let clicks = Ingestion {
         name: "clicks".to_owned(),

@@ -249,7 +249,7 @@ impl FeatureServer {
                 })?;
             let spec = &group.spec;
             let features = match &r.features {
-                None => (0..spec.features.len()).collect(),
+                None => spec.live_positions().collect(),
                 Some(names) => {
                     let mut positions = Vec::with_capacity(names.len());
                     for name in names {
@@ -259,8 +259,7 @@ impl FeatureServer {
                                     group: spec.name.clone(),
                                     feature: name.clone(),
                                     known: spec
-                                        .features
-                                        .iter()
+                                        .live_features()
                                         .map(|f| f.name.as_str())
                                         .collect::<Vec<_>>()
                                         .join(", "),
@@ -564,8 +563,7 @@ impl FeatureServing for FeatureServer {
                         group: spec.name.clone(),
                         feature: name.clone(),
                         known: spec
-                            .features
-                            .iter()
+                            .live_features()
                             .map(|f| f.name.as_str())
                             .collect::<Vec<_>>()
                             .join(", "),

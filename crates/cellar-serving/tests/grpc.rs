@@ -34,6 +34,7 @@ fn feature(name: &str, value_type: ValueType) -> Feature {
         name: name.to_owned(),
         value_type,
         description: None,
+        retired: false,
     }
 }
 
@@ -52,6 +53,7 @@ fn group(
         serving: ServingPolicy::default(),
         max_record_bytes: 64 * 1024,
         description: None,
+        generation: 0,
     }
 }
 

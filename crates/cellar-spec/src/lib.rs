@@ -8,6 +8,7 @@
 //! - [`key`]: canonical entity keys;
 //! - [`repo`]: a whole feature repo and its lookups;
 //! - [`parse`]: YAML text to a validated [`FeatureRepo`], collecting every error;
+//! - [`evolve`]: a repo from YAML laid over the applied one, so stored records keep their meaning;
 //! - [`plan`]: what applying one repo over another adds, changes (breaking or not) and removes;
 //! - [`redact`]: connection URLs with their passwords hidden, for logs and messages;
 //! - [`time`]: the wall clock in milliseconds since the epoch, the one `now_ms` of every crate.
@@ -15,6 +16,7 @@
 //! This crate does no IO (callers hand it file names and text; it only reads the clock) and
 //! depends on no other Cellar crate: every other crate depends on it.
 
+pub mod evolve;
 pub mod key;
 pub mod model;
 pub mod parse;
@@ -24,6 +26,7 @@ pub mod repo;
 pub mod time;
 pub mod value;
 
+pub use evolve::evolve;
 pub use key::{EntityKey, KeyError, KeyPart};
 pub use model::*;
 pub use parse::{parse_repo, SpecError, SpecErrors};

@@ -54,12 +54,16 @@ pub enum GroupKind {
 /// A named, ordered list of typed features of one entity, stored and served together.
 ///
 /// The position of a feature in `features` is its storage id: stored records hold values by
-/// position, so features may be appended but never reordered.
+/// position. A repo read from YAML lists features in file order; the registry keeps each
+/// feature at the position it was first applied at and retires (never reuses) the positions of
+/// removed features ([`crate::evolve`]), so the order of lines in a spec file never changes
+/// what a stored value means.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FeatureGroup {
     pub name: String,
     pub entity: String,
     pub kind: GroupKind,
+    /// Features by storage position, retired ones included.
     pub features: Vec<Feature>,
     pub retention: Retention,
     pub serving: ServingPolicy,
@@ -67,12 +71,52 @@ pub struct FeatureGroup {
     pub max_record_bytes: usize,
     #[serde(default)]
     pub description: Option<String>,
+    /// Where the group's records are stored: 0 for the layout the group was created with. An
+    /// apply that changes how records are keyed or laid out (kind, entity, key fields), or
+    /// that re-creates a removed group, moves the group to a new generation, stored apart from
+    /// the old records, so old bytes are never read with a new layout.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl FeatureGroup {
-    /// Position of a feature by name.
+    /// Position of a live (not retired) feature by name.
     pub fn feature_index(&self, name: &str) -> Option<usize> {
-        self.features.iter().position(|f| f.name == name)
+        self.features
+            .iter()
+            .position(|f| !f.retired && f.name == name)
+    }
+
+    /// Positions of the features that are served and written, in storage order.
+    pub fn live_positions(&self) -> impl Iterator<Item = usize> + '_ {
+        self.features
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| !f.retired)
+            .map(|(i, _)| i)
+    }
+
+    /// The features that are served and written, in storage order.
+    pub fn live_features(&self) -> impl Iterator<Item = &Feature> + '_ {
+        self.features.iter().filter(|f| !f.retired)
+    }
+
+    /// The name records are stored under: the group's name for generation 0, the name and the
+    /// generation after a layout change (`@` cannot appear in a spec name).
+    pub fn storage_name(&self) -> std::borrow::Cow<'_, str> {
+        if self.generation == 0 {
+            std::borrow::Cow::Borrowed(&self.name)
+        } else {
+            std::borrow::Cow::Owned(format!("{}@{}", self.name, self.generation))
+        }
     }
 }
 
@@ -83,6 +127,22 @@ pub struct Feature {
     pub value_type: ValueType,
     #[serde(default)]
     pub description: Option<String>,
+    /// A feature removed, or whose type changed, keeps its position so that no later feature
+    /// is given it: values stored there are never served or written again.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub retired: bool,
+}
+
+impl Feature {
+    /// A live feature.
+    pub fn new(name: impl Into<String>, value_type: ValueType) -> Feature {
+        Feature {
+            name: name.into(),
+            value_type,
+            description: None,
+            retired: false,
+        }
+    }
 }
 
 /// How long a group keeps records in the online store.

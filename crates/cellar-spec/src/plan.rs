@@ -23,9 +23,43 @@ impl Plan {
 
     /// Whether any change breaks stored data or readers.
     pub fn is_breaking(&self) -> bool {
-        self.changes.iter().any(
-            |c| matches!(&c.action, ChangeAction::Modify { breaking, .. } if !breaking.is_empty()),
-        )
+        self.changes.iter().any(Change::is_breaking)
+    }
+
+    /// What breaks, one line per problem, each naming its spec.
+    pub fn breaking(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for c in &self.changes {
+            match &c.action {
+                ChangeAction::Modify { breaking, .. } => out.extend(
+                    breaking
+                        .iter()
+                        .map(|b| format!("{} `{}`: {b}", c.kind, c.name)),
+                ),
+                ChangeAction::Remove if c.is_breaking() => {
+                    out.push(format!("{} `{}` removed: {REMOVED_GROUP}", c.kind, c.name))
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+/// Why removing a group breaks: said by `plan` and by a refused apply.
+pub const REMOVED_GROUP: &str =
+    "its stored records are no longer served, and a group created again under this name \
+     starts empty";
+
+impl Change {
+    /// Whether this change breaks stored data or readers: a breaking modification, or the
+    /// removal of a feature group (which may hold data).
+    pub fn is_breaking(&self) -> bool {
+        match &self.action {
+            ChangeAction::Modify { breaking, .. } => !breaking.is_empty(),
+            ChangeAction::Remove => self.kind == SpecKind::FeatureGroup,
+            ChangeAction::Add => false,
+        }
     }
 }
 
@@ -213,21 +247,47 @@ fn diff_group(old: &FeatureGroup, new: &FeatureGroup, d: &mut Diff) {
             old.entity, new.entity
         ));
     }
-    for (i, f) in old.features.iter().enumerate() {
+    if old.generation != new.generation {
+        d.breaking(format!(
+            "records move to storage generation {}: the group starts empty and is filled by its \
+             ingestions; records of generation {} are no longer served",
+            new.generation, old.generation
+        ));
+    } else {
+        diff_features(old, new, d);
+    }
+    diff_retention(&old.retention, &new.retention, d);
+    diff_serving(&old.serving, &new.serving, d);
+    d.field(
+        "max_record_bytes",
+        &old.max_record_bytes,
+        &new.max_record_bytes,
+        |v| v.to_string(),
+    );
+    d.field("description", &old.description, &new.description, optional);
+}
+
+/// Features of two versions of one group at the same generation, positions as [`crate::evolve`]
+/// keeps them.
+fn diff_features(old: &FeatureGroup, new: &FeatureGroup, d: &mut Diff) {
+    for i in old.live_positions() {
+        let f = &old.features[i];
         match new.feature_index(&f.name) {
             None => d.breaking(format!(
-                "feature `{}` ({}) removed: readers of it break and position {i} is freed",
+                "feature `{}` ({}) removed: readers of it break; position {i} is retired",
                 f.name, f.value_type
             )),
             Some(j) => {
                 let g = &new.features[j];
                 if f.value_type != g.value_type {
                     d.breaking(format!(
-                        "feature `{}` type changed from {} to {}: stored values have the old type",
-                        f.name, f.value_type, g.value_type
+                        "feature `{}` type changed from {} to {}: values stored as {} are no \
+                         longer served; it reads as null until written again (position {i} \
+                         retired, new position {j})",
+                        f.name, f.value_type, g.value_type, f.value_type
                     ));
-                }
-                if i != j {
+                } else if i != j {
+                    // Not produced by `evolve`; a repo planned without it would misread data.
                     d.breaking(format!(
                         "feature `{}` moved from position {i} to {j}: positions are storage ids",
                         f.name
@@ -244,7 +304,8 @@ fn diff_group(old: &FeatureGroup, new: &FeatureGroup, d: &mut Diff) {
             }
         }
     }
-    for (j, g) in new.features.iter().enumerate() {
+    for j in new.live_positions() {
+        let g = &new.features[j];
         if old.feature_index(&g.name).is_none() {
             d.detail(format!(
                 "feature `{}` ({}) added at position {j}",
@@ -252,15 +313,6 @@ fn diff_group(old: &FeatureGroup, new: &FeatureGroup, d: &mut Diff) {
             ));
         }
     }
-    diff_retention(&old.retention, &new.retention, d);
-    diff_serving(&old.serving, &new.serving, d);
-    d.field(
-        "max_record_bytes",
-        &old.max_record_bytes,
-        &new.max_record_bytes,
-        |v| v.to_string(),
-    );
-    d.field("description", &old.description, &new.description, optional);
 }
 
 fn diff_retention(old: &Retention, new: &Retention, d: &mut Diff) {
@@ -425,16 +477,13 @@ mod tests {
             kind: GroupKind::Attribute,
             features: features
                 .iter()
-                .map(|(n, t)| Feature {
-                    name: (*n).into(),
-                    value_type: t.parse::<ValueType>().unwrap(),
-                    description: None,
-                })
+                .map(|(n, t)| Feature::new(*n, t.parse::<ValueType>().unwrap()))
                 .collect(),
             retention: Retention::default(),
             serving: ServingPolicy::default(),
             max_record_bytes: 8192,
             description: None,
+            generation: 0,
         }
     }
 
@@ -481,25 +530,77 @@ mod tests {
     }
 
     #[test]
-    fn type_changes_removals_and_moves_are_breaking() {
+    fn type_changes_and_removals_are_breaking_and_reordering_is_nothing() {
         let a = repo(vec![group(&[
             ("x", "int64"),
             ("y", "string"),
             ("z", "bool"),
         ])]);
-        let b = repo(vec![group(&[("z", "bool"), ("x", "float64")])]);
+        let reordered = crate::evolve(
+            &a,
+            repo(vec![group(&[
+                ("z", "bool"),
+                ("y", "string"),
+                ("x", "int64"),
+            ])]),
+            |_| false,
+            2,
+        );
+        assert!(plan(&a, &reordered).is_empty());
+
+        let b = crate::evolve(
+            &a,
+            repo(vec![group(&[("z", "bool"), ("x", "float64")])]),
+            |_| false,
+            2,
+        );
         let p = plan(&a, &b);
         let (details, breaking) = modify(&p);
         assert_eq!(details, breaking);
         assert_eq!(
             breaking,
             [
-                "feature `x` type changed from int64 to float64: stored values have the old type",
-                "feature `x` moved from position 0 to 1: positions are storage ids",
-                "feature `y` (string) removed: readers of it break and position 1 is freed",
-                "feature `z` moved from position 2 to 0: positions are storage ids",
+                "feature `x` type changed from int64 to float64: values stored as int64 are no \
+                 longer served; it reads as null until written again (position 0 retired, new \
+                 position 3)",
+                "feature `y` (string) removed: readers of it break; position 1 is retired",
             ]
         );
+        assert_eq!(
+            p.breaking()[1],
+            "FeatureGroup `g`: feature `y` (string) removed: readers of it break; position 1 is \
+             retired"
+        );
+    }
+
+    #[test]
+    fn a_move_not_made_by_evolve_is_breaking() {
+        let a = repo(vec![group(&[("x", "int64"), ("y", "string")])]);
+        let b = repo(vec![group(&[("y", "string"), ("x", "int64")])]);
+        let p = plan(&a, &b);
+        assert_eq!(
+            modify(&p).1,
+            [
+                "feature `x` moved from position 0 to 1: positions are storage ids",
+                "feature `y` moved from position 1 to 0: positions are storage ids",
+            ]
+        );
+    }
+
+    #[test]
+    fn removing_a_group_is_breaking_and_a_new_generation_too() {
+        let a = repo(vec![group(&[("x", "int64")])]);
+        let p = plan(&a, &FeatureRepo::default());
+        assert!(p.is_breaking());
+        assert_eq!(
+            p.breaking(),
+            [format!("FeatureGroup `g` removed: {REMOVED_GROUP}")]
+        );
+
+        let mut moved = group(&[("x", "int64")]);
+        moved.generation = 5;
+        let p = plan(&a, &repo(vec![moved]));
+        assert!(modify(&p).1[0].starts_with("records move to storage generation 5"));
     }
 
     #[test]

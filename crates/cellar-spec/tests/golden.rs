@@ -111,6 +111,8 @@ fn plan_output(dir: &Path) -> String {
     let desired = read_repo_files(&[dir.join("desired.yaml")], dir);
     let current = parse_ok(&current, "current.yaml");
     let desired = parse_ok(&desired, "desired.yaml");
+    // As `cellar plan` shows it: the desired repo laid over the applied one.
+    let desired = cellar_spec::evolve(&current, desired, |_| false, 2);
     let mut out = String::new();
     for change in plan(&current, &desired).changes {
         match change.action {

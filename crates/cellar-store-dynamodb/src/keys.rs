@@ -60,7 +60,7 @@ pub(crate) fn partition_key(group: &str, entity: &EntityKey) -> Option<String> {
 
 /// The partition key of an entity about to be written, or why it cannot be.
 pub(crate) fn writable_partition_key(group: &FeatureGroup, entity: &EntityKey) -> Result<String> {
-    partition_key(&group.name, entity).ok_or_else(|| StoreError::InvalidInput {
+    partition_key(&group.storage_name(), entity).ok_or_else(|| StoreError::InvalidInput {
         group: group.name.clone(),
         entity: entity.as_str().escape_debug().to_string(),
         reason: format!(

@@ -475,11 +475,13 @@ impl RecordReader for DynamoStore {
         if entities.is_empty() {
             return Ok(Vec::new());
         }
-        let pks = distinct_partition_keys(&group.name, entities);
+        let pks = distinct_partition_keys(&group.storage_name(), entities);
         let found = self.get_attribute_items(&group.name, pks).await?;
         Ok(entities
             .iter()
-            .map(|e| keys::partition_key(&group.name, e).and_then(|pk| found.get(&pk).cloned()))
+            .map(|e| {
+                keys::partition_key(&group.storage_name(), e).and_then(|pk| found.get(&pk).cloned())
+            })
             .collect())
     }
 
@@ -494,7 +496,7 @@ impl RecordReader for DynamoStore {
         // Owned keys: streams over borrowed items trip the `Send` bound of async-trait.
         let pks: Vec<Option<String>> = entities
             .iter()
-            .map(|e| keys::partition_key(&group.name, e).filter(|_| limit > 0))
+            .map(|e| keys::partition_key(&group.storage_name(), e).filter(|_| limit > 0))
             .collect();
         futures::stream::iter(pks)
             .map(|pk| async move {
@@ -533,7 +535,7 @@ impl OnlineStore for DynamoStore {
 
     async fn delete(&self, group: &FeatureGroup, entities: &[EntityKey]) -> Result<()> {
         keys::check_group_name(group)?;
-        let pks = distinct_partition_keys(&group.name, entities);
+        let pks = distinct_partition_keys(&group.storage_name(), entities);
         match group.kind {
             GroupKind::Attribute => {
                 self.delete_keys(pks.iter().map(|pk| keys::attribute_key(pk)).collect())

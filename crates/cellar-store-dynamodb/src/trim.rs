@@ -53,7 +53,7 @@ impl DynamoStore {
             values: HashMap::from([
                 (
                     ":prefix".to_owned(),
-                    AttributeValue::S(keys::group_prefix(&group.name)),
+                    AttributeValue::S(keys::group_prefix(&group.storage_name())),
                 ),
                 (
                     ":attribute".to_owned(),
@@ -124,7 +124,7 @@ impl DynamoStore {
             values: HashMap::from([
                 (
                     ":prefix".to_owned(),
-                    AttributeValue::S(keys::group_prefix(&group.name)),
+                    AttributeValue::S(keys::group_prefix(&group.storage_name())),
                 ),
                 (":min".to_owned(), keys::number(i64::MIN)),
             ]),

@@ -246,7 +246,7 @@ impl RedisStore {
         let mut sent_indices = Vec::with_capacity(writes.len());
         for (index, w) in writes.iter().enumerate() {
             let value = keys::attribute_value(group, &w.entity, &w.record)?;
-            let key = self.keys.attribute(&group.name, &w.entity);
+            let key = self.keys.attribute(&group.storage_name(), &w.entity);
             let event_time = w.record.event_time;
             if sent.get(&key).is_some_and(|t| *t >= event_time) {
                 continue;
@@ -283,7 +283,7 @@ impl RedisStore {
         let mut slots: HashMap<Vec<u8>, usize> = HashMap::new();
         for w in writes {
             let member = keys::series_member(group, &w.entity, &w.record)?;
-            let key = self.keys.series(&group.name, &w.entity);
+            let key = self.keys.series(&group.storage_name(), &w.entity);
             let slot = *slots.entry(key).or_insert_with_key(|key| {
                 let mut call = scripts::call(&SCRIPTS.put_series, key);
                 call.arg(&max_records)
@@ -334,7 +334,7 @@ impl RecordReader for RedisStore {
         keys::check_group_name(group)?;
         let keys: Vec<Vec<u8>> = entities
             .iter()
-            .map(|e| self.keys.attribute(&group.name, e))
+            .map(|e| self.keys.attribute(&group.storage_name(), e))
             .collect();
         let values = self.mget(&group.name, &keys).await?;
         keys.iter()
@@ -363,7 +363,7 @@ impl RecordReader for RedisStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let keys: Vec<Vec<u8>> = entities
             .iter()
-            .map(|e| self.keys.series(&group.name, e))
+            .map(|e| self.keys.series(&group.storage_name(), e))
             .collect();
         let mut pipe = redis::Pipeline::with_capacity(keys.len());
         for key in &keys {
@@ -424,8 +424,8 @@ impl OnlineStore for RedisStore {
         let mut del = redis::cmd("DEL");
         for entity in entities {
             match group.kind {
-                GroupKind::Attribute => del.arg(self.keys.attribute(&group.name, entity)),
-                GroupKind::Timeseries => del.arg(self.keys.series(&group.name, entity)),
+                GroupKind::Attribute => del.arg(self.keys.attribute(&group.storage_name(), entity)),
+                GroupKind::Timeseries => del.arg(self.keys.series(&group.storage_name(), entity)),
             };
         }
         del.query_async::<Value>(&mut self.conn.clone())

@@ -28,7 +28,7 @@ impl RedisStore {
                     return Ok(0);
                 };
                 let cutoff = keys::ordered(cutoff);
-                let pattern = self.keys.attribute_pattern(&group.name);
+                let pattern = self.keys.attribute_pattern(&group.storage_name());
                 self.trim_keys(&group.name, &pattern, |key| {
                     let mut call = scripts::call(&SCRIPTS.trim_attribute, key);
                     call.arg(&cutoff[..]);
@@ -45,7 +45,7 @@ impl RedisStore {
                     Some(c) => (keys::score(c), keys::ordered(c).to_vec()),
                     None => (String::new(), Vec::new()),
                 };
-                let pattern = self.keys.series_pattern(&group.name);
+                let pattern = self.keys.series_pattern(&group.storage_name());
                 self.trim_keys(&group.name, &pattern, |key| {
                     let mut call = scripts::call(&SCRIPTS.trim_series, key);
                     call.arg(&max_records).arg(&score).arg(&ordered[..]);

@@ -136,7 +136,7 @@ impl RedisStore {
         let mut slot_of = Vec::with_capacity(entities.len());
         let mut slots: HashMap<Vec<u8>, usize> = HashMap::new();
         for (index, entity) in entities.iter().enumerate() {
-            let key = self.keys.attribute(&group.name, entity);
+            let key = self.keys.attribute(&group.storage_name(), entity);
             let slot = *slots.entry(key).or_insert_with_key(|key| {
                 plans.push(Plan {
                     entity: entity.clone(),

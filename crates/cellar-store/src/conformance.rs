@@ -214,17 +214,20 @@ fn group(name: &str, kind: GroupKind, retention: Retention) -> FeatureGroup {
                 name: "label".to_owned(),
                 value_type: ValueType::Scalar(ScalarType::String),
                 description: None,
+                retired: false,
             },
             Feature {
                 name: "count".to_owned(),
                 value_type: ValueType::Scalar(ScalarType::Int64),
                 description: None,
+                retired: false,
             },
         ],
         retention,
         serving: ServingPolicy::default(),
         max_record_bytes: 8 * 1024,
         description: None,
+        generation: 0,
     }
 }
 

@@ -575,7 +575,7 @@ impl Inner {
         let mut batch = self.batch();
         for (index, entity) in entities.iter().enumerate() {
             let mut key = Vec::with_capacity(group.name.len() + entity.0.len() + 1);
-            attribute_key(&mut key, &group.name, entity);
+            attribute_key(&mut key, &group.storage_name(), entity);
             let stored = match updated.get(&key) {
                 Some(r) => Some(r.clone()),
                 None => match self.attributes.get(&key).map_err(backend)? {
@@ -723,11 +723,11 @@ impl Inner {
             }
             match group.kind {
                 GroupKind::Attribute => {
-                    attribute_key(&mut key, &group.name, entity);
+                    attribute_key(&mut key, &group.storage_name(), entity);
                     batch.remove(&self.attributes, key.as_slice());
                 }
                 GroupKind::Timeseries => {
-                    series_prefix(&mut key, &group.name, entity);
+                    series_prefix(&mut key, &group.storage_name(), entity);
                     for guard in self.timeseries.prefix(&key) {
                         let stored = guard.key().map_err(backend)?;
                         if key_time(&stored, key.len()).is_some() {
@@ -746,7 +746,7 @@ impl Inner {
 
     fn trim(&self, group: &FeatureGroup, now: i64) -> Result<u64> {
         let cutoff = age_cutoff(group, now);
-        let prefix = group_prefix(&group.name);
+        let prefix = group_prefix(&group.storage_name());
         let mut candidates: Vec<fjall::UserKey> = Vec::new();
         let mut removed = 0;
         match group.kind {
@@ -874,11 +874,11 @@ impl EmbeddedStore {
             let mut key = Vec::with_capacity(group.name.len() + w.entity.0.len() + 2 + TIME_LEN);
             let prefix_len = match group.kind {
                 GroupKind::Attribute => {
-                    attribute_key(&mut key, &group.name, &w.entity);
+                    attribute_key(&mut key, &group.storage_name(), &w.entity);
                     key.len()
                 }
                 GroupKind::Timeseries => {
-                    series_prefix(&mut key, &group.name, &w.entity);
+                    series_prefix(&mut key, &group.storage_name(), &w.entity);
                     let len = key.len();
                     key.extend_from_slice(&inverted_time(w.record.event_time));
                     len
@@ -910,7 +910,7 @@ impl RecordReader for EmbeddedStore {
                 records.push(None);
                 continue;
             }
-            attribute_key(&mut key, &group.name, entity);
+            attribute_key(&mut key, &group.storage_name(), entity);
             let Some(bytes) = self.inner.attributes.get(&key).map_err(backend)? else {
                 records.push(None);
                 continue;
@@ -947,7 +947,7 @@ impl RecordReader for EmbeddedStore {
                 result.push(series);
                 continue;
             }
-            series_prefix(&mut prefix, &group.name, entity);
+            series_prefix(&mut prefix, &group.storage_name(), entity);
             for guard in self.inner.timeseries.prefix(&prefix) {
                 let (key, value) = guard.into_inner().map_err(backend)?;
                 let Some(event_time) = key_time(&key, prefix.len()) else {

@@ -55,7 +55,13 @@ enum Command {
     /// Show what `apply` would add, change or remove.
     Plan,
     /// Validate the feature repo and apply it to the registry.
-    Apply,
+    Apply {
+        /// Make breaking changes: retire removed and retyped features (their stored values are
+        /// never served again) and move groups whose kind, entity or key changed to a new,
+        /// empty storage generation. Without it, an apply with breaking changes is refused.
+        #[arg(long)]
+        allow_breaking: bool,
+    },
     /// Fetch features from a running server and print them as tables.
     Get {
         /// Entity key as key=value; repeat for more rows.
@@ -317,12 +323,23 @@ async fn run(cli: Cli, mut config: Config) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Apply => {
+        Command::Apply { allow_breaking } => {
             let registry = cellar_registry::Registry::open(&config.registry_url()).await?;
             match repo::plan_repo(&registry, &config.repo).await {
                 Ok((desired, plan)) => {
                     print!("{}", repo::render_plan(&plan));
-                    let outcome = registry.apply(&desired).await?;
+                    let breaking = if allow_breaking {
+                        cellar_registry::Breaking::Allow
+                    } else {
+                        cellar_registry::Breaking::Refuse
+                    };
+                    let outcome = match registry.apply_with(&desired, breaking).await {
+                        Err(e @ cellar_registry::RegistryError::Breaking { .. }) => {
+                            eprintln!("{e}");
+                            std::process::exit(1);
+                        }
+                        outcome => outcome?,
+                    };
                     if outcome.changed {
                         println!("applied: registry is at version {}", outcome.version);
                     } else {
@@ -586,6 +603,12 @@ async fn run_quickstart(config: Config) -> anyhow::Result<()> {
     print!("{}", repo::render_plan(&plan));
     let outcome = registry.apply(&desired).await?;
     println!("registry at version {}", outcome.version);
+    // Sample data is laid out as applied: features at their stored positions.
+    let desired = registry
+        .current()
+        .await?
+        .context("the registry is empty after an apply")?
+        .repo;
     registry.close().await;
 
     let node = Node::open(config.clone()).await?;

@@ -8,7 +8,8 @@ use anyhow::Context as _;
 use cellar_ingest_batch::Transform;
 use cellar_registry::Registry;
 use cellar_spec::{
-    parse_repo, plan, BatchSource, ChangeAction, FeatureRepo, IngestionSource, Plan, SpecErrors,
+    parse_repo, plan, plan::REMOVED_GROUP, BatchSource, ChangeAction, FeatureRepo, IngestionSource,
+    Plan, SpecErrors,
 };
 
 /// Reads every `.yaml` / `.yml` file under `dir`, sorted by path, as (path, text) pairs.
@@ -77,17 +78,17 @@ fn check_transforms(repo: &FeatureRepo) -> Result<(), RepoError> {
     }
 }
 
-/// The plan from the registry's current repo to the one in `dir`.
+/// The plan from the registry's current repo to the one in `dir`, as applying it would make
+/// it (features at their stored positions: the order of lines in YAML changes nothing).
+/// Returns the repo as read from `dir`, which is what an apply is given.
 pub async fn plan_repo(registry: &Registry, dir: &Path) -> Result<(FeatureRepo, Plan), RepoError> {
     let desired = load_repo(dir)?;
     check_transforms(&desired)?;
-    let current = registry
-        .current()
+    let (current, evolved) = registry
+        .preview(&desired)
         .await
-        .map_err(anyhow::Error::from)?
-        .map(|a| a.repo)
-        .unwrap_or_default();
-    let p = plan(&current, &desired);
+        .map_err(anyhow::Error::from)?;
+    let p = plan(&current, &evolved);
     Ok((desired, p))
 }
 
@@ -107,6 +108,10 @@ pub fn render_plan(p: &Plan) -> String {
             ChangeAction::Remove => {
                 remove += 1;
                 let _ = writeln!(out, "  - {} {}", c.kind, c.name);
+                if c.is_breaking() {
+                    breaking += 1;
+                    let _ = writeln!(out, "      BREAKING: {REMOVED_GROUP}");
+                }
             }
             ChangeAction::Modify {
                 details,
@@ -131,7 +136,8 @@ pub fn render_plan(p: &Plan) -> String {
     if breaking > 0 {
         let _ = writeln!(
             out,
-            "{breaking} breaking change(s): stored records or readers of these groups are affected"
+            "{breaking} breaking change(s): stored records or readers of these groups are \
+             affected; `cellar apply` refuses them unless given --allow-breaking"
         );
     }
     out

@@ -128,11 +128,59 @@ fn apply_is_idempotent_and_plan_names_breaking_changes() {
     );
     assert!(breaking.iter().any(|l| l.contains("country")), "{shown}");
 
-    let third = cellar(dir.path(), &["apply"]);
+    assert!(
+        shown.contains("refuses them unless given --allow-breaking"),
+        "{shown}"
+    );
+
+    // Apply refuses them, naming each, and changes nothing.
+    let refused = cellar(dir.path(), &["apply"]);
+    assert!(!refused.status.success());
+    let said = text(&refused.stderr);
+    assert!(
+        said.contains("apply refused: 2 breaking change(s)"),
+        "{said}"
+    );
+    assert!(said.contains("`age` type changed"), "{said}");
+    assert!(said.contains("--allow-breaking"), "{said}");
+    let plan = cellar(dir.path(), &["plan"]);
+    assert!(text(&plan.stdout).contains("BREAKING"));
+
+    let third = cellar(dir.path(), &["apply", "--allow-breaking"]);
     assert!(
         text(&third.stdout).contains("registry is at version 2"),
+        "{}{}",
+        text(&third.stdout),
+        text(&third.stderr)
+    );
+    let after = cellar(dir.path(), &["plan"]);
+    assert!(
+        text(&after.stdout).contains("no changes"),
         "{}",
-        text(&third.stdout)
+        text(&after.stdout)
+    );
+
+    // Reordering lines is no change at all once applied.
+    write(
+        dir.path(),
+        "groups.yaml",
+        "kind: FeatureGroup\nname: user_profile\nentity: user\ntype: attribute\nfeatures:\n  \
+         - { name: city, type: string }\n  - { name: age, type: string }\n",
+    );
+    let fourth = cellar(dir.path(), &["apply"]);
+    assert!(fourth.status.success(), "{}", text(&fourth.stderr));
+    assert!(text(&fourth.stdout).contains("feature `city` (string) added at position 3"));
+    write(
+        dir.path(),
+        "groups.yaml",
+        "kind: FeatureGroup\nname: user_profile\nentity: user\ntype: attribute\nfeatures:\n  \
+         - { name: age, type: string }\n  - { name: city, type: string }\n",
+    );
+    let reordered = cellar(dir.path(), &["plan"]);
+    assert!(
+        text(&reordered.stdout).contains("no changes"),
+        "{}",
+        text(&reordered.stdout)
     );
 }
 

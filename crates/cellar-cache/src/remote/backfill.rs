@@ -115,7 +115,7 @@ impl RemoteTier {
     /// it (false: it held a newer event time, or the write failed).
     #[doc(hidden)]
     pub async fn apply_fill(&self, group: &FeatureGroup, entity: &EntityKey, found: Found) -> bool {
-        let Some(fill) = fill_for(group, self.key(&group.name, entity), found) else {
+        let Some(fill) = fill_for(group, self.key(&group.storage_name(), entity), found) else {
             return false;
         };
         self.shared.apply_fills(vec![fill]).await == 1

@@ -231,7 +231,10 @@ impl RecordReader for RemoteTier {
         if !Self::serves(group) || entities.is_empty() {
             return self.shared.next.get_attributes(group, entities).await;
         }
-        let keys: Vec<Vec<u8>> = entities.iter().map(|e| self.key(&group.name, e)).collect();
+        let keys: Vec<Vec<u8>> = entities
+            .iter()
+            .map(|e| self.key(&group.storage_name(), e))
+            .collect();
         let Some(values) = self.lookup(&keys).await else {
             return self.shared.next.get_attributes(group, entities).await;
         };
@@ -289,7 +292,10 @@ impl RecordReader for RemoteTier {
                 .scan_timeseries(group, entities, query)
                 .await;
         }
-        let keys: Vec<Vec<u8>> = entities.iter().map(|e| self.key(&group.name, e)).collect();
+        let keys: Vec<Vec<u8>> = entities
+            .iter()
+            .map(|e| self.key(&group.storage_name(), e))
+            .collect();
         let Some(values) = self.lookup(&keys).await else {
             return self
                 .shared

@@ -71,7 +71,10 @@ impl RemoteTier {
         if !Self::serves(group) || entities.is_empty() {
             return;
         }
-        let keys: Vec<Vec<u8>> = entities.iter().map(|e| self.key(&group.name, e)).collect();
+        let keys: Vec<Vec<u8>> = entities
+            .iter()
+            .map(|e| self.key(&group.storage_name(), e))
+            .collect();
         let shared = &self.shared;
         let Some(permit) = shared.breaker.try_acquire() else {
             bump(&shared.stats.writes_skipped, keys.len());
@@ -105,7 +108,7 @@ impl RemoteTier {
         record: &Record,
         tie: Tie,
     ) -> ScriptCall {
-        let key = self.key(&group.name, entity);
+        let key = self.key(&group.storage_name(), entity);
         let ttls = Ttls::positive(&group.serving);
         let call = match (group.serving.write, group.kind, ttls) {
             (WriteStrategy::Through, GroupKind::Attribute, Some(ttls)) => {
@@ -145,7 +148,7 @@ impl RemoteTier {
 
     fn marker_call(&self, group: &FeatureGroup, entity: &EntityKey, event_time: i64) -> ScriptCall {
         ScriptCall::put(
-            self.key(&group.name, entity),
+            self.key(&group.storage_name(), entity),
             encode_invalidated(event_time),
             Ttls::marker(&group.serving),
             Tie::Max,

@@ -30,6 +30,7 @@ impl Drafts {
                         name: f.name,
                         value_type: f.value_type?,
                         description: f.description,
+                        retired: false,
                     })
                 })
                 .collect::<Option<Vec<_>>>()?;
@@ -42,6 +43,7 @@ impl Drafts {
                 serving: d.serving,
                 max_record_bytes: d.max_record_bytes,
                 description: d.head.description,
+                generation: 0,
             });
         }
         for d in self.ingestions {
