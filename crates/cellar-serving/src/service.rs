@@ -7,8 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cellar_cache::WritePath;
 use cellar_spec::time::now_ms;
-use cellar_spec::{EntityKey, GroupKind, Value};
-use cellar_store::{PutOutcome, Record, RecordReader, TimeseriesQuery, Write};
+use cellar_spec::{EntityKey, FeatureGroup, GroupKind, Value};
+use cellar_store::{PutOutcome, Record, RecordReader, TimeseriesQuery, Updater, Write};
 
 use crate::catalog::{Catalog, ServedGroup};
 use crate::error::ServeError;
@@ -527,6 +527,7 @@ impl FeatureServing for FeatureServer {
         let spec = &group.spec;
         let now = now_ms();
         let mut writes = Vec::with_capacity(req.rows.len());
+        let mut named = Vec::with_capacity(req.rows.len());
         for (i, row) in req.rows.iter().enumerate() {
             let mut parts = Vec::with_capacity(group.entity.keys.len());
             for field in &group.entity.keys {
@@ -556,6 +557,7 @@ impl FeatureServing for FeatureServer {
                 })?,
             };
             let mut values = vec![Value::Null; spec.features.len()];
+            let mut positions = Vec::with_capacity(row.features.len());
             for (name, v) in &row.features {
                 let pos = spec
                     .feature_index(name)
@@ -571,18 +573,74 @@ impl FeatureServing for FeatureServer {
                 values[pos] = Value::from_json(spec.features[pos].value_type, v).map_err(|e| {
                     ServeError::invalid(format!("records[{i}].features.{name}: {e}"))
                 })?;
+                positions.push(pos);
             }
             writes.push(Write {
                 entity,
                 record: Record::new(event_time, values),
             });
+            named.push(positions);
         }
-        let outcomes = self.writer.write(spec, &writes).await?;
+        self.write_pushed(spec, writes, named).await
+    }
+}
+
+impl FeatureServer {
+    /// Stores pushed records. A record naming every feature of its group replaces the stored
+    /// one if it is newer; an attribute record naming only some is merged into the stored
+    /// record (its named features replace the stored values if it is not older, the others are
+    /// kept), as the stream path merges events, so a push never erases what it did not name.
+    /// Time-series records are inserted as they are: each is an event of its own.
+    async fn write_pushed(
+        &self,
+        spec: &FeatureGroup,
+        writes: Vec<Write>,
+        named: Vec<Vec<usize>>,
+    ) -> Result<PushResponse, ServeError> {
+        let live = spec.live_positions().count();
+        let (mut whole, mut partial) = (Vec::new(), Vec::new());
+        for (write, mut positions) in writes.into_iter().zip(named) {
+            positions.sort_unstable();
+            positions.dedup();
+            if spec.kind == GroupKind::Timeseries || positions.len() == live {
+                whole.push(write);
+            } else {
+                partial.push((write, positions));
+            }
+        }
         let mut response = PushResponse::default();
-        for outcome in outcomes {
-            match outcome {
-                PutOutcome::Applied => response.applied += 1,
-                PutOutcome::Stale => response.stale += 1,
+        if !whole.is_empty() {
+            for outcome in self.writer.write(spec, &whole).await? {
+                match outcome {
+                    PutOutcome::Applied => response.applied += 1,
+                    PutOutcome::Stale => response.stale += 1,
+                }
+            }
+        }
+        if !partial.is_empty() {
+            let entities: Vec<EntityKey> = partial.iter().map(|(w, _)| w.entity.clone()).collect();
+            let width = spec.features.len();
+            let updater: Updater = Box::new(move |i, _, stored: Option<Record>| {
+                let (write, positions) = &partial[i];
+                let mut record = match stored {
+                    Some(r) if r.event_time > write.record.event_time => return None,
+                    Some(r) => r,
+                    None => Record::new(write.record.event_time, vec![Value::Null; width]),
+                };
+                if record.values.len() < width {
+                    record.values.resize(width, Value::Null);
+                }
+                for &p in positions {
+                    record.values[p] = write.record.values[p].clone();
+                }
+                record.event_time = write.record.event_time;
+                Some(record)
+            });
+            for stored in self.writer.update(spec, &entities, updater).await? {
+                match stored {
+                    Some(_) => response.applied += 1,
+                    None => response.stale += 1,
+                }
             }
         }
         Ok(response)

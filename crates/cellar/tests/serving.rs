@@ -147,6 +147,67 @@ async fn pushed_attributes_are_served_and_newer_event_time_wins() {
     assert_eq!(body["results"][0]["rows"][0]["values"], json!([32, "NZ"]));
 }
 
+/// u1's and u2's rows of `user_profile`.
+async fn profile_rows(s: &Server) -> Value {
+    let (status, body) = s
+        .post(
+            "/v1/features",
+            json!({"entities": {"user_id": ["u1", "u2"]}, "groups": ["user_profile"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["results"][0]["rows"].clone()
+}
+
+#[tokio::test]
+async fn a_push_naming_some_features_merges_them_and_erases_nothing() {
+    let s = Server::start().await;
+    s.push(
+        "user_profile",
+        json!([{"entity": {"user_id": "u1"}, "event_time": "2026-01-02T00:00:00Z",
+                "features": {"country": "KR", "age": 31, "keywords": ["bike"]}}]),
+    )
+    .await;
+
+    // Newer, naming only `age`: merged, the other features kept.
+    let answer = s
+        .push(
+            "user_profile",
+            json!([{"entity": {"user_id": "u1"}, "event_time": "2026-01-03T00:00:00Z",
+                    "features": {"age": 32}}]),
+        )
+        .await;
+    assert_eq!(answer, json!({"applied": 1, "stale": 0}));
+    let rows = profile_rows(&s).await;
+    assert_eq!(rows[0]["values"], json!(["KR", 32, ["bike"]]));
+    assert_eq!(rows[0]["event_time"], "2026-01-03T00:00:00Z");
+
+    // Older, naming only `country`: stale, nothing changes.
+    let answer = s
+        .push(
+            "user_profile",
+            json!([{"entity": {"user_id": "u1"}, "event_time": "2026-01-01T00:00:00Z",
+                    "features": {"country": "JP"}}]),
+        )
+        .await;
+    assert_eq!(answer, json!({"applied": 0, "stale": 1}));
+
+    // Feast's write-to-online-store with a frame lacking columns merges the same way, and a
+    // new entity gets nulls for what it did not name.
+    let (status, body) = s
+        .post(
+            "/write-to-online-store",
+            json!({"feature_view_name": "user_profile",
+                   "df": {"user_id": ["u1", "u2"], "country": ["NZ", "FR"],
+                          "event_timestamp": ["2026-01-04T00:00:00Z", "2026-01-04T00:00:00Z"]}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let rows = profile_rows(&s).await;
+    assert_eq!(rows[0]["values"], json!(["NZ", 32, ["bike"]]));
+    assert_eq!(rows[1]["values"], json!(["FR", null, null]));
+}
+
 #[tokio::test]
 async fn time_series_answer_newest_first_within_top_n_and_window() {
     let s = Server::start().await;
