@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cellar_ingest_stream::log::{
-    EventLog, LogEntry, LogError, LogRecord, RecordPosition, MAX_PARTITIONS, MAX_RECORD_BYTES,
+    EventLog, LogEntry, LogError, LogRecord, Producer, RecordPosition, MAX_PARTITIONS,
+    MAX_RECORD_BYTES,
 };
 
 fn record(key: Option<&str>, payload: &str) -> LogRecord {
@@ -780,4 +781,134 @@ fn append_then_abort(dir: &Path) -> ! {
         }
     });
     std::process::abort()
+}
+
+fn numbered(from: u64, to: u64) -> Vec<LogRecord> {
+    (from..to).map(|i| record(None, &format!("e{i}"))).collect()
+}
+
+fn producer(first_sequence: u64) -> Producer {
+    Producer {
+        id: "import-1".to_owned(),
+        first_sequence,
+    }
+}
+
+/// Every payload of a one-partition topic.
+fn everything(log: &EventLog, topic: &str) -> Vec<String> {
+    payloads(&log.read(topic, 0, 0, 10_000).expect("read"))
+}
+
+#[tokio::test]
+async fn a_producer_appending_the_same_records_again_appends_them_once_across_restarts() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let log = EventLog::open(dir.path()).expect("open");
+        log.create_topic("events", 1).await.expect("create");
+        let done = log
+            .append_produced("events", &producer(0), &numbered(0, 3))
+            .await
+            .expect("append");
+        assert_eq!(
+            (done.positions.len(), done.duplicates, done.next_sequence),
+            (3, 0, 3)
+        );
+
+        // A retry of the same request appends nothing.
+        let again = log
+            .append_produced("events", &producer(0), &numbered(0, 3))
+            .await
+            .expect("retry");
+        assert_eq!(
+            (again.positions.len(), again.duplicates, again.next_sequence),
+            (0, 3, 3)
+        );
+    }
+    // After a restart, an overlapping request appends only what is new.
+    let log = EventLog::open(dir.path()).expect("reopen");
+    assert_eq!(log.next_sequence("events", "import-1"), 3);
+    let done = log
+        .append_produced("events", &producer(1), &numbered(1, 6))
+        .await
+        .expect("overlap");
+    assert_eq!(
+        (done.positions.len(), done.duplicates, done.next_sequence),
+        (3, 2, 6)
+    );
+    assert_eq!(
+        everything(&log, "events"),
+        ["e0", "e1", "e2", "e3", "e4", "e5"]
+    );
+
+    // A gap is refused, naming what is missing, and appends nothing.
+    let gap = log
+        .append_produced("events", &producer(8), &numbered(8, 9))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            gap,
+            LogError::SequenceGap {
+                expected: 6,
+                got: 8,
+                ..
+            }
+        ),
+        "{gap}"
+    );
+    assert!(gap.to_string().contains("resend from 6"), "{gap}");
+    assert_eq!(everything(&log, "events").len(), 6);
+
+    // Other producers and other topics count on their own; plain appends are untouched.
+    let other = Producer {
+        id: "import-2".to_owned(),
+        first_sequence: 0,
+    };
+    let done = log
+        .append_produced("events", &other, &numbered(0, 1))
+        .await
+        .expect("other producer");
+    assert_eq!(done.positions.len(), 1);
+    log.append("events", &numbered(0, 1)).await.expect("plain");
+    assert_eq!(everything(&log, "events").len(), 8);
+    assert!(log
+        .append_produced("events", &producer(u64::MAX), &numbered(0, 1))
+        .await
+        .is_err());
+}
+
+#[tokio::test]
+async fn concurrent_retries_of_one_producer_append_each_record_once() {
+    let (log, _dir) = fresh();
+    log.create_topic("events", 4).await.expect("create");
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            for chunk in 0..10u64 {
+                // Each task sends every chunk; sequences are global, so all but one copy of
+                // each record is a duplicate, whichever task gets there first.
+                let _ = log
+                    .append_produced(
+                        "events",
+                        &producer(chunk * 10),
+                        &numbered(chunk * 10, chunk * 10 + 10),
+                    )
+                    .await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let mut seen = Vec::new();
+    for partition in 0..4 {
+        seen.extend(payloads(
+            &log.read("events", partition, 0, 10_000).expect("read"),
+        ));
+    }
+    seen.sort();
+    let mut expected: Vec<String> = (0..100).map(|i| format!("e{i}")).collect();
+    expected.sort();
+    assert_eq!(seen, expected);
 }

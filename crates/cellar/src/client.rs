@@ -193,42 +193,107 @@ pub fn render_dead_letters(letters: &[DeadLetter]) -> String {
 /// Events sent per request by `produce`.
 const PRODUCE_CHUNK: usize = 1000;
 
-/// Sends JSON lines to `/v1/events` in chunks; returns (appended, unrouted). A line that is not
-/// JSON stops the command with its line number before anything after it is sent.
-pub async fn produce(server: &str, topic: &str, lines: &str) -> anyhow::Result<(u64, u64)> {
-    let mut chunk = Vec::with_capacity(PRODUCE_CHUNK);
-    let (mut appended, mut unrouted) = (0, 0);
-    let send = |chunk: Vec<Json>| async move {
-        let answer = post(
-            server,
-            "/v1/events",
-            &json!({"topic": topic, "events": chunk}),
-        )
-        .await?;
-        anyhow::Ok((
-            answer["appended"].as_u64().unwrap_or(0),
-            answer["unrouted"].as_u64().unwrap_or(0),
-        ))
-    };
+/// What `produce` did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Produced {
+    /// Events appended by this run.
+    pub appended: u64,
+    /// Events skipped because an earlier run (or retry) had appended them.
+    pub duplicates: u64,
+    /// Events no ingestion consumes.
+    pub unrouted: u64,
+}
+
+/// Most malformed lines named when a file is refused.
+const BAD_LINES_SHOWN: usize = 5;
+
+/// Sends JSON lines to `/v1/events` in chunks.
+///
+/// Every line is parsed first: if any is not JSON, nothing is sent and the error names them.
+/// With a `producer` id the events are numbered (the n-th event of the input is sequence n),
+/// so running the same input again appends only what is missing: a run that was killed, or
+/// that failed midway, resumes where the server's log ends.
+pub async fn produce(
+    server: &str,
+    topic: &str,
+    lines: &str,
+    producer: Option<&str>,
+) -> anyhow::Result<Produced> {
+    let mut events = Vec::new();
+    let mut bad = Vec::new();
     for (i, line) in lines.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let event: Json =
-            serde_json::from_str(line).with_context(|| format!("line {} is not JSON", i + 1))?;
-        chunk.push(event);
-        if chunk.len() == PRODUCE_CHUNK {
-            let (a, u) = send(std::mem::take(&mut chunk)).await?;
-            appended += a;
-            unrouted += u;
+        match serde_json::from_str::<Json>(line) {
+            Ok(event) => events.push(event),
+            Err(e) => bad.push(format!("line {}: {e}", i + 1)),
         }
     }
-    if !chunk.is_empty() {
-        let (a, u) = send(chunk).await?;
-        appended += a;
-        unrouted += u;
+    if !bad.is_empty() {
+        let more = bad.len().saturating_sub(BAD_LINES_SHOWN);
+        let mut message = format!(
+            "{} line(s) are not JSON; nothing was sent:\n  {}",
+            bad.len(),
+            bad[..bad.len().min(BAD_LINES_SHOWN)].join("\n  ")
+        );
+        if more > 0 {
+            message.push_str(&format!("\n  and {more} more"));
+        }
+        anyhow::bail!(message);
     }
-    Ok((appended, unrouted))
+
+    let mut done = Produced::default();
+    let mut next = 0usize;
+    while next < events.len() {
+        let end = (next + PRODUCE_CHUNK).min(events.len());
+        let mut body = json!({"topic": topic, "events": &events[next..end]});
+        if let Some(id) = producer {
+            body["producer"] = json!({"id": id, "sequence": next});
+        }
+        let answer = post(server, "/v1/events", &body).await.with_context(|| {
+            format!(
+                "{} of {} events appended before this failure{}",
+                next,
+                events.len(),
+                if producer.is_some() {
+                    "; run the same command again to resume (events already appended are \
+                     skipped)"
+                } else {
+                    ""
+                }
+            )
+        })?;
+        done.appended += answer["appended"].as_u64().unwrap_or(0);
+        done.duplicates += answer["duplicates"].as_u64().unwrap_or(0);
+        done.unrouted += answer["unrouted"].as_u64().unwrap_or(0);
+        // A resumed run learns from its first answer where the log ends and skips ahead.
+        let server_next = answer["next_sequence"]
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(end);
+        if server_next > end {
+            done.duplicates += (server_next.min(events.len()) - end) as u64;
+        }
+        next = server_next.max(end);
+    }
+    Ok(done)
+}
+
+/// The producer id `cellar produce` uses for a file: its name and a hash of its full path, so
+/// running it again on the same file resumes, and two files never share sequences.
+pub fn producer_id_for(path: &std::path::Path) -> String {
+    let full = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in full.to_string_lossy().as_bytes() {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    let name: String = path
+        .file_name()
+        .map(|n| n.to_string_lossy().chars().take(64).collect())
+        .unwrap_or_default();
+    format!("file:{name}:{hash:016x}")
 }
 
 fn cell(v: &Json) -> String {

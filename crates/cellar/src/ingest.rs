@@ -16,7 +16,7 @@ use cellar_ingest_stream::kafka::{
     KafkaSourceConfig,
 };
 use cellar_ingest_stream::log::source::{ensure_topic, LogPublisher, LogSource};
-use cellar_ingest_stream::log::{EventLog, LogRecord};
+use cellar_ingest_stream::log::{EventLog, LogRecord, Producer};
 use cellar_ingest_stream::pipeline::{Pipeline, PipelineConfig, PipelineStats};
 use cellar_ingest_stream::process::{EventProcessor, RetryPolicy};
 use cellar_ingest_stream::source::{OutgoingEvent, Publisher, SourceEvent};
@@ -99,6 +99,10 @@ pub struct StreamIngestion {
     dead_letters: DeadLetters,
     /// Lag reported by the Kafka members this process runs (main and retry).
     kafka_lag: std::sync::Mutex<Vec<ConsumerLag>>,
+    /// Producers' next sequences on Kafka, kept by this process only (the embedded log keeps
+    /// them durably with its records); held across a publish so one producer's calls run in
+    /// order.
+    kafka_sequences: tokio::sync::Mutex<std::collections::HashMap<(String, String), u64>>,
 }
 
 /// What one `append_events` call did.
@@ -107,6 +111,10 @@ pub struct Appended {
     pub appended: usize,
     /// Events no ingestion consumes (kept in the log all the same).
     pub unrouted: usize,
+    /// Events of a numbering producer skipped because they were appended before.
+    pub duplicates: usize,
+    /// The producer's next expected sequence, when the call named a producer.
+    pub next_sequence: Option<u64>,
 }
 
 impl StreamIngestion {
@@ -205,6 +213,7 @@ impl StreamIngestion {
             pipelines: std::sync::Mutex::new(Some((main, retry))),
             dead_letters,
             kafka_lag: std::sync::Mutex::default(),
+            kafka_sequences: tokio::sync::Mutex::default(),
         })
     }
 
@@ -302,9 +311,10 @@ impl StreamIngestion {
         &self,
         topic: &str,
         events: &[serde_json::Value],
+        producer: Option<&Producer>,
     ) -> anyhow::Result<Appended> {
         let dispatcher = self.processor.dispatcher();
-        let now = chrono::Utc::now().timestamp_millis();
+        let now = cellar_spec::time::now_ms();
         let mut unrouted = 0;
         let keyed: Vec<(Option<Bytes>, Bytes)> = events
             .iter()
@@ -332,10 +342,23 @@ impl StreamIngestion {
                         timestamp_ms: now,
                     })
                     .collect();
-                log.append(topic, &records).await?;
+                match producer {
+                    None => {
+                        log.append(topic, &records).await?;
+                    }
+                    Some(producer) => {
+                        let done = log.append_produced(topic, producer, &records).await?;
+                        return Ok(Appended {
+                            appended: done.positions.len(),
+                            unrouted,
+                            duplicates: done.duplicates,
+                            next_sequence: Some(done.next_sequence),
+                        });
+                    }
+                }
             }
             Transport::Kafka(kafka) => {
-                let outgoing: Vec<OutgoingEvent> = keyed
+                let mut outgoing: Vec<OutgoingEvent> = keyed
                     .into_iter()
                     .map(|(key, payload)| OutgoingEvent {
                         key,
@@ -343,12 +366,46 @@ impl StreamIngestion {
                         headers: Vec::new(),
                     })
                     .collect();
-                kafka.publisher.publish(topic, &outgoing).await?;
+                let Some(producer) = producer else {
+                    kafka.publisher.publish(topic, &outgoing).await?;
+                    return Ok(Appended {
+                        appended: events.len(),
+                        unrouted,
+                        duplicates: 0,
+                        next_sequence: None,
+                    });
+                };
+                let mut sequences = self.kafka_sequences.lock().await;
+                let key = (topic.to_owned(), producer.id.clone());
+                let expected = sequences.get(&key).copied().unwrap_or(0);
+                if producer.first_sequence > expected {
+                    return Err(cellar_ingest_stream::log::LogError::SequenceGap {
+                        topic: key.0,
+                        producer: key.1,
+                        expected,
+                        got: producer.first_sequence,
+                    }
+                    .into());
+                }
+                let count = outgoing.len() as u64;
+                let skip = (expected - producer.first_sequence).min(count) as usize;
+                let fresh = outgoing.split_off(skip);
+                kafka.publisher.publish(topic, &fresh).await?;
+                let next = expected.max(producer.first_sequence.saturating_add(count));
+                sequences.insert(key, next);
+                return Ok(Appended {
+                    appended: fresh.len(),
+                    unrouted,
+                    duplicates: skip,
+                    next_sequence: Some(next),
+                });
             }
         }
         Ok(Appended {
             appended: events.len(),
             unrouted,
+            duplicates: 0,
+            next_sequence: None,
         })
     }
 
@@ -533,6 +590,17 @@ impl Collector for IngestMetrics {
 struct EventsBody {
     topic: String,
     events: Vec<serde_json::Value>,
+    /// A producer numbering its events, so a retried request appends them once.
+    #[serde(default)]
+    producer: Option<ProducerBody>,
+}
+
+/// `{"id": "...", "sequence": N}`: the producer and the sequence of the request's first event.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProducerBody {
+    id: String,
+    sequence: u64,
 }
 
 /// The query of `GET /v1/dead-letters`; the limit is text, so a bad one gets its own message.
@@ -608,13 +676,24 @@ pub fn events_router(
                 ),
             );
         }
-        match ingestion.append_events(&body.topic, &body.events).await {
-            Ok(a) => json_response(
-                StatusCode::OK,
-                serde_json::json!({"appended": a.appended, "unrouted": a.unrouted})
-                    .to_string()
-                    .into_bytes(),
-            ),
+        let producer = body.producer.map(|p| Producer {
+            id: p.id,
+            first_sequence: p.sequence,
+        });
+        match ingestion
+            .append_events(&body.topic, &body.events, producer.as_ref())
+            .await
+        {
+            Ok(a) => {
+                let mut answer =
+                    serde_json::json!({"appended": a.appended, "unrouted": a.unrouted});
+                if let Some(next) = a.next_sequence {
+                    answer["duplicates"] = a.duplicates.into();
+                    answer["next_sequence"] = next.into();
+                }
+                json_response(StatusCode::OK, answer.to_string().into_bytes())
+            }
+
             Err(e) => {
                 let kind = if retryable(&e) {
                     ErrorKind::Unavailable

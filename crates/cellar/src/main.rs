@@ -102,6 +102,11 @@ enum Command {
         file: Option<PathBuf>,
         #[arg(long, default_value = "http://127.0.0.1:6566")]
         server: String,
+        /// Number the events as this producer, so a re-run appends only what is missing.
+        /// Default for a file: derived from its path (re-running on it resumes); stdin has
+        /// none unless given.
+        #[arg(long)]
+        producer_id: Option<String>,
     },
     /// Serve a fixed body from a bare HTTP server: the serving benchmark's baseline.
     #[command(hide = true)]
@@ -387,16 +392,24 @@ async fn run(cli: Cli, mut config: Config) -> anyhow::Result<()> {
             topic,
             file,
             server,
+            producer_id,
         } => {
-            let text = match file {
-                Some(f) if f.as_os_str() != "-" => std::fs::read_to_string(&f)
-                    .with_context(|| format!("reading {}", f.display()))?,
-                _ => std::io::read_to_string(std::io::stdin()).context("reading stdin")?,
+            let (text, producer) = match file {
+                Some(f) if f.as_os_str() != "-" => (
+                    std::fs::read_to_string(&f)
+                        .with_context(|| format!("reading {}", f.display()))?,
+                    producer_id.or_else(|| Some(client::producer_id_for(&f))),
+                ),
+                _ => (
+                    std::io::read_to_string(std::io::stdin()).context("reading stdin")?,
+                    producer_id,
+                ),
             };
-            let sent = client::produce(&server, &topic, &text).await?;
+            let sent = client::produce(&server, &topic, &text, producer.as_deref()).await?;
             println!(
-                "appended {} events to `{topic}` ({} consumed by no ingestion)",
-                sent.0, sent.1
+                "appended {} events to `{topic}` ({} appended before and skipped, {} consumed \
+                 by no ingestion)",
+                sent.appended, sent.duplicates, sent.unrouted
             );
             Ok(())
         }

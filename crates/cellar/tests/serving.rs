@@ -616,6 +616,70 @@ async fn events_posted_to_the_embedded_log_are_ingested_and_served() {
 }
 
 #[tokio::test]
+async fn a_numbering_producer_appends_each_event_once_however_often_it_resends() {
+    let s = Server::start().await;
+    let events: Vec<Value> = (0..5)
+        .map(|i| json!({"type": "page_viewed", "user_id": format!("u{i}")}))
+        .collect();
+    let body =
+        json!({"topic": "imports", "events": events, "producer": {"id": "p1", "sequence": 0}});
+    let (status, first) = s.post("/v1/events", body.clone()).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["appended"], 5);
+    let (status, retried) = s.post("/v1/events", body).await;
+    assert_eq!(status, 200, "{retried}");
+    assert_eq!(
+        (
+            &retried["appended"],
+            &retried["duplicates"],
+            &retried["next_sequence"]
+        ),
+        (&json!(0), &json!(5), &json!(5))
+    );
+    let (status, gap) = s
+        .post(
+            "/v1/events",
+            json!({"topic": "imports", "events": [{}], "producer": {"id": "p1", "sequence": 9}}),
+        )
+        .await;
+    assert_eq!(status, 400, "{gap}");
+    assert!(gap.to_string().contains("resend from 5"), "{gap}");
+
+    // `cellar produce`: a run cut short, then the whole file again, appends each line once.
+    let lines: String = (0..2500)
+        .map(|i| format!("{{\"type\": \"page_viewed\", \"user_id\": \"u{i}\"}}\n"))
+        .collect();
+    let cut: String = lines.lines().take(1200).map(|l| format!("{l}\n")).collect();
+    let partial = cellar::client::produce(&s.base, "imports", &cut, Some("file-a"))
+        .await
+        .unwrap();
+    assert_eq!((partial.appended, partial.duplicates), (1200, 0));
+    let whole = cellar::client::produce(&s.base, "imports", &lines, Some("file-a"))
+        .await
+        .unwrap();
+    assert_eq!((whole.appended, whole.duplicates), (1300, 1200));
+    let again = cellar::client::produce(&s.base, "imports", &lines, Some("file-a"))
+        .await
+        .unwrap();
+    assert_eq!((again.appended, again.duplicates), (0, 2500));
+
+    // A bad line anywhere: nothing is sent, and the error names it.
+    let bad = format!("{cut}not json\n");
+    let err = cellar::client::produce(&s.base, "imports", &bad, Some("file-b"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("line 1201") && err.contains("nothing was sent"),
+        "{err}"
+    );
+    let fresh = cellar::client::produce(&s.base, "imports", &cut, Some("file-b"))
+        .await
+        .unwrap();
+    assert_eq!(fresh.appended, 1200, "the refused run appended nothing");
+}
+
+#[tokio::test]
 #[ignore = "needs a DynamoDB-compatible server (CELLAR_TEST_DYNAMODB); scripts/test.sh starts dynalite"]
 async fn a_node_on_dynamodb_serves_pushed_and_ingested_records() {
     let endpoint = common::service_address("CELLAR_TEST_DYNAMODB", "a DynamoDB-compatible server");

@@ -75,6 +75,23 @@ pub(crate) fn position_key(group: &str, topic: &str, partition: u32) -> Vec<u8> 
     key
 }
 
+/// `<topic>\0<producer id>`: where a producer's next sequence is kept.
+pub(crate) fn producer_key(topic: &str, producer: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(topic.len() + 1 + producer.len());
+    key.extend_from_slice(topic.as_bytes());
+    key.push(SEPARATOR);
+    key.extend_from_slice(producer.as_bytes());
+    key
+}
+
+/// Splits a producer key back into topic and producer id.
+pub(crate) fn parse_producer_key(key: &[u8]) -> Option<(String, String)> {
+    let split = key.iter().position(|&b| b == SEPARATOR)?;
+    let topic = std::str::from_utf8(key.get(..split)?).ok()?;
+    let producer = std::str::from_utf8(key.get(split + 1..)?).ok()?;
+    Some((topic.to_owned(), producer.to_owned()))
+}
+
 /// Splits a committed-position key back into group, topic and partition.
 pub(crate) fn parse_position_key(key: &[u8]) -> Option<(String, String, u32)> {
     let group_end = key.iter().position(|&b| b == SEPARATOR)?;

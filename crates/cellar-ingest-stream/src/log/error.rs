@@ -70,6 +70,19 @@ pub enum LogError {
         /// Why.
         reason: String,
     },
+    /// A producer's records would leave a hole: the first sequence of the call is past the
+    /// next one expected, so records in between were never appended.
+    #[error(
+        "producer `{producer}` of topic `{topic}` sent sequence {got}, but {expected} is the \
+         next expected: records {expected} to {} are missing; resend from {expected}",
+        got - 1
+    )]
+    SequenceGap {
+        topic: String,
+        producer: String,
+        expected: u64,
+        got: u64,
+    },
     /// Stored bytes that do not decode: the disk or a foreign writer damaged them.
     #[error("corrupt log entry in partition {partition} of topic `{topic}` at offset {offset}: {reason}")]
     Corrupt {

@@ -10,6 +10,7 @@
 //! topics:     <topic>                                          -> version, partition count
 //! starts:     <topic> 0x00 <partition u32 BE>                  -> first kept offset, u64 BE
 //! positions:  <group> 0x00 <topic> 0x00 <partition u32 BE>     -> committed offset, u64 BE
+//! producers:  <topic> 0x00 <producer id>                       -> next sequence, u64 BE
 //! ```
 //!
 //! Guarantees, and how they are kept:
@@ -21,6 +22,10 @@
 //! - **Offsets gap-free and in order.** Only the writer hands out offsets. A partition's end
 //!   offset is published after the records below it are durable, and readers never look past
 //!   it, so a record that is read can never disappear in a crash.
+//! - **Appending the same events twice appends them once**, for a producer that numbers
+//!   them ([`Producer`]): the next sequence expected of each producer is written in the same
+//!   atomic batch as the records, so a retry after a crash or a lost answer skips exactly
+//!   what was appended.
 //! - **Restart sees everything.** Opening the directory rebuilds each partition's end offset
 //!   from its last key, its start from `starts`, and every committed position.
 //!
@@ -91,6 +96,28 @@ pub struct LogEntry {
     pub timestamp_ms: i64,
 }
 
+/// A producer that numbers its records, so that appending them again (a retried request, a
+/// re-run import) appends each once: records are numbered from `first_sequence` in the order
+/// given, and those below the producer's next expected sequence are skipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Producer {
+    /// Stable across retries and restarts of the producer; at most [`MAX_NAME_BYTES`] bytes.
+    pub id: String,
+    /// The sequence number of the first record of the call.
+    pub first_sequence: u64,
+}
+
+/// What an append by a [`Producer`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducedRecords {
+    /// Where each record appended now went, in order; the skipped ones are not listed.
+    pub positions: Vec<RecordPosition>,
+    /// Records skipped because the producer had appended them before.
+    pub duplicates: usize,
+    /// The producer's next expected sequence after this call.
+    pub next_sequence: u64,
+}
+
 /// Where an appended record was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RecordPosition {
@@ -131,6 +158,10 @@ pub(crate) struct Shared {
     starts: Keyspace,
     /// Committed positions, keyed `<group>\0<topic>\0<partition>`.
     positions: Keyspace,
+    /// Each producer's next expected sequence, keyed `<topic>\0<producer id>`.
+    producers: Keyspace,
+    /// Every producer's next expected sequence; only the writer reads and changes it.
+    sequences: std::sync::Mutex<HashMap<(String, String), u64>>,
     /// Every topic, looked up on each call; only the writer inserts.
     topics: RwLock<HashMap<String, Arc<Topic>>>,
     /// Every committed position, so `committed` needs no disk read; only the writer changes it,
@@ -322,6 +353,8 @@ impl EventLog {
             topic_meta: keyspace("topics")?,
             starts: keyspace("starts")?,
             positions: keyspace("positions")?,
+            producers: keyspace("producers")?,
+            sequences: std::sync::Mutex::new(HashMap::new()),
             db,
             path: path.clone(),
             topics: RwLock::new(HashMap::new()),
@@ -329,6 +362,7 @@ impl EventLog {
         };
         let topics = load_topics(&shared)?;
         let committed = load_positions(&shared)?;
+        *shared.sequences.lock().unwrap_or_else(|p| p.into_inner()) = load_sequences(&shared)?;
         let partitions: usize = topics.values().map(|t| t.partitions.len()).sum();
         tracing::info!(
             path = %path.display(),
@@ -414,6 +448,59 @@ impl EventLog {
             None => topic.next_unkeyed.fetch_add(1, Ordering::Relaxed) % partitions,
         })?;
         self.submit_append(topic, batch).await
+    }
+
+    /// [`append`](EventLog::append) for a producer that numbers its records: the records it
+    /// appended before (sequence below its next expected one) are skipped, the rest appended,
+    /// and the producer's next sequence moved past them, all in one atomic write. A call whose
+    /// first sequence is past the next expected one (records would be missing in between) is
+    /// refused with [`LogError::SequenceGap`].
+    pub async fn append_produced(
+        &self,
+        topic: &str,
+        producer: &Producer,
+        records: &[LogRecord],
+    ) -> Result<ProducedRecords> {
+        check_name("producer id", &producer.id)?;
+        let topic = self.topic(topic)?;
+        let partitions = topic.partition_count();
+        let batch = encode(&topic, records, |record| match &record.key {
+            Some(key) => partitioner::partition_for_key(key, partitions),
+            None => topic.next_unkeyed.fetch_add(1, Ordering::Relaxed) % partitions,
+        })?;
+        let name = topic.name.clone();
+        let producer = producer.clone();
+        let count = records.len();
+        let (positions, next_sequence) = self
+            .inner
+            .writer
+            .submit(
+                || format!("appending to topic `{name}`"),
+                |reply| Request::Produce {
+                    topic,
+                    batch,
+                    producer,
+                    reply,
+                },
+            )
+            .await?;
+        Ok(ProducedRecords {
+            duplicates: count - positions.len(),
+            positions,
+            next_sequence,
+        })
+    }
+
+    /// The next sequence `producer_id` is expected to send to `topic`: 0 for one never seen.
+    pub fn next_sequence(&self, topic: &str, producer_id: &str) -> u64 {
+        self.inner
+            .shared
+            .sequences
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(topic.to_owned(), producer_id.to_owned()))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Appends `records` to one chosen partition of `topic`, durably and atomically, whatever
@@ -780,6 +867,30 @@ fn load_topics(shared: &Shared) -> Result<HashMap<String, Arc<Topic>>> {
         topics.insert(name, Arc::new(topic));
     }
     Ok(topics)
+}
+
+/// Every producer's next sequence on disk.
+fn load_sequences(shared: &Shared) -> Result<HashMap<(String, String), u64>> {
+    let mut sequences = HashMap::new();
+    for guard in shared.producers.iter() {
+        let (key, value) = guard.into_inner().map_err(|e| {
+            LogError::backend(
+                format!("loading producer sequences at {}", shared.path.display()),
+                e,
+            )
+        })?;
+        let what = || format!("producer sequence {:?}", String::from_utf8_lossy(&key));
+        let parsed = codec::parse_producer_key(&key).ok_or_else(|| LogError::CorruptMetadata {
+            what: what(),
+            reason: "malformed key".to_owned(),
+        })?;
+        let next = codec::decode_u64(&value).ok_or_else(|| LogError::CorruptMetadata {
+            what: what(),
+            reason: format!("expected 8 bytes, found {}", value.len()),
+        })?;
+        sequences.insert(parsed, next);
+    }
+    Ok(sequences)
 }
 
 /// Every committed position on disk.

@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 
 use super::codec;
 use super::error::{LogError, Result};
-use super::{PositionKey, RecordPosition, Shared, Topic};
+use super::{PositionKey, Producer, RecordPosition, Shared, Topic};
 
 /// What the writer waits for before acknowledging: the journal fsync'd, file metadata included.
 const DURABLE: PersistMode = PersistMode::SyncAll;
@@ -46,6 +46,13 @@ pub(crate) enum Request {
         topic: Arc<Topic>,
         batch: EncodedBatch,
         reply: oneshot::Sender<Result<Vec<RecordPosition>>>,
+    },
+    /// An append by a numbering producer: records it appended before are skipped.
+    Produce {
+        topic: Arc<Topic>,
+        batch: EncodedBatch,
+        producer: Producer,
+        reply: oneshot::Sender<Result<(Vec<RecordPosition>, u64)>>,
     },
     CreateTopic {
         name: String,
@@ -74,6 +81,12 @@ enum Pending {
         Vec<RecordPosition>,
         Arc<Topic>,
     ),
+    Produce(
+        oneshot::Sender<Result<(Vec<RecordPosition>, u64)>>,
+        Vec<RecordPosition>,
+        u64,
+        Arc<Topic>,
+    ),
     CreateTopic(oneshot::Sender<Result<()>>, String),
     Commit(oneshot::Sender<Result<i64>>, i64, Arc<Topic>),
     Truncate(oneshot::Sender<Result<bool>>, bool, Arc<Topic>),
@@ -85,6 +98,7 @@ impl Pending {
         // is durable either way.
         match self {
             Pending::Append(reply, positions, _) => drop(reply.send(Ok(positions))),
+            Pending::Produce(reply, positions, next, _) => drop(reply.send(Ok((positions, next)))),
             Pending::CreateTopic(reply, _) => drop(reply.send(Ok(()))),
             Pending::Commit(reply, offset, _) => drop(reply.send(Ok(offset))),
             Pending::Truncate(reply, raised, _) => drop(reply.send(Ok(raised))),
@@ -96,6 +110,9 @@ impl Pending {
         let error = |action: String| LogError::backend(action, reason);
         match self {
             Pending::Append(reply, _, topic) => {
+                drop(reply.send(Err(error(format!("appending to topic `{}`", topic.name)))))
+            }
+            Pending::Produce(reply, _, _, topic) => {
                 drop(reply.send(Err(error(format!("appending to topic `{}`", topic.name)))))
             }
             Pending::CreateTopic(reply, name) => {
@@ -189,6 +206,8 @@ fn write_group(shared: &Shared, group: Vec<Request>) {
     let mut created: Vec<Arc<Topic>> = Vec::new();
     let mut commits: HashMap<PositionKey, u64> = HashMap::new();
     let mut starts: HashMap<(String, u32), (Arc<Topic>, u64)> = HashMap::new();
+    // Producers' next sequences as this batch moves them, published once it is durable.
+    let mut sequences: HashMap<(String, String), u64> = HashMap::new();
 
     for request in group {
         match request {
@@ -202,27 +221,60 @@ fn write_group(shared: &Shared, group: Vec<Request>) {
                     let _ = reply.send(Err(topic.partition_out_of_range(*bad)));
                     continue;
                 }
-                if !appended.iter().any(|t| Arc::ptr_eq(t, &topic)) {
-                    appended.push(Arc::clone(&topic));
-                }
-                let mut positions = Vec::with_capacity(encoded.records.len());
-                let mut key = Vec::new();
-                for (partition, range) in &encoded.records {
-                    // Every partition was checked just above.
-                    let Some(state) = topic.partitions.get(*partition as usize) else {
-                        continue;
-                    };
-                    let offset = state.next.load(Ordering::Relaxed);
-                    state.next.store(offset + 1, Ordering::Relaxed);
-                    codec::write_record_key(&mut key, &state.prefix, offset);
-                    let value = encoded.bytes.get(range.clone()).unwrap_or_default();
-                    batch.insert(&shared.records, key.as_slice(), value);
-                    positions.push(RecordPosition {
-                        partition: *partition,
-                        offset: offset as i64,
-                    });
-                }
+                let positions =
+                    append_records(shared, &mut batch, &mut appended, &topic, &encoded, 0);
                 pending.push(Pending::Append(reply, positions, topic));
+            }
+            Request::Produce {
+                topic,
+                batch: encoded,
+                producer,
+                reply,
+            } => {
+                let partitions = topic.partition_count();
+                if let Some((bad, _)) = encoded.records.iter().find(|(p, _)| *p >= partitions) {
+                    let _ = reply.send(Err(topic.partition_out_of_range(*bad)));
+                    continue;
+                }
+                let key = (topic.name.clone(), producer.id.clone());
+                let expected = sequences.get(&key).copied().unwrap_or_else(|| {
+                    shared
+                        .sequences
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(&key)
+                        .copied()
+                        .unwrap_or(0)
+                });
+                if producer.first_sequence > expected {
+                    let _ = reply.send(Err(LogError::SequenceGap {
+                        topic: key.0,
+                        producer: key.1,
+                        expected,
+                        got: producer.first_sequence,
+                    }));
+                    continue;
+                }
+                let count = encoded.records.len() as u64;
+                let skip = (expected - producer.first_sequence).min(count);
+                let next = expected.max(producer.first_sequence.saturating_add(count));
+                let positions = append_records(
+                    shared,
+                    &mut batch,
+                    &mut appended,
+                    &topic,
+                    &encoded,
+                    skip as usize,
+                );
+                if next != expected {
+                    batch.insert(
+                        &shared.producers,
+                        codec::producer_key(&key.0, &key.1),
+                        &next.to_be_bytes()[..],
+                    );
+                    sequences.insert(key, next);
+                }
+                pending.push(Pending::Produce(reply, positions, next, topic));
             }
             Request::CreateTopic {
                 name,
@@ -352,6 +404,13 @@ fn write_group(shared: &Shared, group: Vec<Request>) {
             if !commits.is_empty() {
                 shared.write_committed().extend(commits);
             }
+            if !sequences.is_empty() {
+                shared
+                    .sequences
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(sequences);
+            }
             for ((_, partition), (topic, start)) in starts {
                 if let Some(state) = topic.partitions.get(partition as usize) {
                     state.start.store(start, Ordering::Release);
@@ -385,4 +444,36 @@ fn write_group(shared: &Shared, group: Vec<Request>) {
             }
         }
     }
+}
+
+/// Writes the records of `encoded` after the first `skip` into `batch`, at the tentative ends
+/// of their partitions, and returns where each went. The caller checked the partitions.
+fn append_records(
+    shared: &Shared,
+    batch: &mut fjall::OwnedWriteBatch,
+    appended: &mut Vec<Arc<Topic>>,
+    topic: &Arc<Topic>,
+    encoded: &EncodedBatch,
+    skip: usize,
+) -> Vec<RecordPosition> {
+    if !appended.iter().any(|t| Arc::ptr_eq(t, topic)) {
+        appended.push(Arc::clone(topic));
+    }
+    let mut positions = Vec::with_capacity(encoded.records.len().saturating_sub(skip));
+    let mut key = Vec::new();
+    for (partition, range) in encoded.records.iter().skip(skip) {
+        let Some(state) = topic.partitions.get(*partition as usize) else {
+            continue;
+        };
+        let offset = state.next.load(Ordering::Relaxed);
+        state.next.store(offset + 1, Ordering::Relaxed);
+        codec::write_record_key(&mut key, &state.prefix, offset);
+        let value = encoded.bytes.get(range.clone()).unwrap_or_default();
+        batch.insert(&shared.records, key.as_slice(), value);
+        positions.push(RecordPosition {
+            partition: *partition,
+            offset: offset as i64,
+        });
+    }
+    positions
 }
