@@ -912,3 +912,95 @@ async fn concurrent_retries_of_one_producer_append_each_record_once() {
     expected.sort();
     assert_eq!(seen, expected);
 }
+
+fn stamped(payload: &str, timestamp_ms: i64) -> LogRecord {
+    LogRecord {
+        timestamp_ms,
+        ..record(None, payload)
+    }
+}
+
+#[tokio::test]
+async fn retention_deletes_what_every_consumer_processed_once_old_and_keeps_the_rest() {
+    let (log, _dir) = fresh();
+    let keep = Duration::from_secs(60);
+    let now = 1_700_000_000_000;
+    let old = now - 120_000;
+    for topic in ["consumed", "unconsumed", "dead"] {
+        log.create_topic(topic, 1).await.expect("create");
+        let records: Vec<LogRecord> = (0..10)
+            .map(|i| stamped(&format!("{topic}{i}"), if i < 8 { old } else { now }))
+            .collect();
+        log.append(topic, &records).await.expect("append");
+    }
+    // Two groups consume `consumed`; the slower one has processed 5 records.
+    log.commit("fast", "consumed", 0, 10).await.expect("commit");
+    log.commit("slow", "consumed", 0, 5).await.expect("commit");
+
+    let removed = log
+        .enforce_retention(keep, now, &["dead".to_owned()])
+        .await
+        .expect("retention");
+    // consumed: old and processed by both groups: 0..5; unconsumed: the 8 old ones.
+    assert_eq!(removed, 5 + 8);
+    assert_eq!(log.start_offset("consumed", 0).expect("start"), 5);
+    assert_eq!(log.start_offset("unconsumed", 0).expect("start"), 8);
+    assert_eq!(log.start_offset("dead", 0).expect("start"), 0);
+    assert_eq!(
+        payloads(&log.read("consumed", 0, 5, 100).expect("read"))[0],
+        "consumed5"
+    );
+
+    // Once the slow group moves on, the old records it processed go too; young ones stay.
+    log.commit("slow", "consumed", 0, 10).await.expect("commit");
+    let removed = log
+        .enforce_retention(keep, now, &["dead".to_owned()])
+        .await
+        .expect("retention");
+    assert_eq!(removed, 3);
+    assert_eq!(log.start_offset("consumed", 0).expect("start"), 8);
+    // Nothing left to remove: a second pass is a no-op.
+    assert_eq!(
+        log.enforce_retention(keep, now, &[])
+            .await
+            .expect("retention"),
+        8
+    );
+}
+
+#[tokio::test]
+async fn retention_keeps_the_log_bounded_while_events_flow() {
+    let (log, dir) = fresh();
+    log.create_topic("events", 4).await.expect("create");
+    let mut held = Vec::new();
+    for round in 0..20i64 {
+        let records: Vec<LogRecord> = (0..5_000)
+            .map(|i| record(Some(&format!("k{i}")), &format!("{round}-{i}")))
+            .collect();
+        log.append("events", &records).await.expect("append");
+        for p in 0..4 {
+            let end = log.end_offset("events", p).expect("end");
+            log.commit("consumer", "events", p, end)
+                .await
+                .expect("commit");
+        }
+        // Everything is processed and older than a retention of 0.
+        log.enforce_retention(Duration::ZERO, i64::MAX, &[])
+            .await
+            .expect("retention");
+        let kept: i64 = (0..4)
+            .map(|p| {
+                log.end_offset("events", p).expect("end")
+                    - log.start_offset("events", p).expect("start")
+            })
+            .sum();
+        held.push(kept);
+    }
+    assert!(held.iter().all(|&kept| kept == 0), "{held:?}");
+    let total: i64 = (0..4)
+        .map(|p| log.end_offset("events", p).expect("end"))
+        .sum();
+    assert_eq!(total, 100_000);
+    drop(log);
+    assert!(dir.path().exists());
+}

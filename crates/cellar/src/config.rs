@@ -86,6 +86,10 @@ pub struct IngestConfig {
     /// Topic of events given up on (poison, or past the last attempt); `cellar dead-letters`
     /// lists and re-drives them.
     pub dead_letter_topic: String,
+    /// On the embedded log, records every consumer has processed are deleted once they are
+    /// this old (seconds); topics no ingestion consumes keep records this long. The
+    /// dead-letter topic is kept whole. 0 keeps everything.
+    pub log_retention_secs: u64,
 }
 
 /// The Kafka cluster stream ingestion consumes and publishes to.
@@ -272,6 +276,7 @@ impl Default for Config {
                 retry_backoff_ms: 1000,
                 retry_topic: "cellar-retry".into(),
                 dead_letter_topic: "cellar-dead-letter".into(),
+                log_retention_secs: 86_400,
             },
             jobs: JobsConfig {
                 in_server: true,

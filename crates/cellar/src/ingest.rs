@@ -103,6 +103,38 @@ pub struct StreamIngestion {
     /// them durably with its records); held across a publish so one producer's calls run in
     /// order.
     kafka_sequences: tokio::sync::Mutex<std::collections::HashMap<(String, String), u64>>,
+    /// How long processed records stay in the embedded log; `None` keeps everything.
+    log_retention: Option<Duration>,
+}
+
+/// Deletes processed records of the embedded log past `keep`, checking every minute (or
+/// every `keep`, if shorter).
+async fn enforce_log_retention(log: EventLog, keep: Duration, keep_all: Vec<String>) {
+    let every = keep.clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match log
+            .enforce_retention(keep, cellar_spec::time::now_ms(), &keep_all)
+            .await
+        {
+            Ok(0) => {}
+            Ok(removed) => tracing::debug!(removed, "deleted processed log records past retention"),
+            Err(e) => tracing::warn!(error = %e, "log retention failed; retrying"),
+        }
+    }
+}
+
+/// Aborts a background task when the scope that started it ends.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
 }
 
 /// What one `append_events` call did.
@@ -214,6 +246,8 @@ impl StreamIngestion {
             dead_letters,
             kafka_lag: std::sync::Mutex::default(),
             kafka_sequences: tokio::sync::Mutex::default(),
+            log_retention: (config.ingest.log_retention_secs > 0)
+                .then(|| Duration::from_secs(config.ingest.log_retention_secs)),
         })
     }
 
@@ -260,6 +294,14 @@ impl StreamIngestion {
                     ensure_topic(log, t).await?;
                 }
                 tracing::info!(topics = ?topics, "consuming the embedded log");
+                let retention = self.log_retention.map(|keep| {
+                    tokio::spawn(enforce_log_retention(
+                        log.clone(),
+                        keep,
+                        vec![self.policy.dead_letter_topic.clone()],
+                    ))
+                });
+                let _stop_retention = AbortOnDrop(retention);
                 let mut main_source = LogSource::new(log.clone(), CONSUMER_GROUP, topics);
                 let mut retry_source =
                     LogSource::new(log.clone(), format!("{CONSUMER_GROUP}-retry"), retry_topics);

@@ -701,6 +701,73 @@ impl EventLog {
             .map(|offset| offset as i64))
     }
 
+    /// Removes, from every topic but those in `keep_all`, the records that no consumer group
+    /// still needs and that are older than `keep` (by their append timestamp, against
+    /// `now_ms`). A group that committed any partition of a topic needs, in each partition of
+    /// it, what is at or past its position there (everything, where it has none yet); a
+    /// topic no group consumes keeps only its records younger than `keep`. Returns the number
+    /// of records removed.
+    pub async fn enforce_retention(
+        &self,
+        keep: Duration,
+        now_ms: i64,
+        keep_all: &[String],
+    ) -> Result<u64> {
+        let cutoff = now_ms.saturating_sub(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX));
+        let topics: Vec<Arc<Topic>> = self.inner.shared.read_topics().values().cloned().collect();
+        let committed: HashMap<PositionKey, u64> = self
+            .inner
+            .shared
+            .committed
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut removed = 0;
+        for topic in topics {
+            if keep_all.contains(&topic.name) {
+                continue;
+            }
+            let mut groups: Vec<&str> = committed
+                .keys()
+                .filter(|(_, t, _)| *t == topic.name)
+                .map(|(g, _, _)| g.as_str())
+                .collect();
+            groups.sort_unstable();
+            groups.dedup();
+            for (partition, state) in topic.partitions.iter().enumerate() {
+                let partition = partition as u32;
+                let start = state.start.load(Ordering::Acquire);
+                let needed = groups
+                    .iter()
+                    .map(|g| {
+                        let key = ((*g).to_owned(), topic.name.clone(), partition);
+                        committed.get(&key).copied().unwrap_or(start)
+                    })
+                    .min()
+                    .unwrap_or(*state.end.borrow());
+                let mut cut = start;
+                'scan: while cut < needed {
+                    let entries = self.read(&topic.name, partition, cut as i64, 1000)?;
+                    if entries.is_empty() {
+                        break;
+                    }
+                    for entry in entries {
+                        if entry.offset as u64 >= needed || entry.timestamp_ms > cutoff {
+                            break 'scan;
+                        }
+                        cut = entry.offset as u64 + 1;
+                    }
+                }
+                if cut > start {
+                    removed += self
+                        .truncate_before(&topic.name, partition, cut as i64)
+                        .await?;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// Removes the records of a partition below `offset`, which becomes its start offset.
     /// Reads below it then fail with [`LogError::OffsetOutOfRange`]; committed positions are
     /// left as they are. Truncating at or below the current start does nothing; beyond the
