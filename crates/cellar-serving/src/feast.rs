@@ -3,6 +3,7 @@
 //! server. A Cellar feature group stands in for a Feast feature view (and for a push source),
 //! so `"group:feature"` references and feature services work unchanged.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -44,10 +45,14 @@ struct Column {
 }
 
 /// Groups `"group:feature"` references by group, keeping first-appearance order, and records
-/// each reference's output column.
+/// each reference's output column. A reference named again is answered once (Feast's own
+/// server refuses such requests): repeats cost nothing.
 fn group_references(refs: &[String]) -> Result<(Vec<GroupRequest>, Vec<Column>), ServeError> {
     let mut groups: Vec<GroupRequest> = Vec::new();
-    let mut columns = Vec::with_capacity(refs.len());
+    let mut columns = Vec::with_capacity(refs.len().min(1024));
+    // Hash lookups, not scans: a body can name many thousands of references.
+    let mut group_at: HashMap<&str, usize> = HashMap::new();
+    let mut seen: HashSet<(usize, &str)> = HashSet::new();
     for (i, r) in refs.iter().enumerate() {
         let Some((group, feature)) = r.split_once(':') else {
             return Err(ServeError::invalid(format!(
@@ -59,28 +64,22 @@ fn group_references(refs: &[String]) -> Result<(Vec<GroupRequest>, Vec<Column>),
                 "features[{i}]: `{r}` is not a feature reference; write `group:feature`"
             )));
         }
-        let g = match groups.iter().position(|g| g.group == group) {
-            Some(g) => g,
-            None => {
-                groups.push(GroupRequest {
-                    group: group.to_owned(),
-                    features: Some(Vec::new()),
-                    ..GroupRequest::default()
-                });
-                groups.len() - 1
-            }
-        };
+        let g = *group_at.entry(group).or_insert_with(|| {
+            groups.push(GroupRequest {
+                group: group.to_owned(),
+                features: Some(Vec::new()),
+                ..GroupRequest::default()
+            });
+            groups.len() - 1
+        });
+        if !seen.insert((g, feature)) {
+            continue;
+        }
         let features = groups[g].features.get_or_insert_with(Vec::new);
-        let f = match features.iter().position(|f| f == feature) {
-            Some(f) => f,
-            None => {
-                features.push(feature.to_owned());
-                features.len() - 1
-            }
-        };
+        features.push(feature.to_owned());
         columns.push(Column {
             group: g,
-            feature: f,
+            feature: features.len() - 1,
         });
     }
     Ok((groups, columns))
@@ -406,8 +405,9 @@ mod tests {
             groups[0].features.as_deref(),
             Some(&["x".to_string(), "z".to_string()][..])
         );
+        // The repeated `a:x` is one column.
         let pairs: Vec<(usize, usize)> = columns.iter().map(|c| (c.group, c.feature)).collect();
-        assert_eq!(pairs, vec![(0, 0), (1, 0), (0, 1), (0, 0)]);
+        assert_eq!(pairs, vec![(0, 0), (1, 0), (0, 1)]);
     }
 
     #[test]

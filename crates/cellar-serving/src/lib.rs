@@ -6,6 +6,9 @@
 //! - [`feast`]: Feast-compatible `/get-online-features`, `/push` and `/write-to-online-store`;
 //! - [`error`]: serving errors and the one table mapping them to HTTP and gRPC codes;
 //! - [`catalog`]: the applied specs, looked up by name;
+//! - [`limits`]: what one read may cost, and repeated groups merged;
+//! - [`listener`]: serving a router on a TCP listener with timeouts, a connection limit and
+//!   load shedding;
 //! - [`metrics`]: Prometheus request counters and latency histograms.
 //!
 //! Depends on `cellar-spec`, `cellar-store` and `cellar-cache`; knows nothing of the registry
@@ -17,6 +20,8 @@ pub mod feast;
 pub mod grpc;
 pub mod http;
 pub mod json;
+pub mod limits;
+pub mod listener;
 pub mod metrics;
 pub mod service;
 

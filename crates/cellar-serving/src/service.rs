@@ -12,6 +12,7 @@ use cellar_store::{PutOutcome, Record, RecordReader, TimeseriesQuery, Updater, W
 
 use crate::catalog::{Catalog, ServedGroup};
 use crate::error::ServeError;
+use crate::limits::{records_per_row, RequestCost};
 
 /// Request limits and defaults of the serving path.
 #[derive(Debug, Clone)]
@@ -26,6 +27,9 @@ pub struct Limits {
     pub max_top_n: usize,
     /// A read that takes longer fails with a deadline error instead of holding the client.
     pub deadline: Duration,
+    /// Most feature values one read may answer (see [`crate::limits::RequestCost`]); a read
+    /// over it is refused before anything is read.
+    pub max_request_cost: u64,
 }
 
 impl Default for Limits {
@@ -36,6 +40,7 @@ impl Default for Limits {
             default_top_n: 50,
             max_top_n: 1000,
             deadline: Duration::from_secs(1),
+            max_request_cost: 1_000_000,
         }
     }
 }
@@ -239,8 +244,10 @@ impl FeatureServer {
                 "no feature groups asked for: give `groups` (or `features`) or a `feature_service`",
             ));
         }
+        // A group named twice is read once: repeats cost nothing.
+        let requests = crate::limits::merge_repeated(requests)?;
         let mut out = Vec::with_capacity(requests.len());
-        for (i, r) in requests.iter().enumerate() {
+        for (i, r) in &requests {
             let group = catalog
                 .group(&r.group)
                 .ok_or_else(|| ServeError::UnknownGroup {
@@ -427,6 +434,15 @@ impl FeatureServer {
             });
         }
         let resolved = self.resolve(&catalog, &req.select)?;
+        // Refused before any read: the cost bounds the reads and the answer alike.
+        let mut cost = RequestCost::new(rows);
+        for r in &resolved {
+            cost.add(
+                records_per_row(&r.group.spec, r.query.top_n),
+                r.features.len(),
+            );
+        }
+        cost.check(self.limits.max_request_cost)?;
         let mut groups = Vec::with_capacity(resolved.len());
         if resolved.len() == 1 {
             let r = &resolved[0];

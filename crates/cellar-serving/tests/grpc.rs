@@ -1,5 +1,6 @@
 //! The gRPC and HTTP APIs, served by one real `FeatureServer` (embedded store behind a local
-//! cache tier), answer the same reads the same: features, values, statuses and event times.
+//! cache tier), answer the same reads the same: features, values, statuses and event times;
+//! and both refuse a read over the cost ceiling, and stop a read at its deadline.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -121,6 +122,15 @@ struct Servers {
 }
 
 async fn start() -> Servers {
+    start_with(Limits {
+        // The test machine is shared; a slow read must not turn into a deadline error.
+        deadline: Duration::from_secs(30),
+        ..Limits::default()
+    })
+    .await
+}
+
+async fn start_with(limits: Limits) -> Servers {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Arc::new(EmbeddedStore::open(dir.path()).expect("open embedded store"));
     let local = Arc::new(LocalTier::new(
@@ -128,11 +138,6 @@ async fn start() -> Servers {
         store.clone() as Arc<dyn RecordReader>,
         CacheMetrics::default(),
     ));
-    let limits = Limits {
-        // The test machine is shared; a slow read must not turn into a deadline error.
-        deadline: Duration::from_secs(30),
-        ..Limits::default()
-    };
     let service: Arc<dyn FeatureServing> = Arc::new(FeatureServer::new(
         Catalog::new(&repo()),
         local.clone() as Arc<dyn RecordReader>,
@@ -611,4 +616,113 @@ async fn bad_pushed_values_are_invalid_arguments_naming_the_feature() {
         "{}",
         err.message()
     );
+}
+
+fn users(n: usize) -> pb::EntityColumn {
+    pb::EntityColumn {
+        name: "user_id".to_owned(),
+        values: (0..n).map(|i| string(&format!("u{i}"))).collect(),
+    }
+}
+
+/// The error of a read that must fail; an answer is summed up, not printed whole.
+fn refused(
+    result: Result<tonic::Response<pb::GetFeaturesResponse>, tonic::Status>,
+) -> tonic::Status {
+    match result {
+        Err(status) => status,
+        Ok(resp) => {
+            let resp = resp.into_inner();
+            let records: usize = resp
+                .results
+                .iter()
+                .flat_map(|g| &g.rows)
+                .map(|r| r.records.len())
+                .sum();
+            panic!(
+                "answered {} groups with {records} records in all",
+                resp.results.len()
+            )
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_amplifying_read_is_refused_over_grpc_naming_the_ceiling() {
+    // `clicks` has one feature: 1000 rows x top_n 1000 is ten times this.
+    let mut servers = start_with(Limits {
+        deadline: Duration::from_secs(30),
+        max_request_cost: 100_000,
+        ..Limits::default()
+    })
+    .await;
+    let clicks = pb::GroupRequest {
+        name: "clicks".to_owned(),
+        top_n: Some(1000),
+        ..Default::default()
+    };
+    let err = refused(
+        servers
+            .grpc
+            .get_features(pb::GetFeaturesRequest {
+                entities: vec![users(1000)],
+                groups: vec![clicks; 300],
+                feature_service: None,
+            })
+            .await,
+    );
+    assert_eq!(err.code(), tonic::Code::OutOfRange, "{err:?}");
+    assert!(
+        err.message().contains("server.max_request_cost")
+            && err.message().contains("= 1000000 feature values")
+            && err.message().contains("ceiling of 100000 "),
+        "{}",
+        err.message()
+    );
+}
+
+/// A deadline of zero leaves no time for any read that cannot finish at once: a large read
+/// (more records than the store reads in one go) must be stopped, not finished and answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_read_stops_at_its_deadline() {
+    let mut servers = start_with(Limits {
+        deadline: Duration::ZERO,
+        ..Limits::default()
+    })
+    .await;
+    let t = now_ms();
+    for user in 0..100 {
+        let records = (0..50)
+            .map(|i| {
+                record(
+                    &format!("u{user}"),
+                    t - 1000 * i,
+                    vec![("url", string("/x"))],
+                )
+            })
+            .collect();
+        servers
+            .grpc
+            .push(pb::PushRequest {
+                group: "clicks".to_owned(),
+                records,
+            })
+            .await
+            .expect("push clicks");
+    }
+    let err = refused(
+        servers
+            .grpc
+            .get_features(pb::GetFeaturesRequest {
+                entities: vec![users(100)],
+                groups: vec![pb::GroupRequest {
+                    name: "clicks".to_owned(),
+                    top_n: Some(100),
+                    ..Default::default()
+                }],
+                feature_service: None,
+            })
+            .await,
+    );
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
 }

@@ -62,6 +62,10 @@ const SEPARATOR: u8 = 0;
 const TIME_LEN: usize = 8;
 /// Records removed per durable batch by `trim`, bounding how long writers wait on it.
 const TRIM_CHUNK: usize = 10_000;
+/// Most records a read decodes on the calling task. Larger reads go to the blocking pool a
+/// chunk of this many at a time: they do not hold a runtime thread, and a caller that gives
+/// up (a request past its deadline) stops them after the chunk in progress.
+const INLINE_READ_RECORDS: usize = 1024;
 /// What `put`, `delete` and `trim` wait for before returning: the journal's data fsync'd to
 /// disk (`fdatasync`, which also writes the file length an append changes).
 const DURABLE: PersistMode = PersistMode::SyncData;
@@ -436,6 +440,64 @@ fn corrupt(group: &str, entity: &[u8], e: StoreError) -> StoreError {
 }
 
 impl Inner {
+    /// The current record of each entity of an attribute group.
+    fn read_attributes(&self, group: &str, entities: &[EntityKey]) -> Result<Vec<Option<Record>>> {
+        let mut key = Vec::with_capacity(group.len() + 32);
+        let mut records = Vec::with_capacity(entities.len());
+        for entity in entities {
+            if entity.as_bytes().contains(&SEPARATOR) {
+                records.push(None);
+                continue;
+            }
+            attribute_key(&mut key, group, entity);
+            let Some(bytes) = self.attributes.get(&key).map_err(backend)? else {
+                records.push(None);
+                continue;
+            };
+            let record = codec::decode(&bytes).map_err(|e| corrupt(group, entity.as_bytes(), e))?;
+            records.push(Some(record));
+        }
+        Ok(records)
+    }
+
+    /// Up to `limit` records of each entity's series, newest first, none older than `oldest`.
+    fn scan_series(
+        &self,
+        group: &str,
+        entities: &[EntityKey],
+        oldest: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<Vec<Record>>> {
+        let mut prefix = Vec::with_capacity(group.len() + 32);
+        let mut result = Vec::with_capacity(entities.len());
+        for entity in entities {
+            let mut series = Vec::new();
+            if limit == 0 || entity.as_bytes().contains(&SEPARATOR) {
+                result.push(series);
+                continue;
+            }
+            series_prefix(&mut prefix, group, entity);
+            for guard in self.timeseries.prefix(&prefix) {
+                let (key, value) = guard.into_inner().map_err(backend)?;
+                let Some(event_time) = key_time(&key, prefix.len()) else {
+                    continue;
+                };
+                if oldest.is_some_and(|o| event_time < o) {
+                    // Newest first: everything after this is older still.
+                    break;
+                }
+                let record =
+                    codec::decode(&value).map_err(|e| corrupt(group, entity.as_bytes(), e))?;
+                series.push(record);
+                if series.len() >= limit {
+                    break;
+                }
+            }
+            result.push(series);
+        }
+        Ok(result)
+    }
+
     /// The writer stripe of `group`.
     fn stripe(&self, group: &str) -> &Stripe {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -903,21 +965,16 @@ impl RecordReader for EmbeddedStore {
         entities: &[EntityKey],
     ) -> Result<Vec<Option<Record>>> {
         check_group_name(group)?;
-        let mut key = Vec::with_capacity(group.name.len() + 32);
+        if entities.len() <= INLINE_READ_RECORDS {
+            return self.inner.read_attributes(&group.storage_name(), entities);
+        }
         let mut records = Vec::with_capacity(entities.len());
-        for entity in entities {
-            if entity.as_bytes().contains(&SEPARATOR) {
-                records.push(None);
-                continue;
-            }
-            attribute_key(&mut key, &group.storage_name(), entity);
-            let Some(bytes) = self.inner.attributes.get(&key).map_err(backend)? else {
-                records.push(None);
-                continue;
-            };
-            let record =
-                codec::decode(&bytes).map_err(|e| corrupt(&group.name, entity.as_bytes(), e))?;
-            records.push(Some(record));
+        for chunk in entities.chunks(INLINE_READ_RECORDS) {
+            let (name, chunk) = (group.storage_name().into_owned(), chunk.to_vec());
+            records.extend(
+                self.blocking(move |inner| inner.read_attributes(&name, &chunk))
+                    .await?,
+            );
         }
         Ok(records)
     }
@@ -939,32 +996,17 @@ impl RecordReader for EmbeddedStore {
             Some(max) => query.top_n.min(max as usize),
             None => query.top_n,
         };
-        let mut prefix = Vec::with_capacity(group.name.len() + 32);
+        let per_chunk = (INLINE_READ_RECORDS / limit.max(1)).max(1);
+        if entities.len() <= per_chunk {
+            return self.inner.scan_series(&group.storage_name(), entities, oldest, limit);
+        }
         let mut result = Vec::with_capacity(entities.len());
-        for entity in entities {
-            let mut series = Vec::new();
-            if limit == 0 || entity.as_bytes().contains(&SEPARATOR) {
-                result.push(series);
-                continue;
-            }
-            series_prefix(&mut prefix, &group.storage_name(), entity);
-            for guard in self.inner.timeseries.prefix(&prefix) {
-                let (key, value) = guard.into_inner().map_err(backend)?;
-                let Some(event_time) = key_time(&key, prefix.len()) else {
-                    continue;
-                };
-                if oldest.is_some_and(|o| event_time < o) {
-                    // Newest first: everything after this is older still.
-                    break;
-                }
-                let record = codec::decode(&value)
-                    .map_err(|e| corrupt(&group.name, entity.as_bytes(), e))?;
-                series.push(record);
-                if series.len() >= limit {
-                    break;
-                }
-            }
-            result.push(series);
+        for chunk in entities.chunks(per_chunk) {
+            let (name, chunk) = (group.storage_name().into_owned(), chunk.to_vec());
+            result.extend(
+                self.blocking(move |inner| inner.scan_series(&name, &chunk, oldest, limit))
+                    .await?,
+            );
         }
         Ok(result)
     }
@@ -1154,5 +1196,61 @@ mod tests {
         assert_eq!(recent.keys, RECENT_KEYS + 1);
         assert!(recent.since(3, 4).is_some());
         assert!(recent.since(2, 4).is_none());
+    }
+
+    /// Reads past `INLINE_READ_RECORDS` go to the blocking pool in chunks; the answer is the
+    /// same as one read would give, in the order asked.
+    #[tokio::test]
+    async fn large_reads_answer_in_chunks_in_order() {
+        use crate::conformance::{attribute_group, timeseries_group};
+        use cellar_spec::Value;
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let record = |t: i64| Record::new(t, vec![Value::String(format!("r{t}")), Value::Int64(t)]);
+        let attributes = attribute_group("profile");
+        let entities: Vec<EntityKey> = (0..3000).map(|i| EntityKey(format!("u{i}"))).collect();
+        let writes: Vec<Write> = entities
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 3 == 0)
+            .map(|(i, e)| Write {
+                entity: e.clone(),
+                record: record(i as i64),
+            })
+            .collect();
+        store.put(&attributes, &writes).await.unwrap();
+        let found = store.get_attributes(&attributes, &entities).await.unwrap();
+        assert_eq!(found.len(), 3000);
+        for (i, r) in found.iter().enumerate() {
+            let expected = (i % 3 == 0).then(|| record(i as i64));
+            assert_eq!(r.as_ref(), expected.as_ref(), "entity {i}");
+        }
+
+        let series = timeseries_group("clicks", None, None);
+        let users: Vec<EntityKey> = (0..45).map(|i| EntityKey(format!("u{i}"))).collect();
+        let writes: Vec<Write> = users
+            .iter()
+            .enumerate()
+            .flat_map(|(u, e)| {
+                (0..60).map(move |t| Write {
+                    entity: e.clone(),
+                    record: record((u * 1000 + t) as i64),
+                })
+            })
+            .collect();
+        store.put(&series, &writes).await.unwrap();
+        let query = TimeseriesQuery {
+            top_n: 50,
+            since: None,
+        };
+        // 45 users x 50 records is three chunks.
+        assert!(users.len() * query.top_n > 2 * INLINE_READ_RECORDS);
+        let found = store.scan_timeseries(&series, &users, query).await.unwrap();
+        assert_eq!(found.len(), users.len());
+        for (u, records) in found.iter().enumerate() {
+            let times: Vec<i64> = records.iter().map(|r| r.event_time).collect();
+            let expected: Vec<i64> = (10..60).rev().map(|t| (u * 1000 + t) as i64).collect();
+            assert_eq!(times, expected, "user {u}");
+        }
     }
 }

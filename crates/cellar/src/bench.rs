@@ -5,6 +5,7 @@ use axum::body::Bytes;
 use axum::http::header;
 use axum::routing::{get, post};
 use axum::Router;
+use cellar_serving::listener::{self, ListenerLimits};
 use tokio::net::TcpListener;
 
 /// A fixed JSON body of exactly `len` bytes (at least 2).
@@ -16,8 +17,13 @@ pub fn fixed_body(len: usize) -> Bytes {
     Bytes::from(body)
 }
 
-/// Serves `POST /fixed` (any body; answers the fixed body) and `GET /health`.
-pub async fn serve_baseline(listener: TcpListener, body_bytes: usize) -> std::io::Result<()> {
+/// Serves `POST /fixed` (any body; answers the fixed body) and `GET /health`, on the same
+/// listener, with the same limits, as Cellar's own servers.
+pub async fn serve_baseline(
+    listener: TcpListener,
+    body_bytes: usize,
+    limits: ListenerLimits,
+) -> std::io::Result<()> {
     let body = fixed_body(body_bytes);
     let app = Router::new()
         .route(
@@ -28,7 +34,7 @@ pub async fn serve_baseline(listener: TcpListener, body_bytes: usize) -> std::io
             }),
         )
         .route("/health", get(|| async { "ok" }));
-    axum::serve(listener, app).await
+    listener::serve(listener, app, limits, std::future::pending()).await
 }
 
 #[cfg(test)]

@@ -152,6 +152,21 @@ pub struct ServerConfig {
     pub reload_interval_secs: u64,
     /// Threads serving requests; 0 means one per core.
     pub worker_threads: usize,
+    /// Most feature values one read may answer: entity rows x records per row (`top_n`, 1 for
+    /// attribute groups) x features, summed over the groups asked for. Past it: 413.
+    pub max_request_cost: u64,
+    /// A client must send a request's headers within this, milliseconds (on HTTP/2, its first
+    /// request after connecting); HTTP/1 connections waiting for their next request too.
+    pub header_timeout_ms: u64,
+    /// A client must send a request's whole body within this, milliseconds; past it: 408.
+    pub body_timeout_ms: u64,
+    /// A connection with no bytes moving for this long is closed (after the request in
+    /// progress, if any), milliseconds.
+    pub idle_timeout_ms: u64,
+    /// Most open connections per listener (HTTP, gRPC); further ones are closed at once.
+    pub max_connections: usize,
+    /// Most requests in progress per listener; further ones get 503 with `Retry-After`.
+    pub max_in_flight_requests: usize,
 }
 
 /// The registry of applied specs.
@@ -242,6 +257,12 @@ impl Default for Config {
                 max_top_n: 1000,
                 reload_interval_secs: 5,
                 worker_threads: 0,
+                max_request_cost: 1_000_000,
+                header_timeout_ms: 10_000,
+                body_timeout_ms: 30_000,
+                idle_timeout_ms: 60_000,
+                max_connections: 2048,
+                max_in_flight_requests: 512,
             },
             registry: RegistryConfig { url: String::new() },
             store: StoreConfig {

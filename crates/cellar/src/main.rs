@@ -415,7 +415,8 @@ async fn run(cli: Cli, mut config: Config) -> anyhow::Result<()> {
         }
         Command::BenchBaseline { listen, body_bytes } => {
             let listener = bind(&listen).await?;
-            cellar::bench::serve_baseline(listener, body_bytes).await?;
+            let limits = cellar::node::listener_limits(&config);
+            cellar::bench::serve_baseline(listener, body_bytes, limits).await?;
             Ok(())
         }
         Command::Push { file, server } => {

@@ -14,6 +14,7 @@ use cellar_jobs::schedule::run_scheduler;
 use cellar_jobs::{Executor, JobMetrics};
 use cellar_registry::Registry;
 use cellar_serving::http::{router, HttpState};
+use cellar_serving::listener::{self, ListenerLimits};
 use cellar_serving::metrics::ServingMetrics;
 use cellar_serving::{Catalog, FeatureServer, FeatureServing, Limits};
 use cellar_store::embedded::EmbeddedStore;
@@ -150,6 +151,7 @@ impl Node {
             default_top_n: config.server.default_top_n,
             max_top_n: config.server.max_top_n,
             deadline: Duration::from_millis(config.server.deadline_ms),
+            max_request_cost: config.server.max_request_cost,
         };
         let reader: Arc<dyn RecordReader> = local.clone();
         let mut writer = WritePath::new(store.clone(), Some(local.clone()));
@@ -276,26 +278,25 @@ impl Node {
                 }));
             }
         }
+        let limits = listener_limits(&self.config);
         let grpc_task = match grpc {
             Some(listener) => {
                 tracing::info!(addr = %listener.local_addr()?, "serving grpc");
-                let svc = cellar_serving::grpc::service(self.server.clone());
-                let stop = stopped(stop_rx.clone());
-                Some(tokio::spawn(async move {
-                    tonic::transport::Server::builder()
-                        .add_service(svc)
-                        .serve_with_incoming_shutdown(
-                            tonic::transport::server::TcpIncoming::from(listener),
-                            stop,
-                        )
-                        .await
-                }))
+                let routes =
+                    tonic::service::Routes::new(cellar_serving::grpc::service(self.server.clone()))
+                        .prepare()
+                        .into_axum_router();
+                Some(tokio::spawn(listener::serve(
+                    listener,
+                    routes,
+                    limits.clone(),
+                    stopped(stop_rx.clone()),
+                )))
             }
             None => None,
         };
         tracing::info!(addr = %http.local_addr()?, "serving http");
-        let result = axum::serve(http, app)
-            .with_graceful_shutdown(stopped(stop_rx))
+        let result = listener::serve(http, app, limits, stopped(stop_rx))
             .await
             .context("http server failed");
         reload.abort();
@@ -309,10 +310,27 @@ impl Node {
         for task in job_tasks {
             task.abort();
         }
+        // The gRPC listener stopped on the same signal; it drains its own connections.
         if let Some(task) = grpc_task {
-            task.abort();
+            if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(35), task).await {
+                tracing::warn!(error = %e, "grpc server failed");
+            }
         }
         result
+    }
+}
+
+/// The limits of every listener of a serving process, from `[server]`.
+pub fn listener_limits(config: &Config) -> ListenerLimits {
+    let ms = |v: u64| Duration::from_millis(v.max(1));
+    let s = &config.server;
+    ListenerLimits {
+        header_timeout: ms(s.header_timeout_ms),
+        body_timeout: ms(s.body_timeout_ms),
+        idle_timeout: ms(s.idle_timeout_ms),
+        max_connections: s.max_connections.max(1),
+        max_in_flight: s.max_in_flight_requests.max(1),
+        max_body_bytes: s.max_body_bytes,
     }
 }
 

@@ -889,3 +889,146 @@ async fn a_node_with_a_redis_tier_writes_through_and_reads_it() {
         .await
         .unwrap();
 }
+
+/// The cache lookups `/metrics` shows for one group: none means nothing was read for it.
+async fn lookups_of(s: &Server, group: &str) -> Vec<String> {
+    let text = s
+        .client
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("cellar_cache_lookups_total") && l.contains(group))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn an_amplifying_read_is_refused_with_413_naming_the_ceiling_before_any_read() {
+    let s = Server::start_with(|c| c.server.max_entities_per_request = 1000).await;
+    let users: Vec<String> = (0..1000).map(|i| format!("u{i}")).collect();
+    let group = json!({"name": "recent_clicked_articles", "top_n": 1000});
+    let body = json!({"entities": {"user_id": users}, "groups": vec![group; 300]});
+    let (status, answer) = s.post("/v1/features", body).await;
+    assert_eq!(status, 413, "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("server.max_request_cost") && message.contains("1000000"),
+        "{message}"
+    );
+    assert_eq!(
+        lookups_of(&s, "recent_clicked_articles").await,
+        Vec::<String>::new(),
+        "a refused read must not read anything"
+    );
+
+    // Named once, the group costs as much: 1000 rows x top_n 1000 x 2 features.
+    let body = json!({"entities": {"user_id": users},
+                      "groups": [{"name": "recent_clicked_articles", "top_n": 1000}]});
+    let (status, answer) = s.post("/v1/features", body).await;
+    assert_eq!(status, 413, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("= 2000000 feature values"),
+        "{answer}"
+    );
+    // Within the ceiling, it is served.
+    let body = json!({"entities": {"user_id": users},
+                      "groups": [{"name": "recent_clicked_articles", "top_n": 500}]});
+    let (status, answer) = s.post("/v1/features", body).await;
+    assert_eq!(status, 200, "{answer}");
+}
+
+#[tokio::test]
+async fn feast_reads_obey_the_same_ceiling() {
+    let s = Server::start_with(|c| {
+        c.server.max_entities_per_request = 1000;
+        c.server.max_request_cost = 10_000;
+    })
+    .await;
+    let users: Vec<String> = (0..1000).map(|i| format!("u{i}")).collect();
+    // 1000 rows x the default top_n of 50 records x 1 feature = 50000.
+    let refs = vec!["recent_clicked_articles:article_id"; 300];
+    let (status, answer) = s
+        .post(
+            "/get-online-features",
+            json!({"features": refs, "entities": {"user_id": users}}),
+        )
+        .await;
+    assert_eq!(status, 413, "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("server.max_request_cost") && message.contains("10000"),
+        "{message}"
+    );
+    assert_eq!(
+        lookups_of(&s, "recent_clicked_articles").await,
+        Vec::<String>::new()
+    );
+}
+
+#[tokio::test]
+async fn a_group_named_twice_is_answered_and_costed_once() {
+    // The ceiling fits one read of user_profile for two rows (2 x 1 x 3 features), no more.
+    let s = Server::start_with(|c| c.server.max_request_cost = 6).await;
+    s.push(
+        "user_profile",
+        json!([{"entity": {"user_id": "u1"}, "features": {"country": "KR", "age": 31}}]),
+    )
+    .await;
+    let groups = vec![json!("user_profile"); 300];
+    let (status, body) = s
+        .post(
+            "/v1/features",
+            json!({"entities": {"user_id": ["u1", "u2"]}, "groups": groups}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 1, "{body}");
+    assert_eq!(results[0]["rows"][0]["values"], json!(["KR", 31, null]));
+
+    // Named twice with feature subsets: one result with the features of both, in order.
+    let (status, body) = s
+        .post(
+            "/v1/features",
+            json!({"entities": {"user_id": ["u1"]},
+                   "groups": [{"name": "user_profile", "features": ["age"]},
+                              {"name": "user_profile", "features": ["country", "age"]}]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(body["results"][0]["features"], json!(["age", "country"]));
+    assert_eq!(body["results"][0]["rows"][0]["values"], json!([31, "KR"]));
+
+    // Asked twice with different bounds, the request is ambiguous.
+    expect_error(
+        &s,
+        "/v1/features",
+        r#"{"entities": {"user_id": ["u1"]}, "groups": [{"name": "recent_clicked_articles", "top_n": 5}, {"name": "recent_clicked_articles", "top_n": 6}]}"#,
+        400,
+        "groups[1]",
+    )
+    .await;
+
+    // Feast: a feature referenced twice is one column.
+    let (status, body) = s
+        .post(
+            "/get-online-features",
+            json!({"features": ["user_profile:age", "user_profile:age", "user_profile:country"],
+                   "entities": {"user_id": ["u1"]}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["metadata"]["feature_names"],
+        json!(["user_id", "age", "country"])
+    );
+}

@@ -1,0 +1,445 @@
+//! Serving a router (the HTTP API, or the gRPC service as a router) on a TCP listener, with
+//! the limits that keep slow, idle and excess clients from holding the process:
+//!
+//! - a connection limit: past it, a new connection is closed at once, before a byte is read;
+//! - a header timeout: HTTP/1 request headers (hyper's own timer, which also bounds how long a
+//!   keep-alive connection waits for its next request), and on any connection the time from
+//!   accepting it to its first request (an HTTP/2 client trickling its preface);
+//! - an idle timeout: a connection that moves no byte for that long is shut down gracefully
+//!   (after the request in progress), and dropped if even that moves nothing;
+//! - an in-flight request limit: past it, a request is answered 503 with `Retry-After` before
+//!   its body is read, so overload costs no memory;
+//! - a body timeout and size limit: the whole body must arrive within the timeout (else 408)
+//!   and fit the size (else 413); the handler then gets it whole.
+//!
+//! A request holds its in-flight slot until its answer is sent, so the slots bound the memory
+//! of bodies and answers alike.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Version};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+
+use crate::error::ErrorKind;
+use crate::json::error_body;
+
+/// What a shed request is told to wait before retrying, in seconds.
+const RETRY_AFTER_SECS: u64 = 1;
+/// How long a stopping server waits for its connections to finish their requests.
+const DRAIN: Duration = Duration::from_secs(30);
+/// Pause after a failed accept that is not one connection's fault (out of file descriptors),
+/// so that the loop does not spin while the condition lasts.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The limits of one listener. Every one has a setting under `[server]`, which the messages
+/// name.
+#[derive(Debug, Clone)]
+pub struct ListenerLimits {
+    /// `server.header_timeout_ms`.
+    pub header_timeout: Duration,
+    /// `server.body_timeout_ms`.
+    pub body_timeout: Duration,
+    /// `server.idle_timeout_ms`.
+    pub idle_timeout: Duration,
+    /// `server.max_connections`.
+    pub max_connections: usize,
+    /// `server.max_in_flight_requests`.
+    pub max_in_flight: usize,
+    /// `server.max_body_bytes`.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        ListenerLimits {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 2048,
+            max_in_flight: 512,
+            max_body_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// Serves `app` on `listener` within `limits` until `shutdown` resolves, then lets the open
+/// connections finish their requests (for at most 30 s).
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: ListenerLimits,
+    shutdown: impl Future<Output = ()> + Send,
+) -> io::Result<()> {
+    let guard = Arc::new(Guard {
+        in_flight: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
+        max_in_flight: limits.max_in_flight.max(1),
+        body_timeout: limits.body_timeout,
+        max_body_bytes: limits.max_body_bytes,
+    });
+    let app = app.layer(axum::middleware::from_fn_with_state(guard, guard_request));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    let max_connections = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+    let connections = Arc::new(Semaphore::new(max_connections));
+    let timeouts = ConnectionTimeouts {
+        header: limits.header_timeout,
+        idle: limits.idle_timeout,
+    };
+    let (stop_tx, stop_rx) = watch::channel(());
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) if is_connection_error(&e) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracing::debug!(
+                limit = max_connections,
+                "connection refused: at server.max_connections"
+            );
+            continue;
+        };
+        // Answers are written whole; Nagle's delay would only hold back their last segment.
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve_connection(
+            stream,
+            permit,
+            builder.clone(),
+            app.clone(),
+            timeouts,
+            stop_rx.clone(),
+        ));
+    }
+    drop(listener);
+    let _ = stop_tx.send(());
+    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(DRAIN, connections.acquire_many(all)).await;
+    Ok(())
+}
+
+/// Accept errors that concern one connection (reset before it was accepted), not the listener.
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ConnectionTimeouts {
+    header: Duration,
+    idle: Duration,
+}
+
+/// Serves one connection, holding its slot of the connection limit, and closes it when it
+/// idles or never starts a request.
+async fn serve_connection(
+    stream: TcpStream,
+    _slot: OwnedSemaphorePermit,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    app: Router,
+    timeouts: ConnectionTimeouts,
+    mut stop: watch::Receiver<()>,
+) {
+    let opened = Instant::now();
+    let activity = Arc::new(AtomicU64::new(0));
+    let started = Arc::new(AtomicBool::new(false));
+    let io = TokioIo::new(Tracked {
+        stream,
+        opened,
+        activity: activity.clone(),
+    });
+    let service = {
+        let started = started.clone();
+        let app = TowerToHyperService::new(app);
+        hyper::service::service_fn(move |req| {
+            started.store(true, Ordering::Relaxed);
+            hyper::service::Service::call(&app, req)
+        })
+    };
+    let conn = builder.serve_connection(io, service);
+    let mut conn = std::pin::pin!(conn);
+    let mut closing = false;
+    loop {
+        let last_byte = opened + Duration::from_millis(activity.load(Ordering::Relaxed));
+        let mut wake = last_byte + timeouts.idle;
+        if !started.load(Ordering::Relaxed) {
+            wake = wake.min(opened + timeouts.header);
+        }
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = tokio::time::sleep_until(wake.into()) => {
+                let now = Instant::now();
+                if !started.load(Ordering::Relaxed) && now >= opened + timeouts.header {
+                    // No request began within the header timeout: nothing to finish.
+                    return;
+                }
+                let last_byte = opened + Duration::from_millis(activity.load(Ordering::Relaxed));
+                if now >= last_byte + timeouts.idle {
+                    if closing {
+                        // Not even the graceful close moved a byte.
+                        return;
+                    }
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+            _ = stop.changed(), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+        }
+    }
+}
+
+/// A TCP stream that notes when it last moved a byte, for the idle timeout.
+struct Tracked {
+    stream: TcpStream,
+    opened: Instant,
+    /// Milliseconds from `opened` to the last byte read or written.
+    activity: Arc<AtomicU64>,
+}
+
+impl Tracked {
+    fn touch(&self) {
+        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.activity.store(ms, Ordering::Relaxed);
+    }
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.touch();
+        }
+        poll
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.stream).poll_write(cx, buf);
+        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        poll
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        poll
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// The per-request limits of one listener.
+struct Guard {
+    /// One permit per request in progress, held until its answer is sent.
+    in_flight: Arc<Semaphore>,
+    max_in_flight: usize,
+    body_timeout: Duration,
+    max_body_bytes: usize,
+}
+
+/// Sheds a request past the in-flight limit, then reads its whole body within the body
+/// timeout and size limit before the handler runs.
+async fn guard_request(State(guard): State<Arc<Guard>>, req: Request, next: Next) -> Response {
+    let reply = Reply::to(&req);
+    let Ok(slot) = guard.in_flight.clone().try_acquire_owned() else {
+        let message = format!(
+            "overloaded: {} requests are in progress, the limit of this listener \
+             (server.max_in_flight_requests); retry after {RETRY_AFTER_SECS} s",
+            guard.max_in_flight
+        );
+        let mut resp = reply.error(ErrorKind::Unavailable, &message);
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        return resp;
+    };
+    let (parts, body) = req.into_parts();
+    let read = Limited::new(body, guard.max_body_bytes).collect();
+    let bytes = match tokio::time::timeout(guard.body_timeout, read).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return reply.closing(reply.error(
+                ErrorKind::TooLarge,
+                &format!(
+                    "the request body is over the limit of {} bytes (server.max_body_bytes)",
+                    guard.max_body_bytes
+                ),
+            ));
+        }
+        Ok(Err(e)) => {
+            return reply.closing(reply.error(
+                ErrorKind::InvalidArgument,
+                &format!("the request body could not be read: {e}"),
+            ));
+        }
+        Err(_) => return reply.closing(reply.body_timeout(guard.body_timeout)),
+    };
+    let resp = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
+    resp.map(|body| Body::new(Held { body, _slot: slot }))
+}
+
+/// How to answer a request the guard refuses: gRPC clients read a status, others JSON.
+#[derive(Clone, Copy)]
+struct Reply {
+    grpc: bool,
+    http1: bool,
+}
+
+impl Reply {
+    fn to(req: &Request) -> Reply {
+        Reply {
+            grpc: is_grpc(req.headers()),
+            http1: req.version() < Version::HTTP_2,
+        }
+    }
+
+    fn error(self, kind: ErrorKind, message: &str) -> Response {
+        if self.grpc {
+            return grpc_status(tonic::Status::new(kind.grpc_code(), message));
+        }
+        let status =
+            StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        json(status, error_body(kind, message))
+    }
+
+    fn body_timeout(self, timeout: Duration) -> Response {
+        let message = format!(
+            "the request body did not arrive within {} ms (server.body_timeout_ms)",
+            timeout.as_millis()
+        );
+        if self.grpc {
+            return grpc_status(tonic::Status::deadline_exceeded(message));
+        }
+        let body = serde_json::to_vec(&serde_json::json!({
+            "error": {"code": 408, "kind": "request_timeout", "message": message}
+        }))
+        .unwrap_or_default();
+        json(StatusCode::REQUEST_TIMEOUT, body)
+    }
+
+    /// Closes an HTTP/1 connection after this answer: the unread rest of the body would be
+    /// taken for the next request. (HTTP/2 streams are reset on their own.)
+    fn closing(self, mut resp: Response) -> Response {
+        if self.http1 {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+fn json(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut resp = (status, body).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn grpc_status(status: tonic::Status) -> Response {
+    status.into_http::<Body>()
+}
+
+/// An answer's body, holding its request's in-flight slot until it is sent (or dropped).
+struct Held {
+    body: Body,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl HttpBody for Held {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
