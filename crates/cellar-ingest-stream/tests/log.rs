@@ -933,12 +933,24 @@ async fn retention_deletes_what_every_consumer_processed_once_old_and_keeps_the_
             .collect();
         log.append(topic, &records).await.expect("append");
     }
+    // A group that will read `consumed` but has not committed yet needs all of it.
+    let declared = [("late".to_owned(), "consumed".to_owned())];
+    log.enforce_retention(
+        keep,
+        now,
+        &declared,
+        &["dead".to_owned(), "unconsumed".to_owned()],
+    )
+    .await
+    .expect("retention");
+    assert_eq!(log.start_offset("consumed", 0).expect("start"), 0);
+
     // Two groups consume `consumed`; the slower one has processed 5 records.
     log.commit("fast", "consumed", 0, 10).await.expect("commit");
     log.commit("slow", "consumed", 0, 5).await.expect("commit");
 
     let removed = log
-        .enforce_retention(keep, now, &["dead".to_owned()])
+        .enforce_retention(keep, now, &[], &["dead".to_owned()])
         .await
         .expect("retention");
     // consumed: old and processed by both groups: 0..5; unconsumed: the 8 old ones.
@@ -954,17 +966,23 @@ async fn retention_deletes_what_every_consumer_processed_once_old_and_keeps_the_
     // Once the slow group moves on, the old records it processed go too; young ones stay.
     log.commit("slow", "consumed", 0, 10).await.expect("commit");
     let removed = log
-        .enforce_retention(keep, now, &["dead".to_owned()])
+        .enforce_retention(keep, now, &[], &["dead".to_owned()])
         .await
         .expect("retention");
     assert_eq!(removed, 3);
     assert_eq!(log.start_offset("consumed", 0).expect("start"), 8);
-    // Nothing left to remove: a second pass is a no-op.
+    // Not kept whole any more, `dead` loses its old records; then nothing is left to remove.
     assert_eq!(
-        log.enforce_retention(keep, now, &[])
+        log.enforce_retention(keep, now, &[], &[])
             .await
             .expect("retention"),
         8
+    );
+    assert_eq!(
+        log.enforce_retention(keep, now, &[], &[])
+            .await
+            .expect("retention"),
+        0
     );
 }
 
@@ -985,7 +1003,7 @@ async fn retention_keeps_the_log_bounded_while_events_flow() {
                 .expect("commit");
         }
         // Everything is processed and older than a retention of 0.
-        log.enforce_retention(Duration::ZERO, i64::MAX, &[])
+        log.enforce_retention(Duration::ZERO, i64::MAX, &[], &[])
             .await
             .expect("retention");
         let kept: i64 = (0..4)

@@ -998,7 +998,9 @@ impl RecordReader for EmbeddedStore {
         };
         let per_chunk = (INLINE_READ_RECORDS / limit.max(1)).max(1);
         if entities.len() <= per_chunk {
-            return self.inner.scan_series(&group.storage_name(), entities, oldest, limit);
+            return self
+                .inner
+                .scan_series(&group.storage_name(), entities, oldest, limit);
         }
         let mut result = Vec::with_capacity(entities.len());
         for chunk in entities.chunks(per_chunk) {

@@ -109,14 +109,19 @@ pub struct StreamIngestion {
 
 /// Deletes processed records of the embedded log past `keep`, checking every minute (or
 /// every `keep`, if shorter).
-async fn enforce_log_retention(log: EventLog, keep: Duration, keep_all: Vec<String>) {
+async fn enforce_log_retention(
+    log: EventLog,
+    keep: Duration,
+    consumers: Vec<(String, String)>,
+    keep_all: Vec<String>,
+) {
     let every = keep.clamp(Duration::from_secs(1), Duration::from_secs(60));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         match log
-            .enforce_retention(keep, cellar_spec::time::now_ms(), &keep_all)
+            .enforce_retention(keep, cellar_spec::time::now_ms(), &consumers, &keep_all)
             .await
         {
             Ok(0) => {}
@@ -285,6 +290,7 @@ impl StreamIngestion {
         all_topics.push(self.policy.retry_topic.clone());
         all_topics.push(self.policy.dead_letter_topic.clone());
         let retry_topics = vec![self.policy.retry_topic.clone()];
+        let retry_group = format!("{CONSUMER_GROUP}-retry");
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
@@ -295,16 +301,26 @@ impl StreamIngestion {
                 }
                 tracing::info!(topics = ?topics, "consuming the embedded log");
                 let retention = self.log_retention.map(|keep| {
+                    // The groups that will read each topic, before they commit anything.
+                    let consumers: Vec<(String, String)> = topics
+                        .iter()
+                        .map(|t| (CONSUMER_GROUP.to_owned(), t.clone()))
+                        .chain(
+                            retry_topics
+                                .iter()
+                                .map(|t| (retry_group.clone(), t.clone())),
+                        )
+                        .collect();
                     tokio::spawn(enforce_log_retention(
                         log.clone(),
                         keep,
+                        consumers,
                         vec![self.policy.dead_letter_topic.clone()],
                     ))
                 });
                 let _stop_retention = AbortOnDrop(retention);
                 let mut main_source = LogSource::new(log.clone(), CONSUMER_GROUP, topics);
-                let mut retry_source =
-                    LogSource::new(log.clone(), format!("{CONSUMER_GROUP}-retry"), retry_topics);
+                let mut retry_source = LogSource::new(log.clone(), retry_group, retry_topics);
                 let (a, b) = tokio::join!(
                     main.run(&mut main_source, stopped(stop.clone())),
                     retry.run(&mut retry_source, stopped(stop)),

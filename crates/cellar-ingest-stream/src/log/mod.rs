@@ -703,14 +703,16 @@ impl EventLog {
 
     /// Removes, from every topic but those in `keep_all`, the records that no consumer group
     /// still needs and that are older than `keep` (by their append timestamp, against
-    /// `now_ms`). A group that committed any partition of a topic needs, in each partition of
-    /// it, what is at or past its position there (everything, where it has none yet); a
-    /// topic no group consumes keeps only its records younger than `keep`. Returns the number
-    /// of records removed.
+    /// `now_ms`). The groups of a topic are those in `consumers` (`(group, topic)` pairs: the
+    /// groups that will read it, committed or not) and those that committed any partition of
+    /// it; each needs, in each partition, what is at or past its position there (everything,
+    /// where it has none yet). A topic no group reads keeps only its records younger than
+    /// `keep`. Returns the number of records removed.
     pub async fn enforce_retention(
         &self,
         keep: Duration,
         now_ms: i64,
+        consumers: &[(String, String)],
         keep_all: &[String],
     ) -> Result<u64> {
         let cutoff = now_ms.saturating_sub(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX));
@@ -731,6 +733,12 @@ impl EventLog {
                 .keys()
                 .filter(|(_, t, _)| *t == topic.name)
                 .map(|(g, _, _)| g.as_str())
+                .chain(
+                    consumers
+                        .iter()
+                        .filter(|(_, t)| *t == topic.name)
+                        .map(|(g, _)| g.as_str()),
+                )
                 .collect();
             groups.sort_unstable();
             groups.dedup();
