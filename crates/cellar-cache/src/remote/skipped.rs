@@ -7,9 +7,10 @@
 //! again each gets an invalidation marker at that event time (`PUT_IF_NEWER` with `max`): the
 //! marker reads as a miss, and any fill or late write older than it loses against it. Past
 //! [`RemoteConfig::skipped_keys`](super::RemoteConfig::skipped_keys) keys, a group is
-//! invalidated whole instead: its generation moves on, and every value stamped with an older
-//! one (including fills still in flight, stamped with the generation read before their store
-//! read) is a miss.
+//! invalidated whole instead (and a time-series group always is, since a late record's event
+//! time cannot tell an old fill from a new one): its generation moves on, and every value
+//! stamped with an older one (including fills still in flight, stamped with the generation
+//! read before their store read) is a miss.
 //!
 //! Until a group's invalidations are applied, reads of that group on this node skip Redis,
 //! so this node never serves a copy older than a write it acknowledged. Other nodes serve the
@@ -96,12 +97,13 @@ impl Skipped {
     }
 
     /// Remembers writes to `keys` (each with the event time its marker needs) whose update
-    /// Redis may not have applied.
+    /// Redis may not have applied; with `whole`, the whole group is to be invalidated.
     pub(super) fn record(
         &self,
         group: &str,
         generation_key: &[u8],
         marker_ttl_ms: u64,
+        whole: bool,
         keys: impl IntoIterator<Item = (Vec<u8>, i64)>,
     ) {
         let mut keys = keys.into_iter().peekable();
@@ -123,6 +125,10 @@ impl Skipped {
             });
         skips.changes += 1;
         skips.marker_ttl_ms = skips.marker_ttl_ms.max(marker_ttl_ms);
+        if whole && !skips.whole {
+            skips.whole = true;
+            skips.keys = HashMap::new();
+        }
         for (key, event_time) in keys {
             if skips.whole {
                 break;
@@ -200,10 +206,15 @@ impl Shared {
         if keys.peek().is_none() {
             return;
         }
+        // A series record may be older than the newest one cached (a late event): its marker
+        // would take the cached series' newest event time, which a fill of the series read
+        // without the record ties, and a tie replaces a marker. Series groups move on whole.
+        let whole = group.kind == cellar_spec::GroupKind::Timeseries;
         self.skipped.record(
             &group.name,
             &self.generation_key(&group.name),
             super::deadlines::Ttls::marker(&group.serving),
+            whole,
             keys,
         );
         self.recover_soon.notify_one();
@@ -332,18 +343,20 @@ mod tests {
     fn skipped_keys_keep_their_newest_event_time_until_settled() {
         let s = Skipped::new(10);
         assert!(!s.owes(None));
-        s.record("g", b"g!generation", 1000, []);
+        s.record("g", b"g!generation", 1000, false, []);
         assert!(!s.owes(None), "nothing skipped, nothing owed");
         s.record(
             "g",
             b"g!generation",
             1000,
+            false,
             [(b"a".to_vec(), 5), (b"b".to_vec(), 7)],
         );
         s.record(
             "g",
             b"g!generation",
             1000,
+            false,
             [(b"a".to_vec(), 9), (b"a".to_vec(), 3)],
         );
         assert!(s.owes(Some("g")) && s.owes(None) && !s.owes(Some("h")));
@@ -357,10 +370,22 @@ mod tests {
     #[test]
     fn a_write_skipped_during_a_recovery_stays_owed() {
         let s = Skipped::new(10);
-        s.record("g", b"k", 1000, [(b"a".to_vec(), 5), (b"b".to_vec(), 7)]);
+        s.record(
+            "g",
+            b"k",
+            1000,
+            false,
+            [(b"a".to_vec(), 5), (b"b".to_vec(), 7)],
+        );
         let owed = s.owed(None).pop().unwrap();
         // Skipped while the markers were on their way: a newer event time for a, and c.
-        s.record("g", b"k", 1000, [(b"a".to_vec(), 8), (b"c".to_vec(), 1)]);
+        s.record(
+            "g",
+            b"k",
+            1000,
+            false,
+            [(b"a".to_vec(), 8), (b"c".to_vec(), 1)],
+        );
         s.settle(&owed, &owed.keys);
         assert!(s.owes(Some("g")));
         assert_eq!(keys(&s, "g"), vec![(b"a".to_vec(), 8), (b"c".to_vec(), 1)]);
@@ -369,19 +394,28 @@ mod tests {
     #[test]
     fn past_the_capacity_the_group_is_owed_whole() {
         let s = Skipped::new(3);
-        s.record("g", b"k", 1000, [(b"a".to_vec(), 1), (b"b".to_vec(), 1)]);
-        s.record("h", b"k", 1000, [(b"x".to_vec(), 1)]);
+        s.record(
+            "g",
+            b"k",
+            1000,
+            false,
+            [(b"a".to_vec(), 1), (b"b".to_vec(), 1)],
+        );
+        s.record("h", b"k", 1000, false, [(b"x".to_vec(), 1)]);
         // A key already held costs nothing more.
-        s.record("g", b"k", 1000, [(b"a".to_vec(), 2)]);
+        s.record("g", b"k", 1000, false, [(b"a".to_vec(), 2)]);
         assert!(!s.owed(Some("g")).pop().unwrap().whole);
-        s.record("g", b"k", 1000, [(b"c".to_vec(), 1)]);
+        s.record("g", b"k", 1000, false, [(b"c".to_vec(), 1)]);
         let owed = s.owed(Some("g")).pop().unwrap();
         assert!(owed.whole && owed.keys.is_empty());
         assert_eq!(s.held(), 1, "the whole group holds no keys");
         // Another group still has room now.
-        s.record("h", b"k", 1000, [(b"y".to_vec(), 1)]);
+        s.record("h", b"k", 1000, false, [(b"y".to_vec(), 1)]);
         assert!(!s.owed(Some("h")).pop().unwrap().whole);
         s.settle(&owed, &[]);
         assert!(!s.owes(Some("g")) && s.owes(Some("h")));
+        s.record("s", b"k", 1000, true, [(b"a".to_vec(), 1)]);
+        let owed = s.owed(Some("s")).pop().unwrap();
+        assert!(owed.whole && owed.keys.is_empty(), "asked for whole");
     }
 }
