@@ -220,12 +220,11 @@ impl Shared {
         self.recover_soon.notify_one();
     }
 
-    /// Applies every invalidation owed; returns whether none is owed any more.
+    /// Applies every invalidation owed, group by group (one refused keeps only its own group
+    /// off Redis); returns whether none is owed any more.
     async fn recover(&self) -> bool {
         for owed in self.skipped.owed(None) {
-            if !self.invalidate_owed(&owed).await {
-                return false;
-            }
+            self.invalidate_owed(&owed).await;
         }
         !self.skipped.owes(None)
     }
