@@ -902,10 +902,11 @@ async fn garbage_in_redis_reads_as_a_miss_and_is_replaced() {
     };
     // Not a value of this tier; a record kind whose record is cut short; a series whose
     // entries are cut short.
-    let mut header = vec![1u8, 1];
-    // Event time 5 and soft deadline 0, sign bits flipped.
+    let mut header = vec![2u8, 1];
+    // Event time 5 and soft deadline 0, sign bits flipped; generation 0.
     header.extend_from_slice(&((1u64 << 63) | 5).to_be_bytes());
     header.extend_from_slice(&(1u64 << 63).to_be_bytes());
+    header.extend_from_slice(&0u64.to_be_bytes());
     let mut short_record = header.clone();
     short_record.extend_from_slice(&[2, 10, 1]);
     let mut short_series = header.clone();

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use cellar_cache::WritePath;
 use cellar_ingest_batch::{Period, RecordSink};
 use cellar_jobs::executor::{default_worker_name, JobRequest};
 use cellar_jobs::kafka::{KafkaRunnerConfig, TaskPublisher};
@@ -81,7 +80,7 @@ pub async fn worker(config: &Config) -> anyhow::Result<()> {
     let runner = kafka_runner(config)?;
     let registry = Registry::open(&config.registry_url()).await?;
     let store = crate::node::open_store(config).await?;
-    let sink: Arc<dyn RecordSink> = Arc::new(WritePath::new(store, None));
+    let sink: Arc<dyn RecordSink> = Arc::new(crate::node::write_path(config, store)?);
     let mut settings = ExecutorSettings::new(config.rejects_dir());
     if config.jobs.shard_workers > 0 {
         settings.shard_workers = config.jobs.shard_workers;
@@ -149,7 +148,7 @@ pub async fn backfill(config: &Config, args: &BackfillArgs) -> anyhow::Result<Jo
             std::fs::create_dir_all(&config.data_dir)
                 .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
             let store = crate::node::open_store(config).await?;
-            let sink: Arc<dyn RecordSink> = Arc::new(WritePath::new(store, None));
+            let sink: Arc<dyn RecordSink> = Arc::new(crate::node::write_path(config, store)?);
             let executor = executor(config, registry.clone(), sink).await?;
             let request = JobRequest {
                 max_attempts,
@@ -316,7 +315,7 @@ pub async fn retry(
     } else {
         registry.retry_job(id).await?;
         let store = crate::node::open_store(config).await?;
-        let sink: Arc<dyn RecordSink> = Arc::new(WritePath::new(store, None));
+        let sink: Arc<dyn RecordSink> = Arc::new(crate::node::write_path(config, store)?);
         let executor = executor(config, registry.clone(), sink).await?;
         eprintln!("job {id} made runnable again; running it here");
         tokio::spawn(async move {

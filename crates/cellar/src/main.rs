@@ -672,7 +672,7 @@ async fn run_ingest(config: Config, until_caught_up: bool) -> anyhow::Result<()>
     let store = cellar::node::open_store(&config).await?;
     let ingestion = std::sync::Arc::new(cellar::ingest::StreamIngestion::open(
         &config,
-        cellar_cache::WritePath::new(store, None),
+        cellar::node::write_path(&config, store)?,
         &repo,
     )?);
     if until_caught_up && !ingestion.is_embedded() {

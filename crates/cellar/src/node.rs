@@ -98,6 +98,32 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn OnlineStore>>
     }
 }
 
+/// The Redis tier's settings from `config`; `None` without Redis URLs.
+fn remote_config(config: &Config) -> Option<RemoteConfig> {
+    if config.cache.remote_urls.is_empty() {
+        return None;
+    }
+    Some(RemoteConfig {
+        urls: config.cache.remote_urls.clone(),
+        key_prefix: config.cache.remote_key_prefix.clone(),
+        timeout: Duration::from_millis(config.cache.remote_timeout_ms),
+        ..RemoteConfig::default()
+    })
+}
+
+/// The write path of a process that writes but does not serve (`cellar ingest`, `cellar
+/// worker`, jobs run by the CLI): the store, and the Redis tier when there is one, so that
+/// its writes update or invalidate the copies every server reads.
+pub fn write_path(config: &Config, store: Arc<dyn OnlineStore>) -> anyhow::Result<WritePath> {
+    let writer = WritePath::new(store.clone(), None);
+    let Some(remote_config) = remote_config(config) else {
+        return Ok(writer);
+    };
+    let tier = RemoteTier::new(remote_config, store, CacheMetrics::default())
+        .context("setting up the Redis tier")?;
+    Ok(writer.with_remote(Arc::new(tier)))
+}
+
 impl Node {
     /// Opens the store and registry named by `config` and builds the read path.
     pub async fn open(config: Config) -> anyhow::Result<Node> {
@@ -114,18 +140,13 @@ impl Node {
         // Reads that reach the store are timed and counted on their way.
         let measured: Arc<dyn RecordReader> =
             Arc::new(MeasuredStore::new(store.clone(), cache_metrics.clone()));
-        let remote = if config.cache.remote_urls.is_empty() {
-            None
-        } else {
-            let remote_config = RemoteConfig {
-                urls: config.cache.remote_urls.clone(),
-                key_prefix: config.cache.remote_key_prefix.clone(),
-                timeout: Duration::from_millis(config.cache.remote_timeout_ms),
-                ..RemoteConfig::default()
-            };
-            let tier = RemoteTier::new(remote_config, measured.clone(), cache_metrics.clone())
-                .context("setting up the Redis tier")?;
-            Some(Arc::new(tier))
+        let remote = match remote_config(&config) {
+            None => None,
+            Some(remote_config) => {
+                let tier = RemoteTier::new(remote_config, measured.clone(), cache_metrics.clone())
+                    .context("setting up the Redis tier")?;
+                Some(Arc::new(tier))
+            }
         };
         let next: Arc<dyn RecordReader> = match &remote {
             Some(remote) => remote.clone(),
@@ -466,6 +487,11 @@ impl prometheus_client::collector::Collector for RemoteMetrics {
                 "Write-through and invalidation values not written (breaker open or failure)",
                 s.writes_skipped,
             ),
+            (
+                "remote_cache_invalidations_applied",
+                "Invalidations written for skipped writes once Redis answered again",
+                s.invalidations_applied,
+            ),
             ("remote_cache_errors", "Redis calls that failed", s.errors),
             (
                 "remote_cache_timeouts",
@@ -496,6 +522,14 @@ impl prometheus_client::collector::Collector for RemoteMetrics {
             MetricType::Gauge,
         )?;
         ConstGauge::new(s.backfill_queue_depth as i64).encode(m)?;
+        let m = encoder.encode_descriptor(
+            "remote_cache_skipped_keys",
+            "Keys of skipped writes waiting to be invalidated in Redis (their groups are read \
+             from the store meanwhile)",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(s.skipped_keys_held as i64).encode(m)?;
         Ok(())
     }
 }

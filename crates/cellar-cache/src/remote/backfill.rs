@@ -29,6 +29,8 @@ pub(super) enum Job {
         group: Box<FeatureGroup>,
         entities: Vec<EntityKey>,
         keys: Vec<Vec<u8>>,
+        /// The group's generation read before the refresh was asked for.
+        generation: u64,
     },
     /// Answered once every job queued before it is done.
     Flush(oneshot::Sender<()>),
@@ -64,6 +66,7 @@ impl RemoteTier {
         group: &FeatureGroup,
         entities: Vec<EntityKey>,
         keys: Vec<Vec<u8>>,
+        generation: u64,
     ) {
         let (entities, keys): (Vec<EntityKey>, Vec<Vec<u8>>) = {
             let Ok(mut refreshing) = self.shared.refreshing.lock() else {
@@ -83,6 +86,7 @@ impl RemoteTier {
             group: Box::new(group.clone()),
             entities,
             keys,
+            generation,
         };
         match self.queue.try_send(job) {
             Ok(()) => bump(&self.shared.stats.fills_queued, n),
@@ -115,7 +119,13 @@ impl RemoteTier {
     /// it (false: it held a newer event time, or the write failed).
     #[doc(hidden)]
     pub async fn apply_fill(&self, group: &FeatureGroup, entity: &EntityKey, found: Found) -> bool {
-        let Some(fill) = fill_for(group, self.key(&group.storage_name(), entity), found) else {
+        let generation = self.shared.generations.get(&group.name);
+        let Some(fill) = fill_for(
+            group,
+            self.key(&group.storage_name(), entity),
+            found,
+            generation,
+        ) else {
             return false;
         };
         self.shared.apply_fills(vec![fill]).await == 1
@@ -187,6 +197,7 @@ impl Shared {
         group: &FeatureGroup,
         entities: &[EntityKey],
         keys: Vec<Vec<u8>>,
+        generation: u64,
     ) -> Vec<Fill> {
         let started = std::time::Instant::now();
         let found = read_next(&*self.next, group, entities).await;
@@ -196,7 +207,7 @@ impl Shared {
             Ok(found) => keys
                 .into_iter()
                 .zip(found)
-                .filter_map(|(key, found)| fill_for(group, key, found))
+                .filter_map(|(key, found)| fill_for(group, key, found, generation))
                 .collect(),
             Err(e) => {
                 tracing::warn!(group = %group.name, error = %e, "remote tier refresh failed");
@@ -228,7 +239,8 @@ pub(super) async fn back_fill(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>
                     group,
                     entities,
                     keys,
-                } => fills.extend(shared.refreshed(&group, &entities, keys).await),
+                    generation,
+                } => fills.extend(shared.refreshed(&group, &entities, keys, generation).await),
                 Job::Flush(done) => flushed.push(done),
             }
         }
@@ -239,26 +251,38 @@ pub(super) async fn back_fill(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>
     }
 }
 
-/// The back-fill of what the tier below answered for one entity; `None` when the group's
-/// policy caches nothing of that kind, or the record cannot be encoded.
-pub(super) fn fill_for(group: &FeatureGroup, key: Vec<u8>, found: Found) -> Option<Fill> {
+/// The back-fill of what the tier below answered for one entity, stamped with the group's
+/// `generation` read before the tier below was (so a fill that read the store before the group
+/// moved on is a miss); `None` when the group's policy caches nothing of that kind, or the
+/// record cannot be encoded.
+pub(super) fn fill_for(
+    group: &FeatureGroup,
+    key: Vec<u8>,
+    found: Found,
+    generation: u64,
+) -> Option<Fill> {
     match found {
-        Found::Missing => record_fill(group, key, None),
-        Found::Record(r) => record_fill(group, key, Some(&r)),
-        Found::Series(records) => series_fill(group, key, &records),
+        Found::Missing => record_fill(group, key, None, generation),
+        Found::Record(r) => record_fill(group, key, Some(&r), generation),
+        Found::Series(records) => series_fill(group, key, &records, generation),
     }
 }
 
 /// The back-fill of an attribute record, or of "no record".
-fn record_fill(group: &FeatureGroup, key: Vec<u8>, record: Option<&Record>) -> Option<Fill> {
+fn record_fill(
+    group: &FeatureGroup,
+    key: Vec<u8>,
+    record: Option<&Record>,
+    generation: u64,
+) -> Option<Fill> {
     let (value, ttls) = match record {
         None => {
             let ttls = Ttls::negative(&group.serving)?;
-            (encode_missing(ttls.soft_deadline), ttls)
+            (encode_missing(ttls.soft_deadline, generation), ttls)
         }
         Some(r) => {
             let ttls = Ttls::positive(&group.serving)?;
-            (encode_record(r, ttls.soft_deadline).ok()?, ttls)
+            (encode_record(r, ttls.soft_deadline, generation).ok()?, ttls)
         }
     };
     Some(Fill {
@@ -270,15 +294,20 @@ fn record_fill(group: &FeatureGroup, key: Vec<u8>, record: Option<&Record>) -> O
 
 /// The back-fill of an entity's newest records, read up to the group's series length; no
 /// records at all is cached as "no record".
-fn series_fill(group: &FeatureGroup, key: Vec<u8>, records: &[Record]) -> Option<Fill> {
+fn series_fill(
+    group: &FeatureGroup,
+    key: Vec<u8>,
+    records: &[Record],
+    generation: u64,
+) -> Option<Fill> {
     if records.is_empty() {
-        return record_fill(group, key, None);
+        return record_fill(group, key, None, generation);
     }
     let ttls = Ttls::positive(&group.serving)?;
     let complete = records.len() < RemoteTier::series_len(group);
     Some(Fill {
         key,
-        value: encode_series(records, complete, ttls.soft_deadline).ok()?,
+        value: encode_series(records, complete, ttls.soft_deadline, generation).ok()?,
         ttl_ms: ttls.hard_ms,
     })
 }

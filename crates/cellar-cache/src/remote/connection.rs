@@ -7,7 +7,7 @@ use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, RedisResult, Value};
 
-use super::scripts::{ScriptCall, MERGE_SERIES, PUT_IF_NEWER};
+use super::scripts::{ScriptCall, BUMP_GENERATION, MERGE_SERIES, PUT_IF_NEWER};
 use super::{RemoteConfig, RemoteError};
 
 /// A standalone Redis through a reconnecting multiplexed connection, or a Redis Cluster.
@@ -71,6 +71,12 @@ impl Connection {
         for k in keys {
             cmd.arg(&k[..]);
         }
+        self.query(&cmd).await
+    }
+
+    pub(super) async fn get(&mut self, key: &[u8]) -> RedisResult<Option<Vec<u8>>> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(key);
         self.query(&cmd).await
     }
 
@@ -148,7 +154,7 @@ impl Connection {
     }
 
     async fn load_scripts(&mut self) -> RedisResult<()> {
-        for source in [PUT_IF_NEWER, MERGE_SERIES] {
+        for source in [PUT_IF_NEWER, MERGE_SERIES, BUMP_GENERATION] {
             let mut cmd = redis::cmd("SCRIPT");
             cmd.arg("LOAD").arg(source);
             self.query::<Value>(&cmd).await?;

@@ -20,17 +20,26 @@
 //! - **Soft and hard TTLs.** Redis expires a value at its hard TTL (with jitter); the soft
 //!   deadline is stored in the value, and a read past it serves the value and queues a refresh.
 //!   A read shortly before it may queue the refresh early (XFetch), so hot keys never go stale.
+//! - **No stale copy after a blip.** A write whose update Redis may not have applied (breaker
+//!   open, error, timeout) is remembered with its key and event time; until invalidation
+//!   markers for those keys are written, this node reads the group from the store, and a
+//!   background task writes them as soon as Redis answers. Past `skipped_keys` keys, the group
+//!   is invalidated whole by moving its *generation* on: every value carries the generation it
+//!   was made under (a fill, the one read before its store read), every `MGET` reads the
+//!   group's generation too, and a value of an older generation is a miss. See `skipped`.
 //! - **Admission.** A group with `admit_after: k` back-fills an entity on its k-th miss within
 //!   the window (counted by each process), and its write-through only updates values already
 //!   cached (elsewhere it leaves an invalidation marker, so the race guard above still holds).
 //!
 //! Key layout: `<key_prefix><group>#<entity>` (group names are identifiers, so the first `#`
-//! ends the group). Value layout (integers big-endian; event times and deadlines are
-//! milliseconds since the epoch, stored with the sign bit flipped so that byte order is
-//! numeric order, which lets the scripts compare them without decoding):
+//! ends the group), and `<key_prefix><group>!generation` for the group's generation (decimal;
+//! none is 0). Value layout (integers big-endian; event times and deadlines are milliseconds
+//! since the epoch, stored with the sign bit flipped so that byte order is numeric order,
+//! which lets the scripts compare them without decoding; values of format 1, from before
+//! generations, read as misses):
 //!
 //! ```text
-//! value   = format:u8 (1)  kind:u8  event_time:8  soft_deadline:8  payload
+//! value   = format:u8 (2)  kind:u8  event_time:8  soft_deadline:8  generation:8  payload
 //! kind 1  record       payload = the record in the store's codec
 //! kind 2  missing      no payload; event time = i64::MIN (negative cache)
 //! kind 3  series       payload = complete:u8  entry*   (newest first)
@@ -44,6 +53,8 @@
 //! - `read`: reads through the tier, stale and early refreshes, misses read from the tier below;
 //! - `write`: write-through, write-around and invalidation after the store took a write;
 //! - `backfill`: the bounded queue of fills and refreshes, and the task that writes them;
+//! - `skipped`: writes whose update was skipped, and their invalidation once Redis answers;
+//! - `generation`: the group generations learned from Redis;
 //! - `value`: the value layout above, encoded and decoded;
 //! - `scripts`: the Lua scripts every write goes through;
 //! - `connection`: standalone or cluster connections, and script calls pipelined on them;
@@ -53,8 +64,10 @@
 mod backfill;
 mod connection;
 mod deadlines;
+mod generation;
 mod read;
 mod scripts;
+mod skipped;
 mod stats;
 mod value;
 mod write;
@@ -79,6 +92,8 @@ pub use stats::RemoteStatsSnapshot;
 
 use backfill::{back_fill, Job};
 use connection::Connection;
+use generation::Generations;
+use skipped::{keep_recovering, Skipped};
 use stats::{load, RemoteStats};
 
 /// How to reach Redis and how patient to be with it.
@@ -101,6 +116,10 @@ pub struct RemoteConfig {
     pub backfill_capacity: usize,
     /// Most values written in one pipeline by the back-fill task.
     pub backfill_batch: usize,
+    /// Keys of writes whose Redis update was skipped (breaker open, error, timeout) that are
+    /// remembered, to invalidate once Redis answers again; past it, the group of the next
+    /// skipped key is invalidated whole (its generation moves on).
+    pub skipped_keys: usize,
 }
 
 impl Default for RemoteConfig {
@@ -114,6 +133,7 @@ impl Default for RemoteConfig {
             breaker: BreakerConfig::default(),
             backfill_capacity: 4096,
             backfill_batch: 512,
+            skipped_keys: 65_536,
         }
     }
 }
@@ -149,6 +169,14 @@ struct Shared {
     flights: Flights<Vec<u8>, Found>,
     /// Taken by the back-fill task for each batch; holding it pauses back-fills.
     gate: Arc<tokio::sync::Mutex<()>>,
+    /// Put before every key.
+    key_prefix: String,
+    /// Each group's generation as last read from Redis, stamped on the values written.
+    generations: Generations,
+    /// Writes whose Redis update was skipped, until their copies are invalidated.
+    skipped: Skipped,
+    /// Wakes the task that invalidates them.
+    recover_soon: Arc<tokio::sync::Notify>,
 }
 
 /// The Redis tier. Implements [`RecordReader`] over the next tier (the store, usually),
@@ -156,7 +184,6 @@ struct Shared {
 pub struct RemoteTier {
     shared: Arc<Shared>,
     queue: mpsc::Sender<Job>,
-    key_prefix: String,
 }
 
 impl RemoteTier {
@@ -183,14 +210,19 @@ impl RemoteTier {
             costs: ReadCosts::default(),
             flights: Flights::default(),
             gate: Arc::default(),
+            key_prefix: config.key_prefix,
+            generations: Generations::default(),
+            skipped: Skipped::new(config.skipped_keys),
+            recover_soon: Arc::default(),
         });
         let (queue, jobs) = mpsc::channel(config.backfill_capacity.max(1));
         handle.spawn(back_fill(shared.clone(), jobs));
-        Ok(RemoteTier {
-            shared,
-            queue,
-            key_prefix: config.key_prefix,
-        })
+        handle.spawn(keep_recovering(
+            Arc::downgrade(&shared),
+            shared.recover_soon.clone(),
+            config.breaker.cool_down,
+        ));
+        Ok(RemoteTier { shared, queue })
     }
 
     fn serves(group: &FeatureGroup) -> bool {
@@ -207,8 +239,9 @@ impl RemoteTier {
     }
 
     fn key(&self, group: &str, entity: &EntityKey) -> Vec<u8> {
-        let mut k = Vec::with_capacity(self.key_prefix.len() + group.len() + 1 + entity.0.len());
-        k.extend_from_slice(self.key_prefix.as_bytes());
+        let prefix = &self.shared.key_prefix;
+        let mut k = Vec::with_capacity(prefix.len() + group.len() + 1 + entity.0.len());
+        k.extend_from_slice(prefix.as_bytes());
         k.extend_from_slice(group.as_bytes());
         k.push(b'#');
         k.extend_from_slice(entity.as_bytes());
@@ -231,6 +264,9 @@ impl RemoteTier {
             fills_superseded: load(&s.fills_superseded),
             writes: load(&s.writes),
             writes_skipped: load(&s.writes_skipped),
+            skipped_keys_held: self.shared.skipped.held() as u64,
+            invalidations_owed: self.shared.skipped.owes(None),
+            invalidations_applied: load(&s.invalidations_applied),
             errors: load(&s.errors),
             timeouts: load(&s.timeouts),
             corrupt: load(&s.corrupt),
@@ -241,5 +277,17 @@ impl RemoteTier {
 
     pub fn breaker_state(&self) -> BreakerState {
         self.shared.breaker.state()
+    }
+}
+
+impl Shared {
+    /// Where a group's generation lives: `<key_prefix><group>!generation`, beside (never
+    /// among) its entities' `<group>#` keys.
+    fn generation_key(&self, group: &str) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.key_prefix.len() + group.len() + 11);
+        k.extend_from_slice(self.key_prefix.as_bytes());
+        k.extend_from_slice(group.as_bytes());
+        k.extend_from_slice(b"!generation");
+        k
     }
 }

@@ -10,36 +10,61 @@ use cellar_spec::{EntityKey, FeatureGroup, GroupKind, Tier};
 use cellar_store::{Record, RecordReader, Result, TimeseriesQuery};
 
 use super::backfill::{fill_for, Found};
+use super::generation;
 use super::stats::bump;
 use super::value::{decode_value, Cached, Decoded};
 use super::RemoteTier;
 use crate::metrics::{Outcome, Stage};
 use crate::ttl::refresh_early;
 
+/// What one `MGET` found: the group's generation, and the value of each key.
+struct Looked {
+    generation: u64,
+    values: Vec<Option<Vec<u8>>>,
+}
+
 impl RemoteTier {
-    /// Reads the values of `keys`; `None` when Redis was not asked (breaker open) or failed.
-    async fn lookup(&self, keys: &[Vec<u8>]) -> Option<Vec<Option<Vec<u8>>>> {
+    /// Reads the group's generation and the values of `keys` in one `MGET`; `None` when Redis
+    /// was not asked (breaker open, or writes of the group skipped and not yet invalidated) or
+    /// failed.
+    async fn lookup(&self, group: &FeatureGroup, keys: &[Vec<u8>]) -> Option<Looked> {
         let shared = &self.shared;
+        // A copy older than a write this node acknowledged may be in Redis: not served.
+        if shared.skipped.owes(Some(&group.name)) {
+            bump(&shared.stats.bypassed, keys.len());
+            return None;
+        }
         let Some(permit) = shared.breaker.try_acquire() else {
             bump(&shared.stats.bypassed, keys.len());
             return None;
         };
         let mut conn = shared.conn.clone();
         let started = std::time::Instant::now();
-        let outcome = tokio::time::timeout(shared.timeout, conn.mget(keys)).await;
+        let mut asked = Vec::with_capacity(keys.len() + 1);
+        asked.push(shared.generation_key(&group.name));
+        asked.extend_from_slice(keys);
+        let outcome = tokio::time::timeout(shared.timeout, conn.mget(&asked)).await;
         match outcome {
-            Ok(Ok(values)) if values.len() == keys.len() => {
+            Ok(Ok(mut values)) if values.len() == asked.len() => {
                 permit.succeeded();
                 shared
                     .metrics
                     .observe_latency(Stage::Remote, started.elapsed());
-                Some(values)
+                let Some(generation) = generation::parse(values[0].as_deref()) else {
+                    bump(&shared.stats.corrupt, 1);
+                    bump(&shared.stats.bypassed, keys.len());
+                    tracing::debug!(group = %group.name, "undecodable group generation in the remote cache");
+                    return None;
+                };
+                shared.generations.learn(&group.name, generation);
+                values.remove(0);
+                Some(Looked { generation, values })
             }
             Ok(Ok(values)) => {
                 permit.failed();
                 bump(&shared.stats.errors, 1);
                 tracing::debug!(
-                    asked = keys.len(),
+                    asked = asked.len(),
                     answered = values.len(),
                     "remote cache answered the wrong number of values"
                 );
@@ -62,8 +87,16 @@ impl RemoteTier {
         }
     }
 
-    fn decode(&self, bytes: Option<Vec<u8>>, pick: Option<TimeseriesQuery>) -> Option<Decoded> {
+    /// Decodes a value; `None` (a miss) also for one made under an older generation than the
+    /// group's.
+    fn decode(
+        &self,
+        bytes: Option<Vec<u8>>,
+        pick: Option<TimeseriesQuery>,
+        generation: u64,
+    ) -> Option<Decoded> {
         match decode_value(&bytes?, pick) {
+            Ok(d) if d.generation < generation => None,
             Ok(d) => Some(d),
             Err(e) => {
                 bump(&self.shared.stats.corrupt, 1);
@@ -92,6 +125,7 @@ impl RemoteTier {
         keys: &[Vec<u8>],
         stale: Vec<usize>,
         early: Vec<usize>,
+        generation: u64,
     ) {
         if !early.is_empty() {
             self.shared.metrics.record_n(
@@ -106,18 +140,20 @@ impl RemoteTier {
         }
         let due = stale.into_iter().chain(early);
         let (entities, keys) = due.map(|i| (entities[i].clone(), keys[i].clone())).unzip();
-        self.refresh(group, entities, keys);
+        self.refresh(group, entities, keys, generation);
     }
 
     /// Reads the missed entities (at positions `missed`) from the tier below, once per key
     /// however many requests missed it at the same time, learning how long such reads take;
-    /// whoever reads a key queues its back-fill, if the key is admitted.
+    /// whoever reads a key queues its back-fill, if the key is admitted, stamped with the
+    /// `generation` read before the tier below was.
     async fn read_below(
         &self,
         group: &FeatureGroup,
         entities: &[EntityKey],
         keys: &[Vec<u8>],
         missed: &[usize],
+        generation: u64,
     ) -> Result<Vec<Found>> {
         let admitted = self.admitted(group, keys, missed);
         let missed_keys: Vec<Vec<u8>> = missed.iter().map(|&i| keys[i].clone()).collect();
@@ -135,7 +171,9 @@ impl RemoteTier {
                     .iter()
                     .zip(&found)
                     .filter(|(&j, _)| admitted[j])
-                    .filter_map(|(&j, f)| fill_for(group, keys[missed[j]].clone(), f.clone()))
+                    .filter_map(|(&j, f)| {
+                        fill_for(group, keys[missed[j]].clone(), f.clone(), generation)
+                    })
                     .collect();
                 self.enqueue(fills);
                 Ok(found)
@@ -235,7 +273,7 @@ impl RecordReader for RemoteTier {
             .iter()
             .map(|e| self.key(&group.storage_name(), e))
             .collect();
-        let Some(values) = self.lookup(&keys).await else {
+        let Some(Looked { generation, values }) = self.lookup(group, &keys).await else {
             return self.shared.next.get_attributes(group, entities).await;
         };
         let now = now_ms();
@@ -244,10 +282,11 @@ impl RecordReader for RemoteTier {
         let (mut stale, mut early) = (Vec::new(), Vec::new());
         let (mut hits, mut negative) = (0, 0);
         for (i, value) in values.into_iter().enumerate() {
-            match self.decode(value, None) {
+            match self.decode(value, None, generation) {
                 Some(Decoded {
                     cached: Cached::Record(r),
                     soft_deadline,
+                    ..
                 }) => {
                     hits += 1;
                     if now >= soft_deadline {
@@ -265,11 +304,13 @@ impl RecordReader for RemoteTier {
             }
         }
         self.count(&group.name, hits, negative, stale.len(), missed.len());
-        self.refresh_hits(group, entities, &keys, stale, early);
+        self.refresh_hits(group, entities, &keys, stale, early, generation);
         if missed.is_empty() {
             return Ok(out);
         }
-        let found = self.read_below(group, entities, &keys, &missed).await?;
+        let found = self
+            .read_below(group, entities, &keys, &missed, generation)
+            .await?;
         for (i, found) in missed.into_iter().zip(found) {
             if let Found::Record(r) = found {
                 out[i] = Some(r);
@@ -296,7 +337,7 @@ impl RecordReader for RemoteTier {
             .iter()
             .map(|e| self.key(&group.storage_name(), e))
             .collect();
-        let Some(values) = self.lookup(&keys).await else {
+        let Some(Looked { generation, values }) = self.lookup(group, &keys).await else {
             return self
                 .shared
                 .next
@@ -309,7 +350,7 @@ impl RecordReader for RemoteTier {
         let (mut stale, mut early) = (Vec::new(), Vec::new());
         let (mut hits, mut negative) = (0, 0);
         for (i, value) in values.into_iter().enumerate() {
-            match self.decode(value, Some(query)) {
+            match self.decode(value, Some(query), generation) {
                 Some(Decoded {
                     cached:
                         Cached::Series {
@@ -318,6 +359,7 @@ impl RecordReader for RemoteTier {
                             complete,
                         },
                     soft_deadline,
+                    ..
                 }) if complete || held >= query.top_n => {
                     hits += 1;
                     if now >= soft_deadline {
@@ -335,11 +377,13 @@ impl RecordReader for RemoteTier {
             }
         }
         self.count(&group.name, hits, negative, stale.len(), missed.len());
-        self.refresh_hits(group, entities, &keys, stale, early);
+        self.refresh_hits(group, entities, &keys, stale, early, generation);
         if missed.is_empty() {
             return Ok(out);
         }
-        let found = self.read_below(group, entities, &keys, &missed).await?;
+        let found = self
+            .read_below(group, entities, &keys, &missed, generation)
+            .await?;
         for (i, found) in missed.into_iter().zip(found) {
             if let Found::Series(records) = found {
                 out[i] = select(&records, query);

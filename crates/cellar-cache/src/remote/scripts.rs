@@ -22,7 +22,7 @@ if not cur and ARGV[4] then
   redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
   return 2
 end
-if cur and string.len(cur) >= 18 and string.byte(cur, 1) == 1 then
+if cur and string.len(cur) >= 26 and string.byte(cur, 1) == 2 then
   local order = 0
   for i = 3, 10 do
     local a, b = string.byte(cur, i), string.byte(new, i)
@@ -45,11 +45,14 @@ return 1
 
 /// Puts one written record into a cached series, in event-time order (replacing a record of
 /// the same event time), keeping the newest ARGV[2]; without a cached series it writes an
-/// invalidation marker instead, so a fill that read the store before this write loses.
+/// invalidation marker instead, so a fill that read the store before this write loses. The
+/// merged series keeps the older of the two generations: records cached under an older one
+/// stay invalid.
 ///
 /// KEYS[1]: the entry. ARGV[1]: the record as a series entry; ARGV[2]: most records kept;
 /// ARGV[3]: TTL in milliseconds; ARGV[4]: the new soft deadline (8 bytes); ARGV[5]: the
-/// invalidation marker at the record's event time. Returns 1 if merged, 2 if invalidated.
+/// invalidation marker at the record's event time; ARGV[6]: the writer's generation (8
+/// bytes). Returns 1 if merged, 2 if invalidated.
 pub(super) const MERGE_SERIES: &str = r"
 local function cmp(a, ai, b, bi)
   for i = 0, 7 do
@@ -65,19 +68,19 @@ local cur = redis.call('GET', KEYS[1])
 local entry = ARGV[1]
 local function invalidate()
   local marker = ARGV[5]
-  if cur and string.len(cur) >= 18 and string.byte(cur, 1) == 1 and cmp(cur, 3, marker, 3) > 0 then
+  if cur and string.len(cur) >= 26 and string.byte(cur, 1) == 2 and cmp(cur, 3, marker, 3) > 0 then
     marker = string.sub(marker, 1, 2) .. string.sub(cur, 3, 10) .. string.sub(marker, 11)
   end
   redis.call('SET', KEYS[1], marker, 'PX', ARGV[3])
   return 2
 end
-if not cur or string.len(cur) < 19 or string.byte(cur, 1) ~= 1 or string.byte(cur, 2) ~= 3 then
+if not cur or string.len(cur) < 27 or string.byte(cur, 1) ~= 2 or string.byte(cur, 2) ~= 3 then
   return invalidate()
 end
 local max = tonumber(ARGV[2]) or 1
 if max < 1 then max = 1 end
 local parts, n, placed = {}, 0, false
-local pos, len = 20, string.len(cur)
+local pos, len = 28, string.len(cur)
 while pos <= len do
   if pos + 11 > len then return invalidate() end
   local b1, b2, b3, b4 = string.byte(cur, pos + 8, pos + 11)
@@ -103,16 +106,34 @@ if not placed then
   n = n + 1
   parts[n] = entry
 end
-local complete = string.byte(cur, 19) == 1 and n <= max
+local complete = string.byte(cur, 27) == 1 and n <= max
 while n > max do
   parts[n] = nil
   n = n - 1
 end
 local flag = 0
 if complete then flag = 1 end
-local value = string.char(1, 3) .. string.sub(parts[1], 1, 8) .. ARGV[4] .. string.char(flag) .. table.concat(parts)
+local generation = ARGV[6]
+if cmp(cur, 19, generation, 1) < 0 then generation = string.sub(cur, 19, 26) end
+local value = string.char(2, 3) .. string.sub(parts[1], 1, 8) .. ARGV[4] .. generation .. string.char(flag) .. table.concat(parts)
 redis.call('SET', KEYS[1], value, 'PX', ARGV[3])
 return 1
+";
+
+/// Moves a group to a new generation, so that every value cached under an older one is a miss
+/// (and stays one: fills and writes made under the older generation carry it). Generations
+/// are Redis's clock in microseconds, or one more than the current one if that is greater:
+/// they keep growing even after Redis lost the key, so a value made under a generation from
+/// before the loss can never pass for a newer one.
+///
+/// KEYS[1]: the group's generation key. Returns the new generation.
+pub(super) const BUMP_GENERATION: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+local gen = math.max(cur + 1, now)
+redis.call('SET', KEYS[1], string.format('%.0f', gen))
+return gen
 ";
 
 /// How a [`PUT_IF_NEWER`] write treats a cached value of the same event time.
@@ -169,9 +190,11 @@ impl ScriptCall {
 pub(super) struct Scripts {
     pub(super) put_if_newer: Script,
     pub(super) merge_series: Script,
+    pub(super) bump_generation: Script,
 }
 
 pub(super) static SCRIPTS: std::sync::LazyLock<Scripts> = std::sync::LazyLock::new(|| Scripts {
     put_if_newer: Script::new(PUT_IF_NEWER),
     merge_series: Script::new(MERGE_SERIES),
+    bump_generation: Script::new(BUMP_GENERATION),
 });

@@ -19,6 +19,7 @@ pub(super) struct RemoteStats {
     pub(super) fills_superseded: AtomicU64,
     pub(super) writes: AtomicU64,
     pub(super) writes_skipped: AtomicU64,
+    pub(super) invalidations_applied: AtomicU64,
     pub(super) errors: AtomicU64,
     pub(super) timeouts: AtomicU64,
     pub(super) corrupt: AtomicU64,
@@ -51,8 +52,16 @@ pub struct RemoteStatsSnapshot {
     /// Write-through and invalidation values written.
     pub writes: u64,
     /// Write-through and invalidation values not written: the breaker was open or the call
-    /// failed. The cached copy may then be stale until its hard TTL.
+    /// failed (or timed out, and Redis may still apply it). Their keys are remembered and
+    /// invalidated once Redis answers again.
     pub writes_skipped: u64,
+    /// Keys of skipped writes remembered now, waiting to be invalidated.
+    pub skipped_keys_held: u64,
+    /// Whether any group has skipped writes not yet invalidated: reads of such a group skip
+    /// Redis on this node.
+    pub invalidations_owed: bool,
+    /// Invalidation markers (and generation moves) written for skipped writes.
+    pub invalidations_applied: u64,
     /// Redis calls that failed.
     pub errors: u64,
     /// Redis calls that timed out.

@@ -3,12 +3,14 @@
 
 use cellar_store::{codec, Record, Result, TimeseriesQuery};
 
-const FORMAT: u8 = 1;
+const FORMAT: u8 = 2;
+/// The layout before values carried their group's generation: read as misses, replaced.
+const FORMAT_UNSTAMPED: u8 = 1;
 const KIND_RECORD: u8 = 1;
 const KIND_MISSING: u8 = 2;
 const KIND_SERIES: u8 = 3;
 const KIND_INVALIDATED: u8 = 4;
-const HEADER_LEN: usize = 18;
+const HEADER_LEN: usize = 26;
 pub(super) const ENTRY_HEADER_LEN: usize = 12;
 
 /// An event time or deadline as bytes whose lexicographic order is numeric order.
@@ -20,29 +22,42 @@ fn from_ordered(b: [u8; 8]) -> i64 {
     (u64::from_be_bytes(b) ^ (1 << 63)) as i64
 }
 
-fn put_header(buf: &mut Vec<u8>, kind: u8, event_time: i64, soft_deadline: i64) {
+fn put_header(buf: &mut Vec<u8>, kind: u8, event_time: i64, soft_deadline: i64, generation: u64) {
     buf.push(FORMAT);
     buf.push(kind);
     buf.extend_from_slice(&ordered(event_time));
     buf.extend_from_slice(&ordered(soft_deadline));
+    buf.extend_from_slice(&generation.to_be_bytes());
 }
 
-pub(super) fn encode_record(record: &Record, soft_deadline: i64) -> Result<Vec<u8>> {
+/// A record, valid while its group's generation is at most `generation`.
+pub(super) fn encode_record(
+    record: &Record,
+    soft_deadline: i64,
+    generation: u64,
+) -> Result<Vec<u8>> {
     let mut buf = Vec::with_capacity(HEADER_LEN + codec::encoded_len(record));
-    put_header(&mut buf, KIND_RECORD, record.event_time, soft_deadline);
+    put_header(
+        &mut buf,
+        KIND_RECORD,
+        record.event_time,
+        soft_deadline,
+        generation,
+    );
     codec::encode_into(record, &mut buf)?;
     Ok(buf)
 }
 
-pub(super) fn encode_missing(soft_deadline: i64) -> Vec<u8> {
+pub(super) fn encode_missing(soft_deadline: i64, generation: u64) -> Vec<u8> {
     let mut buf = Vec::with_capacity(HEADER_LEN);
-    put_header(&mut buf, KIND_MISSING, i64::MIN, soft_deadline);
+    put_header(&mut buf, KIND_MISSING, i64::MIN, soft_deadline, generation);
     buf
 }
 
+/// A marker is a miss whatever its generation.
 pub(super) fn encode_invalidated(event_time: i64) -> Vec<u8> {
     let mut buf = Vec::with_capacity(HEADER_LEN);
-    put_header(&mut buf, KIND_INVALIDATED, event_time, i64::MIN);
+    put_header(&mut buf, KIND_INVALIDATED, event_time, i64::MIN, 0);
     buf
 }
 
@@ -60,6 +75,7 @@ pub(super) fn encode_series(
     records: &[Record],
     complete: bool,
     soft_deadline: i64,
+    generation: u64,
 ) -> Result<Vec<u8>> {
     let newest = records.first().map_or(i64::MIN, |r| r.event_time);
     let payload: usize = records
@@ -67,7 +83,7 @@ pub(super) fn encode_series(
         .map(|r| ENTRY_HEADER_LEN + codec::encoded_len(r))
         .sum();
     let mut buf = Vec::with_capacity(HEADER_LEN + 1 + payload);
-    put_header(&mut buf, KIND_SERIES, newest, soft_deadline);
+    put_header(&mut buf, KIND_SERIES, newest, soft_deadline, generation);
     buf.push(u8::from(complete));
     for r in records {
         encode_series_entry(&mut buf, r)?;
@@ -96,6 +112,9 @@ pub(super) enum Cached {
 pub(super) struct Decoded {
     pub(super) cached: Cached,
     pub(super) soft_deadline: i64,
+    /// The group's generation the value was made under: it is valid while the group's
+    /// generation is not greater.
+    pub(super) generation: u64,
 }
 
 fn read8(bytes: &[u8], at: usize) -> Option<[u8; 8]> {
@@ -109,6 +128,13 @@ pub(super) fn decode_value(
     bytes: &[u8],
     pick: Option<TimeseriesQuery>,
 ) -> std::result::Result<Decoded, String> {
+    if bytes.first() == Some(&FORMAT_UNSTAMPED) {
+        return Ok(Decoded {
+            cached: Cached::Invalidated,
+            soft_deadline: i64::MIN,
+            generation: 0,
+        });
+    }
     if bytes.len() < HEADER_LEN {
         return Err(format!("value of {} bytes", bytes.len()));
     }
@@ -116,6 +142,9 @@ pub(super) fn decode_value(
         return Err(format!("unknown value format {}", bytes[0]));
     }
     let soft_deadline = read8(bytes, 10).map(from_ordered).ok_or("short header")?;
+    let generation = read8(bytes, 18)
+        .map(u64::from_be_bytes)
+        .ok_or("short header")?;
     let payload = &bytes[HEADER_LEN..];
     let cached = match bytes[1] {
         KIND_RECORD => Cached::Record(codec::decode(payload).map_err(|e| e.to_string())?),
@@ -160,6 +189,7 @@ pub(super) fn decode_value(
     Ok(Decoded {
         cached,
         soft_deadline,
+        generation,
     })
 }
 
@@ -187,18 +217,19 @@ mod tests {
     #[test]
     fn values_round_trip() {
         let r = record(42, "a");
-        let d = decode_value(&encode_record(&r, 99).unwrap(), None).unwrap();
+        let d = decode_value(&encode_record(&r, 99, 3).unwrap(), None).unwrap();
         assert_eq!(d.cached, Cached::Record(r.clone()));
         assert_eq!(d.soft_deadline, 99);
+        assert_eq!(d.generation, 3);
 
-        let d = decode_value(&encode_missing(7), None).unwrap();
+        let d = decode_value(&encode_missing(7, 0), None).unwrap();
         assert_eq!(d.cached, Cached::Missing);
 
         let d = decode_value(&encode_invalidated(5), None).unwrap();
         assert_eq!(d.cached, Cached::Invalidated);
 
         let series = vec![record(30, "c"), record(20, "b"), record(10, "a")];
-        let bytes = encode_series(&series, true, 11).unwrap();
+        let bytes = encode_series(&series, true, 11, 5).unwrap();
         assert_eq!(&bytes[2..10], &ordered(30));
         let d = decode_value(&bytes, None).unwrap();
         assert_eq!(
@@ -233,7 +264,7 @@ mod tests {
 
     #[test]
     fn garbage_values_are_errors_not_panics() {
-        let good = encode_series(&[record(2, "x"), record(1, "y")], false, 0).unwrap();
+        let good = encode_series(&[record(2, "x"), record(1, "y")], false, 0, 1).unwrap();
         for end in 0..good.len() {
             let _ = decode_value(&good[..end], None);
         }
@@ -245,6 +276,9 @@ mod tests {
             }
         }
         assert!(decode_value(&[], None).is_err());
+        // A value of the layout before generations: a miss, to be replaced.
+        let d = decode_value(&[1, 1, 0, 0], None).unwrap();
+        assert_eq!(d.cached, Cached::Invalidated);
         assert!(decode_value(&[9; 40], None).is_err());
     }
 }
