@@ -6,6 +6,7 @@
 //! - [`model`]: the spec types, plain serializable data;
 //! - [`value`]: feature value types, values, and their JSON forms;
 //! - [`key`]: canonical entity keys;
+//! - [`limits`]: the bounds of keys, event times and durations entering Cellar;
 //! - [`repo`]: a whole feature repo and its lookups;
 //! - [`parse`]: YAML text to a validated [`FeatureRepo`], collecting every error;
 //! - [`plan`]: what applying one repo over another adds, changes (breaking or not) and removes;
@@ -16,6 +17,7 @@
 //! depends on no other Cellar crate: every other crate depends on it.
 
 pub mod key;
+pub mod limits;
 pub mod model;
 pub mod parse;
 pub mod plan;
