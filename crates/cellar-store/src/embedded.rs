@@ -363,7 +363,13 @@ impl EmbeddedStore {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || work(&inner))
             .await
-            .map_err(|e| StoreError::Backend(format!("embedded store task failed: {e}")))?
+            .map_err(|e| {
+                if e.is_panic() {
+                    StoreError::Defect(format!("embedded store task failed: {e}"))
+                } else {
+                    StoreError::Backend(format!("embedded store task failed: {e}"))
+                }
+            })?
     }
 }
 
