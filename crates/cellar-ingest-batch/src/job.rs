@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use cellar_spec::limits::EventTimeBounds;
 use cellar_spec::{
     BatchInput, Entity, FeatureExpr, FeatureGroup, FeatureRepo, FileFormat, GroupKind, Ingestion,
     IngestionSource, Parallelism,
@@ -80,6 +81,8 @@ pub struct JobOptions {
     /// A shard fails once more than this share of its rows is rejected (0.0: any reject fails
     /// it, 1.0: never).
     pub max_reject_ratio: f64,
+    /// Rows with an event time outside are rejected.
+    pub event_times: EventTimeBounds,
 }
 
 impl Default for JobOptions {
@@ -88,6 +91,7 @@ impl Default for JobOptions {
             batch_rows: DEFAULT_BATCH_ROWS,
             write_rows: DEFAULT_WRITE_ROWS,
             max_reject_ratio: DEFAULT_MAX_REJECT_RATIO,
+            event_times: EventTimeBounds::default(),
         }
     }
 }

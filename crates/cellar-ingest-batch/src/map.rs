@@ -254,8 +254,10 @@ impl<'j> Mapper<'j> {
                 places.reserve(rows);
             }
         }
+        // Read once per batch: rows of one batch are judged against one clock reading.
+        let now = cellar_spec::time::now_ms();
         for row in 0..rows {
-            let (entity, record) = match self.map_row(&columns, row) {
+            let (entity, record) = match self.map_row(&columns, row, now) {
                 Ok(Some(mapped)) => mapped,
                 Ok(None) => {
                     skipped += 1;
@@ -299,10 +301,12 @@ impl<'j> Mapper<'j> {
 
     /// One row as the entity and its record (every feature the job does not map is null),
     /// `None` when its event time is outside the job's period, or the column at fault and why.
+    /// `now` is the clock, for the latest event time accepted.
     fn map_row(
         &self,
         columns: &[Column],
         row: usize,
+        now: i64,
     ) -> std::result::Result<Option<(EntityKey, Record)>, RowFault<'j>> {
         let job = self.job;
         let mut key = String::with_capacity(24);
@@ -337,19 +341,16 @@ impl<'j> Mapper<'j> {
                 .push_key_part(&mut key, i, part)
                 .map_err(|e| (Some(name), format!("key: {e}")))?;
         }
-        // The store's key layout reserves NUL; refusing it here keeps one bad row from
-        // failing the write of its whole batch.
-        if key.contains('\0') {
-            return Err((
-                None,
-                "key: key values may not contain a NUL character".to_owned(),
-            ));
-        }
         let event_time = match (self.event_time, &job.event_time_column) {
             (Some(c), Some(name)) => {
                 let cell = columns[c].cell(row);
                 match cell.to_millis() {
-                    Some(ms) => ms,
+                    Some(ms) => {
+                        if let Err(e) = job.options.event_times.check(ms, now) {
+                            return Err((Some(name), format!("event_time `{name}`: {e}")));
+                        }
+                        ms
+                    }
                     None if matches!(cell, Cell::Null) => {
                         return Err((Some(name), format!("event_time `{name}` is null")))
                     }
@@ -400,6 +401,7 @@ mod tests {
     use super::*;
     use arrow_array::{ArrayRef, Int64Array, StringArray, TimestampMillisecondArray};
     use arrow_schema::{DataType, Field};
+    use cellar_spec::limits::{EventTimeBounds, DEFAULT_MAX_FUTURE};
     use cellar_spec::FeatureRepo;
     use std::sync::Arc;
 
@@ -430,7 +432,10 @@ features: { article: article_id, dwell: dwell_s }
     fn job() -> BatchJob {
         let repo: FeatureRepo = cellar_spec::parse_repo(&[("r.yaml".into(), REPO.into())])
             .unwrap_or_else(|e| panic!("{e}"));
-        BatchJob::from_repo(&repo, "click_log", 0).unwrap()
+        let mut job = BatchJob::from_repo(&repo, "click_log", 0).unwrap();
+        // Rows of these tests are stamped near the epoch.
+        job.options.event_times = EventTimeBounds::new(0, DEFAULT_MAX_FUTURE).unwrap();
+        job
     }
 
     fn batch(columns: Vec<(&str, ArrayRef)>) -> RecordBatch {
@@ -549,6 +554,62 @@ features: { article: article_id, dwell: dwell_s }
         assert!(rejects
             .iter()
             .all(|r| r.shard == 7 && r.file == "f.parquet"));
+    }
+
+    #[test]
+    fn rows_with_keys_or_event_times_no_store_can_hold_are_rejected_alone() {
+        let mut job = job();
+        job.options.event_times = EventTimeBounds::default();
+        let now = cellar_spec::time::now_ms();
+        let long = "k".repeat(70_000);
+        let users = ["u1", "nul\0", long.as_str(), "u4", "u5", "u6", "u7"];
+        let times = [
+            now,
+            now,
+            now,
+            i64::MAX,
+            i64::MIN,
+            now + 2 * 86_400_000,
+            -14_182_940_000,
+        ];
+        let b = batch(vec![
+            (
+                "user_id",
+                Arc::new(StringArray::from(users.to_vec())) as ArrayRef,
+            ),
+            ("region", Arc::new(Int64Array::from(vec![1; 7]))),
+            ("ts", Arc::new(Int64Array::from(times.to_vec()))),
+            ("article_id", Arc::new(StringArray::from(vec!["a"; 7]))),
+            ("dwell_s", Arc::new(StringArray::from(vec!["1"; 7]))),
+        ]);
+        let mapper = Mapper::new(&job, 0, "f.parquet", &b.schema()).unwrap();
+        let mut rejects = Vec::new();
+        let mut writes = Writes::new(job.mode);
+        mapper.map(&b, Locator::Rows { first: 0 }, &mut writes, &mut rejects);
+        assert_eq!(writes.len(), 1, "only the first row fits");
+        let got: Vec<(Option<u64>, Option<&str>, &str)> = rejects
+            .iter()
+            .map(|r| (r.row, r.column.as_deref(), r.reason.as_str()))
+            .collect();
+        assert_eq!(got[0], (Some(1), Some("user_id"), "key: key field `user_id` may not contain a control character: it holds U+0000 at byte 3"));
+        assert_eq!(
+            got[1],
+            (
+                Some(2),
+                Some("user_id"),
+                "key: the key of entity `user` is 70000 bytes, over the limit of 1024 bytes"
+            )
+        );
+        assert_eq!(got.len(), 6, "{got:?}");
+        for (i, (row, column, reason)) in got[2..].iter().enumerate() {
+            assert_eq!(*row, Some(i as u64 + 3));
+            assert_eq!(*column, Some("ts"));
+            assert!(
+                reason.starts_with("event_time `ts`: ")
+                    && reason.contains("is outside the accepted event times, from 2000-01-01T00:00:00Z to 1d after now"),
+                "{reason}"
+            );
+        }
     }
 
     #[test]

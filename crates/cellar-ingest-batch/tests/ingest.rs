@@ -159,14 +159,14 @@ async fn every_feature_type_maps_from_csv_text() {
 
 const BAD_CSV: &str = "\
 user_id,ts,country,age,score,active,signup,tags,topics,embedding,avatar
-u1,5,KR,31,0.5,true,,,,,
-,5,KR,31,0.5,true,,,,,
+u1,1700000000005,KR,31,0.5,true,,,,,
+,1700000000005,KR,31,0.5,true,,,,,
 u3,yesterday,KR,31,0.5,true,,,,,
-u4,5,KR,old,0.5,true,,,,,
-u5,5,KR,31
-u6,5,KR,31,0.5,maybe,,,,,
-u7,5,KR,31,0.5,true,,,,\"[1,2,3]\",
-u8,5,KR,31,0.5,true,,,,,
+u4,1700000000005,KR,old,0.5,true,,,,,
+u5,1700000000005,KR,31
+u6,1700000000005,KR,31,0.5,maybe,,,,,
+u7,1700000000005,KR,31,0.5,true,,,,\"[1,2,3]\",
+u8,1700000000005,KR,31,0.5,true,,,,,
 ";
 
 #[tokio::test]
@@ -238,6 +238,68 @@ async fn rows_that_do_not_fit_are_rejected_with_where_and_why() {
         assert_eq!(r.ingestion, "profiles_csv");
         assert_eq!(r.byte, Some(byte_of(r.line.unwrap() as usize)), "{r:?}");
     }
+}
+
+#[tokio::test]
+async fn rows_with_keys_or_event_times_no_store_can_hold_are_rejected_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = "k".repeat(2000);
+    write_text(
+        &dir.path().join("profiles/odd.csv"),
+        &format!(
+            "user_id,ts,country,age,score,active,signup,tags,topics,embedding,avatar\n\
+             u1,{TS},KR,31,0.5,true,,,,,\n\
+             u2,9223372036854775807,KR,31,0.5,true,,,,,\n\
+             {long},{TS},KR,31,0.5,true,,,,,\n\
+             u4,1700000000,KR,31,0.5,true,,,,,\n\
+             u5,{TS},KR,31,0.5,true,,,,,\n"
+        ),
+    );
+    let job = Arc::new(job(dir.path(), "profiles_csv").with_options(JobOptions {
+        max_reject_ratio: 1.0,
+        ..JobOptions::default()
+    }));
+    let (store, sink) = store(dir.path());
+    let (rejected, rejects) = memory_rejects();
+    let report = run_shard(&plan(&job).unwrap().shards[0], &job, &*sink, &rejects)
+        .await
+        .unwrap();
+    assert_eq!((report.rows_written, report.rows_rejected), (2, 3));
+    let got = attributes(&store, &job, &keys(&["u1", "u2", "u4", "u5"])).await;
+    let stored: Vec<bool> = got.iter().map(Option::is_some).collect();
+    assert_eq!(stored, [true, false, false, true]);
+    let rejects = rejected.rejects();
+    let found: Vec<(Option<u64>, Option<&str>, &str)> = rejects
+        .iter()
+        .map(|r| (r.line, r.column.as_deref(), r.reason.as_str()))
+        .collect();
+    assert_eq!(found.len(), 3, "{found:?}");
+    assert_eq!((found[0].0, found[0].1), (Some(3), Some("ts")));
+    assert!(
+        found[0].2.starts_with(
+            "event_time `ts`: 9223372036854775807 is outside the accepted event times, \
+             from 2000-01-01T00:00:00Z to 1d after now"
+        ),
+        "{}",
+        found[0].2
+    );
+    assert_eq!(
+        found[1],
+        (
+            Some(4),
+            Some("user_id"),
+            "key: the key of entity `user` is 2000 bytes, over the limit of 1024 bytes"
+        )
+    );
+    // Seconds sent as milliseconds: early in 1970.
+    assert_eq!((found[2].0, found[2].1), (Some(5), Some("ts")));
+    assert!(
+        found[2]
+            .2
+            .starts_with("event_time `ts`: 1970-01-20T16:13:20Z is outside"),
+        "{}",
+        found[2].2
+    );
 }
 
 #[tokio::test]
@@ -462,11 +524,11 @@ features: {{ short: short }}
     let long = "x".repeat(40);
     write_text(
         &dir.path().join("longs.csv"),
-        &format!("user_id,ts,long\nu1,1,{long}\nu2,1,x\n"),
+        &format!("user_id,ts,long\nu1,{TS},{long}\nu2,{TS},x\n"),
     );
     write_text(
         &dir.path().join("shorts.csv"),
-        &format!("user_id,ts,short\nu1,2,{long}\nu2,2,y\n"),
+        &format!("user_id,ts,short\nu1,{},{long}\nu2,{},y\n", TS + 1, TS + 1),
     );
     let (store, sink) = store(dir.path());
     let (rejected, rejects) = memory_rejects();
@@ -501,7 +563,7 @@ features: {{ short: short }}
     assert_eq!(rejects[0].line, Some(2));
     assert_eq!(
         rejects[0].reason,
-        "record for entity `u1` of group `notes` would be 89 bytes once merged, over the limit \
+        "record for entity `u1` of group `notes` would be 94 bytes once merged, over the limit \
          of 64 bytes"
     );
 }

@@ -14,7 +14,7 @@ fn clicks(from: i64, rows: usize) -> RecordBatch {
     let ids: Vec<String> = (0..rows)
         .map(|i| format!("u{}", (from + i as i64) % 97))
         .collect();
-    let ts: Vec<i64> = (0..rows).map(|i| from + i as i64).collect();
+    let ts: Vec<i64> = (0..rows).map(|i| CLICKS_TS + from + i as i64).collect();
     let articles: Vec<String> = (0..rows).map(|i| format!("a{}", from + i as i64)).collect();
     RecordBatch::try_from_iter(vec![
         ("user_id", Arc::new(StringArray::from(ids)) as ArrayRef),

@@ -231,13 +231,19 @@ impl WindowState {
         Value::List(items)
     }
 
+    // Event times are bounded where they enter, far from the integer limits; the arithmetic
+    // saturates all the same, so a stored record from before those bounds cannot wrap a
+    // window around (a wrapped start would let every old bucket back in).
     fn bucket_of(&self, t: i64) -> i64 {
-        t.div_euclid(self.spec.slide_ms) * self.spec.slide_ms
+        t.div_euclid(self.spec.slide_ms)
+            .saturating_mul(self.spec.slide_ms)
     }
 
     /// The oldest event time inside the window ending with `newest`'s bucket.
     fn window_start(&self, newest: i64) -> i64 {
-        (self.bucket_of(newest) + self.spec.slide_ms).saturating_sub(self.spec.size_ms)
+        self.bucket_of(newest)
+            .saturating_add(self.spec.slide_ms)
+            .saturating_sub(self.spec.size_ms)
     }
 
     /// Drops the buckets that left the window ending with `newest`'s bucket.
@@ -414,6 +420,33 @@ mod tests {
         assert_eq!(effect.late, 1);
         assert_eq!(rec.as_ref().unwrap().values, vec![Value::Int64(1)]);
         assert_eq!(rec.as_ref().unwrap().event_time, 12 * MIN);
+    }
+
+    #[test]
+    fn windows_at_the_ends_of_time_do_not_wrap_around() {
+        let w = window(AggregateFunction::Count, 10 * MIN, 10 * MIN);
+        let mut rec = None;
+        apply(&mut rec, 1, &event(MIN, 0, vec![fold(0, w, Value::Null)]));
+        // An event at the last representable instant: its window holds it alone.
+        apply(
+            &mut rec,
+            1,
+            &event(i64::MAX, 1, vec![fold(0, w, Value::Null)]),
+        );
+        assert_eq!(rec.as_ref().unwrap().values, vec![Value::Int64(1)]);
+        let effect = apply(&mut rec, 1, &event(MIN, 2, vec![fold(0, w, Value::Null)]));
+        assert_eq!(effect.late, 1);
+        assert_eq!(rec.as_ref().unwrap().values, vec![Value::Int64(1)]);
+
+        let mut rec = None;
+        for (i, t) in [i64::MIN, i64::MIN + 1].into_iter().enumerate() {
+            apply(
+                &mut rec,
+                1,
+                &event(t, i as u64, vec![fold(0, w, Value::Null)]),
+            );
+        }
+        assert_eq!(rec.as_ref().unwrap().values, vec![Value::Int64(2)]);
     }
 
     #[test]

@@ -205,8 +205,11 @@ impl StreamMapping {
                             group.name
                         )));
                     }
-                    let size_ms = agg.window.as_millis() as i64;
-                    let slide_ms = agg.slide.map_or(size_ms, |s| s.as_millis() as i64);
+                    // Specs bound durations far below i64's milliseconds; saturate anyway.
+                    let millis =
+                        |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+                    let size_ms = millis(agg.window);
+                    let slide_ms = agg.slide.map_or(size_ms, millis);
                     if size_ms <= 0 || slide_ms <= 0 || size_ms % slide_ms != 0 {
                         return Err(fail(format!(
                             "feature `{}`: the window must be a whole number of slides",

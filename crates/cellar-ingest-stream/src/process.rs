@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use cellar_spec::limits::EventTimeBounds;
 use cellar_spec::time::now_ms;
 
 use crate::dispatch::{Dispatcher, StreamMapping};
@@ -95,6 +96,8 @@ pub struct EventProcessor {
     writer: BatchingWriter,
     publisher: Arc<dyn Publisher>,
     policy: RetryPolicy,
+    /// Events with an event time outside are dead-lettered.
+    event_times: EventTimeBounds,
 }
 
 fn header_str<'a>(event: &'a SourceEvent, name: &str) -> Option<&'a str> {
@@ -117,7 +120,14 @@ impl EventProcessor {
             writer,
             publisher,
             policy,
+            event_times: EventTimeBounds::default(),
         }
+    }
+
+    /// The same processor, accepting event times within `bounds`.
+    pub fn with_event_times(mut self, bounds: EventTimeBounds) -> EventProcessor {
+        self.event_times = bounds;
+        self
     }
 
     pub fn policy(&self) -> &RetryPolicy {
@@ -184,6 +194,13 @@ impl EventProcessor {
                 Change::Put(r) => r.event_time,
                 Change::Update(u) => u.event_time,
             };
+            if let Err(e) = self.event_times.check(event_time, now_ms()) {
+                let reason = format!("ingestion `{}`: event_time: {e}", mapping.name);
+                applied
+                    .failures
+                    .push((mapping.name.clone(), Failure::Poison(reason)));
+                continue;
+            }
             // The entity is kept only to key a derived event.
             let republish_key = mapping.republish_to.as_ref().map(|_| entity.clone());
             match self

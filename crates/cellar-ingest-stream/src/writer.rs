@@ -8,6 +8,9 @@
 //! the batch is applied to the stored record in arrival order, which keeps windowed aggregates
 //! exact, lets an ingestion set only some of a group's features, and records the offsets
 //! applied, so a redelivered event changes nothing.
+//!
+//! One bad record never fails its neighbours: a batch the store refuses for its input is split
+//! and written again until the record at fault fails alone (see [`put_isolating`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,11 +19,13 @@ use std::time::Duration;
 use cellar_cache::WritePath;
 use cellar_spec::{EntityKey, FeatureGroup};
 use cellar_store::{PutOutcome, Record, Updater, Write};
+use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::aggregate::{self, Effect, Update};
 
-/// Why a write failed: the store's error, shared by every record of the failed batch.
+/// Why a write failed: the store's error, shared by every record of the failed (part of the)
+/// batch.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("store write failed: {message}")]
 pub struct WriteError {
@@ -234,27 +239,49 @@ async fn flush_puts(path: &WritePath, pending: Vec<Pending>) {
             answers.push((p.done, p.want_record));
         }
     }
-    match path.write(&group, &writes).await {
-        Ok(outcomes) => {
-            for (((done, want), outcome), w) in answers.into_iter().zip(outcomes).zip(&writes) {
-                let _ = done.send(Ok(Written {
-                    effect: Effect {
-                        stale: outcome == PutOutcome::Stale,
-                        ..Effect::default()
-                    },
-                    record: want.then(|| w.record.clone()),
-                }));
-            }
-        }
-        Err(e) => {
-            let error = failed(e);
-            tracing::warn!(group = %group.name, records = writes.len(), error = %error.message, "store write failed");
-            for (done, _) in answers {
-                let _ = done.send(Err(error.clone()));
-            }
-        }
+    let outcomes = put_isolating(path, &group, &writes).await;
+    for (((done, want), outcome), w) in answers.into_iter().zip(outcomes).zip(&writes) {
+        let _ = done.send(outcome.map(|outcome| Written {
+            effect: Effect {
+                stale: outcome == PutOutcome::Stale,
+                ..Effect::default()
+            },
+            record: want.then(|| w.record.clone()),
+        }));
     }
 }
+
+/// Writes `writes` in one store call, and returns each one's outcome. When the store refuses
+/// the batch for something in its input (which validation upstream should have caught), each
+/// half is written again, so the record at fault fails alone with its reason and the events it
+/// shared the batch with are applied: a few more calls for one bad record, instead of failing
+/// thousands of good ones. Failures a retry may cure (the backend is down) fail the batch.
+fn put_isolating<'a>(
+    path: &'a WritePath,
+    group: &'a FeatureGroup,
+    writes: &'a [Write],
+) -> BoxFuture<'a, Vec<Result<PutOutcome, WriteError>>> {
+    Box::pin(async move {
+        match path.write(group, writes).await {
+            Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+            Err(e) if !e.is_retryable() && writes.len() > 1 => {
+                let (first, second) = writes.split_at(writes.len() / 2);
+                let mut outcomes = put_isolating(path, group, first).await;
+                outcomes.extend(put_isolating(path, group, second).await);
+                outcomes
+            }
+            Err(e) => {
+                let error = failed(e);
+                tracing::warn!(group = %group.name, records = writes.len(), error = %error.message, "store write failed");
+                vec![Err(error); writes.len()]
+            }
+        }
+    })
+}
+
+/// Each entity's changes in arrival order: (index of the change's answer, the change, whether
+/// the record as stored is wanted).
+type Work = Arc<Vec<Vec<(usize, Update, bool)>>>;
 
 async fn flush_updates(path: &WritePath, pending: Vec<Pending>) {
     let group = pending[0].group.clone();
@@ -279,74 +306,100 @@ async fn flush_updates(path: &WritePath, pending: Vec<Pending>) {
         entities[at] = entity;
     }
     let results: Results = Arc::new(Mutex::new(vec![None; answers.len()]));
-    let updater = {
-        let results = results.clone();
-        let group = group.clone();
-        let width = group.features.len();
-        let updater: Updater =
-            Box::new(move |index, entity: &EntityKey, stored: Option<Record>| {
-                let changes = work.get(index).map(Vec::as_slice).unwrap_or_default();
+    update_isolating(path, &group, &entities, 0, &Arc::new(work), &results).await;
+    let mut results = std::mem::take(&mut *results.lock().unwrap_or_else(|p| p.into_inner()));
+    for (done, result) in answers.into_iter().zip(results.iter_mut()) {
+        let result = result.take().unwrap_or_else(|| {
+            Err(WriteError {
+                message: "the store did not apply this change".into(),
+                retryable: true,
+            })
+        });
+        let _ = done.send(result);
+    }
+}
+
+/// Updates `entities` (those of `work[offset..]`) in one store call, filling in the result of
+/// each of their changes. Like [`put_isolating`], a batch the store refuses for its input is
+/// split until the entity at fault fails alone.
+fn update_isolating<'a>(
+    path: &'a WritePath,
+    group: &'a Arc<FeatureGroup>,
+    entities: &'a [EntityKey],
+    offset: usize,
+    work: &'a Work,
+    results: &'a Results,
+) -> BoxFuture<'a, ()> {
+    Box::pin(async move {
+        let updater = updater(group.clone(), work.clone(), offset, results.clone());
+        match path.update(group, entities, updater).await {
+            Ok(_) => {}
+            Err(e) if !e.is_retryable() && entities.len() > 1 => {
+                let mid = entities.len() / 2;
+                let (first, second) = entities.split_at(mid);
+                update_isolating(path, group, first, offset, work, results).await;
+                update_isolating(path, group, second, offset + mid, work, results).await;
+            }
+            Err(e) => {
+                let error = failed(e);
+                let changes = &work[offset..offset + entities.len()];
+                tracing::warn!(group = %group.name, changes = changes.iter().map(Vec::len).sum::<usize>(), error = %error.message, "store update failed");
+                // The updater may have run before the store failed: nothing it decided holds.
                 let mut results = results.lock().unwrap_or_else(|p| p.into_inner());
-                // Kept only when a refused change must be undone by replaying the others:
-                // the usual single change needs no copy.
-                let original = (changes.len() > 1).then(|| stored.clone());
-                let mut record = stored;
-                let mut changed = false;
-                let mut accepted: Vec<&Update> = Vec::new();
-                for (answer, update, want_record) in changes {
-                    let effect = aggregate::apply(&mut record, width, update);
-                    let too_large = record
-                        .as_ref()
-                        .and_then(|r| cellar_store::check_size(&group, entity, r).err());
-                    results[*answer] = Some(match too_large {
-                        // This change alone is refused; the entity keeps the others.
-                        Some(e) => {
-                            record = original.clone().flatten();
-                            for earlier in &accepted {
-                                aggregate::apply(&mut record, width, earlier);
-                            }
-                            Err(refused(e))
-                        }
-                        None => {
-                            changed |= !effect.duplicate;
-                            accepted.push(update);
-                            Ok(Written {
-                                effect,
-                                record: if *want_record { record.clone() } else { None },
-                            })
-                        }
-                    });
+                for (answer, _, _) in changes.iter().flatten() {
+                    results[*answer] = Some(Err(error.clone()));
                 }
-                if changed {
-                    record
-                } else {
-                    None
+            }
+        }
+    })
+}
+
+/// The store updater applying the changes of `work[offset + index]` to the entity at `index`
+/// of the call, and recording each change's result.
+fn updater(group: Arc<FeatureGroup>, work: Work, offset: usize, results: Results) -> Updater {
+    let width = group.features.len();
+    Box::new(move |index, entity: &EntityKey, stored: Option<Record>| {
+        let changes = work
+            .get(offset + index)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let mut results = results.lock().unwrap_or_else(|p| p.into_inner());
+        // Kept only when a refused change must be undone by replaying the others:
+        // the usual single change needs no copy.
+        let original = (changes.len() > 1).then(|| stored.clone());
+        let mut record = stored;
+        let mut changed = false;
+        let mut accepted: Vec<&Update> = Vec::new();
+        for (answer, update, want_record) in changes {
+            let effect = aggregate::apply(&mut record, width, update);
+            let too_large = record
+                .as_ref()
+                .and_then(|r| cellar_store::check_size(&group, entity, r).err());
+            results[*answer] = Some(match too_large {
+                // This change alone is refused; the entity keeps the others.
+                Some(e) => {
+                    record = original.clone().flatten();
+                    for earlier in &accepted {
+                        aggregate::apply(&mut record, width, earlier);
+                    }
+                    Err(refused(e))
+                }
+                None => {
+                    changed |= !effect.duplicate;
+                    accepted.push(update);
+                    Ok(Written {
+                        effect,
+                        record: if *want_record { record.clone() } else { None },
+                    })
                 }
             });
-        updater
-    };
-    let outcome = path.update(&group, &entities, updater).await;
-    let mut results = std::mem::take(&mut *results.lock().unwrap_or_else(|p| p.into_inner()));
-    match outcome {
-        Ok(_) => {
-            for (done, result) in answers.into_iter().zip(results.iter_mut()) {
-                let result = result.take().unwrap_or_else(|| {
-                    Err(WriteError {
-                        message: "the store did not apply this change".into(),
-                        retryable: true,
-                    })
-                });
-                let _ = done.send(result);
-            }
         }
-        Err(e) => {
-            let error = failed(e);
-            tracing::warn!(group = %group.name, changes = answers.len(), error = %error.message, "store update failed");
-            for done in answers {
-                let _ = done.send(Err(error.clone()));
-            }
+        if changed {
+            record
+        } else {
+            None
         }
-    }
+    })
 }
 
 #[cfg(test)]
@@ -514,5 +567,69 @@ mod tests {
         assert!(err.message.contains("limit of 32 bytes"), "{err}");
         let got = store.get_attributes(&attrs, &[key]).await.unwrap();
         assert_eq!(got[0].as_ref().unwrap().value(0), &Value::Int64(5));
+    }
+
+    #[tokio::test]
+    async fn a_key_the_store_refuses_fails_alone_among_thousands_of_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let writer = writer_on(store.clone());
+        let attrs = Arc::new(attribute_group("profile"));
+        let series = Arc::new(timeseries_group("clicks", Some(10), None));
+        // Keys built by hand: ingestion refuses them before they get here, the store is the
+        // last line.
+        let bad = |i: usize| match i {
+            1000 => Some(EntityKey("bad\0key".into())),
+            2000 => Some(EntityKey("k".repeat(70_000))),
+            _ => None,
+        };
+        let writes = (0..3000usize).map(|i| {
+            let writer = writer.clone();
+            let (attrs, series) = (attrs.clone(), series.clone());
+            let key = bad(i).unwrap_or_else(|| EntityKey(format!("u{i}")));
+            async move {
+                let change = set(i as i64 + 1, Value::Int64(i as i64), 1);
+                let updated = writer.write(attrs, key.clone(), change).await;
+                let put = writer
+                    .write(series, key, Change::Put(record(i as i64 + 1, 1)))
+                    .await;
+                (updated, put)
+            }
+        });
+        let results = futures::future::join_all(writes).await;
+        for (i, (updated, put)) in results.into_iter().enumerate() {
+            match bad(i) {
+                None => {
+                    assert!(updated.is_ok(), "update {i}: {updated:?}");
+                    assert!(put.is_ok(), "put {i}: {put:?}");
+                }
+                Some(_) => {
+                    for err in [updated.unwrap_err(), put.unwrap_err()] {
+                        assert!(!err.retryable, "{err}");
+                        assert!(
+                            err.message.contains("NUL")
+                                || err.message.contains("limit of 65535 bytes"),
+                            "{err}"
+                        );
+                    }
+                }
+            }
+        }
+        let keys: Vec<EntityKey> = (0..3000).map(|i| EntityKey(format!("u{i}"))).collect();
+        let got = store.get_attributes(&attrs, &keys).await.unwrap();
+        let stored = got.iter().flatten().count();
+        assert_eq!(stored, 2998);
+        let got = store
+            .scan_timeseries(
+                &series,
+                &keys,
+                TimeseriesQuery {
+                    top_n: 10,
+                    since: None,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(got.iter().filter(|s| s.len() == 1).count(), 2998);
     }
 }

@@ -11,6 +11,7 @@
 //! mid-stream produces one event per batch.
 #![cfg(feature = "kafka")]
 
+use cellar_spec::limits::{EventTimeBounds, DEFAULT_MAX_FUTURE};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -215,12 +216,16 @@ fn processor(
     let (dispatcher, errors) = Dispatcher::new(repo);
     assert!(errors.is_empty(), "{errors:?}");
     let writer = BatchingWriter::start(WritePath::new(store, None), BatchPolicy::default());
-    Arc::new(EventProcessor::new(
-        Arc::new(dispatcher),
-        writer,
-        publisher as Arc<dyn Publisher>,
-        policy.clone(),
-    ))
+    Arc::new(
+        EventProcessor::new(
+            Arc::new(dispatcher),
+            writer,
+            publisher as Arc<dyn Publisher>,
+            policy.clone(),
+        )
+        // Events of these tests are stamped near the epoch.
+        .with_event_times(EventTimeBounds::new(0, DEFAULT_MAX_FUTURE).unwrap()),
+    )
 }
 
 fn embedded(dir: &tempfile::TempDir) -> EmbeddedStore {

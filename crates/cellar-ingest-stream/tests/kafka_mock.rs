@@ -3,6 +3,7 @@
 //! partitions handed over on a rebalance without losing or repeating an event.
 #![cfg(feature = "kafka")]
 
+use cellar_spec::limits::{EventTimeBounds, DEFAULT_MAX_FUTURE};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -174,12 +175,16 @@ impl Fixture {
             WritePath::new(self.store.clone() as Arc<dyn OnlineStore>, None),
             BatchPolicy::default(),
         );
-        Arc::new(EventProcessor::new(
-            Arc::new(dispatcher),
-            writer,
-            self.publisher.clone() as Arc<dyn Publisher>,
-            self.policy.clone(),
-        ))
+        Arc::new(
+            EventProcessor::new(
+                Arc::new(dispatcher),
+                writer,
+                self.publisher.clone() as Arc<dyn Publisher>,
+                self.policy.clone(),
+            )
+            // Events of these tests are stamped near the epoch.
+            .with_event_times(EventTimeBounds::new(0, DEFAULT_MAX_FUTURE).unwrap()),
+        )
     }
 
     fn source(&self, group: &str, topic: &str) -> KafkaSource {

@@ -1,6 +1,7 @@
 //! The whole stream pipeline on the embedded log and the embedded store: events in, records
 //! served, failures retried or dead-lettered, positions committed.
 
+use cellar_spec::limits::{EventTimeBounds, DEFAULT_MAX_FUTURE};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -131,12 +132,16 @@ impl Fixture {
             WritePath::new(self.store.clone() as Arc<dyn OnlineStore>, None),
             BatchPolicy::default(),
         );
-        Arc::new(EventProcessor::new(
-            Arc::new(dispatcher),
-            writer,
-            Arc::new(LogPublisher::new(self.log.clone())),
-            Self::policy(),
-        ))
+        Arc::new(
+            EventProcessor::new(
+                Arc::new(dispatcher),
+                writer,
+                Arc::new(LogPublisher::new(self.log.clone())),
+                Self::policy(),
+            )
+            // Events of these tests are stamped near the epoch.
+            .with_event_times(EventTimeBounds::new(0, DEFAULT_MAX_FUTURE).unwrap()),
+        )
     }
 
     async fn produce(&self, topic: &str, events: &[serde_json::Value]) {

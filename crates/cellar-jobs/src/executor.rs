@@ -27,6 +27,7 @@ use cellar_ingest_batch::{
 use cellar_registry::{
     Job, JobFilter, JobKind, JobState, NewJob, PlannedShard, Registry, ShardResult, ShardRun,
 };
+use cellar_spec::limits::EventTimeBounds;
 use cellar_spec::{FeatureRepo, IngestionSource};
 use chrono::Utc;
 use futures::StreamExt as _;
@@ -74,6 +75,8 @@ pub struct ExecutorSettings {
     pub rejects_dir: PathBuf,
     /// This process's name in the shards it runs.
     pub worker: String,
+    /// Rows with an event time outside are rejected.
+    pub event_times: EventTimeBounds,
 }
 
 impl ExecutorSettings {
@@ -85,6 +88,7 @@ impl ExecutorSettings {
             retry_backoff: Duration::from_secs(1),
             rejects_dir: rejects_dir.into(),
             worker: default_worker_name(),
+            event_times: EventTimeBounds::default(),
         }
     }
 }
@@ -494,12 +498,13 @@ impl Executor {
     /// attempt, so a redone shard writes what the first did).
     async fn batch_job(&self, job: &Job) -> Result<BatchJob> {
         let repo = self.current_repo().await?;
-        let batch =
+        let mut batch =
             BatchJob::from_repo(&repo, &job.ingestion, job.submitted_at.timestamp_millis())?
                 .with_period(Period {
                     from_ms: job.period_from_ms,
                     to_ms: job.period_to_ms,
                 });
+        batch.options.event_times = self.settings.event_times;
         Ok(batch)
     }
 

@@ -14,6 +14,7 @@ use cellar_jobs::http::jobs_router;
 use cellar_jobs::schedule::schedule_pass;
 use cellar_jobs::{Alerter, Executor, ExecutorSettings, JobRequest};
 use cellar_registry::{JobFilter, JobKind, JobState, Registry, WatermarkValue};
+use cellar_spec::limits::{EventTimeBounds, DEFAULT_MAX_FUTURE};
 use cellar_spec::{EntityKey, FeatureRepo, Value};
 use cellar_store::embedded::EmbeddedStore;
 use cellar_store::{OnlineStore, RecordReader as _};
@@ -154,6 +155,8 @@ async fn setup(alerter: Option<Alerter>) -> Setup {
     settings.shard_workers = 2;
     settings.heartbeat = Duration::from_millis(100);
     settings.retry_backoff = Duration::from_millis(50);
+    // Rows of these tests are stamped near the epoch.
+    settings.event_times = EventTimeBounds::new(0, DEFAULT_MAX_FUTURE).unwrap();
     let executor = Executor::new(registry.clone(), sink, settings, alerter);
     Setup {
         dir,

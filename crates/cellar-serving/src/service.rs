@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cellar_cache::WritePath;
+use cellar_spec::limits::EventTimeBounds;
 use cellar_spec::time::now_ms;
 use cellar_spec::{EntityKey, FeatureGroup, GroupKind, Value};
 use cellar_store::{PutOutcome, Record, RecordReader, TimeseriesQuery, Updater, Write};
@@ -174,6 +175,8 @@ pub struct FeatureServer {
     /// Writes go to the store, then to the cache tiers per the group's write strategy.
     writer: WritePath,
     limits: Limits,
+    /// Pushed records with an event time outside are refused.
+    event_times: EventTimeBounds,
 }
 
 /// One group of a read, resolved against the catalog.
@@ -195,7 +198,14 @@ impl FeatureServer {
             reader,
             writer,
             limits,
+            event_times: EventTimeBounds::default(),
         }
+    }
+
+    /// The same server, accepting pushed event times within `bounds`.
+    pub fn with_event_times(mut self, bounds: EventTimeBounds) -> FeatureServer {
+        self.event_times = bounds;
+        self
     }
 
     /// Swaps in the catalog of a newly applied repo.
@@ -307,7 +317,10 @@ impl FeatureServer {
                 (Some(w), Some(a)) => Some(w.min(a)),
                 (w, a) => w.or(a),
             };
-            let since = max_age.map(|d| now_ms().saturating_sub(d.as_millis() as i64));
+            let since = max_age.map(|d| {
+                let age_ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+                now_ms().saturating_sub(age_ms)
+            });
             out.push(ResolvedGroup {
                 group: group.clone(),
                 features,
@@ -545,6 +558,23 @@ impl FeatureServing for FeatureServer {
         let mut writes = Vec::with_capacity(req.rows.len());
         let mut named = Vec::with_capacity(req.rows.len());
         for (i, row) in req.rows.iter().enumerate() {
+            if let Some((name, _)) = row
+                .entity
+                .iter()
+                .find(|(n, _)| !group.entity.keys.iter().any(|k| k.name == *n))
+            {
+                return Err(ServeError::invalid(format!(
+                    "records[{i}].entity: `{name}` is not a key field of entity `{}`; its key fields: {}",
+                    group.entity.name,
+                    group
+                        .entity
+                        .keys
+                        .iter()
+                        .map(|k| k.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
             let mut parts = Vec::with_capacity(group.entity.keys.len());
             for field in &group.entity.keys {
                 let v = row
@@ -572,6 +602,9 @@ impl FeatureServing for FeatureServer {
                     ))
                 })?,
             };
+            self.event_times
+                .check(event_time, now)
+                .map_err(|e| ServeError::invalid(format!("records[{i}].event_time: {e}")))?;
             let mut values = vec![Value::Null; spec.features.len()];
             let mut positions = Vec::with_capacity(row.features.len());
             for (name, v) in &row.features {
@@ -591,10 +624,12 @@ impl FeatureServing for FeatureServer {
                 })?;
                 positions.push(pos);
             }
-            writes.push(Write {
-                entity,
-                record: Record::new(event_time, values),
-            });
+            let record = Record::new(event_time, values);
+            // Checked here, so that the error names the record, and the store never fails a
+            // write for one record of it.
+            cellar_store::check_size(spec, &entity, &record)
+                .map_err(|e| ServeError::TooLarge(format!("records[{i}]: {e}")))?;
+            writes.push(Write { entity, record });
             named.push(positions);
         }
         self.write_pushed(spec, writes, named).await

@@ -726,3 +726,58 @@ async fn a_large_read_stops_at_its_deadline() {
     );
     assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_and_event_times_no_store_can_hold_are_invalid_arguments_naming_the_limit() {
+    let mut servers = start().await;
+    let huge = "k".repeat(70_000);
+    let err = servers
+        .grpc
+        .get_features(pb::GetFeaturesRequest {
+            entities: vec![pb::EntityColumn {
+                name: "user_id".to_owned(),
+                values: vec![string(&huge)],
+            }],
+            groups: vec![pb::GroupRequest {
+                name: "profile".to_owned(),
+                ..Default::default()
+            }],
+            feature_service: None,
+        })
+        .await
+        .expect_err("the key is over the limit");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message()
+            .contains("is 70000 bytes, over the limit of 1024 bytes"),
+        "{}",
+        err.message()
+    );
+    let good = record("u1", now_ms(), vec![("age", int(36))]);
+    for (bad, expected) in [
+        (
+            record(&huge, now_ms(), vec![("age", int(36))]),
+            "over the limit of 1024 bytes",
+        ),
+        (
+            record("nul\0", now_ms(), vec![("age", int(36))]),
+            "control character",
+        ),
+        (
+            record("u2", i64::MAX, vec![("age", int(36))]),
+            "records[1].event_time: 9223372036854775807 is outside the accepted event times",
+        ),
+    ] {
+        let err = servers
+            .grpc
+            .push(pb::PushRequest {
+                group: "profile".to_owned(),
+                records: vec![good.clone(), bad],
+            })
+            .await
+            .expect_err("the second record is refused");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains(expected), "{}", err.message());
+        assert!(err.message().starts_with("records[1]"), "{}", err.message());
+    }
+}

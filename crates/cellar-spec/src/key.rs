@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::limits::MAX_ENTITY_KEY_BYTES;
 use crate::model::{Entity, KeyType};
 
 /// Separates the fields of a composite key. Key values may not contain it.
@@ -47,6 +48,14 @@ pub enum KeyError {
     },
     #[error("key field `{field}` may not be empty or contain the character U+001F")]
     Reserved { field: String },
+    /// Stores cannot hold NUL (the embedded store's key separator), and no producer means a
+    /// key with a control character in it.
+    #[error(
+        "key field `{field}` may not contain a control character: it holds U+{code:04X} at byte {at}"
+    )]
+    Control { field: String, code: u32, at: usize },
+    #[error("the key of entity `{entity}` is {len} bytes, over the limit of {MAX_ENTITY_KEY_BYTES} bytes")]
+    TooLong { entity: String, len: usize },
 }
 
 /// One key field's value as a reader holds it: text, or an integer. Batch readers build keys
@@ -136,19 +145,43 @@ impl Entity {
                         field: field.name.clone(),
                     });
                 }
+                // Checked before the control characters: a long key is refused without
+                // scanning it.
+                self.check_len(out.len() + s.len())?;
+                if let Some((at, c)) = s.char_indices().find(|(_, c)| c.is_control()) {
+                    return Err(KeyError::Control {
+                        field: field.name.clone(),
+                        code: u32::from(c),
+                        at,
+                    });
+                }
                 out.push_str(s);
             }
             (KeyType::Int64, KeyPart::Int(i)) => {
                 use std::fmt::Write as _;
                 // Writing into a String cannot fail.
                 let _ = write!(out, "{i}");
+                self.check_len(out.len())?;
             }
             // Integer keys are also accepted as decimal text, as query strings send them.
-            (KeyType::Int64, KeyPart::Text(s)) if s.parse::<i64>().is_ok() => out.push_str(s),
+            (KeyType::Int64, KeyPart::Text(s)) if s.parse::<i64>().is_ok() => {
+                self.check_len(out.len() + s.len())?;
+                out.push_str(s);
+            }
             (KeyType::Int64, KeyPart::Text(_)) => return Err(type_error("a string".into())),
             (KeyType::String, KeyPart::Int(i)) => {
                 return Err(type_error(format!("the number {i}")))
             }
+        }
+        Ok(())
+    }
+
+    fn check_len(&self, len: usize) -> Result<(), KeyError> {
+        if len > MAX_ENTITY_KEY_BYTES {
+            return Err(KeyError::TooLong {
+                entity: self.name.clone(),
+                len,
+            });
         }
         Ok(())
     }
@@ -217,6 +250,34 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "key field `shard` of entity `e` must be a 64-bit integer, got a string"
+        );
+    }
+
+    #[test]
+    fn keys_no_store_can_hold_are_refused() {
+        let e = entity(&[("user_id", KeyType::String), ("shard", KeyType::Int64)]);
+        let err = e.key_from_json(&[&json!("a\0b"), &json!(1)]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "key field `user_id` may not contain a control character: it holds U+0000 at byte 1"
+        );
+        assert!(e.key_from_json(&[&json!("a\nb"), &json!(1)]).is_err());
+        assert!(e.key_from_json(&[&json!("a\u{7f}"), &json!(1)]).is_err());
+        // The limit counts the whole key: its fields and separators.
+        let longest = "x".repeat(MAX_ENTITY_KEY_BYTES - 2);
+        let key = e.key_from_json(&[&json!(longest), &json!(7)]).unwrap();
+        assert_eq!(key.0.len(), MAX_ENTITY_KEY_BYTES);
+        let err = e.key_from_json(&[&json!(longest), &json!(70)]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the key of entity `e` is 1025 bytes, over the limit of 1024 bytes"
+        );
+        let err = e
+            .key_from_json(&[&json!("k".repeat(70_000)), &json!(1)])
+            .unwrap_err();
+        assert!(
+            matches!(err, KeyError::TooLong { len: 70_000, .. }),
+            "{err}"
         );
     }
 

@@ -6,6 +6,7 @@
 //! - [`model`]: the spec types, plain serializable data;
 //! - [`value`]: feature value types, values, and their JSON forms;
 //! - [`key`]: canonical entity keys;
+//! - [`limits`]: the bounds of keys, event times and durations entering Cellar;
 //! - [`repo`]: a whole feature repo and its lookups;
 //! - [`parse`]: YAML text to a validated [`FeatureRepo`], collecting every error;
 //! - [`evolve`]: a repo from YAML laid over the applied one, so stored records keep their meaning;
@@ -18,6 +19,7 @@
 
 pub mod evolve;
 pub mod key;
+pub mod limits;
 pub mod model;
 pub mod parse;
 pub mod plan;

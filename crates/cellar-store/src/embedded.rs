@@ -58,6 +58,44 @@ use crate::{
 
 /// Separates the group, entity and event time in keys; refused inside names and keys.
 const SEPARATOR: u8 = 0;
+
+/// The engine's limit on a key: fjall panics past it, so longer keys are refused (writes) or
+/// missed (reads) before they reach it. Ingestion and serving refuse entity keys long before
+/// this (`cellar_spec::limits::MAX_ENTITY_KEY_BYTES`); this guards other callers.
+const MAX_KEY_BYTES: usize = u16::MAX as usize;
+
+/// Whether `entity` can be part of a key of `group`: no NUL, and the longest key it makes (a
+/// time-series key) within the engine's limit.
+fn storable(group: &str, entity: &EntityKey) -> bool {
+    !entity.as_bytes().contains(&SEPARATOR)
+        && group.len() + entity.0.len() + 2 + TIME_LEN <= MAX_KEY_BYTES
+}
+
+/// An entity key as errors show it: a key too long to store is cut, not repeated whole.
+fn shown(entity: &EntityKey) -> String {
+    const SHOWN: usize = 64;
+    let key = entity.as_str();
+    if key.len() <= SHOWN {
+        return key.escape_debug().to_string();
+    }
+    let mut end = SHOWN;
+    while !key.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", key[..end].escape_debug(), key.len())
+}
+
+/// Why `entity` is not [`storable`].
+fn unstorable_reason(group: &str, entity: &EntityKey) -> String {
+    if entity.as_bytes().contains(&SEPARATOR) {
+        "entity keys may not contain a NUL byte".to_owned()
+    } else {
+        format!(
+            "the key is {} bytes with its group and event time, over the embedded store's limit of {MAX_KEY_BYTES} bytes",
+            group.len() + entity.0.len() + 2 + TIME_LEN
+        )
+    }
+}
 /// Bytes of the inverted event time at the end of a time-series key.
 const TIME_LEN: usize = 8;
 /// Records removed per durable batch by `trim`, bounding how long writers wait on it.
@@ -329,7 +367,13 @@ impl EmbeddedStore {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || work(&inner))
             .await
-            .map_err(|e| StoreError::Backend(format!("embedded store task failed: {e}")))?
+            .map_err(|e| {
+                if e.is_panic() {
+                    StoreError::Defect(format!("embedded store task failed: {e}"))
+                } else {
+                    StoreError::Backend(format!("embedded store task failed: {e}"))
+                }
+            })?
     }
 }
 
@@ -445,7 +489,7 @@ impl Inner {
         let mut key = Vec::with_capacity(group.len() + 32);
         let mut records = Vec::with_capacity(entities.len());
         for entity in entities {
-            if entity.as_bytes().contains(&SEPARATOR) {
+            if !storable(group, entity) {
                 records.push(None);
                 continue;
             }
@@ -472,7 +516,7 @@ impl Inner {
         let mut result = Vec::with_capacity(entities.len());
         for entity in entities {
             let mut series = Vec::new();
-            if limit == 0 || entity.as_bytes().contains(&SEPARATOR) {
+            if limit == 0 || !storable(group, entity) {
                 result.push(series);
                 continue;
             }
@@ -780,7 +824,7 @@ impl Inner {
         let mut batch = self.batch();
         let mut key = Vec::new();
         for entity in entities {
-            if entity.as_bytes().contains(&SEPARATOR) {
+            if !storable(&group.storage_name(), entity) {
                 continue;
             }
             match group.kind {
@@ -925,11 +969,11 @@ impl EmbeddedStore {
         for w in writes {
             let invalid = |reason: String| StoreError::InvalidInput {
                 group: group.name.clone(),
-                entity: w.entity.as_str().escape_debug().to_string(),
+                entity: shown(&w.entity),
                 reason,
             };
-            if w.entity.as_bytes().contains(&SEPARATOR) {
-                return Err(invalid("entity keys may not contain a NUL byte".to_owned()));
+            if !storable(&group.storage_name(), &w.entity) {
+                return Err(invalid(unstorable_reason(&group.name, &w.entity)));
             }
             let bytes = codec::encode(&w.record).map_err(|e| invalid(e.to_string()))?;
             crate::check_encoded_size(group, &w.entity, bytes.len())?;
@@ -1052,11 +1096,14 @@ impl OnlineStore for EmbeddedStore {
                     .to_owned(),
             });
         }
-        if let Some(bad) = entities.iter().find(|e| e.as_bytes().contains(&SEPARATOR)) {
+        if let Some(bad) = entities
+            .iter()
+            .find(|e| !storable(&group.storage_name(), e))
+        {
             return Err(StoreError::InvalidInput {
                 group: group.name.clone(),
-                entity: bad.as_str().escape_debug().to_string(),
-                reason: "entity keys may not contain a NUL byte".to_owned(),
+                entity: shown(bad),
+                reason: unstorable_reason(&group.name, bad),
             });
         }
         if entities.is_empty() {

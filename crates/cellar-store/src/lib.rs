@@ -72,6 +72,10 @@ pub enum StoreError {
     /// The backend failed; retrying may help.
     #[error("store backend error: {0}")]
     Backend(String),
+    /// The backend panicked on this call: a defect that the same input would hit again, so it
+    /// is not retried (a batching caller splits the call to find the record at fault).
+    #[error("store defect: {0}")]
+    Defect(String),
 }
 
 impl StoreError {

@@ -93,6 +93,56 @@ async fn nul_in_an_entity_key_is_refused_with_its_reason() {
     assert_eq!(got, vec![None]);
 }
 
+#[tokio::test]
+async fn keys_over_the_engines_limit_are_refused_not_a_panic() {
+    let store = fresh_store().await;
+    let attrs = attribute_group("profile");
+    let series = timeseries_group("clicks", Some(3), None);
+    let huge = "k".repeat(70_000);
+    for group in [&attrs, &series] {
+        let err = store
+            .put(group, &[write(&huge, now_ms(), "x")])
+            .await
+            .expect_err("a key over 64 KiB cannot be stored");
+        assert!(
+            err.to_string()
+                .contains("over the embedded store's limit of 65535 bytes"),
+            "{err}"
+        );
+        assert!(!err.is_retryable());
+    }
+    let err = store
+        .update(&attrs, &[EntityKey(huge.clone())], Box::new(|_, _, r| r))
+        .await
+        .expect_err("nor updated");
+    assert!(!err.is_retryable(), "{err}");
+    // Reading or deleting such a key is simply a miss.
+    let got = store
+        .get_attributes(&attrs, &[EntityKey(huge.clone())])
+        .await
+        .expect("get");
+    assert_eq!(got, vec![None]);
+    let query = TimeseriesQuery {
+        top_n: 10,
+        since: None,
+    };
+    let got = store
+        .scan_timeseries(&series, &[EntityKey(huge.clone())], query)
+        .await
+        .expect("scan");
+    assert_eq!(got, vec![Vec::<Record>::new()]);
+    store
+        .delete(&series, &[EntityKey(huge.clone())])
+        .await
+        .expect("delete");
+    // The store still works.
+    let outcomes = store
+        .put(&attrs, &[write("u1", now_ms(), "x")])
+        .await
+        .expect("put");
+    assert_eq!(outcomes, vec![PutOutcome::Applied]);
+}
+
 /// Set in the child process of the crash test: the directory it writes to before aborting.
 const CRASH_CHILD_DIR: &str = "CELLAR_STORE_CRASH_CHILD_DIR";
 /// The event time the crash test's child writes.

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use cellar_spec::limits::EventTimeBounds;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,34 @@ pub struct Config {
     pub cache: CacheConfig,
     pub ingest: IngestConfig,
     pub jobs: JobsConfig,
+    pub event_time: EventTimeConfig,
+}
+
+/// The event times accepted from pushes, stream events and batch rows; outside them a push is
+/// refused, an event dead-lettered and a row rejected, each naming the range.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventTimeConfig {
+    /// The earliest event time, RFC 3339.
+    pub earliest: String,
+    /// How far ahead of the clock an event time may be (`1d`, `2h`, ...).
+    pub max_future: String,
+}
+
+impl EventTimeConfig {
+    /// The bounds these settings describe, or what is wrong with them.
+    pub fn bounds(&self) -> Result<EventTimeBounds, String> {
+        let earliest =
+            cellar_spec::value::parse_rfc3339(self.earliest.trim()).ok_or_else(|| {
+                format!(
+                "event_time.earliest: `{}` is not an RFC 3339 time such as 2000-01-01T00:00:00Z",
+                self.earliest
+            )
+            })?;
+        let max_future = cellar_spec::parse::parse_duration(&self.max_future)
+            .map_err(|e| format!("event_time.max_future: {e}"))?;
+        EventTimeBounds::new(earliest, max_future).map_err(|e| format!("event_time: {e}"))
+    }
 }
 
 /// Batch jobs: the executor and scheduler a serving process runs, and alerts.
@@ -315,13 +344,25 @@ impl Default for Config {
                 kafka_partitions: 8,
                 kafka_group: "cellar-workers".into(),
             },
+            event_time: EventTimeConfig {
+                earliest: "2000-01-01T00:00:00Z".into(),
+                max_future: "1d".into(),
+            },
         }
     }
 }
 
 /// Top-level names of the config, the only `CELLAR_*` variables read as settings.
-const SECTIONS: [&str; 8] = [
-    "data_dir", "repo", "server", "registry", "store", "cache", "ingest", "jobs",
+const SECTIONS: [&str; 9] = [
+    "data_dir",
+    "repo",
+    "server",
+    "registry",
+    "store",
+    "cache",
+    "ingest",
+    "jobs",
+    "event_time",
 ];
 
 impl Config {
@@ -490,6 +531,39 @@ mod tests {
         assert_eq!(c.store.backend, StoreBackend::Redis);
         assert_eq!(c.store.redis.url, "redis://10.0.0.5:6380/2");
         assert_eq!(c.store.redis.key_prefix, "cellar:store:");
+    }
+
+    #[test]
+    fn event_time_bounds_default_to_2000_and_a_day_ahead_and_are_checked() {
+        let bounds = Config::default().event_time.bounds().unwrap();
+        assert_eq!(bounds, EventTimeBounds::default());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cellar.toml");
+        std::fs::write(
+            &file,
+            "[event_time]\nearliest = \"1990-01-01T00:00:00Z\"\nmax_future = \"2h\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&file)).unwrap();
+        let bounds = c.event_time.bounds().unwrap();
+        assert_eq!(bounds.earliest_ms(), 631_152_000_000);
+        assert_eq!(bounds.max_future(), std::time::Duration::from_secs(7200));
+        let mut c = Config::default();
+        c.event_time.earliest = "yesterday".into();
+        assert!(c
+            .event_time
+            .bounds()
+            .unwrap_err()
+            .contains("event_time.earliest"));
+        c.event_time.earliest = "3000-01-01T00:00:00Z".into();
+        assert!(c.event_time.bounds().unwrap_err().contains("to now"));
+        let mut c = Config::default();
+        c.event_time.max_future = "200000000000d".into();
+        assert!(c
+            .event_time
+            .bounds()
+            .unwrap_err()
+            .contains("event_time.max_future: duration `200000000000d` is over the limit"));
     }
 
     #[test]

@@ -223,12 +223,16 @@ impl StreamIngestion {
             backoff: Duration::from_millis(config.ingest.retry_backoff_ms),
             ..RetryPolicy::default()
         };
-        let processor = Arc::new(EventProcessor::new(
-            Arc::new(dispatcher),
-            BatchingWriter::start(writer, BatchPolicy::default()),
-            publisher,
-            policy.clone(),
-        ));
+        let event_times = config.event_time.bounds().map_err(|e| anyhow::anyhow!(e))?;
+        let processor = Arc::new(
+            EventProcessor::new(
+                Arc::new(dispatcher),
+                BatchingWriter::start(writer, BatchPolicy::default()),
+                publisher,
+                policy.clone(),
+            )
+            .with_event_times(event_times),
+        );
         let main = Pipeline::new(processor.clone(), PipelineConfig::default())?;
         let retry = Pipeline::new(
             processor.clone(),

@@ -34,6 +34,7 @@ pub async fn executor(
     settings.lease = Duration::from_secs(config.jobs.lease_secs.max(1));
     settings.retry_backoff = Duration::from_millis(config.jobs.retry_backoff_ms);
     settings.worker = default_worker_name();
+    settings.event_times = config.event_time.bounds().map_err(|e| anyhow::anyhow!(e))?;
     let executor = Executor::new(registry, sink, settings, alerter(config));
     Ok(match config.jobs.runner {
         JobRunner::Local => executor,
@@ -86,6 +87,7 @@ pub async fn worker(config: &Config) -> anyhow::Result<()> {
         settings.shard_workers = config.jobs.shard_workers;
     }
     settings.lease = Duration::from_secs(config.jobs.lease_secs.max(1));
+    settings.event_times = config.event_time.bounds().map_err(|e| anyhow::anyhow!(e))?;
     let executor = Executor::new(registry, sink, settings, None);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

@@ -179,7 +179,11 @@ impl Node {
         if let Some(remote) = &remote {
             writer = writer.with_remote(remote.clone());
         }
-        let server = Arc::new(FeatureServer::new(catalog, reader, writer.clone(), limits));
+        let event_times = config.event_time.bounds().map_err(|e| anyhow::anyhow!(e))?;
+        let server = Arc::new(
+            FeatureServer::new(catalog, reader, writer.clone(), limits)
+                .with_event_times(event_times),
+        );
         let ingestion = if config.ingest.in_server {
             let ingestion = Arc::new(StreamIngestion::open(&config, writer.clone(), &repo)?);
             metrics

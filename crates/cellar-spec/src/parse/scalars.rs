@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::{MAX_JITTER, MAX_NAME_LEN};
+use crate::limits::MAX_DURATION;
 
 /// Why a name is not a valid spec, feature or key field name.
 pub(super) fn name_problem(name: &str) -> Option<String> {
@@ -63,10 +64,21 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "d" => 86_400_000,
         _ => return Err(bad()),
     };
-    number
+    let too_long = || {
+        format!(
+            "duration `{text}` is over the limit of {}",
+            format_duration(MAX_DURATION)
+        )
+    };
+    let duration = number
         .checked_mul(unit_ms)
         .map(Duration::from_millis)
-        .ok_or_else(|| format!("duration `{text}` is too long"))
+        .ok_or_else(too_long)?;
+    // Windows and ages are subtracted from event times: past this they could overflow.
+    if duration > MAX_DURATION {
+        return Err(too_long());
+    }
+    Ok(duration)
 }
 
 /// Writes a duration in the largest unit that divides it, the way specs write them.
@@ -158,6 +170,13 @@ mod tests {
             "99999999999999999999d",
         ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_duration("36500d"), Ok(MAX_DURATION));
+        for too_long in ["36501d", "200000000000d", "18446744073709551615ms"] {
+            assert_eq!(
+                parse_duration(too_long),
+                Err(format!("duration `{too_long}` is over the limit of 36500d"))
+            );
         }
         assert_eq!(format_duration(Duration::from_secs(600)), "10m");
         assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
