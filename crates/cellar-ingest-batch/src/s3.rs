@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use cellar_spec::redact::redact_url;
+use cellar_spec::redact::redact_url_and_user;
 use cellar_spec::FileFormat;
 use futures::TryStreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
@@ -241,7 +241,8 @@ impl Client {
                 ..RetryConfig::default()
             });
         let endpoint = match builder.get_config_value(&AmazonS3ConfigKey::Endpoint) {
-            Some(endpoint) => redact_url(&endpoint).unwrap_or(endpoint),
+            // The user of an endpoint URL is an access key id: not shown either.
+            Some(endpoint) => redact_url_and_user(&endpoint).unwrap_or(endpoint),
             None => {
                 let region = builder
                     .get_config_value(&AmazonS3ConfigKey::Region)

@@ -12,6 +12,19 @@ pub fn redact_url(url: &str) -> Option<String> {
     split(url).map(|(shown, _)| shown)
 }
 
+/// [`redact_url`], and the user name dropped too: for URLs whose user is itself a credential
+/// (an S3 endpoint's access key id). `None` for text that is not a URL.
+pub fn redact_url_and_user(url: &str) -> Option<String> {
+    let shown = redact_url(url)?;
+    let scheme_end = shown.find("://")? + 3;
+    let rest = &shown[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    Some(match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}{}", &shown[..scheme_end], &rest[at + 1..]),
+        None => shown,
+    })
+}
+
 /// `message` with every password of `url` (as written, and percent-decoded) shown as `***`:
 /// drivers quote the URL, or the password alone, in their errors. When `url` is not a URL the
 /// whole of it is hidden, as it may be a password itself.
@@ -117,6 +130,23 @@ mod tests {
             shown("http://ak:secret@127.0.0.1:9000/x"),
             "http://ak:***@127.0.0.1:9000/x"
         );
+    }
+
+    #[test]
+    fn user_names_that_are_credentials_can_be_dropped_whole() {
+        assert_eq!(
+            redact_url_and_user("http://AKIAEXAMPLE:secret@minio:9000/bucket").as_deref(),
+            Some("http://minio:9000/bucket")
+        );
+        assert_eq!(
+            redact_url_and_user("https://AKIAEXAMPLE@s3.example.com").as_deref(),
+            Some("https://s3.example.com")
+        );
+        assert_eq!(
+            redact_url_and_user("http://127.0.0.1:8014/a@b").as_deref(),
+            Some("http://127.0.0.1:8014/a@b")
+        );
+        assert_eq!(redact_url_and_user("not a url"), None);
     }
 
     #[test]

@@ -179,7 +179,8 @@ impl Workspace {
         let dir = self.path().join("repo");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("repo.yaml"), repo).unwrap();
-        self.ok(&["apply"]);
+        // The repaired repo retypes features: a breaking change, made on purpose.
+        self.ok(&["apply", "--allow-breaking"]);
     }
 
     fn dead_letters(&self, extra: &[&str]) -> Vec<Value> {
