@@ -14,11 +14,14 @@
 //! offset once it has handled it, in any order: an offset committed past a task that was then
 //! lost only means the coordinator republishes that task.
 
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use cellar_ingest_stream::kafka::{ensure_topics, KafkaPublisher, KafkaPublisherConfig};
+use cellar_ingest_stream::kafka::{
+    apply_properties, ensure_topics, KafkaPublisher, KafkaPublisherConfig,
+};
 use cellar_ingest_stream::source::{OutgoingEvent, Publisher};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -97,11 +100,75 @@ impl TaskPublisher {
 
 /// Runs shard tasks from the topic on `executor` until `stop` is set: the `cellar worker`
 /// loop. At most the executor's `shard_workers` shards run at once.
+/// Per partition, the fetched tasks still running, so that the worker commits only below the
+/// lowest of them (tasks run concurrently and finish in any order).
+#[derive(Default)]
+struct CommitPoints {
+    partitions: HashMap<(String, i32), PartitionPoints>,
+}
+
+#[derive(Default)]
+struct PartitionPoints {
+    running: BTreeSet<i64>,
+    /// One past the highest finished offset.
+    finished_end: i64,
+    /// The last offset committed.
+    committed: i64,
+}
+
+impl CommitPoints {
+    fn started(&mut self, topic: &str, partition: i32, offset: i64) {
+        self.partitions
+            .entry((topic.to_owned(), partition))
+            .or_default()
+            .running
+            .insert(offset);
+    }
+
+    /// Marks a task finished; returns the position to commit when it moved.
+    fn finished(&mut self, topic: &str, partition: i32, offset: i64) -> Option<i64> {
+        let p = self.partitions.get_mut(&(topic.to_owned(), partition))?;
+        p.running.remove(&offset);
+        p.finished_end = p.finished_end.max(offset + 1);
+        let point = p.running.first().copied().unwrap_or(p.finished_end);
+        (point > p.committed).then(|| {
+            p.committed = point;
+            point
+        })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The worker consumer's configuration: offsets are committed by the worker alone, below the
+/// lowest unfinished task, so `enable.auto.commit` and the group cannot be overridden.
+fn worker_client_config(config: &KafkaRunnerConfig) -> Result<ClientConfig> {
+    let mut client = ClientConfig::new();
+    // A shard may run for long while this worker fetches nothing more (every slot busy): that
+    // must not make the group drop it. An operator may choose otherwise.
+    client.set("max.poll.interval.ms", "3600000");
+    apply_properties(
+        &mut client,
+        &config.properties,
+        &[
+            ("bootstrap.servers", config.bootstrap_servers.as_str()),
+            ("group.id", config.group.as_str()),
+            ("auto.offset.reset", "earliest"),
+            ("enable.auto.commit", "false"),
+        ],
+    )
+    .map_err(|e| JobError::Runner(e.to_string()))?;
+    Ok(client)
+}
+
 pub async fn run_worker(
     executor: Executor,
     config: &KafkaRunnerConfig,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<()> {
+    let client = worker_client_config(config)?;
     ensure_topics(
         &config.bootstrap_servers,
         &config.properties,
@@ -110,18 +177,6 @@ pub async fn run_worker(
     )
     .await
     .map_err(|e| JobError::Runner(e.to_string()))?;
-    let mut client = ClientConfig::new();
-    client
-        .set("bootstrap.servers", &config.bootstrap_servers)
-        .set("group.id", &config.group)
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        // A shard may run for long while this worker fetches nothing more (every slot busy):
-        // that must not make the group drop it.
-        .set("max.poll.interval.ms", "3600000");
-    for (name, value) in &config.properties {
-        client.set(name, value);
-    }
     let consumer: Arc<StreamConsumer> = Arc::new(
         client
             .create()
@@ -132,6 +187,7 @@ pub async fn run_worker(
         .map_err(|e| JobError::Runner(format!("subscribing to `{}`: {e}", config.topic)))?;
     tracing::info!(topic = %config.topic, group = %config.group, worker = %executor.worker(), "worker waiting for shard tasks");
     let slots = Arc::new(Semaphore::new(executor.shard_workers()));
+    let commit_points = Arc::new(Mutex::new(CommitPoints::default()));
     loop {
         let permit = tokio::select! {
             permit = Arc::clone(&slots).acquire_owned() => permit
@@ -154,15 +210,17 @@ pub async fn run_worker(
             .payload()
             .and_then(|p| serde_json::from_slice(p).ok());
         let (executor, consumer) = (executor.clone(), Arc::clone(&consumer));
+        let topic = message.topic().to_owned();
+        lock(&commit_points).started(&topic, message.partition(), message.offset());
+        let commit_points = Arc::clone(&commit_points);
         tokio::spawn(async move {
             let _permit = permit;
             match task {
                 Some(task) => {
                     if let Err(e) = executor.run_task(task.job_id, task.index).await {
-                        // Not committed: the task comes back to this group on a restart,
-                        // and the coordinator republishes it once its lease lapses.
+                        // The coordinator republishes the shard once its lease lapses; the
+                        // task no longer holds back the commits of the tasks after it.
                         tracing::warn!(job = task.job_id, shard = task.index, error = %e, "shard task failed");
-                        return;
                     }
                 }
                 None => tracing::warn!(
@@ -172,17 +230,20 @@ pub async fn run_worker(
                     "a shard task that is not one: skipped"
                 ),
             }
+            // Committed only below the lowest task of the partition still running, so a
+            // restart never skips a task that had not finished.
+            let mut points = lock(&commit_points);
+            let Some(next) = points.finished(&topic, message.partition(), message.offset()) else {
+                return;
+            };
             let mut positions = rdkafka::TopicPartitionList::new();
             if positions
-                .add_partition_offset(
-                    message.topic(),
-                    message.partition(),
-                    rdkafka::Offset::Offset(message.offset() + 1),
-                )
+                .add_partition_offset(&topic, message.partition(), rdkafka::Offset::Offset(next))
                 .is_ok()
             {
+                // Under the lock: commits of one partition leave in increasing order.
                 if let Err(e) = consumer.commit(&positions, CommitMode::Async) {
-                    tracing::warn!(error = %e, "committing a shard task failed");
+                    tracing::warn!(error = %e, "committing shard tasks failed");
                 }
             }
         });
@@ -190,4 +251,57 @@ pub async fn run_worker(
     // Let running shards finish: their tasks are committed as they end.
     let _ = slots.acquire_many(executor.shard_workers() as u32).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runner(properties: &[(&str, &str)]) -> KafkaRunnerConfig {
+        KafkaRunnerConfig {
+            bootstrap_servers: "127.0.0.1:9".into(),
+            properties: properties
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            topic: "cellar-batch-shards".into(),
+            partitions: 1,
+            group: "cellar-workers".into(),
+        }
+    }
+
+    #[test]
+    fn commits_stay_below_the_lowest_task_still_running() {
+        let mut points = CommitPoints::default();
+        for offset in 10..13 {
+            points.started("t", 0, offset);
+        }
+        // 11 and 12 finish first: 10 still runs, nothing is committed past it.
+        assert_eq!(points.finished("t", 0, 11), Some(10));
+        assert_eq!(points.finished("t", 0, 12), None);
+        // 10 finishes: everything up to 13 is done.
+        assert_eq!(points.finished("t", 0, 10), Some(13));
+        // Other partitions count on their own.
+        points.started("t", 1, 5);
+        assert_eq!(points.finished("t", 1, 5), Some(6));
+        assert_eq!(points.finished("t", 2, 1), None);
+    }
+
+    #[test]
+    fn the_worker_refuses_properties_that_would_commit_behind_its_back() {
+        let err = worker_client_config(&runner(&[("enable.auto.commit", "true")]))
+            .expect_err("auto commit is refused");
+        assert!(
+            err.to_string()
+                .contains("`enable.auto.commit` must be `false`"),
+            "{err}"
+        );
+        assert!(worker_client_config(&runner(&[("group.id", "other")])).is_err());
+
+        let client = worker_client_config(&runner(&[("max.poll.interval.ms", "600000")]))
+            .expect("a default may be overridden");
+        assert_eq!(client.get("max.poll.interval.ms"), Some("600000"));
+        assert_eq!(client.get("enable.auto.commit"), Some("false"));
+        assert_eq!(client.get("group.id"), Some("cellar-workers"));
+    }
 }

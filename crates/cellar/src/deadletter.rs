@@ -532,15 +532,17 @@ impl KafkaReader {
         cutoff_ms: Option<i64>,
     ) -> anyhow::Result<Option<KafkaReader>> {
         let mut config = rdkafka::ClientConfig::new();
-        config.set("bootstrap.servers", &settings.brokers);
-        for (name, value) in &settings.properties {
-            config.set(name, value);
-        }
-        config
-            .set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest");
+        cellar_ingest_stream::kafka::apply_properties(
+            &mut config,
+            &settings.properties,
+            &[
+                ("bootstrap.servers", settings.brokers.as_str()),
+                ("group.id", group),
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("auto.offset.reset", "earliest"),
+            ],
+        )?;
         let consumer: BaseConsumer = config
             .create()
             .context("creating a Kafka consumer for the dead-letter topic")?;

@@ -136,8 +136,11 @@ fn config_error(message: String) -> BrokerError {
     }
 }
 
-/// Properties the source and publisher rely on; extra properties cannot override them.
-fn apply_properties(
+/// Adds the operator's `extra` properties to `config`, then the `required` ones the client
+/// relies on: an extra property contradicting a required one is refused, naming it. Every
+/// Kafka client Cellar builds (stream source and publisher, batch workers, dead-letter tools)
+/// goes through here, so they cannot differ in precedence.
+pub fn apply_properties(
     config: &mut ClientConfig,
     extra: &[(String, String)],
     required: &[(&str, &str)],
