@@ -325,11 +325,18 @@ impl EmbeddedStore {
     /// Opens the store in directory `path` with the given options.
     pub fn open_with(path: impl AsRef<Path>, options: EmbeddedOptions) -> Result<EmbeddedStore> {
         let path = path.as_ref().to_path_buf();
-        let open_error = |e: fjall::Error| {
-            StoreError::Backend(format!(
+        let open_error = |e: fjall::Error| match e {
+            // The usual cause: a second Cellar process on the same data directory.
+            fjall::Error::Locked => StoreError::Backend(format!(
+                "cannot open the embedded store at {}: it is in use by another process (a \
+                 running `cellar serve` or `cellar ingest`?); stop it, or give this one its own \
+                 --data-dir",
+                path.display()
+            )),
+            e => StoreError::Backend(format!(
                 "cannot open the embedded store at {}: {e}",
                 path.display()
-            ))
+            )),
         };
         let db = Database::builder(&path)
             .cache_size(options.cache_bytes)
@@ -1135,6 +1142,20 @@ impl OnlineStore for EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_in_use_says_so_and_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = EmbeddedStore::open(dir.path()).unwrap();
+        let Err(err) = EmbeddedStore::open(dir.path()) else {
+            panic!("a second open of a directory in use succeeded");
+        };
+        let message = err.to_string();
+        assert!(
+            message.contains("in use by another process") && message.contains("--data-dir"),
+            "{message}"
+        );
+    }
 
     #[test]
     fn inverted_time_sorts_newest_first() {
