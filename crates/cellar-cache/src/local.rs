@@ -399,8 +399,9 @@ impl LocalTier {
 
     /// Drops every cached copy of the given entities of a group.
     pub fn invalidate(&self, group: &FeatureGroup, entities: &[EntityKey]) {
+        let storage = group.storage_name();
         for e in entities {
-            self.cache.invalidate(&cache_key(&group.storage_name(), e));
+            self.cache.invalidate(&cache_key(&storage, e));
         }
     }
 
@@ -485,8 +486,9 @@ impl RecordReader for LocalTier {
         let mut missed: Vec<usize> = Vec::new();
         let mut missed_keys: Vec<CacheKey> = Vec::new();
         let mut key = String::new();
+        let storage = group.storage_name();
         for (i, entity) in entities.iter().enumerate() {
-            write_cache_key(&mut key, &group.storage_name(), entity);
+            write_cache_key(&mut key, &storage, entity);
             match self.lookup(group, &key, entity, read_cost) {
                 Some(Cached::Attribute(r)) => {
                     self.metrics.record(Tier::Local, &group.name, Outcome::Hit);
@@ -534,8 +536,9 @@ impl RecordReader for LocalTier {
         let mut missed: Vec<usize> = Vec::new();
         let mut missed_keys: Vec<CacheKey> = Vec::new();
         let mut key = String::new();
+        let storage = group.storage_name();
         for (i, entity) in entities.iter().enumerate() {
-            write_cache_key(&mut key, &group.storage_name(), entity);
+            write_cache_key(&mut key, &storage, entity);
             match self.lookup(group, &key, entity, read_cost) {
                 Some(Cached::Series { records, complete })
                     if complete || records.len() >= query.top_n =>

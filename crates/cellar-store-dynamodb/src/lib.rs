@@ -475,13 +475,12 @@ impl RecordReader for DynamoStore {
         if entities.is_empty() {
             return Ok(Vec::new());
         }
-        let pks = distinct_partition_keys(&group.storage_name(), entities);
+        let storage = group.storage_name();
+        let pks = distinct_partition_keys(&storage, entities);
         let found = self.get_attribute_items(&group.name, pks).await?;
         Ok(entities
             .iter()
-            .map(|e| {
-                keys::partition_key(&group.storage_name(), e).and_then(|pk| found.get(&pk).cloned())
-            })
+            .map(|e| keys::partition_key(&storage, e).and_then(|pk| found.get(&pk).cloned()))
             .collect())
     }
 
@@ -494,9 +493,10 @@ impl RecordReader for DynamoStore {
         keys::check_group_name(group)?;
         let (oldest, limit) = series_bounds(group, query, now_ms());
         // Owned keys: streams over borrowed items trip the `Send` bound of async-trait.
+        let storage = group.storage_name();
         let pks: Vec<Option<String>> = entities
             .iter()
-            .map(|e| keys::partition_key(&group.storage_name(), e).filter(|_| limit > 0))
+            .map(|e| keys::partition_key(&storage, e).filter(|_| limit > 0))
             .collect();
         futures::stream::iter(pks)
             .map(|pk| async move {

@@ -244,9 +244,10 @@ impl RedisStore {
         let mut sent: HashMap<Vec<u8>, i64> = HashMap::new();
         let mut calls = Vec::with_capacity(writes.len());
         let mut sent_indices = Vec::with_capacity(writes.len());
+        let storage = group.storage_name();
         for (index, w) in writes.iter().enumerate() {
             let value = keys::attribute_value(group, &w.entity, &w.record)?;
-            let key = self.keys.attribute(&group.storage_name(), &w.entity);
+            let key = self.keys.attribute(&storage, &w.entity);
             let event_time = w.record.event_time;
             if sent.get(&key).is_some_and(|t| *t >= event_time) {
                 continue;
@@ -281,9 +282,10 @@ impl RedisStore {
         // One script call per entity, in order of first appearance, its records in batch order.
         let mut calls = Vec::new();
         let mut slots: HashMap<Vec<u8>, usize> = HashMap::new();
+        let storage = group.storage_name();
         for w in writes {
             let member = keys::series_member(group, &w.entity, &w.record)?;
-            let key = self.keys.series(&group.storage_name(), &w.entity);
+            let key = self.keys.series(&storage, &w.entity);
             let slot = *slots.entry(key).or_insert_with_key(|key| {
                 let mut call = scripts::call(&SCRIPTS.put_series, key);
                 call.arg(&max_records)
@@ -332,9 +334,10 @@ impl RecordReader for RedisStore {
         entities: &[EntityKey],
     ) -> Result<Vec<Option<Record>>> {
         keys::check_group_name(group)?;
+        let storage = group.storage_name();
         let keys: Vec<Vec<u8>> = entities
             .iter()
-            .map(|e| self.keys.attribute(&group.storage_name(), e))
+            .map(|e| self.keys.attribute(&storage, e))
             .collect();
         let values = self.mget(&group.name, &keys).await?;
         keys.iter()
@@ -361,9 +364,10 @@ impl RecordReader for RedisStore {
         let min = keys::score(oldest);
         // Redis reads the count as a signed 64-bit integer.
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let storage = group.storage_name();
         let keys: Vec<Vec<u8>> = entities
             .iter()
-            .map(|e| self.keys.series(&group.storage_name(), e))
+            .map(|e| self.keys.series(&storage, e))
             .collect();
         let mut pipe = redis::Pipeline::with_capacity(keys.len());
         for key in &keys {
@@ -422,10 +426,11 @@ impl OnlineStore for RedisStore {
             return Ok(());
         }
         let mut del = redis::cmd("DEL");
+        let storage = group.storage_name();
         for entity in entities {
             match group.kind {
-                GroupKind::Attribute => del.arg(self.keys.attribute(&group.storage_name(), entity)),
-                GroupKind::Timeseries => del.arg(self.keys.series(&group.storage_name(), entity)),
+                GroupKind::Attribute => del.arg(self.keys.attribute(&storage, entity)),
+                GroupKind::Timeseries => del.arg(self.keys.series(&storage, entity)),
             };
         }
         del.query_async::<Value>(&mut self.conn.clone())

@@ -135,8 +135,9 @@ impl RedisStore {
         let mut plans: Vec<Plan> = Vec::new();
         let mut slot_of = Vec::with_capacity(entities.len());
         let mut slots: HashMap<Vec<u8>, usize> = HashMap::new();
+        let storage = group.storage_name();
         for (index, entity) in entities.iter().enumerate() {
-            let key = self.keys.attribute(&group.storage_name(), entity);
+            let key = self.keys.attribute(&storage, entity);
             let slot = *slots.entry(key).or_insert_with_key(|key| {
                 plans.push(Plan {
                     entity: entity.clone(),

@@ -686,9 +686,10 @@ impl Inner {
         let mut updated: HashMap<Vec<u8>, Record> = HashMap::new();
         let mut outcome = Vec::with_capacity(entities.len());
         let mut batch = self.batch();
+        let storage = group.storage_name();
         for (index, entity) in entities.iter().enumerate() {
-            let mut key = Vec::with_capacity(group.name.len() + entity.0.len() + 1);
-            attribute_key(&mut key, &group.storage_name(), entity);
+            let mut key = Vec::with_capacity(storage.len() + entity.0.len() + 1);
+            attribute_key(&mut key, &storage, entity);
             let stored = match updated.get(&key) {
                 Some(r) => Some(r.clone()),
                 None => match self.attributes.get(&key).map_err(backend)? {
@@ -830,17 +831,18 @@ impl Inner {
         let writer = self.lock_writer(&group.name);
         let mut batch = self.batch();
         let mut key = Vec::new();
+        let storage = group.storage_name();
         for entity in entities {
-            if !storable(&group.storage_name(), entity) {
+            if !storable(&storage, entity) {
                 continue;
             }
             match group.kind {
                 GroupKind::Attribute => {
-                    attribute_key(&mut key, &group.storage_name(), entity);
+                    attribute_key(&mut key, &storage, entity);
                     batch.remove(&self.attributes, key.as_slice());
                 }
                 GroupKind::Timeseries => {
-                    series_prefix(&mut key, &group.storage_name(), entity);
+                    series_prefix(&mut key, &storage, entity);
                     for guard in self.timeseries.prefix(&key) {
                         let stored = guard.key().map_err(backend)?;
                         if key_time(&stored, key.len()).is_some() {
@@ -973,25 +975,26 @@ impl EmbeddedStore {
     fn prepare(&self, group: &FeatureGroup, writes: &[Write]) -> Result<Vec<Prepared>> {
         check_group_name(group)?;
         let mut prepared = Vec::with_capacity(writes.len());
+        let storage = group.storage_name();
         for w in writes {
             let invalid = |reason: String| StoreError::InvalidInput {
                 group: group.name.clone(),
                 entity: shown(&w.entity),
                 reason,
             };
-            if !storable(&group.storage_name(), &w.entity) {
-                return Err(invalid(unstorable_reason(&group.name, &w.entity)));
+            if !storable(&storage, &w.entity) {
+                return Err(invalid(unstorable_reason(&storage, &w.entity)));
             }
             let bytes = codec::encode(&w.record).map_err(|e| invalid(e.to_string()))?;
             crate::check_encoded_size(group, &w.entity, bytes.len())?;
-            let mut key = Vec::with_capacity(group.name.len() + w.entity.0.len() + 2 + TIME_LEN);
+            let mut key = Vec::with_capacity(storage.len() + w.entity.0.len() + 2 + TIME_LEN);
             let prefix_len = match group.kind {
                 GroupKind::Attribute => {
-                    attribute_key(&mut key, &group.storage_name(), &w.entity);
+                    attribute_key(&mut key, &storage, &w.entity);
                     key.len()
                 }
                 GroupKind::Timeseries => {
-                    series_prefix(&mut key, &group.storage_name(), &w.entity);
+                    series_prefix(&mut key, &storage, &w.entity);
                     let len = key.len();
                     key.extend_from_slice(&inverted_time(w.record.event_time));
                     len
@@ -1103,10 +1106,8 @@ impl OnlineStore for EmbeddedStore {
                     .to_owned(),
             });
         }
-        if let Some(bad) = entities
-            .iter()
-            .find(|e| !storable(&group.storage_name(), e))
-        {
+        let storage = group.storage_name();
+        if let Some(bad) = entities.iter().find(|e| !storable(&storage, e)) {
             return Err(StoreError::InvalidInput {
                 group: group.name.clone(),
                 entity: shown(bad),

@@ -440,25 +440,14 @@ impl StreamIngestion {
                 let mut sequences = self.kafka_sequences.lock().await;
                 let key = (topic.to_owned(), producer.id.clone());
                 let expected = sequences.get(&key).copied().unwrap_or(0);
-                if producer.first_sequence > expected {
-                    return Err(cellar_ingest_stream::log::LogError::SequenceGap {
-                        topic: key.0,
-                        producer: key.1,
-                        expected,
-                        got: producer.first_sequence,
-                    }
-                    .into());
-                }
-                let count = outgoing.len() as u64;
-                let skip = (expected - producer.first_sequence).min(count) as usize;
-                let fresh = outgoing.split_off(skip);
+                let (skip, next) = producer.window(topic, expected, outgoing.len() as u64)?;
+                let fresh = outgoing.split_off(skip as usize);
                 kafka.publisher.publish(topic, &fresh).await?;
-                let next = expected.max(producer.first_sequence.saturating_add(count));
                 sequences.insert(key, next);
                 return Ok(Appended {
                     appended: fresh.len(),
                     unrouted,
-                    duplicates: skip,
+                    duplicates: skip as usize,
                     next_sequence: Some(next),
                 });
             }

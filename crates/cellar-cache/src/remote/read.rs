@@ -269,10 +269,8 @@ impl RecordReader for RemoteTier {
         if !Self::serves(group) || entities.is_empty() {
             return self.shared.next.get_attributes(group, entities).await;
         }
-        let keys: Vec<Vec<u8>> = entities
-            .iter()
-            .map(|e| self.key(&group.storage_name(), e))
-            .collect();
+        let storage = group.storage_name();
+        let keys: Vec<Vec<u8>> = entities.iter().map(|e| self.key(&storage, e)).collect();
         let Some(Looked { generation, values }) = self.lookup(group, &keys).await else {
             return self.shared.next.get_attributes(group, entities).await;
         };
@@ -333,10 +331,8 @@ impl RecordReader for RemoteTier {
                 .scan_timeseries(group, entities, query)
                 .await;
         }
-        let keys: Vec<Vec<u8>> = entities
-            .iter()
-            .map(|e| self.key(&group.storage_name(), e))
-            .collect();
+        let storage = group.storage_name();
+        let keys: Vec<Vec<u8>> = entities.iter().map(|e| self.key(&storage, e)).collect();
         let Some(Looked { generation, values }) = self.lookup(group, &keys).await else {
             return self
                 .shared

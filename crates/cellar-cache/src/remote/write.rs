@@ -80,10 +80,8 @@ impl RemoteTier {
         if !Self::serves(group) || entities.is_empty() {
             return;
         }
-        let keys: Vec<Vec<u8>> = entities
-            .iter()
-            .map(|e| self.key(&group.storage_name(), e))
-            .collect();
+        let storage = group.storage_name();
+        let keys: Vec<Vec<u8>> = entities.iter().map(|e| self.key(&storage, e)).collect();
         let shared = &self.shared;
         // A deletion skipped is made up for with markers that every event time loses to
         // (until they expire): reads of those entities go to the store meanwhile.

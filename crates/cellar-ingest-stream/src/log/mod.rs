@@ -107,6 +107,27 @@ pub struct Producer {
     pub first_sequence: u64,
 }
 
+impl Producer {
+    /// For a call of `count` records when `expected` is the producer's next sequence: how many
+    /// leading records were appended before (and are skipped), and the next sequence after
+    /// the call. A call starting past `expected` would leave a hole and is refused.
+    pub fn window(&self, topic: &str, expected: u64, count: u64) -> Result<(u64, u64)> {
+        if self.first_sequence > expected {
+            return Err(LogError::SequenceGap {
+                topic: topic.to_owned(),
+                producer: self.id.clone(),
+                expected,
+                got: self.first_sequence,
+            });
+        }
+        let skip = (expected - self.first_sequence).min(count);
+        Ok((
+            skip,
+            expected.max(self.first_sequence.saturating_add(count)),
+        ))
+    }
+}
+
 /// What an append by a [`Producer`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProducedRecords {
@@ -442,11 +463,7 @@ impl EventLog {
     /// and returns an empty list (the topic must still exist).
     pub async fn append(&self, topic: &str, records: &[LogRecord]) -> Result<Vec<RecordPosition>> {
         let topic = self.topic(topic)?;
-        let partitions = topic.partition_count();
-        let batch = encode(&topic, records, |record| match &record.key {
-            Some(key) => partitioner::partition_for_key(key, partitions),
-            None => topic.next_unkeyed.fetch_add(1, Ordering::Relaxed) % partitions,
-        })?;
+        let batch = encode_routed(&topic, records)?;
         self.submit_append(topic, batch).await
     }
 
@@ -463,11 +480,7 @@ impl EventLog {
     ) -> Result<ProducedRecords> {
         check_name("producer id", &producer.id)?;
         let topic = self.topic(topic)?;
-        let partitions = topic.partition_count();
-        let batch = encode(&topic, records, |record| match &record.key {
-            Some(key) => partitioner::partition_for_key(key, partitions),
-            None => topic.next_unkeyed.fetch_add(1, Ordering::Relaxed) % partitions,
-        })?;
+        let batch = encode_routed(&topic, records)?;
         let name = topic.name.clone();
         let producer = producer.clone();
         let count = records.len();
@@ -828,6 +841,15 @@ impl EventLog {
 
 /// Encodes `records` into one buffer, each with the partition `route` picks, refusing any
 /// record over [`MAX_RECORD_BYTES`] before anything is written.
+/// [`encode`] with each record on the partition its key chooses (round-robin without one).
+fn encode_routed(topic: &Topic, records: &[LogRecord]) -> Result<EncodedBatch> {
+    let partitions = topic.partition_count();
+    encode(topic, records, |record| match &record.key {
+        Some(key) => partitioner::partition_for_key(key, partitions),
+        None => topic.next_unkeyed.fetch_add(1, Ordering::Relaxed) % partitions,
+    })
+}
+
 fn encode(
     topic: &Topic,
     records: &[LogRecord],

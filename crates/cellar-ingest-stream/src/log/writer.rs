@@ -246,18 +246,14 @@ fn write_group(shared: &Shared, group: Vec<Request>) {
                         .copied()
                         .unwrap_or(0)
                 });
-                if producer.first_sequence > expected {
-                    let _ = reply.send(Err(LogError::SequenceGap {
-                        topic: key.0,
-                        producer: key.1,
-                        expected,
-                        got: producer.first_sequence,
-                    }));
-                    continue;
-                }
-                let count = encoded.records.len() as u64;
-                let skip = (expected - producer.first_sequence).min(count);
-                let next = expected.max(producer.first_sequence.saturating_add(count));
+                let (skip, next) =
+                    match producer.window(&key.0, expected, encoded.records.len() as u64) {
+                        Ok(window) => window,
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                            continue;
+                        }
+                    };
                 let positions = append_records(
                     shared,
                     &mut batch,
