@@ -12,8 +12,11 @@
 //! - a body timeout and size limit: the whole body must arrive within the timeout (else 408)
 //!   and fit the size (else 413); the handler then gets it whole.
 //!
+//! A gRPC request's `grpc-timeout` bounds its work on the server too: past it, the handler is
+//! dropped and the client told `DEADLINE_EXCEEDED`.
+//!
 //! A request holds its in-flight slot until its answer is sent, so the slots bound the memory
-//! of bodies and answers alike.
+//! of bodies and answers alike. Every refusal is counted in [`ListenerMetrics`].
 
 use std::future::Future;
 use std::io;
@@ -34,6 +37,10 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
@@ -80,12 +87,89 @@ impl Default for ListenerLimits {
     }
 }
 
+/// Why a listener turned a connection or a request away.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Refusal {
+    /// A connection closed at once: `server.max_connections` were open.
+    connection_limit,
+    /// A request answered 503: `server.max_in_flight_requests` were in progress.
+    shed,
+    /// A body that did not arrive within `server.body_timeout_ms`.
+    body_timeout,
+    /// A body over `server.max_body_bytes`.
+    body_too_large,
+    /// A gRPC request still running at its `grpc-timeout`.
+    deadline_exceeded,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    listener: &'static str,
+    reason: Refusal,
+}
+
+/// Counts of what the listeners turned away, by listener and reason, so that an operator sees
+/// shedding and limits at work (`cellar_listener_refusals_total`).
+#[derive(Clone, Debug, Default)]
+pub struct ListenerMetrics {
+    refusals: Family<RefusalLabels, Counter>,
+}
+
+impl ListenerMetrics {
+    /// Counters registered in `registry`.
+    pub fn register(registry: &mut Registry) -> ListenerMetrics {
+        let metrics = ListenerMetrics::default();
+        registry.register(
+            "listener_refusals",
+            "Connections and requests a listener turned away, by listener and reason",
+            metrics.refusals.clone(),
+        );
+        metrics
+    }
+
+    /// How many times `listener` refused for `reason`.
+    pub fn refusals(&self, listener: &'static str, reason: Refusal) -> u64 {
+        self.refusals
+            .get_or_create(&RefusalLabels { listener, reason })
+            .get()
+    }
+
+    fn refused(&self, listener: &'static str, reason: Refusal) {
+        self.refusals
+            .get_or_create(&RefusalLabels { listener, reason })
+            .inc();
+    }
+}
+
+/// A listener's name in its metrics (`http`, `grpc`) and where it counts refusals.
+#[derive(Clone, Debug)]
+pub struct Observed {
+    pub name: &'static str,
+    pub metrics: ListenerMetrics,
+}
+
+impl Observed {
+    /// A listener whose refusals are counted nowhere (benchmarks, tests).
+    pub fn unobserved(name: &'static str) -> Observed {
+        Observed {
+            name,
+            metrics: ListenerMetrics::default(),
+        }
+    }
+
+    fn refused(&self, reason: Refusal) {
+        self.metrics.refused(self.name, reason);
+    }
+}
+
 /// Serves `app` on `listener` within `limits` until `shutdown` resolves, then lets the open
 /// connections finish their requests (for at most 30 s).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ListenerLimits,
+    observed: Observed,
     shutdown: impl Future<Output = ()> + Send,
 ) -> io::Result<()> {
     let guard = Arc::new(Guard {
@@ -93,6 +177,7 @@ pub async fn serve(
         max_in_flight: limits.max_in_flight.max(1),
         body_timeout: limits.body_timeout,
         max_body_bytes: limits.max_body_bytes,
+        observed: observed.clone(),
     });
     let app = app.layer(axum::middleware::from_fn_with_state(guard, guard_request));
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -124,6 +209,7 @@ pub async fn serve(
             },
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
+            observed.refused(Refusal::connection_limit);
             tracing::debug!(
                 limit = max_connections,
                 "connection refused: at server.max_connections"
@@ -305,13 +391,20 @@ struct Guard {
     max_in_flight: usize,
     body_timeout: Duration,
     max_body_bytes: usize,
+    observed: Observed,
 }
 
 /// Sheds a request past the in-flight limit, then reads its whole body within the body
-/// timeout and size limit before the handler runs.
+/// timeout and size limit before the handler runs, within the request's `grpc-timeout`.
 async fn guard_request(State(guard): State<Arc<Guard>>, req: Request, next: Next) -> Response {
     let reply = Reply::to(&req);
+    let deadline = reply
+        .grpc
+        .then(|| grpc_timeout(req.headers()))
+        .flatten()
+        .map(|timeout| tokio::time::Instant::now() + timeout);
     let Ok(slot) = guard.in_flight.clone().try_acquire_owned() else {
+        guard.observed.refused(Refusal::shed);
         let message = format!(
             "overloaded: {} requests are in progress, the limit of this listener \
              (server.max_in_flight_requests); retry after {RETRY_AFTER_SECS} s",
@@ -327,6 +420,7 @@ async fn guard_request(State(guard): State<Arc<Guard>>, req: Request, next: Next
     let bytes = match tokio::time::timeout(guard.body_timeout, read).await {
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            guard.observed.refused(Refusal::body_too_large);
             return reply.closing(reply.error(
                 ErrorKind::TooLarge,
                 &format!(
@@ -341,12 +435,49 @@ async fn guard_request(State(guard): State<Arc<Guard>>, req: Request, next: Next
                 &format!("the request body could not be read: {e}"),
             ));
         }
-        Err(_) => return reply.closing(reply.body_timeout(guard.body_timeout)),
+        Err(_) => {
+            guard.observed.refused(Refusal::body_timeout);
+            return reply.closing(reply.body_timeout(guard.body_timeout));
+        }
     };
-    let resp = next
-        .run(Request::from_parts(parts, Body::from(bytes)))
-        .await;
+    let exceeded = || {
+        guard.observed.refused(Refusal::deadline_exceeded);
+        grpc_status(tonic::Status::deadline_exceeded(
+            "the request's grpc-timeout passed before its answer was ready",
+        ))
+    };
+    // A request whose client has already given up is not started.
+    if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
+        return exceeded();
+    }
+    let handled = next.run(Request::from_parts(parts, Body::from(bytes)));
+    let resp = match deadline {
+        None => handled.await,
+        Some(deadline) => match tokio::time::timeout_at(deadline, handled).await {
+            Ok(resp) => resp,
+            Err(_) => return exceeded(),
+        },
+    };
     resp.map(|body| Body::new(Held { body, _slot: slot }))
+}
+
+/// The `grpc-timeout` header: at most 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`).
+fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let text = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// How to answer a request the guard refuses: gRPC clients read a status, others JSON.
@@ -441,5 +572,27 @@ impl HttpBody for Held {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_are_read_as_the_protocol_writes_them() {
+        let timeout = |v: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("grpc-timeout", HeaderValue::from_str(v).unwrap());
+            grpc_timeout(&headers)
+        };
+        assert_eq!(timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(timeout("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        for bad in ["", "m", "123456789m", "10x", "-1S", "1.5S"] {
+            assert_eq!(timeout(bad), None, "{bad:?}");
+        }
+        assert_eq!(grpc_timeout(&HeaderMap::new()), None);
     }
 }

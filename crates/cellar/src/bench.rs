@@ -5,7 +5,7 @@ use axum::body::Bytes;
 use axum::http::header;
 use axum::routing::{get, post};
 use axum::Router;
-use cellar_serving::listener::{self, ListenerLimits};
+use cellar_serving::listener::{self, ListenerLimits, Observed};
 use tokio::net::TcpListener;
 
 /// A fixed JSON body of exactly `len` bytes (at least 2).
@@ -34,7 +34,8 @@ pub async fn serve_baseline(
             }),
         )
         .route("/health", get(|| async { "ok" }));
-    listener::serve(listener, app, limits, std::future::pending()).await
+    let observed = Observed::unobserved("baseline");
+    listener::serve(listener, app, limits, observed, std::future::pending()).await
 }
 
 #[cfg(test)]

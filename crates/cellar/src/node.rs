@@ -14,7 +14,7 @@ use cellar_jobs::schedule::run_scheduler;
 use cellar_jobs::{Executor, JobMetrics};
 use cellar_registry::Registry;
 use cellar_serving::http::{router, HttpState};
-use cellar_serving::listener::{self, ListenerLimits};
+use cellar_serving::listener::{self, ListenerLimits, ListenerMetrics, Observed};
 use cellar_serving::metrics::ServingMetrics;
 use cellar_serving::{Catalog, FeatureServer, FeatureServing, Limits};
 use cellar_store::embedded::EmbeddedStore;
@@ -50,6 +50,8 @@ pub struct Node {
     pub jobs: Option<Executor>,
     /// Figures of the registry's batch jobs, whoever runs them.
     job_metrics: JobMetrics,
+    /// What the HTTP and gRPC listeners turned away.
+    pub listener_metrics: ListenerMetrics,
 }
 
 /// Opens the online store `config` names: the embedded one in the data directory, a DynamoDB
@@ -197,6 +199,7 @@ impl Node {
         metrics
             .registry_mut()
             .register_collector(Box::new(job_metrics.clone()));
+        let listener_metrics = ListenerMetrics::register(metrics.registry_mut());
         let jobs = if config.jobs.in_server {
             let sink: Arc<dyn RecordSink> = Arc::new(writer.clone());
             Some(crate::jobs::executor(&config, registry.clone(), sink).await?)
@@ -206,6 +209,7 @@ impl Node {
         Ok(Node {
             jobs,
             job_metrics,
+            listener_metrics,
             config,
             registry,
             store,
@@ -315,13 +319,21 @@ impl Node {
                     listener,
                     routes,
                     limits.clone(),
+                    Observed {
+                        name: "grpc",
+                        metrics: self.listener_metrics.clone(),
+                    },
                     stopped(stop_rx.clone()),
                 )))
             }
             None => None,
         };
         tracing::info!(addr = %http.local_addr()?, "serving http");
-        let result = listener::serve(http, app, limits, stopped(stop_rx))
+        let observed = Observed {
+            name: "http",
+            metrics: self.listener_metrics.clone(),
+        };
+        let result = listener::serve(http, app, limits, observed, stopped(stop_rx))
             .await
             .context("http server failed");
         reload.abort();

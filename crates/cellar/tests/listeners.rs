@@ -293,6 +293,33 @@ async fn connections_past_the_limit_are_closed_at_once() {
         .await
         .expect("a connection past the limit is closed at once");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+
+    // Both refusals are counted, by listener.
+    let metrics = metrics(&s).await;
+    for listener in ["http", "grpc"] {
+        let count = refusals(&metrics, listener, "connection_limit");
+        assert!(count >= 1, "{listener}: {count}\n{metrics}");
+    }
+}
+
+async fn metrics(s: &Served) -> String {
+    let mut stream = TcpStream::connect(s.http).await.unwrap();
+    exchange(
+        &mut stream,
+        "GET /metrics HTTP/1.1\r\nHost: cellar\r\nConnection: close\r\n\r\n",
+    )
+    .await
+}
+
+/// `cellar_listener_refusals_total` of one listener and reason in a /metrics answer.
+fn refusals(metrics: &str, listener: &str, reason: &str) -> u64 {
+    let series =
+        format!("cellar_listener_refusals_total{{listener=\"{listener}\",reason=\"{reason}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 #[tokio::test]
@@ -340,6 +367,8 @@ async fn requests_past_the_in_flight_limit_are_shed_with_503_and_retry_after() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let metrics = metrics(&s).await;
+    assert!(refusals(&metrics, "http", "shed") >= 1, "{metrics}");
 }
 
 #[tokio::test]
@@ -370,4 +399,28 @@ async fn grpc_requests_pass_the_listener_limits() {
         .into_inner();
     assert_eq!(resp.results.len(), 1);
     assert_eq!(resp.results[0].rows[0].status(), pb::RowStatus::NotFound);
+
+    // The client's deadline bounds the server's work: one already past is not started, and
+    // the refusal is counted.
+    let mut late = tonic::Request::new(pb::GetFeaturesRequest {
+        entities: vec![pb::EntityColumn {
+            name: "user_id".to_owned(),
+            values: vec![pb::Value {
+                kind: Some(pb::value::Kind::StringValue("u1".to_owned())),
+            }],
+        }],
+        groups: vec![pb::GroupRequest {
+            name: "user_profile".to_owned(),
+            ..Default::default()
+        }],
+        feature_service: None,
+    });
+    late.set_timeout(Duration::from_nanos(1));
+    let status = client.get_features(late).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    let metrics = metrics(&s).await;
+    assert!(
+        refusals(&metrics, "grpc", "deadline_exceeded") >= 1,
+        "{metrics}"
+    );
 }
