@@ -3,6 +3,8 @@
 # loopback; then a bare HTTP server answering a fixed body of the same size, as the baseline.
 # Usage: scripts/bench-serving.sh [seconds per run, default 10] [connections, default 16]
 # [server worker threads, default 0: one per core]
+# CELLAR_BIN=path runs that binary instead of building this checkout (scripts/bench-compare.sh
+# compares two builds this way).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${1:-10}"
@@ -14,8 +16,12 @@ BASE_PORT=6591
 command -v wrk >/dev/null 2>&1 || { apt-get update -qq >/dev/null; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 source scripts/services.sh
 ensure_build_packages
-cargo build --release -j2 -p cellar >&2
-BIN="${CARGO_TARGET_DIR:-target}/release/cellar"
+if [ -n "${CELLAR_BIN:-}" ]; then
+    BIN="$CELLAR_BIN"
+else
+    cargo build --release -j2 -p cellar >&2
+    BIN="${CARGO_TARGET_DIR:-target}/release/cellar"
+fi
 
 WORK=$(mktemp -d /tmp/cellar-bench.XXXXXX)
 PIDS=()
