@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use cellar_spec::{EntityKey, FeatureGroup};
-use cellar_store::{OnlineStore, PutOutcome, Record, Result, Updater, Write};
+use cellar_spec::{EntityKey, FeatureGroup, GroupKind};
+use cellar_store::{layout, OnlineStore, PutOutcome, Record, Result, Updater, Write};
 
 use crate::local::LocalTier;
 use crate::remote::RemoteTier;
@@ -65,6 +65,12 @@ impl WritePath {
         entities: &[EntityKey],
         updater: Updater,
     ) -> Result<Vec<Option<Record>>> {
+        let updater = match group.previous.as_deref() {
+            Some(previous) if group.kind == GroupKind::Attribute => {
+                self.seeded(previous, group, entities, updater).await?
+            }
+            _ => updater,
+        };
         let stored = self.store.update(group, entities, updater).await?;
         if let Some(remote) = &self.remote {
             let replaced = entities
@@ -81,5 +87,25 @@ impl WritePath {
             }
         }
         Ok(stored)
+    }
+
+    /// `updater`, given for an entity the group's generation holds nothing for the record of
+    /// its previous generation, laid out anew: a write that sets some features of such an
+    /// entity keeps the others (and the offsets the old record applied), as it would have
+    /// before the layout changed. The previous generation is no longer written, so what is
+    /// read here cannot change before the update.
+    async fn seeded(
+        &self,
+        previous: &FeatureGroup,
+        group: &FeatureGroup,
+        entities: &[EntityKey],
+        mut updater: Updater,
+    ) -> Result<Updater> {
+        let seeds =
+            layout::previous_records(self.store.as_ref(), previous, group, entities).await?;
+        Ok(Box::new(move |i, entity, stored: Option<Record>| {
+            let stored = stored.or_else(|| seeds.get(i).cloned().flatten());
+            updater(i, entity, stored)
+        }))
     }
 }

@@ -134,6 +134,9 @@ pub(crate) struct Mapper<'j> {
     event_time: Option<usize>,
     /// (feature position in the group, batch column index).
     features: Vec<(usize, usize)>,
+    /// Retired positions that held a written feature before its type changed: a merge clears
+    /// them, so the value written now is served and not the old one converted.
+    superseded: Vec<usize>,
 }
 
 impl<'j> Mapper<'j> {
@@ -201,6 +204,10 @@ impl<'j> Mapper<'j> {
         for column in job.read_columns.iter().flatten() {
             find(column, "read by the transform")?;
         }
+        let superseded = features
+            .iter()
+            .filter_map(|(position, _)| job.group.predecessor(*position))
+            .collect();
         Ok(Mapper {
             job,
             shard,
@@ -208,6 +215,7 @@ impl<'j> Mapper<'j> {
             key,
             event_time,
             features,
+            superseded,
         })
     }
 
@@ -284,6 +292,7 @@ impl<'j> Mapper<'j> {
                         .features
                         .iter()
                         .map(|(p, _)| (*p, std::mem::replace(&mut values[*p], Value::Null)))
+                        .chain(self.superseded.iter().map(|&p| (p, Value::Null)))
                         .collect();
                     entities.push(entity);
                     updates.push(Update {

@@ -123,6 +123,9 @@ pub struct StreamMapping {
     /// (feature position, source path).
     features: Vec<(usize, FieldPath)>,
     aggregates: Vec<AggregateMapping>,
+    /// Retired positions that held a written feature before its type changed: cleared by each
+    /// update, so the value written now is served and not the old one converted.
+    superseded: Vec<usize>,
     /// Whether records are read, changed and written back (attribute groups: aggregates,
     /// ingestions that set only some features, applied offsets) or appended (time series).
     updates: bool,
@@ -235,6 +238,10 @@ impl StreamMapping {
             }
         }
         let updates = group.kind == GroupKind::Attribute;
+        let superseded = features
+            .iter()
+            .filter_map(|(position, _)| group.predecessor(*position))
+            .collect();
         Ok(StreamMapping {
             name: ingestion.name.clone(),
             topic: stream.topic.clone(),
@@ -246,6 +253,7 @@ impl StreamMapping {
             event_time,
             features,
             aggregates,
+            superseded,
             updates,
         })
     }
@@ -324,6 +332,7 @@ impl StreamMapping {
         for (position, path) in &self.features {
             fields.push((*position, field(*position, path)?));
         }
+        fields.extend(self.superseded.iter().map(|&p| (p, Value::Null)));
         let mut folds = Vec::with_capacity(self.aggregates.len());
         for (position, window, of) in &self.aggregates {
             let input = match (window.function, of) {

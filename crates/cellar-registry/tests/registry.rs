@@ -181,6 +181,7 @@ fn sample_repo() -> FeatureRepo {
         max_record_bytes: 8192,
         description: None,
         generation: 0,
+        previous: None,
     };
     let profile = FeatureGroup {
         name: "user_profile".to_owned(),
@@ -203,6 +204,7 @@ fn sample_repo() -> FeatureRepo {
         max_record_bytes: 8192,
         description: Some("slowly changing".to_owned()),
         generation: 0,
+        previous: None,
     };
     let clicks = Ingestion {
         name: "clicks".to_owned(),

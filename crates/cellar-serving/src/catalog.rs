@@ -10,6 +10,9 @@ use cellar_spec::{Entity, FeatureGroup, FeatureRepo, FeatureService};
 pub struct ServedGroup {
     pub spec: FeatureGroup,
     pub entity: Entity,
+    /// (live position, retired predecessor) of each retyped feature, whose old values are
+    /// served converted until written again.
+    pub retyped: Vec<(usize, usize)>,
 }
 
 /// Every group and feature service of the applied repo, by name.
@@ -33,6 +36,7 @@ impl Catalog {
                     Arc::new(ServedGroup {
                         spec: g.clone(),
                         entity: entity.clone(),
+                        retyped: g.predecessors().collect(),
                     }),
                 );
             }

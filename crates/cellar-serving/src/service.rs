@@ -9,7 +9,7 @@ use cellar_cache::WritePath;
 use cellar_spec::limits::EventTimeBounds;
 use cellar_spec::time::now_ms;
 use cellar_spec::{EntityKey, FeatureGroup, GroupKind, Value};
-use cellar_store::{PutOutcome, Record, RecordReader, TimeseriesQuery, Updater, Write};
+use cellar_store::{layout, PutOutcome, Record, RecordReader, TimeseriesQuery, Updater, Write};
 
 use crate::catalog::{Catalog, ServedGroup};
 use crate::error::ServeError;
@@ -376,10 +376,15 @@ impl FeatureServer {
         // Rows often repeat a key (a feature service read for one user and many articles):
         // read each distinct key once.
         let (unique, index) = dedup(keys);
-        let spec = &resolved.group.spec;
-        let rows: Vec<Row> = match spec.kind {
+        let group = &resolved.group;
+        let spec = &group.spec;
+        let mut rows: Vec<Row> = match spec.kind {
             GroupKind::Attribute => {
-                let found = self.reader.get_attributes(spec, &unique).await?;
+                let mut found = self.reader.get_attributes(spec, &unique).await?;
+                if let Some(previous) = spec.previous.as_deref() {
+                    self.fill_from_previous(previous, spec, &unique, &mut found)
+                        .await?;
+                }
                 let cutoff = resolved.query.since;
                 found
                     .into_iter()
@@ -399,18 +404,72 @@ impl FeatureServer {
                     })
                     .collect()
             }
-            GroupKind::Timeseries => self
-                .reader
-                .scan_timeseries(spec, &unique, resolved.query)
-                .await?
-                .into_iter()
-                .map(|records| Row::Series { records })
-                .collect(),
+            GroupKind::Timeseries => {
+                let query = resolved.query;
+                let mut series = self.reader.scan_timeseries(spec, &unique, query).await?;
+                if let Some(previous) = spec.previous.as_deref() {
+                    let older = layout::previous_series(
+                        self.reader.as_ref(),
+                        previous,
+                        spec,
+                        &unique,
+                        query,
+                    )
+                    .await?;
+                    series = series
+                        .into_iter()
+                        .zip(older)
+                        .map(|(newer, older)| layout::merge_series(newer, older, query.top_n))
+                        .collect();
+                }
+                series
+                    .into_iter()
+                    .map(|records| Row::Series { records })
+                    .collect()
+            }
         };
+        if !group.retyped.is_empty() {
+            for row in &mut rows {
+                match row {
+                    Row::Record { record, .. } => {
+                        for r in record.iter_mut() {
+                            layout::upgrade(spec, &group.retyped, r);
+                        }
+                    }
+                    Row::Series { records } => {
+                        for r in records.iter_mut() {
+                            layout::upgrade(spec, &group.retyped, r);
+                        }
+                    }
+                }
+            }
+        }
         Ok(match index {
             None => rows,
             Some(index) => index.into_iter().map(|i| rows[i].clone()).collect(),
         })
+    }
+
+    /// Answers the entities an attribute group's generation holds nothing for from its
+    /// previous generation's records, laid out anew.
+    async fn fill_from_previous(
+        &self,
+        previous: &FeatureGroup,
+        spec: &FeatureGroup,
+        keys: &[EntityKey],
+        found: &mut [Option<Record>],
+    ) -> Result<(), ServeError> {
+        let missing: Vec<usize> = (0..found.len()).filter(|&i| found[i].is_none()).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let missing_keys: Vec<EntityKey> = missing.iter().map(|&i| keys[i].clone()).collect();
+        let old =
+            layout::previous_records(self.reader.as_ref(), previous, spec, &missing_keys).await?;
+        for (i, record) in missing.into_iter().zip(old) {
+            found[i] = record;
+        }
+        Ok(())
     }
 
     async fn read(&self, req: FeatureRequest) -> Result<FeatureResponse, ServeError> {
@@ -656,6 +715,13 @@ impl FeatureServer {
             if spec.kind == GroupKind::Timeseries || positions.len() == live {
                 whole.push(write);
             } else {
+                // A retyped feature's old slot is cleared (null in `write`) with the new one,
+                // so its old value is no longer served in place of what was written.
+                let superseded: Vec<usize> = positions
+                    .iter()
+                    .filter_map(|&p| spec.predecessor(p))
+                    .collect();
+                positions.extend(superseded);
                 partial.push((write, positions));
             }
         }

@@ -55,6 +55,7 @@ fn group(
         max_record_bytes: 64 * 1024,
         description: None,
         generation: 0,
+        previous: None,
     }
 }
 

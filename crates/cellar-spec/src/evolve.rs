@@ -8,14 +8,16 @@
 //!   given a new position), so no later feature reads values written for another;
 //! - moves a group whose kind, entity or key fields changed, or that was removed and is
 //!   created again, to a new storage generation, so old records are never decoded with the new
-//!   layout.
+//!   layout; when the entity stays (only the kind or key types changed), the new generation
+//!   keeps the old one as its `previous`, whose records are served, converted, for entities
+//!   the new generation holds nothing for yet.
 //!
 //! Which of these break readers or stored data is [`crate::plan`]'s to say; the registry
 //! refuses them unless the apply allows breaking changes.
 
 use std::collections::BTreeMap;
 
-use crate::model::{EntityKeyField, Feature};
+use crate::model::{EntityKeyField, Feature, FeatureGroup};
 use crate::repo::FeatureRepo;
 
 /// `desired` with its groups' features at their stored positions and their generations set.
@@ -48,8 +50,19 @@ pub fn evolve(
         if relayout {
             // A new generation starts empty, so positions start afresh in file order.
             group.generation = fresh_generation;
+            // Its entities are the old ones when only the kind or the key types changed: the
+            // old records answer for them until the new generation holds their own.
+            let same_entities = old.entity == group.entity
+                && old_keys.map(Vec::len) == desired_keys.get(&group.entity).map(Vec::len);
+            group.previous = same_entities.then(|| {
+                Box::new(FeatureGroup {
+                    previous: None,
+                    ..old.clone()
+                })
+            });
         } else {
             group.generation = old.generation;
+            group.previous = old.previous.clone();
             group.features = align(&old.features, std::mem::take(&mut group.features));
         }
     }
@@ -115,6 +128,7 @@ mod tests {
                 max_record_bytes: 8192,
                 description: None,
                 generation: 0,
+                previous: None,
             }],
             ..FeatureRepo::default()
         }
@@ -185,6 +199,8 @@ mod tests {
             "the retired slot keeps its type"
         );
         assert_eq!(group.live_positions().collect::<Vec<_>>(), [2, 3]);
+        // The retyped feature's old values stay readable through its predecessor.
+        assert_eq!(group.predecessors().collect::<Vec<_>>(), [(3, 0)]);
 
         // A retired position stays retired, and a feature added back gets a new one.
         let again = repo(
@@ -195,6 +211,8 @@ mod tests {
         let evolved = evolve(&evolved, again, never, 8);
         assert_eq!(evolved.groups[0].feature_index("country"), Some(4));
         assert_eq!(evolved.groups[0].features.len(), 5);
+        // Declared again with its old type, a removed feature starts empty.
+        assert_eq!(evolved.groups[0].predecessor(4), None);
     }
 
     #[test]
@@ -215,5 +233,37 @@ mod tests {
         assert_eq!(back.groups[0].storage_name(), "profile@9");
         let first = evolve(&empty, current.clone(), never, 9);
         assert_eq!(first.groups[0].storage_name(), "profile");
+    }
+
+    #[test]
+    fn a_new_generation_keeps_the_old_one_while_the_entities_are_the_same() {
+        let current = repo(KeyType::String, GroupKind::Attribute, &[("age", INT)]);
+        let kind = repo(KeyType::String, GroupKind::Timeseries, &[("age", INT)]);
+        let moved = evolve(&current, kind.clone(), never, 7);
+        let previous = moved.groups[0]
+            .previous
+            .as_deref()
+            .expect("previous generation");
+        assert_eq!(previous.storage_name(), "profile");
+        assert_eq!(previous.kind, GroupKind::Attribute);
+
+        // Applying the same again keeps it; a later move replaces it (one generation back).
+        let again = evolve(&moved, kind, never, 8);
+        assert_eq!(again.groups[0].previous, moved.groups[0].previous);
+        let back = evolve(&again, current.clone(), never, 9);
+        assert_eq!(back.groups[0].storage_name(), "profile@9");
+        let previous = back.groups[0].previous.as_deref().unwrap();
+        assert_eq!(previous.storage_name(), "profile@7");
+        assert!(previous.previous.is_none());
+
+        // Other key fields mean other entities: nothing to carry over.
+        let mut two_keys = current.clone();
+        two_keys.entities[0].keys.push(EntityKeyField {
+            name: "region".into(),
+            key_type: KeyType::String,
+        });
+        assert!(evolve(&current, two_keys, never, 7).groups[0]
+            .previous
+            .is_none());
     }
 }

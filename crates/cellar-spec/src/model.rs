@@ -77,6 +77,11 @@ pub struct FeatureGroup {
     /// the old records, so old bytes are never read with a new layout.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub generation: u64,
+    /// The group as it was in the generation before, while its records can still answer for
+    /// this one: an entity the new generation holds nothing for yet is served from the old
+    /// records, read with the old layout and converted to this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Box<FeatureGroup>>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -107,6 +112,27 @@ impl FeatureGroup {
     /// The features that are served and written, in storage order.
     pub fn live_features(&self) -> impl Iterator<Item = &Feature> + '_ {
         self.features.iter().filter(|f| !f.retired)
+    }
+
+    /// The retired position that held the live feature at `position` before its type changed:
+    /// values stored there are served, converted, until the new position is written.
+    pub fn predecessor(&self, position: usize) -> Option<usize> {
+        let feature = self.features.get(position)?;
+        if feature.retired {
+            return None;
+        }
+        // A feature removed and later declared again with its old type starts empty: only a
+        // type change carries values over.
+        self.features[..position]
+            .iter()
+            .rposition(|f| f.retired && f.name == feature.name)
+            .filter(|&i| self.features[i].value_type != feature.value_type)
+    }
+
+    /// Every (live position, retired predecessor) pair of the group.
+    pub fn predecessors(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.live_positions()
+            .filter_map(|j| self.predecessor(j).map(|i| (j, i)))
     }
 
     /// The name records are stored under: the group's name for generation 0, the name and the

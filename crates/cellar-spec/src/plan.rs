@@ -248,11 +248,20 @@ fn diff_group(old: &FeatureGroup, new: &FeatureGroup, d: &mut Diff) {
         ));
     }
     if old.generation != new.generation {
-        d.breaking(format!(
-            "records move to storage generation {}: the group starts empty and is filled by its \
-             ingestions; records of generation {} are no longer served",
-            new.generation, old.generation
-        ));
+        d.breaking(if new.previous.is_some() {
+            format!(
+                "records move to storage generation {}: it is filled by the group's \
+                 ingestions, and until an entity has records there its generation {} records \
+                 are served, converted to the new layout",
+                new.generation, old.generation
+            )
+        } else {
+            format!(
+                "records move to storage generation {}: the group starts empty and is filled \
+                 by its ingestions; records of generation {} are no longer served",
+                new.generation, old.generation
+            )
+        });
     } else {
         diff_features(old, new, d);
     }
@@ -281,9 +290,10 @@ fn diff_features(old: &FeatureGroup, new: &FeatureGroup, d: &mut Diff) {
                 let g = &new.features[j];
                 if f.value_type != g.value_type {
                     d.breaking(format!(
-                        "feature `{}` type changed from {} to {}: values stored as {} are no \
-                         longer served; it reads as null until written again (position {i} \
-                         retired, new position {j})",
+                        "feature `{}` type changed from {} to {}: readers of it break; values \
+                         stored as {} are served converted where the conversion is exact, \
+                         otherwise as null, until written again (position {i} retired, new \
+                         position {j})",
                         f.name, f.value_type, g.value_type, f.value_type
                     ));
                 } else if i != j {
@@ -484,6 +494,7 @@ mod tests {
             max_record_bytes: 8192,
             description: None,
             generation: 0,
+            previous: None,
         }
     }
 
@@ -560,9 +571,9 @@ mod tests {
         assert_eq!(
             breaking,
             [
-                "feature `x` type changed from int64 to float64: values stored as int64 are no \
-                 longer served; it reads as null until written again (position 0 retired, new \
-                 position 3)",
+                "feature `x` type changed from int64 to float64: readers of it break; values \
+                 stored as int64 are served converted where the conversion is exact, otherwise \
+                 as null, until written again (position 0 retired, new position 3)",
                 "feature `y` (string) removed: readers of it break; position 1 is retired",
             ]
         );

@@ -202,7 +202,88 @@ fn scalar_from_json(t: ScalarType, v: &serde_json::Value) -> Result<Value, Value
     }
 }
 
+/// Largest integer a float64 holds exactly (2^53): conversions stay exact or give nothing.
+const EXACT_FLOAT_INT: i64 = 1 << 53;
+
+fn convert_scalar(v: &Value, to: ScalarType) -> Option<Value> {
+    use ScalarType as T;
+    Some(match (v, to) {
+        (Value::Bool(b), T::Bool) => Value::Bool(*b),
+        (Value::Bool(b), T::Int64) => Value::Int64(i64::from(*b)),
+        (Value::Bool(b), T::String) => Value::String(b.to_string()),
+        (Value::Int64(i), T::Int64) => Value::Int64(*i),
+        (Value::Int64(i), T::Float64) if i.unsigned_abs() <= EXACT_FLOAT_INT as u64 => {
+            Value::Float64(*i as f64)
+        }
+        (Value::Int64(i), T::String) => Value::String(i.to_string()),
+        (Value::Int64(i), T::Timestamp) => Value::Timestamp(*i),
+        (Value::Int64(i @ (0 | 1)), T::Bool) => Value::Bool(*i == 1),
+        (Value::Float64(f), T::Float64) => Value::Float64(*f),
+        (Value::Float64(f), T::Int64) if f.fract() == 0.0 && f.abs() <= EXACT_FLOAT_INT as f64 => {
+            Value::Int64(*f as i64)
+        }
+        (Value::Float64(f), T::String) => Value::String(f.to_string()),
+        (Value::String(s), T::String) => Value::String(s.clone()),
+        (Value::String(s), T::Int64) => Value::Int64(s.trim().parse().ok()?),
+        (Value::String(s), T::Float64) => Value::Float64(s.trim().parse().ok()?),
+        (Value::String(s), T::Bool) => Value::Bool(s.trim().parse().ok()?),
+        (Value::String(s), T::Bytes) => Value::Bytes(s.as_bytes().to_vec()),
+        (Value::String(s), T::Timestamp) => Value::Timestamp(parse_rfc3339(s)?),
+        (Value::Bytes(b), T::Bytes) => Value::Bytes(b.clone()),
+        (Value::Bytes(b), T::String) => Value::String(String::from_utf8(b.clone()).ok()?),
+        (Value::Timestamp(t), T::Timestamp) => Value::Timestamp(*t),
+        (Value::Timestamp(t), T::Int64) => Value::Int64(*t),
+        (Value::Timestamp(t), T::String) => Value::String(format_timestamp(*t)),
+        _ => return None,
+    })
+}
+
+fn convert_all(items: &[Value], to: ScalarType) -> Option<Vec<Value>> {
+    items.iter().map(|v| convert_scalar(v, to)).collect()
+}
+
 impl Value {
+    /// This value as a value of type `to`, when that keeps its meaning exactly (an int64 as a
+    /// float64 or as text, a whole float64 as an int64, a number written as text, a scalar as
+    /// a list of one, the elements of a list or set one by one); null otherwise. Used to serve
+    /// values stored before a feature's type changed.
+    pub fn convert(&self, to: ValueType) -> Value {
+        let converted = match (self, to) {
+            (Value::Null, _) => None,
+            (Value::List(items) | Value::Set(items), ValueType::List(s)) => {
+                convert_all(items, s).map(Value::List)
+            }
+            (Value::List(items) | Value::Set(items), ValueType::Set(s)) => {
+                convert_all(items, s).map(Value::set_of)
+            }
+            (Value::Map(entries), ValueType::Map(s)) => entries
+                .iter()
+                .map(|(k, v)| convert_scalar(v, s).map(|v| (k.clone(), v)))
+                .collect::<Option<Vec<_>>>()
+                .map(Value::Map),
+            (Value::Vector(xs), ValueType::Vector(dim)) if xs.len() == dim as usize => {
+                Some(Value::Vector(xs.clone()))
+            }
+            (Value::Vector(xs), ValueType::List(ScalarType::Float64)) => Some(Value::List(
+                xs.iter().map(|x| Value::Float64(f64::from(*x))).collect(),
+            )),
+            (Value::List(items), ValueType::Vector(dim)) if items.len() == dim as usize => items
+                .iter()
+                .map(|v| match v {
+                    Value::Float64(f) => Some(*f as f32),
+                    Value::Int64(i) => Some(*i as f32),
+                    _ => None,
+                })
+                .collect::<Option<Vec<f32>>>()
+                .map(Value::Vector),
+            (v, ValueType::List(s)) => convert_scalar(v, s).map(|v| Value::List(vec![v])),
+            (v, ValueType::Set(s)) => convert_scalar(v, s).map(|v| Value::Set(vec![v])),
+            (v, ValueType::Scalar(s)) => convert_scalar(v, s),
+            _ => None,
+        };
+        converted.unwrap_or(Value::Null)
+    }
+
     /// Converts a JSON value to a value of type `t`. JSON `null` is [`Value::Null`].
     pub fn from_json(t: ValueType, v: &serde_json::Value) -> Result<Value, ValueError> {
         use serde_json::Value as J;
@@ -369,5 +450,39 @@ mod tests {
         assert_eq!(v.to_json(), json!("2024-01-02T03:04:05Z"));
         let e = Value::from_json(ValueType::Scalar(ScalarType::Int64), &json!("7")).unwrap_err();
         assert_eq!(e.to_string(), "expected int64, got the string \"7\"");
+    }
+
+    #[test]
+    fn conversions_keep_meaning_or_give_null() {
+        use ScalarType as T;
+        let int = ValueType::Scalar(T::Int64);
+        let float = ValueType::Scalar(T::Float64);
+        let text = ValueType::Scalar(T::String);
+        assert_eq!(Value::Int64(42).convert(float), Value::Float64(42.0));
+        assert_eq!(Value::Int64(42).convert(text), Value::String("42".into()));
+        assert_eq!(Value::Float64(7.0).convert(int), Value::Int64(7));
+        assert_eq!(Value::Float64(7.5).convert(int), Value::Null);
+        assert_eq!(Value::Int64(i64::MAX).convert(float), Value::Null);
+        assert_eq!(Value::String(" 12 ".into()).convert(int), Value::Int64(12));
+        assert_eq!(Value::String("NZ".into()).convert(int), Value::Null);
+        assert_eq!(
+            Value::String("a".into()).convert(ValueType::List(T::String)),
+            Value::List(vec![Value::String("a".into())])
+        );
+        assert_eq!(
+            Value::List(vec![Value::Int64(2), Value::Int64(1), Value::Int64(2)])
+                .convert(ValueType::Set(T::Float64)),
+            Value::Set(vec![Value::Float64(1.0), Value::Float64(2.0)])
+        );
+        assert_eq!(
+            Value::List(vec![Value::Int64(1), Value::String("x".into())])
+                .convert(ValueType::List(T::Int64)),
+            Value::Null
+        );
+        assert_eq!(Value::Null.convert(int), Value::Null);
+        assert_eq!(
+            Value::Timestamp(0).convert(text),
+            Value::String(format_timestamp(0))
+        );
     }
 }

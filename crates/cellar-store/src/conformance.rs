@@ -228,6 +228,7 @@ fn group(name: &str, kind: GroupKind, retention: Retention) -> FeatureGroup {
         max_record_bytes: 8 * 1024,
         description: None,
         generation: 0,
+        previous: None,
     }
 }
 

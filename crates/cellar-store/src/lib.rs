@@ -8,6 +8,8 @@
 //! - [`Record`] and [`AppliedOffset`]: a record as stored, values by feature position;
 //! - [`codec`]: the compact, versioned byte encoding of records, and the size the record-size
 //!   limit is checked against;
+//! - [`layout`]: records stored under an earlier layout of their group (a retyped feature, a
+//!   previous storage generation), laid out and converted for the current one;
 //! - [`varint`]: the LEB128 and zigzag integers of that encoding, shared with the stream log's;
 //! - [`embedded`]: the embedded backend (fjall on local disk), durable on every `put`;
 //! - [`conformance`]: the checks every backend must pass, and the
@@ -22,6 +24,7 @@ pub mod codec;
 pub mod conformance;
 pub mod embedded;
 pub mod faults;
+pub mod layout;
 mod record;
 pub mod varint;
 

@@ -175,19 +175,19 @@ async fn breaking_applies_are_refused_and_allowed_ones_never_misread_old_values(
     );
     assert_eq!(node.registry.current().await.unwrap().unwrap().version, 1);
 
-    // Allowed: the old int64 values are never served as strings; the feature reads as null
-    // until written again, and the other feature keeps its value.
+    // Allowed: the old int64 value is never read as a string's bytes; it is served converted
+    // to the new type until written again, and the other feature keeps its value.
     assert_eq!(node.apply(&retyped, Breaking::Allow).await.unwrap(), 2);
     let served = |row: &Value| row["values"].clone();
     let mut row = node.read_once_serving(&["country", "age"]).await;
     for _ in 0..200 {
-        if row["values"][1].is_null() {
+        if row["values"][1].is_string() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         row = node.read_once_serving(&["country", "age"]).await;
     }
-    assert_eq!(served(&row), json!(["NZ", null]));
+    assert_eq!(served(&row), json!(["NZ", "33"]));
     node.push(
         "2026-01-02T00:00:00Z",
         json!({"country": "NZ", "age": "thirty-four"}),
@@ -195,6 +195,14 @@ async fn breaking_applies_are_refused_and_allowed_ones_never_misread_old_values(
     .await;
     let row = node.read_once_serving(&["country", "age"]).await;
     assert_eq!(served(&row), json!(["NZ", "thirty-four"]));
+    // A write that names only the retyped feature replaces the old value too: a null
+    // written now is served as null, not as the old value converted.
+    node.push("2026-01-03T00:00:00Z", json!({"age": null}))
+        .await;
+    let row = node.read_once_serving(&["country", "age"]).await;
+    assert_eq!(served(&row), json!(["NZ", null]));
+    node.push("2026-01-04T00:00:00Z", json!({"age": "thirty-four"}))
+        .await;
 
     // Removing a feature is refused; allowed, its position is retired, and a feature added
     // later under the same name does not read the old value.
@@ -217,15 +225,16 @@ async fn breaking_applies_are_refused_and_allowed_ones_never_misread_old_values(
 }
 
 #[tokio::test]
-async fn a_kind_change_or_a_recreated_group_starts_empty_instead_of_misreading() {
+async fn a_kind_change_serves_the_old_records_laid_out_anew_and_a_recreated_group_starts_empty() {
     let profile = group("attribute", &[("country", "string"), ("age", "int64")]);
     let node = Node1::start(&profile).await;
     node.push("2026-01-01T00:00:00Z", json!({"country": "NZ", "age": 33}))
         .await;
     node.read_once_serving(&["country", "age"]).await;
 
-    // attribute -> timeseries: refused, then a new generation that starts empty.
-    let series = group("timeseries", &[("country", "string"), ("age", "int64")]);
+    // attribute -> timeseries: refused, then a new generation, where the old attribute record
+    // is served as a series of one (the age as float64 now) until the entity has its own.
+    let series = group("timeseries", &[("age", "float64"), ("country", "string")]);
     let message = node
         .apply(&series, Breaking::Refuse)
         .await
@@ -233,21 +242,39 @@ async fn a_kind_change_or_a_recreated_group_starts_empty_instead_of_misreading()
         .to_string();
     assert!(message.contains("group type changed"), "{message}");
     node.apply(&series, Breaking::Allow).await.unwrap();
-    let mut answer = Value::Null;
-    for _ in 0..200 {
-        let (status, body) = node
-            .post(
-                "/v1/features",
-                json!({"entities": {"user_id": ["u1"]}, "groups": ["user_profile"]}),
-            )
-            .await;
-        if status == 200 && body["results"][0]["rows"][0].get("records").is_some() {
-            answer = body["results"][0]["rows"][0].clone();
-            break;
+    let read_series = || async {
+        for _ in 0..200 {
+            let (status, body) = node
+                .post(
+                    "/v1/features",
+                    json!({"entities": {"user_id": ["u1"]}, "groups": ["user_profile"]}),
+                )
+                .await;
+            if status == 200 && body["results"][0]["rows"][0].get("records").is_some() {
+                return body["results"][0]["rows"][0]["records"].clone();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(answer["records"], json!([]), "{answer}");
+        panic!("the node never served user_profile as a time series");
+    };
+    let records = read_series().await;
+    assert_eq!(records.as_array().unwrap().len(), 1, "{records}");
+    assert_eq!(records[0]["values"], json!([33.0, "NZ"]), "{records}");
+    assert_eq!(
+        records[0]["event_time"], "2026-01-01T00:00:00Z",
+        "{records}"
+    );
+
+    // A new event of the series comes first; the old record still follows it.
+    node.push(
+        "2026-01-02T00:00:00Z",
+        json!({"age": 34.5, "country": "NZ"}),
+    )
+    .await;
+    let records = read_series().await;
+    assert_eq!(records.as_array().unwrap().len(), 2, "{records}");
+    assert_eq!(records[0]["values"], json!([34.5, "NZ"]), "{records}");
+    assert_eq!(records[1]["values"], json!([33.0, "NZ"]), "{records}");
 
     // Removing the group is breaking; created again, it does not see the old records.
     std::fs::remove_file(node.repo.join("groups.yaml")).unwrap();
@@ -274,4 +301,73 @@ async fn a_kind_change_or_a_recreated_group_starts_empty_instead_of_misreading()
         row = node.read_once_serving(&["country", "age"]).await;
     }
     assert_eq!(row["status"], "not_found", "{row}");
+}
+
+#[tokio::test]
+async fn a_key_type_change_keeps_serving_and_merging_into_the_old_records() {
+    let profile = group("attribute", &[("country", "string"), ("age", "int64")]);
+    let node = Node1::start(&profile).await;
+    let push = |user: Value, time: &str, features: Value| {
+        json!({"group": "user_profile", "records": [
+            {"entity": {"user_id": user}, "event_time": time, "features": features}
+        ]})
+    };
+    let read = |user: Value| json!({"entities": {"user_id": [user]}, "groups": ["user_profile"]});
+    let (status, body) = node
+        .post(
+            "/v1/push",
+            push(
+                json!("42"),
+                "2026-01-01T00:00:00Z",
+                json!({"country": "NZ", "age": 33}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // user_id becomes an int64 (and a feature is added, which tells when the node serves the
+    // new version): refused, then allowed; the generation moves.
+    let with_city = group(
+        "attribute",
+        &[("country", "string"), ("age", "int64"), ("city", "string")],
+    );
+    std::fs::write(
+        node.repo.join("entities.yaml"),
+        ENTITY.replace("type: string", "type: int64"),
+    )
+    .unwrap();
+    let message = node
+        .apply(&with_city, Breaking::Refuse)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("key"), "{message}");
+    node.apply(&with_city, Breaking::Allow).await.unwrap();
+    let mut row = Value::Null;
+    for _ in 0..200 {
+        let (status, body) = node.post("/v1/features", read(json!(42))).await;
+        if status == 200 && body["results"][0]["features"].as_array().map(Vec::len) == Some(3) {
+            row = body["results"][0]["rows"][0].clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(row["values"], json!(["NZ", 33, null]), "{row}");
+
+    // A write of one feature into the new generation keeps the other from the old record.
+    let (status, body) = node
+        .post(
+            "/v1/push",
+            push(json!(42), "2026-01-02T00:00:00Z", json!({"age": 34})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = node.post("/v1/features", read(json!(42))).await;
+    assert_eq!(
+        body["results"][0]["rows"][0]["values"],
+        json!(["NZ", 34, null]),
+        "{body}"
+    );
+    let applied = node.registry.current().await.unwrap().unwrap();
+    assert!(applied.repo.group("user_profile").unwrap().generation > 0);
 }

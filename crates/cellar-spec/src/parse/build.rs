@@ -44,6 +44,7 @@ impl Drafts {
                 max_record_bytes: d.max_record_bytes,
                 description: d.head.description,
                 generation: 0,
+                previous: None,
             });
         }
         for d in self.ingestions {
