@@ -3,6 +3,10 @@
 //! every expected value is stored, no event is lost and none is counted twice: latest values,
 //! time series and windowed aggregates (counts, a sum, a distinct count) are exact.
 //!
+//! The same holds end to end, from a file through `cellar produce` to `cellar serve` (which
+//! appends to the embedded log and ingests it in-process) with both killed again and again:
+//! every line is appended once, and every event counted once.
+//!
 //! The Kafka test needs the broker `CELLAR_TEST_KAFKA` names (`scripts/test.sh` starts one): it
 //! is ignored by a plain `cargo test`, and run with `--include-ignored` but without the
 //! variable, it fails.
@@ -11,7 +15,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -134,9 +138,8 @@ fn events() -> impl Iterator<Item = (String, String)> {
 }
 
 /// Events of `actions` committed by the ingestion's consumer group so far.
-fn committed_log_events(data: &Path) -> i64 {
-    let log = EventLog::open(data.join("log")).unwrap();
-    (0..log.partitions("actions").unwrap())
+fn committed_log_events(log: &EventLog) -> i64 {
+    (0..log.partitions("actions").unwrap_or(0))
         .map(|p| {
             log.committed("cellar-ingest", "actions", p)
                 .unwrap()
@@ -323,7 +326,7 @@ async fn killed_ingestion_loses_nothing_and_writes_nothing_twice() {
             progress: false,
             wait_ms: 300..1500,
         },
-        || committed_log_events(&data),
+        || committed_log_events(&EventLog::open(data.join("log")).unwrap()),
         total,
     )
     .await;
@@ -350,6 +353,352 @@ async fn killed_ingestion_loses_nothing_and_writes_nothing_twice() {
     for p in 0..dead {
         assert_eq!(log.end_offset("cellar-dead-letter", p).unwrap(), 0);
     }
+}
+
+/// A running `cellar serve` on the test's data directory, which ingests the embedded log
+/// in-process.
+struct Server {
+    child: Child,
+    base: String,
+    http: reqwest::Client,
+}
+
+/// What a running server's `/metrics` says of its stream ingestion.
+struct Ingesting {
+    /// Events the main pipeline processed since this process started.
+    processed: u64,
+    /// Events of `actions` appended but not yet committed.
+    lag: i64,
+}
+
+impl Server {
+    /// Starts `cellar serve` on free ports (stderr appended to `log`) and waits until it
+    /// answers.
+    async fn start(data: &Path, log: &Path) -> Server {
+        let port = free_port();
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let mut child = cellar(data)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--grpc-listen")
+            .arg(format!("127.0.0.1:{}", free_port()))
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let server_url = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let started = Instant::now();
+        loop {
+            let health = http.get(format!("{server_url}/health")).send().await;
+            if health.is_ok_and(|r| r.status().is_success()) {
+                break;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("`cellar serve` exited ({status}): {}", log_tail(log));
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "`cellar serve` did not answer within 2 minutes: {}",
+                log_tail(log)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Server {
+            child,
+            base: server_url,
+            http,
+        }
+    }
+
+    async fn ingesting(&self) -> Ingesting {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let mut now = Ingesting {
+            processed: 0,
+            lag: 0,
+        };
+        let has = |s: &cellar::stats::Sample, k: &str, v: &str| {
+            s.labels.iter().any(|(key, value)| key == k && value == v)
+        };
+        for s in cellar::stats::parse_samples(&text) {
+            if s.name == "cellar_ingest_events_total" && has(&s, "pipeline", "main") {
+                now.processed = s.value as u64;
+            } else if s.name == "cellar_ingest_consumer_lag" && has(&s, "topic", "actions") {
+                now.lag += s.value as i64;
+            }
+        }
+        now
+    }
+
+    /// SIGKILL; returns once the process is gone, so its data directory is free again.
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(40).collect();
+    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+}
+
+/// Starts `cellar produce` of `file` against `server`.
+fn start_producing(data: &Path, file: &Path, server: &Server) -> Child {
+    cellar(data)
+        .args(["produce", "-t", "actions"])
+        .arg(file)
+        .args(["--server", &server.base])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The embedded log of a stopped server, as the test's producer and the ingestion left it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LogState {
+    /// Events in `actions`: the sum of its end offsets (offsets are gap-free, and the test's
+    /// producer is the topic's only writer).
+    appended: i64,
+    /// Events of `actions` the ingestion committed.
+    committed: i64,
+    /// The sequence the log expects next of the test's producer.
+    next_sequence: u64,
+}
+
+fn log_state(data: &Path, producer: &str) -> LogState {
+    let log = EventLog::open(data.join("log")).unwrap();
+    // The topic is created by the first append, or by the ingestion when it starts.
+    let partitions = log.partitions("actions").unwrap_or(0);
+    LogState {
+        appended: (0..partitions)
+            .map(|p| log.end_offset("actions", p).unwrap())
+            .sum(),
+        committed: committed_log_events(&log),
+        next_sequence: log.next_sequence("actions", producer),
+    }
+}
+
+/// Waits until `actions` holds more than `at_least` events, as the running server shows.
+/// Both its figures bound the end offsets from below: the lag is the end offsets minus
+/// committed positions that only grew from `committed_before`, and the events it processed
+/// are distinct offsets from there. Returns false if `producer` exits first.
+async fn wait_until_appended(
+    server: &Server,
+    producer: &mut Child,
+    at_least: i64,
+    committed_before: i64,
+) -> bool {
+    let started = Instant::now();
+    loop {
+        let now = server.ingesting().await;
+        if committed_before + now.lag.max(now.processed as i64) > at_least {
+            return true;
+        }
+        if producer.try_wait().unwrap().is_some() {
+            return false;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "`cellar produce` appended nothing for a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The three figures `cellar produce` prints: appended, appended before and skipped, and
+/// consumed by no ingestion.
+fn produced_counts(stdout: &str) -> [u64; 3] {
+    let numbers: Vec<u64> = stdout
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    numbers
+        .try_into()
+        .unwrap_or_else(|_| panic!("unexpected output of `cellar produce`: {stdout}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_producer_and_server_append_and_count_every_event_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let serve_log = dir.path().join("serve.log");
+    apply_repo(dir.path(), &data, "actions");
+    let file = dir.path().join("actions.jsonl");
+    let mut lines = String::new();
+    for (_, payload) in events() {
+        lines.push_str(&payload);
+        lines.push('\n');
+    }
+    std::fs::write(&file, lines).unwrap();
+    let total = (USERS * EVENTS_PER_USER) as i64;
+    let producer_id = cellar::client::producer_id_for(&file);
+
+    // Rounds of: serve, produce, then either kill the producer and, while the server still
+    // ingests what it appended, the server; or kill the server under the producer (whose
+    // request may then be appended without an answer reaching it). Each kill waits for
+    // progress, and the log, read once the server is gone, shows where it landed.
+    let mut rng = rand::rng();
+    let (mut producer_kills, mut server_kills, mut under_producer) = (0, 0, 0);
+    let mut before = log_state(&data, &producer_id);
+    for round in 0..30 {
+        if producer_kills >= 3 && server_kills >= 3 && under_producer >= 1 {
+            break;
+        }
+        let server = Server::start(&data, &serve_log).await;
+        let mut producer = start_producing(&data, &file, &server);
+        // Small steps, so the file outlasts the kills it needs.
+        let step = rng.random_range(500..(total / 12));
+        let appended = wait_until_appended(
+            &server,
+            &mut producer,
+            before.appended + step,
+            before.committed,
+        )
+        .await;
+        assert!(
+            appended,
+            "`cellar produce` exited before appending past {}: {:?}",
+            before.appended + step,
+            producer.wait_with_output().unwrap()
+        );
+        let kill_producer_first = round % 2 == 0;
+        let processed = if kill_producer_first {
+            producer.kill().unwrap();
+            producer.wait().unwrap();
+            // Let the server ingest part of what is behind, then kill it.
+            let lag = server.ingesting().await.lag;
+            let target = rng.random_range(1..(lag * 3 / 4).max(2)) as u64;
+            let started = Instant::now();
+            let processed = loop {
+                let now = server.ingesting().await;
+                if now.processed >= target || now.lag == 0 {
+                    break now.processed;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "the server ingested nothing for a minute: {}",
+                    log_tail(&serve_log)
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            };
+            server.kill();
+            processed
+        } else {
+            let processed = server.ingesting().await.processed;
+            server.kill();
+            // Its server gone, the producer fails on its own.
+            let output = producer.wait_with_output().unwrap();
+            assert!(!output.status.success(), "{output:?}");
+            processed
+        };
+
+        let after = log_state(&data, &producer_id);
+        eprintln!(
+            "round {round}: {} first; {before:?} -> {after:?}; the server processed {processed}",
+            if kill_producer_first {
+                "producer killed"
+            } else {
+                "server killed under the producer"
+            }
+        );
+        // Every sequence the producer sent is in the log once: re-runs appended only the rest.
+        assert_eq!(after.appended as u64, after.next_sequence, "{after:?}");
+        assert!(after.appended >= before.appended && after.committed >= before.committed);
+        assert!(after.committed <= after.appended);
+        let mid_file = after.appended > before.appended && after.appended < total;
+        if kill_producer_first && mid_file {
+            producer_kills += 1;
+        }
+        if !kill_producer_first && mid_file {
+            under_producer += 1;
+        }
+        if processed > 0 && after.committed < after.appended {
+            server_kills += 1;
+        }
+        before = after;
+    }
+    eprintln!(
+        "kills landed mid-way: {producer_kills} of the producer, {server_kills} of the server \
+         ({under_producer} under the producer)"
+    );
+    assert!(
+        producer_kills >= 3 && server_kills >= 3 && under_producer >= 1,
+        "too few kills landed mid-way: {producer_kills} of the producer, {server_kills} of the \
+         server ({under_producer} under the producer)"
+    );
+
+    // Then the producer runs to the end: it appends exactly what is missing.
+    let server = Server::start(&data, &serve_log).await;
+    let output = start_producing(&data, &file, &server)
+        .wait_with_output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    let [appended, skipped, unrouted] = produced_counts(&stdout);
+    assert_eq!(appended as i64, total - before.appended, "{stdout}");
+    assert_eq!(skipped as i64, before.appended, "{stdout}");
+    assert_eq!(unrouted, 0, "{stdout}");
+    // And the server ingests the rest.
+    let started = Instant::now();
+    while server.ingesting().await.lag > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the server did not catch up within 2 minutes: {}",
+            log_tail(&serve_log)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("caught up in {:?}", started.elapsed());
+    server.kill();
+    let status = cellar(&data)
+        .args(["ingest", "--until-caught-up"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    // Every line of the file is in the log exactly once, and every event was counted once.
+    let log = EventLog::open(data.join("log")).unwrap();
+    assert_eq!(log.next_sequence("actions", &producer_id), total as u64);
+    let mut seen = BTreeSet::new();
+    for p in 0..log.partitions("actions").unwrap() {
+        let end = log.end_offset("actions", p).unwrap();
+        assert_eq!(
+            log.committed("cellar-ingest", "actions", p).unwrap(),
+            Some(end)
+        );
+        for entry in log.read("actions", p, 0, end as usize).unwrap() {
+            let event: serde_json::Value = serde_json::from_slice(&entry.payload).unwrap();
+            let id = (event["user_id"].to_string(), event["seq"].as_i64().unwrap());
+            assert!(seen.insert(id.clone()), "{id:?} is in the log twice");
+        }
+    }
+    assert_eq!(seen.len() as i64, total, "events missing from the log");
+    let dead = log.partitions("cellar-dead-letter").unwrap_or(0);
+    for p in 0..dead {
+        assert_eq!(log.end_offset("cellar-dead-letter", p).unwrap(), 0);
+    }
+    drop(log);
+    verify_store(&data).await;
 }
 
 const KAFKA_PARTITIONS: i32 = 4;
