@@ -21,7 +21,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -173,7 +173,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> io::Result<()> {
     let guard = Arc::new(Guard {
-        in_flight: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
+        in_flight: Arc::new(AtomicUsize::new(0)),
         max_in_flight: limits.max_in_flight.max(1),
         body_timeout: limits.body_timeout,
         max_body_bytes: limits.max_body_bytes,
@@ -261,12 +261,11 @@ async fn serve_connection(
     mut stop: watch::Receiver<()>,
 ) {
     let opened = Instant::now();
-    let activity = Arc::new(AtomicU64::new(0));
+    let moved = Arc::new(AtomicBool::new(false));
     let started = Arc::new(AtomicBool::new(false));
     let io = TokioIo::new(Tracked {
         stream,
-        opened,
-        activity: activity.clone(),
+        moved: moved.clone(),
     });
     let service = {
         let started = started.clone();
@@ -279,9 +278,13 @@ async fn serve_connection(
     let conn = builder.serve_connection(io, service);
     let mut conn = std::pin::pin!(conn);
     let mut closing = false;
+    // The stream only flags that it moved bytes (a clock read on every read and write would
+    // cost more than the check); the flag is looked at every quarter of the idle timeout, so a
+    // connection is closed after idling between one and one and a half timeouts.
+    let check_every = (timeouts.idle / 4).max(Duration::from_millis(1));
+    let mut last_active = opened;
     loop {
-        let last_byte = opened + Duration::from_millis(activity.load(Ordering::Relaxed));
-        let mut wake = last_byte + timeouts.idle;
+        let mut wake = Instant::now() + check_every;
         if !started.load(Ordering::Relaxed) {
             wake = wake.min(opened + timeouts.header);
         }
@@ -298,14 +301,16 @@ async fn serve_connection(
                     // No request began within the header timeout: nothing to finish.
                     return;
                 }
-                let last_byte = opened + Duration::from_millis(activity.load(Ordering::Relaxed));
-                if now >= last_byte + timeouts.idle {
+                if moved.swap(false, Ordering::Relaxed) {
+                    last_active = now;
+                } else if now >= last_active + timeouts.idle {
                     if closing {
                         // Not even the graceful close moved a byte.
                         return;
                     }
                     conn.as_mut().graceful_shutdown();
                     closing = true;
+                    last_active = now;
                 }
             }
             _ = stop.changed(), if !closing => {
@@ -316,18 +321,15 @@ async fn serve_connection(
     }
 }
 
-/// A TCP stream that notes when it last moved a byte, for the idle timeout.
+/// A TCP stream that flags when it moved a byte, for the idle timeout.
 struct Tracked {
     stream: TcpStream,
-    opened: Instant,
-    /// Milliseconds from `opened` to the last byte read or written.
-    activity: Arc<AtomicU64>,
+    moved: Arc<AtomicBool>,
 }
 
 impl Tracked {
     fn touch(&self) {
-        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.activity.store(ms, Ordering::Relaxed);
+        self.moved.store(true, Ordering::Relaxed);
     }
 }
 
@@ -386,8 +388,9 @@ impl AsyncWrite for Tracked {
 
 /// The per-request limits of one listener.
 struct Guard {
-    /// One permit per request in progress, held until its answer is sent.
-    in_flight: Arc<Semaphore>,
+    /// Requests in progress, each counted until its answer is sent. A counter, not a
+    /// semaphore: nothing waits for a slot, and a semaphore's release takes a lock.
+    in_flight: Arc<AtomicUsize>,
     max_in_flight: usize,
     body_timeout: Duration,
     max_body_bytes: usize,
@@ -403,7 +406,7 @@ async fn guard_request(State(guard): State<Arc<Guard>>, req: Request, next: Next
         .then(|| grpc_timeout(req.headers()))
         .flatten()
         .map(|timeout| tokio::time::Instant::now() + timeout);
-    let Ok(slot) = guard.in_flight.clone().try_acquire_owned() else {
+    let Some(slot) = InFlight::enter(&guard.in_flight, guard.max_in_flight) else {
         guard.observed.refused(Refusal::shed);
         let message = format!(
             "overloaded: {} requests are in progress, the limit of this listener \
@@ -416,8 +419,15 @@ async fn guard_request(State(guard): State<Arc<Guard>>, req: Request, next: Next
         return resp;
     };
     let (parts, body) = req.into_parts();
-    let read = Limited::new(body, guard.max_body_bytes).collect();
-    let bytes = match tokio::time::timeout(guard.body_timeout, read).await {
+    let mut read = std::pin::pin!(Limited::new(body, guard.max_body_bytes).collect());
+    // Most bodies have arrived with their headers: the timer is armed only for one that has
+    // not (arming and clearing one per request costs more than reading a small body).
+    let arrived = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
+    let read = match arrived {
+        Poll::Ready(read) => Ok(read),
+        Poll::Pending => tokio::time::timeout(guard.body_timeout, read).await,
+    };
+    let bytes = match read {
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
             guard.observed.refused(Refusal::body_too_large);
@@ -549,10 +559,31 @@ fn grpc_status(status: tonic::Status) -> Response {
     status.into_http::<Body>()
 }
 
+/// One request counted in progress, until dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    /// Counts one more request, unless `max` are in progress.
+    fn enter(count: &Arc<AtomicUsize>, max: usize) -> Option<InFlight> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| InFlight(count.clone()))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// An answer's body, holding its request's in-flight slot until it is sent (or dropped).
 struct Held {
     body: Body,
-    _slot: OwnedSemaphorePermit,
+    _slot: InFlight,
 }
 
 impl HttpBody for Held {
