@@ -15,6 +15,7 @@
 //! - [`writer`]: the batching writer: one durable store write per group per batch;
 //! - [`aggregate`]: read-modify-write of attribute records: partial updates, windowed
 //!   aggregates, and the applied offsets that make redelivered events no-ops;
+//! - `distinct`: the fixed-size state of distinct counts: exact hashes, then HyperLogLog;
 //! - [`consumer`]: the parallel in-partition consumer: per-key ordering, out-of-order
 //!   completion tracking, the committable offset, bounded in-flight work and adaptive
 //!   concurrency.
@@ -25,6 +26,7 @@ pub mod aggregate;
 pub mod consumer;
 pub mod decode;
 pub mod dispatch;
+mod distinct;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod log;

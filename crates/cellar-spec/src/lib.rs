@@ -6,6 +6,7 @@
 //! - [`model`]: the spec types, plain serializable data;
 //! - [`value`]: feature value types, values, and their JSON forms;
 //! - [`key`]: canonical entity keys;
+//! - [`aggregate`]: how windowed aggregates are kept, and the worst-case size of their state;
 //! - [`limits`]: the bounds of keys, event times and durations entering Cellar;
 //! - [`repo`]: a whole feature repo and its lookups;
 //! - [`parse`]: YAML text to a validated [`FeatureRepo`], collecting every error;
@@ -17,6 +18,7 @@
 //! This crate does no IO (callers hand it file names and text; it only reads the clock) and
 //! depends on no other Cellar crate: every other crate depends on it.
 
+pub mod aggregate;
 pub mod evolve;
 pub mod key;
 pub mod limits;

@@ -5,8 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::mapping::aggregate_name;
 use super::suggest::suggest;
-use super::{Drafts, GroupDraft, Head, IngestionDraft, SpecError};
-use crate::model::{AggregateFunction, GroupKind, IngestionSource, Origin};
+use super::{Drafts, GroupDraft, Head, IngestionDraft, Located, SpecError};
+use crate::aggregate;
+use crate::model::{AggregateFunction, FeatureExpr, GroupKind, IngestionSource, Origin};
 use crate::repo::SpecKind;
 use crate::value::{ScalarType, ValueType};
 
@@ -50,6 +51,10 @@ fn first_by_name<'d>(
     }
     first.into_iter().map(|(k, (i, _))| (k, i)).collect()
 }
+
+/// The largest state kept for one aggregate feature: bytes, buckets, and the mapping keeping
+/// it.
+type FeatureState<'d> = (usize, u64, &'d Located<String>);
 
 fn no_such_feature(group: &GroupDraft, feature: &str) -> String {
     match suggest(feature, group.features.iter().map(|f| f.name.as_str())) {
@@ -100,6 +105,7 @@ impl Drafts {
             self.check_ingestion(ingestion, &entities, &groups, &ingestions, errors);
         }
         self.check_dependency_cycles(&ingestions, errors);
+        self.check_aggregate_state(&groups, errors);
 
         for service in &self.services {
             for selection in &service.selections {
@@ -245,6 +251,70 @@ impl Drafts {
         }
     }
 
+    /// Reports each attribute group whose windowed aggregates could keep more state than its
+    /// `max_record_bytes`: a busy entity's record would be refused, and with it every update of
+    /// the entity's features. Reported at the group's largest aggregate.
+    fn check_aggregate_state(&self, groups: &BTreeMap<&str, usize>, errors: &mut Vec<SpecError>) {
+        // Per group, per feature: the largest state any ingestion keeps for it, and where.
+        let mut states: BTreeMap<usize, BTreeMap<&str, FeatureState>> = BTreeMap::new();
+        for ingestion in &self.ingestions {
+            let Some(&g) = ingestion
+                .into
+                .as_ref()
+                .and_then(|i| groups.get(i.value.as_str()))
+            else {
+                continue;
+            };
+            let group = &self.groups[g];
+            if group.kind == Some(GroupKind::Timeseries) {
+                continue;
+            }
+            for mapping in &ingestion.features {
+                let Some(FeatureExpr::Aggregate(agg)) = &mapping.expr else {
+                    continue;
+                };
+                if !group
+                    .features
+                    .iter()
+                    .any(|f| f.name == mapping.feature.value)
+                {
+                    continue;
+                }
+                let buckets = aggregate::buckets(agg.window, agg.slide);
+                let bytes = aggregate::worst_state_bytes(agg.function, buckets);
+                let slot = states
+                    .entry(g)
+                    .or_default()
+                    .entry(mapping.feature.value.as_str())
+                    .or_insert((0, 0, &mapping.feature));
+                if bytes > slot.0 {
+                    *slot = (bytes, buckets, &mapping.feature);
+                }
+            }
+        }
+        for (g, features) in states {
+            let group = &self.groups[g];
+            let total: usize = features.values().map(|(bytes, _, _)| bytes).sum();
+            if total <= group.max_record_bytes {
+                continue;
+            }
+            let Some((bytes, buckets, at)) = features.values().max_by_key(|(bytes, _, _)| *bytes)
+            else {
+                continue;
+            };
+            errors.push(error_at(
+                &at.origin,
+                &at.field,
+                format!(
+                    "the windowed aggregates of group `{}` may keep {total} bytes per entity \
+                     (`{}` alone {bytes}, over {buckets} bucket(s)), over its max_record_bytes \
+                     of {}: slide by longer steps, or raise max_record_bytes",
+                    group.head.name, at.value, group.max_record_bytes
+                ),
+            ));
+        }
+    }
+
     /// Reports each cycle of batch `depends_on` once, as `a -> b -> a`, at the first declared
     /// member of the cycle.
     fn check_dependency_cycles(
@@ -333,6 +403,31 @@ impl Drafts {
 #[cfg(test)]
 mod tests {
     use crate::parse::tests::{errors_of, USER};
+
+    #[test]
+    fn aggregate_state_must_fit_the_group_record_limit() {
+        let group = |max: &str| {
+            format!(
+                "{USER}---\nkind: FeatureGroup\nname: a\nentity: user\ntype: attribute\n\
+                 {max}features: [{{ name: n, type: int64 }}, {{ name: d, type: int64 }}]\n---\n\
+                 kind: Ingestion\nname: i\nstream: {{ topic: t }}\ninto: a\nkey: $.u\nfeatures:\n  \
+                 n: {{ aggregate: count, window: 1d, slide: 1m }}\n  \
+                 d: {{ aggregate: distinct_count, of: $.v, window: 1h }}\n"
+            )
+        };
+        assert_eq!(
+            errors_of(&group("")),
+            vec![
+                "repo.yaml:17: features.n: the windowed aggregates of group `a` may keep 31855 \
+                 bytes per entity (`n` alone 30273, over 1440 bucket(s)), over its \
+                 max_record_bytes of 8192: slide by longer steps, or raise max_record_bytes",
+            ]
+        );
+        assert!(errors_of(&group("max_record_bytes: 40000\n")).is_empty());
+        // A distinct count's sketches shrink with its buckets, to a floor.
+        let sliding = group("").replace("window: 1d, slide: 1m", "window: 1h, slide: 5m");
+        assert!(errors_of(&sliding).is_empty());
+    }
 
     #[test]
     fn aggregates_only_into_attribute_groups_of_numeric_features() {

@@ -9,6 +9,7 @@ use super::document::{is_null, join};
 use super::scalars::{format_duration, parse_duration};
 use super::suggest::suggest;
 use super::{Doc, MappingDraft};
+use crate::aggregate::MAX_SLIDES_PER_WINDOW;
 use crate::model::{AggregateExpr, AggregateFunction, FeatureExpr};
 
 fn aggregate_function(name: &str) -> Result<AggregateFunction, String> {
@@ -25,10 +26,6 @@ fn aggregate_function(name: &str) -> Result<AggregateFunction, String> {
         }),
     }
 }
-
-/// Most buckets a sliding window keeps per entity: each holds a partial aggregate in the
-/// entity's record.
-const MAX_SLIDES_PER_WINDOW: u128 = 4096;
 
 pub(super) fn aggregate_name(f: AggregateFunction) -> &'static str {
     match f {
@@ -193,9 +190,9 @@ impl Doc<'_> {
                         format_duration(slide)
                     ),
                 );
-            } else if let Some(w) =
-                window.filter(|w| w.as_millis() / slide.as_millis().max(1) > MAX_SLIDES_PER_WINDOW)
-            {
+            } else if let Some(w) = window.filter(|w| {
+                w.as_millis() / slide.as_millis().max(1) > u128::from(MAX_SLIDES_PER_WINDOW)
+            }) {
                 self.error(
                     n.span(),
                     &join(path, "slide"),
