@@ -8,7 +8,8 @@
 //! Two runs of the same flow, each on a fresh directory (under `dir`, or a temp dir): a
 //! producer appends `events` (default 3,000,000) keyed JSON events of about 200 bytes to a
 //! topic of 8 partitions in batches of 1,000, while a consumer reads every partition behind
-//! it and commits after each read, as the pipeline does. The first run also enforces
+//! it and commits after each read, as the pipeline does; the producer waits while the
+//! consumer is more than 100,000 events behind. The first run also enforces
 //! retention the way `cellar serve` does for `ingest.log_retention_secs = keep_secs`
 //! (default 1): every `keep_secs` (at least 1 s, at most 60 s), remove what the consumer
 //! committed and is older than `keep_secs`. The second run keeps everything: the baseline.
@@ -30,6 +31,10 @@ const GROUP: &str = "cellar";
 const PARTITIONS: u32 = 8;
 const BATCH: usize = 1_000;
 const REPORT_EVERY: usize = 250_000;
+/// Events appended but not yet committed past which the producer waits for the consumer, as
+/// a source paced by its consumers would: the log then holds what retention keeps, not a
+/// backlog that grows with the run.
+const MAX_LAG: i64 = 100_000;
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -83,30 +88,42 @@ fn held(log: &EventLog) -> Result<i64, LogError> {
     })
 }
 
+/// Events appended and not yet committed by the consumer.
+fn lag(log: &EventLog) -> Result<i64, LogError> {
+    (0..PARTITIONS).try_fold(0, |sum, p| {
+        let committed = log.committed(GROUP, TOPIC, p)?.unwrap_or(0);
+        Ok(sum + log.end_offset(TOPIC, p)? - committed)
+    })
+}
+
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1 << 20) as f64
 }
 
 /// Reads every partition from the group's position and commits what it read, until `done`
-/// is set and it has caught up.
+/// is set and it has caught up. The partitions' commits go together, so the writer folds
+/// them into one fsync and the consumer keeps pace with the producer.
 async fn consume(log: EventLog, done: Arc<AtomicBool>) -> Result<u64, LogError> {
     let mut consumed = 0;
     loop {
         let finished = done.load(Ordering::Acquire);
-        let mut idle = true;
+        let mut commits = Vec::new();
         for p in 0..PARTITIONS {
             let from = log.committed(GROUP, TOPIC, p)?.unwrap_or(0);
             let entries = log.read(TOPIC, p, from, BATCH)?;
             let Some(last) = entries.last() else { continue };
-            idle = false;
             consumed += entries.len() as u64;
-            log.commit(GROUP, TOPIC, p, last.offset + 1).await?;
+            let next = last.offset + 1;
+            let log = log.clone();
+            commits.push(async move { log.commit(GROUP, TOPIC, p, next).await });
         }
-        if idle {
+        if commits.is_empty() {
             if finished {
                 return Ok(consumed);
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
+        } else {
+            futures::future::try_join_all(commits).await?;
         }
     }
 }
@@ -159,6 +176,9 @@ async fn run(
     };
     let mut appended = 0;
     while appended < total {
+        while lag(&log)? > MAX_LAG {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         let count = BATCH.min(total - appended);
         log.append(TOPIC, &events(appended, count)).await?;
         appended += count;
