@@ -1022,3 +1022,96 @@ async fn retention_keeps_the_log_bounded_while_events_flow() {
     drop(log);
     assert!(dir.path().exists());
 }
+
+/// The bytes of every file under `dir`.
+fn disk_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .expect("list the log's directory")
+        .map(|entry| {
+            let entry = entry.expect("directory entry");
+            let meta = entry.metadata().expect("file metadata");
+            if meta.is_dir() {
+                disk_bytes(&entry.path())
+            } else {
+                meta.len()
+            }
+        })
+        .sum()
+}
+
+/// About 1 KB of hex digits that compression cannot shrink, so the bytes on disk follow the
+/// records kept rather than how well they compress.
+fn incompressible(seed: u64) -> String {
+    let mut state = seed;
+    (0..64)
+        .map(|_| {
+            // splitmix64
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            format!("{:016x}", z ^ (z >> 31))
+        })
+        .collect()
+}
+
+/// 400,000 events of about 1 KB (400 MiB) flow through the log while a consumer commits
+/// behind the producer and retention deletes what it committed. The log's directory, about
+/// 115 MiB after the first 100,000 events (journals not yet rotated, the first memtable
+/// flushed), stays between 64 and 145 MiB from there on: journals are evicted at fjall's
+/// 64 MiB limit and compaction drops the deleted records. Twice the size after 100,000 events
+/// leaves room for a journal and a flush more. Were nothing deleted, the directory would pass
+/// it by 250,000 events; with fjall's default 512 MiB of journals, by 225,000.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_keeps_the_log_bounded_on_disk_while_events_flow() {
+    const EVENTS: usize = 400_000;
+    const BATCH: usize = 1_000;
+    const PARTITIONS: u32 = 4;
+    let (log, dir) = fresh();
+    log.create_topic("events", PARTITIONS)
+        .await
+        .expect("create");
+    let mut early = None;
+    let mut sizes = Vec::new();
+    for batch in 1..=EVENTS / BATCH {
+        let records: Vec<LogRecord> = ((batch - 1) * BATCH..batch * BATCH)
+            .map(|i| {
+                let payload = format!("{{\"id\":{i},\"blob\":\"{}\"}}", incompressible(i as u64));
+                record(Some(&format!("k{}", i % 1_000)), &payload)
+            })
+            .collect();
+        log.append("events", &records).await.expect("append");
+        for p in 0..PARTITIONS {
+            let end = log.end_offset("events", p).expect("end");
+            log.commit("consumer", "events", p, end)
+                .await
+                .expect("commit");
+        }
+        if batch % 10 == 0 {
+            log.enforce_retention(Duration::ZERO, i64::MAX, &[], &[])
+                .await
+                .expect("retention");
+        }
+        if batch % 25 == 0 {
+            let bytes = disk_bytes(dir.path());
+            sizes.push((batch * BATCH, bytes >> 20));
+            match early {
+                None if batch * BATCH >= EVENTS / 4 => early = Some(bytes),
+                Some(early) => assert!(
+                    bytes <= 2 * early,
+                    "{bytes} bytes on disk after {} events, {early} after {}: (events, MiB) {sizes:?}",
+                    batch * BATCH,
+                    EVENTS / 4
+                ),
+                None => {}
+            }
+        }
+    }
+    let held: i64 = (0..PARTITIONS)
+        .map(|p| {
+            log.end_offset("events", p).expect("end")
+                - log.start_offset("events", p).expect("start")
+        })
+        .sum();
+    assert_eq!(held, 0, "retention ran after the last commit");
+}

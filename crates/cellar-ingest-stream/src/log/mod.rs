@@ -66,6 +66,12 @@ pub const MAX_NAME_BYTES: usize = cellar_spec::parse::MAX_TOPIC_LEN;
 const TRUNCATE_CHUNK: usize = 10_000;
 /// Records read ahead of need are not worth allocating for when a caller asks for "all".
 const READ_CAPACITY_HINT: usize = 1024;
+/// Journal bytes kept before fjall flushes the keyspaces still holding the oldest journal,
+/// fjall's minimum. A journal is deleted only once every keyspace has flushed what it holds,
+/// and the small keyspaces (positions, starts, producers) never fill a memtable of their own,
+/// so at fjall's default of 512 MiB the journals, not the records retention keeps, would
+/// set the log's size on disk.
+const MAX_JOURNAL_BYTES: u64 = 64 << 20;
 
 /// One record to append: what a producer sends.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -363,6 +369,7 @@ impl EventLog {
         let path = path.as_ref().to_path_buf();
         let action = || format!("opening the embedded log at {}", path.display());
         let db = Database::builder(&path)
+            .max_journaling_size(MAX_JOURNAL_BYTES)
             .open()
             .map_err(|e| LogError::backend(action(), e))?;
         let keyspace = |name: &str| {
