@@ -18,6 +18,7 @@
 //! A request holds its in-flight slot until its answer is sent, so the slots bound the memory
 //! of bodies and answers alike. Every refusal is counted in [`ListenerMetrics`].
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -27,13 +28,13 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Version};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -179,7 +180,6 @@ pub async fn serve(
         max_body_bytes: limits.max_body_bytes,
         observed: observed.clone(),
     });
-    let app = app.layer(axum::middleware::from_fn_with_state(guard, guard_request));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -223,6 +223,7 @@ pub async fn serve(
             permit,
             builder.clone(),
             app.clone(),
+            guard.clone(),
             timeouts,
             stop_rx.clone(),
         ));
@@ -257,6 +258,7 @@ async fn serve_connection(
     _slot: OwnedSemaphorePermit,
     builder: Arc<auto::Builder<TokioExecutor>>,
     app: Router,
+    guard: Arc<Guard>,
     timeouts: ConnectionTimeouts,
     mut stop: watch::Receiver<()>,
 ) {
@@ -270,9 +272,12 @@ async fn serve_connection(
     let service = {
         let started = started.clone();
         let app = TowerToHyperService::new(app);
-        hyper::service::service_fn(move |req| {
+        // The guard wraps the router here rather than as a middleware layer of it: a layer
+        // costs every request a boxed service and future more.
+        hyper::service::service_fn(move |req: Request<Incoming>| {
             started.store(true, Ordering::Relaxed);
-            hyper::service::Service::call(&app, req)
+            let (guard, app) = (guard.clone(), app.clone());
+            async move { Ok::<_, Infallible>(guard_request(&guard, req.map(Body::new), &app).await) }
         })
     };
     let conn = builder.serve_connection(io, service);
@@ -399,7 +404,7 @@ struct Guard {
 
 /// Sheds a request past the in-flight limit, then reads its whole body within the body
 /// timeout and size limit before the handler runs, within the request's `grpc-timeout`.
-async fn guard_request(State(guard): State<Arc<Guard>>, req: Request, next: Next) -> Response {
+async fn guard_request(guard: &Guard, req: Request, app: &TowerToHyperService<Router>) -> Response {
     let reply = Reply::to(&req);
     let deadline = reply
         .grpc
@@ -460,7 +465,13 @@ async fn guard_request(State(guard): State<Arc<Guard>>, req: Request, next: Next
     if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
         return exceeded();
     }
-    let handled = next.run(Request::from_parts(parts, Body::from(bytes)));
+    let handled = async {
+        let req = Request::from_parts(parts, Body::from(bytes));
+        match hyper::service::Service::call(app, req).await {
+            Ok(resp) => resp,
+            Err(never) => match never {},
+        }
+    };
     let resp = match deadline {
         None => handled.await,
         Some(deadline) => match tokio::time::timeout_at(deadline, handled).await {
