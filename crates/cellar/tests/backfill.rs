@@ -2,6 +2,8 @@
 //! loaded into a group, every row then served by `cellar serve`; and a backfill submitted to a
 //! running server.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
@@ -16,14 +18,6 @@ use serde_json::{json, Value};
 
 const FILES: usize = 4;
 const ROWS_PER_FILE: usize = 250_000;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Env {
     dir: tempfile::TempDir,
@@ -66,8 +60,8 @@ features: {{ country: country, age: age, score: score }}
         .unwrap();
         Env {
             dir,
-            listen: format!("127.0.0.1:{}", free_port()),
-            grpc: format!("127.0.0.1:{}", free_port()),
+            listen: format!("127.0.0.1:{}", common::free_port()),
+            grpc: format!("127.0.0.1:{}", common::free_port()),
         }
     }
 

@@ -375,7 +375,7 @@ impl Server {
     /// Starts `cellar serve` on free ports (stderr appended to `log`) and waits until it
     /// answers.
     async fn start(data: &Path, log: &Path) -> Server {
-        let port = free_port();
+        let port = common::free_port();
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -384,7 +384,7 @@ impl Server {
         let mut child = cellar(data)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .arg("--grpc-listen")
-            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg(format!("127.0.0.1:{}", common::free_port()))
             .stderr(stderr)
             .spawn()
             .unwrap();
@@ -445,14 +445,6 @@ impl Server {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn log_tail(log: &Path) -> String {

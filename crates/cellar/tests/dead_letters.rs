@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -100,14 +99,6 @@ fn events() -> Vec<Value> {
 }
 
 const TIMEOUT: Duration = Duration::from_secs(120);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -211,14 +202,14 @@ impl Workspace {
 
     /// Starts `cellar serve` on free ports and waits until it answers.
     fn serve(&self) -> Server {
-        let port = free_port();
+        let port = common::free_port();
         let base = format!("http://127.0.0.1:{port}");
         let log = self.path().join(format!("serve-{port}.log"));
         let child = self
             .command()
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .arg("--grpc-listen")
-            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg(format!("127.0.0.1:{}", common::free_port()))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())

@@ -59,14 +59,6 @@ impl Drop for OwnRedis {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn stats(client: &reqwest::Client, base: &str) -> Stats {
     let text = client
         .get(format!("{base}/metrics"))
@@ -132,7 +124,7 @@ async fn requests_survive_redis_dying_under_load_and_use_it_again_once_back() {
     let dir = tempfile::tempdir().unwrap();
     let redis_dir = dir.path().join("redis");
     std::fs::create_dir_all(&redis_dir).unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let mut redis = OwnRedis::start(port, &redis_dir);
 
     let mut config = Config {

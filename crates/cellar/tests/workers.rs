@@ -27,14 +27,6 @@ const USERS: usize = 80_000;
 /// Clicks per user, one in each file pair: every user's records come from several shards.
 const CLICKS: usize = 4;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Click `c` of user `u`: its event time and values.
 fn click(u: usize, c: usize) -> (i64, String, f64) {
     (
@@ -113,7 +105,7 @@ async fn a_worker_killed_mid_shard_loses_no_row_and_writes_nothing_twice() {
     let brokers = common::service_address("CELLAR_TEST_KAFKA", "a Kafka broker");
     let redis = common::service_address("CELLAR_TEST_REDIS", "Redis");
     let dir = tempfile::tempdir().unwrap();
-    let run = format!("{}-{}", std::process::id(), free_port());
+    let run = format!("{}-{}", std::process::id(), common::free_port());
     let prefix = format!("cellar-test-workers-{run}:");
     let repo = dir.path().join("repo");
     std::fs::create_dir_all(&repo).unwrap();
@@ -176,7 +168,7 @@ retry_backoff_ms = 200
 "#,
             data = dir.path().join("data").display(),
             repo = repo.display(),
-            port = free_port(),
+            port = common::free_port(),
         ),
     )
     .unwrap();

@@ -1,4 +1,7 @@
-//! What the integration tests share: the address of a service a test needs.
+//! What the integration tests share: the address of a service a test needs, and a free port.
+
+// Each test file uses some of these.
+#![allow(dead_code)]
 
 /// The address of a service a test needs, from `var`. Such tests are ignored by a plain
 /// `cargo test`; asked for (`--include-ignored`, as `scripts/test.sh` does) without their
@@ -8,4 +11,13 @@ pub fn service_address(var: &str, service: &str) -> String {
         Ok(address) if !address.is_empty() => address,
         _ => panic!("{var} is not set: this test needs {service}; scripts/test.sh starts it"),
     }
+}
+
+/// A loopback port free at the time of the call, for a server a test starts as a process.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
