@@ -37,9 +37,10 @@ pub async fn previous_records(
                 .collect()
         }
     };
+    let relayout = Relayout::new(previous, to);
     Ok(old
         .iter()
-        .map(|r| r.as_ref().map(|r| relayout(r, previous, to)))
+        .map(|r| r.as_ref().map(|r| relayout.apply(r)))
         .collect())
 }
 
@@ -65,9 +66,10 @@ pub async fn previous_series(
             })
             .collect(),
     };
+    let relayout = Relayout::new(previous, to);
     Ok(old
         .iter()
-        .map(|series| series.iter().map(|r| relayout(r, previous, to)).collect())
+        .map(|series| series.iter().map(|r| relayout.apply(r)).collect())
         .collect())
 }
 
@@ -94,47 +96,85 @@ pub fn upgrade(spec: &FeatureGroup, retyped: &[(usize, usize)], record: &mut Rec
 /// same name in `from`, converted to its type; the others are null. The applied offsets stay,
 /// so an event already applied to the old record is not applied again.
 pub fn relayout(record: &Record, from: &FeatureGroup, to: &FeatureGroup) -> Record {
-    let mut old = record.clone();
-    let retyped: Vec<(usize, usize)> = from.predecessors().collect();
-    upgrade(from, &retyped, &mut old);
-    let source = |name: &str| from.feature_index(name);
-    let values = to
-        .features
-        .iter()
-        .map(|f| {
-            if f.retired {
-                return Value::Null;
-            }
-            let Some(i) = source(&f.name) else {
-                return Value::Null;
-            };
-            match old.values.get(i) {
-                Some(v) if from.features[i].value_type == f.value_type => v.clone(),
-                Some(v) => v.convert(f.value_type),
-                None => Value::Null,
-            }
-        })
-        .collect();
-    // An aggregate's state describes its own window, and starts again if that changed.
-    let mut state: Vec<Value> = to
-        .features
-        .iter()
-        .map(|f| {
-            (!f.retired)
-                .then(|| source(&f.name))
-                .flatten()
-                .and_then(|i| old.state.get(i).cloned())
-                .unwrap_or(Value::Null)
-        })
-        .collect();
-    while state.last() == Some(&Value::Null) {
-        state.pop();
+    Relayout::new(from, to).apply(record)
+}
+
+/// Where each position of `to` takes its value from in a record of `from`, worked out once
+/// for all the records of a read.
+struct Relayout<'a> {
+    from: &'a FeatureGroup,
+    to: &'a FeatureGroup,
+    /// Per position of `to`: the live position of `from` with its name.
+    sources: Vec<Option<usize>>,
+    /// Per position of `from`: the retired slot its value was kept in before a type change.
+    predecessors: Vec<Option<usize>>,
+}
+
+impl<'a> Relayout<'a> {
+    fn new(from: &'a FeatureGroup, to: &'a FeatureGroup) -> Relayout<'a> {
+        let sources = to
+            .features
+            .iter()
+            .map(|f| (!f.retired).then(|| from.feature_index(&f.name)).flatten())
+            .collect();
+        let mut predecessors = vec![None; from.features.len()];
+        for (live, old) in from.predecessors() {
+            predecessors[live] = Some(old);
+        }
+        Relayout {
+            from,
+            to,
+            sources,
+            predecessors,
+        }
     }
-    Record {
-        event_time: record.event_time,
-        values,
-        applied: record.applied.clone(),
-        state,
+
+    fn apply(&self, record: &Record) -> Record {
+        let values = self
+            .to
+            .features
+            .iter()
+            .zip(&self.sources)
+            .map(|(f, source)| {
+                let Some(i) = *source else {
+                    return Value::Null;
+                };
+                let stored_as = self.from.features[i].value_type;
+                match record.values.get(i) {
+                    Some(v) if *v != Value::Null => {
+                        if stored_as == f.value_type {
+                            v.clone()
+                        } else {
+                            v.convert(f.value_type)
+                        }
+                    }
+                    // Retyped in `from` and not written since: its older value, converted.
+                    _ => self.predecessors[i]
+                        .and_then(|p| record.values.get(p))
+                        .filter(|v| **v != Value::Null)
+                        .map_or(Value::Null, |v| v.convert(stored_as).convert(f.value_type)),
+                }
+            })
+            .collect();
+        // An aggregate's state describes its own window, and starts again if that changed.
+        let mut state: Vec<Value> = self
+            .sources
+            .iter()
+            .map(|source| {
+                source
+                    .and_then(|i| record.state.get(i).cloned())
+                    .unwrap_or(Value::Null)
+            })
+            .collect();
+        while state.last() == Some(&Value::Null) {
+            state.pop();
+        }
+        Record {
+            event_time: record.event_time,
+            values,
+            applied: record.applied.clone(),
+            state,
+        }
     }
 }
 
