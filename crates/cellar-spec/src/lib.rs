@@ -13,9 +13,11 @@
 //! - [`evolve`]: a repo from YAML laid over the applied one, so stored records keep their meaning;
 //! - [`plan`]: what applying one repo over another adds, changes (breaking or not) and removes;
 //! - [`redact`]: connection URLs with their passwords hidden, for logs and messages;
+//! - [`secret`]: `${NAME}` and `${file:PATH}` references to secrets, resolved when a client is built;
 //! - [`time`]: the wall clock in milliseconds since the epoch, the one `now_ms` of every crate.
 //!
-//! This crate does no IO (callers hand it file names and text; it only reads the clock) and
+//! This crate does no IO (callers hand it file names and text; it only reads the clock, and the
+//! environment and secret files when a caller resolves a secret reference) and
 //! depends on no other Cellar crate: every other crate depends on it.
 
 pub mod aggregate;
@@ -27,6 +29,7 @@ pub mod parse;
 pub mod plan;
 pub mod redact;
 pub mod repo;
+pub mod secret;
 pub mod time;
 pub mod value;
 
