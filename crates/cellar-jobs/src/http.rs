@@ -9,6 +9,9 @@
 //!   attempts and last error, and where the rejected rows are.
 //!
 //! Errors have the serving API's shape: `{"error": {"code", "kind", "message"}}`.
+//!
+//! Every route needs `operate_jobs` on the job's ingestion (a list without `ingestion`, on
+//! every ingestion); submits, retries and cancels are written to the audit log.
 
 use std::fmt::Write as _;
 
@@ -17,6 +20,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use cellar_auth::{Access, Action, Audit, ResourceKind};
 use cellar_ingest_batch::Period;
 use cellar_registry::{Job, JobFilter, JobState, RegistryError, ShardRun};
 use serde::Deserialize;
@@ -28,15 +32,26 @@ use crate::executor::{reject_path, Executor, JobRequest, DEFAULT_MAX_ATTEMPTS};
 pub const DEFAULT_LIST_LIMIT: i64 = 50;
 pub const MAX_LIST_LIMIT: i64 = 1000;
 
-/// The routes above, served by `executor`.
-pub fn jobs_router(executor: Executor) -> Router {
+/// What the job routes share.
+#[derive(Clone)]
+struct Jobs {
+    executor: Executor,
+    audit: Audit,
+}
+
+/// The routes above, served by `executor`, operator actions recorded in `audit`.
+pub fn jobs_router(executor: Executor, audit: Audit) -> Router {
     Router::new()
         .route("/v1/jobs", get(list).post(submit))
         .route("/v1/jobs/{id}", get(show))
         .route("/v1/jobs/{id}/retry", post(retry))
         .route("/v1/jobs/{id}/cancel", post(cancel))
         .route("/jobs/{id}", get(page))
-        .with_state(executor)
+        .with_state(Jobs { executor, audit })
+}
+
+fn denied(e: cellar_auth::Denied) -> Response {
+    error(StatusCode::FORBIDDEN, "permission_denied", e.to_string())
 }
 
 #[derive(Debug, Deserialize)]
@@ -58,7 +73,18 @@ struct SubmitBody {
     max_attempts: Option<u32>,
 }
 
-async fn list(State(executor): State<Executor>, Query(q): Query<ListQuery>) -> Response {
+async fn list(
+    State(Jobs { executor, .. }): State<Jobs>,
+    access: Access,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    let allowed = match &q.ingestion {
+        Some(name) => access.check(Action::OperateJobs, ResourceKind::Ingestion, name),
+        None => access.check_every(Action::OperateJobs, ResourceKind::Ingestion),
+    };
+    if let Err(e) = allowed {
+        return denied(e);
+    }
     let limit = q.limit.unwrap_or(DEFAULT_LIST_LIMIT);
     if !(1..=MAX_LIST_LIMIT).contains(&limit) {
         return bad_request(format!(
@@ -80,11 +106,24 @@ async fn list(State(executor): State<Executor>, Query(q): Query<ListQuery>) -> R
     }
 }
 
-async fn submit(State(executor): State<Executor>, body: axum::body::Bytes) -> Response {
+async fn submit(
+    State(Jobs { executor, audit }): State<Jobs>,
+    access: Access,
+    body: axum::body::Bytes,
+) -> Response {
     let body: SubmitBody = match serde_json::from_slice(&body) {
         Ok(body) => body,
         Err(e) => return bad_request(format!("invalid job request: {e}")),
     };
+    let resource = format!("ingestion:{}", body.ingestion);
+    if let Err(e) = access.check(
+        Action::OperateJobs,
+        ResourceKind::Ingestion,
+        &body.ingestion,
+    ) {
+        audit.record(&access, Action::OperateJobs, &resource, 0, "denied: submit");
+        return denied(e);
+    }
     let period = match parse_period(body.from.as_deref(), body.to.as_deref()) {
         Ok(period) => period,
         Err(message) => return bad_request(message),
@@ -95,14 +134,49 @@ async fn submit(State(executor): State<Executor>, body: axum::body::Bytes) -> Re
     };
     match executor.submit(&request).await {
         Ok(job) => {
+            audit.record(
+                &access,
+                Action::OperateJobs,
+                &resource,
+                0,
+                &format!("ok: submitted job {}", job.id),
+            );
             spawn_run(&executor, job.id);
             (StatusCode::ACCEPTED, Json(job)).into_response()
         }
-        Err(e) => job_error(e),
+        Err(e) => {
+            audit.record(&access, Action::OperateJobs, &resource, 0, "error: submit");
+            job_error(e)
+        }
     }
 }
 
-async fn show(State(executor): State<Executor>, Path(id): Path<i64>) -> Response {
+/// The job `id` if the caller may operate its ingestion; else the answer to send.
+async fn granted_job(executor: &Executor, access: &Access, id: i64) -> Result<Job, Response> {
+    match executor.registry().job(id).await {
+        Ok(Some(job)) => access
+            .check(Action::OperateJobs, ResourceKind::Ingestion, &job.ingestion)
+            .map(|()| job)
+            .map_err(denied),
+        // Only a caller who may see every job learns that one does not exist.
+        Ok(None) => Err(
+            match access.check_every(Action::OperateJobs, ResourceKind::Ingestion) {
+                Ok(()) => not_found(id),
+                Err(e) => denied(e),
+            },
+        ),
+        Err(e) => Err(registry_error(e)),
+    }
+}
+
+async fn show(
+    State(Jobs { executor, .. }): State<Jobs>,
+    access: Access,
+    Path(id): Path<i64>,
+) -> Response {
+    if let Err(resp) = granted_job(&executor, &access, id).await {
+        return resp;
+    }
     match detail(&executor, id).await {
         Ok(Some((job, shards))) => {
             Json(serde_json::json!({ "job": job, "shards": shards })).into_response()
@@ -112,24 +186,101 @@ async fn show(State(executor): State<Executor>, Path(id): Path<i64>) -> Response
     }
 }
 
-async fn retry(State(executor): State<Executor>, Path(id): Path<i64>) -> Response {
+async fn retry(
+    State(Jobs { executor, audit }): State<Jobs>,
+    access: Access,
+    Path(id): Path<i64>,
+) -> Response {
+    let job = match granted_job(&executor, &access, id).await {
+        Ok(job) => job,
+        Err(resp) => {
+            audit.record(
+                &access,
+                Action::OperateJobs,
+                &format!("job:{id}"),
+                0,
+                "refused: retry",
+            );
+            return resp;
+        }
+    };
+    let resource = format!("ingestion:{}", job.ingestion);
     match executor.registry().retry_job(id).await {
         Ok(job) => {
+            audit.record(
+                &access,
+                Action::OperateJobs,
+                &resource,
+                0,
+                &format!("ok: retried job {id}"),
+            );
             spawn_run(&executor, id);
             Json(job).into_response()
         }
-        Err(e) => registry_error(e),
+        Err(e) => {
+            audit.record(
+                &access,
+                Action::OperateJobs,
+                &resource,
+                0,
+                &format!("error: retry job {id}"),
+            );
+            registry_error(e)
+        }
     }
 }
 
-async fn cancel(State(executor): State<Executor>, Path(id): Path<i64>) -> Response {
+async fn cancel(
+    State(Jobs { executor, audit }): State<Jobs>,
+    access: Access,
+    Path(id): Path<i64>,
+) -> Response {
+    let job = match granted_job(&executor, &access, id).await {
+        Ok(job) => job,
+        Err(resp) => {
+            audit.record(
+                &access,
+                Action::OperateJobs,
+                &format!("job:{id}"),
+                0,
+                "refused: cancel",
+            );
+            return resp;
+        }
+    };
+    let resource = format!("ingestion:{}", job.ingestion);
     match executor.registry().cancel_job(id).await {
-        Ok(job) => Json(job).into_response(),
-        Err(e) => registry_error(e),
+        Ok(job) => {
+            audit.record(
+                &access,
+                Action::OperateJobs,
+                &resource,
+                0,
+                &format!("ok: cancelled job {id}"),
+            );
+            Json(job).into_response()
+        }
+        Err(e) => {
+            audit.record(
+                &access,
+                Action::OperateJobs,
+                &resource,
+                0,
+                &format!("error: cancel job {id}"),
+            );
+            registry_error(e)
+        }
     }
 }
 
-async fn page(State(executor): State<Executor>, Path(id): Path<i64>) -> Response {
+async fn page(
+    State(Jobs { executor, .. }): State<Jobs>,
+    access: Access,
+    Path(id): Path<i64>,
+) -> Response {
+    if let Err(resp) = granted_job(&executor, &access, id).await {
+        return resp;
+    }
     match detail(&executor, id).await {
         Ok(Some((job, shards))) => {
             let html = render_page(&job, &shards, executor.rejects_dir());

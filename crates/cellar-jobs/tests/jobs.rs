@@ -305,7 +305,7 @@ async fn a_failing_shard_is_retried_then_the_job_fails_with_an_alert_linking_its
     let base = format!("http://{}", listener.local_addr().unwrap());
     let s = setup(Some(Alerter::new(&hook, &base))).await;
     tokio::spawn({
-        let app = jobs_router(s.executor.clone());
+        let app = jobs_router(s.executor.clone(), cellar_auth::Audit::tracing_only());
         async move { axum::serve(listener, app).await }
     });
 

@@ -11,6 +11,10 @@ pub enum ErrorKind {
     NotFound,
     /// The request or a record in it is over a size limit.
     TooLarge,
+    /// The request carries no credentials, or ones that do not pass.
+    Unauthenticated,
+    /// The caller may not do this to that resource.
+    PermissionDenied,
     /// The request took longer than its deadline.
     DeadlineExceeded,
     /// A backend is failing; retrying may help.
@@ -26,6 +30,8 @@ impl ErrorKind {
             ErrorKind::InvalidArgument => 400,
             ErrorKind::NotFound => 404,
             ErrorKind::TooLarge => 413,
+            ErrorKind::Unauthenticated => 401,
+            ErrorKind::PermissionDenied => 403,
             ErrorKind::DeadlineExceeded => 504,
             ErrorKind::Unavailable => 503,
             ErrorKind::Internal => 500,
@@ -38,6 +44,8 @@ impl ErrorKind {
             ErrorKind::InvalidArgument => tonic::Code::InvalidArgument,
             ErrorKind::NotFound => tonic::Code::NotFound,
             ErrorKind::TooLarge => tonic::Code::OutOfRange,
+            ErrorKind::Unauthenticated => tonic::Code::Unauthenticated,
+            ErrorKind::PermissionDenied => tonic::Code::PermissionDenied,
             ErrorKind::DeadlineExceeded => tonic::Code::DeadlineExceeded,
             ErrorKind::Unavailable => tonic::Code::Unavailable,
             ErrorKind::Internal => tonic::Code::Internal,
@@ -67,6 +75,8 @@ pub enum ServeError {
     #[error("request did not finish within its deadline of {0} ms")]
     DeadlineExceeded(u64),
     #[error(transparent)]
+    Denied(#[from] cellar_auth::Denied),
+    #[error(transparent)]
     Store(#[from] StoreError),
     /// A defect on our side, such as a response that cannot be encoded.
     #[error("internal error: {0}")]
@@ -83,6 +93,7 @@ impl ServeError {
             | ServeError::UnknownService(_) => ErrorKind::NotFound,
             ServeError::TooManyEntities { .. } | ServeError::TooLarge(_) => ErrorKind::TooLarge,
             ServeError::DeadlineExceeded(_) => ErrorKind::DeadlineExceeded,
+            ServeError::Denied(_) => ErrorKind::PermissionDenied,
             ServeError::Store(StoreError::RecordTooLarge { .. }) => ErrorKind::TooLarge,
             ServeError::Store(StoreError::InvalidInput { .. }) => ErrorKind::InvalidArgument,
             ServeError::Store(StoreError::Backend(_)) => ErrorKind::Unavailable,

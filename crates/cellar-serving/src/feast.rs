@@ -9,6 +9,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::Response;
+use cellar_auth::{Access, Action, ResourceKind};
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -87,6 +88,7 @@ fn group_references(refs: &[String]) -> Result<(Vec<GroupRequest>, Vec<Column>),
 
 pub(crate) async fn get_online_features(
     State(state): State<Arc<HttpState>>,
+    access: Access,
     body: Bytes,
 ) -> Response {
     timed(&state, "/get-online-features", async {
@@ -111,6 +113,7 @@ pub(crate) async fn get_online_features(
         let req = FeatureRequest {
             entities: entity_columns(body.entities),
             select,
+            access,
         };
         let resp = state.service.get_features(req).await?;
         // A feature service answers every feature of its groups in service order.
@@ -352,17 +355,31 @@ fn rows_from_frame(
 
 async fn push_frame(
     state: &HttpState,
+    access: Access,
     group: String,
     df: serde_json::Map<String, serde_json::Value>,
 ) -> Result<Vec<u8>, ServeError> {
+    // Before the group is looked up, so that a caller cannot learn which groups exist.
+    access.check(Action::WriteFeatures, ResourceKind::Group, &group)?;
     let key_fields = state.service.entity_key_fields(&group)?;
     let rows = rows_from_frame(df, &key_fields)?;
-    state.service.push(PushRequest { group, rows }).await?;
+    state
+        .service
+        .push(PushRequest {
+            group,
+            rows,
+            access,
+        })
+        .await?;
     // Feast's server answers a successful push with an empty body.
     Ok(b"null".to_vec())
 }
 
-pub(crate) async fn push(State(state): State<Arc<HttpState>>, body: Bytes) -> Response {
+pub(crate) async fn push(
+    State(state): State<Arc<HttpState>>,
+    access: Access,
+    body: Bytes,
+) -> Response {
     timed(&state, "/push", async {
         let body: PushBody = parse_body(&body)?;
         match body.to.as_deref() {
@@ -373,18 +390,19 @@ pub(crate) async fn push(State(state): State<Arc<HttpState>>, body: Bytes) -> Re
                 )))
             }
         }
-        push_frame(&state, body.push_source_name, body.df).await
+        push_frame(&state, access, body.push_source_name, body.df).await
     })
     .await
 }
 
 pub(crate) async fn write_to_online_store(
     State(state): State<Arc<HttpState>>,
+    access: Access,
     body: Bytes,
 ) -> Response {
     timed(&state, "/write-to-online-store", async {
         let body: WriteBody = parse_body(&body)?;
-        push_frame(&state, body.feature_view_name, body.df).await
+        push_frame(&state, access, body.feature_view_name, body.df).await
     })
     .await
 }

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use base64::Engine as _;
+use cellar_auth::Access;
 use cellar_spec::{GroupKind, Value};
 use tonic::{Request, Response};
 
@@ -50,14 +51,26 @@ fn status(rpc: &'static str, e: ServeError) -> tonic::Status {
     e.into()
 }
 
+/// The caller's access, put into the request by the listener; [`Access::Open`] when
+/// authentication is off.
+fn caller<T>(request: &Request<T>) -> Access {
+    request
+        .extensions()
+        .get::<Access>()
+        .cloned()
+        .unwrap_or_default()
+}
+
 #[tonic::async_trait]
 impl FeatureServingRpc for GrpcFeatureServing {
     async fn get_features(
         &self,
         request: Request<pb::GetFeaturesRequest>,
     ) -> Result<Response<pb::GetFeaturesResponse>, tonic::Status> {
-        let (req, entities) =
+        let access = caller(&request);
+        let (mut req, entities) =
             feature_request(request.into_inner()).map_err(|e| status("GetFeatures", e))?;
+        req.access = access;
         let resp = self
             .service
             .get_features(req)
@@ -70,7 +83,9 @@ impl FeatureServingRpc for GrpcFeatureServing {
         &self,
         request: Request<pb::PushRequest>,
     ) -> Result<Response<pb::PushResponse>, tonic::Status> {
-        let req = push_request(request.into_inner()).map_err(|e| status("Push", e))?;
+        let access = caller(&request);
+        let mut req = push_request(request.into_inner()).map_err(|e| status("Push", e))?;
+        req.access = access;
         let resp = self
             .service
             .push(req)
@@ -198,7 +213,14 @@ fn feature_request(
                 .collect(),
         ),
     };
-    Ok((FeatureRequest { entities, select }, req.entities))
+    Ok((
+        FeatureRequest {
+            entities,
+            select,
+            access: Access::Open,
+        },
+        req.entities,
+    ))
 }
 
 fn row_status(s: Status) -> pb::RowStatus {
@@ -292,6 +314,7 @@ fn push_request(req: pb::PushRequest) -> Result<PushRequest, ServeError> {
     Ok(PushRequest {
         group: req.group,
         rows,
+        access: Access::Open,
     })
 }
 

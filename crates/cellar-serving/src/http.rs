@@ -12,6 +12,8 @@ use axum::Router;
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Serialize, Serializer};
 
+use cellar_auth::{Access, Action, ResourceKind};
+
 use crate::error::{ErrorKind, ServeError};
 use crate::feast;
 use crate::json::{encode, error_body, serve_error_body, ValueJson};
@@ -50,7 +52,11 @@ async fn health() -> Response {
     json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())
 }
 
-async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
+async fn metrics(State(state): State<Arc<HttpState>>, access: Access) -> Response {
+    if let Err(denied) = access.check(Action::ReadMetrics, ResourceKind::Metrics, "metrics") {
+        let e = ServeError::from(denied);
+        return error_response(e.kind(), serve_error_body(&e));
+    }
     let mut resp = state.metrics.render().into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -181,12 +187,13 @@ fn selection(
     }
 }
 
-async fn v1_features(State(state): State<Arc<HttpState>>, body: Bytes) -> Response {
+async fn v1_features(State(state): State<Arc<HttpState>>, access: Access, body: Bytes) -> Response {
     timed(&state, "/v1/features", async {
         let body: FeaturesBody = parse_body(&body)?;
         let req = FeatureRequest {
             entities: entity_columns(body.entities),
             select: selection(body.groups, body.feature_service)?,
+            access,
         };
         let resp = state.service.get_features(req).await?;
         encode(&FeaturesJson(&resp))
@@ -366,10 +373,11 @@ struct PushRecordBody {
     features: serde_json::Map<String, serde_json::Value>,
 }
 
-async fn v1_push(State(state): State<Arc<HttpState>>, body: Bytes) -> Response {
+async fn v1_push(State(state): State<Arc<HttpState>>, access: Access, body: Bytes) -> Response {
     timed(&state, "/v1/push", async {
         let body: PushBody = parse_body(&body)?;
         let req = PushRequest {
+            access,
             group: body.group,
             rows: body
                 .records

@@ -69,6 +69,8 @@ pub fn kind_name(kind: ErrorKind) -> &'static str {
         ErrorKind::InvalidArgument => "invalid_argument",
         ErrorKind::NotFound => "not_found",
         ErrorKind::TooLarge => "too_large",
+        ErrorKind::Unauthenticated => "unauthenticated",
+        ErrorKind::PermissionDenied => "permission_denied",
         ErrorKind::DeadlineExceeded => "deadline_exceeded",
         ErrorKind::Unavailable => "unavailable",
         ErrorKind::Internal => "internal",

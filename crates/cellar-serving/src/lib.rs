@@ -8,10 +8,14 @@
 //! - [`catalog`]: the applied specs, looked up by name;
 //! - [`limits`]: what one read may cost, and repeated groups merged;
 //! - [`listener`]: serving a router on a TCP listener with timeouts, a connection limit and
-//!   load shedding;
+//!   load shedding, TLS and authentication;
+//! - [`tls`]: the listeners' TLS, reloading renewed certificates;
 //! - [`metrics`]: Prometheus request counters and latency histograms.
 //!
-//! Depends on `cellar-spec`, `cellar-store` and `cellar-cache`; knows nothing of the registry
+//! Authorization: every request carries its caller's [`cellar_auth::Access`] (put there by the
+//! listener); the service checks it against each group, feature service and push it serves.
+//!
+//! Depends on `cellar-spec`, `cellar-auth`, `cellar-store` and `cellar-cache`; knows nothing of the registry
 //! or of ingestion.
 
 pub mod catalog;
@@ -24,6 +28,7 @@ pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod service;
+pub mod tls;
 
 pub use catalog::Catalog;
 pub use error::{ErrorKind, ServeError};

@@ -15,6 +15,10 @@
 //! A gRPC request's `grpc-timeout` bounds its work on the server too: past it, the handler is
 //! dropped and the client told `DEADLINE_EXCEEDED`.
 //!
+//! With TLS, the handshake must finish within the header timeout. With authentication on, a
+//! request's credentials are checked before its body is read (401 otherwise), and its
+//! [`Access`] is put into the request's extensions for the handlers to check.
+//!
 //! A request holds its in-flight slot until its answer is sent, so the slots bound the memory
 //! of bodies and answers alike. Every refusal is counted in [`ListenerMetrics`].
 
@@ -46,8 +50,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
+use cellar_auth::{Access, Authenticator};
+
 use crate::error::ErrorKind;
 use crate::json::error_body;
+use crate::tls::ServerTls;
 
 /// What a shed request is told to wait before retrying, in seconds.
 const RETRY_AFTER_SECS: u64 = 1;
@@ -102,6 +109,10 @@ pub enum Refusal {
     body_too_large,
     /// A gRPC request still running at its `grpc-timeout`.
     deadline_exceeded,
+    /// A connection whose TLS handshake failed or did not finish in time.
+    tls_handshake,
+    /// A request without credentials that pass.
+    unauthenticated,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -164,12 +175,21 @@ impl Observed {
     }
 }
 
+/// What protects a listener beyond its limits: TLS, and who may call it.
+#[derive(Clone, Debug, Default)]
+pub struct Security {
+    pub tls: Option<ServerTls>,
+    /// `None`: authentication is off, and every request is [`Access::Open`].
+    pub auth: Option<Arc<Authenticator>>,
+}
+
 /// Serves `app` on `listener` within `limits` until `shutdown` resolves, then lets the open
 /// connections finish their requests (for at most 30 s).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ListenerLimits,
+    security: Security,
     observed: Observed,
     shutdown: impl Future<Output = ()> + Send,
 ) -> io::Result<()> {
@@ -179,7 +199,9 @@ pub async fn serve(
         body_timeout: limits.body_timeout,
         max_body_bytes: limits.max_body_bytes,
         observed: observed.clone(),
+        auth: security.auth,
     });
+    let tls = security.tls;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -218,15 +240,46 @@ pub async fn serve(
         };
         // Answers are written whole; Nagle's delay would only hold back their last segment.
         let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_connection(
+        let moved = Arc::new(AtomicBool::new(false));
+        let stream = Tracked {
             stream,
-            permit,
-            builder.clone(),
-            app.clone(),
-            guard.clone(),
-            timeouts,
-            stop_rx.clone(),
-        ));
+            moved: moved.clone(),
+        };
+        let (builder, app, guard, stop) =
+            (builder.clone(), app.clone(), guard.clone(), stop_rx.clone());
+        match &tls {
+            None => {
+                tokio::spawn(serve_connection(
+                    stream, moved, permit, builder, app, guard, timeouts, stop,
+                ));
+            }
+            Some(tls) => {
+                let acceptor = tls.acceptor().clone();
+                let observed = observed.clone();
+                tokio::spawn(async move {
+                    let handshake =
+                        tokio::time::timeout(timeouts.header, acceptor.accept(stream)).await;
+                    match handshake {
+                        Ok(Ok(stream)) => {
+                            serve_connection(
+                                stream, moved, permit, builder, app, guard, timeouts, stop,
+                            )
+                            .await
+                        }
+                        Ok(Err(e)) => {
+                            observed.refused(Refusal::tls_handshake);
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            observed.refused(Refusal::tls_handshake);
+                            tracing::debug!(
+                                "TLS handshake did not finish within the header timeout"
+                            );
+                        }
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     let _ = stop_tx.send(());
@@ -251,24 +304,25 @@ struct ConnectionTimeouts {
     idle: Duration,
 }
 
-/// Serves one connection, holding its slot of the connection limit, and closes it when it
-/// idles or never starts a request.
-async fn serve_connection(
-    stream: TcpStream,
+/// Serves one connection (plain or TLS over a [`Tracked`] stream, whose flag is `moved`),
+/// holding its slot of the connection limit, and closes it when it idles or never starts a
+/// request.
+#[allow(clippy::too_many_arguments)]
+async fn serve_connection<S>(
+    stream: S,
+    moved: Arc<AtomicBool>,
     _slot: OwnedSemaphorePermit,
     builder: Arc<auto::Builder<TokioExecutor>>,
     app: Router,
     guard: Arc<Guard>,
     timeouts: ConnectionTimeouts,
     mut stop: watch::Receiver<()>,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let opened = Instant::now();
-    let moved = Arc::new(AtomicBool::new(false));
     let started = Arc::new(AtomicBool::new(false));
-    let io = TokioIo::new(Tracked {
-        stream,
-        moved: moved.clone(),
-    });
+    let io = TokioIo::new(stream);
     let service = {
         let started = started.clone();
         let app = TowerToHyperService::new(app);
@@ -400,6 +454,7 @@ struct Guard {
     body_timeout: Duration,
     max_body_bytes: usize,
     observed: Observed,
+    auth: Option<Arc<Authenticator>>,
 }
 
 /// Sheds a request past the in-flight limit, then reads its whole body within the body
@@ -423,7 +478,24 @@ async fn guard_request(guard: &Guard, req: Request, app: &TowerToHyperService<Ro
             .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
         return resp;
     };
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    if let Some(auth) = &guard.auth {
+        if !auth.is_public(parts.uri.path()) {
+            match auth.authenticate(&parts.headers).await {
+                Ok(access) => {
+                    parts.extensions.insert::<Access>(access);
+                }
+                Err(e) => {
+                    guard.observed.refused(Refusal::unauthenticated);
+                    let mut resp =
+                        reply.closing(reply.error(ErrorKind::Unauthenticated, &e.to_string()));
+                    resp.headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                    return resp;
+                }
+            }
+        }
+    }
     let mut read = std::pin::pin!(Limited::new(body, guard.max_body_bytes).collect());
     // Most bodies have arrived with their headers: the timer is armed only for one that has
     // not (arming and clearing one per request costs more than reading a small body).

@@ -5,6 +5,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use cellar_auth::{Access, Action, Audit, ResourceKind};
 use cellar_cache::WritePath;
 use cellar_spec::limits::EventTimeBounds;
 use cellar_spec::time::now_ms;
@@ -72,6 +73,8 @@ pub struct FeatureRequest {
     /// Entity key columns: a key field name and one value per row; all of the same length.
     pub entities: Vec<(String, Vec<serde_json::Value>)>,
     pub select: Selection,
+    /// Who asks: every group and feature service read must be granted to it.
+    pub access: Access,
 }
 
 /// Whether a value was found.
@@ -146,6 +149,8 @@ pub struct PushRow {
 pub struct PushRequest {
     pub group: String,
     pub rows: Vec<PushRow>,
+    /// Who writes: the group must be granted to it.
+    pub access: Access,
 }
 
 /// What a push did.
@@ -177,6 +182,8 @@ pub struct FeatureServer {
     limits: Limits,
     /// Pushed records with an event time outside are refused.
     event_times: EventTimeBounds,
+    /// Where pushes are recorded.
+    audit: Audit,
 }
 
 /// One group of a read, resolved against the catalog.
@@ -199,7 +206,14 @@ impl FeatureServer {
             writer,
             limits,
             event_times: EventTimeBounds::default(),
+            audit: Audit::tracing_only(),
         }
+    }
+
+    /// The same server, recording pushes in `audit`.
+    pub fn with_audit(mut self, audit: Audit) -> FeatureServer {
+        self.audit = audit;
+        self
     }
 
     /// The same server, accepting pushed event times within `bounds`.
@@ -230,10 +244,19 @@ impl FeatureServer {
         &self,
         catalog: &Catalog,
         select: &Selection,
+        access: &Access,
     ) -> Result<Vec<ResolvedGroup>, ServeError> {
+        // Permissions are checked on the names asked for before anything is looked up, so a
+        // caller cannot learn which groups exist from 404s.
         let requests: Vec<GroupRequest> = match select {
-            Selection::Groups(groups) => groups.clone(),
+            Selection::Groups(groups) => {
+                for g in groups {
+                    access.check(Action::ReadFeatures, ResourceKind::Group, &g.group)?;
+                }
+                groups.clone()
+            }
             Selection::Service(name) => {
+                access.check(Action::ReadFeatures, ResourceKind::Service, name)?;
                 let service = catalog
                     .service(name)
                     .ok_or_else(|| ServeError::UnknownService(name.clone()))?;
@@ -505,7 +528,7 @@ impl FeatureServer {
                 limit: self.limits.max_entities,
             });
         }
-        let resolved = self.resolve(&catalog, &req.select)?;
+        let resolved = self.resolve(&catalog, &req.select, &req.access)?;
         // Refused before any read: the cost bounds the reads and the answer alike.
         let mut cost = RequestCost::new(rows);
         for r in &resolved {
@@ -594,6 +617,33 @@ impl FeatureServing for FeatureServer {
     }
 
     async fn push(&self, req: PushRequest) -> Result<PushResponse, ServeError> {
+        let resource = format!("group:{}", req.group);
+        if let Err(denied) =
+            req.access
+                .check(Action::WriteFeatures, ResourceKind::Group, &req.group)
+        {
+            self.audit
+                .record(&req.access, Action::WriteFeatures, &resource, 0, "denied");
+            return Err(denied.into());
+        }
+        let result = self.push_granted(&req).await;
+        let (records, outcome) = match &result {
+            Ok(done) => (done.applied as u64, "ok".to_owned()),
+            Err(e) => (0, format!("error: {}", crate::json::kind_name(e.kind()))),
+        };
+        self.audit.record(
+            &req.access,
+            Action::WriteFeatures,
+            &resource,
+            records,
+            &outcome,
+        );
+        result
+    }
+}
+
+impl FeatureServer {
+    async fn push_granted(&self, req: &PushRequest) -> Result<PushResponse, ServeError> {
         let catalog = self.catalog();
         let group = catalog
             .group(&req.group)

@@ -5,7 +5,7 @@ use axum::body::Bytes;
 use axum::http::header;
 use axum::routing::{get, post};
 use axum::Router;
-use cellar_serving::listener::{self, ListenerLimits, Observed};
+use cellar_serving::listener::{self, ListenerLimits, Observed, Security};
 use tokio::net::TcpListener;
 
 /// A fixed JSON body of exactly `len` bytes (at least 2).
@@ -35,7 +35,15 @@ pub async fn serve_baseline(
         )
         .route("/health", get(|| async { "ok" }));
     let observed = Observed::unobserved("baseline");
-    listener::serve(listener, app, limits, observed, std::future::pending()).await
+    listener::serve(
+        listener,
+        app,
+        limits,
+        Security::default(),
+        observed,
+        std::future::pending(),
+    )
+    .await
 }
 
 #[cfg(test)]

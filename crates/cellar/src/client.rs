@@ -1,8 +1,12 @@
 //! `cellar get`, `cellar push`, `cellar produce` and `cellar dead-letters`: talk to a running
 //! server over its HTTP API.
 
+use std::path::Path;
+use std::sync::OnceLock;
+
 use anyhow::Context as _;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use serde_json::{json, Value as Json};
 
 use crate::deadletter::{DeadLetter, Redriven};
@@ -35,16 +39,53 @@ pub struct ServerError {
     pub message: String,
 }
 
+/// The HTTP client of every command that calls a server, set up once by [`configure`].
+static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+
+/// Sets up the client commands call servers with: `token` (an API key or OIDC token) sent as
+/// `Authorization: Bearer`, and `ca_file` (PEM) trusted for the server's TLS certificate
+/// beside the system's roots.
+pub fn configure(token: Option<&str>, ca_file: Option<&Path>) -> anyhow::Result<()> {
+    let mut builder = reqwest::Client::builder();
+    if let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) {
+        let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+            anyhow::anyhow!("--token (CELLAR_TOKEN) holds characters a header cannot carry")
+        })?;
+        // Kept out of reqwest's debug output.
+        value.set_sensitive(true);
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, value);
+        builder = builder.default_headers(headers);
+    }
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("--ca-file (CELLAR_CA_FILE) {}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("--ca-file {}: not PEM certificates", path.display()))?;
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    let client = builder.build().context("setting up the HTTP client")?;
+    let _ = CLIENT.set(client);
+    Ok(())
+}
+
+/// The configured client, or a plain one.
+pub fn http() -> reqwest::Client {
+    CLIENT.get_or_init(reqwest::Client::new).clone()
+}
+
 /// Posts a JSON body and returns the JSON answer, or the server's error message.
 pub async fn post(server: &str, path: &str, body: &Json) -> anyhow::Result<Json> {
     let url = format!("{}{path}", server.trim_end_matches('/'));
-    send(reqwest::Client::new().post(&url).json(body), &url).await
+    send(http().post(&url).json(body), &url).await
 }
 
 /// Gets `path` with a query and returns the JSON answer, or the server's error message.
 pub async fn get(server: &str, path: &str, query: &[(&str, String)]) -> anyhow::Result<Json> {
     let url = format!("{}{path}", server.trim_end_matches('/'));
-    send(reqwest::Client::new().get(&url).query(query), &url).await
+    send(http().get(&url).query(query), &url).await
 }
 
 async fn send(request: reqwest::RequestBuilder, url: &str) -> anyhow::Result<Json> {

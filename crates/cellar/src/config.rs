@@ -22,6 +22,8 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub jobs: JobsConfig,
     pub event_time: EventTimeConfig,
+    /// Who may call the server, and what each caller may do.
+    pub auth: cellar_auth::AuthConfig,
 }
 
 /// The event times accepted from pushes, stream events and batch rows; outside them a push is
@@ -196,6 +198,26 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Most requests in progress per listener; further ones get 503 with `Retry-After`.
     pub max_in_flight_requests: usize,
+    /// TLS of the HTTP and gRPC listeners.
+    pub tls: ServerTlsConfig,
+}
+
+/// The listeners' certificate: PEM files, read again when they change.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsConfig {
+    /// The certificate chain; empty: plain HTTP and gRPC.
+    pub cert_file: String,
+    /// Its private key.
+    pub key_file: String,
+    /// How often the files are looked at for a renewed certificate, seconds.
+    pub reload_secs: u64,
+}
+
+impl ServerTlsConfig {
+    pub fn enabled(&self) -> bool {
+        !self.cert_file.trim().is_empty()
+    }
 }
 
 /// The registry of applied specs.
@@ -292,6 +314,11 @@ impl Default for Config {
                 idle_timeout_ms: 60_000,
                 max_connections: 2048,
                 max_in_flight_requests: 512,
+                tls: ServerTlsConfig {
+                    cert_file: String::new(),
+                    key_file: String::new(),
+                    reload_secs: 10,
+                },
             },
             registry: RegistryConfig { url: String::new() },
             store: StoreConfig {
@@ -348,12 +375,13 @@ impl Default for Config {
                 earliest: "2000-01-01T00:00:00Z".into(),
                 max_future: "1d".into(),
             },
+            auth: cellar_auth::AuthConfig::default(),
         }
     }
 }
 
 /// Top-level names of the config, the only `CELLAR_*` variables read as settings.
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
     "data_dir",
     "repo",
     "server",
@@ -363,6 +391,7 @@ const SECTIONS: [&str; 9] = [
     "ingest",
     "jobs",
     "event_time",
+    "auth",
 ];
 
 impl Config {
@@ -431,6 +460,15 @@ impl Config {
             self.server.grpc_listen = grpc;
         }
         Ok(())
+    }
+
+    /// Where the audit log is appended.
+    pub fn audit_log_path(&self) -> PathBuf {
+        if self.auth.audit_log.is_empty() {
+            self.data_dir.join("audit.log")
+        } else {
+            PathBuf::from(&self.auth.audit_log)
+        }
     }
 
     /// The embedded store directory.

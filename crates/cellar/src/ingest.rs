@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
+use cellar_auth::{Access, Action, Audit, ResourceKind};
 use cellar_cache::WritePath;
 use cellar_ingest_stream::consumer::ParallelConsumer;
 use cellar_ingest_stream::dispatch::Dispatcher;
@@ -675,10 +676,15 @@ struct RedriveBody {
 /// array (see [`crate::deadletter::DeadLetter`]); `POST /v1/dead-letters/redrive` with an
 /// optional body `{"limit": N}`: re-drives them (all, or the first N) and answers
 /// `{"redriven": N, "skipped": M}`.
+///
+/// Appending needs `publish_events` on the topic; listing dead letters (their payloads are
+/// the events' data) and re-driving them need `operate_dead_letters` on the ingestion asked
+/// for, or on every ingestion. Appends and re-drives are written to the audit log.
 pub fn events_router(
     ingestion: Arc<StreamIngestion>,
     max_events: usize,
     max_body_bytes: usize,
+    audit: Audit,
 ) -> axum::Router {
     use crate::deadletter::{check_ingestion_name, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
     use axum::extract::rejection::QueryRejection;
@@ -689,10 +695,14 @@ pub fn events_router(
     use cellar_serving::json::error_body;
     use cellar_serving::ErrorKind;
 
-    type Shared = State<(Arc<StreamIngestion>, usize)>;
+    type Shared = State<(Arc<StreamIngestion>, usize, Audit)>;
 
     fn bad(kind: ErrorKind, message: String) -> Response {
         error_response(kind, error_body(kind, &message))
+    }
+
+    fn denied(e: cellar_auth::Denied) -> Response {
+        bad(ErrorKind::PermissionDenied, e.to_string())
     }
 
     /// Whether trying again may help: a broker or log failure that says so (or says nothing).
@@ -707,11 +717,20 @@ pub fn events_router(
         }
     }
 
-    async fn append(State((ingestion, max_events)): Shared, body: axum::body::Bytes) -> Response {
+    async fn append(
+        State((ingestion, max_events, audit)): Shared,
+        access: Access,
+        body: axum::body::Bytes,
+    ) -> Response {
         let body: EventsBody = match serde_json::from_slice(&body) {
             Ok(b) => b,
             Err(e) => return bad(ErrorKind::InvalidArgument, format!("invalid request: {e}")),
         };
+        let resource = format!("topic:{}", body.topic);
+        if let Err(e) = access.check(Action::PublishEvents, ResourceKind::Topic, &body.topic) {
+            audit.record(&access, Action::PublishEvents, &resource, 0, "denied");
+            return denied(e);
+        }
         if body.events.is_empty() {
             return bad(
                 ErrorKind::InvalidArgument,
@@ -736,6 +755,13 @@ pub fn events_router(
             .await
         {
             Ok(a) => {
+                audit.record(
+                    &access,
+                    Action::PublishEvents,
+                    &resource,
+                    a.appended as u64,
+                    "ok",
+                );
                 let mut answer =
                     serde_json::json!({"appended": a.appended, "unrouted": a.unrouted});
                 if let Some(next) = a.next_sequence {
@@ -751,6 +777,7 @@ pub fn events_router(
                 } else {
                     ErrorKind::InvalidArgument
                 };
+                audit.record(&access, Action::PublishEvents, &resource, 0, "error");
                 bad(kind, format!("topic `{}`: {e:#}", body.topic))
             }
         }
@@ -767,7 +794,8 @@ pub fn events_router(
     }
 
     async fn list_dead_letters(
-        State((ingestion, _)): Shared,
+        State((ingestion, _, _)): Shared,
+        access: Access,
         query: Result<Query<DeadLetterQuery>, QueryRejection>,
     ) -> Response {
         let query = match query {
@@ -794,6 +822,13 @@ pub fn events_router(
         if let Some(Err(e)) = query.ingestion.as_deref().map(check_ingestion_name) {
             return bad(ErrorKind::InvalidArgument, format!("ingestion: {e}"));
         }
+        let allowed = match query.ingestion.as_deref() {
+            Some(name) => access.check(Action::OperateDeadLetters, ResourceKind::Ingestion, name),
+            None => access.check_every(Action::OperateDeadLetters, ResourceKind::Ingestion),
+        };
+        if let Err(e) = allowed {
+            return denied(e);
+        }
         match ingestion
             .dead_letters()
             .list(limit, query.ingestion.as_deref())
@@ -808,9 +843,21 @@ pub fn events_router(
     }
 
     async fn redrive_dead_letters(
-        State((ingestion, _)): Shared,
+        State((ingestion, _, audit)): Shared,
+        access: Access,
         body: axum::body::Bytes,
     ) -> Response {
+        // A re-drive takes the dead letters of every ingestion.
+        if let Err(e) = access.check_every(Action::OperateDeadLetters, ResourceKind::Ingestion) {
+            audit.record(
+                &access,
+                Action::OperateDeadLetters,
+                "ingestion:*",
+                0,
+                "denied: redrive",
+            );
+            return denied(e);
+        }
         let body: RedriveBody = if body.trim_ascii().is_empty() {
             RedriveBody::default()
         } else {
@@ -829,11 +876,29 @@ pub fn events_router(
             limit => limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
         };
         match ingestion.dead_letters().redrive(limit).await {
-            Ok(done) => json_response(
-                StatusCode::OK,
-                serde_json::to_vec(&done).unwrap_or_default(),
-            ),
-            Err(e) => dead_letter_failure(e),
+            Ok(done) => {
+                audit.record(
+                    &access,
+                    Action::OperateDeadLetters,
+                    "ingestion:*",
+                    done.redriven,
+                    "ok: redrive",
+                );
+                json_response(
+                    StatusCode::OK,
+                    serde_json::to_vec(&done).unwrap_or_default(),
+                )
+            }
+            Err(e) => {
+                audit.record(
+                    &access,
+                    Action::OperateDeadLetters,
+                    "ingestion:*",
+                    0,
+                    "error: redrive",
+                );
+                dead_letter_failure(e)
+            }
         }
     }
 
@@ -845,5 +910,5 @@ pub fn events_router(
             axum::routing::post(redrive_dead_letters),
         )
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .with_state((ingestion, max_events))
+        .with_state((ingestion, max_events, audit))
 }

@@ -28,6 +28,12 @@ struct Cli {
     /// Feature repo directory.
     #[arg(long, global = true)]
     repo: Option<PathBuf>,
+    /// API key or OIDC token sent to the server (`Authorization: Bearer`).
+    #[arg(long, global = true, env = "CELLAR_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// CA certificate (PEM) to trust for the server's TLS certificate, beside the system's.
+    #[arg(long, global = true, env = "CELLAR_CA_FILE")]
+    ca_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -130,6 +136,9 @@ enum Command {
     /// set) they read and write Kafka directly, unless `--server` is given.
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
+    /// API keys of the server's authentication.
+    #[command(subcommand)]
+    Auth(AuthCommand),
     /// Load an ingestion's batch data once (history, or a period of it), with a progress bar.
     ///
     /// A server answering at `server.listen` (or `--server`) runs the job; otherwise this
@@ -199,6 +208,20 @@ enum JobsCommand {
     },
     /// Cancel a job: its unfinished shards stop.
     Cancel { id: i64 },
+}
+
+#[derive(Subcommand)]
+enum AuthCommand {
+    /// Make a new API key: prints the key (give it to the client, it is not kept anywhere)
+    /// and the `[[auth.api_keys]]` entry holding only its digest.
+    NewKey {
+        /// Who the key is for, as the audit log and messages name it.
+        #[arg(long)]
+        name: String,
+        /// A role of `auth.roles` the key carries (repeat for several).
+        #[arg(long = "role")]
+        roles: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -287,6 +310,7 @@ async fn run(cli: Cli, mut config: Config) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    client::configure(cli.token.as_deref(), cli.ca_file.as_deref())?;
     match cli.command {
         Command::Quickstart {
             listen,
@@ -432,6 +456,16 @@ async fn run(cli: Cli, mut config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::DeadLetters(command) => run_dead_letters(&config, command).await,
+        Command::Auth(AuthCommand::NewKey { name, roles }) => {
+            let (key, sha256) = cellar_auth::keys::new_key();
+            let entry = toml::to_string(&serde_json::json!({
+                "api_keys": [{ "name": name, "sha256": sha256, "roles": roles }]
+            }))?;
+            println!("API key (shown once; give it to `{name}`):\n  {key}\n");
+            println!("Add to the config's [auth] section, or to auth.api_keys_file:\n");
+            print!("{}", entry.replace("[[api_keys]]", "[[auth.api_keys]]"));
+            Ok(())
+        }
         Command::Backfill {
             ingestion,
             from,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use cellar_auth::{Audit, Authenticator};
 use cellar_cache::remote::{RemoteConfig, RemoteTier};
 use cellar_cache::{CacheMetrics, LocalTier, MeasuredStore, WritePath};
 use cellar_ingest_batch::RecordSink;
@@ -14,8 +15,9 @@ use cellar_jobs::schedule::run_scheduler;
 use cellar_jobs::{Executor, JobMetrics};
 use cellar_registry::Registry;
 use cellar_serving::http::{router, HttpState};
-use cellar_serving::listener::{self, ListenerLimits, ListenerMetrics, Observed};
+use cellar_serving::listener::{self, ListenerLimits, ListenerMetrics, Observed, Security};
 use cellar_serving::metrics::ServingMetrics;
+use cellar_serving::tls::ServerTls;
 use cellar_serving::{Catalog, FeatureServer, FeatureServing, Limits};
 use cellar_store::embedded::EmbeddedStore;
 use cellar_store::{OnlineStore, RecordReader};
@@ -52,6 +54,10 @@ pub struct Node {
     job_metrics: JobMetrics,
     /// What the HTTP and gRPC listeners turned away.
     pub listener_metrics: ListenerMetrics,
+    /// TLS and authentication of both listeners.
+    pub security: Security,
+    /// Where writes and operator actions are recorded.
+    pub audit: Audit,
 }
 
 /// Opens the online store `config` names: the embedded one in the data directory, a DynamoDB
@@ -131,6 +137,10 @@ impl Node {
     pub async fn open(config: Config) -> anyhow::Result<Node> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+        let security = security(&config)?;
+        let audit_path = config.audit_log_path();
+        let audit = Audit::open(&audit_path)
+            .with_context(|| format!("opening the audit log {}", audit_path.display()))?;
         let registry = Registry::open(&config.registry_url()).await?;
         let store = open_store(&config).await?;
         let (repo, version) = match registry.current().await? {
@@ -184,7 +194,8 @@ impl Node {
         let event_times = config.event_time.bounds().map_err(|e| anyhow::anyhow!(e))?;
         let server = Arc::new(
             FeatureServer::new(catalog, reader, writer.clone(), limits)
-                .with_event_times(event_times),
+                .with_event_times(event_times)
+                .with_audit(audit.clone()),
         );
         let ingestion = if config.ingest.in_server {
             let ingestion = Arc::new(StreamIngestion::open(&config, writer.clone(), &repo)?);
@@ -210,6 +221,8 @@ impl Node {
             jobs,
             job_metrics,
             listener_metrics,
+            security,
+            audit,
             config,
             registry,
             store,
@@ -230,6 +243,16 @@ impl Node {
         grpc: Option<TcpListener>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let addresses = std::iter::once(&http)
+            .chain(grpc.as_ref())
+            .map(|l| l.local_addr())
+            .collect::<std::io::Result<Vec<_>>>()?;
+        check_exposure(&self.config, &self.security, &addresses)?;
+        if let Some(tls) = &self.security.tls {
+            tls.watch(Duration::from_secs(
+                self.config.server.tls.reload_secs.max(1),
+            ));
+        }
         let service: Arc<dyn FeatureServing> = self.server.clone();
         let state = Arc::new(HttpState {
             service,
@@ -241,10 +264,11 @@ impl Node {
                 ingestion.clone(),
                 self.config.server.max_push_records,
                 self.config.server.max_body_bytes,
+                self.audit.clone(),
             ));
         }
         if let Some(executor) = &self.jobs {
-            app = app.merge(jobs_router(executor.clone()));
+            app = app.merge(jobs_router(executor.clone(), self.audit.clone()));
         }
         let trim = (self.config.store.trim_interval_secs > 0).then(|| {
             tokio::spawn(trim_retention(
@@ -319,6 +343,7 @@ impl Node {
                     listener,
                     routes,
                     limits.clone(),
+                    self.security.clone(),
                     Observed {
                         name: "grpc",
                         metrics: self.listener_metrics.clone(),
@@ -333,9 +358,16 @@ impl Node {
             name: "http",
             metrics: self.listener_metrics.clone(),
         };
-        let result = listener::serve(http, app, limits, observed, stopped(stop_rx))
-            .await
-            .context("http server failed");
+        let result = listener::serve(
+            http,
+            app,
+            limits,
+            self.security.clone(),
+            observed,
+            stopped(stop_rx),
+        )
+        .await
+        .context("http server failed");
         reload.abort();
         // Ingestion stops on the same signal; let it commit its positions.
         if let Some(task) = ingest_task {
@@ -355,6 +387,52 @@ impl Node {
         }
         result
     }
+}
+
+/// The listeners' TLS (`[server.tls]`) and authentication (`[auth]`), or what is wrong with
+/// their settings.
+pub fn security(config: &Config) -> anyhow::Result<Security> {
+    let tls = if config.server.tls.enabled() {
+        let t = &config.server.tls;
+        if t.key_file.trim().is_empty() {
+            anyhow::bail!("server.tls.cert_file is set but server.tls.key_file is not");
+        }
+        Some(
+            ServerTls::load(
+                std::path::Path::new(t.cert_file.trim()),
+                std::path::Path::new(t.key_file.trim()),
+            )
+            .map_err(|e| anyhow::anyhow!("server.tls: {e}"))?,
+        )
+    } else {
+        None
+    };
+    let http = reqwest::Client::builder()
+        .build()
+        .context("building the HTTP client of OIDC key fetches")?;
+    let auth = Authenticator::new(&config.auth, http).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(Security { tls, auth })
+}
+
+/// Refuses to serve a non-loopback address with authentication off, unless the config says
+/// so: anyone reaching it could write features and operate jobs.
+fn check_exposure(
+    config: &Config,
+    security: &Security,
+    addresses: &[std::net::SocketAddr],
+) -> anyhow::Result<()> {
+    if security.auth.is_some() || config.auth.allow_unauthenticated {
+        return Ok(());
+    }
+    if let Some(exposed) = addresses.iter().find(|a| !a.ip().is_loopback()) {
+        anyhow::bail!(
+            "refusing to serve {exposed} without authentication: it is not a loopback address, \
+             so anyone who reaches it could read and write features and operate jobs. Turn on \
+             [auth] (auth.enabled with API keys or an OIDC issuer), or set \
+             auth.allow_unauthenticated = true if something in front of Cellar authenticates"
+        );
+    }
+    Ok(())
 }
 
 /// The limits of every listener of a serving process, from `[server]`.

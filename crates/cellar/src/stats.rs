@@ -366,7 +366,9 @@ pub fn render(stats: &Stats) -> String {
 /// Fetches a server's metrics and summarizes them.
 pub async fn fetch(server: &str) -> anyhow::Result<Stats> {
     let url = format!("{}/metrics", server.trim_end_matches('/'));
-    let response = reqwest::get(&url)
+    let response = crate::client::http()
+        .get(&url)
+        .send()
         .await
         .with_context(|| format!("fetching {url}"))?;
     let status = response.status();

@@ -1,0 +1,644 @@
+//! Authentication and authorization of a serving node, over HTTP (Cellar's API, the
+//! Feast-compatible routes, jobs, events, dead letters, metrics) and gRPC: API keys and OIDC
+//! tokens checked against a JWKS this test serves (and rotates), roles closed by default, the
+//! audit log, TLS with a certificate reloaded on renewal, and the refusal to expose a server
+//! without authentication.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use cellar::config::Config;
+use cellar::node::Node;
+use cellar::{quickstart, repo};
+use cellar_auth::config::{ApiKeyConfig, GrantConfig, RoleConfig};
+use cellar_auth::Action;
+use cellar_serving::grpc::pb;
+use cellar_serving::grpc::pb::feature_serving_client::FeatureServingClient;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+const ISSUER_AUDIENCE: &str = "cellar";
+
+/// An OIDC issuer's signing key: a P-256 key pair, its `kid`, and its JWK.
+struct SigningKey {
+    kid: String,
+    key: rcgen::KeyPair,
+}
+
+impl SigningKey {
+    fn new(kid: &str) -> SigningKey {
+        SigningKey {
+            kid: kid.to_owned(),
+            key: rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(),
+        }
+    }
+
+    fn jwk(&self) -> Value {
+        // The raw public key is the uncompressed point: 0x04, x, y.
+        let raw = self.key.public_key_raw();
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        json!({"kty": "EC", "crv": "P-256", "kid": self.kid, "use": "sig", "alg": "ES256",
+               "x": b64(&raw[1..33]), "y": b64(&raw[33..65])})
+    }
+
+    fn sign(&self, claims: &Value) -> String {
+        self.sign_as(&self.kid, claims)
+    }
+
+    /// Signed by this key, but naming `kid`.
+    fn sign_as(&self, kid: &str, claims: &Value) -> String {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(kid.to_owned());
+        let key = EncodingKey::from_ec_der(&self.key.serialize_der());
+        jsonwebtoken::encode(&header, claims, &key).unwrap()
+    }
+}
+
+/// A JWKS endpoint whose key set the test can change.
+struct Issuer {
+    url: String,
+    keys: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Issuer {
+    async fn start(keys: Vec<Value>) -> Issuer {
+        let keys = Arc::new(Mutex::new(keys));
+        let shared = keys.clone();
+        let app = axum::Router::new().route(
+            "/jwks",
+            axum::routing::get(move || {
+                let keys = shared.lock().unwrap().clone();
+                async move { axum::Json(json!({ "keys": keys })) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Issuer {
+            url: format!("http://{addr}"),
+            keys,
+        }
+    }
+
+    fn claims(&self, sub: &str, roles: &[&str], expires_in: i64) -> Value {
+        let now = cellar_spec::time::now_ms() / 1000;
+        json!({"iss": self.url, "aud": ISSUER_AUDIENCE, "sub": sub, "roles": roles,
+               "iat": now, "exp": now + expires_in})
+    }
+}
+
+fn role(name: &str, grants: &[(&[Action], &[&str])]) -> RoleConfig {
+    RoleConfig {
+        name: name.into(),
+        grants: grants
+            .iter()
+            .map(|(actions, resources)| GrantConfig {
+                actions: actions.to_vec(),
+                resources: resources.iter().map(|r| r.to_string()).collect(),
+            })
+            .collect(),
+    }
+}
+
+/// An API key of `roles`, and its config entry.
+fn api_key(name: &str, roles: &[&str]) -> (String, ApiKeyConfig) {
+    let (key, sha256) = cellar_auth::keys::new_key();
+    (
+        key,
+        ApiKeyConfig {
+            name: name.into(),
+            sha256,
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+        },
+    )
+}
+
+struct Server {
+    base: String,
+    grpc: String,
+    client: reqwest::Client,
+    dir: TempDir,
+    /// The key of a reader of `user_*` groups only.
+    reader: String,
+    /// The key of a writer and operator of everything.
+    admin: String,
+}
+
+impl Server {
+    async fn start(issuer: Option<&Issuer>) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config {
+            data_dir: dir.path().join("data"),
+            repo: dir.path().join("repo"),
+            ..Config::default()
+        };
+        let (reader, reader_entry) = api_key("ranker", &["reader"]);
+        let (admin, admin_entry) = api_key("ops", &["admin"]);
+        config.auth.enabled = true;
+        config.auth.api_keys = vec![reader_entry, admin_entry];
+        config.auth.roles = vec![
+            role(
+                "reader",
+                &[(&[Action::ReadFeatures], &["group:user_*", "service:none"])],
+            ),
+            role(
+                "admin",
+                &[(
+                    &[
+                        Action::ReadFeatures,
+                        Action::WriteFeatures,
+                        Action::PublishEvents,
+                        Action::OperateJobs,
+                        Action::OperateDeadLetters,
+                        Action::ReadMetrics,
+                    ],
+                    &["*"],
+                )],
+            ),
+        ];
+        if let Some(issuer) = issuer {
+            config.auth.oidc.issuer = issuer.url.clone();
+            config.auth.oidc.audience = ISSUER_AUDIENCE.into();
+            config.auth.oidc.jwks_url = format!("{}/jwks", issuer.url);
+            config.auth.oidc.min_refetch_secs = 0;
+            config.auth.oidc.leeway_secs = 0;
+        }
+        quickstart::write_example_repo(&config.repo).unwrap();
+        let registry = cellar_registry::Registry::open(&config.registry_url())
+            .await
+            .unwrap();
+        registry
+            .apply(&repo::load_repo(&config.repo).unwrap())
+            .await
+            .unwrap();
+        let node = Node::open(config).await.unwrap();
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = http.local_addr().unwrap();
+        let grpc_addr: SocketAddr = grpc.local_addr().unwrap();
+        tokio::spawn(node.serve(http, Some(grpc), std::future::pending()));
+        Server {
+            base: format!("http://{addr}"),
+            grpc: format!("http://{grpc_addr}"),
+            client: reqwest::Client::new(),
+            dir,
+            reader,
+            admin,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Value,
+    ) -> (u16, Value) {
+        let url = format!("{}{path}", self.base);
+        let mut req = match method {
+            "GET" => self.client.get(url),
+            _ => self.client.post(url).json(&body),
+        };
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn read(&self, token: Option<&str>, group: &str) -> (u16, Value) {
+        self.call(
+            "POST",
+            "/v1/features",
+            token,
+            json!({"entities": {"user_id": ["u1"]}, "groups": [group]}),
+        )
+        .await
+    }
+
+    async fn grpc_read(&self, token: Option<&str>, group: &str) -> Result<(), tonic::Status> {
+        let mut client = FeatureServingClient::connect(self.grpc.clone())
+            .await
+            .unwrap();
+        let mut request = tonic::Request::new(pb::GetFeaturesRequest {
+            entities: vec![pb::EntityColumn {
+                name: "user_id".into(),
+                values: vec![pb::Value {
+                    kind: Some(pb::value::Kind::StringValue("u1".into())),
+                }],
+            }],
+            groups: vec![pb::GroupRequest {
+                name: group.into(),
+                ..Default::default()
+            }],
+            feature_service: None,
+        });
+        if let Some(token) = token {
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        client.get_features(request).await.map(|_| ())
+    }
+}
+
+/// Every route that does something, as (method, path, body).
+fn protected_routes() -> Vec<(&'static str, &'static str, Value)> {
+    let entities = json!({"user_id": ["u1"]});
+    vec![
+        (
+            "POST",
+            "/v1/features",
+            json!({"entities": entities, "groups": ["user_profile"]}),
+        ),
+        (
+            "POST",
+            "/v1/push",
+            json!({"group": "user_profile", "records": [{"entity": {"user_id": "u1"}, "features": {"age": 1}}]}),
+        ),
+        (
+            "POST",
+            "/get-online-features",
+            json!({"entities": entities, "features": ["user_profile:age"]}),
+        ),
+        (
+            "POST",
+            "/push",
+            json!({"push_source_name": "user_profile", "df": {"user_id": ["u1"], "age": [1]}}),
+        ),
+        (
+            "POST",
+            "/write-to-online-store",
+            json!({"feature_view_name": "user_profile", "df": {"user_id": ["u1"], "age": [1]}}),
+        ),
+        (
+            "POST",
+            "/v1/events",
+            json!({"topic": "clicks", "events": [{"user_id": "u1"}]}),
+        ),
+        ("GET", "/v1/dead-letters", Value::Null),
+        ("POST", "/v1/dead-letters/redrive", json!({})),
+        ("GET", "/v1/jobs", Value::Null),
+        ("POST", "/v1/jobs", json!({"ingestion": "anything"})),
+        ("GET", "/v1/jobs/1", Value::Null),
+        ("POST", "/v1/jobs/1/retry", Value::Null),
+        ("POST", "/v1/jobs/1/cancel", Value::Null),
+        ("GET", "/jobs/1", Value::Null),
+        ("GET", "/metrics", Value::Null),
+    ]
+}
+
+#[tokio::test]
+async fn without_credentials_every_route_but_health_is_401() {
+    let s = Server::start(None).await;
+    for (method, path, body) in protected_routes() {
+        for token in [None, Some("cellar_not-a-key"), Some("")] {
+            let (status, answer) = s.call(method, path, token, body.clone()).await;
+            assert_eq!(status, 401, "{method} {path} with {token:?}: {answer}");
+            assert_eq!(answer["error"]["kind"], "unauthenticated", "{answer}");
+        }
+    }
+    let (status, _) = s.call("GET", "/health", None, Value::Null).await;
+    assert_eq!(status, 200);
+    let err = s.grpc_read(None, "user_profile").await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+    let err = s
+        .grpc_read(Some("cellar_wrong"), "user_profile")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+}
+
+#[tokio::test]
+async fn a_reader_of_some_groups_is_refused_everything_else() {
+    let s = Server::start(None).await;
+    let reader = Some(s.reader.as_str());
+    let (status, answer) = s.read(reader, "user_profile").await;
+    assert_eq!(status, 200, "{answer}");
+    // Another group, a feature service not granted, and every write and operation: 403.
+    let (status, answer) = s.read(reader, "article_stats").await;
+    assert_eq!(status, 403, "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("`ranker`")
+            && message.contains("read_features")
+            && message.contains("`article_stats`"),
+        "{message}"
+    );
+    // A group that does not exist is refused the same way: no probing for names.
+    let (status, _) = s.read(reader, "no_such_group").await;
+    assert_eq!(status, 403);
+    let (status, _) = s
+        .call(
+            "POST",
+            "/v1/features",
+            reader,
+            json!({"entities": {"user_id": ["u1"]}, "feature_service": "home_feed_ranker"}),
+        )
+        .await;
+    assert_eq!(status, 403);
+    for (method, path, body) in protected_routes().into_iter().skip(1) {
+        if path == "/get-online-features" {
+            continue;
+        }
+        let (status, answer) = s.call(method, path, reader, body).await;
+        assert_eq!(status, 403, "{method} {path}: {answer}");
+    }
+    // Feast's read of a granted group passes; of another, 403.
+    let (status, answer) = s
+        .call(
+            "POST",
+            "/get-online-features",
+            reader,
+            json!({"entities": {"user_id": ["u1"]}, "features": ["user_profile:age"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, _) = s
+        .call(
+            "POST",
+            "/get-online-features",
+            reader,
+            json!({"entities": {"article_id": ["a1"]}, "features": ["article_stats:ctr_7d"]}),
+        )
+        .await;
+    assert_eq!(status, 403);
+    // gRPC: the same grants.
+    s.grpc_read(reader, "user_profile").await.unwrap();
+    let err = s.grpc_read(reader, "article_stats").await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+}
+
+#[tokio::test]
+async fn writes_and_operations_are_granted_and_audited() {
+    let s = Server::start(None).await;
+    let admin = Some(s.admin.as_str());
+    let (status, answer) = s
+        .call(
+            "POST",
+            "/v1/push",
+            admin,
+            json!({"group": "user_profile", "records": [{"entity": {"user_id": "u1"}, "features": {"age": 41}}]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = s.read(admin, "user_profile").await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = s.call("GET", "/metrics", admin, Value::Null).await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = s
+        .call("POST", "/v1/dead-letters/redrive", admin, json!({}))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    // A refused push is audited too.
+    let (status, _) = s
+        .call(
+            "POST",
+            "/v1/push",
+            Some(&s.reader),
+            json!({"group": "user_profile", "records": [{"entity": {"user_id": "u1"}, "features": {"age": 1}}]}),
+        )
+        .await;
+    assert_eq!(status, 403);
+
+    let log = s.dir.path().join("data").join("audit.log");
+    let mut lines = Vec::new();
+    for _ in 0..50 {
+        lines = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .collect();
+        if lines.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let find = |who: &str, action: &str| {
+        lines
+            .iter()
+            .find(|l| l["who"] == who && l["action"] == action)
+            .unwrap_or_else(|| panic!("no {who} {action} in {lines:?}"))
+            .clone()
+    };
+    let push = find("ops", "write_features");
+    assert_eq!(push["resource"], "group:user_profile");
+    assert_eq!(push["records"], 1);
+    assert_eq!(push["outcome"], "ok");
+    assert_eq!(push["via"], "api_key");
+    assert!(push["time"].as_str().unwrap().starts_with("20"), "{push}");
+    assert_eq!(
+        find("ops", "operate_dead_letters")["outcome"],
+        "ok: redrive"
+    );
+    assert_eq!(find("ranker", "write_features")["outcome"], "denied");
+    // The log holds names, never a key.
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains(&s.admin) && !text.contains(&s.reader));
+}
+
+#[tokio::test]
+async fn oidc_tokens_are_checked_and_a_rotated_key_is_picked_up() {
+    let first = SigningKey::new("k1");
+    let issuer = Issuer::start(vec![first.jwk()]).await;
+    let s = Server::start(Some(&issuer)).await;
+
+    let token = first.sign(&issuer.claims("svc-ranker", &["reader"], 300));
+    let (status, answer) = s.read(Some(&token), "user_profile").await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, _) = s.read(Some(&token), "article_stats").await;
+    assert_eq!(status, 403);
+    s.grpc_read(Some(&token), "user_profile").await.unwrap();
+
+    let refused = |what: &str, token: String| (what.to_owned(), token);
+    let mut wrong_audience = issuer.claims("svc", &["reader"], 300);
+    wrong_audience["aud"] = json!("another-service");
+    let mut wrong_issuer = issuer.claims("svc", &["reader"], 300);
+    wrong_issuer["iss"] = json!("https://evil.example");
+    let stranger = SigningKey::new("k1");
+    let hs256 = jsonwebtoken::encode(
+        &Header {
+            kid: Some("k1".into()),
+            ..Header::new(Algorithm::HS256)
+        },
+        &issuer.claims("svc", &["admin"], 300),
+        &EncodingKey::from_secret(b"guess"),
+    )
+    .unwrap();
+    for (what, token) in [
+        refused(
+            "expired",
+            first.sign(&issuer.claims("svc", &["reader"], -60)),
+        ),
+        refused(
+            "signed by another key under the same kid",
+            stranger.sign(&issuer.claims("svc", &["reader"], 300)),
+        ),
+        refused("wrong audience", first.sign(&wrong_audience)),
+        refused("wrong issuer", first.sign(&wrong_issuer)),
+        refused(
+            "an unknown kid",
+            stranger.sign_as("k9", &issuer.claims("svc", &["reader"], 300)),
+        ),
+        refused("HS256 with a guessed secret", hs256),
+        refused("garbage", "a.b.c".into()),
+    ] {
+        let (status, answer) = s.read(Some(&token), "user_profile").await;
+        assert_eq!(status, 401, "{what}: {answer}");
+        let err = s.grpc_read(Some(&token), "user_profile").await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated, "{what}: {err}");
+    }
+
+    // The issuer rotates to a new key: tokens it signs pass without a restart, and the
+    // retired key's tokens stop passing once the set is fetched again.
+    let second = SigningKey::new("k2");
+    *issuer.keys.lock().unwrap() = vec![second.jwk()];
+    let token = second.sign(&issuer.claims("svc-ranker", &["reader"], 300));
+    let (status, answer) = s.read(Some(&token), "user_profile").await;
+    assert_eq!(status, 200, "{answer}");
+    let old = first.sign(&issuer.claims("svc-ranker", &["reader"], 300));
+    let (status, answer) = s.read(Some(&old), "user_profile").await;
+    assert_eq!(status, 401, "{answer}");
+}
+
+/// A CA and a certificate for 127.0.0.1 it signed, as PEM: (ca, cert, key).
+fn certificate() -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .unwrap();
+    let cert = params.signed_by(&key, &ca_cert, &ca_key).unwrap();
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test]
+async fn tls_serves_http_and_grpc_and_a_renewed_certificate_is_picked_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificate();
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, &cert).unwrap();
+    std::fs::write(&key_file, &key).unwrap();
+    let mut config = Config {
+        data_dir: dir.path().join("data"),
+        repo: dir.path().join("repo"),
+        ..Config::default()
+    };
+    config.server.tls.cert_file = cert_file.display().to_string();
+    config.server.tls.key_file = key_file.display().to_string();
+    config.server.tls.reload_secs = 1;
+    quickstart::write_example_repo(&config.repo).unwrap();
+    let registry = cellar_registry::Registry::open(&config.registry_url())
+        .await
+        .unwrap();
+    registry
+        .apply(&repo::load_repo(&config.repo).unwrap())
+        .await
+        .unwrap();
+    let node = Node::open(config).await.unwrap();
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
+    tokio::spawn(node.serve(http, Some(grpc), std::future::pending()));
+
+    let trusting = |ca: &str| {
+        reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
+            .build()
+            .unwrap()
+    };
+    let url = format!("https://{addr}/v1/features");
+    let body = json!({"entities": {"user_id": ["u1"]}, "groups": ["user_profile"]});
+    let resp = trusting(&ca).post(&url).json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // Plain HTTP on a TLS port gets no answer.
+    let plain = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/features"))
+        .json(&body)
+        .send()
+        .await;
+    assert!(plain.map(|r| r.status() != 200).unwrap_or(true));
+
+    // gRPC over TLS, checked against the CA.
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&ca))
+        .domain_name("127.0.0.1");
+    let channel = tonic::transport::Channel::from_shared(format!("https://{grpc_addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    FeatureServingClient::new(channel)
+        .get_features(pb::GetFeaturesRequest {
+            entities: vec![pb::EntityColumn {
+                name: "user_id".into(),
+                values: vec![pb::Value {
+                    kind: Some(pb::value::Kind::StringValue("u1".into())),
+                }],
+            }],
+            groups: vec![pb::GroupRequest {
+                name: "user_profile".into(),
+                ..Default::default()
+            }],
+            feature_service: None,
+        })
+        .await
+        .unwrap();
+
+    // The certificate is renewed by another CA: new connections get the new one.
+    let (new_ca, new_cert, new_key) = certificate();
+    std::fs::write(&key_file, &new_key).unwrap();
+    std::fs::write(&cert_file, &new_cert).unwrap();
+    let mut renewed = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Ok(resp) = trusting(&new_ca).post(&url).json(&body).send().await {
+            assert_eq!(resp.status(), 200);
+            renewed = true;
+            break;
+        }
+    }
+    assert!(
+        renewed,
+        "the renewed certificate was not served within 10 s"
+    );
+    assert!(trusting(&ca).post(&url).json(&body).send().await.is_err());
+}
+
+#[tokio::test]
+async fn a_server_exposed_without_authentication_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config {
+        data_dir: dir.path().join("data"),
+        repo: dir.path().join("repo"),
+        ..Config::default()
+    };
+    let node = Node::open(config.clone()).await.unwrap();
+    let http = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let err = node
+        .serve(http, None, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("without authentication"), "{err}");
+    // Said explicitly, it starts.
+    config.auth.allow_unauthenticated = true;
+    let node = Node::open(config).await.unwrap();
+    let http = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = http.local_addr().unwrap().port();
+    tokio::spawn(node.serve(http, None, std::future::pending()));
+    let resp = reqwest::get(format!("http://127.0.0.1:{port}/health")).await;
+    assert_eq!(resp.unwrap().status(), 200);
+}
