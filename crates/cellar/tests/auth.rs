@@ -642,3 +642,40 @@ async fn a_server_exposed_without_authentication_refuses_to_start() {
     let resp = reqwest::get(format!("http://127.0.0.1:{port}/health")).await;
     assert_eq!(resp.unwrap().status(), 200);
 }
+
+#[tokio::test]
+async fn the_cli_sends_its_token() {
+    let s = Server::start(None).await;
+    let get = |token: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cellar"));
+        cmd.args([
+            "--data-dir",
+            s.dir.path().join("cli").to_str().unwrap(),
+            "get",
+            "--server",
+            &s.base,
+            "-e",
+            "user_id=u1",
+            "-g",
+            "user_profile",
+            "--json",
+        ])
+        .env_remove("CELLAR_TOKEN");
+        if let Some(token) = token {
+            cmd.env("CELLAR_TOKEN", token);
+        }
+        cmd.output().unwrap()
+    };
+    let refused = get(None);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("401") && stderr.contains("no credentials"), "{stderr}");
+    let answered = get(Some(&s.reader));
+    assert!(
+        answered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&answered.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&answered.stdout).unwrap();
+    assert_eq!(answer["groups"][0]["group"], "user_profile", "{answer}");
+}
