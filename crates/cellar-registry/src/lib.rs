@@ -27,7 +27,7 @@ mod snapshot;
 use std::path::Path;
 use std::str::FromStr;
 
-use cellar_spec::redact::redact_url;
+use cellar_spec::redact::show_url;
 use cellar_spec::secret;
 use cellar_spec::{FeatureRepo, SpecKind};
 use chrono::{DateTime, Utc};
@@ -144,7 +144,7 @@ impl Registry {
     /// [`cellar_spec::secret`]) are read here; messages show the URL without its password.
     pub async fn open(url: &str) -> Result<Registry, RegistryError> {
         // What is not a URL is a file path (or references only), safe to show.
-        let shown = redact_url(url).unwrap_or_else(|| url.to_owned());
+        let shown = show_url(url, url);
         let url = secret::resolve(url).map_err(|e| RegistryError::InvalidUrl {
             url: shown.clone(),
             reason: e.to_string(),

@@ -12,17 +12,21 @@ pub fn redact_url(url: &str) -> Option<String> {
     split(url).map(|(shown, _)| shown)
 }
 
-/// A connection URL as messages show it: [`redact_url`]; a URL that is only secret references
-/// (`${PG_URL}`) as written; other text (a keyword/value connection string, where a password
-/// may sit anywhere) as `placeholder`.
+/// A connection URL as messages show it: [`redact_url`], its password hidden whether written
+/// out or a secret reference, and other references (`${PG_USER}`) kept as written; a URL that
+/// is only references (`${PG_URL}`) as written; other text (a keyword/value connection string,
+/// where a password may sit anywhere) as `placeholder`.
 pub fn show_url(url: &str, placeholder: &str) -> String {
-    redact_url(url).unwrap_or_else(|| {
-        if crate::secret::only_references(url) {
-            url.to_owned()
-        } else {
-            placeholder.to_owned()
-        }
-    })
+    // References are set aside first: what one names (`${file:/run/secrets/pg}`) holds
+    // slashes, which would end the URL's authority early.
+    let Ok((masked, references)) = crate::secret::set_aside(url) else {
+        return redact_url(url).unwrap_or_else(|| placeholder.to_owned());
+    };
+    match redact_url(&masked) {
+        Some(shown) => crate::secret::put_back(&shown, &references),
+        None if crate::secret::only_references(url) => url.to_owned(),
+        None => placeholder.to_owned(),
+    }
 }
 
 /// [`redact_url`], and the user name dropped too: for URLs whose user is itself a credential
@@ -188,6 +192,27 @@ mod tests {
             Some("http://127.0.0.1:8014/a@b")
         );
         assert_eq!(redact_url_and_user("not a url"), None);
+    }
+
+    #[test]
+    fn secret_references_are_kept_but_not_a_password_reference() {
+        assert_eq!(
+            show_url(
+                "postgres://${PG_USER}:${file:/run/secrets/pg}@db:5432/app?sslmode=require",
+                "-"
+            ),
+            "postgres://${PG_USER}:***@db:5432/app?sslmode=require"
+        );
+        assert_eq!(
+            show_url("postgres://u@db/app?password=${PG_PASSWORD}", "-"),
+            "postgres://u@db/app?password=***"
+        );
+        assert_eq!(show_url("${PG_URL}", "-"), "${PG_URL}");
+        assert_eq!(show_url("host=db password=${PG_PASSWORD}", "-"), "-");
+        assert_eq!(
+            show_url("postgres://u:hush@db/app", "-"),
+            "postgres://u:***@db/app"
+        );
     }
 
     #[test]

@@ -155,6 +155,37 @@ pub fn only_references(text: &str) -> bool {
 /// What stands for a reference in a masked text: a control character no URL holds.
 const MASK: char = '\u{1}';
 
+/// `text` with each reference replaced by a numbered token of control characters, and the
+/// references as written, so that text can be reworked (a URL's password hidden) without
+/// reading into references, then [`put_back`].
+pub(crate) fn set_aside(text: &str) -> Result<(String, Vec<String>), SecretError> {
+    let mut out = String::with_capacity(text.len());
+    let mut references = Vec::new();
+    walk(text, |piece| {
+        match piece {
+            Piece::Text(t) => out.push_str(t),
+            Piece::Ref(r) => {
+                out.push_str(&format!("{MASK}{}\u{2}", references.len()));
+                references.push(match r {
+                    Reference::Var(name) => format!("${{{name}}}"),
+                    Reference::File(path) => format!("${{file:{path}}}"),
+                });
+            }
+        }
+        Ok(())
+    })?;
+    Ok((out, references))
+}
+
+/// `text` from [`set_aside`] with the references its tokens stand for written back.
+pub(crate) fn put_back(text: &str, references: &[String]) -> String {
+    let mut out = text.to_owned();
+    for (i, reference) in references.iter().enumerate() {
+        out = out.replace(&format!("{MASK}{i}\u{2}"), reference);
+    }
+    out
+}
+
 /// `text` with each reference replaced by [`MASK`] (and `$${` by `${`).
 fn mask(text: &str) -> Result<String, SecretError> {
     let mut out = String::with_capacity(text.len());

@@ -641,11 +641,17 @@ mod tests {
 
         c.jobs.alert_webhook = "https://hooks.example/${SLACK HOOK}".into();
         let err = c.check_secrets().unwrap_err();
-        assert!(err.starts_with("jobs.alert_webhook: `${SLACK HOOK}`"), "{err}");
+        assert!(
+            err.starts_with("jobs.alert_webhook: `${SLACK HOOK}`"),
+            "{err}"
+        );
         c.jobs.alert_webhook = String::new();
         c.registry.url = "postgres://cellar:${PG_PASSWORD@db/cellar".into();
         let err = c.check_secrets().unwrap_err();
-        assert!(err.starts_with("registry.url: a `${` is not closed"), "{err}");
+        assert!(
+            err.starts_with("registry.url: a `${` is not closed"),
+            "{err}"
+        );
     }
 
     #[test]

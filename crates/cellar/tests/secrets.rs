@@ -274,13 +274,19 @@ fn a_spec_with_a_password_written_out_is_refused_at_plan_with_file_and_line() {
                 in_parameter.as_str(),
                 "the URL holds a password in its `password` parameter",
             ),
-            ("${PG PASSWORD}", "`${PG PASSWORD}` is not a secret reference"),
+            (
+                "${PG PASSWORD}",
+                "`${PG PASSWORD}` is not a secret reference",
+            ),
         ] {
             let expected = format!(
                 "sources.yaml:{}: batch.postgres.url: {problem}",
                 line_of(needle)
             );
-            assert!(stderr.contains(&expected), "{command}: {expected}\n{stderr}");
+            assert!(
+                stderr.contains(&expected),
+                "{command}: {expected}\n{stderr}"
+            );
         }
         // The reference to a variable this machine lacks is no error: only where the
         // ingestion runs must it be set.
@@ -364,7 +370,10 @@ async fn a_failing_alert_does_not_print_its_webhook() {
 async fn no_secret_of_the_config_or_specs_reaches_the_registry_logs_or_job_pages() {
     let admin = common::service_address("CELLAR_TEST_POSTGRES", "PostgreSQL");
     let suffix = format!("{:08x}", rand::random::<u32>());
-    let (role, table) = (format!("cellar_reader_{suffix}"), format!("secret_profiles_{suffix}"));
+    let (role, table) = (
+        format!("cellar_reader_{suffix}"),
+        format!("secret_profiles_{suffix}"),
+    );
     let pg_password = secret("Pg");
     let file_password = secret("PgFile");
     let token = secret("Hook");
@@ -429,17 +438,28 @@ async fn no_secret_of_the_config_or_specs_reaches_the_registry_logs_or_job_pages
                     &source_url("${CELLAR_SECRETS_PG_PASSWORD}"),
                     &format!("SELECT user_id, country FROM {table}_missing")
                 ),
-                postgres_ingestion("unset_variable", &source_url(&format!("${{{unset}}}")), &query),
+                postgres_ingestion(
+                    "unset_variable",
+                    &source_url(&format!("${{{unset}}}")),
+                    &query
+                ),
             ),
         );
         let mut seen: Vec<(String, Vec<u8>)> = Vec::new();
         let plan = env.run(&["plan"]);
         assert!(plan.status.success(), "{}", text(&plan.stderr));
-        assert!(text(&plan.stdout).contains("from_postgres"), "{}", text(&plan.stdout));
+        assert!(
+            text(&plan.stdout).contains("from_postgres"),
+            "{}",
+            text(&plan.stdout)
+        );
         seen.push(("`cellar plan`".into(), [plan.stdout, plan.stderr].concat()));
         let apply = env.run(&["apply"]);
         assert!(apply.status.success(), "{}", text(&apply.stderr));
-        seen.push(("`cellar apply`".into(), [apply.stdout, apply.stderr].concat()));
+        seen.push((
+            "`cellar apply`".into(),
+            [apply.stdout, apply.stderr].concat(),
+        ));
 
         let server = env.serve();
         let base = env.base();
@@ -447,12 +467,22 @@ async fn no_secret_of_the_config_or_specs_reaches_the_registry_logs_or_job_pages
         let mut backfill = |ingestion: &str, succeeds: bool| {
             let out = env.run(&["backfill", ingestion]);
             let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-            assert_eq!(out.status.success(), succeeds, "{ingestion}: {stdout}\n{stderr}");
-            seen.push((format!("`cellar backfill {ingestion}`"), [out.stdout, out.stderr].concat()));
+            assert_eq!(
+                out.status.success(),
+                succeeds,
+                "{ingestion}: {stdout}\n{stderr}"
+            );
+            seen.push((
+                format!("`cellar backfill {ingestion}`"),
+                [out.stdout, out.stderr].concat(),
+            ));
             stdout
         };
         let stdout = backfill("from_postgres", true);
-        assert!(stdout.contains("succeeded: 3 rows read, 3 written"), "{stdout}");
+        assert!(
+            stdout.contains("succeeded: 3 rows read, 3 written"),
+            "{stdout}"
+        );
         // The server here lets any password in (trust authentication), but a password file
         // that cannot be read fails the job: this one was read.
         let stdout = backfill("password_in_a_file", true);
@@ -466,25 +496,48 @@ async fn no_secret_of_the_config_or_specs_reaches_the_registry_logs_or_job_pages
         assert_eq!(listed["jobs"].as_array().map(Vec::len), Some(4), "{listed}");
         seen.push(("/v1/jobs".into(), jobs));
         for id in 1..=4 {
-            seen.push((format!("/v1/jobs/{id}"), get(&format!("{base}/v1/jobs/{id}")).await));
-            seen.push((format!("/jobs/{id}"), get(&format!("{base}/jobs/{id}")).await));
+            seen.push((
+                format!("/v1/jobs/{id}"),
+                get(&format!("{base}/v1/jobs/{id}")).await,
+            ));
+            seen.push((
+                format!("/jobs/{id}"),
+                get(&format!("{base}/jobs/{id}")).await,
+            ));
             let out = env.run(&["jobs", "show", &id.to_string(), "--json"]);
             assert!(out.status.success(), "{}", text(&out.stderr));
-            seen.push((format!("`cellar jobs show {id}`"), [out.stdout, out.stderr].concat()));
+            seen.push((
+                format!("`cellar jobs show {id}`"),
+                [out.stdout, out.stderr].concat(),
+            ));
         }
         let out = env.run(&["jobs", "list"]);
-        seen.push(("`cellar jobs list`".into(), [out.stdout, out.stderr].concat()));
+        seen.push((
+            "`cellar jobs list`".into(),
+            [out.stdout, out.stderr].concat(),
+        ));
 
         // Why the failed jobs failed is said, with the source's URL as references show it.
-        let failed: Value = serde_json::from_slice(&get(&format!("{base}/v1/jobs/3")).await).unwrap();
-        let error = failed["job"]["error"].as_str().unwrap_or_default().to_owned();
+        let failed: Value =
+            serde_json::from_slice(&get(&format!("{base}/v1/jobs/3")).await).unwrap();
+        let error = failed["job"]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         assert!(
             error.contains(&format!("postgres://{role}:***@")) && error.contains("does not exist"),
             "{failed}"
         );
-        let unset_job: Value = serde_json::from_slice(&get(&format!("{base}/v1/jobs/4")).await).unwrap();
-        let error = unset_job["job"]["error"].as_str().unwrap_or_default().to_owned();
-        assert!(error.contains(&format!("environment variable `{unset}` is not set")), "{unset_job}");
+        let unset_job: Value =
+            serde_json::from_slice(&get(&format!("{base}/v1/jobs/4")).await).unwrap();
+        let error = unset_job["job"]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            error.contains(&format!("environment variable `{unset}` is not set")),
+            "{unset_job}"
+        );
         drop(server);
 
         let log = env.server_log();
@@ -497,22 +550,32 @@ async fn no_secret_of_the_config_or_specs_reaches_the_registry_logs_or_job_pages
         seen.push(("the server's log".into(), log));
 
         // The registry holds the references, never their values.
-        let registry = cellar_registry::Registry::open(
-            env.data_dir().join("registry.db").to_str().unwrap(),
-        )
-        .await
-        .unwrap();
+        let registry =
+            cellar_registry::Registry::open(env.data_dir().join("registry.db").to_str().unwrap())
+                .await
+                .unwrap();
         let applied = registry.current().await.unwrap().expect("an applied repo");
         let snapshot = serde_json::to_string(&applied.repo).unwrap();
-        assert!(snapshot.contains("${CELLAR_SECRETS_PG_PASSWORD}"), "{snapshot}");
+        assert!(
+            snapshot.contains("${CELLAR_SECRETS_PG_PASSWORD}"),
+            "{snapshot}"
+        );
         seen.push(("the registry's snapshot".into(), snapshot.into_bytes()));
-        for ingestion in ["from_postgres", "password_in_a_file", "missing_table", "unset_variable"] {
+        for ingestion in [
+            "from_postgres",
+            "password_in_a_file",
+            "missing_table",
+            "unset_variable",
+        ] {
             let history = registry
                 .history(cellar_spec::SpecKind::Ingestion, ingestion)
                 .await
                 .unwrap();
             assert!(!history.is_empty());
-            seen.push((format!("the registry's history of {ingestion}"), format!("{history:?}").into_bytes()));
+            seen.push((
+                format!("the registry's history of {ingestion}"),
+                format!("{history:?}").into_bytes(),
+            ));
         }
         // Every file under the data directory: the registry's database and its journal, the
         // store, rejected rows.
