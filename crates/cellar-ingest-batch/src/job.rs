@@ -372,20 +372,26 @@ features:
     }
 
     #[test]
-    fn postgres_sources_keep_their_query_and_hide_the_password() {
+    fn postgres_sources_keep_their_query_and_references_and_hide_a_password() {
         let r = repo(
-            "kind: Ingestion\nname: pg\nbatch: { postgres: { url: \"postgres://me:hush@db/y\", query: \"SELECT 1\" } }\n\
+            "kind: Ingestion\nname: pg\nbatch: { postgres: { url: \"postgres://me:${PG_PASSWORD}@db/y\", query: \"SELECT 1\" } }\n\
              into: profile\nkey: user_id\nfeatures: { country: c }\n",
         );
         let job = BatchJob::from_repo(&r, "pg", 0).unwrap();
+        // The reference is read only when the shard connects.
         assert_eq!(
             job.input,
             JobInput::Postgres {
-                url: "postgres://me:hush@db/y".into(),
+                url: "postgres://me:${PG_PASSWORD}@db/y".into(),
                 query: "SELECT 1".into()
             }
         );
-        let shown = format!("{job:?}");
+        // A password written out (a repo applied before they were refused) is not shown.
+        let written_out = JobInput::Postgres {
+            url: "postgres://me:hush@db/y".into(),
+            query: "SELECT 1".into(),
+        };
+        let shown = format!("{written_out:?}");
         assert!(
             !shown.contains("hush") && shown.contains("postgres://me:***@db/y"),
             "{shown}"

@@ -35,7 +35,8 @@ use arrow_array::builder::{
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
-use cellar_spec::redact::{hide_passwords, redact_url};
+use cellar_spec::redact::{hide_passwords, show_url};
+use cellar_spec::secret::{self, Secret};
 use futures::StreamExt;
 use sqlx::error::BoxDynError;
 use sqlx::postgres::{PgConnection, PgRow, PgValueFormat, PgValueRef, Postgres};
@@ -246,6 +247,8 @@ pub(crate) fn read(
     each: &mut OnBatch<'_>,
 ) -> Result<bool> {
     let source = redact(url);
+    let url = resolve(url, &source)?;
+    let url = url.expose();
     let fail = |e: &dyn std::fmt::Display| {
         BatchError::source(&source, hide_passwords(&e.to_string(), url))
     };
@@ -329,6 +332,8 @@ pub(crate) fn read(
 /// `Null`): the `source` table a transform sees.
 pub(crate) fn describe(url: &str, query: &str) -> Result<Schema> {
     let source = redact(url);
+    let url = resolve(url, &source)?;
+    let url = url.expose();
     let fail = |e: &dyn std::fmt::Display| {
         BatchError::source(&source, hide_passwords(&e.to_string(), url))
     };
@@ -388,11 +393,19 @@ fn result_columns<'s>(
     (names, types, all)
 }
 
+/// The URL the spec refers to (`postgres://u:${PG_PASSWORD}@db/app`), its secret references
+/// read now, when the source is used: the spec and the registry hold only the references, and
+/// the machine that runs the shard holds the secrets. A reference it cannot read fails the
+/// shard with the reference's name; the shard may be run again, on a worker that has it.
+fn resolve(url: &str, source: &str) -> Result<Secret> {
+    secret::resolve(url).map_err(|e| BatchError::source(source, e))
+}
+
 /// `url` as messages show it: its passwords hidden. A keyword/value connection string (which
 /// the reader cannot connect with anyway) is not shown at all: a password may sit anywhere in
-/// it.
+/// it. A URL that is one reference (`${PG_URL}`) is shown as that.
 pub(crate) fn redact(url: &str) -> String {
-    redact_url(url).unwrap_or_else(|| "(PostgreSQL URL)".to_owned())
+    show_url(url, "(PostgreSQL URL)")
 }
 
 #[cfg(test)]
@@ -402,6 +415,7 @@ mod tests {
     #[test]
     fn connection_strings_that_are_not_urls_are_not_shown() {
         assert_eq!(redact("host=db password=hush"), "(PostgreSQL URL)");
+        assert_eq!(redact("${PG_URL}"), "${PG_URL}");
         assert_eq!(
             redact("postgres://me:hush@db/app"),
             "postgres://me:***@db/app"

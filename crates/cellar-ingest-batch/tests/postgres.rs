@@ -355,7 +355,18 @@ async fn query_columns_not_read_or_missing_fail_the_shard_by_name() {
     .await;
 }
 
-/// `admin` with `password` as its password and a database that does not exist.
+/// A file holding `password`, as a secret file is mounted, and the reference to it a spec
+/// gives (`${file:PATH}`); the file lives as long as the directory returned.
+fn password_file(password: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pg-password");
+    std::fs::write(&path, format!("{password}\n")).unwrap();
+    let reference = format!("${{file:{}}}", path.display());
+    (dir, reference)
+}
+
+/// `admin` with `password` (a reference to it) as its password and a database that does not
+/// exist.
 fn wrong_login(admin: &str, password: &str) -> String {
     let rest = admin.split_once("://").map_or(admin, |(_, rest)| rest);
     let authority = rest.split(['/', '?']).next().unwrap_or(rest);
@@ -369,7 +380,8 @@ fn wrong_login(admin: &str, password: &str) -> String {
 #[tokio::test]
 async fn an_unreachable_server_is_a_retryable_failure_that_never_shows_the_password() {
     let password = "s3cret-pw";
-    let unreachable = format!("postgres://cellar:{password}@127.0.0.1:1/postgres");
+    let (_dir, reference) = password_file(password);
+    let unreachable = format!("postgres://cellar:{reference}@127.0.0.1:1/postgres");
     let job = Arc::new(BatchJob::from_repo(&repo(&unreachable, "t"), "profiles", 1_000).unwrap());
     let err = run(&job).await.outcome.unwrap_err();
     let shown = err.to_string();
@@ -388,10 +400,11 @@ async fn an_unreachable_server_is_a_retryable_failure_that_never_shows_the_passw
 #[ignore = "needs PostgreSQL (CELLAR_TEST_POSTGRES); scripts/test.sh starts it"]
 async fn a_refused_login_or_a_failed_query_is_a_source_failure_that_never_shows_the_password() {
     let password = "s3cret-pw";
+    let (_dir, reference) = password_file(password);
     with_table(
         "refused_login_or_failed_query",
         move |url, table| async move {
-            let wrong = wrong_login(&url, password);
+            let wrong = wrong_login(&url, &reference);
             let job =
                 Arc::new(BatchJob::from_repo(&repo(&wrong, &table), "profiles", 1_000).unwrap());
             let err = run(&job).await.outcome.unwrap_err();
@@ -416,7 +429,7 @@ async fn a_refused_login_or_a_failed_query_is_a_source_failure_that_never_shows_
 
 #[test]
 fn a_query_plans_as_one_shard_that_holds_no_password() {
-    let url = "postgres://cellar:s3cret-pw@db.internal/app";
+    let url = "postgres://cellar:${PG_PASSWORD}@db.internal/app";
     let job = BatchJob::from_repo(&repo(url, "profiles_src"), "profiles", 1_000).unwrap();
     let query = "SELECT * FROM profiles_src ORDER BY id";
     assert_eq!(
@@ -436,6 +449,6 @@ fn a_query_plans_as_one_shard_that_holds_no_password() {
     );
     assert_eq!((plan.rows, plan.rows_exact, plan.files), (0, false, 0));
     let json = serde_json::to_string(&plan).unwrap();
-    assert!(!json.contains("s3cret"), "{json}");
+    assert!(!json.contains("db.internal"), "{json}");
     assert!(json.contains(r#""format":"postgres""#), "{json}");
 }

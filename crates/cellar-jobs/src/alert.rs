@@ -4,10 +4,15 @@
 //! The body carries `text` (a one-line message, which Slack and Mattermost incoming webhooks
 //! show as is) and the job's fields for receivers that route or de-duplicate. A webhook that
 //! fails is logged, not retried: the job's page and `cellar jobs` keep the state either way.
+//!
+//! The webhook's URL is a credential (whoever holds a Slack incoming webhook's URL can post to
+//! the channel): it may be given as a secret reference, is held as a [`Secret`], and is never
+//! logged, not even inside an HTTP client's error.
 
 use std::time::Duration;
 
 use cellar_registry::{Job, JobFilter, JobState, Registry};
+use cellar_spec::secret::{self, Secret, SecretError};
 use chrono::Utc;
 use serde::Serialize;
 
@@ -15,7 +20,7 @@ use serde::Serialize;
 #[derive(Debug, Clone)]
 pub struct Alerter {
     client: reqwest::Client,
-    webhook: String,
+    webhook: Secret,
     /// Base URL of the server whose `/jobs/<id>` pages the links open.
     public_url: String,
 }
@@ -34,15 +39,17 @@ pub struct AlertMessage {
 }
 
 impl Alerter {
-    pub fn new(webhook: &str, public_url: &str) -> Alerter {
-        Alerter {
+    /// An alerter posting to `webhook`, whose secret references (`${SLACK_WEBHOOK}`,
+    /// `${file:PATH}`) are read now; the error names a reference that cannot be.
+    pub fn new(webhook: &str, public_url: &str) -> Result<Alerter, SecretError> {
+        Ok(Alerter {
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap_or_default(),
-            webhook: webhook.to_owned(),
+            webhook: secret::resolve(webhook.trim())?,
             public_url: public_url.trim_end_matches('/').to_owned(),
-        }
+        })
     }
 
     /// The page of job `id`.
@@ -100,7 +107,13 @@ impl Alerter {
     }
 
     async fn send(&self, message: &AlertMessage) {
-        match self.client.post(&self.webhook).json(message).send().await {
+        match self
+            .client
+            .post(self.webhook.expose())
+            .json(message)
+            .send()
+            .await
+        {
             Ok(answer) if answer.status().is_success() => {
                 tracing::info!(job = message.job_id, alert = message.alert, "alert sent");
             }
@@ -108,7 +121,8 @@ impl Alerter {
                 tracing::warn!(job = message.job_id, status = %answer.status(), "the alert webhook refused an alert");
             }
             Err(e) => {
-                tracing::warn!(job = message.job_id, error = %e, "the alert webhook is unreachable");
+                let error = webhook_error(e, &self.webhook);
+                tracing::warn!(job = message.job_id, %error, "the alert webhook is unreachable");
             }
         }
     }
@@ -150,4 +164,22 @@ impl Alerter {
             }
         }
     }
+}
+
+/// A failed post as logs may show it: reqwest's error without the URL (the credential) and
+/// with its causes (refused, timed out, TLS), which say what to fix. A cause quoting the URL
+/// anyway has it hidden.
+fn webhook_error(e: reqwest::Error, webhook: &Secret) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    if webhook.is_empty() {
+        return text;
+    }
+    text.replace(webhook.expose(), "***")
 }

@@ -303,7 +303,7 @@ async fn a_failing_shard_is_retried_then_the_job_fails_with_an_alert_linking_its
     // The jobs API, whose page the alert links to.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let s = setup(Some(Alerter::new(&hook, &base))).await;
+    let s = setup(Some(Alerter::new(&hook, &base).unwrap())).await;
     tokio::spawn({
         let app = jobs_router(s.executor.clone(), cellar_auth::Audit::tracing_only());
         async move { axum::serve(listener, app).await }
@@ -472,7 +472,7 @@ async fn the_scheduler_runs_a_dag_in_order_and_apply_keeps_its_watermarks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_nobody_runs_is_reported_stuck_once() {
     let (hook, alerts) = webhook().await;
-    let alerter = Alerter::new(&hook, "http://cellar.example:6566/");
+    let alerter = Alerter::new(&hook, "http://cellar.example:6566/").unwrap();
     let s = setup(Some(alerter.clone())).await;
     write_users(&s.dir.path().join("profiles/p.parquet"), 10, 10, |i| {
         i as i64

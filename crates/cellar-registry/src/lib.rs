@@ -27,7 +27,8 @@ mod snapshot;
 use std::path::Path;
 use std::str::FromStr;
 
-use cellar_spec::redact::redact_url;
+use cellar_spec::redact::show_url;
+use cellar_spec::secret;
 use cellar_spec::{FeatureRepo, SpecKind};
 use chrono::{DateTime, Utc};
 use sqlx::migrate::Migrator;
@@ -139,10 +140,16 @@ impl Registry {
     /// directory are created if missing and the database runs in WAL mode, so readers do not
     /// block an apply. `postgres://...` (or `postgresql://...`) opens PostgreSQL; the database
     /// must exist. In-memory SQLite is refused, as its data would vanish with idle
-    /// connections.
+    /// connections. Secret references in `url` (`${NAME}`, `${file:PATH}`:
+    /// [`cellar_spec::secret`]) are read here; messages show the URL without its password.
     pub async fn open(url: &str) -> Result<Registry, RegistryError> {
-        // What is not a URL is a file path, safe to show.
-        let shown = redact_url(url).unwrap_or_else(|| url.to_owned());
+        // What is not a URL is a file path (or references only), safe to show.
+        let shown = show_url(url, url);
+        let url = secret::resolve(url).map_err(|e| RegistryError::InvalidUrl {
+            url: shown.clone(),
+            reason: e.to_string(),
+        })?;
+        let url = url.expose();
         let connect_error = |source| RegistryError::Connect {
             url: shown.clone(),
             source,

@@ -632,6 +632,31 @@ async fn open_says_what_failed() {
         "{message}"
     );
     assert!(err.is_retryable());
+
+    // A secret reference that cannot be read is named, never guessed at.
+    let err = Registry::open("postgres://cellar:${CELLAR_REGISTRY_TEST_UNSET}@127.0.0.1:1/cellar")
+        .await
+        .expect_err("the variable is not set");
+    assert_eq!(
+        err.to_string(),
+        "invalid registry url `postgres://cellar:***@127.0.0.1:1/cellar`: environment variable \
+         `CELLAR_REGISTRY_TEST_UNSET` is not set (referred to as `${CELLAR_REGISTRY_TEST_UNSET}`)"
+    );
+    assert!(!err.is_retryable());
+
+    // One that can is read when connecting.
+    let dir = tempfile::tempdir().unwrap();
+    let secret_path = dir.path().join("registry-path");
+    std::fs::write(
+        &secret_path,
+        dir.path().join("reg.db").display().to_string(),
+    )
+    .unwrap();
+    let registry = Registry::open(&format!("sqlite://${{file:{}}}", secret_path.display()))
+        .await
+        .unwrap();
+    registry.close().await;
+    assert!(dir.path().join("reg.db").exists());
 }
 
 #[tokio::test]

@@ -388,7 +388,8 @@ fn diff_ingestion(old: &Ingestion, new: &Ingestion, d: &mut Diff) {
     d.field("into", &old.into, &new.into, quoted);
     if old.source != new.source {
         let show = |s: &crate::model::IngestionSource| {
-            serde_json::to_string(s).unwrap_or_else(|_| format!("{s:?}"))
+            let s = without_passwords(s);
+            serde_json::to_string(&s).unwrap_or_else(|_| format!("{s:?}"))
         };
         d.detail(format!(
             "source changed from {} to {}",
@@ -440,6 +441,19 @@ fn diff_ingestion(old: &Ingestion, new: &Ingestion, d: &mut Diff) {
             ));
         }
     }
+}
+
+/// `source` as a plan may show it: a PostgreSQL URL with its password hidden (a repo applied
+/// before passwords had to be references may hold one).
+fn without_passwords(source: &crate::model::IngestionSource) -> crate::model::IngestionSource {
+    use crate::model::{BatchInput, IngestionSource};
+    let mut source = source.clone();
+    if let IngestionSource::Batch(batch) = &mut source {
+        if let BatchInput::Postgres { url, .. } = &mut batch.input {
+            *url = crate::redact::show_url(url, "(PostgreSQL URL)");
+        }
+    }
+    source
 }
 
 fn diff_service(old: &FeatureService, new: &FeatureService, d: &mut Diff) {
@@ -650,5 +664,43 @@ mod tests {
                 ("b".into(), ChangeAction::Remove)
             ]
         );
+    }
+
+    #[test]
+    fn a_changed_source_is_shown_without_its_password() {
+        use crate::model::{
+            BatchInput, BatchSource, FeatureExpr, FeatureMapping, Ingestion, IngestionSource,
+            Parallelism,
+        };
+        let ingestion = |url: &str| Ingestion {
+            name: "i".into(),
+            into: "g".into(),
+            source: IngestionSource::Batch(BatchSource {
+                input: BatchInput::Postgres {
+                    url: url.into(),
+                    query: "SELECT 1".into(),
+                },
+                transform: None,
+                schedule: None,
+                parallelism: Parallelism::Auto,
+                depends_on: vec![],
+            }),
+            key: vec!["user_id".into()],
+            event_time: None,
+            features: vec![FeatureMapping {
+                feature: "x".into(),
+                expr: FeatureExpr::Field("x".into()),
+            }],
+        };
+        let mut a = repo(vec![group(&[("x", "int64")])]);
+        let mut b = a.clone();
+        // Applied before passwords had to be references.
+        a.ingestions = vec![ingestion("postgres://u:Old-Hush@db/app")];
+        b.ingestions = vec![ingestion("postgres://u:${PG_PASSWORD}@db/app")];
+        let p = plan(&a, &b);
+        let (details, _) = modify(&p);
+        let shown = details.join("\n");
+        assert!(shown.contains("postgres://u:***@db/app"), "{shown}");
+        assert!(!shown.contains("Old-Hush"), "{shown}");
     }
 }

@@ -12,6 +12,23 @@ pub fn redact_url(url: &str) -> Option<String> {
     split(url).map(|(shown, _)| shown)
 }
 
+/// A connection URL as messages show it: [`redact_url`], its password hidden whether written
+/// out or a secret reference, and other references (`${PG_USER}`) kept as written; a URL that
+/// is only references (`${PG_URL}`) as written; other text (a keyword/value connection string,
+/// where a password may sit anywhere) as `placeholder`.
+pub fn show_url(url: &str, placeholder: &str) -> String {
+    // References are set aside first: what one names (`${file:/run/secrets/pg}`) holds
+    // slashes, which would end the URL's authority early.
+    let Ok((masked, references)) = crate::secret::set_aside(url) else {
+        return redact_url(url).unwrap_or_else(|| placeholder.to_owned());
+    };
+    match redact_url(&masked) {
+        Some(shown) => crate::secret::put_back(&shown, &references),
+        None if crate::secret::only_references(url) => url.to_owned(),
+        None => placeholder.to_owned(),
+    }
+}
+
 /// [`redact_url`], and the user name dropped too: for URLs whose user is itself a credential
 /// (an S3 endpoint's access key id). `None` for text that is not a URL.
 pub fn redact_url_and_user(url: &str) -> Option<String> {
@@ -29,7 +46,10 @@ pub fn redact_url_and_user(url: &str) -> Option<String> {
 /// drivers quote the URL, or the password alone, in their errors. When `url` is not a URL the
 /// whole of it is hidden, as it may be a password itself.
 pub fn hide_passwords(message: &str, url: &str) -> String {
-    let passwords = split(url).map_or_else(|| vec![url.to_owned()], |(_, passwords)| passwords);
+    let passwords = split(url).map_or_else(
+        || vec![url.to_owned()],
+        |(_, passwords)| passwords.into_iter().map(|(_, p)| p).collect(),
+    );
     let mut out = message.to_owned();
     for password in passwords {
         for form in [percent_decode(&password), password] {
@@ -41,8 +61,32 @@ pub fn hide_passwords(message: &str, url: &str) -> String {
     out
 }
 
+/// Where a URL holds a password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasswordPlace {
+    /// `scheme://user:password@host`.
+    UserInfo,
+    /// `?password=...`.
+    Parameter,
+}
+
+impl std::fmt::Display for PasswordPlace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PasswordPlace::UserInfo => "after the user name",
+            PasswordPlace::Parameter => "in its `password` parameter",
+        })
+    }
+}
+
+/// The passwords `url` holds, as written, with where each is; `None` for text that is not a
+/// URL.
+pub fn passwords(url: &str) -> Option<Vec<(PasswordPlace, String)>> {
+    split(url).map(|(_, passwords)| passwords)
+}
+
 /// The URL as shown, and the passwords it holds; `None` for text that is not a URL.
-fn split(url: &str) -> Option<(String, Vec<String>)> {
+fn split(url: &str) -> Option<(String, Vec<(PasswordPlace, String)>)> {
     let scheme_end = url.find("://")? + 3;
     let mut passwords = Vec::new();
     let rest = &url[scheme_end..];
@@ -54,7 +98,7 @@ fn split(url: &str) -> Option<(String, Vec<String>)> {
             let (user_info, host) = authority.split_at(at);
             match user_info.split_once(':') {
                 Some((user, password)) => {
-                    passwords.push(password.to_owned());
+                    passwords.push((PasswordPlace::UserInfo, password.to_owned()));
                     shown.push_str(user);
                     shown.push_str(":***");
                 }
@@ -72,7 +116,8 @@ fn split(url: &str) -> Option<(String, Vec<String>)> {
                 .split('&')
                 .map(|p| match p.split_once('=') {
                     Some((key, value)) if key.eq_ignore_ascii_case("password") => {
-                        passwords.push(value.split('#').next().unwrap_or(value).to_owned());
+                        let value = value.split('#').next().unwrap_or(value);
+                        passwords.push((PasswordPlace::Parameter, value.to_owned()));
                         format!("{key}=***")
                     }
                     _ => p.to_owned(),
@@ -147,6 +192,27 @@ mod tests {
             Some("http://127.0.0.1:8014/a@b")
         );
         assert_eq!(redact_url_and_user("not a url"), None);
+    }
+
+    #[test]
+    fn secret_references_are_kept_but_not_a_password_reference() {
+        assert_eq!(
+            show_url(
+                "postgres://${PG_USER}:${file:/run/secrets/pg}@db:5432/app?sslmode=require",
+                "-"
+            ),
+            "postgres://${PG_USER}:***@db:5432/app?sslmode=require"
+        );
+        assert_eq!(
+            show_url("postgres://u@db/app?password=${PG_PASSWORD}", "-"),
+            "postgres://u@db/app?password=***"
+        );
+        assert_eq!(show_url("${PG_URL}", "-"), "${PG_URL}");
+        assert_eq!(show_url("host=db password=${PG_PASSWORD}", "-"), "-");
+        assert_eq!(
+            show_url("postgres://u:hush@db/app", "-"),
+            "postgres://u:***@db/app"
+        );
     }
 
     #[test]

@@ -10,6 +10,8 @@
 
 use std::fmt;
 
+use crate::redact;
+
 /// A resolved secret value. Shown as `***`; [`Secret::expose`] gives the value to the one
 /// place that must send it.
 #[derive(Clone, PartialEq, Eq, Default)]
@@ -122,6 +124,79 @@ pub fn references(text: &str) -> Result<Vec<Reference<'_>>, SecretError> {
         Ok(())
     })?;
     Ok(found)
+}
+
+/// Where `url` holds a password written out rather than referred to (`after the user name`,
+/// ...), or `None`; an error when one of its references is malformed. A keyword/value
+/// connection string (`host=db password=...`) is checked for its `password` setting.
+pub fn literal_password(url: &str) -> Result<Option<String>, SecretError> {
+    // References are masked first: what one names (a file's path holds slashes) must not be
+    // read as part of the URL.
+    let masked = mask(url)?;
+    let written_out = |p: &str| !p.is_empty() && !p.chars().all(|c| c == MASK);
+    Ok(match redact::passwords(&masked) {
+        Some(found) => found
+            .into_iter()
+            .find(|(_, p)| written_out(p))
+            .map(|(place, _)| place.to_string()),
+        None => masked
+            .split_whitespace()
+            .filter_map(|setting| setting.split_once('='))
+            .any(|(key, value)| key.eq_ignore_ascii_case("password") && written_out(value))
+            .then(|| "in its `password` setting".to_owned()),
+    })
+}
+
+/// Whether `text` is nothing but references (`${PG_URL}`): safe to show as it is.
+pub fn only_references(text: &str) -> bool {
+    mask(text).is_ok_and(|m| !m.is_empty() && m.chars().all(|c| c == MASK))
+}
+
+/// What stands for a reference in a masked text: a control character no URL holds.
+const MASK: char = '\u{1}';
+
+/// `text` with each reference replaced by a numbered token of control characters, and the
+/// references as written, so that text can be reworked (a URL's password hidden) without
+/// reading into references, then [`put_back`].
+pub(crate) fn set_aside(text: &str) -> Result<(String, Vec<String>), SecretError> {
+    let mut out = String::with_capacity(text.len());
+    let mut references = Vec::new();
+    walk(text, |piece| {
+        match piece {
+            Piece::Text(t) => out.push_str(t),
+            Piece::Ref(r) => {
+                out.push_str(&format!("{MASK}{}\u{2}", references.len()));
+                references.push(match r {
+                    Reference::Var(name) => format!("${{{name}}}"),
+                    Reference::File(path) => format!("${{file:{path}}}"),
+                });
+            }
+        }
+        Ok(())
+    })?;
+    Ok((out, references))
+}
+
+/// `text` from [`set_aside`] with the references its tokens stand for written back.
+pub(crate) fn put_back(text: &str, references: &[String]) -> String {
+    let mut out = text.to_owned();
+    for (i, reference) in references.iter().enumerate() {
+        out = out.replace(&format!("{MASK}{i}\u{2}"), reference);
+    }
+    out
+}
+
+/// `text` with each reference replaced by [`MASK`] (and `$${` by `${`).
+fn mask(text: &str) -> Result<String, SecretError> {
+    let mut out = String::with_capacity(text.len());
+    walk(text, |piece| {
+        match piece {
+            Piece::Text(t) => out.push_str(t),
+            Piece::Ref(_) => out.push(MASK),
+        }
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 enum Piece<'a> {
@@ -241,5 +316,49 @@ mod tests {
             resolve_with("x${PG_PASSWORD", &lookup()).unwrap_err(),
             SecretError::Unclosed
         );
+    }
+
+    #[test]
+    fn passwords_written_out_are_found_and_references_are_not() {
+        let place = |url: &str| literal_password(url).unwrap();
+        assert_eq!(
+            place("postgres://u:hush@db/app").as_deref(),
+            Some("after the user name")
+        );
+        assert_eq!(
+            place("postgres://u@db/app?sslmode=require&password=hush").as_deref(),
+            Some("in its `password` parameter")
+        );
+        assert_eq!(
+            place("host=db password=hush").as_deref(),
+            Some("in its `password` setting")
+        );
+        // Part of it written out is written out.
+        assert!(place("postgres://u:x${PG_PASSWORD}@db/app").is_some());
+        for referred in [
+            "postgres://u:${PG_PASSWORD}@db/app",
+            "postgres://u:${file:/run/secrets/pg}@db/app?sslmode=require",
+            "postgres://${PG_USER}:${PG_PASSWORD}@db/app",
+            "postgres://u@db/app?password=${PG_PASSWORD}",
+            "host=db password=${PG_PASSWORD}",
+            "${PG_URL}",
+            "postgres://u@db/app",
+            "postgres://u:@db/app",
+        ] {
+            assert_eq!(place(referred), None, "{referred}");
+        }
+        assert!(matches!(
+            literal_password("postgres://u:${PG PASSWORD}@db/app"),
+            Err(SecretError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn only_references_is_nothing_else() {
+        assert!(only_references("${PG_URL}"));
+        assert!(only_references("${A}${file:/b}"));
+        assert!(!only_references("postgres://u:${A}@db"));
+        assert!(!only_references(""));
+        assert!(!only_references("${a b}"));
     }
 }

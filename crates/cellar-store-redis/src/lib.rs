@@ -72,6 +72,7 @@ use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::{RedisError, Value};
 
+use cellar_spec::secret;
 use cellar_spec::time::now_ms;
 use cellar_spec::{EntityKey, FeatureGroup, GroupKind};
 use cellar_store::{
@@ -85,7 +86,9 @@ use scripts::SCRIPTS;
 /// Where the store lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisConfig {
-    /// A standalone Redis, `redis://[:password@]host:port[/db]` (`rediss://` for TLS).
+    /// A standalone Redis, `redis://[:password@]host:port[/db]` (`rediss://` for TLS); the
+    /// password may be a secret reference (`redis://:${REDIS_PASSWORD}@host`), read when
+    /// connecting.
     pub url: String,
     /// Put before every key, so deployments (and tests) can share a Redis.
     pub key_prefix: String,
@@ -164,7 +167,9 @@ impl RedisStore {
     /// is invalid or Redis does not answer; once connected, a lost connection is made again
     /// by the next call.
     pub async fn connect(config: RedisConfig) -> Result<RedisStore> {
-        let client = redis::Client::open(config.url.as_str())
+        let url = secret::resolve(&config.url)
+            .map_err(|e| StoreError::Backend(format!("the Redis URL: {e}")))?;
+        let client = redis::Client::open(url.expose())
             .map_err(|e| StoreError::Backend(format!("invalid Redis URL: {e}")))?;
         let manager_config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))

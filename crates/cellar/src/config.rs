@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use cellar_spec::limits::EventTimeBounds;
+use cellar_spec::secret;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
@@ -73,7 +74,7 @@ pub struct JobsConfig {
     /// Where rejected rows go; empty means `<data_dir>/rejects`.
     pub rejects_dir: String,
     /// URL alerts are POSTed to (JSON with a `text` field, as Slack's incoming webhooks take);
-    /// empty: no alerts.
+    /// empty: no alerts. A credential: best given as a secret reference (`${SLACK_WEBHOOK}`).
     pub alert_webhook: String,
     /// Alert about a job submitted, runnable or running with no progress for this long.
     pub stuck_after_secs: u64,
@@ -135,7 +136,8 @@ pub struct KafkaConfig {
     /// Partitions of the retry and dead-letter topics when Cellar creates them.
     pub partitions: i32,
     /// Further librdkafka properties for consumers and producers (`session.timeout.ms`,
-    /// security settings, ...).
+    /// security settings, ...); values may be secret references
+    /// (`sasl.password = "${KAFKA_PASSWORD}"`).
     pub properties: std::collections::BTreeMap<String, String>,
 }
 
@@ -225,6 +227,7 @@ impl ServerTlsConfig {
 #[serde(deny_unknown_fields)]
 pub struct RegistryConfig {
     /// `sqlite://PATH` or `postgres://...`; empty means `sqlite://<data_dir>/registry.db`.
+    /// A password may be a secret reference (`postgres://cellar:${PG_PASSWORD}@db/cellar`).
     pub url: String,
 }
 
@@ -471,6 +474,42 @@ impl Config {
         }
     }
 
+    /// Checks the settings that may hold credentials (the registry and Redis URLs, the alert
+    /// webhook, Kafka properties): a malformed secret reference is an error naming its
+    /// setting; the answer names the settings holding a password written out rather than
+    /// referred to, for a warning. Those are allowed, since this file stays on the machine
+    /// (unlike specs, which are stored in the registry), but a reference keeps the secret out
+    /// of the file and of anything that shows settings. References are read later, when each
+    /// client is built.
+    pub fn check_secrets(&self) -> Result<Vec<String>, String> {
+        let mut urls = vec![
+            ("registry.url".to_owned(), self.registry.url.as_str()),
+            ("store.redis.url".to_owned(), self.store.redis.url.as_str()),
+        ];
+        for (i, url) in self.cache.remote_urls.iter().enumerate() {
+            urls.push((format!("cache.remote_urls[{i}]"), url.as_str()));
+        }
+        let mut written_out = Vec::new();
+        for (setting, url) in urls {
+            match secret::literal_password(url) {
+                Ok(None) => {}
+                Ok(Some(_)) => written_out.push(setting),
+                Err(e) => return Err(format!("{setting}: {e}")),
+            }
+        }
+        secret::references(&self.jobs.alert_webhook)
+            .map_err(|e| format!("jobs.alert_webhook: {e}"))?;
+        for (name, value) in &self.ingest.kafka.properties {
+            let setting = format!("ingest.kafka.properties.\"{name}\"");
+            secret::references(value).map_err(|e| format!("{setting}: {e}"))?;
+            let holds_secret = name.contains("password") || name.contains("secret");
+            if holds_secret && !value.is_empty() && !secret::only_references(value) {
+                written_out.push(setting);
+            }
+        }
+        Ok(written_out)
+    }
+
     /// The embedded store directory.
     pub fn store_path(&self) -> PathBuf {
         if self.store.path.is_empty() {
@@ -602,6 +641,55 @@ mod tests {
             .bounds()
             .unwrap_err()
             .contains("event_time.max_future: duration `200000000000d` is over the limit"));
+    }
+
+    #[test]
+    fn passwords_written_out_are_named_and_malformed_references_refused() {
+        let mut c = Config::default();
+        assert_eq!(c.check_secrets(), Ok(vec![]));
+        c.registry.url = "postgres://cellar:${PG_PASSWORD}@db/cellar".into();
+        c.store.redis.url = "redis://:hush@10.0.0.5:6379".into();
+        c.cache.remote_urls = vec![
+            "redis://:${file:/run/secrets/redis}@10.0.0.6:6379".into(),
+            "redis://10.0.0.7:6379?password=hush".into(),
+        ];
+        c.jobs.alert_webhook = "${SLACK_WEBHOOK}".into();
+        c.ingest
+            .kafka
+            .properties
+            .insert("sasl.password".into(), "hush".into());
+        c.ingest
+            .kafka
+            .properties
+            .insert("ssl.key.password".into(), "${KEY_PASSWORD}".into());
+        c.ingest
+            .kafka
+            .properties
+            .insert("sasl.username".into(), "cellar".into());
+        let named = c.check_secrets().unwrap();
+        assert_eq!(
+            named,
+            [
+                "store.redis.url",
+                "cache.remote_urls[1]",
+                "ingest.kafka.properties.\"sasl.password\""
+            ]
+        );
+        assert!(!named.iter().any(|n| n.contains("hush")));
+
+        c.jobs.alert_webhook = "https://hooks.example/${SLACK HOOK}".into();
+        let err = c.check_secrets().unwrap_err();
+        assert!(
+            err.starts_with("jobs.alert_webhook: `${SLACK HOOK}`"),
+            "{err}"
+        );
+        c.jobs.alert_webhook = String::new();
+        c.registry.url = "postgres://cellar:${PG_PASSWORD@db/cellar".into();
+        let err = c.check_secrets().unwrap_err();
+        assert!(
+            err.starts_with("registry.url: a `${` is not closed"),
+            "{err}"
+        );
     }
 
     #[test]

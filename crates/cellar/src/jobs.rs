@@ -35,7 +35,7 @@ pub async fn executor(
     settings.retry_backoff = Duration::from_millis(config.jobs.retry_backoff_ms);
     settings.worker = default_worker_name();
     settings.event_times = config.event_time.bounds().map_err(|e| anyhow::anyhow!(e))?;
-    let executor = Executor::new(registry, sink, settings, alerter(config));
+    let executor = Executor::new(registry, sink, settings, alerter(config)?);
     Ok(match config.jobs.runner {
         JobRunner::Local => executor,
         JobRunner::Kafka => {
@@ -98,10 +98,15 @@ pub async fn worker(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The alerter `config` names, if any.
-pub fn alerter(config: &Config) -> Option<Alerter> {
+/// The alerter `config` names, if any; an error names a secret reference of
+/// `jobs.alert_webhook` that cannot be read.
+pub fn alerter(config: &Config) -> anyhow::Result<Option<Alerter>> {
     let webhook = config.jobs.alert_webhook.trim();
-    (!webhook.is_empty()).then(|| Alerter::new(webhook, &config.public_url()))
+    if webhook.is_empty() {
+        return Ok(None);
+    }
+    let alerter = Alerter::new(webhook, &config.public_url()).context("jobs.alert_webhook")?;
+    Ok(Some(alerter))
 }
 
 /// What `cellar backfill` was asked.

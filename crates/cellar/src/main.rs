@@ -311,6 +311,13 @@ async fn run(cli: Cli, mut config: Config) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     client::configure(cli.token.as_deref(), cli.ca_file.as_deref())?;
+    for setting in config.check_secrets().map_err(anyhow::Error::msg)? {
+        tracing::warn!(
+            %setting,
+            "a password is written out in the config: refer to it as ${{NAME}} (an environment \
+             variable) or ${{file:PATH}} (a file) instead"
+        );
+    }
     match cli.command {
         Command::Quickstart {
             listen,

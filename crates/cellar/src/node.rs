@@ -128,7 +128,7 @@ pub fn write_path(config: &Config, store: Arc<dyn OnlineStore>) -> anyhow::Resul
         return Ok(writer);
     };
     let tier = RemoteTier::new(remote_config, store, CacheMetrics::default())
-        .context("setting up the Redis tier")?;
+        .context("setting up the Redis tier (cache.remote_urls)")?;
     Ok(writer.with_remote(Arc::new(tier)))
 }
 
@@ -156,7 +156,7 @@ impl Node {
             None => None,
             Some(remote_config) => {
                 let tier = RemoteTier::new(remote_config, measured.clone(), cache_metrics.clone())
-                    .context("setting up the Redis tier")?;
+                    .context("setting up the Redis tier (cache.remote_urls)")?;
                 Some(Arc::new(tier))
             }
         };
@@ -321,7 +321,7 @@ impl Node {
                 every,
                 stop_rx.clone(),
             )));
-            if let Some(alerter) = crate::jobs::alerter(&self.config) {
+            if let Some(alerter) = crate::jobs::alerter(&self.config)? {
                 let stuck_after = Duration::from_secs(self.config.jobs.stuck_after_secs.max(1));
                 let (registry, stop) = (self.registry.clone(), stop_rx.clone());
                 job_tasks.push(tokio::spawn(async move {

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use cellar_spec::secret::{self, Secret};
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, RedisResult, Value};
@@ -21,10 +22,15 @@ impl Connection {
     /// Connects lazily: nothing is dialled until the first command, so a Redis that is down
     /// when the server starts only opens the breaker.
     pub(super) fn open(config: &RemoteConfig) -> std::result::Result<Connection, RemoteError> {
-        match config.urls.as_slice() {
+        let urls = config
+            .urls
+            .iter()
+            .map(|url| secret::resolve(url))
+            .collect::<Result<Vec<Secret>, _>>()?;
+        match urls.as_slice() {
             [] => Err(RemoteError::NoUrl),
             [url] => {
-                let client = redis::Client::open(url.as_str())?;
+                let client = redis::Client::open(url.expose())?;
                 let manager_config = redis::aio::ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(config.connect_timeout))
                     .set_response_timeout(Some(config.write_timeout.max(config.timeout)))
@@ -37,7 +43,7 @@ impl Connection {
             }
             urls => {
                 let client =
-                    redis::cluster::ClusterClient::builder(urls.iter().map(String::as_str))
+                    redis::cluster::ClusterClient::builder(urls.iter().map(Secret::expose))
                         .retries(2)
                         .connection_timeout(config.connect_timeout)
                         .response_timeout(config.write_timeout.max(config.timeout))

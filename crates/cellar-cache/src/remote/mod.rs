@@ -99,7 +99,8 @@ use stats::{load, RemoteStats};
 /// How to reach Redis and how patient to be with it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RemoteConfig {
-    /// One URL: a standalone Redis. Several: seed nodes of a Redis Cluster.
+    /// One URL: a standalone Redis. Several: seed nodes of a Redis Cluster. Their passwords
+    /// may be secret references (`redis://:${REDIS_PASSWORD}@host`), read when connecting.
     pub urls: Vec<String>,
     /// Put before every key, so deployments (and tests) can share a Redis.
     pub key_prefix: String,
@@ -145,6 +146,9 @@ pub enum RemoteError {
     NoUrl,
     #[error("invalid Redis configuration: {0}")]
     Redis(#[from] redis::RedisError),
+    /// A secret the URLs refer to cannot be read.
+    #[error("the Redis URLs: {0}")]
+    Secret(#[from] cellar_spec::secret::SecretError),
     #[error("the remote cache tier must be created inside a Tokio runtime")]
     NoRuntime,
 }

@@ -140,16 +140,25 @@ fn config_error(message: String) -> BrokerError {
 /// relies on: an extra property contradicting a required one is refused, naming it. Every
 /// Kafka client Cellar builds (stream source and publisher, batch workers, dead-letter tools)
 /// goes through here, so they cannot differ in precedence.
+///
+/// Values may refer to secrets (`sasl.password = "${KAFKA_PASSWORD}"`): they are read here,
+/// when the client is built, and only librdkafka holds them (rdkafka's `Debug` of a config
+/// leaves out its sensitive properties).
 pub fn apply_properties(
     config: &mut ClientConfig,
     extra: &[(String, String)],
     required: &[(&str, &str)],
 ) -> Result<(), BrokerError> {
     for (name, value) in extra {
+        let value = cellar_spec::secret::resolve(value)
+            .map_err(|e| config_error(format!("kafka property `{name}`: {e}")))?;
+        let value = value.expose();
         if let Some((_, needed)) = required.iter().find(|(r, _)| r == name) {
-            if value != needed {
+            if value != *needed {
+                // Not the value: the property holds no secret, but a mistake may have put
+                // one there.
                 return Err(config_error(format!(
-                    "kafka property `{name}` must be `{needed}` here, not `{value}`: the pipeline depends on it"
+                    "kafka property `{name}` must be `{needed}` here: the pipeline depends on it"
                 )));
             }
         }
@@ -243,5 +252,35 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(config.get("session.timeout.ms"), Some("6000"));
         assert_eq!(config.get("enable.auto.commit"), Some("false"));
+    }
+
+    #[test]
+    fn secret_references_are_read_when_the_client_is_built() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kafka-password");
+        std::fs::write(&file, "Kafka-Hush-1\n").unwrap();
+        let mut config = ClientConfig::new();
+        let reference = format!("${{file:{}}}", file.display());
+        apply_properties(&mut config, &[("sasl.password".into(), reference)], &[])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.get("sasl.password"), Some("Kafka-Hush-1"));
+        assert!(!format!("{config:?}").contains("Kafka-Hush-1"));
+
+        let err = apply_properties(
+            &mut config,
+            &[(
+                "sasl.password".into(),
+                "${CELLAR_NO_SUCH_VARIABLE_FOR_THIS_TEST}".into(),
+            )],
+            &[],
+        )
+        .err();
+        assert!(
+            err.as_ref().is_some_and(|e| e
+                .message
+                .contains("kafka property `sasl.password`: environment variable `CELLAR_NO_SUCH_VARIABLE_FOR_THIS_TEST` is not set")
+                && !e.retryable),
+            "{err:?}"
+        );
     }
 }

@@ -4,7 +4,7 @@
 use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
 use marked_yaml::Node;
 
-use super::document::index;
+use super::document::{index, join};
 use super::scalars::{check_cron, topic_problem};
 use super::{Doc, Head, IngestionDraft, Located};
 use crate::model::{
@@ -300,11 +300,32 @@ impl Doc<'_> {
         let map = self.expect_mapping(node, P)?;
         self.check_fields(map, P, &["url", "query"]);
         let url = self.text(map, P, "url", true);
+        if let Some(url) = url {
+            if let Some(problem) = secret_problem(url.as_str()) {
+                self.error(url.span(), &join(P, "url"), problem);
+            }
+        }
         let query = self.text(map, P, "query", true);
         Some(BatchInput::Postgres {
             url: url?.as_str().to_owned(),
             query: query?.as_str().to_owned(),
         })
+    }
+}
+
+/// What is wrong with a source URL that may hold a password: a malformed reference, or a
+/// password written out, which the registry would store and every reader of it see. Neither
+/// the URL nor the password is quoted.
+fn secret_problem(url: &str) -> Option<String> {
+    match crate::secret::literal_password(url) {
+        Ok(None) => None,
+        Ok(Some(place)) => Some(format!(
+            "the URL holds a password {place}, which would be stored in the registry: refer to \
+             it instead, as `${{NAME}}` (an environment variable) or `${{file:PATH}}` (a file's \
+             contents), e.g. postgres://user:${{PG_PASSWORD}}@host/db; it is read when the \
+             ingestion runs"
+        )),
+        Err(e) => Some(e.to_string()),
     }
 }
 
