@@ -10,13 +10,15 @@ mkdir -p "$SVC_DIR"
 log() { echo "[services] $*" >&2; }
 
 # System packages the build needs: protoc for the gRPC code generation; cmake and curl's
-# headers for librdkafka, which rdkafka builds from source.
+# headers for librdkafka, which rdkafka builds from source, and OpenSSL's for its TLS and SASL.
 ensure_build_packages() {
     local missing=()
     command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
     command -v cmake >/dev/null 2>&1 || missing+=(cmake)
     command -v g++ >/dev/null 2>&1 || missing+=(g++)
     dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || missing+=(libcurl4-openssl-dev)
+    dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
+    command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
     if [ ${#missing[@]} -gt 0 ]; then
         log "installing ${missing[*]}"
         apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
@@ -90,6 +92,7 @@ ensure_kafka() {
     log "kafka: $CELLAR_TEST_KAFKA"
 }
 source "$CELLAR_ROOT/scripts/dynamodb.sh"
+source "$CELLAR_ROOT/scripts/tls.sh"
 
 # Redis: use 127.0.0.1:6379 when it answers, else install (once) and start one there.
 ensure_redis() {

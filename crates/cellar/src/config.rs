@@ -2,6 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
+use cellar_ingest_stream::kafka::{
+    KafkaConnection, KafkaSecurity, SaslMechanism, SecurityProtocol,
+};
 use cellar_spec::limits::EventTimeBounds;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
@@ -132,8 +135,20 @@ pub struct KafkaConfig {
     pub group: String,
     /// Partitions of the retry and dead-letter topics when Cellar creates them.
     pub partitions: i32,
-    /// Further librdkafka properties for consumers and producers (`session.timeout.ms`,
-    /// security settings, ...).
+    /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    pub security_protocol: SecurityProtocol,
+    /// PEM file of the CAs that sign the brokers' certificates; empty: the system's.
+    pub ca_file: String,
+    /// PEM client certificate and its key, for brokers that authenticate clients by certificate.
+    pub cert_file: String,
+    pub key_file: String,
+    /// `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512` or `AWS_MSK_IAM`, with a `sasl_*` protocol.
+    #[serde(default)]
+    pub sasl_mechanism: Option<SaslMechanism>,
+    pub sasl_username: String,
+    /// A secret reference: `${NAME}` (an environment variable) or `${file:PATH}`.
+    pub sasl_password: String,
+    /// Further librdkafka properties for every client (`session.timeout.ms`, ...).
     pub properties: std::collections::BTreeMap<String, String>,
 }
 
@@ -158,6 +173,32 @@ impl KafkaConfig {
     /// Whether Kafka is configured.
     pub fn enabled(&self) -> bool {
         !self.brokers.trim().is_empty()
+    }
+
+    /// How every Kafka client reaches the cluster, or the setting that is wrong (checked
+    /// without IO; files and secrets are read when a client is built).
+    pub fn connection(&self) -> Result<KafkaConnection, String> {
+        let security = KafkaSecurity {
+            protocol: self.security_protocol,
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            sasl_mechanism: self.sasl_mechanism,
+            sasl_username: self.sasl_username.clone(),
+            sasl_password: self.sasl_password.clone(),
+        };
+        security
+            .validate()
+            .map_err(|e| format!("ingest.kafka.{e}"))?;
+        Ok(KafkaConnection {
+            bootstrap_servers: self.brokers.clone(),
+            security,
+            properties: self
+                .properties
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        })
     }
 }
 
@@ -249,6 +290,11 @@ pub struct DynamoDbConfig {
 pub struct RedisStoreConfig {
     /// A standalone Redis, `redis://[:password@]host:port[/db]` (`rediss://` for TLS).
     pub url: String,
+    /// With a `rediss://` URL: PEM file of the CAs that sign the server's certificate (empty:
+    /// the system's roots), and a PEM client certificate and its key (empty: none).
+    pub ca_file: String,
+    pub cert_file: String,
+    pub key_file: String,
     /// Put before every key of the store, so deployments (and the cache tier, whose keys start
     /// with `cache.remote_key_prefix`) can share a Redis.
     pub key_prefix: String,
@@ -264,6 +310,11 @@ pub struct CacheConfig {
     /// one URL for a standalone Redis, several for a cluster's seed nodes; empty: no remote
     /// tier.
     pub remote_urls: Vec<String>,
+    /// With `rediss://` URLs: PEM file of the CAs that sign the servers' certificates (empty:
+    /// the system's roots), and a PEM client certificate and its key (empty: none).
+    pub remote_ca_file: String,
+    pub remote_cert_file: String,
+    pub remote_key_file: String,
     /// Put before every Redis key, so deployments can share a Redis.
     pub remote_key_prefix: String,
     /// Longest wait for a Redis read, milliseconds; past it the read goes to the store.
@@ -304,6 +355,9 @@ impl Default for Config {
                 },
                 redis: RedisStoreConfig {
                     url: "redis://127.0.0.1:6379".into(),
+                    ca_file: String::new(),
+                    cert_file: String::new(),
+                    key_file: String::new(),
                     key_prefix: "cellar:store:".into(),
                 },
                 trim_interval_secs: 600,
@@ -311,6 +365,9 @@ impl Default for Config {
             cache: CacheConfig {
                 local_max_bytes: 512 * 1024 * 1024,
                 remote_urls: Vec::new(),
+                remote_ca_file: String::new(),
+                remote_cert_file: String::new(),
+                remote_key_file: String::new(),
                 remote_key_prefix: "cellar:".into(),
                 remote_timeout_ms: 50,
             },
@@ -320,6 +377,13 @@ impl Default for Config {
                     brokers: String::new(),
                     group: "cellar-ingest".into(),
                     partitions: 8,
+                    security_protocol: SecurityProtocol::Plaintext,
+                    ca_file: String::new(),
+                    cert_file: String::new(),
+                    key_file: String::new(),
+                    sasl_mechanism: None,
+                    sasl_username: String::new(),
+                    sasl_password: String::new(),
                     properties: Default::default(),
                 },
                 max_attempts: 5,

@@ -62,14 +62,11 @@ pub fn kafka_runner(config: &Config) -> anyhow::Result<KafkaRunnerConfig> {
         );
     }
     Ok(KafkaRunnerConfig {
-        bootstrap_servers: config.ingest.kafka.brokers.clone(),
-        properties: config
+        connection: config
             .ingest
             .kafka
-            .properties
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
+            .connection()
+            .map_err(|e| anyhow::anyhow!(e))?,
         topic: config.jobs.kafka_topic.clone(),
         partitions: config.jobs.kafka_partitions.max(1),
         group: config.jobs.kafka_group.clone(),

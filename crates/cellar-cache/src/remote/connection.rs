@@ -24,7 +24,7 @@ impl Connection {
         match config.urls.as_slice() {
             [] => Err(RemoteError::NoUrl),
             [url] => {
-                let client = redis::Client::open(url.as_str())?;
+                let client = cellar_store_redis::client(url, &config.tls, "cache", "remote_")?;
                 let manager_config = redis::aio::ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(config.connect_timeout))
                     .set_response_timeout(Some(config.write_timeout.max(config.timeout)))
@@ -37,7 +37,7 @@ impl Connection {
             }
             urls => {
                 let client =
-                    redis::cluster::ClusterClient::builder(urls.iter().map(String::as_str))
+                    cellar_store_redis::cluster_client(urls, &config.tls, "cache", "remote_")?
                         .retries(2)
                         .connection_timeout(config.connect_timeout)
                         .response_timeout(config.write_timeout.max(config.timeout))

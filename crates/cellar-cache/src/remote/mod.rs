@@ -78,6 +78,8 @@ use std::time::Duration;
 
 use cellar_spec::{EntityKey, FeatureGroup, Tier};
 use cellar_store::RecordReader;
+use cellar_store_redis::RedisSettingError;
+pub use cellar_store_redis::RedisTls;
 use tokio::sync::mpsc;
 
 use crate::admission::Doorkeeper;
@@ -101,6 +103,8 @@ use stats::{load, RemoteStats};
 pub struct RemoteConfig {
     /// One URL: a standalone Redis. Several: seed nodes of a Redis Cluster.
     pub urls: Vec<String>,
+    /// The CA and client certificate of `rediss://` URLs.
+    pub tls: RedisTls,
     /// Put before every key, so deployments (and tests) can share a Redis.
     pub key_prefix: String,
     /// Longest wait for a read; past it the read goes to the tier below.
@@ -126,6 +130,7 @@ impl Default for RemoteConfig {
     fn default() -> Self {
         RemoteConfig {
             urls: vec!["redis://127.0.0.1:6379".to_owned()],
+            tls: RedisTls::default(),
             key_prefix: "cellar:".to_owned(),
             timeout: Duration::from_millis(50),
             write_timeout: Duration::from_millis(250),
@@ -145,6 +150,8 @@ pub enum RemoteError {
     NoUrl,
     #[error("invalid Redis configuration: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    Setting(#[from] RedisSettingError),
     #[error("the remote cache tier must be created inside a Tokio runtime")]
     NoRuntime,
 }

@@ -36,9 +36,12 @@
 //! - `commit`: a commit that waits for the coordinator at most a given time;
 //! - `lag`: [`ConsumerLag`], from librdkafka's statistics;
 //! - `publisher`: [`KafkaPublisher`], the idempotent producer;
-//! - `topics`: [`ensure_topics`], for brokers that do not create topics on first use.
+//! - `topics`: [`ensure_topics`], for brokers that do not create topics on first use;
+//! - `connection`: [`KafkaConnection`], the brokers, TLS and SASL settings every client is
+//!   configured from.
 
 mod commit;
+mod connection;
 mod fetch;
 mod lag;
 mod publisher;
@@ -57,6 +60,9 @@ use tokio::sync::mpsc;
 
 use crate::source::{BrokerError, SourceEvent, TopicPartition};
 
+pub use connection::{
+    KafkaConnection, KafkaSecurity, SaslMechanism, SecurityError, SecurityProtocol,
+};
 pub use lag::ConsumerLag;
 pub use publisher::{KafkaPublisher, KafkaPublisherConfig};
 pub use source::{KafkaSource, KafkaSourceConfig};
@@ -139,8 +145,9 @@ fn config_error(message: String) -> BrokerError {
 /// Adds the operator's `extra` properties to `config`, then the `required` ones the client
 /// relies on: an extra property contradicting a required one is refused, naming it. Every
 /// Kafka client Cellar builds (stream source and publisher, batch workers, dead-letter tools)
-/// goes through here, so they cannot differ in precedence.
-pub fn apply_properties(
+/// goes through here, by [`KafkaConnection::client_config`], so they cannot differ in
+/// precedence.
+fn apply_properties(
     config: &mut ClientConfig,
     extra: &[(String, String)],
     required: &[(&str, &str)],
