@@ -59,17 +59,22 @@ kafka_answers() { # host port
     (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null
 }
 
-# tansu, a Kafka-wire-compatible broker: installed once into ~/.cargo/bin, started in memory on
-# 127.0.0.1:9092 unless something already answers there. The tests need a broker, not a fast
-# one: built at opt-level 1 without debug info it installs in a fraction of a full release
-# build's time and still runs the Kafka tests well within their timeouts.
+# tansu, a Kafka-wire-compatible broker: installed once per machine into its own root, started
+# in memory on 127.0.0.1:9092 unless something already answers there. The tests need a broker,
+# not a fast one: built at opt-level 1 without debug info it installs in a fraction of a full
+# release build's time and still runs the Kafka tests well within their timeouts. Its SQLite
+# storage (`libsql`) is built in too: only an SQL storage keeps SCRAM credentials, which the
+# SASL test broker (scripts/tls.sh) checks; the root is named after the features, so an
+# earlier install without them is not taken for this one.
+TANSU_ROOT="$HOME/.cache/cellar-tools/tansu-0.6.0-dynostore-libsql"
 ensure_tansu_installed() {
-    export PATH="$HOME/.cargo/bin:$PATH"
-    if ! command -v tansu >/dev/null 2>&1; then
+    export PATH="$TANSU_ROOT/bin:$HOME/.cargo/bin:$PATH"
+    if [ ! -x "$TANSU_ROOT/bin/tansu" ]; then
         log "installing tansu 0.6.0 (once per machine)"
         # Its own temporary target directory: the workspace's would be locked by its build.
         env -u CARGO_TARGET_DIR CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_DEBUG=false \
-            cargo install --locked tansu@0.6.0 --features dynostore -j2 >"$SVC_DIR/tansu-install.log" 2>&1 \
+            cargo install --locked tansu@0.6.0 --features dynostore,libsql --root "$TANSU_ROOT" -j2 \
+            >"$SVC_DIR/tansu-install.log" 2>&1 \
             || { tail -n 30 "$SVC_DIR/tansu-install.log" >&2; return 1; }
     fi
 }

@@ -5,16 +5,21 @@
 //!
 //! Without `sslrootcert`, `verify-ca` and `verify-full` trust the system's roots. The files a
 //! URL names are checked here, so a missing one is reported with its parameter rather than as
-//! a TLS failure once connected.
+//! a TLS failure once connected. `allow` is taken as `prefer`: libpq's `allow` tries without
+//! TLS first and then with it, while sqlx's never tries TLS and so fails on a server that
+//! requires it; `prefer` reaches every server `allow` does, with TLS where it is offered.
 
 use std::str::FromStr;
 
-use sqlx::postgres::PgConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
 
 /// The options `url` stands for, or what is wrong with it. Messages never repeat the URL
 /// (it may hold a password).
 pub fn connect_options(url: &str) -> Result<PgConnectOptions, String> {
-    let options = PgConnectOptions::from_str(url).map_err(|e| e.to_string())?;
+    let mut options = PgConnectOptions::from_str(url).map_err(|e| e.to_string())?;
+    if matches!(options.get_ssl_mode(), PgSslMode::Allow) {
+        options = options.ssl_mode(PgSslMode::Prefer);
+    }
     let params = query_params(url);
     let param = |name: &str| {
         params
@@ -96,13 +101,12 @@ fn decode(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sqlx::postgres::PgSslMode;
 
     #[test]
     fn every_sslmode_is_taken_and_a_bad_one_is_refused() {
         for (mode, expected) in [
             ("disable", PgSslMode::Disable),
-            ("allow", PgSslMode::Allow),
+            ("allow", PgSslMode::Prefer),
             ("prefer", PgSslMode::Prefer),
             ("require", PgSslMode::Require),
             ("verify-ca", PgSslMode::VerifyCa),

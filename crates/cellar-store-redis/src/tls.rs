@@ -64,12 +64,14 @@ impl RedisTls {
                     ),
                 ))
             }
-            ("", _) => return Err(wrong(
-                "cert_file",
-                format!(
+            ("", _) => {
+                return Err(wrong(
+                    "cert_file",
+                    format!(
                     "is needed with {prefix}key_file: the client certificate the key belongs to"
                 ),
-            )),
+                ))
+            }
             (cert, key) => Some(ClientTlsConfig {
                 client_cert: read("cert_file", cert)?,
                 client_key: read("key_file", key)?,
