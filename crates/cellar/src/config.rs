@@ -76,6 +76,8 @@ pub struct JobsConfig {
     /// URL alerts are POSTed to (JSON with a `text` field, as Slack's incoming webhooks take);
     /// empty: no alerts.
     pub alert_webhook: String,
+    /// PEM file of CAs trusted for an `https://` webhook besides the system's; empty: none.
+    pub alert_ca_file: String,
     /// Alert about a job submitted, runnable or running with no progress for this long.
     pub stuck_after_secs: u64,
     /// Base URL of the job pages alerts link to; empty means `http://<server.listen>`.
@@ -401,6 +403,7 @@ impl Default for Config {
                 poll_interval_ms: 2000,
                 rejects_dir: String::new(),
                 alert_webhook: String::new(),
+                alert_ca_file: String::new(),
                 stuck_after_secs: 1800,
                 public_url: String::new(),
                 runner: JobRunner::Local,

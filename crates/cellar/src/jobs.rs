@@ -35,7 +35,7 @@ pub async fn executor(
     settings.retry_backoff = Duration::from_millis(config.jobs.retry_backoff_ms);
     settings.worker = default_worker_name();
     settings.event_times = config.event_time.bounds().map_err(|e| anyhow::anyhow!(e))?;
-    let executor = Executor::new(registry, sink, settings, alerter(config));
+    let executor = Executor::new(registry, sink, settings, alerter(config)?);
     Ok(match config.jobs.runner {
         JobRunner::Local => executor,
         JobRunner::Kafka => {
@@ -96,9 +96,15 @@ pub async fn worker(config: &Config) -> anyhow::Result<()> {
 }
 
 /// The alerter `config` names, if any.
-pub fn alerter(config: &Config) -> Option<Alerter> {
+pub fn alerter(config: &Config) -> anyhow::Result<Option<Alerter>> {
     let webhook = config.jobs.alert_webhook.trim();
-    (!webhook.is_empty()).then(|| Alerter::new(webhook, &config.public_url()))
+    if webhook.is_empty() {
+        return Ok(None);
+    }
+    Alerter::new(webhook, &config.public_url())
+        .with_ca_file(&config.jobs.alert_ca_file)
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("jobs.alert_ca_file: {e}"))
 }
 
 /// What `cellar backfill` was asked.

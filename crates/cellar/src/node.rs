@@ -307,7 +307,7 @@ impl Node {
                 every,
                 stop_rx.clone(),
             )));
-            if let Some(alerter) = crate::jobs::alerter(&self.config) {
+            if let Some(alerter) = crate::jobs::alerter(&self.config)? {
                 let stuck_after = Duration::from_secs(self.config.jobs.stuck_after_secs.max(1));
                 let (registry, stop) = (self.registry.clone(), stop_rx.clone());
                 job_tasks.push(tokio::spawn(async move {
