@@ -634,6 +634,44 @@ mod tests {
     }
 
     #[test]
+    fn kafka_security_settings_are_read_and_wrong_combinations_name_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cellar.toml");
+        std::fs::write(
+            &file,
+            "[ingest.kafka]\nbrokers = \"b:9096\"\nsecurity_protocol = \"sasl_ssl\"\n\
+             ca_file = \"/etc/ca.pem\"\nsasl_mechanism = \"SCRAM-SHA-512\"\n\
+             sasl_username = \"cellar\"\nsasl_password = \"${KAFKA_PASSWORD}\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&file)).unwrap();
+        let connection = c.ingest.kafka.connection().unwrap();
+        assert_eq!(connection.bootstrap_servers, "b:9096");
+        assert_eq!(connection.security.protocol, SecurityProtocol::SaslSsl);
+        assert_eq!(
+            connection.security.sasl_mechanism,
+            Some(SaslMechanism::ScramSha512)
+        );
+        assert_eq!(connection.security.sasl_password, "${KAFKA_PASSWORD}");
+
+        let mut c = Config::default();
+        c.ingest.kafka.security_protocol = SecurityProtocol::Ssl;
+        c.ingest.kafka.sasl_mechanism = Some(SaslMechanism::Plain);
+        let err = c.ingest.kafka.connection().unwrap_err();
+        assert!(
+            err.starts_with("ingest.kafka.sasl_mechanism: is `PLAIN`"),
+            "{err}"
+        );
+
+        std::fs::write(&file, "[ingest.kafka]\nsasl_mechanism = \"GSSAPI\"\n").unwrap();
+        let err = Config::load(Some(&file)).unwrap_err().to_string();
+        assert!(
+            err.contains("GSSAPI") && err.contains("sasl_mechanism"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn unknown_settings_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("cellar.toml");

@@ -177,7 +177,8 @@ pub fn check_ingestion_name(name: &str) -> anyhow::Result<()> {
 
 enum Backend {
     Log(EventLog),
-    Kafka(KafkaConnection),
+    // Boxed: the connection settings make it much larger than the log's handle.
+    Kafka(Box<KafkaConnection>),
 }
 
 /// The dead-letter topic of one transport, and what has been re-driven from it.
@@ -211,7 +212,7 @@ impl DeadLetters {
         group: impl Into<String>,
     ) -> DeadLetters {
         DeadLetters {
-            backend: Backend::Kafka(settings),
+            backend: Backend::Kafka(Box::new(settings)),
             publisher,
             topic: topic.into(),
             group: group.into(),

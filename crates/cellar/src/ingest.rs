@@ -66,7 +66,8 @@ pub fn kafka_dead_letters(config: &Config) -> anyhow::Result<DeadLetters> {
 enum Transport {
     /// The embedded durable log in the data directory.
     Log(EventLog),
-    Kafka(KafkaTransport),
+    // Boxed: the connection settings make it much larger than the log's handle.
+    Kafka(Box<KafkaTransport>),
 }
 
 struct KafkaTransport {
@@ -164,12 +165,12 @@ impl StreamIngestion {
             let publisher = KafkaPublisher::new(&KafkaPublisherConfig::new(connection.clone()))
                 .context("connecting to Kafka")?;
             (
-                Transport::Kafka(KafkaTransport {
+                Transport::Kafka(Box::new(KafkaTransport {
                     connection,
                     group: kafka.group.clone(),
                     partitions: kafka.partitions,
                     publisher: publisher.clone(),
-                }),
+                })),
                 Arc::new(publisher),
             )
         } else {
