@@ -5,11 +5,14 @@
 # Sourced by services.sh, after it defines log, SVC_DIR, kafka_answers and ensure_tansu_installed.
 # Each reuses a server that already answers on its port; none touches the plain ones.
 
-TLS_DIR="$SVC_DIR/tls"
+# One set per machine, not per checkout: a server started from one checkout is reused by the
+# tests of another, which must trust the same CA.
+TLS_DIR="$HOME/.cache/cellar-tools/test-tls"
 
 # A CA, a server certificate for 127.0.0.1 and localhost, a client certificate (CN `cellar`,
 # the PostgreSQL role that logs in by certificate) and a second CA that signed neither, for
-# the tests of a wrong CA. Made once: servers started from them are reused by later runs.
+# the tests of a wrong CA. Made once per machine: servers started from them are reused by later
+# runs.
 ensure_tls_material() {
     if [ ! -s "$TLS_DIR/other-ca.crt" ]; then
         log "generating test certificates in $TLS_DIR"
