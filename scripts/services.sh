@@ -10,13 +10,15 @@ mkdir -p "$SVC_DIR"
 log() { echo "[services] $*" >&2; }
 
 # System packages the build needs: protoc for the gRPC code generation; cmake and curl's
-# headers for librdkafka, which rdkafka builds from source.
+# headers for librdkafka, which rdkafka builds from source, and OpenSSL's for its TLS and SASL.
 ensure_build_packages() {
     local missing=()
     command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
     command -v cmake >/dev/null 2>&1 || missing+=(cmake)
     command -v g++ >/dev/null 2>&1 || missing+=(g++)
     dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || missing+=(libcurl4-openssl-dev)
+    dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
+    command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
     if [ ${#missing[@]} -gt 0 ]; then
         log "installing ${missing[*]}"
         apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
@@ -57,17 +59,22 @@ kafka_answers() { # host port
     (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null
 }
 
-# tansu, a Kafka-wire-compatible broker: installed once into ~/.cargo/bin, started in memory on
-# 127.0.0.1:9092 unless something already answers there. The tests need a broker, not a fast
-# one: built at opt-level 1 without debug info it installs in a fraction of a full release
-# build's time and still runs the Kafka tests well within their timeouts.
+# tansu, a Kafka-wire-compatible broker: installed once per machine into its own root, started
+# in memory on 127.0.0.1:9092 unless something already answers there. The tests need a broker,
+# not a fast one: built at opt-level 1 without debug info it installs in a fraction of a full
+# release build's time and still runs the Kafka tests well within their timeouts. Its SQLite
+# storage (`libsql`) is built in too: only an SQL storage keeps SCRAM credentials, which the
+# SASL test broker (scripts/tls.sh) checks; the root is named after the features, so an
+# earlier install without them is not taken for this one.
+TANSU_ROOT="$HOME/.cache/cellar-tools/tansu-0.6.0-dynostore-libsql"
 ensure_tansu_installed() {
-    export PATH="$HOME/.cargo/bin:$PATH"
-    if ! command -v tansu >/dev/null 2>&1; then
+    export PATH="$TANSU_ROOT/bin:$HOME/.cargo/bin:$PATH"
+    if [ ! -x "$TANSU_ROOT/bin/tansu" ]; then
         log "installing tansu 0.6.0 (once per machine)"
         # Its own temporary target directory: the workspace's would be locked by its build.
         env -u CARGO_TARGET_DIR CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_DEBUG=false \
-            cargo install --locked tansu@0.6.0 --features dynostore -j2 >"$SVC_DIR/tansu-install.log" 2>&1 \
+            cargo install --locked tansu@0.6.0 --features dynostore,libsql --root "$TANSU_ROOT" -j2 \
+            >"$SVC_DIR/tansu-install.log" 2>&1 \
             || { tail -n 30 "$SVC_DIR/tansu-install.log" >&2; return 1; }
     fi
 }
@@ -90,6 +97,7 @@ ensure_kafka() {
     log "kafka: $CELLAR_TEST_KAFKA"
 }
 source "$CELLAR_ROOT/scripts/dynamodb.sh"
+source "$CELLAR_ROOT/scripts/tls.sh"
 
 # Redis: use 127.0.0.1:6379 when it answers, else install (once) and start one there.
 ensure_redis() {

@@ -29,6 +29,11 @@ ensure_kafka
 ensure_dynamodb
 ensure_redis
 ensure_s3
+ensure_redis_tls
+ensure_postgres_tls
+ensure_kafka_tls
+ensure_kafka_sasl
+ensure_s3_tls
 
 cargo test --all-targets -j2 -- --include-ignored
 cargo test --doc -j2

@@ -15,7 +15,8 @@
 //! - [`metrics`]: hit, miss, negative-hit, stale, early-refresh and not-admitted counters per
 //!   tier and group, store reads found and missing, and read latency per tier.
 //!
-//! Depends on `cellar-spec` and `cellar-store` only; serving builds on top of it.
+//! Depends on `cellar-spec` and `cellar-store`, and on `cellar-store-redis` for its Redis
+//! clients only; serving builds on top of it.
 
 pub mod admission;
 pub mod breaker;

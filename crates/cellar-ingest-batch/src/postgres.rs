@@ -361,7 +361,10 @@ async fn connect(
     url: &str,
     fail: &dyn Fn(&dyn std::fmt::Display) -> BatchError,
 ) -> Result<PgConnection> {
-    match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect(url)).await {
+    // The registry's options: the same URL parameters, TLS included, read the same way.
+    let options = cellar_registry::postgres::connect_options(url)
+        .map_err(|e| fail(&format!("invalid URL: {e}")))?;
+    match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await {
         Ok(Ok(conn)) => Ok(conn),
         Ok(Err(e)) => Err(fail(&format!("cannot connect: {e}"))),
         Err(_) => Err(fail(&format!(

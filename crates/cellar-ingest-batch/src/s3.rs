@@ -31,8 +31,8 @@ use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::client::{HttpError, HttpErrorKind};
 use object_store::path::Path;
 use object_store::{
-    ClientConfigKey, GetOptions, GetRange, ListResult, ObjectMeta, ObjectStore, ObjectStoreExt,
-    RetryConfig,
+    Certificate, ClientConfigKey, ClientOptions, GetOptions, GetRange, ListResult, ObjectMeta,
+    ObjectStore, ObjectStoreExt, RetryConfig,
 };
 use tokio::runtime::Handle;
 
@@ -221,6 +221,33 @@ fn gone() -> &'static str {
     "the object no longer exists, though it did when the job was planned: plan again"
 }
 
+/// `builder` trusting, besides the system's CAs, those of the PEM file `AWS_CA_BUNDLE` names
+/// (the AWS SDKs' setting for an endpoint behind a private CA). object_store reads no such
+/// variable and takes extra CAs only in a whole set of client options, so the client options
+/// are built again here from the environment, as `from_env` builds them, with the CAs added.
+fn with_ca_bundle(builder: AmazonS3Builder, url: &str) -> Result<AmazonS3Builder> {
+    let Some(path) = std::env::var("AWS_CA_BUNDLE")
+        .ok()
+        .filter(|p| !p.trim().is_empty())
+    else {
+        return Ok(builder);
+    };
+    let fail = |problem: String| BatchError::source(url, format!("AWS_CA_BUNDLE: {problem}"));
+    let pem = std::fs::read(path.trim()).map_err(|e| fail(format!("cannot read `{path}`: {e}")))?;
+    let certificates = Certificate::from_pem_bundle(&pem)
+        .map_err(|e| fail(format!("`{path}` is not a PEM certificate bundle: {e}")))?;
+    let mut options = ClientOptions::new();
+    for (name, value) in std::env::vars().filter(|(name, _)| name.starts_with("AWS_")) {
+        if let Ok(AmazonS3ConfigKey::Client(key)) = name.to_ascii_lowercase().parse() {
+            options = options.with_config(key, value);
+        }
+    }
+    let options = certificates
+        .into_iter()
+        .fold(options, ClientOptions::with_root_certificate);
+    Ok(builder.with_client_options(options))
+}
+
 /// One bucket's client.
 struct Client {
     store: AmazonS3,
@@ -240,6 +267,7 @@ impl Client {
                 retry_timeout: Duration::from_secs(60),
                 ..RetryConfig::default()
             });
+        let builder = with_ca_bundle(builder, url)?;
         let endpoint = match builder.get_config_value(&AmazonS3ConfigKey::Endpoint) {
             // The user of an endpoint URL is an access key id: not shown either.
             Some(endpoint) => redact_url_and_user(&endpoint).unwrap_or(endpoint),

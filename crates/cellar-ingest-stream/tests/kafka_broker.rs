@@ -183,7 +183,7 @@ impl Topics {
             topics.policy.retry_topic.clone(),
             topics.policy.dead_letter_topic.clone(),
         ];
-        ensure_topics(brokers, &[], &names, PARTITIONS)
+        ensure_topics(&brokers.into(), &names, PARTITIONS)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         topics

@@ -38,18 +38,46 @@ pub struct AlertMessage {
     pub link: String,
 }
 
+/// How long one alert may take.
+const ALERT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The HTTP client of the HTTPS endpoints Cellar calls (alert webhooks): it trusts the
+/// system's CAs and, when `ca_file` is given, the PEM certificates in it, so an endpoint
+/// behind a private CA is reachable. The error names the file and what is wrong with it.
+pub fn https_client(ca_file: &str, timeout: Duration) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder().timeout(timeout);
+    let ca_file = ca_file.trim();
+    if !ca_file.is_empty() {
+        let pem = std::fs::read(ca_file).map_err(|e| format!("cannot read `{ca_file}`: {e}"))?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("`{ca_file}` is not a PEM certificate bundle: {e}"))?;
+        if certificates.is_empty() {
+            return Err(format!("`{ca_file}` holds no PEM certificate"));
+        }
+        for certificate in certificates {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| format!("cannot set up the HTTPS client: {e}"))
+}
+
 impl Alerter {
     /// An alerter posting to `webhook`, whose secret references (`${SLACK_WEBHOOK}`,
     /// `${file:PATH}`) are read now; the error names a reference that cannot be.
     pub fn new(webhook: &str, public_url: &str) -> Result<Alerter, SecretError> {
         Ok(Alerter {
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap_or_default(),
+            client: https_client("", ALERT_TIMEOUT).unwrap_or_default(),
             webhook: secret::resolve(webhook.trim())?,
             public_url: public_url.trim_end_matches('/').to_owned(),
         })
+    }
+
+    /// Trusts the CAs of `ca_file` (PEM) for an `https://` webhook, besides the system's.
+    pub fn with_ca_file(mut self, ca_file: &str) -> Result<Alerter, String> {
+        self.client = https_client(ca_file, ALERT_TIMEOUT)?;
+        Ok(self)
     }
 
     /// The page of job `id`.

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cellar_ingest_stream::kafka::{
-    apply_properties, ensure_topics, KafkaPublisher, KafkaPublisherConfig,
+    ensure_topics, KafkaConnection, KafkaPublisher, KafkaPublisherConfig,
 };
 use cellar_ingest_stream::source::{OutgoingEvent, Publisher};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -35,10 +35,8 @@ use crate::executor::Executor;
 /// Where shard tasks go, and the group that takes them.
 #[derive(Debug, Clone)]
 pub struct KafkaRunnerConfig {
-    /// `host:port[,host:port...]`.
-    pub bootstrap_servers: String,
-    /// Further librdkafka properties (security, `session.timeout.ms`, ...).
-    pub properties: Vec<(String, String)>,
+    /// The cluster: brokers, security and further librdkafka properties.
+    pub connection: KafkaConnection,
     pub topic: String,
     /// Partitions of the topic when Cellar creates it: at most this many workers share a job.
     pub partitions: i32,
@@ -64,15 +62,13 @@ impl TaskPublisher {
     /// Creates the topic if missing, and the producer.
     pub async fn connect(config: &KafkaRunnerConfig) -> Result<TaskPublisher> {
         ensure_topics(
-            &config.bootstrap_servers,
-            &config.properties,
+            &config.connection,
             std::slice::from_ref(&config.topic),
             config.partitions,
         )
         .await
         .map_err(|e| JobError::Runner(e.to_string()))?;
-        let mut publisher_config = KafkaPublisherConfig::new(&config.bootstrap_servers);
-        publisher_config.properties = config.properties.clone();
+        let publisher_config = KafkaPublisherConfig::new(config.connection.clone());
         let publisher =
             KafkaPublisher::new(&publisher_config).map_err(|e| JobError::Runner(e.to_string()))?;
         Ok(TaskPublisher {
@@ -145,21 +141,25 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The worker consumer's configuration: offsets are committed by the worker alone, below the
 /// lowest unfinished task, so `enable.auto.commit` and the group cannot be overridden.
 fn worker_client_config(config: &KafkaRunnerConfig) -> Result<ClientConfig> {
-    let mut client = ClientConfig::new();
-    // A shard may run for long while this worker fetches nothing more (every slot busy): that
-    // must not make the group drop it. An operator may choose otherwise.
-    client.set("max.poll.interval.ms", "3600000");
-    apply_properties(
-        &mut client,
-        &config.properties,
-        &[
-            ("bootstrap.servers", config.bootstrap_servers.as_str()),
+    let mut client = config
+        .connection
+        .client_config(&[
             ("group.id", config.group.as_str()),
             ("auto.offset.reset", "earliest"),
             ("enable.auto.commit", "false"),
-        ],
-    )
-    .map_err(|e| JobError::Runner(e.to_string()))?;
+        ])
+        .map_err(|e| JobError::Runner(e.to_string()))?;
+    // A shard may run for long while this worker fetches nothing more (every slot busy): that
+    // must not make the group drop it. An operator may choose otherwise.
+    let interval = "max.poll.interval.ms";
+    if !config
+        .connection
+        .properties
+        .iter()
+        .any(|(p, _)| p == interval)
+    {
+        client.set(interval, "3600000");
+    }
     Ok(client)
 }
 
@@ -170,8 +170,7 @@ pub async fn run_worker(
 ) -> Result<()> {
     let client = worker_client_config(config)?;
     ensure_topics(
-        &config.bootstrap_servers,
-        &config.properties,
+        &config.connection,
         std::slice::from_ref(&config.topic),
         config.partitions,
     )
@@ -259,11 +258,13 @@ mod tests {
 
     fn runner(properties: &[(&str, &str)]) -> KafkaRunnerConfig {
         KafkaRunnerConfig {
-            bootstrap_servers: "127.0.0.1:9".into(),
-            properties: properties
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
+            connection: KafkaConnection {
+                properties: properties
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+                ..KafkaConnection::new("127.0.0.1:9")
+            },
             topic: "cellar-batch-shards".into(),
             partitions: 1,
             group: "cellar-workers".into(),

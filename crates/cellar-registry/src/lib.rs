@@ -13,6 +13,8 @@
 //! - `jobs`: the job and shard types ([`Job`], [`ShardRun`], ...) and how their rows decode;
 //! - `snapshot`: how a repo is serialized and which history rows an apply writes (no IO);
 //! - `backend`: the SQL, instantiated for each driver;
+//! - [`postgres`]: PostgreSQL connection options from a URL (TLS included), shared with the
+//!   batch sources;
 //! - `migrations/sqlite`, `migrations/postgres`: the schema, embedded and run by
 //!   [`Registry::open`].
 //!
@@ -22,6 +24,7 @@
 mod backend;
 mod error;
 mod jobs;
+pub mod postgres;
 mod snapshot;
 
 use std::path::Path;
@@ -32,7 +35,7 @@ use cellar_spec::secret;
 use cellar_spec::{FeatureRepo, SpecKind};
 use chrono::{DateTime, Utc};
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool};
+use sqlx::postgres::{PgConnection, PgPool};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool};
 use sqlx::Connection;
 
@@ -160,9 +163,9 @@ impl Registry {
         };
         let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let options =
-                PgConnectOptions::from_str(url).map_err(|e| RegistryError::InvalidUrl {
+                postgres::connect_options(url).map_err(|reason| RegistryError::InvalidUrl {
                     url: shown.clone(),
-                    reason: e.to_string(),
+                    reason,
                 })?;
             // Connect and migrate over one connection first: a pool retries a refused
             // connection until its timeout and then reports only that it timed out, while a

@@ -9,7 +9,9 @@
 //! - `keys.rs`: the key model and value layout below, expiry times;
 //! - `scripts.rs`: the Lua scripts behind every write, run pipelined with `EVALSHA`;
 //! - `update.rs`: read-modify-write with optimistic concurrency;
-//! - `trim.rs`: `trim`, a `SCAN` of one group's keys.
+//! - `trim.rs`: `trim`, a `SCAN` of one group's keys;
+//! - `tls.rs`: [`client`] and [`cluster_client`], the Redis clients of the store and of the
+//!   cache's remote tier, with TLS settings.
 //!
 //! Depends on `cellar-store` and `cellar-spec` only.
 //!
@@ -62,8 +64,11 @@
 
 mod keys;
 mod scripts;
+mod tls;
 mod trim;
 mod update;
+
+pub use tls::{client, cluster_client, RedisSettingError, RedisTls};
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -90,6 +95,8 @@ pub struct RedisConfig {
     /// password may be a secret reference (`redis://:${REDIS_PASSWORD}@host`), read when
     /// connecting.
     pub url: String,
+    /// The CA and client certificate of a `rediss://` URL.
+    pub tls: RedisTls,
     /// Put before every key, so deployments (and tests) can share a Redis.
     pub key_prefix: String,
     /// Longest wait for a connection to be made.
@@ -102,6 +109,7 @@ impl Default for RedisConfig {
     fn default() -> Self {
         RedisConfig {
             url: "redis://127.0.0.1:6379".to_owned(),
+            tls: RedisTls::default(),
             key_prefix: "cellar:store:".to_owned(),
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(10),
@@ -169,8 +177,8 @@ impl RedisStore {
     pub async fn connect(config: RedisConfig) -> Result<RedisStore> {
         let url = secret::resolve(&config.url)
             .map_err(|e| StoreError::Backend(format!("the Redis URL: {e}")))?;
-        let client = redis::Client::open(url.expose())
-            .map_err(|e| StoreError::Backend(format!("invalid Redis URL: {e}")))?;
+        let client = client(url.expose(), &config.tls, "store.redis", "")
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
         let manager_config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.response_timeout));

@@ -2,6 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
+use cellar_ingest_stream::kafka::{
+    KafkaConnection, KafkaSecurity, SaslMechanism, SecurityProtocol,
+};
 use cellar_spec::limits::EventTimeBounds;
 use cellar_spec::secret;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -76,6 +79,8 @@ pub struct JobsConfig {
     /// URL alerts are POSTed to (JSON with a `text` field, as Slack's incoming webhooks take);
     /// empty: no alerts. A credential: best given as a secret reference (`${SLACK_WEBHOOK}`).
     pub alert_webhook: String,
+    /// PEM file of CAs trusted for an `https://` webhook besides the system's; empty: none.
+    pub alert_ca_file: String,
     /// Alert about a job submitted, runnable or running with no progress for this long.
     pub stuck_after_secs: u64,
     /// Base URL of the job pages alerts link to; empty means `http://<server.listen>`.
@@ -135,9 +140,21 @@ pub struct KafkaConfig {
     pub group: String,
     /// Partitions of the retry and dead-letter topics when Cellar creates them.
     pub partitions: i32,
-    /// Further librdkafka properties for consumers and producers (`session.timeout.ms`,
-    /// security settings, ...); values may be secret references
-    /// (`sasl.password = "${KAFKA_PASSWORD}"`).
+    /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    pub security_protocol: SecurityProtocol,
+    /// PEM file of the CAs that sign the brokers' certificates; empty: the system's.
+    pub ca_file: String,
+    /// PEM client certificate and its key, for brokers that authenticate clients by certificate.
+    pub cert_file: String,
+    pub key_file: String,
+    /// `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512` or `AWS_MSK_IAM`, with a `sasl_*` protocol.
+    #[serde(default)]
+    pub sasl_mechanism: Option<SaslMechanism>,
+    pub sasl_username: String,
+    /// A secret reference: `${NAME}` (an environment variable) or `${file:PATH}`.
+    pub sasl_password: String,
+    /// Further librdkafka properties for every client (`session.timeout.ms`, ...); values
+    /// may be secret references (`"ssl.key.password" = "${KEY_PASSWORD}"`).
     pub properties: std::collections::BTreeMap<String, String>,
 }
 
@@ -162,6 +179,32 @@ impl KafkaConfig {
     /// Whether Kafka is configured.
     pub fn enabled(&self) -> bool {
         !self.brokers.trim().is_empty()
+    }
+
+    /// How every Kafka client reaches the cluster, or the setting that is wrong (checked
+    /// without IO; files and secrets are read when a client is built).
+    pub fn connection(&self) -> Result<KafkaConnection, String> {
+        let security = KafkaSecurity {
+            protocol: self.security_protocol,
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            sasl_mechanism: self.sasl_mechanism,
+            sasl_username: self.sasl_username.clone(),
+            sasl_password: self.sasl_password.clone(),
+        };
+        security
+            .validate()
+            .map_err(|e| format!("ingest.kafka.{e}"))?;
+        Ok(KafkaConnection {
+            bootstrap_servers: self.brokers.clone(),
+            security,
+            properties: self
+                .properties
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        })
     }
 }
 
@@ -274,6 +317,11 @@ pub struct DynamoDbConfig {
 pub struct RedisStoreConfig {
     /// A standalone Redis, `redis://[:password@]host:port[/db]` (`rediss://` for TLS).
     pub url: String,
+    /// With a `rediss://` URL: PEM file of the CAs that sign the server's certificate (empty:
+    /// the system's roots), and a PEM client certificate and its key (empty: none).
+    pub ca_file: String,
+    pub cert_file: String,
+    pub key_file: String,
     /// Put before every key of the store, so deployments (and the cache tier, whose keys start
     /// with `cache.remote_key_prefix`) can share a Redis.
     pub key_prefix: String,
@@ -289,6 +337,11 @@ pub struct CacheConfig {
     /// one URL for a standalone Redis, several for a cluster's seed nodes; empty: no remote
     /// tier.
     pub remote_urls: Vec<String>,
+    /// With `rediss://` URLs: PEM file of the CAs that sign the servers' certificates (empty:
+    /// the system's roots), and a PEM client certificate and its key (empty: none).
+    pub remote_ca_file: String,
+    pub remote_cert_file: String,
+    pub remote_key_file: String,
     /// Put before every Redis key, so deployments can share a Redis.
     pub remote_key_prefix: String,
     /// Longest wait for a Redis read, milliseconds; past it the read goes to the store.
@@ -334,6 +387,9 @@ impl Default for Config {
                 },
                 redis: RedisStoreConfig {
                     url: "redis://127.0.0.1:6379".into(),
+                    ca_file: String::new(),
+                    cert_file: String::new(),
+                    key_file: String::new(),
                     key_prefix: "cellar:store:".into(),
                 },
                 trim_interval_secs: 600,
@@ -341,6 +397,9 @@ impl Default for Config {
             cache: CacheConfig {
                 local_max_bytes: 512 * 1024 * 1024,
                 remote_urls: Vec::new(),
+                remote_ca_file: String::new(),
+                remote_cert_file: String::new(),
+                remote_key_file: String::new(),
                 remote_key_prefix: "cellar:".into(),
                 remote_timeout_ms: 50,
             },
@@ -350,6 +409,13 @@ impl Default for Config {
                     brokers: String::new(),
                     group: "cellar-ingest".into(),
                     partitions: 8,
+                    security_protocol: SecurityProtocol::Plaintext,
+                    ca_file: String::new(),
+                    cert_file: String::new(),
+                    key_file: String::new(),
+                    sasl_mechanism: None,
+                    sasl_username: String::new(),
+                    sasl_password: String::new(),
                     properties: Default::default(),
                 },
                 max_attempts: 5,
@@ -367,6 +433,7 @@ impl Default for Config {
                 poll_interval_ms: 2000,
                 rejects_dir: String::new(),
                 alert_webhook: String::new(),
+                alert_ca_file: String::new(),
                 stuck_after_secs: 1800,
                 public_url: String::new(),
                 runner: JobRunner::Local,
@@ -499,6 +566,12 @@ impl Config {
         }
         secret::references(&self.jobs.alert_webhook)
             .map_err(|e| format!("jobs.alert_webhook: {e}"))?;
+        let sasl_password = &self.ingest.kafka.sasl_password;
+        secret::references(sasl_password)
+            .map_err(|e| format!("ingest.kafka.sasl_password: {e}"))?;
+        if !sasl_password.is_empty() && !secret::only_references(sasl_password) {
+            written_out.push("ingest.kafka.sasl_password".to_owned());
+        }
         for (name, value) in &self.ingest.kafka.properties {
             let setting = format!("ingest.kafka.properties.\"{name}\"");
             secret::references(value).map_err(|e| format!("{setting}: {e}"))?;
@@ -688,6 +761,44 @@ mod tests {
         let err = c.check_secrets().unwrap_err();
         assert!(
             err.starts_with("registry.url: a `${` is not closed"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn kafka_security_settings_are_read_and_wrong_combinations_name_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cellar.toml");
+        std::fs::write(
+            &file,
+            "[ingest.kafka]\nbrokers = \"b:9096\"\nsecurity_protocol = \"sasl_ssl\"\n\
+             ca_file = \"/etc/ca.pem\"\nsasl_mechanism = \"SCRAM-SHA-512\"\n\
+             sasl_username = \"cellar\"\nsasl_password = \"${KAFKA_PASSWORD}\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&file)).unwrap();
+        let connection = c.ingest.kafka.connection().unwrap();
+        assert_eq!(connection.bootstrap_servers, "b:9096");
+        assert_eq!(connection.security.protocol, SecurityProtocol::SaslSsl);
+        assert_eq!(
+            connection.security.sasl_mechanism,
+            Some(SaslMechanism::ScramSha512)
+        );
+        assert_eq!(connection.security.sasl_password, "${KAFKA_PASSWORD}");
+
+        let mut c = Config::default();
+        c.ingest.kafka.security_protocol = SecurityProtocol::Ssl;
+        c.ingest.kafka.sasl_mechanism = Some(SaslMechanism::Plain);
+        let err = c.ingest.kafka.connection().unwrap_err();
+        assert!(
+            err.starts_with("ingest.kafka.sasl_mechanism: is `PLAIN`"),
+            "{err}"
+        );
+
+        std::fs::write(&file, "[ingest.kafka]\nsasl_mechanism = \"GSSAPI\"\n").unwrap();
+        let err = Config::load(Some(&file)).unwrap_err().to_string();
+        assert!(
+            err.contains("GSSAPI") && err.contains("sasl_mechanism"),
             "{err}"
         );
     }

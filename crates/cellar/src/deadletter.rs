@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
+use cellar_ingest_stream::kafka::KafkaConnection;
 use cellar_ingest_stream::log::source::LogPublisher;
 use cellar_ingest_stream::log::{EventLog, LogError};
 use cellar_ingest_stream::process::headers;
@@ -174,16 +175,10 @@ pub fn check_ingestion_name(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Connection settings of the Kafka cluster.
-#[derive(Clone)]
-pub struct KafkaSettings {
-    pub brokers: String,
-    pub properties: Vec<(String, String)>,
-}
-
 enum Backend {
     Log(EventLog),
-    Kafka(KafkaSettings),
+    // Boxed: the connection settings make it much larger than the log's handle.
+    Kafka(Box<KafkaConnection>),
 }
 
 /// The dead-letter topic of one transport, and what has been re-driven from it.
@@ -211,13 +206,13 @@ impl DeadLetters {
 
     /// Dead letters of a Kafka topic; re-driven records go through `publisher`.
     pub fn kafka(
-        settings: KafkaSettings,
+        settings: KafkaConnection,
         publisher: Arc<dyn Publisher>,
         topic: impl Into<String>,
         group: impl Into<String>,
     ) -> DeadLetters {
         DeadLetters {
-            backend: Backend::Kafka(settings),
+            backend: Backend::Kafka(Box::new(settings)),
             publisher,
             topic: topic.into(),
             group: group.into(),
@@ -526,23 +521,17 @@ struct KafkaReader {
 impl KafkaReader {
     /// `None` when the topic does not exist. Blocks.
     fn open(
-        settings: &KafkaSettings,
+        settings: &KafkaConnection,
         topic: &str,
         group: &str,
         cutoff_ms: Option<i64>,
     ) -> anyhow::Result<Option<KafkaReader>> {
-        let mut config = rdkafka::ClientConfig::new();
-        cellar_ingest_stream::kafka::apply_properties(
-            &mut config,
-            &settings.properties,
-            &[
-                ("bootstrap.servers", settings.brokers.as_str()),
-                ("group.id", group),
-                ("enable.auto.commit", "false"),
-                ("enable.auto.offset.store", "false"),
-                ("auto.offset.reset", "earliest"),
-            ],
-        )?;
+        let config = settings.client_config(&[
+            ("group.id", group),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+        ])?;
         let consumer: BaseConsumer = config
             .create()
             .context("creating a Kafka consumer for the dead-letter topic")?;
@@ -551,7 +540,7 @@ impl KafkaReader {
             .with_context(|| {
                 format!(
                     "kafka: reading the partitions of `{topic}` from {}",
-                    settings.brokers
+                    settings.bootstrap_servers
                 )
             })?;
         let partitions: Vec<i32> = metadata

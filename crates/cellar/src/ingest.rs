@@ -13,7 +13,7 @@ use cellar_cache::WritePath;
 use cellar_ingest_stream::consumer::ParallelConsumer;
 use cellar_ingest_stream::dispatch::Dispatcher;
 use cellar_ingest_stream::kafka::{
-    ensure_topics, ConsumerLag, KafkaPublisher, KafkaPublisherConfig, KafkaSource,
+    ensure_topics, ConsumerLag, KafkaConnection, KafkaPublisher, KafkaPublisherConfig, KafkaSource,
     KafkaSourceConfig,
 };
 use cellar_ingest_stream::log::source::{ensure_topic, LogPublisher, LogSource};
@@ -32,7 +32,7 @@ use prometheus_client::metrics::MetricType;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::deadletter::{DeadLetters, KafkaSettings};
+use crate::deadletter::DeadLetters;
 
 /// Consumer group of the embedded log's main pipeline; the retry pipeline's is this with
 /// `-retry`, and the positions of re-driven dead letters are this with `-redrive`.
@@ -52,19 +52,11 @@ pub fn kafka_dead_letters(config: &Config) -> anyhow::Result<DeadLetters> {
         .ingest
         .failure_topics()
         .map_err(|e| anyhow::anyhow!(e))?;
-    let properties: Vec<(String, String)> = kafka
-        .properties
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let mut publisher_config = KafkaPublisherConfig::new(&kafka.brokers);
-    publisher_config.properties = properties.clone();
-    let publisher = KafkaPublisher::new(&publisher_config).context("connecting to Kafka")?;
+    let connection = kafka.connection().map_err(|e| anyhow::anyhow!(e))?;
+    let publisher = KafkaPublisher::new(&KafkaPublisherConfig::new(connection.clone()))
+        .context("connecting to Kafka")?;
     Ok(DeadLetters::kafka(
-        KafkaSettings {
-            brokers: kafka.brokers.clone(),
-            properties,
-        },
+        connection,
         Arc::new(publisher),
         dead_letter_topic,
         redrive_group(&kafka.group),
@@ -75,15 +67,15 @@ pub fn kafka_dead_letters(config: &Config) -> anyhow::Result<DeadLetters> {
 enum Transport {
     /// The embedded durable log in the data directory.
     Log(EventLog),
-    Kafka(KafkaTransport),
+    // Boxed: the connection settings make it much larger than the log's handle.
+    Kafka(Box<KafkaTransport>),
 }
 
 struct KafkaTransport {
-    brokers: String,
+    connection: KafkaConnection,
     group: String,
     /// Partitions of the topics Cellar creates.
     partitions: i32,
-    properties: Vec<(String, String)>,
     publisher: KafkaPublisher,
 }
 
@@ -170,23 +162,16 @@ impl StreamIngestion {
             .failure_topics()
             .map_err(|e| anyhow::anyhow!(e))?;
         let (transport, publisher): (Transport, Arc<dyn Publisher>) = if kafka.enabled() {
-            let properties: Vec<(String, String)> = kafka
-                .properties
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            let mut publisher_config = KafkaPublisherConfig::new(&kafka.brokers);
-            publisher_config.properties = properties.clone();
-            let publisher =
-                KafkaPublisher::new(&publisher_config).context("connecting to Kafka")?;
+            let connection = kafka.connection().map_err(|e| anyhow::anyhow!(e))?;
+            let publisher = KafkaPublisher::new(&KafkaPublisherConfig::new(connection.clone()))
+                .context("connecting to Kafka")?;
             (
-                Transport::Kafka(KafkaTransport {
-                    brokers: kafka.brokers.clone(),
+                Transport::Kafka(Box::new(KafkaTransport {
+                    connection,
                     group: kafka.group.clone(),
                     partitions: kafka.partitions,
-                    properties,
                     publisher: publisher.clone(),
-                }),
+                })),
                 Arc::new(publisher),
             )
         } else {
@@ -208,10 +193,7 @@ impl StreamIngestion {
                 redrive_group(CONSUMER_GROUP),
             ),
             Transport::Kafka(kafka) => DeadLetters::kafka(
-                KafkaSettings {
-                    brokers: kafka.brokers.clone(),
-                    properties: kafka.properties.clone(),
-                },
+                kafka.connection.clone(),
                 publisher.clone(),
                 dead_letter_topic.clone(),
                 redrive_group(&kafka.group),
@@ -334,25 +316,22 @@ impl StreamIngestion {
                 b?;
             }
             Transport::Kafka(kafka) => {
-                ensure_topics(
-                    &kafka.brokers,
-                    &kafka.properties,
-                    &all_topics,
-                    kafka.partitions,
-                )
-                .await
-                .context("creating the consumed, retry and dead-letter topics")?;
+                ensure_topics(&kafka.connection, &all_topics, kafka.partitions)
+                    .await
+                    .context("creating the consumed, retry and dead-letter topics")?;
                 let source = |group: String, topics: Vec<String>| {
-                    let mut config = KafkaSourceConfig::new(&kafka.brokers, group, topics);
-                    config.properties = kafka.properties.clone();
-                    KafkaSource::new(&config)
+                    KafkaSource::new(&KafkaSourceConfig::new(
+                        kafka.connection.clone(),
+                        group,
+                        topics,
+                    ))
                 };
                 let mut main_source = source(kafka.group.clone(), topics.clone())?;
                 let mut retry_source = source(format!("{}-retry", kafka.group), retry_topics)?;
                 if let Ok(mut lag) = self.kafka_lag.lock() {
                     *lag = vec![main_source.lag(), retry_source.lag()];
                 }
-                tracing::info!(topics = ?topics, group = %kafka.group, brokers = %kafka.brokers, "consuming Kafka");
+                tracing::info!(topics = ?topics, group = %kafka.group, brokers = %kafka.connection.bootstrap_servers, "consuming Kafka");
                 let (a, b) = tokio::join!(
                     main.run(&mut main_source, stopped(stop.clone())),
                     retry.run(&mut retry_source, stopped(stop)),

@@ -62,14 +62,11 @@ pub fn kafka_runner(config: &Config) -> anyhow::Result<KafkaRunnerConfig> {
         );
     }
     Ok(KafkaRunnerConfig {
-        bootstrap_servers: config.ingest.kafka.brokers.clone(),
-        properties: config
+        connection: config
             .ingest
             .kafka
-            .properties
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
+            .connection()
+            .map_err(|e| anyhow::anyhow!(e))?,
         topic: config.jobs.kafka_topic.clone(),
         partitions: config.jobs.kafka_partitions.max(1),
         group: config.jobs.kafka_group.clone(),
@@ -99,14 +96,17 @@ pub async fn worker(config: &Config) -> anyhow::Result<()> {
 }
 
 /// The alerter `config` names, if any; an error names a secret reference of
-/// `jobs.alert_webhook` that cannot be read.
+/// `jobs.alert_webhook` that cannot be read, or a CA file that cannot be used.
 pub fn alerter(config: &Config) -> anyhow::Result<Option<Alerter>> {
     let webhook = config.jobs.alert_webhook.trim();
     if webhook.is_empty() {
         return Ok(None);
     }
     let alerter = Alerter::new(webhook, &config.public_url()).context("jobs.alert_webhook")?;
-    Ok(Some(alerter))
+    alerter
+        .with_ca_file(&config.jobs.alert_ca_file)
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("jobs.alert_ca_file: {e}"))
 }
 
 /// What `cellar backfill` was asked.

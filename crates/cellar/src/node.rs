@@ -23,7 +23,7 @@ use cellar_store::embedded::EmbeddedStore;
 use cellar_store::{OnlineStore, RecordReader};
 #[cfg(feature = "dynamodb")]
 use cellar_store_dynamodb::{DynamoConfig, DynamoStore};
-use cellar_store_redis::{RedisConfig, RedisStore};
+use cellar_store_redis::{RedisConfig, RedisStore, RedisTls};
 use tokio::net::TcpListener;
 
 use crate::config::{Config, StoreBackend};
@@ -95,6 +95,11 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn OnlineStore>>
             let r = &config.store.redis;
             let store = RedisStore::connect(RedisConfig {
                 url: r.url.clone(),
+                tls: RedisTls {
+                    ca_file: r.ca_file.clone(),
+                    cert_file: r.cert_file.clone(),
+                    key_file: r.key_file.clone(),
+                },
                 key_prefix: r.key_prefix.clone(),
                 ..RedisConfig::default()
             })
@@ -113,6 +118,11 @@ fn remote_config(config: &Config) -> Option<RemoteConfig> {
     }
     Some(RemoteConfig {
         urls: config.cache.remote_urls.clone(),
+        tls: RedisTls {
+            ca_file: config.cache.remote_ca_file.clone(),
+            cert_file: config.cache.remote_cert_file.clone(),
+            key_file: config.cache.remote_key_file.clone(),
+        },
         key_prefix: config.cache.remote_key_prefix.clone(),
         timeout: Duration::from_millis(config.cache.remote_timeout_ms),
         ..RemoteConfig::default()

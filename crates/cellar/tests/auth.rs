@@ -669,7 +669,10 @@ async fn the_cli_sends_its_token() {
     let refused = get(None);
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains("401") && stderr.contains("no credentials"), "{stderr}");
+    assert!(
+        stderr.contains("401") && stderr.contains("no credentials"),
+        "{stderr}"
+    );
     let answered = get(Some(&s.reader));
     assert!(
         answered.status.success(),

@@ -744,8 +744,7 @@ async fn killed_kafka_ingestion_loses_nothing_and_counts_nothing_twice() {
     };
     apply_repo(dir.path(), &data, &topic);
     ensure_topics(
-        &brokers,
-        &[],
+        &brokers.as_str().into(),
         std::slice::from_ref(&topic),
         KAFKA_PARTITIONS,
     )

@@ -560,7 +560,7 @@ fn dead_letters_on_kafka_are_listed_and_redriven_without_a_server() {
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        ensure_topics(&brokers, &[], std::slice::from_ref(&topic), 2)
+        ensure_topics(&brokers.as_str().into(), std::slice::from_ref(&topic), 2)
             .await
             .unwrap();
         // One event per record batch (see the crash test).

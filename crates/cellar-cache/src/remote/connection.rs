@@ -30,7 +30,8 @@ impl Connection {
         match urls.as_slice() {
             [] => Err(RemoteError::NoUrl),
             [url] => {
-                let client = redis::Client::open(url.expose())?;
+                let client =
+                    cellar_store_redis::client(url.expose(), &config.tls, "cache", "remote_")?;
                 let manager_config = redis::aio::ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(config.connect_timeout))
                     .set_response_timeout(Some(config.write_timeout.max(config.timeout)))
@@ -42,12 +43,16 @@ impl Connection {
                 ))
             }
             urls => {
-                let client =
-                    redis::cluster::ClusterClient::builder(urls.iter().map(Secret::expose))
-                        .retries(2)
-                        .connection_timeout(config.connect_timeout)
-                        .response_timeout(config.write_timeout.max(config.timeout))
-                        .build()?;
+                let client = cellar_store_redis::cluster_client(
+                    &seeds(urls),
+                    &config.tls,
+                    "cache",
+                    "remote_",
+                )?
+                .retries(2)
+                .connection_timeout(config.connect_timeout)
+                .response_timeout(config.write_timeout.max(config.timeout))
+                .build()?;
                 let cluster_config = redis::cluster::ClusterConfig::new()
                     .set_connection_timeout(config.connect_timeout)
                     .set_response_timeout(config.write_timeout.max(config.timeout));
@@ -167,4 +172,9 @@ impl Connection {
         }
         Ok(())
     }
+}
+
+/// The resolved seed URLs, for the cluster client.
+fn seeds(urls: &[Secret]) -> Vec<String> {
+    urls.iter().map(|u| u.expose().to_owned()).collect()
 }

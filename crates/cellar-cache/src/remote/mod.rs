@@ -78,6 +78,8 @@ use std::time::Duration;
 
 use cellar_spec::{EntityKey, FeatureGroup, Tier};
 use cellar_store::RecordReader;
+use cellar_store_redis::RedisSettingError;
+pub use cellar_store_redis::RedisTls;
 use tokio::sync::mpsc;
 
 use crate::admission::Doorkeeper;
@@ -102,6 +104,8 @@ pub struct RemoteConfig {
     /// One URL: a standalone Redis. Several: seed nodes of a Redis Cluster. Their passwords
     /// may be secret references (`redis://:${REDIS_PASSWORD}@host`), read when connecting.
     pub urls: Vec<String>,
+    /// The CA and client certificate of `rediss://` URLs.
+    pub tls: RedisTls,
     /// Put before every key, so deployments (and tests) can share a Redis.
     pub key_prefix: String,
     /// Longest wait for a read; past it the read goes to the tier below.
@@ -127,6 +131,7 @@ impl Default for RemoteConfig {
     fn default() -> Self {
         RemoteConfig {
             urls: vec!["redis://127.0.0.1:6379".to_owned()],
+            tls: RedisTls::default(),
             key_prefix: "cellar:".to_owned(),
             timeout: Duration::from_millis(50),
             write_timeout: Duration::from_millis(250),
@@ -149,6 +154,8 @@ pub enum RemoteError {
     /// A secret the URLs refer to cannot be read.
     #[error("the Redis URLs: {0}")]
     Secret(#[from] cellar_spec::secret::SecretError),
+    #[error(transparent)]
+    Setting(#[from] RedisSettingError),
     #[error("the remote cache tier must be created inside a Tokio runtime")]
     NoRuntime,
 }

@@ -36,9 +36,12 @@
 //! - `commit`: a commit that waits for the coordinator at most a given time;
 //! - `lag`: [`ConsumerLag`], from librdkafka's statistics;
 //! - `publisher`: [`KafkaPublisher`], the idempotent producer;
-//! - `topics`: [`ensure_topics`], for brokers that do not create topics on first use.
+//! - `topics`: [`ensure_topics`], for brokers that do not create topics on first use;
+//! - `connection`: [`KafkaConnection`], the brokers, TLS and SASL settings every client is
+//!   configured from.
 
 mod commit;
+mod connection;
 mod fetch;
 mod lag;
 mod publisher;
@@ -57,6 +60,9 @@ use tokio::sync::mpsc;
 
 use crate::source::{BrokerError, SourceEvent, TopicPartition};
 
+pub use connection::{
+    KafkaConnection, KafkaSecurity, SaslMechanism, SecurityError, SecurityProtocol,
+};
 pub use lag::ConsumerLag;
 pub use publisher::{KafkaPublisher, KafkaPublisherConfig};
 pub use source::{KafkaSource, KafkaSourceConfig};
@@ -139,12 +145,13 @@ fn config_error(message: String) -> BrokerError {
 /// Adds the operator's `extra` properties to `config`, then the `required` ones the client
 /// relies on: an extra property contradicting a required one is refused, naming it. Every
 /// Kafka client Cellar builds (stream source and publisher, batch workers, dead-letter tools)
-/// goes through here, so they cannot differ in precedence.
+/// goes through here, by [`KafkaConnection::client_config`], so they cannot differ in
+/// precedence.
 ///
 /// Values may refer to secrets (`sasl.password = "${KAFKA_PASSWORD}"`): they are read here,
 /// when the client is built, and only librdkafka holds them (rdkafka's `Debug` of a config
 /// leaves out its sensitive properties).
-pub fn apply_properties(
+fn apply_properties(
     config: &mut ClientConfig,
     extra: &[(String, String)],
     required: &[(&str, &str)],

@@ -5,38 +5,34 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::future::join_all;
-use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use super::{apply_properties, broker_error, config_error};
+use super::{broker_error, config_error, KafkaConnection};
 use crate::source::{BrokerError, OutgoingEvent, Publisher};
 
 /// How to publish to Kafka.
 #[derive(Debug, Clone)]
 pub struct KafkaPublisherConfig {
-    /// `host:port[,host:port...]`.
-    pub bootstrap_servers: String,
-    /// Further librdkafka properties (`message.timeout.ms`, `linger.ms`, security, ...).
+    /// The cluster. Of its further properties (`message.timeout.ms`, `linger.ms`, ...),
     /// `acks=all` and `enable.idempotence=true` cannot be changed: a publish must be durable.
-    pub properties: Vec<(String, String)>,
+    pub connection: KafkaConnection,
     /// How long a publish waits for room in librdkafka's queue before failing.
     pub queue_timeout: Duration,
 }
 
 impl KafkaPublisherConfig {
-    /// A publisher to the cluster at `bootstrap_servers`.
-    pub fn new(bootstrap_servers: impl Into<String>) -> KafkaPublisherConfig {
+    /// A publisher to `connection`'s cluster (or the one at a `host:port` list).
+    pub fn new(connection: impl Into<KafkaConnection>) -> KafkaPublisherConfig {
         KafkaPublisherConfig {
-            bootstrap_servers: bootstrap_servers.into(),
-            properties: Vec::new(),
+            connection: connection.into(),
             queue_timeout: Duration::from_secs(30),
         }
     }
 
     /// Adds a librdkafka property.
     pub fn property(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.properties.push((name.into(), value.into()));
+        self.connection.properties.push((name.into(), value.into()));
         self
     }
 }
@@ -52,19 +48,14 @@ pub struct KafkaPublisher {
 impl KafkaPublisher {
     /// Creates the producer. Must be called inside a tokio runtime.
     pub fn new(config: &KafkaPublisherConfig) -> Result<KafkaPublisher, BrokerError> {
-        if config.bootstrap_servers.trim().is_empty() {
+        if config.connection.bootstrap_servers.trim().is_empty() {
             return Err(config_error(
                 "invalid kafka publisher configuration: bootstrap servers are empty".to_owned(),
             ));
         }
-        let mut client = ClientConfig::new();
-        client.set("bootstrap.servers", &config.bootstrap_servers);
-        apply_properties(
-            &mut client,
-            &config.properties,
-            &[("acks", "all"), ("enable.idempotence", "true")],
-        )?;
-        let producer = client
+        let producer = config
+            .connection
+            .client_config(&[("acks", "all"), ("enable.idempotence", "true")])?
             .create()
             .map_err(|e| broker_error("creating the producer", &e))?;
         Ok(KafkaPublisher {

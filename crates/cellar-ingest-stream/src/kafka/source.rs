@@ -8,7 +8,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
@@ -16,23 +15,21 @@ use tokio::sync::mpsc;
 use super::commit::commit_within;
 use super::fetch::fetch;
 use super::{
-    apply_properties, broker_error, config_error, lock, rebalancing_code, ConsumerLag, Fetched,
-    GroupMembership, BROKER,
+    broker_error, config_error, lock, rebalancing_code, ConsumerLag, Fetched, GroupMembership,
+    KafkaConnection, BROKER,
 };
 use crate::source::{BrokerError, Polled, Source, SourceEvent, TopicPartition};
 
 /// How to join a consumer group and fetch its topics.
 #[derive(Debug, Clone)]
 pub struct KafkaSourceConfig {
-    /// `host:port[,host:port...]`.
-    pub bootstrap_servers: String,
+    /// The cluster. Of its further properties (`session.timeout.ms`, ...), those the source
+    /// depends on (`enable.auto.commit=false`, `enable.auto.offset.store=false`,
+    /// `auto.offset.reset=earliest`) cannot be changed.
+    pub connection: KafkaConnection,
     /// The consumer group every `cellar ingest` worker of one deployment shares.
     pub group_id: String,
     pub topics: Vec<String>,
-    /// Further librdkafka properties (`session.timeout.ms`, security, ...). Those the source
-    /// depends on (`enable.auto.commit=false`, `enable.auto.offset.store=false`,
-    /// `auto.offset.reset=earliest`) cannot be changed.
-    pub properties: Vec<(String, String)>,
     /// How long a revoke waits for the driver to commit and release the partitions before the
     /// rebalance goes ahead anyway (the next owner then replays from the last commit). Keep it
     /// below `max.poll.interval.ms`, or the group evicts this member first.
@@ -50,17 +47,17 @@ pub struct KafkaSourceConfig {
 }
 
 impl KafkaSourceConfig {
-    /// A member of `group_id` reading `topics` from the cluster at `bootstrap_servers`.
+    /// A member of `group_id` reading `topics` from `connection`'s cluster (or the one at a
+    /// `host:port` list).
     pub fn new(
-        bootstrap_servers: impl Into<String>,
+        connection: impl Into<KafkaConnection>,
         group_id: impl Into<String>,
         topics: Vec<String>,
     ) -> KafkaSourceConfig {
         KafkaSourceConfig {
-            bootstrap_servers: bootstrap_servers.into(),
+            connection: connection.into(),
             group_id: group_id.into(),
             topics,
-            properties: Vec::new(),
             release_timeout: Duration::from_secs(60),
             fetch_batch: 500,
             prefetch_batches: 4,
@@ -70,14 +67,14 @@ impl KafkaSourceConfig {
 
     /// Adds a librdkafka property.
     pub fn property(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.properties.push((name.into(), value.into()));
+        self.connection.properties.push((name.into(), value.into()));
         self
     }
 
     /// Every problem with the configuration, not just the first.
     fn validate(&self) -> Result<(), BrokerError> {
         let mut problems = Vec::new();
-        if self.bootstrap_servers.trim().is_empty() {
+        if self.connection.bootstrap_servers.trim().is_empty() {
             problems.push("bootstrap servers are empty".to_owned());
         }
         if self.group_id.trim().is_empty() {
@@ -148,20 +145,20 @@ impl KafkaSource {
             topic_names: Mutex::new(HashSet::new()),
             lag: ConsumerLag::default(),
         };
-        let mut client = ClientConfig::new();
-        client
-            .set("bootstrap.servers", &config.bootstrap_servers)
-            .set("group.id", &config.group_id)
-            .set("statistics.interval.ms", "5000");
-        apply_properties(
-            &mut client,
-            &config.properties,
-            &[
-                ("enable.auto.commit", "false"),
-                ("enable.auto.offset.store", "false"),
-                ("auto.offset.reset", "earliest"),
-            ],
-        )?;
+        let mut client = config.connection.client_config(&[
+            ("group.id", config.group_id.as_str()),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+        ])?;
+        if !config
+            .connection
+            .properties
+            .iter()
+            .any(|(name, _)| name == "statistics.interval.ms")
+        {
+            client.set("statistics.interval.ms", "5000");
+        }
         let consumer: BaseConsumer<GroupMembership> = client
             .create_with_context(membership)
             .map_err(|e| broker_error("creating the consumer", &e))?;

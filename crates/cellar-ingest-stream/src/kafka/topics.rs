@@ -2,27 +2,23 @@
 
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
 use rdkafka::error::RDKafkaErrorCode;
 
-use super::{apply_properties, broker_error, retryable_code, BROKER};
+use super::{broker_error, retryable_code, KafkaConnection, BROKER};
 use crate::source::BrokerError;
 
 /// Creates the topics that do not exist yet, with `partitions` partitions each (Kafka-protocol
 /// brokers such as tansu do not create topics on first use). Topics that exist are left as
 /// they are.
 pub async fn ensure_topics(
-    bootstrap_servers: &str,
-    properties: &[(String, String)],
+    connection: &KafkaConnection,
     topics: &[String],
     partitions: i32,
 ) -> Result<(), BrokerError> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
-    let mut client = ClientConfig::new();
-    client.set("bootstrap.servers", bootstrap_servers);
-    apply_properties(&mut client, properties, &[])?;
-    let admin: AdminClient<DefaultClientContext> = client
+    let admin: AdminClient<DefaultClientContext> = connection
+        .client_config(&[])?
         .create()
         .map_err(|e| broker_error("creating the admin client", &e))?;
     let new: Vec<NewTopic<'_>> = topics
