@@ -216,6 +216,9 @@ pub struct ServerConfig {
     pub listen: String,
     /// gRPC address.
     pub grpc_listen: String,
+    /// Address of a listener of their own for the operator routes (jobs, job pages, dead
+    /// letters), behind the same TLS and authentication; empty: they are served on `listen`.
+    pub admin_listen: String,
     pub max_entities_per_request: usize,
     pub max_push_records: usize,
     pub max_body_bytes: usize,
@@ -356,6 +359,7 @@ impl Default for Config {
             server: ServerConfig {
                 listen: "127.0.0.1:6566".into(),
                 grpc_listen: "127.0.0.1:6567".into(),
+                admin_listen: String::new(),
                 max_entities_per_request: 1000,
                 max_push_records: 10_000,
                 max_body_bytes: 4 * 1024 * 1024,

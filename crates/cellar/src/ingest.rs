@@ -659,12 +659,15 @@ struct RedriveBody {
 /// Appending needs `publish_events` on the topic; listing dead letters (their payloads are
 /// the events' data) and re-driving them need `operate_dead_letters` on the ingestion asked
 /// for, or on every ingestion. Appends and re-drives are written to the audit log.
-pub fn events_router(
+///
+/// Two routers: the events API, for producers, and the dead letters, an operator's, which
+/// `server.admin_listen` may serve on a listener of their own.
+pub fn stream_routers(
     ingestion: Arc<StreamIngestion>,
     max_events: usize,
     max_body_bytes: usize,
     audit: Audit,
-) -> axum::Router {
+) -> StreamRouters {
     use crate::deadletter::{check_ingestion_name, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
     use axum::extract::rejection::QueryRejection;
     use axum::extract::{DefaultBodyLimit, Query, State};
@@ -881,13 +884,27 @@ pub fn events_router(
         }
     }
 
-    axum::Router::new()
-        .route("/v1/events", axum::routing::post(append))
-        .route("/v1/dead-letters", axum::routing::get(list_dead_letters))
-        .route(
-            "/v1/dead-letters/redrive",
-            axum::routing::post(redrive_dead_letters),
-        )
-        .layer(DefaultBodyLimit::max(max_body_bytes))
-        .with_state((ingestion, max_events, audit))
+    let state = (ingestion, max_events, audit);
+    StreamRouters {
+        events: axum::Router::new()
+            .route("/v1/events", axum::routing::post(append))
+            .layer(DefaultBodyLimit::max(max_body_bytes))
+            .with_state(state.clone()),
+        dead_letters: axum::Router::new()
+            .route("/v1/dead-letters", axum::routing::get(list_dead_letters))
+            .route(
+                "/v1/dead-letters/redrive",
+                axum::routing::post(redrive_dead_letters),
+            )
+            .layer(DefaultBodyLimit::max(max_body_bytes))
+            .with_state(state),
+    }
+}
+
+/// The routes of a serving process's stream ingestion.
+pub struct StreamRouters {
+    /// `POST /v1/events`.
+    pub events: axum::Router,
+    /// `GET /v1/dead-letters`, `POST /v1/dead-letters/redrive`.
+    pub dead_letters: axum::Router,
 }

@@ -27,7 +27,7 @@ use cellar_store_redis::{RedisConfig, RedisStore, RedisTls};
 use tokio::net::TcpListener;
 
 use crate::config::{Config, StoreBackend};
-use crate::ingest::{events_router, IngestMetrics, StreamIngestion};
+use crate::ingest::{stream_routers, IngestMetrics, StreamIngestion};
 use cellar_spec::FeatureRepo;
 
 /// How often the batch job figures of `/metrics` are read from the registry: about as often
@@ -253,8 +253,17 @@ impl Node {
         grpc: Option<TcpListener>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let admin = match self.config.server.admin_listen.trim() {
+            "" => None,
+            addr => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (server.admin_listen)"))?,
+            ),
+        };
         let addresses = std::iter::once(&http)
             .chain(grpc.as_ref())
+            .chain(admin.as_ref())
             .map(|l| l.local_addr())
             .collect::<std::io::Result<Vec<_>>>()?;
         check_exposure(&self.config, &self.security, &addresses)?;
@@ -269,17 +278,36 @@ impl Node {
             metrics: self.metrics.clone(),
         });
         let mut app = router(state, self.config.server.max_body_bytes);
+        // Operator routes: on the admin listener when there is one, else with the rest.
+        let mut operator = axum::Router::new();
         if let Some(ingestion) = &self.ingestion {
-            app = app.merge(events_router(
+            let routes = stream_routers(
                 ingestion.clone(),
                 self.config.server.max_push_records,
                 self.config.server.max_body_bytes,
                 self.audit.clone(),
-            ));
+            );
+            app = app.merge(routes.events);
+            operator = operator.merge(routes.dead_letters);
         }
         if let Some(executor) = &self.jobs {
-            app = app.merge(jobs_router(executor.clone(), self.audit.clone()));
+            operator = operator.merge(jobs_router(executor.clone(), self.audit.clone()));
         }
+        let admin = match admin {
+            None => {
+                app = app.merge(operator);
+                None
+            }
+            Some(listener) => {
+                let operator = operator.route(
+                    "/health",
+                    axum::routing::get(|| async {
+                        axum::Json(serde_json::json!({"status": "ok"}))
+                    }),
+                );
+                Some((listener, operator))
+            }
+        };
         let trim = (self.config.store.trim_interval_secs > 0).then(|| {
             tokio::spawn(trim_retention(
                 self.store.clone(),
@@ -363,6 +391,23 @@ impl Node {
             }
             None => None,
         };
+        let admin_task = match admin {
+            Some((listener, routes)) => {
+                tracing::info!(addr = %listener.local_addr()?, "serving operator routes");
+                Some(tokio::spawn(listener::serve(
+                    listener,
+                    routes,
+                    limits.clone(),
+                    self.security.clone(),
+                    Observed {
+                        name: "admin",
+                        metrics: self.listener_metrics.clone(),
+                    },
+                    stopped(stop_rx.clone()),
+                )))
+            }
+            None => None,
+        };
         tracing::info!(addr = %http.local_addr()?, "serving http");
         let observed = Observed {
             name: "http",
@@ -389,7 +434,13 @@ impl Node {
         for task in job_tasks {
             task.abort();
         }
-        // The gRPC listener stopped on the same signal; it drains its own connections.
+        // The gRPC and admin listeners stopped on the same signal; they drain their own
+        // connections.
+        if let Some(task) = admin_task {
+            if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(35), task).await {
+                tracing::warn!(error = %e, "admin server failed");
+            }
+        }
         if let Some(task) = grpc_task {
             if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(35), task).await {
                 tracing::warn!(error = %e, "grpc server failed");

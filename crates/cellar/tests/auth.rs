@@ -4,6 +4,8 @@
 //! audit log, TLS with a certificate reloaded on renewal, and the refusal to expose a server
 //! without authentication.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -129,6 +131,10 @@ struct Server {
 
 impl Server {
     async fn start(issuer: Option<&Issuer>) -> Server {
+        Self::start_with(issuer, |_| {}).await
+    }
+
+    async fn start_with(issuer: Option<&Issuer>, configure: impl FnOnce(&mut Config)) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config {
             data_dir: dir.path().join("data"),
@@ -166,6 +172,7 @@ impl Server {
             config.auth.oidc.min_refetch_secs = 0;
             config.auth.oidc.leeway_secs = 0;
         }
+        configure(&mut config);
         quickstart::write_example_repo(&config.repo).unwrap();
         let registry = cellar_registry::Registry::open(&config.registry_url())
             .await
@@ -507,6 +514,54 @@ async fn oidc_tokens_are_checked_and_a_rotated_key_is_picked_up() {
     let old = first.sign(&issuer.claims("svc-ranker", &["reader"], 300));
     let (status, answer) = s.read(Some(&old), "user_profile").await;
     assert_eq!(status, 401, "{answer}");
+}
+
+#[tokio::test]
+async fn operator_routes_can_have_a_listener_of_their_own() {
+    let port = common::free_port();
+    let s = Server::start_with(None, |c| {
+        c.server.admin_listen = format!("127.0.0.1:{port}")
+    })
+    .await;
+    let admin = Some(s.admin.as_str());
+    // Not on the serving listener any more...
+    for path in ["/v1/jobs", "/v1/dead-letters"] {
+        let (status, answer) = s.call("GET", path, admin, Value::Null).await;
+        assert_eq!(status, 404, "{path}: {answer}");
+    }
+    // ...but on the admin listener, behind the same authentication and roles.
+    let on_admin = Server {
+        base: format!("http://127.0.0.1:{port}"),
+        ..s
+    };
+    let mut answered = false;
+    for _ in 0..50 {
+        if on_admin
+            .client
+            .get(format!("{}/health", on_admin.base))
+            .send()
+            .await
+            .is_ok()
+        {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answered, "the admin listener does not answer");
+    for path in ["/v1/jobs", "/v1/dead-letters"] {
+        let (status, answer) = on_admin.call("GET", path, admin, Value::Null).await;
+        assert_eq!(status, 200, "{path}: {answer}");
+        let (status, _) = on_admin.call("GET", path, None, Value::Null).await;
+        assert_eq!(status, 401, "{path}");
+        let (status, _) = on_admin
+            .call("GET", path, Some(&on_admin.reader), Value::Null)
+            .await;
+        assert_eq!(status, 403, "{path}");
+    }
+    // Features are not served there.
+    let (status, _) = on_admin.read(admin, "user_profile").await;
+    assert_eq!(status, 404);
 }
 
 /// A CA and a certificate for 127.0.0.1 it signed, as PEM: (ca, cert, key).
