@@ -523,7 +523,8 @@ async fn operator_routes_can_have_a_listener_of_their_own() {
         c.server.admin_listen = format!("127.0.0.1:{port}")
     })
     .await;
-    let admin = Some(s.admin.as_str());
+    let admin_key = s.admin.clone();
+    let admin = Some(admin_key.as_str());
     // Not on the serving listener any more...
     for path in ["/v1/jobs", "/v1/dead-letters"] {
         let (status, answer) = s.call("GET", path, admin, Value::Null).await;
