@@ -186,88 +186,48 @@ async fn show(
     }
 }
 
-async fn retry(
-    State(Jobs { executor, audit }): State<Jobs>,
-    access: Access,
-    Path(id): Path<i64>,
-) -> Response {
-    let job = match granted_job(&executor, &access, id).await {
-        Ok(job) => job,
-        Err(resp) => {
-            audit.record(
-                &access,
-                Action::OperateJobs,
-                &format!("job:{id}"),
-                0,
-                "refused: retry",
-            );
-            return resp;
-        }
-    };
-    let resource = format!("ingestion:{}", job.ingestion);
-    match executor.registry().retry_job(id).await {
-        Ok(job) => {
-            audit.record(
-                &access,
-                Action::OperateJobs,
-                &resource,
-                0,
-                &format!("ok: retried job {id}"),
-            );
-            spawn_run(&executor, id);
-            Json(job).into_response()
-        }
-        Err(e) => {
-            audit.record(
-                &access,
-                Action::OperateJobs,
-                &resource,
-                0,
-                &format!("error: retry job {id}"),
-            );
-            registry_error(e)
-        }
-    }
+async fn retry(State(jobs): State<Jobs>, access: Access, Path(id): Path<i64>) -> Response {
+    act_on_job(&jobs, &access, id, "retry", |executor| async move {
+        let job = executor.registry().retry_job(id).await?;
+        spawn_run(&executor, id);
+        Ok(job)
+    })
+    .await
 }
 
-async fn cancel(
-    State(Jobs { executor, audit }): State<Jobs>,
-    access: Access,
-    Path(id): Path<i64>,
-) -> Response {
-    let job = match granted_job(&executor, &access, id).await {
+async fn cancel(State(jobs): State<Jobs>, access: Access, Path(id): Path<i64>) -> Response {
+    act_on_job(&jobs, &access, id, "cancel", |executor| async move {
+        executor.registry().cancel_job(id).await
+    })
+    .await
+}
+
+/// Does `act` (`verb`) to job `id` if the caller may operate the job's ingestion, and records
+/// the attempt in the audit log whatever its outcome.
+async fn act_on_job<F, Fut>(jobs: &Jobs, access: &Access, id: i64, verb: &str, act: F) -> Response
+where
+    F: FnOnce(Executor) -> Fut,
+    Fut: std::future::Future<Output = Result<Job, RegistryError>>,
+{
+    let record = |resource: &str, outcome: String| {
+        jobs.audit
+            .record(access, Action::OperateJobs, resource, 0, &outcome)
+    };
+    let job = match granted_job(&jobs.executor, access, id).await {
         Ok(job) => job,
         Err(resp) => {
-            audit.record(
-                &access,
-                Action::OperateJobs,
-                &format!("job:{id}"),
-                0,
-                "refused: cancel",
-            );
+            record(&format!("job:{id}"), format!("refused: {verb}"));
             return resp;
         }
     };
     let resource = format!("ingestion:{}", job.ingestion);
-    match executor.registry().cancel_job(id).await {
+    match act(jobs.executor.clone()).await {
         Ok(job) => {
-            audit.record(
-                &access,
-                Action::OperateJobs,
-                &resource,
-                0,
-                &format!("ok: cancelled job {id}"),
-            );
+            record(&resource, format!("ok: {verb} job {id}"));
             Json(job).into_response()
         }
         Err(e) => {
-            audit.record(
-                &access,
-                Action::OperateJobs,
-                &resource,
-                0,
-                &format!("error: cancel job {id}"),
-            );
+            record(&resource, format!("error: {verb} job {id}"));
             registry_error(e)
         }
     }
