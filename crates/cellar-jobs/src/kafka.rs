@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cellar_ingest_stream::kafka::{
-    ensure_topics, KafkaConnection, KafkaPublisher, KafkaPublisherConfig,
+    ensure_topics, ClusterContext, KafkaConnection, KafkaPublisher, KafkaPublisherConfig,
 };
 use cellar_ingest_stream::source::{OutgoingEvent, Publisher};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -176,9 +176,13 @@ pub async fn run_worker(
     )
     .await
     .map_err(|e| JobError::Runner(e.to_string()))?;
-    let consumer: Arc<StreamConsumer> = Arc::new(
+    let context = config
+        .connection
+        .context()
+        .map_err(|e| JobError::Runner(e.to_string()))?;
+    let consumer: Arc<StreamConsumer<ClusterContext>> = Arc::new(
         client
-            .create()
+            .create_with_context(context)
             .map_err(|e| JobError::Runner(format!("creating the worker's consumer: {e}")))?,
     );
     consumer

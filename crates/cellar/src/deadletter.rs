@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use cellar_ingest_stream::kafka::KafkaConnection;
+use cellar_ingest_stream::kafka::{ClusterContext, KafkaConnection};
 use cellar_ingest_stream::log::source::LogPublisher;
 use cellar_ingest_stream::log::{EventLog, LogError};
 use cellar_ingest_stream::process::headers;
@@ -507,7 +507,7 @@ impl LogReader {
 /// A consumer assigned every partition of the dead-letter topic at the re-drive group's
 /// positions, without joining the group (nothing else consumes it).
 struct KafkaReader {
-    consumer: Arc<BaseConsumer>,
+    consumer: Arc<BaseConsumer<ClusterContext>>,
     topic: String,
     /// Records stamped at or after this are not read (see [`DeadLetters::reader`]).
     cutoff_ms: Option<i64>,
@@ -532,8 +532,8 @@ impl KafkaReader {
             ("enable.auto.offset.store", "false"),
             ("auto.offset.reset", "earliest"),
         ])?;
-        let consumer: BaseConsumer = config
-            .create()
+        let consumer: BaseConsumer<ClusterContext> = config
+            .create_with_context(settings.context()?)
             .context("creating a Kafka consumer for the dead-letter topic")?;
         let metadata = consumer
             .fetch_metadata(Some(topic), KAFKA_TIMEOUT)

@@ -5,11 +5,13 @@
 
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 
 use rdkafka::config::ClientConfig;
 use serde::{Deserialize, Serialize};
 
 use super::config_error;
+use super::iam::{ClusterContext, MskIamSigner};
 use crate::source::BrokerError;
 
 /// How the connection to the brokers is carried (librdkafka's `security.protocol`).
@@ -261,11 +263,9 @@ impl KafkaSecurity {
         }
         match self.sasl_mechanism {
             None => {}
+            // The tokens come from the clients' context (`KafkaConnection::context`).
             Some(SaslMechanism::AwsMskIam) => {
-                return Err(wrong(
-                    "sasl_mechanism",
-                    "AWS_MSK_IAM is not supported yet: use SCRAM-SHA-512 (MSK's SASL/SCRAM) or TLS client certificates",
-                ))
+                properties.push(("sasl.mechanism", "OAUTHBEARER".to_owned()));
             }
             Some(mechanism) => {
                 let password = cellar_spec::secret::resolve(&self.sasl_password)
@@ -334,6 +334,24 @@ impl KafkaConnection {
         all.extend_from_slice(required);
         super::apply_properties(&mut config, &self.properties, &all)?;
         Ok(config)
+    }
+}
+
+impl KafkaConnection {
+    /// The context every client of this cluster is created with
+    /// (`create_with_context(connection.context()?)`): it signs AWS MSK IAM tokens when the
+    /// connection uses AWS_MSK_IAM.
+    pub fn context(&self) -> Result<ClusterContext, BrokerError> {
+        Ok(ClusterContext::new(self.iam_signer()?))
+    }
+
+    pub(super) fn iam_signer(&self) -> Result<Option<Arc<MskIamSigner>>, BrokerError> {
+        if self.security.sasl_mechanism != Some(SaslMechanism::AwsMskIam) {
+            return Ok(None);
+        }
+        MskIamSigner::for_cluster(&self.bootstrap_servers)
+            .map(|signer| Some(Arc::new(signer)))
+            .map_err(|e| config_error(format!("kafka sasl_mechanism: {e}")))
     }
 }
 
@@ -535,10 +553,24 @@ mod tests {
             },
             ..KafkaConnection::new("b:9093")
         };
-        let err = iam.client_config(&[]).unwrap_err();
-        assert!(
-            err.message.contains("AWS_MSK_IAM is not supported"),
-            "{err}"
+        let config = iam.client_config(&[]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.get("sasl.mechanism"), Some("OAUTHBEARER"));
+        assert_eq!(config.get("sasl.username"), None);
+        if ["AWS_REGION", "AWS_DEFAULT_REGION"]
+            .iter()
+            .all(|v| std::env::var_os(v).is_none())
+        {
+            let err = iam.context().unwrap_err();
+            assert!(err.message.contains("AWS region"), "{err}");
+        }
+        let msk = KafkaConnection {
+            bootstrap_servers: "b-1.c.x.c2.kafka.eu-west-1.amazonaws.com:9098".into(),
+            ..iam
+        };
+        let context = msk.context().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            context.signer().map(MskIamSigner::region),
+            Some("eu-west-1")
         );
     }
 }

@@ -20,6 +20,15 @@ impl ConsumerLag {
 }
 
 impl ClientContext for GroupMembership {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        _oauthbearer_config: Option<&str>,
+    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        super::iam::oauth_token(self.iam.as_deref())
+    }
+
     fn stats(&self, statistics: rdkafka::Statistics) {
         let mut lag = Vec::new();
         for (name, topic) in &statistics.topics {

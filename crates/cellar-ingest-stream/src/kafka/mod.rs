@@ -38,11 +38,14 @@
 //! - `publisher`: [`KafkaPublisher`], the idempotent producer;
 //! - `topics`: [`ensure_topics`], for brokers that do not create topics on first use;
 //! - `connection`: [`KafkaConnection`], the brokers, TLS and SASL settings every client is
-//!   configured from.
+//!   configured from;
+//! - `iam`: AWS MSK IAM tokens, and [`ClusterContext`], the context every other client is
+//!   created with.
 
 mod commit;
 mod connection;
 mod fetch;
+mod iam;
 mod lag;
 mod publisher;
 mod rebalance;
@@ -63,6 +66,7 @@ use crate::source::{BrokerError, SourceEvent, TopicPartition};
 pub use connection::{
     KafkaConnection, KafkaSecurity, SaslMechanism, SecurityError, SecurityProtocol,
 };
+pub use iam::{ClusterContext, MskIamSigner};
 pub use lag::ConsumerLag;
 pub use publisher::{KafkaPublisher, KafkaPublisherConfig};
 pub use source::{KafkaSource, KafkaSourceConfig};
@@ -221,6 +225,8 @@ struct GroupMembership {
     topic_names: Mutex<HashSet<Arc<str>>>,
     /// Lag per owned partition, from librdkafka's statistics.
     lag: ConsumerLag,
+    /// Signs the OAUTHBEARER tokens of a connection using AWS_MSK_IAM.
+    iam: Option<Arc<MskIamSigner>>,
 }
 
 #[cfg(test)]

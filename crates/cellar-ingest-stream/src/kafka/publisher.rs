@@ -8,7 +8,7 @@ use futures::future::join_all;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use super::{broker_error, config_error, KafkaConnection};
+use super::{broker_error, config_error, ClusterContext, KafkaConnection};
 use crate::source::{BrokerError, OutgoingEvent, Publisher};
 
 /// How to publish to Kafka.
@@ -41,7 +41,7 @@ impl KafkaPublisherConfig {
 /// acknowledged by all in-sync replicas.
 #[derive(Clone)]
 pub struct KafkaPublisher {
-    producer: FutureProducer,
+    producer: FutureProducer<ClusterContext>,
     queue_timeout: Duration,
 }
 
@@ -56,7 +56,7 @@ impl KafkaPublisher {
         let producer = config
             .connection
             .client_config(&[("acks", "all"), ("enable.idempotence", "true")])?
-            .create()
+            .create_with_context(config.connection.context()?)
             .map_err(|e| broker_error("creating the producer", &e))?;
         Ok(KafkaPublisher {
             producer,

@@ -144,6 +144,7 @@ impl KafkaSource {
             release_timeout: config.release_timeout,
             topic_names: Mutex::new(HashSet::new()),
             lag: ConsumerLag::default(),
+            iam: config.connection.iam_signer()?,
         };
         let mut client = config.connection.client_config(&[
             ("group.id", config.group_id.as_str()),
