@@ -28,14 +28,13 @@
 //! - `examples/batch_bench.rs`: the throughput benchmark.
 //!
 //! Depends on `cellar-spec`, `cellar-store`, `cellar-cache` (the write path), `sqlx` (the
-//! PostgreSQL source), `object_store` (the S3 client), `datafusion` (SQL transforms) and `cellar-ingest-stream` (only its
+//! PostgreSQL source), `object_store` (the S3 client), `datafusion` (SQL transforms), `cellar-expr` (Arrow cells read as feature values) and `cellar-ingest-stream` (only its
 //! read-modify-write of attribute records, so batch and stream ingestion merge into shared
 //! records alike). Of the registry it uses only `cellar_registry::postgres`, so a source's URL
 //! and the registry's are read alike (TLS included). It must not depend on serving, the
 //! registry's state or the binary; scheduling, job state and the Kafka runner build on top of
 //! it.
 
-mod column;
 pub mod error;
 mod files;
 pub mod job;

@@ -7,10 +7,10 @@ use cellar_ingest_stream::aggregate::Update;
 use cellar_spec::{EntityKey, KeyPart, KeyType, Value};
 use cellar_store::{Record, Write};
 
-use crate::column::{Cell, Column, Kind};
 use crate::error::{BatchError, Result};
 use crate::job::{BatchJob, WriteMode};
 use crate::rejects::Reject;
+use cellar_expr::column::{Cell, Column, Kind};
 
 /// Where the rows of a record batch are in their file.
 #[derive(Debug, Clone, Copy)]

@@ -27,7 +27,7 @@ const MS_PER_DAY: i64 = 86_400_000;
 
 /// What a column holds, as far as mapping cares; decided from the schema once per file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Kind {
+pub enum Kind {
     /// Every cell is null (Arrow's `Null` type).
     Null,
     Bool,
@@ -47,7 +47,7 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
-    pub(crate) fn of(t: &DataType) -> Kind {
+    pub fn of(t: &DataType) -> Kind {
         match t {
             DataType::Null => Kind::Null,
             DataType::Boolean => Kind::Bool,
@@ -75,7 +75,7 @@ impl Kind {
 
     /// Whether cells of this kind can become values of type `t` (text is parsed, so it feeds
     /// every type and is checked row by row).
-    pub(crate) fn feeds(&self, t: ValueType) -> bool {
+    pub fn feeds(&self, t: ValueType) -> bool {
         match (self, t) {
             (Kind::Null | Kind::Text, _) => true,
             (Kind::Other(_), _) => false,
@@ -103,7 +103,7 @@ impl Kind {
     }
 
     /// Whether cells of this kind can be a key field of type `t`.
-    pub(crate) fn feeds_key(&self, t: KeyType) -> bool {
+    pub fn feeds_key(&self, t: KeyType) -> bool {
         match t {
             KeyType::String => matches!(self, Kind::Text | Kind::Null),
             KeyType::Int64 => matches!(self, Kind::Int | Kind::UInt | Kind::Text | Kind::Null),
@@ -111,7 +111,7 @@ impl Kind {
     }
 
     /// Whether cells of this kind can be event times.
-    pub(crate) fn feeds_event_time(&self) -> bool {
+    pub fn feeds_event_time(&self) -> bool {
         matches!(
             self,
             Kind::Time | Kind::Int | Kind::UInt | Kind::Text | Kind::Null
@@ -121,7 +121,7 @@ impl Kind {
 
 /// One column of a record batch, downcast and normalised.
 #[derive(Debug)]
-pub(crate) enum Column {
+pub enum Column {
     Null,
     Bool(BooleanArray),
     Int(Int64Array),
@@ -144,7 +144,7 @@ pub(crate) enum Column {
 
 /// One cell, borrowed from its column.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum Cell<'a> {
+pub enum Cell<'a> {
     Null,
     Bool(bool),
     Int(i64),
@@ -171,7 +171,7 @@ impl Column {
     /// Downcasts `array` once. Integer, float and time columns are converted to one width in a
     /// vectorised pass (a few microseconds per batch) so that reading cells needs no per-type
     /// code.
-    pub(crate) fn new(array: &ArrayRef) -> Column {
+    pub fn new(array: &ArrayRef) -> Column {
         Column::try_new(array).unwrap_or(Column::Other)
     }
 
@@ -240,7 +240,7 @@ impl Column {
 
     /// The cell at `row`.
     #[inline]
-    pub(crate) fn cell(&self, row: usize) -> Cell<'_> {
+    pub fn cell(&self, row: usize) -> Cell<'_> {
         macro_rules! cell {
             ($array:expr, $variant:ident, $value:expr) => {
                 if $array.is_null(row) {
@@ -290,7 +290,7 @@ impl Column {
 
 /// Why a cell did not fit: `expected {expected}, got {got}`, as the stream path words it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Mismatch {
+pub struct Mismatch {
     pub expected: String,
     pub got: String,
 }
@@ -303,7 +303,7 @@ impl std::fmt::Display for Mismatch {
 
 impl Cell<'_> {
     /// How the cell is named in reject reasons.
-    pub(crate) fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         match self {
             Cell::Null => "null".into(),
             Cell::Bool(b) => format!("the boolean {b}"),
@@ -328,7 +328,7 @@ impl Cell<'_> {
     }
 
     /// The value of a feature of type `t`; a null cell is [`Value::Null`].
-    pub(crate) fn to_value(self, t: ValueType) -> Result<Value, Mismatch> {
+    pub fn to_value(self, t: ValueType) -> Result<Value, Mismatch> {
         match (t, self) {
             (_, Cell::Null) => Ok(Value::Null),
             (ValueType::Scalar(s), cell) => cell.to_scalar(s),
@@ -442,7 +442,7 @@ impl Cell<'_> {
 
     /// The cell as epoch milliseconds: a timestamp or date, an integer (milliseconds), or text
     /// holding either RFC 3339 or an integer.
-    pub(crate) fn to_millis(self) -> Option<i64> {
+    pub fn to_millis(self) -> Option<i64> {
         match self {
             Cell::Time(ms) | Cell::Int(ms) => Some(ms),
             Cell::UInt(u) => i64::try_from(u).ok(),
@@ -457,7 +457,7 @@ impl Cell<'_> {
 
 impl<'a> Cell<'a> {
     /// The cell as a key field value; `None` when it cannot be one (null, a float, ...).
-    pub(crate) fn to_key_part(self) -> Option<KeyPart<'a>> {
+    pub fn to_key_part(self) -> Option<KeyPart<'a>> {
         match self {
             Cell::Text(s) => Some(KeyPart::Text(s)),
             Cell::Int(i) => Some(KeyPart::Int(i)),

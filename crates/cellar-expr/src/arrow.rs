@@ -1,0 +1,236 @@
+//! Feature values as Arrow columns: the Arrow type each feature type is evaluated as, and a
+//! column built from the values of many entities.
+
+use std::sync::Arc;
+
+use arrow_array::builder::{
+    ArrayBuilder, BinaryBuilder, BooleanBuilder, Float32Builder, Float64Builder, Int64Builder,
+    ListBuilder, StringBuilder, TimestampMillisecondBuilder,
+};
+use arrow_array::ArrayRef;
+use arrow_schema::{DataType, Field, TimeUnit};
+use cellar_spec::{ScalarType, Value, ValueType};
+
+/// The time zone of every timestamp an expression sees.
+pub const UTC: &str = "UTC";
+
+/// The Arrow type a feature of type `t` is evaluated as. Sets are lists (sorted, distinct),
+/// vectors lists of float32; maps have none yet.
+pub fn data_type(t: ValueType) -> Option<DataType> {
+    Some(match t {
+        ValueType::Scalar(s) => scalar_type(s),
+        ValueType::List(s) | ValueType::Set(s) => list_of(scalar_type(s)),
+        ValueType::Vector(_) => list_of(DataType::Float32),
+        ValueType::Map(_) => return None,
+    })
+}
+
+fn scalar_type(s: ScalarType) -> DataType {
+    match s {
+        ScalarType::Bool => DataType::Boolean,
+        ScalarType::Int64 => DataType::Int64,
+        ScalarType::Float64 => DataType::Float64,
+        ScalarType::String => DataType::Utf8,
+        ScalarType::Bytes => DataType::Binary,
+        ScalarType::Timestamp => DataType::Timestamp(TimeUnit::Millisecond, Some(UTC.into())),
+    }
+}
+
+fn list_of(t: DataType) -> DataType {
+    DataType::List(Arc::new(Field::new_list_field(t, true)))
+}
+
+/// A column of type [`data_type`]`(t)` holding `values`, one per row. A value that does not
+/// have type `t` (which the write paths never store) is a null.
+pub fn column<'a>(t: ValueType, values: impl IntoIterator<Item = &'a Value>) -> ArrayRef {
+    let values = values.into_iter();
+    match t {
+        ValueType::Scalar(s) => {
+            let mut builder = ScalarBuilder::new(s, values.size_hint().0);
+            for value in values {
+                builder.push(value);
+            }
+            ArrayBuilder::finish(&mut builder)
+        }
+        ValueType::List(s) | ValueType::Set(s) => {
+            let mut builder = ListBuilder::new(ScalarBuilder::new(s, 0));
+            for value in values {
+                match value {
+                    Value::List(items) | Value::Set(items) => {
+                        for item in items {
+                            builder.values().push(item);
+                        }
+                        builder.append(true);
+                    }
+                    _ => builder.append(false),
+                }
+            }
+            Arc::new(builder.finish())
+        }
+        ValueType::Vector(_) => {
+            let mut builder = ListBuilder::new(Float32Builder::new());
+            for value in values {
+                match value {
+                    Value::Vector(xs) => {
+                        builder.values().append_slice(xs);
+                        builder.append(true);
+                    }
+                    _ => builder.append(false),
+                }
+            }
+            Arc::new(builder.finish())
+        }
+        ValueType::Map(_) => {
+            // `data_type` has no Arrow type for maps, so scopes refuse them before this.
+            let mut builder = StringBuilder::new();
+            for _ in values {
+                builder.append_null();
+            }
+            Arc::new(builder.finish())
+        }
+    }
+}
+
+/// A builder of one scalar type's column, taking values of that type and nulls for the rest.
+enum ScalarBuilder {
+    Bool(BooleanBuilder),
+    Int64(Int64Builder),
+    Float64(Float64Builder),
+    String(StringBuilder),
+    Bytes(BinaryBuilder),
+    Timestamp(TimestampMillisecondBuilder),
+}
+
+impl ScalarBuilder {
+    fn new(s: ScalarType, capacity: usize) -> ScalarBuilder {
+        match s {
+            ScalarType::Bool => ScalarBuilder::Bool(BooleanBuilder::with_capacity(capacity)),
+            ScalarType::Int64 => ScalarBuilder::Int64(Int64Builder::with_capacity(capacity)),
+            ScalarType::Float64 => ScalarBuilder::Float64(Float64Builder::with_capacity(capacity)),
+            ScalarType::String => ScalarBuilder::String(StringBuilder::new()),
+            ScalarType::Bytes => ScalarBuilder::Bytes(BinaryBuilder::new()),
+            ScalarType::Timestamp => ScalarBuilder::Timestamp(
+                TimestampMillisecondBuilder::with_capacity(capacity).with_timezone(UTC),
+            ),
+        }
+    }
+
+    fn push(&mut self, value: &Value) {
+        match (self, value) {
+            (ScalarBuilder::Bool(b), Value::Bool(v)) => b.append_value(*v),
+            (ScalarBuilder::Int64(b), Value::Int64(v)) => b.append_value(*v),
+            (ScalarBuilder::Float64(b), Value::Float64(v)) => b.append_value(*v),
+            (ScalarBuilder::String(b), Value::String(v)) => b.append_value(v),
+            (ScalarBuilder::Bytes(b), Value::Bytes(v)) => b.append_value(v),
+            (ScalarBuilder::Timestamp(b), Value::Timestamp(v)) => b.append_value(*v),
+            (ScalarBuilder::Bool(b), _) => b.append_null(),
+            (ScalarBuilder::Int64(b), _) => b.append_null(),
+            (ScalarBuilder::Float64(b), _) => b.append_null(),
+            (ScalarBuilder::String(b), _) => b.append_null(),
+            (ScalarBuilder::Bytes(b), _) => b.append_null(),
+            (ScalarBuilder::Timestamp(b), _) => b.append_null(),
+        }
+    }
+}
+
+impl ArrayBuilder for ScalarBuilder {
+    fn len(&self) -> usize {
+        match self {
+            ScalarBuilder::Bool(b) => b.len(),
+            ScalarBuilder::Int64(b) => b.len(),
+            ScalarBuilder::Float64(b) => b.len(),
+            ScalarBuilder::String(b) => b.len(),
+            ScalarBuilder::Bytes(b) => b.len(),
+            ScalarBuilder::Timestamp(b) => b.len(),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            ScalarBuilder::Bool(b) => Arc::new(b.finish()),
+            ScalarBuilder::Int64(b) => Arc::new(b.finish()),
+            ScalarBuilder::Float64(b) => Arc::new(b.finish()),
+            ScalarBuilder::String(b) => Arc::new(b.finish()),
+            ScalarBuilder::Bytes(b) => Arc::new(b.finish()),
+            ScalarBuilder::Timestamp(b) => Arc::new(b.finish()),
+        }
+    }
+
+    fn finish_cloned(&self) -> ArrayRef {
+        match self {
+            ScalarBuilder::Bool(b) => Arc::new(b.finish_cloned()),
+            ScalarBuilder::Int64(b) => Arc::new(b.finish_cloned()),
+            ScalarBuilder::Float64(b) => Arc::new(b.finish_cloned()),
+            ScalarBuilder::String(b) => Arc::new(b.finish_cloned()),
+            ScalarBuilder::Bytes(b) => Arc::new(b.finish_cloned()),
+            ScalarBuilder::Timestamp(b) => Arc::new(b.finish_cloned()),
+        }
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+
+    fn into_box_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::column::Column;
+
+    #[test]
+    fn values_become_columns_and_read_back_the_same() {
+        let cases: Vec<(ValueType, Vec<Value>)> = vec![
+            (
+                "int64".parse().unwrap(),
+                vec![Value::Int64(3), Value::Null, Value::Int64(-7)],
+            ),
+            (
+                "float64".parse().unwrap(),
+                vec![Value::Float64(0.5), Value::Null],
+            ),
+            (
+                "string".parse().unwrap(),
+                vec![Value::String("a".into()), Value::Null],
+            ),
+            (
+                "timestamp".parse().unwrap(),
+                vec![Value::Timestamp(1_700_000_000_123), Value::Null],
+            ),
+            (
+                "list<string>".parse().unwrap(),
+                vec![
+                    Value::List(vec![Value::String("x".into()), Value::String("y".into())]),
+                    Value::List(vec![]),
+                    Value::Null,
+                ],
+            ),
+            (
+                "set<int64>".parse().unwrap(),
+                vec![
+                    Value::Set(vec![Value::Int64(1), Value::Int64(5)]),
+                    Value::Null,
+                ],
+            ),
+            (
+                "vector<float32, 2>".parse().unwrap(),
+                vec![Value::Vector(vec![0.25, -1.0]), Value::Null],
+            ),
+        ];
+        for (t, values) in cases {
+            let array = column(t, &values);
+            assert_eq!(array.data_type(), &data_type(t).unwrap(), "{t}");
+            let read = Column::new(&array);
+            for (row, value) in values.iter().enumerate() {
+                assert_eq!(&read.cell(row).to_value(t).unwrap(), value, "{t} row {row}");
+            }
+        }
+    }
+}

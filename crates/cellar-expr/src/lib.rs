@@ -1,0 +1,25 @@
+//! Cellar's expression language: the SQL scalar expressions of on-demand features (computed
+//! per request) and of write-time features (computed per event or row), with DataFusion's
+//! functions and a few of Cellar's own ([`functions`]).
+//!
+//! An expression is checked and compiled once, when its spec is applied, against a
+//! [`Scope`] of typed inputs (request fields, entity keys, other groups' features), into a
+//! DataFusion physical expression. It is then evaluated over a record batch holding every
+//! entity of a request (or every row of a batch) at once, so the serving path pays one
+//! vectorised evaluation per request, not an interpretation per value. The batch path runs the
+//! same text through DataFusion SQL in a [`session`] with the same functions, so both paths
+//! give the same values.
+//!
+//! Layout:
+//! - `expression`: [`Scope`], [`Expression`] (compile, evaluate), `now()` as the evaluation
+//!   time;
+//! - `functions`: `haversine_km`, `cosine_similarity`;
+//! - `arrow`: feature values as Arrow columns;
+//! - `column`: Arrow columns read back as feature values (shared with batch ingestion).
+
+pub mod arrow;
+pub mod column;
+mod expression;
+pub mod functions;
+
+pub use expression::{session, ExprError, Expression, Input, Outcome, Scope, NOW};
