@@ -6,8 +6,8 @@ use std::fmt;
 use std::sync::{Arc, LazyLock};
 
 use arrow_array::{ArrayRef, RecordBatch, RecordBatchOptions, TimestampMillisecondArray};
-use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use cellar_spec::{Value, ValueType};
+use arrow_schema::{DataType, Field, SchemaRef, TimeUnit};
+use cellar_spec::{ExpressionCheck, ExpressionInput as Input, Value, ValueType};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchema, TableReference};
 use datafusion::logical_expr::simplify::SimplifyContext;
@@ -28,88 +28,106 @@ pub const NOW: &str = "@now";
 #[error("{0}")]
 pub struct ExprError(pub String);
 
-/// One named, typed value an expression may read: a request field or an entity key
-/// (unqualified: `user_id`), or a feature of another group (qualified by the group:
-/// `user_clicks.last_click_at`, or unqualified where no other input has its name).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Input {
-    pub qualifier: Option<String>,
-    pub name: String,
-    pub value_type: ValueType,
-}
-
-impl Input {
-    pub fn new(name: impl Into<String>, value_type: ValueType) -> Input {
-        Input {
-            qualifier: None,
-            name: name.into(),
-            value_type,
-        }
-    }
-
-    pub fn qualified(
-        qualifier: impl Into<String>,
-        name: impl Into<String>,
-        value_type: ValueType,
-    ) -> Input {
-        Input {
-            qualifier: Some(qualifier.into()),
-            name: name.into(),
-            value_type,
-        }
-    }
-
-    fn display(&self) -> String {
-        match &self.qualifier {
-            Some(q) => format!("{q}.{}", self.name),
-            None => self.name.clone(),
-        }
-    }
-}
-
-/// The inputs expressions are compiled against, in the order a batch holds their columns,
-/// followed by [`NOW`].
+/// The inputs expressions are compiled against. Callers give and read inputs in their own
+/// order; the batches evaluated hold the unqualified inputs first, then [`NOW`], then the
+/// qualified ones (see [`Scope::new`]).
 #[derive(Debug, Clone)]
 pub struct Scope {
     inputs: Vec<Input>,
+    unreadable: Vec<Input>,
     schema: SchemaRef,
     df_schema: Arc<DFSchema>,
+    /// For each input, its column in the batch.
+    column_of: Vec<usize>,
+    /// The column of [`NOW`].
+    now_column: usize,
 }
 
 impl Scope {
+    /// A scope of `inputs`. Those expressions cannot read (maps) are left out, and named in
+    /// the error of an expression that tries.
+    ///
+    /// An unqualified input may share its name with a qualified one (the key `article_id` and
+    /// a time series' feature `recent_clicks.article_id`): the bare name reads the unqualified
+    /// input. DataFusion's schema constructors refuse such a mix, but its merge keeps it, and
+    /// its name lookup prefers the one unqualified match, so the schema is built as the
+    /// unqualified fields merged with the qualified ones.
     pub fn new(inputs: Vec<Input>) -> Result<Scope, ExprError> {
-        let mut fields = Vec::with_capacity(inputs.len() + 1);
-        let mut qualified = Vec::with_capacity(inputs.len() + 1);
-        for input in &inputs {
-            let t = data_type(input.value_type).ok_or_else(|| {
-                ExprError(format!(
-                    "`{}` is a {}: map features cannot be read by expressions yet",
-                    input.display(),
-                    input.value_type
-                ))
-            })?;
-            let field = Arc::new(Field::new(&input.name, t, true));
-            qualified.push((
-                input.qualifier.as_deref().map(TableReference::bare),
-                Arc::clone(&field),
-            ));
-            fields.push(field);
+        let (inputs, unreadable): (Vec<Input>, Vec<Input>) = inputs
+            .into_iter()
+            .partition(|i| data_type(i.value_type).is_some());
+        let field = |input: &Input| {
+            Arc::new(Field::new(
+                &input.name,
+                data_type(input.value_type).unwrap_or(DataType::Null),
+                true,
+            ))
+        };
+        let mut column_of = vec![0; inputs.len()];
+        let mut unqualified = Vec::with_capacity(inputs.len() + 1);
+        for (i, input) in inputs.iter().enumerate() {
+            if input.qualifier.is_none() {
+                column_of[i] = unqualified.len();
+                unqualified.push(field(input));
+            }
         }
-        let now = Arc::new(Field::new(
+        let now_column = unqualified.len();
+        unqualified.push(Arc::new(Field::new(
             NOW,
             DataType::Timestamp(TimeUnit::Millisecond, Some(UTC.into())),
             false,
-        ));
-        qualified.push((None, Arc::clone(&now)));
-        fields.push(now);
-        let schema = Arc::new(Schema::new(fields));
-        let df_schema = DFSchema::new_with_metadata(qualified, Default::default())
-            .map_err(|e| ExprError(message(&e.to_string())))?;
+        )));
+        let mut qualified = Vec::with_capacity(inputs.len());
+        for (i, input) in inputs.iter().enumerate() {
+            if let Some(q) = &input.qualifier {
+                column_of[i] = now_column + 1 + qualified.len();
+                qualified.push((Some(TableReference::bare(q.as_str())), field(input)));
+            }
+        }
+        let schema_error =
+            |e: datafusion::error::DataFusionError| ExprError(message(&e.to_string()));
+        let mut df_schema =
+            DFSchema::from_unqualified_fields(unqualified.into(), Default::default())
+                .map_err(schema_error)?;
+        let qualified =
+            DFSchema::new_with_metadata(qualified, Default::default()).map_err(schema_error)?;
+        df_schema.merge(&qualified);
+        if df_schema.fields().len() != inputs.len() + 1 {
+            return Err(ExprError(
+                "two inputs have the same name and qualifier".to_owned(),
+            ));
+        }
         Ok(Scope {
             inputs,
-            schema,
+            unreadable,
+            schema: Arc::clone(df_schema.inner()),
             df_schema: Arc::new(df_schema),
+            column_of,
+            now_column,
         })
+    }
+
+    /// The input of batch column `column`, `None` for [`NOW`].
+    fn input_of(&self, column: usize) -> Option<usize> {
+        self.column_of.iter().position(|&c| c == column)
+    }
+
+    /// `message`, with a word on the unreadable inputs it names.
+    fn explain(&self, message: String) -> ExprError {
+        let named: Vec<String> = self
+            .unreadable
+            .iter()
+            .filter(|i| message.contains(i.name.as_str()))
+            .map(|i| format!("`{i}` is a {}", i.value_type))
+            .collect();
+        if named.is_empty() {
+            ExprError(message)
+        } else {
+            ExprError(format!(
+                "{message} ({}: map features cannot be read by expressions yet)",
+                named.join(", ")
+            ))
+        }
     }
 
     pub fn inputs(&self) -> &[Input] {
@@ -121,18 +139,30 @@ impl Scope {
         &self.schema
     }
 
-    /// A batch of `rows` rows: `columns` holds each input's column, in scope order, built by
-    /// [`crate::arrow::column`]; `now_ms` is the evaluation time of every row.
+    /// A batch of `rows` rows: `columns` holds each input's column, in the order of
+    /// [`Scope::inputs`], built by [`crate::arrow::column`]; `now_ms` is the evaluation time of
+    /// every row.
     pub fn batch(
         &self,
         columns: Vec<ArrayRef>,
         rows: usize,
         now_ms: i64,
     ) -> Result<RecordBatch, ExprError> {
-        let mut columns = columns;
-        columns.push(Arc::new(
-            TimestampMillisecondArray::from(vec![now_ms; rows]).with_timezone(UTC),
-        ));
+        if columns.len() != self.inputs.len() {
+            return Err(ExprError(format!(
+                "building the inputs: {} columns for {} inputs",
+                columns.len(),
+                self.inputs.len()
+            )));
+        }
+        let now: ArrayRef =
+            Arc::new(TimestampMillisecondArray::from(vec![now_ms; rows]).with_timezone(UTC));
+        let mut ordered: Vec<Option<ArrayRef>> = vec![None; columns.len() + 1];
+        ordered[self.now_column] = Some(now);
+        for (i, column) in columns.into_iter().enumerate() {
+            ordered[self.column_of[i]] = Some(column);
+        }
+        let columns: Vec<ArrayRef> = ordered.into_iter().flatten().collect();
         RecordBatch::try_new_with_options(
             Arc::clone(&self.schema),
             columns,
@@ -200,7 +230,7 @@ impl Expression {
         })?;
         let logical = SESSION
             .parse_sql_expr(text, &scope.df_schema)
-            .map_err(|e| ExprError(message(&e.to_string())))?;
+            .map_err(|e| scope.explain(message(&e.to_string())))?;
         refuse_non_scalar(&logical)?;
         let logical = now_as_column(logical)?;
         // Some functions (`coalesce`, `nvl`) only run once rewritten by the simplifier, as the
@@ -216,7 +246,7 @@ impl Expression {
             .map_err(|e| ExprError(message(&e.to_string())))?;
         let physical = SESSION
             .create_physical_expr(logical, &scope.df_schema)
-            .map_err(|e| ExprError(message(&e.to_string())))?;
+            .map_err(|e| scope.explain(message(&e.to_string())))?;
         let produced = physical
             .data_type(&scope.schema)
             .map_err(|e| ExprError(message(&e.to_string())))?;
@@ -241,6 +271,19 @@ impl Expression {
 
     pub fn text(&self) -> &str {
         &self.text
+    }
+
+    /// Positions (in [`Scope::inputs`] of the scope it was compiled in) of the inputs the
+    /// expression reads, sorted.
+    pub fn inputs_read(&self, scope: &Scope) -> Vec<usize> {
+        let mut read: Vec<usize> =
+            datafusion::physical_expr::utils::collect_columns(&self.physical)
+                .into_iter()
+                .filter_map(|c| scope.input_of(c.index()))
+                .collect();
+        read.sort_unstable();
+        read.dedup();
+        read
     }
 
     pub fn output(&self) -> ValueType {
@@ -282,6 +325,20 @@ impl Expression {
                     .map_err(|e| format!("the result does not fit {}: {e}", self.output))
             })
             .collect()
+    }
+}
+
+/// The check `cellar_spec::parse_repo_with` runs on every on-demand feature at `plan` and
+/// `apply`: the expression compiles against its inputs and gives the feature's type.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Checker;
+
+impl ExpressionCheck for Checker {
+    fn check(&self, expr: &str, inputs: &[Input], output: ValueType) -> Result<(), String> {
+        let scope = Scope::new(inputs.to_vec()).map_err(|e| e.0)?;
+        Expression::compile(expr, &scope, output)
+            .map(|_| ())
+            .map_err(|e| e.0)
     }
 }
 

@@ -22,4 +22,5 @@ pub mod column;
 mod expression;
 pub mod functions;
 
-pub use expression::{session, ExprError, Expression, Input, Outcome, Scope, NOW};
+pub use cellar_spec::ExpressionInput as Input;
+pub use expression::{session, Checker, ExprError, Expression, Outcome, Scope, NOW};

@@ -215,9 +215,19 @@ fn wrong_expressions_are_refused_saying_what_is_wrong() {
     // An integer result fits a float feature; a typed null fits anything.
     Expression::compile("clicks * 2", &scope(), t("float64")).unwrap();
     Expression::compile("NULL", &scope(), t("list<string>")).unwrap();
-    // Map features are refused by name.
-    let err = Scope::new(vec![Input::new("prices", t("map<string, float64>"))]).unwrap_err();
-    assert!(err.to_string().contains("`prices`"), "{err}");
+    // Map features are named when an expression reads one.
+    let scope = Scope::new(vec![
+        Input::new("clicks", t("int64")),
+        Input::qualified("article", "prices", t("map<string, float64>")),
+    ])
+    .unwrap();
+    let err = Expression::compile("article.prices", &scope, t("float64")).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("`article.prices` is a map<string, float64>"),
+        "{err}"
+    );
+    Expression::compile("clicks", &scope, t("int64")).unwrap();
 }
 
 /// The batch path: the same text as a DataFusion SQL projection over an Arrow table, in the
@@ -338,4 +348,47 @@ async fn the_serving_path_and_the_batch_path_give_the_same_values() {
             "`{text}` gave mostly nulls or errors"
         );
     }
+}
+
+#[test]
+fn a_bare_name_reads_the_unqualified_input_when_a_group_has_a_feature_of_that_name() {
+    let scope = Scope::new(vec![
+        Input::qualified("recent", "article_id", t("list<string>")),
+        Input::new("article_id", t("string")),
+        Input::qualified("profile", "article_id", t("string")),
+    ])
+    .unwrap();
+    let rows = vec![
+        vec![
+            Value::List(vec![Value::String("a1".into()), Value::String("a2".into())]),
+            Value::String("a2".into()),
+            Value::String("a9".into()),
+        ],
+        vec![
+            Value::List(vec![Value::String("a1".into())]),
+            Value::String("a3".into()),
+            Value::String("a1".into()),
+        ],
+    ];
+    let batch = scope.batch_of_rows(&rows, NOW_MS).unwrap();
+    let has = Expression::compile(
+        "array_has(recent.article_id, article_id)",
+        &scope,
+        t("bool"),
+    )
+    .unwrap();
+    assert_eq!(
+        has.evaluate_rows(&batch),
+        vec![Ok(Value::Bool(true)), Ok(Value::Bool(false))]
+    );
+    assert_eq!(has.inputs_read(&scope), vec![0, 1]);
+    let other = Expression::compile("profile.article_id", &scope, t("string")).unwrap();
+    assert_eq!(
+        other.evaluate_rows(&batch),
+        vec![
+            Ok(Value::String("a9".into())),
+            Ok(Value::String("a1".into()))
+        ]
+    );
+    assert_eq!(other.inputs_read(&scope), vec![2]);
 }

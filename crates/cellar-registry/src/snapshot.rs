@@ -116,6 +116,10 @@ impl RepoSnapshot {
             let kind = SpecKind::FeatureGroup;
             add(kind, &g.name, encode_spec(kind, &g.name, g)?)?;
         }
+        for g in &stored.on_demand {
+            let kind = SpecKind::OnDemandGroup;
+            add(kind, &g.name, encode_spec(kind, &g.name, g)?)?;
+        }
         for i in &stored.ingestions {
             let kind = SpecKind::Ingestion;
             add(kind, &i.name, encode_spec(kind, &i.name, i)?)?;
@@ -179,6 +183,7 @@ pub(crate) fn kind_name(kind: SpecKind) -> &'static str {
     match kind {
         SpecKind::Entity => "Entity",
         SpecKind::FeatureGroup => "FeatureGroup",
+        SpecKind::OnDemandGroup => "OnDemandGroup",
         SpecKind::Ingestion => "Ingestion",
         SpecKind::FeatureService => "FeatureService",
     }
@@ -189,6 +194,7 @@ pub(crate) fn parse_kind(name: &str) -> Option<SpecKind> {
     [
         SpecKind::Entity,
         SpecKind::FeatureGroup,
+        SpecKind::OnDemandGroup,
         SpecKind::Ingestion,
         SpecKind::FeatureService,
     ]
@@ -303,6 +309,7 @@ mod tests {
         for kind in [
             SpecKind::Entity,
             SpecKind::FeatureGroup,
+            SpecKind::OnDemandGroup,
             SpecKind::Ingestion,
             SpecKind::FeatureService,
         ] {

@@ -16,7 +16,8 @@ use cellar_registry::{
 use cellar_spec::{
     Entity, EntityKeyField, EventFormat, Feature, FeatureExpr, FeatureGroup, FeatureMapping,
     FeatureRepo, FeatureSelection, FeatureService, GroupKind, Ingestion, IngestionSource, KeyType,
-    Origin, Retention, ScalarType, ServingPolicy, SpecKind, StreamSource, ValueType,
+    OnDemandFeature, OnDemandGroup, Origin, RequestField, Retention, ScalarType, ServingPolicy,
+    SpecKind, StreamSource, ValueType,
 };
 use sqlx::Connection;
 
@@ -243,9 +244,25 @@ fn sample_repo() -> FeatureRepo {
         ],
         description: None,
     };
+    // Stored like every other spec, never compiled here.
+    let signals = OnDemandGroup {
+        name: "profile_signals".to_owned(),
+        request: vec![RequestField {
+            name: "boost".to_owned(),
+            value_type: ValueType::Scalar(ScalarType::Int64),
+        }],
+        features: vec![OnDemandFeature {
+            name: "boosted".to_owned(),
+            value_type: ValueType::Scalar(ScalarType::Int64),
+            expr: "length(user_profile.country) + boost".to_owned(),
+            description: None,
+        }],
+        description: None,
+    };
     let mut repo = FeatureRepo {
         entities: vec![user],
         groups: vec![recent_clicks, profile],
+        on_demand: vec![signals],
         ingestions: vec![clicks],
         services: vec![ranker],
         origins: Default::default(),

@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use cellar_spec::{Entity, FeatureGroup, FeatureRepo, FeatureService};
 
+use crate::on_demand::ServedOnDemand;
+
 /// A feature group with its entity, ready to serve.
 #[derive(Debug)]
 pub struct ServedGroup {
@@ -15,10 +17,11 @@ pub struct ServedGroup {
     pub retyped: Vec<(usize, usize)>,
 }
 
-/// Every group and feature service of the applied repo, by name.
+/// Every group (stored and on-demand) and feature service of the applied repo, by name.
 #[derive(Debug, Default)]
 pub struct Catalog {
     groups: HashMap<String, Arc<ServedGroup>>,
+    on_demand: HashMap<String, Arc<ServedOnDemand>>,
     services: HashMap<String, FeatureService>,
     /// Which entity each key field name belongs to, to explain a wrong key name.
     key_owners: HashMap<String, String>,
@@ -41,6 +44,11 @@ impl Catalog {
                 );
             }
         }
+        let on_demand = repo
+            .on_demand
+            .iter()
+            .map(|g| (g.name.clone(), Arc::new(ServedOnDemand::new(g, repo))))
+            .collect();
         let services = repo
             .services
             .iter()
@@ -53,6 +61,7 @@ impl Catalog {
             .collect();
         Catalog {
             groups,
+            on_demand,
             services,
             key_owners,
         }
@@ -60,6 +69,10 @@ impl Catalog {
 
     pub fn group(&self, name: &str) -> Option<&Arc<ServedGroup>> {
         self.groups.get(name)
+    }
+
+    pub fn on_demand(&self, name: &str) -> Option<&Arc<ServedOnDemand>> {
+        self.on_demand.get(name)
     }
 
     pub fn service(&self, name: &str) -> Option<&FeatureService> {
@@ -71,14 +84,26 @@ impl Catalog {
         self.groups.values()
     }
 
+    /// Whether an on-demand group declares a request field of this name.
+    pub fn is_request_field(&self, name: &str) -> bool {
+        self.on_demand
+            .values()
+            .any(|g| g.spec.request.iter().any(|f| f.name == name))
+    }
+
     /// The entity that has a key field of this name, if any.
     pub fn key_owner(&self, field: &str) -> Option<&str> {
         self.key_owners.get(field).map(String::as_str)
     }
 
-    /// Group names, sorted, for error messages.
+    /// Group names (stored and on-demand), sorted, for error messages.
     pub fn group_names(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = self.groups.keys().map(String::as_str).collect();
+        let mut names: Vec<&str> = self
+            .groups
+            .keys()
+            .chain(self.on_demand.keys())
+            .map(String::as_str)
+            .collect();
         names.sort_unstable();
         names
     }

@@ -17,7 +17,8 @@ use crate::error::ServeError;
 use crate::http::{entity_columns, parse_body, timed, HttpState};
 use crate::json::{encode, ValueJson};
 use crate::service::{
-    FeatureRequest, FeatureResponse, GroupRequest, PushRequest, PushRow, Row, Selection, Status,
+    value_status, FeatureRequest, FeatureResponse, GroupRequest, PushRequest, PushRow, Row,
+    Selection, Status,
 };
 use cellar_spec::value::format_timestamp;
 
@@ -110,8 +111,10 @@ pub(crate) async fn get_online_features(
                 ))
             }
         };
+        // Feast sends request-source fields among the entities: the service tells them apart.
         let req = FeatureRequest {
             entities: entity_columns(body.entities),
+            request_data: Vec::new(),
             select,
             access,
         };
@@ -160,11 +163,11 @@ impl Serialize for Metadata<'_, '_> {
         let mut names: Vec<String> = r.resp.entities.iter().map(|(n, _)| n.clone()).collect();
         for c in r.columns {
             let g = &r.resp.groups[c.group];
-            let feature = &g.group.spec.features[g.features[c.feature]].name;
+            let feature = g.group.feature_name(g.features[c.feature]);
             names.push(if r.full_names {
-                format!("{}__{}", g.group.spec.name, feature)
+                format!("{}__{}", g.group.name(), feature)
             } else {
-                feature.clone()
+                feature.to_owned()
             });
         }
         let mut map = s.serialize_map(Some(1))?;
@@ -187,6 +190,7 @@ impl Serialize for Results<'_, '_> {
             seq.serialize_element(&FeatureColumn {
                 rows: &g.rows,
                 position: g.features[c.feature],
+                index: c.feature,
             })?;
         }
         seq.end()
@@ -208,13 +212,17 @@ impl Serialize for EntityColumn<'_> {
 
 struct FeatureColumn<'a> {
     rows: &'a [Row],
+    /// The feature's position in its group (stored rows hold values by position).
     position: usize,
+    /// The feature's index among those asked (computed rows hold values in that order).
+    index: usize,
 }
 
 /// One cell of a feature column.
 struct Cell<'a> {
     row: &'a Row,
     position: usize,
+    index: usize,
 }
 
 impl Serialize for Cell<'_> {
@@ -232,13 +240,25 @@ impl Serialize for Cell<'_> {
                 }
                 seq.end()
             }
+            Row::Computed { values } => match values.get(self.index) {
+                Some(Ok(v)) => ValueJson(v).serialize(s),
+                _ => s.serialize_unit(),
+            },
         }
     }
 }
 
-fn feast_status(row: &Row, position: usize) -> &'static str {
+fn feast_status(row: &Row, position: usize, index: usize) -> &'static str {
+    if let Row::Computed { values } = row {
+        // Feast has no status for a value that failed: INVALID is the nearest.
+        return match values.get(index).map(value_status) {
+            Some(Status::Present) => "PRESENT",
+            Some(Status::Error) => "INVALID",
+            _ => "NOT_FOUND",
+        };
+    }
     match row.status() {
-        Status::NotFound => "NOT_FOUND",
+        Status::NotFound | Status::Error => "NOT_FOUND",
         Status::Expired => "OUTSIDE_MAX_AGE",
         Status::Present => match row {
             Row::Record {
@@ -268,13 +288,14 @@ impl Serialize for FeatureColumn<'_> {
             .map(|row| Cell {
                 row,
                 position: self.position,
+                index: self.index,
             })
             .collect();
         map.serialize_entry("values", &cells)?;
         let statuses: Vec<&str> = self
             .rows
             .iter()
-            .map(|r| feast_status(r, self.position))
+            .map(|r| feast_status(r, self.position, self.index))
             .collect();
         map.serialize_entry("statuses", &statuses)?;
         let stamps: Vec<String> = self.rows.iter().map(feast_timestamp).collect();

@@ -16,8 +16,8 @@ use tonic::{Request, Response};
 
 use crate::error::{ErrorKind, ServeError};
 use crate::service::{
-    FeatureRequest, FeatureResponse, FeatureServing, GroupRequest, PushRequest, PushRow, Row,
-    Selection, Status,
+    value_status, FeatureRequest, FeatureResponse, FeatureServing, GroupRequest, PushRequest,
+    PushRow, ResultGroup, Row, Selection, Status,
 };
 
 /// The messages, server and client generated from `proto/cellar/v1/serving.proto`.
@@ -178,19 +178,26 @@ fn value_list(items: &[Value]) -> pb::ValueList {
 fn feature_request(
     req: pb::GetFeaturesRequest,
 ) -> Result<(FeatureRequest, Vec<pb::EntityColumn>), ServeError> {
-    let mut entities = Vec::with_capacity(req.entities.len());
-    for column in &req.entities {
-        let values = column
-            .values
+    let columns = |given: &[pb::EntityColumn], what: &str| {
+        given
             .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                value_to_json(v)
-                    .map_err(|e| ServeError::invalid(format!("entities.{}[{i}]: {e}", column.name)))
+            .map(|column| {
+                let values = column
+                    .values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        value_to_json(v).map_err(|e| {
+                            ServeError::invalid(format!("{what}.{}[{i}]: {e}", column.name))
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((column.name.clone(), values))
             })
-            .collect::<Result<Vec<_>, _>>()?;
-        entities.push((column.name.clone(), values));
-    }
+            .collect::<Result<Vec<_>, ServeError>>()
+    };
+    let entities = columns(&req.entities, "entities")?;
+    let request_data = columns(&req.request_data, "request_data")?;
     let select = match (req.feature_service, req.groups.is_empty()) {
         (Some(_), false) => {
             return Err(ServeError::invalid(
@@ -216,6 +223,7 @@ fn feature_request(
     Ok((
         FeatureRequest {
             entities,
+            request_data,
             select,
             access: Access::Open,
         },
@@ -228,6 +236,7 @@ fn row_status(s: Status) -> pb::RowStatus {
         Status::Present => pb::RowStatus::Present,
         Status::NotFound => pb::RowStatus::NotFound,
         Status::Expired => pb::RowStatus::Expired,
+        Status::Error => pb::RowStatus::Error,
     }
 }
 
@@ -246,10 +255,13 @@ fn feature_response(
         .groups
         .iter()
         .map(|g| pb::GroupResult {
-            name: g.group.spec.name.clone(),
-            kind: match g.group.spec.kind {
-                GroupKind::Attribute => pb::GroupKind::Attribute,
-                GroupKind::Timeseries => pb::GroupKind::Timeseries,
+            name: g.group.name().to_owned(),
+            kind: match &g.group {
+                ResultGroup::Stored(s) => match s.spec.kind {
+                    GroupKind::Attribute => pb::GroupKind::Attribute,
+                    GroupKind::Timeseries => pb::GroupKind::Timeseries,
+                },
+                ResultGroup::OnDemand(_) => pb::GroupKind::OnDemand,
             } as i32,
             features: g.feature_names().map(str::to_owned).collect(),
             rows: g
@@ -264,7 +276,7 @@ fn feature_response(
                             status,
                             event_time_ms: Some(r.event_time),
                             values: values(r, &g.features),
-                            records: Vec::new(),
+                            ..pb::Row::default()
                         },
                         Row::Record { record: None, .. } => pb::Row {
                             status,
@@ -279,6 +291,26 @@ fn feature_response(
                                     values: values(r, &g.features),
                                 })
                                 .collect(),
+                            ..pb::Row::default()
+                        },
+                        Row::Computed { values } => pb::Row {
+                            status,
+                            values: values
+                                .iter()
+                                .map(|v| value_to_proto(v.as_ref().unwrap_or(&Value::Null)))
+                                .collect(),
+                            statuses: values
+                                .iter()
+                                .map(|v| row_status(value_status(v)) as i32)
+                                .collect(),
+                            errors: if values.iter().any(Result::is_err) {
+                                values
+                                    .iter()
+                                    .map(|v| v.as_ref().err().cloned().unwrap_or_default())
+                                    .collect()
+                            } else {
+                                Vec::new()
+                            },
                             ..pb::Row::default()
                         },
                     }
@@ -455,6 +487,7 @@ mod tests {
                 ..Default::default()
             }],
             feature_service: Some("ranking".into()),
+            request_data: Vec::new(),
         };
         let e = feature_request(req).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument);
@@ -481,6 +514,7 @@ mod tests {
                 },
             ],
             feature_service: None,
+            request_data: Vec::new(),
         };
         let (req, echoed) = feature_request(req).expect("valid request");
         assert_eq!(echoed.len(), 1);

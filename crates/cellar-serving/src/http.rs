@@ -19,11 +19,11 @@ use crate::feast;
 use crate::json::{encode, error_body, serve_error_body, ValueJson};
 use crate::metrics::ServingMetrics;
 use crate::service::{
-    FeatureRequest, FeatureResponse, FeatureServing, GroupRequest, PushRequest, PushRow, Row,
-    Selection, Status,
+    value_status, FeatureRequest, FeatureResponse, FeatureServing, GroupRequest, PushRequest,
+    PushRow, Row, Selection, Status,
 };
 use cellar_spec::value::format_timestamp;
-use cellar_spec::GroupKind;
+use cellar_spec::Value;
 
 /// What the HTTP handlers share.
 pub struct HttpState {
@@ -134,6 +134,9 @@ struct FeaturesBody {
     groups: Option<Vec<GroupBody>>,
     #[serde(default)]
     feature_service: Option<String>,
+    /// On-demand groups' request fields: a column of values per field, one per entity row.
+    #[serde(default)]
+    request_data: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -192,6 +195,7 @@ async fn v1_features(State(state): State<Arc<HttpState>>, access: Access, body: 
         let body: FeaturesBody = parse_body(&body)?;
         let req = FeatureRequest {
             entities: entity_columns(body.entities),
+            request_data: entity_columns(body.request_data),
             select: selection(body.groups, body.feature_service)?,
             access,
         };
@@ -254,14 +258,8 @@ impl Serialize for GroupJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let g = self.result;
         let mut map = s.serialize_map(Some(4))?;
-        map.serialize_entry("group", &g.group.spec.name)?;
-        map.serialize_entry(
-            "kind",
-            match g.group.spec.kind {
-                GroupKind::Attribute => "attribute",
-                GroupKind::Timeseries => "timeseries",
-            },
-        )?;
+        map.serialize_entry("group", g.group.name())?;
+        map.serialize_entry("kind", g.group.kind_name())?;
         map.serialize_entry("features", &SeqJson(g.feature_names()))?;
         map.serialize_entry(
             "rows",
@@ -279,6 +277,7 @@ pub(crate) fn status_name(s: Status) -> &'static str {
         Status::Present => "present",
         Status::NotFound => "not_found",
         Status::Expired => "expired",
+        Status::Error => "error",
     }
 }
 
@@ -350,6 +349,27 @@ impl Serialize for RowJson<'_> {
                         features: self.features,
                     })),
                 )?;
+            }
+            // Each computed value has its own status, and an error its reason.
+            Row::Computed { values } => {
+                map.serialize_entry(
+                    "values",
+                    &SeqJson(
+                        values
+                            .iter()
+                            .map(|v| ValueJson(v.as_ref().unwrap_or(&Value::Null))),
+                    ),
+                )?;
+                map.serialize_entry(
+                    "statuses",
+                    &SeqJson(values.iter().map(|v| status_name(value_status(v)))),
+                )?;
+                if values.iter().any(Result::is_err) {
+                    map.serialize_entry(
+                        "errors",
+                        &SeqJson(values.iter().map(|v| v.as_ref().err())),
+                    )?;
+                }
             }
         }
         map.end()

@@ -6,6 +6,7 @@
 //! - [`feast`]: Feast-compatible `/get-online-features`, `/push` and `/write-to-online-store`;
 //! - [`error`]: serving errors and the one table mapping them to HTTP and gRPC codes;
 //! - [`catalog`]: the applied specs, looked up by name;
+//! - [`on_demand`]: on-demand groups, compiled per applied repo and evaluated per request;
 //! - [`limits`]: what one read may cost, and repeated groups merged;
 //! - [`listener`]: serving a router on a TCP listener with timeouts, a connection limit and
 //!   load shedding, TLS and authentication;
@@ -15,7 +16,7 @@
 //! Authorization: every request carries its caller's [`cellar_auth::Access`] (put there by the
 //! listener); the service checks it against each group, feature service and push it serves.
 //!
-//! Depends on `cellar-spec`, `cellar-auth`, `cellar-store` and `cellar-cache`; knows nothing of the registry
+//! Depends on `cellar-spec`, `cellar-expr`, `cellar-auth`, `cellar-store` and `cellar-cache`; knows nothing of the registry
 //! or of ingestion.
 
 pub mod catalog;
@@ -27,6 +28,7 @@ pub mod json;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
+pub mod on_demand;
 pub mod service;
 pub mod tls;
 

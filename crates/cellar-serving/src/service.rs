@@ -15,6 +15,7 @@ use cellar_store::{layout, PutOutcome, Record, RecordReader, TimeseriesQuery, Up
 use crate::catalog::{Catalog, ServedGroup};
 use crate::error::ServeError;
 use crate::limits::{records_per_row, RequestCost};
+use crate::on_demand::{InputSource, ServedOnDemand};
 
 /// Request limits and defaults of the serving path.
 #[derive(Debug, Clone)]
@@ -72,6 +73,8 @@ pub struct GroupRequest {
 pub struct FeatureRequest {
     /// Entity key columns: a key field name and one value per row; all of the same length.
     pub entities: Vec<(String, Vec<serde_json::Value>)>,
+    /// Request data columns for on-demand groups: a field name and one value per row.
+    pub request_data: Vec<(String, Vec<serde_json::Value>)>,
     pub select: Selection,
     /// Who asks: every group and feature service read must be granted to it.
     pub access: Access,
@@ -84,6 +87,8 @@ pub enum Status {
     NotFound,
     /// A record exists but is older than the group's retention `max_age`.
     Expired,
+    /// An on-demand value could not be computed (the row's values say why).
+    Error,
 }
 
 /// One row's answer for one group.
@@ -96,6 +101,18 @@ pub enum Row {
     },
     /// Time-series group: records newest first, as the request bounded them.
     Series { records: Vec<Record> },
+    /// On-demand group: each selected feature's value (null when an input is missing or the
+    /// expression says so), or why it could not be computed.
+    Computed { values: Vec<cellar_expr::Outcome> },
+}
+
+/// The status of one computed value.
+pub fn value_status(value: &cellar_expr::Outcome) -> Status {
+    match value {
+        Err(_) => Status::Error,
+        Ok(Value::Null) => Status::NotFound,
+        Ok(_) => Status::Present,
+    }
 }
 
 impl Row {
@@ -104,6 +121,51 @@ impl Row {
             Row::Record { status, .. } => *status,
             Row::Series { records } if records.is_empty() => Status::NotFound,
             Row::Series { .. } => Status::Present,
+            // An error anywhere marks the row; otherwise it is present if anything is.
+            Row::Computed { values } => {
+                if values.iter().any(Result::is_err) {
+                    Status::Error
+                } else if values.iter().any(|v| !matches!(v, Ok(Value::Null))) {
+                    Status::Present
+                } else {
+                    Status::NotFound
+                }
+            }
+        }
+    }
+}
+
+/// The group a result is for.
+#[derive(Debug, Clone)]
+pub enum ResultGroup {
+    Stored(Arc<ServedGroup>),
+    OnDemand(Arc<ServedOnDemand>),
+}
+
+impl ResultGroup {
+    pub fn name(&self) -> &str {
+        match self {
+            ResultGroup::Stored(g) => &g.spec.name,
+            ResultGroup::OnDemand(g) => &g.spec.name,
+        }
+    }
+
+    /// `attribute`, `timeseries` or `on_demand`.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            ResultGroup::Stored(g) => match g.spec.kind {
+                GroupKind::Attribute => "attribute",
+                GroupKind::Timeseries => "timeseries",
+            },
+            ResultGroup::OnDemand(_) => "on_demand",
+        }
+    }
+
+    /// The name of the feature at `position`.
+    pub fn feature_name(&self, position: usize) -> &str {
+        match self {
+            ResultGroup::Stored(g) => &g.spec.features[position].name,
+            ResultGroup::OnDemand(g) => &g.spec.features[position].name,
         }
     }
 }
@@ -111,17 +173,16 @@ impl Row {
 /// The answer for one group: the features read (by position) and one row per entity row.
 #[derive(Debug, Clone)]
 pub struct GroupResult {
-    pub group: Arc<ServedGroup>,
-    /// Positions of the features returned, in the order asked.
+    pub group: ResultGroup,
+    /// Positions of the features returned, in the order asked. A computed row's values are
+    /// in this order already.
     pub features: Vec<usize>,
     pub rows: Vec<Row>,
 }
 
 impl GroupResult {
     pub fn feature_names(&self) -> impl Iterator<Item = &str> + Clone {
-        self.features
-            .iter()
-            .map(|&i| self.group.spec.features[i].name.as_str())
+        self.features.iter().map(|&i| self.group.feature_name(i))
     }
 }
 
@@ -186,11 +247,32 @@ pub struct FeatureServer {
     audit: Audit,
 }
 
-/// One group of a read, resolved against the catalog.
+/// One stored group of a read, resolved against the catalog.
 struct ResolvedGroup {
     group: Arc<ServedGroup>,
     features: Vec<usize>,
     query: TimeseriesQuery,
+    /// False for a group read only as an on-demand group's input.
+    returned: bool,
+}
+
+/// One on-demand group of a read.
+struct ResolvedOnDemand {
+    group: Arc<ServedOnDemand>,
+    features: Vec<usize>,
+}
+
+/// A read resolved against the catalog: the stored groups to read, the on-demand groups to
+/// compute from them, and the order the answer lists them in.
+struct Resolved {
+    stored: Vec<ResolvedGroup>,
+    on_demand: Vec<ResolvedOnDemand>,
+    order: Vec<Answer>,
+}
+
+enum Answer {
+    Stored(usize),
+    OnDemand(usize),
 }
 
 impl FeatureServer {
@@ -245,7 +327,7 @@ impl FeatureServer {
         catalog: &Catalog,
         select: &Selection,
         access: &Access,
-    ) -> Result<Vec<ResolvedGroup>, ServeError> {
+    ) -> Result<Resolved, ServeError> {
         // Permissions are checked on the names asked for before anything is looked up, so a
         // caller cannot learn which groups exist from 404s.
         let requests: Vec<GroupRequest> = match select {
@@ -280,7 +362,43 @@ impl FeatureServer {
         // A group named twice is read once: repeats cost nothing.
         let requests = crate::limits::merge_repeated(requests)?;
         let mut out = Vec::with_capacity(requests.len());
+        let mut on_demand = Vec::new();
+        let mut order = Vec::with_capacity(requests.len());
         for (i, r) in &requests {
+            if let Some(group) = catalog.on_demand(&r.group) {
+                if r.top_n.is_some() || r.window.is_some() {
+                    return Err(ServeError::invalid(format!(
+                        "groups[{i}]: `top_n` and `window` apply to time-series groups; `{}` is an on-demand group",
+                        r.group
+                    )));
+                }
+                let spec = &group.spec;
+                let features = match &r.features {
+                    None => (0..spec.features.len()).collect(),
+                    Some(names) => names
+                        .iter()
+                        .map(|name| {
+                            spec.feature_index(name)
+                                .ok_or_else(|| ServeError::UnknownFeature {
+                                    group: spec.name.clone(),
+                                    feature: name.clone(),
+                                    known: spec
+                                        .features
+                                        .iter()
+                                        .map(|f| f.name.as_str())
+                                        .collect::<Vec<_>>()
+                                        .join(", "),
+                                })
+                        })
+                        .collect::<Result<Vec<_>, _>>()?,
+                };
+                order.push(Answer::OnDemand(on_demand.len()));
+                on_demand.push(ResolvedOnDemand {
+                    group: group.clone(),
+                    features,
+                });
+                continue;
+            }
             let group = catalog
                 .group(&r.group)
                 .ok_or_else(|| ServeError::UnknownGroup {
@@ -344,13 +462,99 @@ impl FeatureServer {
                 let age_ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
                 now_ms().saturating_sub(age_ms)
             });
+            order.push(Answer::Stored(out.len()));
             out.push(ResolvedGroup {
                 group: group.clone(),
                 features,
                 query: TimeseriesQuery { top_n, since },
+                returned: true,
             });
         }
-        Ok(out)
+        // The stored groups on-demand features read, with the default `top_n` and the group's
+        // retention: read once, whether asked for or not.
+        for d in &on_demand {
+            for name in d.group.stored_inputs() {
+                if out.iter().any(|r| r.group.spec.name == name) {
+                    continue;
+                }
+                let Some(group) = catalog.group(name) else {
+                    continue;
+                };
+                let since = group.spec.retention.max_age.map(|d| {
+                    let age_ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+                    now_ms().saturating_sub(age_ms)
+                });
+                out.push(ResolvedGroup {
+                    group: group.clone(),
+                    features: Vec::new(),
+                    query: TimeseriesQuery {
+                        top_n: self.limits.default_top_n,
+                        since,
+                    },
+                    returned: false,
+                });
+            }
+        }
+        Ok(Resolved {
+            stored: out,
+            on_demand,
+            order,
+        })
+    }
+
+    /// The request data and entity key columns the on-demand groups of a read need, as
+    /// values of their types. A missing column or a value of the wrong type is the caller's
+    /// error, named.
+    fn request_inputs(
+        &self,
+        resolved: &Resolved,
+        req: &FeatureRequest,
+        rows: usize,
+    ) -> Result<HashMap<String, Vec<Value>>, ServeError> {
+        let mut columns: HashMap<String, Vec<Value>> = HashMap::new();
+        let mut declared: Vec<&str> = Vec::new();
+        for d in &resolved.on_demand {
+            declared.extend(d.group.spec.request.iter().map(|f| f.name.as_str()));
+            for (source, t) in d.group.request_inputs() {
+                let (name, given, what) = match source {
+                    InputSource::Request(name) => (name, &req.request_data, "request_data"),
+                    InputSource::Key(name) => (name, &req.entities, "entities"),
+                    InputSource::Stored { .. } | InputSource::EventTime { .. } => continue,
+                };
+                if columns.contains_key(name) {
+                    continue;
+                }
+                let Some((_, values)) = given.iter().find(|(n, _)| n == name) else {
+                    return Err(ServeError::invalid(format!(
+                        "{what}: on-demand group `{}` needs `{name}` ({t}), one value per entity row",
+                        d.group.spec.name
+                    )));
+                };
+                let converted = values
+                    .iter()
+                    .enumerate()
+                    .map(|(row, v)| {
+                        Value::from_json(*t, v)
+                            .map_err(|e| ServeError::invalid(format!("{what}.{name}[{row}]: {e}")))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                columns.insert(name.clone(), converted);
+            }
+        }
+        for (name, values) in &req.request_data {
+            if !declared.contains(&name.as_str()) {
+                return Err(ServeError::invalid(format!(
+                    "request_data: `{name}` is not a request field of any on-demand group read"
+                )));
+            }
+            if values.len() != rows {
+                return Err(ServeError::invalid(format!(
+                    "request_data: `{name}` has {} values for {rows} entity rows",
+                    values.len()
+                )));
+            }
+        }
+        Ok(columns)
     }
 
     /// Builds each group's entity keys from the request's key columns.
@@ -464,6 +668,7 @@ impl FeatureServer {
                             layout::upgrade(spec, &group.retyped, r);
                         }
                     }
+                    Row::Computed { .. } => {}
                 }
             }
         }
@@ -495,8 +700,21 @@ impl FeatureServer {
         Ok(())
     }
 
-    async fn read(&self, req: FeatureRequest) -> Result<FeatureResponse, ServeError> {
+    async fn read(&self, mut req: FeatureRequest) -> Result<FeatureResponse, ServeError> {
         let catalog = self.catalog();
+        // Request fields sent among the entity columns (as Feast sends request-source fields)
+        // are request data.
+        if req
+            .entities
+            .iter()
+            .any(|(n, _)| catalog.key_owner(n).is_none() && catalog.is_request_field(n))
+        {
+            let (keys, data) = std::mem::take(&mut req.entities)
+                .into_iter()
+                .partition(|(n, _)| catalog.key_owner(n).is_some() || !catalog.is_request_field(n));
+            req.entities = keys;
+            req.request_data.extend::<Vec<_>>(data);
+        }
         let rows = match req.entities.first() {
             None => {
                 return Err(ServeError::invalid(
@@ -529,39 +747,83 @@ impl FeatureServer {
             });
         }
         let resolved = self.resolve(&catalog, &req.select, &req.access)?;
-        // Refused before any read: the cost bounds the reads and the answer alike.
+        // Refused before any read: the cost bounds the reads and the answer alike. A group
+        // read only for on-demand features costs its records as if one feature were asked.
         let mut cost = RequestCost::new(rows);
-        for r in &resolved {
+        for r in &resolved.stored {
             cost.add(
                 records_per_row(&r.group.spec, r.query.top_n),
-                r.features.len(),
+                r.features.len().max(usize::from(!r.returned)),
             );
         }
+        for d in &resolved.on_demand {
+            cost.add(1, d.features.len());
+        }
         cost.check(self.limits.max_request_cost)?;
-        let mut groups = Vec::with_capacity(resolved.len());
-        if resolved.len() == 1 {
-            let r = &resolved[0];
+        let inputs = self.request_inputs(&resolved, &req, rows)?;
+        let mut stored_rows: Vec<Vec<Row>> = if resolved.stored.len() == 1 {
+            let r = &resolved.stored[0];
             let keys = self.keys_for(&r.group, &req.entities, rows)?;
-            groups.push(GroupResult {
-                group: r.group.clone(),
-                features: r.features.clone(),
-                rows: self.read_group(r, keys).await?,
-            });
+            vec![self.read_group(r, keys).await?]
         } else {
-            let mut reads = Vec::with_capacity(resolved.len());
-            for r in &resolved {
+            let mut reads = Vec::with_capacity(resolved.stored.len());
+            for r in &resolved.stored {
                 let keys = self.keys_for(&r.group, &req.entities, rows)?;
                 reads.push(self.read_group(r, keys));
             }
-            for (r, rows) in resolved
-                .iter()
-                .zip(futures::future::try_join_all(reads).await?)
-            {
-                groups.push(GroupResult {
-                    group: r.group.clone(),
-                    features: r.features.clone(),
-                    rows,
-                });
+            futures::future::try_join_all(reads).await?
+        };
+        let now = now_ms();
+        let computed: Vec<Vec<Row>> = resolved
+            .on_demand
+            .iter()
+            .map(|d| {
+                d.group
+                    .evaluate(&d.features, rows, now, |source, _| match source {
+                        InputSource::Request(name) | InputSource::Key(name) => inputs
+                            .get(name)
+                            .cloned()
+                            .unwrap_or_else(|| vec![Value::Null; rows]),
+                        InputSource::Stored { group, .. } | InputSource::EventTime { group } => {
+                            let position = match source {
+                                InputSource::Stored { position, .. } => Some(*position),
+                                _ => None,
+                            };
+                            match resolved
+                                .stored
+                                .iter()
+                                .position(|r| r.group.spec.name == *group)
+                            {
+                                Some(g) => stored_rows[g]
+                                    .iter()
+                                    .map(|row| crate::on_demand::stored_value(row, position))
+                                    .collect(),
+                                None => vec![Value::Null; rows],
+                            }
+                        }
+                    })
+            })
+            .collect();
+        let mut computed: Vec<Option<Vec<Row>>> = computed.into_iter().map(Some).collect();
+        let mut groups = Vec::with_capacity(resolved.order.len());
+        for answer in &resolved.order {
+            match *answer {
+                Answer::Stored(i) => {
+                    let r = &resolved.stored[i];
+                    groups.push(GroupResult {
+                        group: ResultGroup::Stored(r.group.clone()),
+                        features: r.features.clone(),
+                        rows: std::mem::take(&mut stored_rows[i]),
+                    });
+                }
+                Answer::OnDemand(i) => {
+                    let d = &resolved.on_demand[i];
+                    groups.push(GroupResult {
+                        group: ResultGroup::OnDemand(d.group.clone()),
+                        features: d.features.clone(),
+                        rows: computed[i].take().unwrap_or_default(),
+                    });
+                }
             }
         }
         Ok(FeatureResponse {
@@ -645,6 +907,12 @@ impl FeatureServing for FeatureServer {
 impl FeatureServer {
     async fn push_granted(&self, req: &PushRequest) -> Result<PushResponse, ServeError> {
         let catalog = self.catalog();
+        if catalog.on_demand(&req.group).is_some() {
+            return Err(ServeError::invalid(format!(
+                "`{}` is an on-demand group: its features are computed for each request and cannot be written",
+                req.group
+            )));
+        }
         let group = catalog
             .group(&req.group)
             .ok_or_else(|| ServeError::UnknownGroup {

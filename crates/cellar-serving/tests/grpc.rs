@@ -15,7 +15,8 @@ use cellar_serving::{grpc, Catalog, FeatureServer, FeatureServing, Limits};
 use cellar_spec::value::{format_timestamp, parse_timestamp};
 use cellar_spec::{
     Entity, EntityKeyField, Feature, FeatureGroup, FeatureRepo, FeatureSelection, FeatureService,
-    GroupKind, KeyType, Retention, ScalarType, ServingPolicy, ValueType,
+    GroupKind, KeyType, OnDemandFeature, OnDemandGroup, RequestField, Retention, ScalarType,
+    ServingPolicy, ValueType,
 };
 use cellar_store::embedded::EmbeddedStore;
 use cellar_store::{OnlineStore, RecordReader};
@@ -59,6 +60,15 @@ fn group(
     }
 }
 
+fn on_demand_feature(name: &str, value_type: &str, expr: &str) -> OnDemandFeature {
+    OnDemandFeature {
+        name: name.to_owned(),
+        value_type: value_type.parse().unwrap(),
+        expr: expr.to_owned(),
+        description: None,
+    }
+}
+
 /// `user` keyed by `user_id`; `profile` (attributes, served for 30 days), `clicks` (a time
 /// series) and the `ranking` feature service over both.
 fn repo() -> FeatureRepo {
@@ -95,6 +105,19 @@ fn repo() -> FeatureRepo {
                 },
             ),
         ],
+        on_demand: vec![OnDemandGroup {
+            name: "signals".to_owned(),
+            request: vec![RequestField {
+                name: "boost".to_owned(),
+                value_type: ValueType::Scalar(ScalarType::Int64),
+            }],
+            features: vec![
+                on_demand_feature("boosted_age", "int64", "profile.age + boost"),
+                on_demand_feature("latest_url", "string", "array_element(clicks.url, 1)"),
+                on_demand_feature("per_year_over_36", "int64", "100 / (profile.age - 36)"),
+            ],
+            description: None,
+        }],
         ingestions: Vec::new(),
         services: vec![FeatureService {
             name: "ranking".to_owned(),
@@ -225,6 +248,9 @@ struct RowView {
     event_time_ms: Option<i64>,
     values: Vec<serde_json::Value>,
     records: Vec<(i64, Vec<serde_json::Value>)>,
+    /// On-demand rows: each value's status, and the errors when one failed.
+    statuses: Vec<String>,
+    errors: Vec<String>,
 }
 
 /// A message value as the HTTP API serves the same value.
@@ -251,6 +277,16 @@ fn served_json(v: &pb::Value) -> serde_json::Value {
     }
 }
 
+fn status_name(s: pb::RowStatus) -> &'static str {
+    match s {
+        pb::RowStatus::Present => "present",
+        pb::RowStatus::NotFound => "not_found",
+        pb::RowStatus::Expired => "expired",
+        pb::RowStatus::Error => "error",
+        pb::RowStatus::Unspecified => "unspecified",
+    }
+}
+
 fn grpc_view(resp: &pb::GetFeaturesResponse) -> Vec<GroupView> {
     resp.results
         .iter()
@@ -259,6 +295,7 @@ fn grpc_view(resp: &pb::GetFeaturesResponse) -> Vec<GroupView> {
             kind: match g.kind() {
                 pb::GroupKind::Attribute => "attribute",
                 pb::GroupKind::Timeseries => "timeseries",
+                pb::GroupKind::OnDemand => "on_demand",
                 pb::GroupKind::Unspecified => "unspecified",
             }
             .to_owned(),
@@ -267,13 +304,9 @@ fn grpc_view(resp: &pb::GetFeaturesResponse) -> Vec<GroupView> {
                 .rows
                 .iter()
                 .map(|r| RowView {
-                    status: match r.status() {
-                        pb::RowStatus::Present => "present",
-                        pb::RowStatus::NotFound => "not_found",
-                        pb::RowStatus::Expired => "expired",
-                        pb::RowStatus::Unspecified => "unspecified",
-                    }
-                    .to_owned(),
+                    status: status_name(r.status()).to_owned(),
+                    statuses: r.statuses().map(|s| status_name(s).to_owned()).collect(),
+                    errors: r.errors.clone(),
                     event_time_ms: r.event_time_ms,
                     values: r.values.iter().map(served_json).collect(),
                     records: r
@@ -325,6 +358,14 @@ fn http_view(body: &serde_json::Value) -> Vec<GroupView> {
                             status: r["status"].as_str().unwrap_or_default().to_owned(),
                             event_time_ms: r.get("event_time").map(http_time),
                             values: http_values(&r["values"]),
+                            statuses: http_values(&r["statuses"])
+                                .iter()
+                                .map(|s| s.as_str().unwrap_or_default().to_owned())
+                                .collect(),
+                            errors: http_values(&r["errors"])
+                                .iter()
+                                .map(|e| e.as_str().unwrap_or_default().to_owned())
+                                .collect(),
                             records: r["records"]
                                 .as_array()
                                 .map(|recs| {
@@ -367,6 +408,26 @@ fn row(status: &str, event_time_ms: Option<i64>, values: Vec<serde_json::Value>)
         event_time_ms,
         values,
         records: Vec::new(),
+        statuses: Vec::new(),
+        errors: Vec::new(),
+    }
+}
+
+fn computed(values: Vec<serde_json::Value>, statuses: &[&str], errors: &[&str]) -> RowView {
+    let status = if statuses.contains(&"error") {
+        "error"
+    } else if statuses.contains(&"present") {
+        "present"
+    } else {
+        "not_found"
+    };
+    RowView {
+        status: status.to_owned(),
+        event_time_ms: None,
+        values,
+        records: Vec::new(),
+        statuses: statuses.iter().map(|s| (*s).to_owned()).collect(),
+        errors: errors.iter().map(|e| (*e).to_owned()).collect(),
     }
 }
 
@@ -384,6 +445,8 @@ fn series(records: Vec<(i64, &str)>) -> RowView {
             .into_iter()
             .map(|(t, url)| (t, vec![json!(url)]))
             .collect(),
+        statuses: Vec::new(),
+        errors: Vec::new(),
     }
 }
 
@@ -466,6 +529,7 @@ async fn grpc_and_http_serve_the_same_features() {
                 },
             ],
             feature_service: None,
+            request_data: Vec::new(),
         })
         .await
         .expect("grpc get features")
@@ -531,6 +595,7 @@ async fn grpc_and_http_serve_the_same_features() {
             }],
             groups: Vec::new(),
             feature_service: Some("ranking".to_owned()),
+            request_data: Vec::new(),
         })
         .await
         .expect("grpc get feature service")
@@ -564,6 +629,69 @@ async fn grpc_and_http_serve_the_same_features() {
     ];
     assert_eq!(grpc_view(&grpc_resp), expected);
     assert_eq!(http_view(&http_resp), expected);
+
+    // An on-demand group over both, with request data: a value per feature, each with its
+    // status, and the error of the one that failed (u1 is 36: a division by zero).
+    let boost = pb::EntityColumn {
+        name: "boost".to_owned(),
+        values: vec![int(1), int(2), int(3)],
+    };
+    let grpc_resp = servers
+        .grpc
+        .get_features(pb::GetFeaturesRequest {
+            entities: vec![pb::EntityColumn {
+                name: "user_id".to_owned(),
+                values: vec![string("u1"), string("u404"), string("u2")],
+            }],
+            groups: vec![pb::GroupRequest {
+                name: "signals".to_owned(),
+                ..Default::default()
+            }],
+            feature_service: None,
+            request_data: vec![boost],
+        })
+        .await
+        .expect("grpc get on-demand features")
+        .into_inner();
+    let (code, http_resp) = http_post(
+        &http,
+        format!("{}/v1/features", servers.http),
+        json!({
+            "entities": {"user_id": ["u1", "u404", "u2"]},
+            "request_data": {"boost": [1, 2, 3]},
+            "groups": ["signals"],
+        }),
+    )
+    .await;
+    assert_eq!(code, 200, "{http_resp}");
+    let expected = vec![GroupView {
+        name: "signals".to_owned(),
+        kind: "on_demand".to_owned(),
+        features: vec![
+            "boosted_age".into(),
+            "latest_url".into(),
+            "per_year_over_36".into(),
+        ],
+        rows: vec![
+            computed(
+                vec![json!(37), json!("/c"), json!(null)],
+                &["present", "present", "error"],
+                &["", "", "Divide by zero error"],
+            ),
+            computed(
+                vec![json!(null), json!(null), json!(null)],
+                &["not_found", "not_found", "not_found"],
+                &[],
+            ),
+            computed(
+                vec![json!(null), json!(null), json!(null)],
+                &["not_found", "not_found", "not_found"],
+                &[],
+            ),
+        ],
+    }];
+    assert_eq!(grpc_view(&grpc_resp), expected);
+    assert_eq!(http_view(&http_resp), expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -581,13 +709,14 @@ async fn unknown_group_is_not_found_naming_it() {
                 ..Default::default()
             }],
             feature_service: None,
+            request_data: Vec::new(),
         })
         .await
         .expect_err("an unknown group is an error");
     assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
     assert_eq!(
         err.message(),
-        "unknown feature group `nope`; known groups: clicks, profile"
+        "unknown feature group `nope`; known groups: clicks, profile, signals"
     );
 
     let (code, body) = http_post(
@@ -669,6 +798,7 @@ async fn an_amplifying_read_is_refused_over_grpc_naming_the_ceiling() {
                 entities: vec![users(1000)],
                 groups: vec![clicks; 300],
                 feature_service: None,
+                request_data: Vec::new(),
             })
             .await,
     );
@@ -722,6 +852,7 @@ async fn a_large_read_stops_at_its_deadline() {
                     ..Default::default()
                 }],
                 feature_service: None,
+                request_data: Vec::new(),
             })
             .await,
     );
@@ -744,6 +875,7 @@ async fn keys_and_event_times_no_store_can_hold_are_invalid_arguments_naming_the
                 ..Default::default()
             }],
             feature_service: None,
+            request_data: Vec::new(),
         })
         .await
         .expect_err("the key is over the limit");

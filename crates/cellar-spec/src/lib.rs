@@ -36,7 +36,7 @@ pub mod value;
 pub use evolve::evolve;
 pub use key::{EntityKey, KeyError, KeyPart};
 pub use model::*;
-pub use parse::{parse_repo, SpecError, SpecErrors};
+pub use parse::{parse_repo, parse_repo_with, SpecError, SpecErrors};
 pub use plan::{plan, Change, ChangeAction, Plan};
 pub use repo::{FeatureRepo, SpecKind};
 pub use value::{ScalarType, Value, ValueError, ValueType};

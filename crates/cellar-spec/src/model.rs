@@ -255,6 +255,120 @@ impl Default for ServingPolicy {
     }
 }
 
+/// A group whose features are computed for each request and never stored: SQL expressions
+/// over the request's data, its entity keys and the features of stored groups (see
+/// docs/expressions.md). It can be read wherever a stored group can, and has no ingestion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OnDemandGroup {
+    pub name: String,
+    /// Fields the caller sends with each request row.
+    pub request: Vec<RequestField>,
+    pub features: Vec<OnDemandFeature>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+impl OnDemandGroup {
+    pub fn feature_index(&self, name: &str) -> Option<usize> {
+        self.features.iter().position(|f| f.name == name)
+    }
+}
+
+/// A named, typed field of a request, for on-demand features to read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestField {
+    pub name: String,
+    pub value_type: ValueType,
+}
+
+/// One feature of an on-demand group: its type and the expression that computes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OnDemandFeature {
+    pub name: String,
+    pub value_type: ValueType,
+    pub expr: String,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// One value an expression may read: a request field or entity key field (unqualified), or a
+/// feature of a stored group (qualified by the group's name).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExpressionInput {
+    pub qualifier: Option<String>,
+    pub name: String,
+    pub value_type: ValueType,
+}
+
+impl ExpressionInput {
+    pub fn new(name: impl Into<String>, value_type: ValueType) -> ExpressionInput {
+        ExpressionInput {
+            qualifier: None,
+            name: name.into(),
+            value_type,
+        }
+    }
+
+    pub fn qualified(
+        qualifier: impl Into<String>,
+        name: impl Into<String>,
+        value_type: ValueType,
+    ) -> ExpressionInput {
+        ExpressionInput {
+            qualifier: Some(qualifier.into()),
+            name: name.into(),
+            value_type,
+        }
+    }
+}
+
+impl std::fmt::Display for ExpressionInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.qualifier {
+            Some(q) => write!(f, "{q}.{}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+/// The name under which expressions read a stored group's event time(s), unless the group has
+/// a feature of that name.
+pub const EVENT_TIME_INPUT: &str = "event_time";
+
+/// The inputs of a stored group that expressions read: each live feature, as it is for an
+/// attribute group, and as the list of its values in the group's records (newest first) for a
+/// time series; then the record's event time (a list of them for a time series) as
+/// `event_time`. A time series' compound features are left out (lists of lists).
+pub fn group_inputs(group: &FeatureGroup) -> impl Iterator<Item = ExpressionInput> + '_ {
+    let in_records = move |t: ValueType| match (group.kind, t) {
+        (GroupKind::Attribute, t) => Some(t),
+        (GroupKind::Timeseries, ValueType::Scalar(s)) => Some(ValueType::List(s)),
+        (GroupKind::Timeseries, _) => None,
+    };
+    let event_time = (group.feature_index(EVENT_TIME_INPUT).is_none())
+        .then(|| in_records(ValueType::Scalar(crate::value::ScalarType::Timestamp)))
+        .flatten()
+        .map(|t| ExpressionInput::qualified(&group.name, EVENT_TIME_INPUT, t));
+    group
+        .live_features()
+        .filter_map(move |f| {
+            in_records(f.value_type).map(|t| ExpressionInput::qualified(&group.name, &f.name, t))
+        })
+        .chain(event_time)
+}
+
+/// Checks an expression against its inputs and the type it must give; implemented by the
+/// expression language (`cellar-expr`), which this crate cannot depend on.
+pub trait ExpressionCheck: Sync {
+    /// `Err` says what is wrong, in words for the spec's author.
+    fn check(
+        &self,
+        expr: &str,
+        inputs: &[ExpressionInput],
+        output: ValueType,
+    ) -> Result<(), String>;
+}
+
 /// A named set of features across groups that one model reads.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FeatureService {

@@ -5,7 +5,9 @@ use std::fmt::Display;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Entity, FeatureGroup, FeatureService, Ingestion, Retention, ServingPolicy};
+use crate::model::{
+    Entity, FeatureGroup, FeatureService, Ingestion, OnDemandGroup, Retention, ServingPolicy,
+};
 use crate::parse::format_duration;
 use crate::repo::{FeatureRepo, SpecKind};
 
@@ -104,6 +106,14 @@ pub fn plan(current: &FeatureRepo, desired: &FeatureRepo) -> Plan {
         &desired.groups,
         |g| &g.name,
         diff_group,
+        &mut changes,
+    );
+    diff_kind(
+        SpecKind::OnDemandGroup,
+        &current.on_demand,
+        &desired.on_demand,
+        |g| &g.name,
+        diff_on_demand,
         &mut changes,
     );
     diff_kind(
@@ -454,6 +464,70 @@ fn without_passwords(source: &crate::model::IngestionSource) -> crate::model::In
         }
     }
     source
+}
+
+/// An on-demand group stores nothing: every change takes effect on the next request, and only
+/// a removed or retyped feature breaks its readers.
+fn diff_on_demand(old: &OnDemandGroup, new: &OnDemandGroup, d: &mut Diff) {
+    for f in &old.request {
+        match new.request.iter().find(|n| n.name == f.name) {
+            None => d.detail(format!("request field `{}` removed", f.name)),
+            Some(n) if n.value_type != f.value_type => d.detail(format!(
+                "request field `{}` type changed from {} to {}",
+                f.name, f.value_type, n.value_type
+            )),
+            Some(_) => {}
+        }
+    }
+    for n in &new.request {
+        if !old.request.iter().any(|f| f.name == n.name) {
+            d.detail(format!("request field `{}` added", n.name));
+        }
+    }
+    for f in &old.features {
+        match new.features.iter().find(|n| n.name == f.name) {
+            None => d.breaking(format!("feature `{}` removed", f.name)),
+            Some(n) => {
+                if n.value_type != f.value_type {
+                    d.breaking(format!(
+                        "feature `{}` type changed from {} to {}",
+                        f.name, f.value_type, n.value_type
+                    ));
+                }
+                if n.expr != f.expr {
+                    d.detail(format!(
+                        "feature `{}` expression changed from `{}` to `{}`",
+                        f.name, f.expr, n.expr
+                    ));
+                }
+                d.field(
+                    &format!("feature `{}` description", f.name),
+                    &f.description,
+                    &n.description,
+                    optional,
+                );
+            }
+        }
+    }
+    for n in &new.features {
+        if !old.features.iter().any(|f| f.name == n.name) {
+            d.detail(format!("feature `{}` added: `{}`", n.name, n.expr));
+        }
+    }
+    let order = |g: &OnDemandGroup| {
+        g.features
+            .iter()
+            .map(|f| f.name.clone())
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = (order(old), order(new));
+    if a.iter()
+        .filter(|n| b.contains(n))
+        .ne(b.iter().filter(|n| a.contains(n)))
+    {
+        d.detail("features reordered".into());
+    }
+    d.field("description", &old.description, &new.description, optional);
 }
 
 fn diff_service(old: &FeatureService, new: &FeatureService, d: &mut Diff) {

@@ -4,13 +4,14 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Entity, FeatureGroup, FeatureService, Ingestion, Origin};
+use crate::model::{Entity, FeatureGroup, FeatureService, Ingestion, OnDemandGroup, Origin};
 
 /// The kinds of spec document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum SpecKind {
     Entity,
     FeatureGroup,
+    OnDemandGroup,
     Ingestion,
     FeatureService,
 }
@@ -20,6 +21,7 @@ impl std::fmt::Display for SpecKind {
         f.write_str(match self {
             SpecKind::Entity => "Entity",
             SpecKind::FeatureGroup => "FeatureGroup",
+            SpecKind::OnDemandGroup => "OnDemandGroup",
             SpecKind::Ingestion => "Ingestion",
             SpecKind::FeatureService => "FeatureService",
         })
@@ -32,6 +34,9 @@ impl std::fmt::Display for SpecKind {
 pub struct FeatureRepo {
     pub entities: Vec<Entity>,
     pub groups: Vec<FeatureGroup>,
+    /// Groups computed per request (`type: on_demand`); their names are not stored groups'.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_demand: Vec<OnDemandGroup>,
     pub ingestions: Vec<Ingestion>,
     pub services: Vec<FeatureService>,
     /// Where each spec was declared; empty for specs read back from the registry.
@@ -46,6 +51,10 @@ impl FeatureRepo {
 
     pub fn group(&self, name: &str) -> Option<&FeatureGroup> {
         self.groups.iter().find(|g| g.name == name)
+    }
+
+    pub fn on_demand_group(&self, name: &str) -> Option<&OnDemandGroup> {
+        self.on_demand.iter().find(|g| g.name == name)
     }
 
     pub fn ingestion(&self, name: &str) -> Option<&Ingestion> {

@@ -78,6 +78,22 @@ serving: { tiers: [local], soft_ttl: 30s, hard_ttl: 10m, jitter: 10%, negative_t
 "#,
     ),
     (
+        "context.yaml",
+        r#"# Computed for each request from what is stored, never stored itself.
+kind: FeatureGroup
+name: feed_context
+type: on_demand
+description: How a user relates to an article, at request time
+features:
+  - name: seconds_since_last_click
+    type: int64
+    expr: to_unixtime(now()) - to_unixtime(array_element(recent_clicked_articles.event_time, 1))
+  - name: clicked_before
+    type: bool
+    expr: array_has(recent_clicked_articles.article_id, article_id)
+"#,
+    ),
+    (
         "services.yaml",
         r#"# What the home feed ranking model reads.
 kind: FeatureService
@@ -237,6 +253,8 @@ Try:
 
   curl -s http://{http}/get-online-features -d '{{"feature_service": "home_feed_ranker", "entities": {{"user_id": ["u1", "u1"], "article_id": ["a1", "a2"]}}}}'
 
+  curl -s http://{http}/v1/features -d '{{"entities": {{"user_id": ["u1", "u1"], "article_id": ["a1", "a2"]}}, "groups": ["feed_context"]}}'
+
   curl -s http://{http}/v1/push -d '{{"group": "user_profile", "records": [{{"entity": {{"user_id": "u1"}}, "features": {{"country": "NZ", "age": 33, "keywords": ["kayak"]}}}}]}}'
 
   curl -s http://{http}/v1/events -d '{{"topic": "user-actions", "events": [{{"type": "article_clicked", "user_id": "u1", "ts": "{now}", "article_id": "a42", "session_id": "s9"}}]}}'
@@ -258,8 +276,10 @@ mod tests {
             .iter()
             .map(|(n, t)| (n.to_string(), t.to_string()))
             .collect();
-        let repo = cellar_spec::parse_repo(&files).unwrap_or_else(|e| panic!("{e}"));
+        let repo = cellar_spec::parse_repo_with(&files, &cellar_expr::Checker)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(repo.groups.len(), 3);
+        assert_eq!(repo.on_demand.len(), 1);
         assert!(repo.service("home_feed_ranker").is_some());
     }
 }

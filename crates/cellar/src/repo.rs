@@ -8,8 +8,8 @@ use anyhow::Context as _;
 use cellar_ingest_batch::Transform;
 use cellar_registry::Registry;
 use cellar_spec::{
-    parse_repo, plan, plan::REMOVED_GROUP, BatchSource, ChangeAction, FeatureRepo, IngestionSource,
-    Plan, SpecErrors,
+    parse_repo_with, plan, plan::REMOVED_GROUP, BatchSource, ChangeAction, FeatureRepo,
+    IngestionSource, Plan, SpecErrors,
 };
 
 /// Reads every `.yaml` / `.yml` file under `dir`, sorted by path, as (path, text) pairs.
@@ -53,7 +53,7 @@ pub enum RepoError {
 /// Reads and validates a feature repo.
 pub fn load_repo(dir: &Path) -> Result<FeatureRepo, RepoError> {
     let files = read_repo_files(dir)?;
-    parse_repo(&files).map_err(RepoError::Invalid)
+    parse_repo_with(&files, &cellar_expr::Checker).map_err(RepoError::Invalid)
 }
 
 /// Refuses a batch ingestion whose SQL transform is not one query, before it is applied

@@ -247,6 +247,7 @@ impl Server {
                 ..Default::default()
             }],
             feature_service: None,
+            request_data: Vec::new(),
         });
         if let Some(token) = token {
             request
@@ -650,6 +651,7 @@ async fn tls_serves_http_and_grpc_and_a_renewed_certificate_is_picked_up() {
                 ..Default::default()
             }],
             feature_service: None,
+            request_data: Vec::new(),
         })
         .await
         .unwrap();

@@ -393,6 +393,7 @@ async fn grpc_requests_pass_the_listener_limits() {
                 ..Default::default()
             }],
             feature_service: None,
+            request_data: Vec::new(),
         })
         .await
         .unwrap()
@@ -417,6 +418,7 @@ async fn grpc_requests_pass_the_listener_limits() {
                 ..Default::default()
             }],
             feature_service: None,
+            request_data: Vec::new(),
         });
         late.set_timeout(Duration::from_nanos(1));
         let status = client.get_features(late).await.unwrap_err();

@@ -3,6 +3,7 @@
 use super::Drafts;
 use crate::model::{
     Entity, Feature, FeatureGroup, FeatureMapping, FeatureSelection, FeatureService, Ingestion,
+    OnDemandFeature, OnDemandGroup, RequestField,
 };
 use crate::repo::{FeatureRepo, SpecKind};
 
@@ -45,6 +46,40 @@ impl Drafts {
                 description: d.head.description,
                 generation: 0,
                 previous: None,
+            });
+        }
+        for d in self.on_demand {
+            repo.origins.insert(
+                (SpecKind::OnDemandGroup, d.head.name.clone()),
+                d.head.origin,
+            );
+            let request = d
+                .request
+                .into_iter()
+                .map(|f| {
+                    Some(RequestField {
+                        name: f.name.value,
+                        value_type: f.value_type?,
+                    })
+                })
+                .collect::<Option<Vec<_>>>()?;
+            let features = d
+                .features
+                .into_iter()
+                .map(|f| {
+                    Some(OnDemandFeature {
+                        name: f.name,
+                        value_type: f.value_type?,
+                        expr: f.expr?.value,
+                        description: f.description,
+                    })
+                })
+                .collect::<Option<Vec<_>>>()?;
+            repo.on_demand.push(OnDemandGroup {
+                name: d.head.name,
+                request,
+                features,
+                description: d.head.description,
             });
         }
         for d in self.ingestions {
@@ -98,6 +133,7 @@ impl Drafts {
         }
         repo.entities.sort_by(|a, b| a.name.cmp(&b.name));
         repo.groups.sort_by(|a, b| a.name.cmp(&b.name));
+        repo.on_demand.sort_by(|a, b| a.name.cmp(&b.name));
         repo.ingestions.sort_by(|a, b| a.name.cmp(&b.name));
         repo.services.sort_by(|a, b| a.name.cmp(&b.name));
         Some(repo)

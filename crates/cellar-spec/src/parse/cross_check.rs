@@ -88,6 +88,7 @@ impl Drafts {
             self.services.iter().map(|d| &d.head),
             errors,
         );
+        let on_demand = self.check_on_demand(&groups, errors);
 
         for group in &self.groups {
             if let Some(entity) = &group.entity {
@@ -110,6 +111,22 @@ impl Drafts {
         for service in &self.services {
             for selection in &service.selections {
                 let (group_name, feature) = &selection.value;
+                if let Some(&g) = on_demand.get(group_name.as_str()) {
+                    let group = &self.on_demand[g];
+                    if let Some(feature) = feature {
+                        if !group.features.iter().any(|f| &f.name == feature) {
+                            let names = group.features.iter().map(|f| f.name.as_str());
+                            let message = match suggest(feature, names) {
+                                Some(s) => format!(
+                                    "group `{group_name}` has no feature `{feature}`; did you mean `{s}`?"
+                                ),
+                                None => format!("group `{group_name}` has no feature `{feature}`"),
+                            };
+                            errors.push(error_at(&selection.origin, &selection.field, message));
+                        }
+                    }
+                    continue;
+                }
                 let Some(&g) = groups.get(group_name.as_str()) else {
                     errors.push(error_at(
                         &selection.origin,
@@ -130,6 +147,54 @@ impl Drafts {
                 }
             }
         }
+    }
+
+    /// On-demand groups: names unique among all groups, request fields that do not shadow
+    /// entity key fields. Returns them by name.
+    fn check_on_demand(
+        &self,
+        groups: &BTreeMap<&str, usize>,
+        errors: &mut Vec<SpecError>,
+    ) -> BTreeMap<&str, usize> {
+        let on_demand = first_by_name(
+            SpecKind::FeatureGroup,
+            self.on_demand.iter().map(|d| &d.head),
+            errors,
+        );
+        for (name, &i) in &on_demand {
+            if let Some(&g) = groups.get(name) {
+                let (head, stored) = (&self.on_demand[i].head, &self.groups[g].head);
+                errors.push(error_at(
+                    &head.origin,
+                    "name",
+                    format!(
+                        "duplicate FeatureGroup `{name}`: already declared at {}:{}",
+                        stored.origin.file, stored.origin.line
+                    ),
+                ));
+            }
+        }
+        let keys: BTreeSet<&str> = self
+            .entities
+            .iter()
+            .flat_map(|e| e.keys.iter().flatten())
+            .map(|k| k.name.as_str())
+            .collect();
+        for draft in &self.on_demand {
+            for field in &draft.request {
+                if keys.contains(field.name.value.as_str()) {
+                    errors.push(error_at(
+                        &field.name.origin,
+                        &field.name.field,
+                        format!(
+                            "`{}` is an entity key field: expressions read it without declaring it",
+                            field.name.value
+                        ),
+                    ));
+                }
+            }
+        }
+        on_demand
     }
 
     fn check_ingestion(
@@ -163,11 +228,15 @@ impl Drafts {
         }
         let Some(into) = &ingestion.into else { return };
         let Some(&g) = groups.get(into.value.as_str()) else {
-            errors.push(error_at(
-                &into.origin,
-                &into.field,
-                unknown("feature group", &into.value, groups),
-            ));
+            let message = if self.on_demand.iter().any(|d| d.head.name == into.value) {
+                format!(
+                    "`{}` is an on-demand group: its features are computed for each request, never ingested",
+                    into.value
+                )
+            } else {
+                unknown("feature group", &into.value, groups)
+            };
+            errors.push(error_at(&into.origin, &into.field, message));
             return;
         };
         let group = &self.groups[g];

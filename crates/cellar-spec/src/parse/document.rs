@@ -435,12 +435,24 @@ impl Doc<'_> {
                     drafts.entities.push(draft);
                 }
             }
+            SpecKind::FeatureGroup
+                if root
+                    .get_scalar("type")
+                    .is_some_and(|t| t.as_str().trim() == "on_demand") =>
+            {
+                let draft = self.on_demand_group(root, head);
+                if !draft.head.name.is_empty() {
+                    drafts.on_demand.push(draft);
+                }
+            }
             SpecKind::FeatureGroup => {
                 let draft = self.group(root, head);
                 if !draft.head.name.is_empty() {
                     drafts.groups.push(draft);
                 }
             }
+            // Written as `kind: FeatureGroup` with `type: on_demand`.
+            SpecKind::OnDemandGroup => {}
             SpecKind::Ingestion => {
                 let draft = self.ingestion(root, head);
                 if !draft.head.name.is_empty() {

@@ -42,7 +42,7 @@ impl Doc<'_> {
             "attribute" => Ok(GroupKind::Attribute),
             "timeseries" => Ok(GroupKind::Timeseries),
             other => Err(format!(
-                "unknown group type `{other}`: expected `attribute` or `timeseries`"
+                "unknown group type `{other}`: expected `attribute`, `timeseries` or `on_demand`"
             )),
         });
         let features = self.features(root);

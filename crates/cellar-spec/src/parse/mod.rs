@@ -12,8 +12,8 @@
 //! Layout:
 //! - this file: [`parse_repo`], its errors, and the drafts and document reader the passes share;
 //! - `document`: YAML documents, their loading and the generic field readers;
-//! - `entity`, `group`, `ingestion` (with `mapping`, its features), `service`: the reader of each
-//!   spec kind, into a draft;
+//! - `entity`, `group`, `on_demand`, `ingestion` (with `mapping`, its features), `service`: the
+//!   reader of each spec kind, into a draft;
 //! - `scalars`: names, topics, durations and the other values written as text;
 //! - `suggest`: "did you mean" for misspelt names;
 //! - `cross_check`: the second pass, over all the drafts;
@@ -26,6 +26,7 @@ mod entity;
 mod group;
 mod ingestion;
 mod mapping;
+mod on_demand;
 mod scalars;
 mod service;
 mod suggest;
@@ -33,13 +34,14 @@ mod suggest;
 use std::collections::HashMap;
 
 use crate::model::{
-    AggregateFunction, EntityKeyField, FeatureExpr, GroupKind, IngestionSource, Origin, Retention,
-    ServingPolicy,
+    AggregateFunction, EntityKeyField, ExpressionCheck, FeatureExpr, GroupKind, IngestionSource,
+    Origin, Retention, ServingPolicy,
 };
 use crate::repo::FeatureRepo;
 use crate::value::ValueType;
 use document::split_documents;
 
+pub use on_demand::{expression_inputs, MAX_EXPRESSION_LEN};
 pub use scalars::{
     format_duration, parse_duration, parse_early_refresh, parse_jitter, topic_problem,
     MAX_ADMIT_AFTER, MAX_EARLY_REFRESH, MAX_TOPIC_LEN,
@@ -100,13 +102,30 @@ impl std::fmt::Display for SpecErrors {
 impl std::error::Error for SpecErrors {}
 
 /// Parses and validates the files of a feature repo, given as (path, text) pairs. Each file may
-/// hold several YAML documents separated by `---`.
+/// hold several YAML documents separated by `---`. On-demand features' expressions are not
+/// checked: see [`parse_repo_with`].
 pub fn parse_repo(files: &[(String, String)]) -> Result<FeatureRepo, SpecErrors> {
+    parse_repo_checked(files, None)
+}
+
+/// [`parse_repo`], with every on-demand feature's expression checked by `expressions` against
+/// the inputs it may read, its errors reported at the expression's line.
+pub fn parse_repo_with(
+    files: &[(String, String)],
+    expressions: &dyn ExpressionCheck,
+) -> Result<FeatureRepo, SpecErrors> {
+    parse_repo_checked(files, Some(expressions))
+}
+
+fn parse_repo_checked(
+    files: &[(String, String)],
+    expressions: Option<&dyn ExpressionCheck>,
+) -> Result<FeatureRepo, SpecErrors> {
     let parsed = std::thread::scope(|scope| {
         std::thread::Builder::new()
             .name("cellar-spec-parse".into())
             .stack_size(PARSER_STACK_BYTES)
-            .spawn_scoped(scope, || parse_repo_on_this_thread(files))
+            .spawn_scoped(scope, || parse_repo_on_this_thread(files, expressions))
             .map(|handle| handle.join())
     });
     match parsed {
@@ -130,7 +149,10 @@ fn internal_error(files: &[(String, String)], message: &str) -> SpecErrors {
     }])
 }
 
-fn parse_repo_on_this_thread(files: &[(String, String)]) -> Result<FeatureRepo, SpecErrors> {
+fn parse_repo_on_this_thread(
+    files: &[(String, String)],
+    expressions: Option<&dyn ExpressionCheck>,
+) -> Result<FeatureRepo, SpecErrors> {
     let mut drafts = Drafts::default();
     let mut errors = Vec::new();
     for (path, text) in files {
@@ -150,13 +172,20 @@ fn parse_repo_on_this_thread(files: &[(String, String)]) -> Result<FeatureRepo, 
     }
     drafts.cross_check(&mut errors);
     if errors.is_empty() {
+        let written = drafts.expressions();
         if let Some(repo) = drafts.build() {
-            return Ok(repo);
+            if let Some(check) = expressions {
+                errors.extend(on_demand::check_expressions(&repo, &written, check));
+            }
+            if errors.is_empty() {
+                return Ok(repo);
+            }
+        } else {
+            return Err(internal_error(
+                files,
+                "a spec was incomplete although no error was found",
+            ));
         }
-        return Err(internal_error(
-            files,
-            "a spec was incomplete although no error was found",
-        ));
     }
     let order: HashMap<&str, usize> = files
         .iter()
@@ -218,6 +247,27 @@ struct FeatureDraft {
 }
 
 #[derive(Debug)]
+struct OnDemandDraft {
+    head: Head,
+    request: Vec<RequestFieldDraft>,
+    features: Vec<OnDemandFeatureDraft>,
+}
+
+#[derive(Debug)]
+struct RequestFieldDraft {
+    name: Located<String>,
+    value_type: Option<ValueType>,
+}
+
+#[derive(Debug)]
+struct OnDemandFeatureDraft {
+    name: String,
+    value_type: Option<ValueType>,
+    expr: Option<Located<String>>,
+    description: Option<String>,
+}
+
+#[derive(Debug)]
 struct IngestionDraft {
     head: Head,
     into: Option<Located<String>>,
@@ -249,6 +299,7 @@ struct ServiceDraft {
 struct Drafts {
     entities: Vec<EntityDraft>,
     groups: Vec<GroupDraft>,
+    on_demand: Vec<OnDemandDraft>,
     ingestions: Vec<IngestionDraft>,
     services: Vec<ServiceDraft>,
 }

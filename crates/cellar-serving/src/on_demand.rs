@@ -1,0 +1,211 @@
+//! On-demand groups on the serving path: each feature's expression compiled once per applied
+//! repo against the inputs it reads, then evaluated per request over every row at once.
+
+use std::collections::BTreeSet;
+
+use cellar_expr::{Expression, Outcome, Scope};
+use cellar_spec::{FeatureRepo, OnDemandGroup, Value, ValueType, EVENT_TIME_INPUT};
+
+use crate::service::Row;
+
+/// Where an expression input's values come from in a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InputSource {
+    /// A request data field the caller sends.
+    Request(String),
+    /// An entity key column of the request.
+    Key(String),
+    /// A feature of a stored group read for the same rows: its value, or for a time series
+    /// the list of its values in the records read (newest first).
+    Stored { group: String, position: usize },
+    /// The event time of a stored group's record, or for a time series the list of its
+    /// records' event times (newest first).
+    EventTime { group: String },
+}
+
+/// An on-demand group ready to serve.
+#[derive(Debug)]
+pub struct ServedOnDemand {
+    pub spec: OnDemandGroup,
+    compiled: Result<Compiled, String>,
+}
+
+#[derive(Debug)]
+struct Compiled {
+    /// Only the inputs some feature reads, in the order of `sources`.
+    scope: Scope,
+    sources: Vec<(InputSource, ValueType)>,
+    /// One per feature, in spec order.
+    expressions: Vec<Expression>,
+}
+
+impl ServedOnDemand {
+    /// Compiles every feature of `spec` against `repo`. Applied repos were checked, so this
+    /// fails only for a registry written by an older version; the group then answers every
+    /// value with the reason.
+    pub fn new(spec: &OnDemandGroup, repo: &FeatureRepo) -> ServedOnDemand {
+        ServedOnDemand {
+            spec: spec.clone(),
+            compiled: compile(spec, repo)
+                .map_err(|e| format!("on-demand group `{}` cannot be served: {e}", spec.name)),
+        }
+    }
+
+    /// The stored groups whose records the features read.
+    pub fn stored_inputs(&self) -> BTreeSet<&str> {
+        match &self.compiled {
+            Ok(c) => c
+                .sources
+                .iter()
+                .filter_map(|(s, _)| match s {
+                    InputSource::Stored { group, .. } | InputSource::EventTime { group } => {
+                        Some(group.as_str())
+                    }
+                    _ => None,
+                })
+                .collect(),
+            Err(_) => BTreeSet::new(),
+        }
+    }
+
+    /// The request data fields and entity key columns the features read, with their types.
+    pub fn request_inputs(&self) -> impl Iterator<Item = &(InputSource, ValueType)> {
+        self.compiled
+            .iter()
+            .flat_map(|c| c.sources.iter())
+            .filter(|(s, _)| matches!(s, InputSource::Request(_) | InputSource::Key(_)))
+    }
+
+    /// The features at `selected` (positions in the spec) for `rows` rows. `column` gives each
+    /// input's values, one per row.
+    pub fn evaluate(
+        &self,
+        selected: &[usize],
+        rows: usize,
+        now_ms: i64,
+        mut column: impl FnMut(&InputSource, ValueType) -> Vec<Value>,
+    ) -> Vec<Row> {
+        let compiled = match &self.compiled {
+            Ok(c) => c,
+            Err(e) => {
+                return (0..rows)
+                    .map(|_| Row::Computed {
+                        values: vec![Err(e.clone()); selected.len()],
+                    })
+                    .collect()
+            }
+        };
+        let columns = compiled
+            .sources
+            .iter()
+            .map(|(source, t)| cellar_expr::arrow::column(*t, &column(source, *t)))
+            .collect();
+        let batch = match compiled.scope.batch(columns, rows, now_ms) {
+            Ok(batch) => batch,
+            Err(e) => {
+                return (0..rows)
+                    .map(|_| Row::Computed {
+                        values: vec![Err(e.to_string()); selected.len()],
+                    })
+                    .collect()
+            }
+        };
+        let mut by_feature: Vec<std::vec::IntoIter<Outcome>> = selected
+            .iter()
+            .map(|&f| compiled.expressions[f].evaluate_rows(&batch).into_iter())
+            .collect();
+        (0..rows)
+            .map(|_| Row::Computed {
+                values: by_feature
+                    .iter_mut()
+                    .map(|outcomes| outcomes.next().unwrap_or(Ok(Value::Null)))
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
+fn compile(spec: &OnDemandGroup, repo: &FeatureRepo) -> Result<Compiled, String> {
+    let all = cellar_spec::parse::expression_inputs(repo, spec);
+    let scope = Scope::new(all).map_err(|e| e.0)?;
+    // First against every input, to learn which ones are read; then against those alone, so a
+    // request builds only the columns its features need.
+    let mut read = BTreeSet::new();
+    for f in &spec.features {
+        let e = Expression::compile(&f.expr, &scope, f.value_type)
+            .map_err(|e| format!("feature `{}`: {e}", f.name))?;
+        read.extend(e.inputs_read(&scope));
+    }
+    let inputs: Vec<_> = read
+        .into_iter()
+        .map(|i| scope.inputs()[i].clone())
+        .collect();
+    let scope = Scope::new(inputs).map_err(|e| e.0)?;
+    let expressions = spec
+        .features
+        .iter()
+        .map(|f| {
+            Expression::compile(&f.expr, &scope, f.value_type)
+                .map_err(|e| format!("feature `{}`: {e}", f.name))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let sources = scope
+        .inputs()
+        .iter()
+        .map(|input| {
+            let source = match &input.qualifier {
+                Some(group) => {
+                    let stored = repo
+                        .group(group)
+                        .ok_or_else(|| format!("no feature group `{group}`"))?;
+                    match stored.feature_index(&input.name) {
+                        Some(position) => InputSource::Stored {
+                            group: group.clone(),
+                            position,
+                        },
+                        None if input.name == EVENT_TIME_INPUT => InputSource::EventTime {
+                            group: group.clone(),
+                        },
+                        None => {
+                            return Err(format!("group `{group}` has no feature `{}`", input.name))
+                        }
+                    }
+                }
+                None if spec.request.iter().any(|f| f.name == input.name) => {
+                    InputSource::Request(input.name.clone())
+                }
+                None => InputSource::Key(input.name.clone()),
+            };
+            Ok((source, input.value_type))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(Compiled {
+        scope,
+        sources,
+        expressions,
+    })
+}
+
+/// The value an on-demand input takes from a stored group's row: the feature's value (or the
+/// record's event time, for `position` `None`), or for a time series the list of them, newest
+/// first, nulls left out; null when nothing was found.
+pub fn stored_value(row: &Row, position: Option<usize>) -> Value {
+    let of = |r: &cellar_store::Record| match position {
+        Some(p) => r.value(p).clone(),
+        None => Value::Timestamp(r.event_time),
+    };
+    match row {
+        Row::Record {
+            record: Some(record),
+            ..
+        } => of(record),
+        Row::Series { records } if !records.is_empty() => Value::List(
+            records
+                .iter()
+                .map(of)
+                .filter(|v| *v != Value::Null)
+                .collect(),
+        ),
+        _ => Value::Null,
+    }
+}
