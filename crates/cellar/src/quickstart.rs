@@ -253,7 +253,7 @@ Try:
 
   curl -s http://{http}/get-online-features -d '{{"feature_service": "home_feed_ranker", "entities": {{"user_id": ["u1", "u1"], "article_id": ["a1", "a2"]}}}}'
 
-  curl -s http://{http}/v1/features -d '{{"entities": {{"user_id": ["u1", "u1"], "article_id": ["a1", "a2"]}}, "groups": ["feed_context"]}}'
+  curl -s http://{http}/v1/features -d '{{"entities": {{"user_id": ["u1", "u1"], "article_id": ["a7541", "a2"]}}, "groups": ["feed_context"]}}'
 
   curl -s http://{http}/v1/push -d '{{"group": "user_profile", "records": [{{"entity": {{"user_id": "u1"}}, "features": {{"country": "NZ", "age": 33, "keywords": ["kayak"]}}}}]}}'
 
