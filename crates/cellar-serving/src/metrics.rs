@@ -83,3 +83,83 @@ impl ServingMetrics {
         out
     }
 }
+
+/// Labels of an on-demand group's metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OnDemandLabels {
+    pub group: String,
+}
+
+/// Labels of computed values, by group and status.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ComputedLabels {
+    pub group: String,
+    /// `present`, `not_found` or `error`.
+    pub status: &'static str,
+}
+
+/// What on-demand groups cost and give: evaluation time per request and values by status.
+#[derive(Clone, Debug)]
+pub struct OnDemandMetrics {
+    evaluation: Family<OnDemandLabels, Histogram>,
+    values: Family<ComputedLabels, Counter>,
+}
+
+impl Default for OnDemandMetrics {
+    fn default() -> Self {
+        OnDemandMetrics {
+            // 1 us to about 0.5 s.
+            evaluation: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.000_001, 2.0, 20))
+            }),
+            values: Family::default(),
+        }
+    }
+}
+
+impl OnDemandMetrics {
+    /// Metrics registered in `registry`.
+    pub fn register(registry: &mut Registry) -> OnDemandMetrics {
+        let metrics = OnDemandMetrics::default();
+        registry.register(
+            "on_demand_evaluation_seconds",
+            "Time to compute an on-demand group's features for one request, by group",
+            metrics.evaluation.clone(),
+        );
+        registry.register(
+            "on_demand_values",
+            "On-demand values computed, by group and status (present, not_found, error)",
+            metrics.values.clone(),
+        );
+        metrics
+    }
+
+    pub fn observe(
+        &self,
+        group: &str,
+        elapsed: Duration,
+        present: u64,
+        not_found: u64,
+        errors: u64,
+    ) {
+        self.evaluation
+            .get_or_create(&OnDemandLabels {
+                group: group.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
+        for (status, n) in [
+            ("present", present),
+            ("not_found", not_found),
+            ("error", errors),
+        ] {
+            if n > 0 {
+                self.values
+                    .get_or_create(&ComputedLabels {
+                        group: group.to_owned(),
+                        status,
+                    })
+                    .inc_by(n);
+            }
+        }
+    }
+}

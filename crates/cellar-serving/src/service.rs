@@ -15,6 +15,7 @@ use cellar_store::{layout, PutOutcome, Record, RecordReader, TimeseriesQuery, Up
 use crate::catalog::{Catalog, ServedGroup};
 use crate::error::ServeError;
 use crate::limits::{records_per_row, RequestCost};
+use crate::metrics::OnDemandMetrics;
 use crate::on_demand::{InputSource, ServedOnDemand};
 
 /// Request limits and defaults of the serving path.
@@ -245,6 +246,7 @@ pub struct FeatureServer {
     event_times: EventTimeBounds,
     /// Where pushes are recorded.
     audit: Audit,
+    on_demand_metrics: OnDemandMetrics,
 }
 
 /// One stored group of a read, resolved against the catalog.
@@ -289,7 +291,14 @@ impl FeatureServer {
             limits,
             event_times: EventTimeBounds::default(),
             audit: Audit::tracing_only(),
+            on_demand_metrics: OnDemandMetrics::default(),
         }
+    }
+
+    /// The same server, measuring on-demand groups in `metrics`.
+    pub fn with_on_demand_metrics(mut self, metrics: OnDemandMetrics) -> FeatureServer {
+        self.on_demand_metrics = metrics;
+        self
     }
 
     /// The same server, recording pushes in `audit`.
@@ -778,7 +787,9 @@ impl FeatureServer {
             .on_demand
             .iter()
             .map(|d| {
-                d.group
+                let started = std::time::Instant::now();
+                let computed = d
+                    .group
                     .evaluate(&d.features, rows, now, |source, _| match source {
                         InputSource::Request(name) | InputSource::Key(name) => inputs
                             .get(name)
@@ -801,7 +812,9 @@ impl FeatureServer {
                                 None => vec![Value::Null; rows],
                             }
                         }
-                    })
+                    });
+                self.observe_on_demand(&d.group.spec.name, started.elapsed(), &computed);
+                computed
             })
             .collect();
         let mut computed: Vec<Option<Vec<Row>>> = computed.into_iter().map(Some).collect();
@@ -830,6 +843,26 @@ impl FeatureServer {
             entities: req.entities,
             groups,
         })
+    }
+}
+
+impl FeatureServer {
+    /// One on-demand group's evaluation time and values by status.
+    fn observe_on_demand(&self, group: &str, elapsed: Duration, rows: &[Row]) {
+        let (mut present, mut not_found, mut errors) = (0, 0, 0);
+        for row in rows {
+            if let Row::Computed { values } = row {
+                for v in values {
+                    match value_status(v) {
+                        Status::Present => present += 1,
+                        Status::Error => errors += 1,
+                        _ => not_found += 1,
+                    }
+                }
+            }
+        }
+        self.on_demand_metrics
+            .observe(group, elapsed, present, not_found, errors);
     }
 }
 

@@ -16,7 +16,7 @@ use cellar_jobs::{Executor, JobMetrics};
 use cellar_registry::Registry;
 use cellar_serving::http::{router, HttpState};
 use cellar_serving::listener::{self, ListenerLimits, ListenerMetrics, Observed, Security};
-use cellar_serving::metrics::ServingMetrics;
+use cellar_serving::metrics::{OnDemandMetrics, ServingMetrics};
 use cellar_serving::tls::ServerTls;
 use cellar_serving::{Catalog, FeatureServer, FeatureServing, Limits};
 use cellar_store::embedded::EmbeddedStore;
@@ -202,10 +202,12 @@ impl Node {
             writer = writer.with_remote(remote.clone());
         }
         let event_times = config.event_time.bounds().map_err(|e| anyhow::anyhow!(e))?;
+        let on_demand_metrics = OnDemandMetrics::register(metrics.registry_mut());
         let server = Arc::new(
             FeatureServer::new(catalog, reader, writer.clone(), limits)
                 .with_event_times(event_times)
-                .with_audit(audit.clone()),
+                .with_audit(audit.clone())
+                .with_on_demand_metrics(on_demand_metrics),
         );
         let ingestion = if config.ingest.in_server {
             let ingestion = Arc::new(StreamIngestion::open(&config, writer.clone(), &repo)?);

@@ -254,6 +254,29 @@ async fn on_demand_features_are_computed_per_row_with_a_status_per_value() {
     assert_eq!(body["results"][2]["values"], json!(["food"]));
     assert_eq!(body["results"][4]["values"], json!([true]));
     assert_eq!(body["results"][4]["statuses"], json!(["PRESENT"]));
+
+    // Two evaluations: of the first request's 12 values one failed and five were null; the
+    // second request's four all computed.
+    let metrics = node
+        .client
+        .get(format!("{}/metrics", node.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"cellar_on_demand_evaluation_seconds_count{group="feed_signals"} 2"#,
+        r#"cellar_on_demand_values_total{group="feed_signals",status="present"} 10"#,
+        r#"cellar_on_demand_values_total{group="feed_signals",status="not_found"} 5"#,
+        r#"cellar_on_demand_values_total{group="feed_signals",status="error"} 1"#,
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no `{line}` in:\n{metrics}"
+        );
+    }
 }
 
 #[tokio::test]
