@@ -91,6 +91,15 @@ features:
   - name: clicked_before
     type: bool
     expr: array_has(recent_clicked_articles.article_id, article_id)
+  - name: recent_clicks
+    type: int64
+    expr: cardinality(recent_clicked_articles.article_id)
+  - name: keyword_count
+    type: int64
+    expr: cardinality(user_profile.keywords)
+  - name: age_weighted_ctr
+    type: float64
+    expr: article_stats.ctr_7d * CASE WHEN user_profile.age < 30 THEN 1.2 ELSE 1.0 END
 "#,
     ),
     (
@@ -102,6 +111,15 @@ features:
   - user_profile:*
   - recent_clicked_articles:article_id
   - article_stats:ctr_7d
+---
+# The same, with the request-time features of feed_context.
+kind: FeatureService
+name: home_feed_ranker_live
+features:
+  - user_profile:*
+  - recent_clicked_articles:article_id
+  - article_stats:ctr_7d
+  - feed_context:*
 "#,
     ),
 ];
