@@ -13,25 +13,12 @@ export CELLAR_SERVER__WORKER_THREADS="${3:-0}"
 PORT=6590
 BASE_PORT=6591
 
-command -v wrk >/dev/null 2>&1 || { apt-get update -qq >/dev/null; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
-source scripts/services.sh
-ensure_build_packages
-if [ -n "${CELLAR_BIN:-}" ]; then
-    BIN="$CELLAR_BIN"
-else
-    cargo build --release -j2 -p cellar >&2
-    BIN="${CARGO_TARGET_DIR:-target}/release/cellar"
-fi
+source scripts/bench-lib.sh
 
 WORK=$(mktemp -d /tmp/cellar-bench.XXXXXX)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
-
-wait_http() { # url
-    for _ in $(seq 1 600); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.2; done
-    echo "no answer from $1" >&2; return 1
-}
 
 "$BIN" quickstart --data-dir "$WORK/data" --listen "127.0.0.1:$PORT" --grpc-listen "127.0.0.1:$((PORT + 10))" >"$WORK/quickstart.log" 2>&1 &
 PIDS+=($!)
@@ -84,19 +71,7 @@ load() { # url [script]
         out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$1")
     fi
     echo "$out" >>"$WORK/wrk.log"
-    python3 - "$out" <<'PY'
-import re, sys
-out = sys.argv[1]
-def ms(label):
-    m = re.search(r"^\s*%s\s+([\d.]+)(us|ms|s)\s*$" % label, out, re.M)
-    v, u = float(m.group(1)), m.group(2)
-    return v / 1000 if u == "us" else v * 1000 if u == "s" else v
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-if errors:
-    sys.exit("wrk saw %s error responses" % errors.group(1))
-print("%.0f %.3f %.3f" % (rps, ms("50%"), ms("99%")))
-PY
+    echo "$out" | wrk_summary
 }
 
 # Warm the local tier with every user and article: the first read of each key goes to the store.

@@ -257,6 +257,7 @@ fn sample_repo() -> FeatureRepo {
             expr: "length(user_profile.country) + boost".to_owned(),
             description: None,
         }],
+        sources: Vec::new(),
         description: None,
     };
     let mut repo = FeatureRepo {

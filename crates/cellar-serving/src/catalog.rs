@@ -6,6 +6,7 @@ use std::sync::Arc;
 use cellar_spec::{Entity, FeatureGroup, FeatureRepo, FeatureService};
 
 use crate::on_demand::ServedOnDemand;
+use crate::sources::SourceMetrics;
 
 /// A feature group with its entity, ready to serve.
 #[derive(Debug)]
@@ -31,6 +32,11 @@ impl Catalog {
     /// Builds the catalog of an applied (validated) repo. Groups whose entity is missing are
     /// skipped; validation rejects such repos before they are applied.
     pub fn new(repo: &FeatureRepo) -> Catalog {
+        Catalog::with_source_metrics(repo, &SourceMetrics::default())
+    }
+
+    /// [`Catalog::new`], its on-demand groups' external sources measured in `metrics`.
+    pub fn with_source_metrics(repo: &FeatureRepo, metrics: &SourceMetrics) -> Catalog {
         let mut groups = HashMap::new();
         for g in &repo.groups {
             if let Some(entity) = repo.entity(&g.entity) {
@@ -47,7 +53,12 @@ impl Catalog {
         let on_demand = repo
             .on_demand
             .iter()
-            .map(|g| (g.name.clone(), Arc::new(ServedOnDemand::new(g, repo))))
+            .map(|g| {
+                (
+                    g.name.clone(),
+                    Arc::new(ServedOnDemand::new(g, repo, metrics)),
+                )
+            })
             .collect();
         let services = repo
             .services

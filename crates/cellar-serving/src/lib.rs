@@ -7,6 +7,8 @@
 //! - [`error`]: serving errors and the one table mapping them to HTTP and gRPC codes;
 //! - [`catalog`]: the applied specs, looked up by name;
 //! - [`on_demand`]: on-demand groups, compiled per applied repo and evaluated per request;
+//! - [`sources`]: the external HTTP sources on-demand features read, with their timeouts,
+//!   breakers and caches;
 //! - [`limits`]: what one read may cost, and repeated groups merged;
 //! - [`listener`]: serving a router on a TCP listener with timeouts, a connection limit and
 //!   load shedding, TLS and authentication;
@@ -30,6 +32,7 @@ pub mod listener;
 pub mod metrics;
 pub mod on_demand;
 pub mod service;
+pub mod sources;
 pub mod tls;
 
 pub use catalog::Catalog;

@@ -6,7 +6,10 @@ use std::collections::BTreeSet;
 use cellar_expr::{Expression, Outcome, Scope};
 use cellar_spec::{FeatureRepo, OnDemandGroup, Value, ValueType, EVENT_TIME_INPUT};
 
+use std::sync::Arc;
+
 use crate::service::Row;
+use crate::sources::{SourceClient, SourceMetrics};
 
 /// Where an expression input's values come from in a request.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,6 +24,9 @@ pub enum InputSource {
     /// The event time of a stored group's record, or for a time series the list of its
     /// records' event times (newest first).
     EventTime { group: String },
+    /// A field of one of the group's external sources (indices into its `sources` and the
+    /// source's `fields`).
+    External { source: usize, field: usize },
 }
 
 /// An on-demand group ready to serve.
@@ -28,6 +34,8 @@ pub enum InputSource {
 pub struct ServedOnDemand {
     pub spec: OnDemandGroup,
     compiled: Result<Compiled, String>,
+    /// One client per external source of the spec, in its order.
+    clients: Vec<Arc<SourceClient>>,
 }
 
 #[derive(Debug)]
@@ -37,18 +45,45 @@ struct Compiled {
     sources: Vec<(InputSource, ValueType)>,
     /// One per feature, in spec order.
     expressions: Vec<Expression>,
+    /// For each feature, the inputs it reads: an input's error in a row is the feature's.
+    reads: Vec<Vec<usize>>,
 }
 
 impl ServedOnDemand {
     /// Compiles every feature of `spec` against `repo`. Applied repos were checked, so this
     /// fails only for a registry written by an older version; the group then answers every
     /// value with the reason.
-    pub fn new(spec: &OnDemandGroup, repo: &FeatureRepo) -> ServedOnDemand {
+    pub fn new(
+        spec: &OnDemandGroup,
+        repo: &FeatureRepo,
+        metrics: &SourceMetrics,
+    ) -> ServedOnDemand {
         ServedOnDemand {
             spec: spec.clone(),
             compiled: compile(spec, repo)
                 .map_err(|e| format!("on-demand group `{}` cannot be served: {e}", spec.name)),
+            clients: spec
+                .sources
+                .iter()
+                .map(|s| Arc::new(SourceClient::new(s, metrics.clone())))
+                .collect(),
         }
+    }
+
+    /// The external sources the features read (indices into the spec's `sources`).
+    pub fn sources_read(&self) -> BTreeSet<usize> {
+        self.compiled
+            .iter()
+            .flat_map(|c| c.sources.iter())
+            .filter_map(|(s, _)| match s {
+                InputSource::External { source, .. } => Some(*source),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn client(&self, source: usize) -> Option<&Arc<SourceClient>> {
+        self.clients.get(source)
     }
 
     /// The stored groups whose records the features read.
@@ -77,13 +112,14 @@ impl ServedOnDemand {
     }
 
     /// The features at `selected` (positions in the spec) for `rows` rows. `column` gives each
-    /// input's values, one per row.
+    /// input's values, one per row, or why a row has none: a feature reading it gets that
+    /// error in that row.
     pub fn evaluate(
         &self,
         selected: &[usize],
         rows: usize,
         now_ms: i64,
-        mut column: impl FnMut(&InputSource, ValueType) -> Vec<Value>,
+        mut column: impl FnMut(&InputSource, ValueType) -> Vec<Result<Value, String>>,
     ) -> Vec<Row> {
         let compiled = match &self.compiled {
             Ok(c) => c,
@@ -95,10 +131,21 @@ impl ServedOnDemand {
                     .collect()
             }
         };
+        let given: Vec<Vec<Result<Value, String>>> = compiled
+            .sources
+            .iter()
+            .map(|(source, t)| column(source, *t))
+            .collect();
         let columns = compiled
             .sources
             .iter()
-            .map(|(source, t)| cellar_expr::arrow::column(*t, &column(source, *t)))
+            .zip(&given)
+            .map(|((_, t), values)| {
+                cellar_expr::arrow::column(
+                    *t,
+                    values.iter().map(|v| v.as_ref().unwrap_or(&Value::Null)),
+                )
+            })
             .collect();
         let batch = match compiled.scope.batch(columns, rows, now_ms) {
             Ok(batch) => batch,
@@ -112,7 +159,19 @@ impl ServedOnDemand {
         };
         let mut by_feature: Vec<std::vec::IntoIter<Outcome>> = selected
             .iter()
-            .map(|&f| compiled.expressions[f].evaluate_rows(&batch).into_iter())
+            .map(|&f| {
+                let mut outcomes = compiled.expressions[f].evaluate_rows(&batch);
+                for &input in &compiled.reads[f] {
+                    for (row, value) in given[input].iter().enumerate() {
+                        if let (Err(e), Some(outcome)) = (value, outcomes.get_mut(row)) {
+                            if outcome.is_ok() {
+                                *outcome = Err(e.clone());
+                            }
+                        }
+                    }
+                }
+                outcomes.into_iter()
+            })
             .collect();
         (0..rows)
             .map(|_| Row::Computed {
@@ -141,7 +200,7 @@ fn compile(spec: &OnDemandGroup, repo: &FeatureRepo) -> Result<Compiled, String>
         .map(|i| scope.inputs()[i].clone())
         .collect();
     let scope = Scope::new(inputs).map_err(|e| e.0)?;
-    let expressions = spec
+    let expressions: Vec<Expression> = spec
         .features
         .iter()
         .map(|f| {
@@ -153,6 +212,17 @@ fn compile(spec: &OnDemandGroup, repo: &FeatureRepo) -> Result<Compiled, String>
         .inputs()
         .iter()
         .map(|input| {
+            let external = input.qualifier.as_ref().and_then(|q| {
+                let source = spec.sources.iter().position(|s| s.name == *q)?;
+                let field = spec.sources[source]
+                    .fields
+                    .iter()
+                    .position(|f| f.name == input.name)?;
+                Some(InputSource::External { source, field })
+            });
+            if let Some(external) = external {
+                return Ok((external, input.value_type));
+            }
             let source = match &input.qualifier {
                 Some(group) => {
                     let stored = repo
@@ -179,10 +249,12 @@ fn compile(spec: &OnDemandGroup, repo: &FeatureRepo) -> Result<Compiled, String>
             Ok((source, input.value_type))
         })
         .collect::<Result<Vec<_>, String>>()?;
+    let reads = expressions.iter().map(|e| e.inputs_read(&scope)).collect();
     Ok(Compiled {
         scope,
         sources,
         expressions,
+        reads,
     })
 }
 

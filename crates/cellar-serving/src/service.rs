@@ -17,6 +17,11 @@ use crate::error::ServeError;
 use crate::limits::{records_per_row, RequestCost};
 use crate::metrics::OnDemandMetrics;
 use crate::on_demand::{InputSource, ServedOnDemand};
+use crate::sources::SourceMetrics;
+
+/// The share of a read's deadline external sources may take: the rest is for computing and
+/// answering, so a slow source never makes the read miss its deadline.
+const SOURCE_SHARE_OF_DEADLINE: f64 = 0.8;
 
 /// Request limits and defaults of the serving path.
 #[derive(Debug, Clone)]
@@ -247,6 +252,9 @@ pub struct FeatureServer {
     /// Where pushes are recorded.
     audit: Audit,
     on_demand_metrics: OnDemandMetrics,
+    /// Where the external sources of the catalogs built by [`FeatureServer::catalog_for`] are
+    /// measured.
+    source_metrics: SourceMetrics,
 }
 
 /// One stored group of a read, resolved against the catalog.
@@ -292,7 +300,20 @@ impl FeatureServer {
             event_times: EventTimeBounds::default(),
             audit: Audit::tracing_only(),
             on_demand_metrics: OnDemandMetrics::default(),
+            source_metrics: SourceMetrics::default(),
         }
+    }
+
+    /// The same server, measuring external sources in `metrics` (the catalog given to
+    /// [`FeatureServer::new`] should be built with the same).
+    pub fn with_source_metrics(mut self, metrics: SourceMetrics) -> FeatureServer {
+        self.source_metrics = metrics;
+        self
+    }
+
+    /// The catalog of `repo`, its external sources measured with this server's metrics.
+    pub fn catalog_for(&self, repo: &cellar_spec::FeatureRepo) -> Catalog {
+        Catalog::with_source_metrics(repo, &self.source_metrics)
     }
 
     /// The same server, measuring on-demand groups in `metrics`.
@@ -511,6 +532,40 @@ impl FeatureServer {
         })
     }
 
+    /// The calls to external sources a read makes: (on-demand group, source, each row's key
+    /// values). A key column a source needs and the request lacks is the caller's error.
+    #[allow(clippy::type_complexity)]
+    fn source_calls(
+        &self,
+        resolved: &Resolved,
+        entities: &[(String, Vec<serde_json::Value>)],
+        rows: usize,
+    ) -> Result<Vec<(usize, usize, Vec<Vec<serde_json::Value>>)>, ServeError> {
+        let mut calls = Vec::new();
+        for (di, d) in resolved.on_demand.iter().enumerate() {
+            for source in d.group.sources_read() {
+                let Some(spec) = d.group.spec.sources.get(source) else {
+                    continue;
+                };
+                let mut columns = Vec::with_capacity(spec.keys.len());
+                for key in &spec.keys {
+                    let Some((_, values)) = entities.iter().find(|(n, _)| n == key) else {
+                        return Err(ServeError::invalid(format!(
+                            "entities: on-demand group `{}` needs `{key}` for its source `{}`",
+                            d.group.spec.name, spec.name
+                        )));
+                    };
+                    columns.push(values);
+                }
+                let keys = (0..rows)
+                    .map(|row| columns.iter().map(|c| c[row].clone()).collect())
+                    .collect();
+                calls.push((di, source, keys));
+            }
+        }
+        Ok(calls)
+    }
+
     /// The request data and entity key columns the on-demand groups of a read need, as
     /// values of their types. A missing column or a value of the wrong type is the caller's
     /// error, named.
@@ -528,7 +583,9 @@ impl FeatureServer {
                 let (name, given, what) = match source {
                     InputSource::Request(name) => (name, &req.request_data, "request_data"),
                     InputSource::Key(name) => (name, &req.entities, "entities"),
-                    InputSource::Stored { .. } | InputSource::EventTime { .. } => continue,
+                    InputSource::Stored { .. }
+                    | InputSource::EventTime { .. }
+                    | InputSource::External { .. } => continue,
                 };
                 if columns.contains_key(name) {
                     continue;
@@ -710,6 +767,7 @@ impl FeatureServer {
     }
 
     async fn read(&self, mut req: FeatureRequest) -> Result<FeatureResponse, ServeError> {
+        let started = std::time::Instant::now();
         let catalog = self.catalog();
         // Request fields sent among the entity columns (as Feast sends request-source fields)
         // are request data.
@@ -770,31 +828,49 @@ impl FeatureServer {
         }
         cost.check(self.limits.max_request_cost)?;
         let inputs = self.request_inputs(&resolved, &req, rows)?;
-        let mut stored_rows: Vec<Vec<Row>> = if resolved.stored.len() == 1 {
-            let r = &resolved.stored[0];
-            let keys = self.keys_for(&r.group, &req.entities, rows)?;
-            vec![self.read_group(r, keys).await?]
-        } else {
-            let mut reads = Vec::with_capacity(resolved.stored.len());
-            for r in &resolved.stored {
+        let calls = self.source_calls(&resolved, &req.entities, rows)?;
+        let reads = async {
+            if resolved.stored.len() == 1 {
+                let r = &resolved.stored[0];
                 let keys = self.keys_for(&r.group, &req.entities, rows)?;
-                reads.push(self.read_group(r, keys));
+                Ok(vec![self.read_group(r, keys).await?])
+            } else {
+                let mut reads = Vec::with_capacity(resolved.stored.len());
+                for r in &resolved.stored {
+                    let keys = self.keys_for(&r.group, &req.entities, rows)?;
+                    reads.push(self.read_group(r, keys));
+                }
+                futures::future::try_join_all(reads).await
             }
-            futures::future::try_join_all(reads).await?
         };
+        // External sources are called while the stored groups are read; a source answers by
+        // the source deadline or fails on its own, never the request.
+        let source_deadline = started + self.limits.deadline.mul_f64(SOURCE_SHARE_OF_DEADLINE);
+        let fetches = futures::future::join_all(calls.iter().map(|(d, source, keys)| {
+            let client = resolved.on_demand[*d].group.client(*source).cloned();
+            async move {
+                match client {
+                    Some(client) => client.fetch(keys, source_deadline).await,
+                    None => Err("no client for the source".to_owned()),
+                }
+            }
+        }));
+        let (stored_rows, fetched) = tokio::join!(reads, fetches);
+        let mut stored_rows: Vec<Vec<Row>> = stored_rows?;
         let now = now_ms();
         let computed: Vec<Vec<Row>> = resolved
             .on_demand
             .iter()
-            .map(|d| {
+            .enumerate()
+            .map(|(di, d)| {
                 let started = std::time::Instant::now();
                 let computed = d
                     .group
                     .evaluate(&d.features, rows, now, |source, _| match source {
                         InputSource::Request(name) | InputSource::Key(name) => inputs
                             .get(name)
-                            .cloned()
-                            .unwrap_or_else(|| vec![Value::Null; rows]),
+                            .map(|values| values.iter().cloned().map(Ok).collect())
+                            .unwrap_or_else(|| vec![Ok(Value::Null); rows]),
                         InputSource::Stored { group, .. } | InputSource::EventTime { group } => {
                             let position = match source {
                                 InputSource::Stored { position, .. } => Some(*position),
@@ -807,9 +883,38 @@ impl FeatureServer {
                             {
                                 Some(g) => stored_rows[g]
                                     .iter()
-                                    .map(|row| crate::on_demand::stored_value(row, position))
+                                    .map(|row| Ok(crate::on_demand::stored_value(row, position)))
                                     .collect(),
-                                None => vec![Value::Null; rows],
+                                None => vec![Ok(Value::Null); rows],
+                            }
+                        }
+                        InputSource::External { source, field } => {
+                            let fallback = d
+                                .group
+                                .spec
+                                .sources
+                                .get(*source)
+                                .and_then(|s| s.fields.get(*field))
+                                .and_then(|f| f.fallback.clone());
+                            let answer = calls
+                                .iter()
+                                .position(|(g, s, _)| *g == di && *s == *source)
+                                .and_then(|i| fetched.get(i));
+                            let value = |v: Result<Value, String>| match (v, &fallback) {
+                                (Err(_), Some(f)) => Ok(f.clone()),
+                                (v, _) => v,
+                            };
+                            match answer {
+                                Some(Ok(answers)) => answers
+                                    .iter()
+                                    .map(|row| {
+                                        value(row.get(*field).cloned().unwrap_or(Ok(Value::Null)))
+                                    })
+                                    .collect(),
+                                Some(Err(e)) => vec![value(Err(e.clone())); rows],
+                                None => {
+                                    vec![value(Err("the source was not called".to_owned())); rows]
+                                }
                             }
                         }
                     });

@@ -116,6 +116,7 @@ fn repo() -> FeatureRepo {
                 on_demand_feature("latest_url", "string", "array_element(clicks.url, 1)"),
                 on_demand_feature("per_year_over_36", "int64", "100 / (profile.age - 36)"),
             ],
+            sources: Vec::new(),
             description: None,
         }],
         ingestions: Vec::new(),

@@ -264,8 +264,49 @@ pub struct OnDemandGroup {
     /// Fields the caller sends with each request row.
     pub request: Vec<RequestField>,
     pub features: Vec<OnDemandFeature>,
+    /// External sources its expressions read, by name (`credit.score`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<OnDemandSource>,
     #[serde(default)]
     pub description: Option<String>,
+}
+
+/// An HTTP endpoint on-demand features read per request: one POST with the entity keys of
+/// every row, answered with one object of fields per row. Its values are never stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OnDemandSource {
+    pub name: String,
+    /// `http://` or `https://`; may hold secret references, resolved at each call.
+    pub url: String,
+    /// Request headers; credentials only as secret references (`Bearer ${CREDIT_TOKEN}`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, String)>,
+    /// The entity key fields sent for each row.
+    pub keys: Vec<String>,
+    pub fields: Vec<SourceField>,
+    /// How long one call may take; a request's deadline bounds it too.
+    pub timeout: Duration,
+    /// Calls in flight at once, over all requests.
+    pub max_concurrency: u32,
+    /// Further attempts after a failed call, within the timeout's budget.
+    pub retries: u32,
+    /// Consecutive failed calls that open the circuit breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker refuses calls before letting one through.
+    pub breaker_open_for: Duration,
+    /// How long a row's answer is kept in process; zero: never kept.
+    pub cache_ttl: Duration,
+}
+
+/// One field an external source answers, with what stands in when it cannot be had.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceField {
+    pub name: String,
+    pub value_type: ValueType,
+    /// Used when the source fails or answers a value of the wrong type; without it, the
+    /// features that read the field get an error status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<crate::value::Value>,
 }
 
 impl OnDemandGroup {

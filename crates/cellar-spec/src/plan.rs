@@ -527,6 +527,18 @@ fn diff_on_demand(old: &OnDemandGroup, new: &OnDemandGroup, d: &mut Diff) {
     {
         d.detail("features reordered".into());
     }
+    for source in &old.sources {
+        match new.sources.iter().find(|n| n.name == source.name) {
+            None => d.detail(format!("source `{}` removed", source.name)),
+            Some(n) if n != source => d.detail(format!("source `{}` changed", source.name)),
+            Some(_) => {}
+        }
+    }
+    for n in &new.sources {
+        if !old.sources.iter().any(|s| s.name == n.name) {
+            d.detail(format!("source `{}` added", n.name));
+        }
+    }
     d.field("description", &old.description, &new.description, optional);
 }
 

@@ -31,6 +31,25 @@ pub fn entity_columns(args: &[String]) -> anyhow::Result<serde_json::Map<String,
     Ok(columns)
 }
 
+/// Request data columns from `field=value` arguments: a value is JSON where it parses as
+/// JSON (`52.5`, `true`, `["a","b"]`), else text.
+pub fn request_columns(args: &[String]) -> anyhow::Result<serde_json::Map<String, Json>> {
+    let mut columns = serde_json::Map::new();
+    for a in args {
+        let (k, v) = a
+            .split_once('=')
+            .with_context(|| format!("request field `{a}` is not written as field=value"))?;
+        let value = serde_json::from_str(v).unwrap_or_else(|_| Json::String(v.to_owned()));
+        let entry = columns
+            .entry(k.to_owned())
+            .or_insert_with(|| Json::Array(Vec::new()));
+        if let Json::Array(values) = entry {
+            values.push(value);
+        }
+    }
+    Ok(columns)
+}
+
 /// An error answer of the server: its status and message.
 #[derive(Debug, thiserror::Error)]
 #[error("{status}: {message}")]
@@ -441,6 +460,22 @@ mod tests {
         let cols = entity_columns(&["user_id=u1".into(), "user_id=u2".into()]).unwrap();
         assert_eq!(Json::Object(cols), json!({"user_id": ["u1", "u2"]}));
         assert!(entity_columns(&["u1".into()]).is_err());
+    }
+
+    #[test]
+    fn request_arguments_become_typed_columns() {
+        let cols = request_columns(&[
+            "lat=52.5".into(),
+            "lat=-1".into(),
+            "city=Paris".into(),
+            "tags=[\"a\"]".into(),
+        ])
+        .unwrap();
+        assert_eq!(
+            Json::Object(cols),
+            json!({"lat": [52.5, -1], "city": ["Paris"], "tags": [["a"]]})
+        );
+        assert!(request_columns(&["lat".into()]).is_err());
     }
 
     #[test]

@@ -73,6 +73,10 @@ enum Command {
         /// Entity key as key=value; repeat for more rows.
         #[arg(long = "entity", short = 'e', required = true)]
         entities: Vec<String>,
+        /// Request data of on-demand groups as field=value (JSON if it parses: 52.5, true,
+        /// [1,2]; else text); repeat for more rows.
+        #[arg(long = "request", short = 'r')]
+        request: Vec<String>,
         /// Feature group to read; repeat for more.
         #[arg(long = "group", short = 'g')]
         groups: Vec<String>,
@@ -394,6 +398,7 @@ async fn run(cli: Cli, mut config: Config) -> anyhow::Result<()> {
         }
         Command::Get {
             entities,
+            request,
             groups,
             features,
             service,
@@ -402,7 +407,7 @@ async fn run(cli: Cli, mut config: Config) -> anyhow::Result<()> {
             json,
             server,
         } => {
-            let body = client::features_body(
+            let mut body = client::features_body(
                 client::entity_columns(&entities)?,
                 &groups,
                 &features,
@@ -410,6 +415,10 @@ async fn run(cli: Cli, mut config: Config) -> anyhow::Result<()> {
                 window.as_deref(),
                 service.as_deref(),
             )?;
+            if !request.is_empty() {
+                body["request_data"] =
+                    serde_json::Value::Object(client::request_columns(&request)?);
+            }
             let answer = client::post(&server, "/v1/features", &body).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&answer)?);

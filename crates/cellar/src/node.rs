@@ -17,6 +17,7 @@ use cellar_registry::Registry;
 use cellar_serving::http::{router, HttpState};
 use cellar_serving::listener::{self, ListenerLimits, ListenerMetrics, Observed, Security};
 use cellar_serving::metrics::{OnDemandMetrics, ServingMetrics};
+use cellar_serving::sources::SourceMetrics;
 use cellar_serving::tls::ServerTls;
 use cellar_serving::{Catalog, FeatureServer, FeatureServing, Limits};
 use cellar_store::embedded::EmbeddedStore;
@@ -157,7 +158,6 @@ impl Node {
             Some(applied) => (applied.repo, applied.version),
             None => (FeatureRepo::default(), 0),
         };
-        let catalog = Catalog::new(&repo);
         let cache_metrics = CacheMetrics::default();
         // Reads that reach the store are timed and counted on their way.
         let measured: Arc<dyn RecordReader> =
@@ -203,11 +203,14 @@ impl Node {
         }
         let event_times = config.event_time.bounds().map_err(|e| anyhow::anyhow!(e))?;
         let on_demand_metrics = OnDemandMetrics::register(metrics.registry_mut());
+        let source_metrics = SourceMetrics::register(metrics.registry_mut());
+        let catalog = Catalog::with_source_metrics(&repo, &source_metrics);
         let server = Arc::new(
             FeatureServer::new(catalog, reader, writer.clone(), limits)
                 .with_event_times(event_times)
                 .with_audit(audit.clone())
-                .with_on_demand_metrics(on_demand_metrics),
+                .with_on_demand_metrics(on_demand_metrics)
+                .with_source_metrics(source_metrics),
         );
         let ingestion = if config.ingest.in_server {
             let ingestion = Arc::new(StreamIngestion::open(&config, writer.clone(), &repo)?);
@@ -526,7 +529,7 @@ async fn reload_catalog(
         match registry.current().await {
             Ok(Some(applied)) if applied.version != version => {
                 version = applied.version;
-                server.reload(Catalog::new(&applied.repo));
+                server.reload(server.catalog_for(&applied.repo));
                 if let Some(ingestion) = &ingestion {
                     ingestion.reload(&applied.repo);
                 }

@@ -365,3 +365,254 @@ fn wrong_expressions_are_refused_at_plan_with_file_and_line() {
         "{err}"
     );
 }
+
+/// A credit-score service the test runs: it answers, answers slowly, fails, or answers a
+/// value of the wrong type, as `mode` says; it counts its calls and wants its token.
+struct CreditSource {
+    url: String,
+    mode: std::sync::Arc<std::sync::atomic::AtomicU8>,
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+const ANSWER: u8 = 0;
+const SLOW: u8 = 1;
+const FAIL: u8 = 2;
+const WRONG_TYPE: u8 = 3;
+
+async fn credit_source() -> CreditSource {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    let mode = Arc::new(std::sync::atomic::AtomicU8::new(ANSWER));
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (m, c) = (mode.clone(), calls.clone());
+    let app = axum::Router::new().route(
+        "/score",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::Json<Value>| {
+                let (m, c) = (m.clone(), c.clone());
+                async move {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    if headers.get("authorization").and_then(|v| v.to_str().ok())
+                        != Some("Bearer t0ken-from-env")
+                    {
+                        return (axum::http::StatusCode::UNAUTHORIZED, axum::Json(json!({})));
+                    }
+                    let mode = m.load(Ordering::SeqCst);
+                    if mode == SLOW {
+                        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+                    }
+                    if mode == FAIL {
+                        return (
+                            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                            axum::Json(json!({})),
+                        );
+                    }
+                    let rows: Vec<Value> = body.0["keys"]["user_id"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|k| match (k.as_str(), mode) {
+                            (Some("u1"), WRONG_TYPE) => json!({"score": "high", "tier": "gold"}),
+                            (Some("u1"), _) => json!({"score": 0.25, "tier": "gold"}),
+                            _ => Value::Null,
+                        })
+                        .collect();
+                    (
+                        axum::http::StatusCode::OK,
+                        axum::Json(json!({ "rows": rows })),
+                    )
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    CreditSource {
+        url: format!("http://{addr}/score"),
+        mode,
+        calls,
+    }
+}
+
+fn source_repo(url: &str) -> String {
+    format!(
+        r#"{REPO}---
+kind: FeatureGroup
+name: credit_signals
+type: on_demand
+sources:
+  - name: credit
+    url: "{url}"
+    headers: {{ Authorization: "Bearer ${{CELLAR_TEST_CREDIT_TOKEN}}" }}
+    keys: [user_id]
+    timeout: 100ms
+    breaker: {{ failures: 3, open_for: 1s }}
+    fields:
+      - {{ name: score, type: float64 }}
+      - {{ name: tier, type: string, fallback: unknown }}
+features:
+  - {{ name: doubled_score, type: float64, expr: credit.score * 2 }}
+  - {{ name: tier, type: string, expr: credit.tier }}
+  - {{ name: clicks, type: int64, expr: user_clicks.clicks }}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn external_sources_degrade_their_features_never_the_request() {
+    use std::sync::atomic::Ordering;
+    // The token reaches the source from the environment; the spec only names it.
+    std::env::set_var("CELLAR_TEST_CREDIT_TOKEN", "t0ken-from-env");
+    let source = credit_source().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        data_dir: dir.path().join("data"),
+        repo: dir.path().join("repo"),
+        ..Config::default()
+    };
+    std::fs::create_dir_all(&config.repo).unwrap();
+    std::fs::write(config.repo.join("repo.yaml"), source_repo(&source.url)).unwrap();
+    let registry = Registry::open(&config.registry_url()).await.unwrap();
+    registry
+        .apply(&repo::load_repo(&config.repo).unwrap())
+        .await
+        .unwrap();
+    let deadline_ms = config.server.deadline_ms;
+    let node = Node::open(config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    tokio::spawn(node.serve(listener, None, std::future::pending()));
+    let node = Served {
+        base: format!("http://{addr}"),
+        client: reqwest::Client::new(),
+        _dir: dir,
+    };
+    node.push(
+        "user_clicks",
+        json!([{"entity": {"user_id": "u1"}, "features": {"clicks": 7, "views": 9}}]),
+    )
+    .await;
+    let read = || async {
+        let started = std::time::Instant::now();
+        let (status, body) = node
+            .post(
+                "/v1/features",
+                json!({"entities": {"user_id": ["u1", "u2"]}, "groups": ["credit_signals"]}),
+            )
+            .await;
+        let elapsed = started.elapsed();
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            elapsed < std::time::Duration::from_millis(deadline_ms),
+            "the read took {elapsed:?}, past its deadline"
+        );
+        body["results"][0]["rows"].clone()
+    };
+
+    // Answers: u1's values, u2 unknown to the source.
+    let rows = read().await;
+    assert_eq!(rows[0]["values"], json!([0.5, "gold", 7]), "{rows}");
+    assert_eq!(
+        rows[1]["statuses"],
+        json!(["not_found", "not_found", "not_found"])
+    );
+    assert_eq!(source.calls.load(Ordering::SeqCst), 1);
+    // No cache TTL: every read calls the source again.
+    read().await;
+    assert_eq!(source.calls.load(Ordering::SeqCst), 2);
+
+    // A value of the wrong type is that field's error; the fallback field and the stored
+    // feature are unaffected.
+    source.mode.store(WRONG_TYPE, Ordering::SeqCst);
+    let rows = read().await;
+    assert_eq!(
+        rows[0]["statuses"],
+        json!(["error", "present", "present"]),
+        "{rows}"
+    );
+    let error = rows[0]["errors"][0].as_str().unwrap();
+    assert!(
+        error.contains("source `credit` field `score`: expected float64"),
+        "{error}"
+    );
+
+    // Fails, then answers too slowly: the score is an error, the tier its fallback.
+    for (mode, says) in [(FAIL, "answered 500"), (SLOW, "no answer within")] {
+        source.mode.store(mode, Ordering::SeqCst);
+        let rows = read().await;
+        assert_eq!(
+            rows[0]["statuses"],
+            json!(["error", "present", "present"]),
+            "{rows}"
+        );
+        assert_eq!(rows[0]["values"][1], "unknown");
+        let error = rows[0]["errors"][0].as_str().unwrap();
+        assert!(error.contains(says), "{error}");
+    }
+
+    // A third failure opens the breaker: the source is no longer called.
+    source.mode.store(FAIL, Ordering::SeqCst);
+    read().await;
+    let calls = source.calls.load(Ordering::SeqCst);
+    let rows = read().await;
+    assert_eq!(
+        source.calls.load(Ordering::SeqCst),
+        calls,
+        "called with the breaker open"
+    );
+    let error = rows[0]["errors"][0].as_str().unwrap();
+    assert!(error.contains("circuit open"), "{error}");
+
+    // Once `open_for` has passed, one call goes through; it succeeds and closes the breaker.
+    source.mode.store(ANSWER, Ordering::SeqCst);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let rows = read().await;
+    assert_eq!(rows[0]["values"], json!([0.5, "gold", 7]), "{rows}");
+    assert_eq!(source.calls.load(Ordering::SeqCst), calls + 1);
+    read().await;
+    assert_eq!(source.calls.load(Ordering::SeqCst), calls + 2);
+
+    let metrics = node
+        .client
+        .get(format!("{}/metrics", node.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"cellar_on_demand_source_calls_total{source="credit",outcome="ok"} 5"#,
+        r#"cellar_on_demand_source_calls_total{source="credit",outcome="breaker_open"} 1"#,
+        r#"cellar_on_demand_source_breaker_open{source="credit"} 0"#,
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no `{line}` in:\n{metrics}"
+        );
+    }
+}
+
+#[test]
+fn a_source_credential_written_out_is_refused_at_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let written_out =
+        source_repo("http://127.0.0.1:1/score").replace("${CELLAR_TEST_CREDIT_TOKEN}", "s3cret");
+    std::fs::write(dir.path().join("repo.yaml"), written_out).unwrap();
+    let err = repo::load_repo(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("sources[0].headers.Authorization: `Authorization` carries a credential"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cret"), "{err}");
+
+    let unknown_key =
+        source_repo("http://127.0.0.1:1/score").replace("keys: [user_id]", "keys: [user_idd]");
+    std::fs::write(dir.path().join("repo.yaml"), unknown_key).unwrap();
+    let err = repo::load_repo(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("sources[0].keys[0]: `user_idd` is not an entity key field"),
+        "{err}"
+    );
+}

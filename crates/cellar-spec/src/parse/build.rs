@@ -79,6 +79,7 @@ impl Drafts {
                 name: d.head.name,
                 request,
                 features,
+                sources: d.sources?,
                 description: d.head.description,
             });
         }

@@ -181,6 +181,31 @@ impl Drafts {
             .map(|k| k.name.as_str())
             .collect();
         for draft in &self.on_demand {
+            for (source, source_keys) in &draft.source_keys {
+                if groups.contains_key(source.value.as_str()) {
+                    errors.push(error_at(
+                        &source.origin,
+                        &source.field,
+                        format!(
+                            "`{}` is a feature group's name: expressions could not tell `{}.x` apart",
+                            source.value, source.value
+                        ),
+                    ));
+                }
+                for key in source_keys {
+                    if !keys.contains(key.value.as_str()) {
+                        let known = keys.iter().copied().collect::<Vec<_>>().join(", ");
+                        errors.push(error_at(
+                            &key.origin,
+                            &key.field,
+                            format!(
+                                "`{}` is not an entity key field; the repo's are: {known}",
+                                key.value
+                            ),
+                        ));
+                    }
+                }
+            }
             for field in &draft.request {
                 if keys.contains(field.name.value.as_str()) {
                     errors.push(error_at(

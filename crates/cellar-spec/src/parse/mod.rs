@@ -251,6 +251,10 @@ struct OnDemandDraft {
     head: Head,
     request: Vec<RequestFieldDraft>,
     features: Vec<OnDemandFeatureDraft>,
+    /// `None` when a source was reported as wrong.
+    sources: Option<Vec<crate::model::OnDemandSource>>,
+    /// Each source's name and its entity key fields, with where they were written.
+    source_keys: Vec<(Located<String>, Vec<Located<String>>)>,
 }
 
 #[derive(Debug)]

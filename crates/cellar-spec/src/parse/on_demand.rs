@@ -1,17 +1,23 @@
-//! On-demand group documents (`kind: FeatureGroup`, `type: on_demand`): request fields and
-//! features computed by expressions.
+//! On-demand group documents (`kind: FeatureGroup`, `type: on_demand`): request fields,
+//! features computed by expressions, and the external sources they read.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::str::FromStr;
+use std::time::Duration;
 
 use marked_yaml::types::MarkedMappingNode;
 
 use super::document::{index, join};
+use super::scalars::parse_duration;
 use super::{
     Doc, Head, Located, OnDemandDraft, OnDemandFeatureDraft, RequestFieldDraft, SpecError,
 };
-use crate::model::{group_inputs, ExpressionCheck, ExpressionInput, KeyType, OnDemandGroup};
+use crate::model::{
+    group_inputs, ExpressionCheck, ExpressionInput, KeyType, OnDemandGroup, OnDemandSource,
+    SourceField,
+};
 use crate::repo::FeatureRepo;
+use crate::secret;
 use crate::value::{ScalarType, ValueType};
 
 /// Longest expression, in bytes: expressions are compiled at every apply and server start.
@@ -26,15 +32,281 @@ impl Doc<'_> {
         self.check_fields(
             root,
             "",
-            &["kind", "name", "description", "type", "request", "features"],
+            &[
+                "kind",
+                "name",
+                "description",
+                "type",
+                "request",
+                "features",
+                "sources",
+            ],
         );
         let request = self.request_fields(root);
         let features = self.on_demand_features(root);
+        let (sources, source_keys) = self.sources(root);
         OnDemandDraft {
             head,
             request,
             features,
+            sources,
+            source_keys,
         }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn sources(
+        &mut self,
+        root: &MarkedMappingNode,
+    ) -> (
+        Option<Vec<OnDemandSource>>,
+        Vec<(Located<String>, Vec<Located<String>>)>,
+    ) {
+        let Some(items) = self
+            .field(root, "", "sources", false)
+            .and_then(|node| self.expect_sequence(node, "sources"))
+        else {
+            return (Some(Vec::new()), Vec::new());
+        };
+        let mut out = Some(Vec::new());
+        let mut keys_of = Vec::new();
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for (i, item) in items.iter().enumerate() {
+            let path = index("sources", i);
+            let Some(map) = self.expect_mapping(item, &path) else {
+                out = None;
+                continue;
+            };
+            match self.source(map, &path, &mut seen) {
+                Some((source, name, keys)) => {
+                    keys_of.push((name, keys));
+                    if let Some(list) = &mut out {
+                        list.push(source);
+                    }
+                }
+                None => out = None,
+            }
+        }
+        (out, keys_of)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn source(
+        &mut self,
+        map: &MarkedMappingNode,
+        path: &str,
+        seen: &mut HashMap<String, usize>,
+    ) -> Option<(OnDemandSource, Located<String>, Vec<Located<String>>)> {
+        self.check_fields(
+            map,
+            path,
+            &[
+                "name",
+                "url",
+                "headers",
+                "keys",
+                "fields",
+                "timeout",
+                "max_concurrency",
+                "retries",
+                "breaker",
+                "cache_ttl",
+            ],
+        );
+        let mut ok = true;
+        let name = self.text(map, path, "name", true);
+        let name = match name {
+            Some(n) => {
+                ok &= self.check_name(n, &join(path, "name"));
+                let line = self.line(n.span());
+                if let Some(first) = seen.insert(n.as_str().to_owned(), line) {
+                    self.error_at(
+                        line,
+                        &join(path, "name"),
+                        format!("duplicate source `{}` (first at line {first})", n.as_str()),
+                    );
+                    ok = false;
+                }
+                Some(self.locate(n.as_str().to_owned(), n.span(), &join(path, "name")))
+            }
+            None => None,
+        };
+        let url = self.parsed(map, path, "url", true, |u| {
+            let u = u.trim();
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return Err(format!("`{u}` is not an http:// or https:// URL"));
+            }
+            match secret::literal_password(u) {
+                Err(e) => Err(e.to_string()),
+                Ok(Some(_)) => Err(
+                    "the URL holds a password: refer to it as a secret (`${NAME}` or `${file:PATH}`)"
+                        .to_owned(),
+                ),
+                Ok(None) => Ok(u.to_owned()),
+            }
+        });
+        let mut headers = Vec::new();
+        if let Some(node) = self.field(map, path, "headers", false) {
+            let hpath = join(path, "headers");
+            if let Some(h) = self.expect_mapping(node, &hpath) {
+                for (k, v) in h.iter() {
+                    let key = k.as_str().to_owned();
+                    let field = join(&hpath, &key);
+                    let Some(v) = self.expect_scalar(v, &field) else {
+                        ok = false;
+                        continue;
+                    };
+                    let value = v.as_str().to_owned();
+                    let problem = match secret::references(&value) {
+                        Err(e) => Some(e.to_string()),
+                        Ok(refs) if refs.is_empty() && credential_header(&key) => Some(format!(
+                            "`{key}` carries a credential: give it as a secret reference (`Bearer ${{CREDIT_TOKEN}}`), never written out"
+                        )),
+                        Ok(_) => None,
+                    };
+                    if let Some(problem) = problem {
+                        self.error(v.span(), &field, problem);
+                        ok = false;
+                    }
+                    headers.push((key, value));
+                }
+            } else {
+                ok = false;
+            }
+        }
+        let keys: Vec<Located<String>> = match self.field(map, path, "keys", true) {
+            Some(node) => self
+                .text_list(node, &join(path, "keys"))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(i, k)| {
+                    self.locate(
+                        k.as_str().to_owned(),
+                        k.span(),
+                        &index(&join(path, "keys"), i),
+                    )
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        ok &= !keys.is_empty();
+        let fields = self.source_fields(map, path);
+        let duration = |d: &mut Self, key: &str, default: Duration, zero_ok: bool| {
+            d.parsed(map, path, key, false, |t| match parse_duration(t) {
+                Ok(v) if v.is_zero() && !zero_ok => Err(format!("`{key}` must be more than 0")),
+                other => other,
+            })
+            .unwrap_or(default)
+        };
+        let timeout = duration(self, "timeout", Duration::from_millis(100), false);
+        let cache_ttl = duration(self, "cache_ttl", Duration::ZERO, true);
+        let count = |d: &mut Self, key: &str, default: u32, min: u32, max: u32| {
+            d.parsed(map, path, key, false, |t| match t.parse::<u32>() {
+                Ok(n) if (min..=max).contains(&n) => Ok(n),
+                _ => Err(format!(
+                    "`{t}` is not a count: expected a whole number from {min} to {max}"
+                )),
+            })
+            .unwrap_or(default)
+        };
+        let max_concurrency = count(self, "max_concurrency", 64, 1, 10_000);
+        let retries = count(self, "retries", 0, 0, 10);
+        let (mut breaker_failures, mut breaker_open_for) = (5, Duration::from_secs(10));
+        if let Some(node) = self.field(map, path, "breaker", false) {
+            let bpath = join(path, "breaker");
+            if let Some(b) = self.expect_mapping(node, &bpath) {
+                self.check_fields(b, &bpath, &["failures", "open_for"]);
+                breaker_failures = self
+                    .parsed(b, &bpath, "failures", false, |t| match t.parse::<u32>() {
+                        Ok(n) if (1..=1000).contains(&n) => Ok(n),
+                        _ => Err(format!(
+                            "`{t}` is not a count: expected a whole number from 1 to 1000"
+                        )),
+                    })
+                    .unwrap_or(breaker_failures);
+                breaker_open_for = self
+                    .parsed(b, &bpath, "open_for", false, |t| match parse_duration(t) {
+                        Ok(v) if v.is_zero() => Err("`open_for` must be more than 0".to_owned()),
+                        other => other,
+                    })
+                    .unwrap_or(breaker_open_for);
+            }
+        }
+        let name = name?;
+        let source = OnDemandSource {
+            name: name.value.clone(),
+            url: url?,
+            headers,
+            keys: keys.iter().map(|k| k.value.clone()).collect(),
+            fields: fields?,
+            timeout,
+            max_concurrency,
+            retries,
+            breaker_failures,
+            breaker_open_for,
+            cache_ttl,
+        };
+        ok.then_some((source, name, keys))
+    }
+
+    fn source_fields(&mut self, map: &MarkedMappingNode, path: &str) -> Option<Vec<SourceField>> {
+        let fpath = join(path, "fields");
+        let items = self
+            .field(map, path, "fields", true)
+            .and_then(|node| self.expect_sequence(node, &fpath))?;
+        if items.is_empty() {
+            self.error(items.span(), &fpath, "a source needs at least one field");
+            return None;
+        }
+        let mut out = Some(Vec::new());
+        let mut seen = HashSet::new();
+        for (i, item) in items.iter().enumerate() {
+            let path = index(&fpath, i);
+            let Some(m) = self.expect_mapping(item, &path) else {
+                out = None;
+                continue;
+            };
+            self.check_fields(m, &path, &["name", "type", "fallback"]);
+            let name = self.text(m, &path, "name", true);
+            let value_type = self.parsed(m, &path, "type", true, ValueType::from_str);
+            let fallback = match (value_type, self.text(m, &path, "fallback", false)) {
+                (Some(t), Some(f)) => {
+                    let json = serde_json::from_str(f.as_str())
+                        .unwrap_or_else(|_| serde_json::Value::String(f.as_str().to_owned()));
+                    match crate::value::Value::from_json(t, &json) {
+                        Ok(v) => Some(Some(v)),
+                        Err(e) => {
+                            self.error(f.span(), &join(&path, "fallback"), format!("{e}"));
+                            None
+                        }
+                    }
+                }
+                (_, _) => Some(None),
+            };
+            let (Some(name), Some(value_type), Some(fallback)) = (name, value_type, fallback)
+            else {
+                out = None;
+                continue;
+            };
+            self.check_name(name, &join(&path, "name"));
+            if !seen.insert(name.as_str().to_owned()) {
+                self.error(
+                    name.span(),
+                    &join(&path, "name"),
+                    format!("duplicate field `{}`", name.as_str()),
+                );
+                out = None;
+                continue;
+            }
+            if let Some(list) = &mut out {
+                list.push(SourceField {
+                    name: name.as_str().to_owned(),
+                    value_type,
+                    fallback,
+                });
+            }
+        }
+        out
     }
 
     fn request_fields(&mut self, root: &MarkedMappingNode) -> Vec<RequestFieldDraft> {
@@ -144,6 +416,16 @@ impl Doc<'_> {
     }
 }
 
+/// Whether a header named `name` carries a credential, which the spec may only refer to.
+fn credential_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name == "authorization"
+        || name == "cookie"
+        || ["token", "key", "secret", "password", "auth"]
+            .iter()
+            .any(|w| name.contains(w))
+}
+
 /// Where each on-demand feature's expression was written: (group, feature) -> the text.
 pub(super) type WrittenExpressions = BTreeMap<(String, String), Located<String>>;
 
@@ -184,6 +466,14 @@ pub fn expression_inputs(repo: &FeatureRepo, group: &OnDemandGroup) -> Vec<Expre
     }
     for stored in &repo.groups {
         inputs.extend(group_inputs(stored));
+    }
+    for source in &group.sources {
+        inputs.extend(
+            source
+                .fields
+                .iter()
+                .map(|f| ExpressionInput::qualified(&source.name, &f.name, f.value_type)),
+        );
     }
     inputs
 }
@@ -270,7 +560,7 @@ mod tests {
             vec![
                 "repo.yaml:14: request[1].name: duplicate request field `user_id` (first at line 14)",
                 "repo.yaml:14: request[0].name: `user_id` is an entity key field: expressions read it without declaring it",
-                "repo.yaml:15: retention: unknown field `retention`; expected one of kind, name, description, type, request, features",
+                "repo.yaml:15: retention: unknown field `retention`; expected one of kind, name, description, type, request, features, sources",
                 "repo.yaml:17: features[0].expr: missing required field `expr`",
                 "repo.yaml:18: features[1].type: unknown type `nope`: expected one of bool, int64, float64, string, bytes, timestamp, list<T>, set<T>, map<string, T> or vector<float32, N>",
             ]
