@@ -1,5 +1,6 @@
 //! The serving benchmark's baseline: a bare HTTP server on the same stack (tokio, hyper,
-//! axum) answering a fixed body, so Cellar's own cost shows as the difference.
+//! axum) answering a fixed body, so Cellar's own cost shows as the difference; it also plays
+//! an external source of on-demand features answering after a set delay.
 
 use axum::body::Bytes;
 use axum::http::header;
@@ -17,11 +18,13 @@ pub fn fixed_body(len: usize) -> Bytes {
     Bytes::from(body)
 }
 
-/// Serves `POST /fixed` (any body; answers the fixed body) and `GET /health`, on the same
-/// listener, with the same limits, as Cellar's own servers.
+/// Serves `POST /fixed` (any body; answers the fixed body), `POST /source` (an external
+/// source of on-demand features: after `source_delay`, one `{"score": 0.5}` per key row) and
+/// `GET /health`, on the same listener, with the same limits, as Cellar's own servers.
 pub async fn serve_baseline(
     listener: TcpListener,
     body_bytes: usize,
+    source_delay: std::time::Duration,
     limits: ListenerLimits,
 ) -> std::io::Result<()> {
     let body = fixed_body(body_bytes);
@@ -31,6 +34,20 @@ pub async fn serve_baseline(
             post(move |_req: Bytes| {
                 let body = body.clone();
                 async move { ([(header::CONTENT_TYPE, "application/json")], body) }
+            }),
+        )
+        .route(
+            "/source",
+            post(move |req: axum::Json<serde_json::Value>| async move {
+                tokio::time::sleep(source_delay).await;
+                let rows = req.0["keys"]
+                    .as_object()
+                    .and_then(|keys| keys.values().next())
+                    .and_then(|column| column.as_array())
+                    .map_or(0, Vec::len);
+                axum::Json(serde_json::json!({
+                    "rows": vec![serde_json::json!({"score": 0.5}); rows]
+                }))
             }),
         )
         .route("/health", get(|| async { "ok" }));

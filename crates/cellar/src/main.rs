@@ -125,6 +125,9 @@ enum Command {
         listen: String,
         #[arg(long, default_value_t = 200)]
         body_bytes: usize,
+        /// How long `POST /source` (an external source of on-demand features) takes to answer.
+        #[arg(long, default_value_t = 2)]
+        source_delay_ms: u64,
     },
     /// Push records (a /v1/push JSON body, from a file or stdin) to a running server.
     Push {
@@ -453,10 +456,15 @@ async fn run(cli: Cli, mut config: Config) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::BenchBaseline { listen, body_bytes } => {
+        Command::BenchBaseline {
+            listen,
+            body_bytes,
+            source_delay_ms,
+        } => {
             let listener = bind(&listen).await?;
             let limits = cellar::node::listener_limits(&config);
-            cellar::bench::serve_baseline(listener, body_bytes, limits).await?;
+            let delay = std::time::Duration::from_millis(source_delay_ms);
+            cellar::bench::serve_baseline(listener, body_bytes, delay, limits).await?;
             Ok(())
         }
         Command::Push { file, server } => {
