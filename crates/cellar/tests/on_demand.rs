@@ -80,6 +80,11 @@ struct Served {
 
 impl Served {
     async fn start() -> Served {
+        Served::start_with(REPO).await
+    }
+
+    /// A node serving the repo `text`.
+    async fn start_with(text: &str) -> Served {
         let dir = tempfile::tempdir().unwrap();
         let config = Config {
             data_dir: dir.path().join("data"),
@@ -87,7 +92,7 @@ impl Served {
             ..Config::default()
         };
         std::fs::create_dir_all(&config.repo).unwrap();
-        std::fs::write(config.repo.join("repo.yaml"), REPO).unwrap();
+        std::fs::write(config.repo.join("repo.yaml"), text).unwrap();
         let registry = Registry::open(&config.registry_url()).await.unwrap();
         registry
             .apply(&repo::load_repo(&config.repo).unwrap())
@@ -465,29 +470,8 @@ async fn external_sources_degrade_their_features_never_the_request() {
     // The token reaches the source from the environment; the spec only names it.
     std::env::set_var("CELLAR_TEST_CREDIT_TOKEN", "t0ken-from-env");
     let source = credit_source().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = Config {
-        data_dir: dir.path().join("data"),
-        repo: dir.path().join("repo"),
-        ..Config::default()
-    };
-    std::fs::create_dir_all(&config.repo).unwrap();
-    std::fs::write(config.repo.join("repo.yaml"), source_repo(&source.url)).unwrap();
-    let registry = Registry::open(&config.registry_url()).await.unwrap();
-    registry
-        .apply(&repo::load_repo(&config.repo).unwrap())
-        .await
-        .unwrap();
-    let deadline_ms = config.server.deadline_ms;
-    let node = Node::open(config).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
-    tokio::spawn(node.serve(listener, None, std::future::pending()));
-    let node = Served {
-        base: format!("http://{addr}"),
-        client: reqwest::Client::new(),
-        _dir: dir,
-    };
+    let deadline_ms = Config::default().server.deadline_ms;
+    let node = Served::start_with(&source_repo(&source.url)).await;
     node.push(
         "user_clicks",
         json!([{"entity": {"user_id": "u1"}, "features": {"clicks": 7, "views": 9}}]),
@@ -615,4 +599,43 @@ fn a_source_credential_written_out_is_refused_at_plan() {
         err.contains("sources[0].keys[0]: `user_idd` is not an entity key field"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_answer_is_kept_in_process_for_its_cache_ttl_only() {
+    use std::sync::atomic::Ordering;
+    std::env::set_var("CELLAR_TEST_CREDIT_TOKEN", "t0ken-from-env");
+    let source = credit_source().await;
+    let repo = source_repo(&source.url).replace(
+        "    timeout: 100ms\n",
+        "    timeout: 100ms\n    cache_ttl: 1s\n",
+    );
+    assert!(repo.contains("cache_ttl: 1s"));
+    let node = Served::start_with(&repo).await;
+    let read = |users: Value| {
+        let node = &node;
+        async move {
+            let (status, body) = node
+                .post(
+                    "/v1/features",
+                    json!({"entities": {"user_id": users}, "groups": [{"name": "credit_signals", "features": ["doubled_score"]}]}),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+            body["results"][0]["rows"].clone()
+        }
+    };
+    let rows = read(json!(["u1"])).await;
+    assert_eq!(rows[0]["values"], json!([0.5]));
+    assert_eq!(source.calls.load(Ordering::SeqCst), 1);
+    // Within the TTL u1 is answered from the cache; only u2 is asked for.
+    let rows = read(json!(["u1", "u2"])).await;
+    assert_eq!(rows[0]["values"], json!([0.5]));
+    assert_eq!(source.calls.load(Ordering::SeqCst), 2);
+    read(json!(["u1", "u2"])).await;
+    assert_eq!(source.calls.load(Ordering::SeqCst), 2, "both cached");
+    // Past it, the source is asked again.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    read(json!(["u1"])).await;
+    assert_eq!(source.calls.load(Ordering::SeqCst), 3);
 }
