@@ -91,6 +91,30 @@ pub fn column<'a>(t: ValueType, values: impl IntoIterator<Item = &'a Value>) -> 
     }
 }
 
+/// A `list<element>` column with one row per item of `rows`: the row's elements, or null
+/// for `None`. Built straight from borrowed values, as a time series' records hold them.
+pub fn list_column<'a, I>(
+    element: ScalarType,
+    rows: impl IntoIterator<Item = Option<I>>,
+) -> ArrayRef
+where
+    I: IntoIterator<Item = &'a Value>,
+{
+    let mut builder = ListBuilder::new(ScalarBuilder::new(element, 0));
+    for row in rows {
+        match row {
+            Some(items) => {
+                for item in items {
+                    builder.values().push(item);
+                }
+                builder.append(true);
+            }
+            None => builder.append(false),
+        }
+    }
+    Arc::new(builder.finish())
+}
+
 /// A builder of one scalar type's column, taking values of that type and nulls for the rest.
 enum ScalarBuilder {
     Bool(BooleanBuilder),
@@ -184,6 +208,23 @@ impl ArrayBuilder for ScalarBuilder {
 mod tests {
     use super::*;
     use crate::column::Column;
+
+    #[test]
+    fn borrowed_rows_become_a_list_column() {
+        let a = Value::String("a".into());
+        let b = Value::String("b".into());
+        let rows = vec![Some(vec![&a, &b]), None, Some(vec![])];
+        let array = list_column(ScalarType::String, rows);
+        let t: ValueType = "list<string>".parse().unwrap();
+        assert_eq!(array.data_type(), &data_type(t).unwrap());
+        let read = Column::new(&array);
+        assert_eq!(
+            read.cell(0).to_value(t).unwrap(),
+            Value::List(vec![a.clone(), b.clone()])
+        );
+        assert_eq!(read.cell(1).to_value(t).unwrap(), Value::Null);
+        assert_eq!(read.cell(2).to_value(t).unwrap(), Value::List(vec![]));
+    }
 
     #[test]
     fn values_become_columns_and_read_back_the_same() {

@@ -8,6 +8,8 @@ use cellar_spec::{FeatureRepo, OnDemandGroup, Value, ValueType, EVENT_TIME_INPUT
 
 use std::sync::Arc;
 
+use arrow_array::ArrayRef;
+
 use crate::service::Row;
 use crate::sources::{SourceClient, SourceMetrics};
 
@@ -27,6 +29,14 @@ pub enum InputSource {
     /// A field of one of the group's external sources (indices into its `sources` and the
     /// source's `fields`).
     External { source: usize, field: usize },
+}
+
+/// One input's values for every row of a read.
+pub enum InputColumn {
+    /// Each row's value, or why the row has none: a feature reading it gets that error.
+    Values(Vec<Result<Value, String>>),
+    /// Built straight from what was read (stored records), every row with a value or null.
+    Array(ArrayRef),
 }
 
 /// An on-demand group ready to serve.
@@ -112,14 +122,13 @@ impl ServedOnDemand {
     }
 
     /// The features at `selected` (positions in the spec) for `rows` rows. `column` gives each
-    /// input's values, one per row, or why a row has none: a feature reading it gets that
-    /// error in that row.
+    /// input's column, one value per row.
     pub fn evaluate(
         &self,
         selected: &[usize],
         rows: usize,
         now_ms: i64,
-        mut column: impl FnMut(&InputSource, ValueType) -> Vec<Result<Value, String>>,
+        mut column: impl FnMut(&InputSource, ValueType) -> InputColumn,
     ) -> Vec<Row> {
         let compiled = match &self.compiled {
             Ok(c) => c,
@@ -131,7 +140,7 @@ impl ServedOnDemand {
                     .collect()
             }
         };
-        let given: Vec<Vec<Result<Value, String>>> = compiled
+        let given: Vec<InputColumn> = compiled
             .sources
             .iter()
             .map(|(source, t)| column(source, *t))
@@ -140,11 +149,12 @@ impl ServedOnDemand {
             .sources
             .iter()
             .zip(&given)
-            .map(|((_, t), values)| {
-                cellar_expr::arrow::column(
+            .map(|((_, t), given)| match given {
+                InputColumn::Values(values) => cellar_expr::arrow::column(
                     *t,
                     values.iter().map(|v| v.as_ref().unwrap_or(&Value::Null)),
-                )
+                ),
+                InputColumn::Array(array) => Arc::clone(array),
             })
             .collect();
         let batch = match compiled.scope.batch(columns, rows, now_ms) {
@@ -162,7 +172,10 @@ impl ServedOnDemand {
             .map(|&f| {
                 let mut outcomes = compiled.expressions[f].evaluate_rows(&batch);
                 for &input in &compiled.reads[f] {
-                    for (row, value) in given[input].iter().enumerate() {
+                    let InputColumn::Values(values) = &given[input] else {
+                        continue;
+                    };
+                    for (row, value) in values.iter().enumerate() {
                         if let (Err(e), Some(outcome)) = (value, outcomes.get_mut(row)) {
                             if outcome.is_ok() {
                                 *outcome = Err(e.clone());
@@ -256,6 +269,36 @@ fn compile(spec: &OnDemandGroup, repo: &FeatureRepo) -> Result<Compiled, String>
         expressions,
         reads,
     })
+}
+
+/// The column of the stored feature at `position` over `rows`: each row's value, or for a
+/// time series (`series`) the list of its records' values, newest first, nulls left out; null
+/// where nothing was found. Built from the records' values without copying them into
+/// intermediate values.
+pub fn stored_column(rows: &[Row], position: usize, t: ValueType, series: bool) -> ArrayRef {
+    match t {
+        ValueType::List(element) if series => cellar_expr::arrow::list_column(
+            element,
+            rows.iter().map(|row| match row {
+                Row::Series { records } if !records.is_empty() => Some(
+                    records
+                        .iter()
+                        .map(move |r| r.value(position))
+                        .filter(|v| !matches!(v, Value::Null)),
+                ),
+                _ => None,
+            }),
+        ),
+        t => cellar_expr::arrow::column(
+            t,
+            rows.iter().map(|row| match row {
+                Row::Record {
+                    record: Some(r), ..
+                } => r.value(position),
+                _ => &Value::Null,
+            }),
+        ),
+    }
 }
 
 /// The value an on-demand input takes from a stored group's row: the feature's value (or the

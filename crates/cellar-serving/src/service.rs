@@ -16,7 +16,7 @@ use crate::catalog::{Catalog, ServedGroup};
 use crate::error::ServeError;
 use crate::limits::{records_per_row, RequestCost};
 use crate::metrics::OnDemandMetrics;
-use crate::on_demand::{InputSource, ServedOnDemand};
+use crate::on_demand::{InputColumn, InputSource, ServedOnDemand};
 use crate::sources::SourceMetrics;
 
 /// The share of a read's deadline external sources may take: the rest is for computing and
@@ -866,16 +866,29 @@ impl FeatureServer {
                 let started = std::time::Instant::now();
                 let computed = d
                     .group
-                    .evaluate(&d.features, rows, now, |source, _| match source {
-                        InputSource::Request(name) | InputSource::Key(name) => inputs
-                            .get(name)
-                            .map(|values| values.iter().cloned().map(Ok).collect())
-                            .unwrap_or_else(|| vec![Ok(Value::Null); rows]),
-                        InputSource::Stored { group, .. } | InputSource::EventTime { group } => {
-                            let position = match source {
-                                InputSource::Stored { position, .. } => Some(*position),
-                                _ => None,
-                            };
+                    .evaluate(&d.features, rows, now, |source, t| match source {
+                        InputSource::Request(name) | InputSource::Key(name) => InputColumn::Values(
+                            inputs
+                                .get(name)
+                                .map(|values| values.iter().cloned().map(Ok).collect())
+                                .unwrap_or_else(|| vec![Ok(Value::Null); rows]),
+                        ),
+                        InputSource::Stored { group, position } => {
+                            match resolved
+                                .stored
+                                .iter()
+                                .position(|r| r.group.spec.name == *group)
+                            {
+                                Some(g) => InputColumn::Array(crate::on_demand::stored_column(
+                                    &stored_rows[g],
+                                    *position,
+                                    t,
+                                    resolved.stored[g].group.spec.kind == GroupKind::Timeseries,
+                                )),
+                                None => InputColumn::Values(vec![Ok(Value::Null); rows]),
+                            }
+                        }
+                        InputSource::EventTime { group } => InputColumn::Values(
                             match resolved
                                 .stored
                                 .iter()
@@ -883,11 +896,11 @@ impl FeatureServer {
                             {
                                 Some(g) => stored_rows[g]
                                     .iter()
-                                    .map(|row| Ok(crate::on_demand::stored_value(row, position)))
+                                    .map(|row| Ok(crate::on_demand::stored_value(row, None)))
                                     .collect(),
                                 None => vec![Ok(Value::Null); rows],
-                            }
-                        }
+                            },
+                        ),
                         InputSource::External { source, field } => {
                             let fallback = d
                                 .group
@@ -904,7 +917,7 @@ impl FeatureServer {
                                 (Err(_), Some(f)) => Ok(f.clone()),
                                 (v, _) => v,
                             };
-                            match answer {
+                            InputColumn::Values(match answer {
                                 Some(Ok(answers)) => answers
                                     .iter()
                                     .map(|row| {
@@ -915,7 +928,7 @@ impl FeatureServer {
                                 None => {
                                     vec![value(Err("the source was not called".to_owned())); rows]
                                 }
-                            }
+                            })
                         }
                     });
                 self.observe_on_demand(&d.group.spec.name, started.elapsed(), &computed);
