@@ -6,7 +6,8 @@ use std::fmt::Display;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    Entity, FeatureGroup, FeatureService, Ingestion, OnDemandGroup, Retention, ServingPolicy,
+    Entity, FeatureGroup, FeatureService, Ingestion, OnDemandGroup, OnDemandSource, Retention,
+    ServingPolicy,
 };
 use crate::parse::format_duration;
 use crate::repo::{FeatureRepo, SpecKind};
@@ -530,8 +531,7 @@ fn diff_on_demand(old: &OnDemandGroup, new: &OnDemandGroup, d: &mut Diff) {
     for source in &old.sources {
         match new.sources.iter().find(|n| n.name == source.name) {
             None => d.detail(format!("source `{}` removed", source.name)),
-            Some(n) if n != source => d.detail(format!("source `{}` changed", source.name)),
-            Some(_) => {}
+            Some(n) => diff_source(source, n, d),
         }
     }
     for n in &new.sources {
@@ -540,6 +540,74 @@ fn diff_on_demand(old: &OnDemandGroup, new: &OnDemandGroup, d: &mut Diff) {
         }
     }
     d.field("description", &old.description, &new.description, optional);
+}
+
+/// What changed in one external source. Its URL and headers hold secret references, never
+/// secrets, so they are shown as written.
+fn diff_source(old: &OnDemandSource, new: &OnDemandSource, d: &mut Diff) {
+    let what = |field: &str| format!("source `{}` {field}", old.name);
+    d.field(&what("url"), &old.url, &new.url, quoted);
+    let names =
+        |h: &[(String, String)]| -> Vec<String> { h.iter().map(|(k, _)| k.clone()).collect() };
+    let (old_names, new_names) = (names(&old.headers), names(&new.headers));
+    d.field(&what("headers"), &old_names, &new_names, |n| {
+        format!("[{}]", n.join(", "))
+    });
+    if old_names == new_names && old.headers != new.headers {
+        d.detail(format!("source `{}` header values changed", old.name));
+    }
+    d.field(&what("keys"), &old.keys, &new.keys, |k| k.join(", "));
+    let durations = [
+        ("timeout", old.timeout, new.timeout),
+        (
+            "breaker.open_for",
+            old.breaker_open_for,
+            new.breaker_open_for,
+        ),
+        ("cache_ttl", old.cache_ttl, new.cache_ttl),
+    ];
+    for (field, a, b) in durations {
+        d.field(&what(field), &a, &b, |v| format_duration(*v));
+    }
+    let counts = [
+        ("max_concurrency", old.max_concurrency, new.max_concurrency),
+        ("retries", old.retries, new.retries),
+        (
+            "breaker.failures",
+            old.breaker_failures,
+            new.breaker_failures,
+        ),
+    ];
+    for (field, a, b) in counts {
+        d.field(&what(field), &a, &b, u32::to_string);
+    }
+    for f in &old.fields {
+        match new.fields.iter().find(|n| n.name == f.name) {
+            None => d.detail(format!("source `{}` field `{}` removed", old.name, f.name)),
+            Some(n) => {
+                d.field(
+                    &format!("source `{}` field `{}` type", old.name, f.name),
+                    &f.value_type,
+                    &n.value_type,
+                    ToString::to_string,
+                );
+                d.field(
+                    &format!("source `{}` field `{}` fallback", old.name, f.name),
+                    &f.fallback,
+                    &n.fallback,
+                    |v| match v {
+                        Some(v) => format!("{v:?}"),
+                        None => "none".to_owned(),
+                    },
+                );
+            }
+        }
+    }
+    for n in &new.fields {
+        if !old.fields.iter().any(|f| f.name == n.name) {
+            d.detail(format!("source `{}` field `{}` added", old.name, n.name));
+        }
+    }
 }
 
 fn diff_service(old: &FeatureService, new: &FeatureService, d: &mut Diff) {
@@ -750,6 +818,59 @@ mod tests {
                 ("b".into(), ChangeAction::Remove)
             ]
         );
+    }
+
+    #[test]
+    fn an_on_demand_source_change_names_each_setting() {
+        let source = OnDemandSource {
+            name: "credit".into(),
+            url: "https://scores/v1".into(),
+            headers: vec![("Authorization".into(), "Bearer ${TOKEN}".into())],
+            keys: vec!["user_id".into()],
+            fields: vec![crate::model::SourceField {
+                name: "score".into(),
+                value_type: ValueType::Scalar(crate::value::ScalarType::Float64),
+                fallback: None,
+            }],
+            timeout: std::time::Duration::from_millis(100),
+            max_concurrency: 64,
+            retries: 0,
+            breaker_failures: 5,
+            breaker_open_for: std::time::Duration::from_secs(10),
+            cache_ttl: std::time::Duration::ZERO,
+        };
+        let group = |source: OnDemandSource| FeatureRepo {
+            on_demand: vec![OnDemandGroup {
+                name: "signals".into(),
+                request: Vec::new(),
+                features: vec![crate::model::OnDemandFeature {
+                    name: "s".into(),
+                    value_type: ValueType::Scalar(crate::value::ScalarType::Float64),
+                    expr: "credit.score".into(),
+                    description: None,
+                }],
+                sources: vec![source],
+                description: None,
+            }],
+            ..FeatureRepo::default()
+        };
+        let changed = OnDemandSource {
+            headers: vec![("Authorization".into(), "Bearer ${OTHER_TOKEN}".into())],
+            timeout: std::time::Duration::from_millis(50),
+            retries: 2,
+            ..source.clone()
+        };
+        let p = plan(&group(source), &group(changed));
+        let (details, breaking) = modify(&p);
+        assert_eq!(
+            details,
+            [
+                "source `credit` header values changed",
+                "source `credit` timeout changed from 100ms to 50ms",
+                "source `credit` retries changed from 0 to 2",
+            ]
+        );
+        assert!(breaking.is_empty());
     }
 
     #[test]
