@@ -301,24 +301,18 @@ pub fn stored_column(rows: &[Row], position: usize, t: ValueType, series: bool) 
     }
 }
 
-/// The value an on-demand input takes from a stored group's row: the feature's value (or the
-/// record's event time, for `position` `None`), or for a time series the list of them, newest
-/// first, nulls left out; null when nothing was found.
-pub fn stored_value(row: &Row, position: Option<usize>) -> Value {
-    let of = |r: &cellar_store::Record| match position {
-        Some(p) => r.value(p).clone(),
-        None => Value::Timestamp(r.event_time),
-    };
+/// The event time an on-demand input takes from a stored group's row: the record's, or for a
+/// time series the list of its records', newest first; null when nothing was found.
+pub fn event_times(row: &Row) -> Value {
     match row {
         Row::Record {
             record: Some(record),
             ..
-        } => of(record),
+        } => Value::Timestamp(record.event_time),
         Row::Series { records } if !records.is_empty() => Value::List(
             records
                 .iter()
-                .map(of)
-                .filter(|v| *v != Value::Null)
+                .map(|r| Value::Timestamp(r.event_time))
                 .collect(),
         ),
         _ => Value::Null,

@@ -896,7 +896,7 @@ impl FeatureServer {
                             {
                                 Some(g) => stored_rows[g]
                                     .iter()
-                                    .map(|row| Ok(crate::on_demand::stored_value(row, None)))
+                                    .map(|row| Ok(crate::on_demand::event_times(row)))
                                     .collect(),
                                 None => vec![Ok(Value::Null); rows],
                             },

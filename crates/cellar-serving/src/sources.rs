@@ -94,8 +94,10 @@ impl SourceMetrics {
 struct Breaker {
     failures: u32,
     open_until: Option<Instant>,
-    /// An open breaker past `open_until` lets one call through; others wait for its outcome.
-    trial: bool,
+    /// When the one call an open breaker past `open_until` let through went out. A trial
+    /// whose request was dropped before it ended never records its outcome, so another may go
+    /// out once this one has had its whole timeout.
+    trial_since: Option<Instant>,
 }
 
 /// A source ready to call.
@@ -144,16 +146,35 @@ impl SourceClient {
             Some(cache) => keys.iter().map(|k| cache.get(&cache_key(k))).collect(),
             None => vec![None; keys.len()],
         };
-        let missing: Vec<usize> = (0..keys.len()).filter(|&i| answers[i].is_none()).collect();
-        if !missing.is_empty() {
-            let asked: Vec<&Vec<serde_json::Value>> = missing.iter().map(|&i| &keys[i]).collect();
-            let rows = self.call(&asked, deadline).await?;
-            for (i, row) in missing.into_iter().zip(rows) {
-                let row = Arc::new(row);
-                if let Some(cache) = &self.cache {
-                    cache.insert(cache_key(&keys[i]), Arc::clone(&row));
+        // Rows often repeat a key (one user and many articles): each distinct key is asked once.
+        let mut asked: Vec<&Vec<serde_json::Value>> = Vec::new();
+        let mut slot_of: Vec<Option<usize>> = vec![None; keys.len()];
+        let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        for (i, key) in keys.iter().enumerate() {
+            if answers[i].is_none() {
+                let slot = *seen.entry(cache_key(key)).or_insert_with(|| {
+                    asked.push(key);
+                    asked.len() - 1
+                });
+                slot_of[i] = Some(slot);
+            }
+        }
+        if !asked.is_empty() {
+            let rows: Vec<Arc<SourceRow>> = self
+                .call(&asked, deadline)
+                .await?
+                .into_iter()
+                .map(Arc::new)
+                .collect();
+            if let Some(cache) = &self.cache {
+                for (key, row) in asked.iter().zip(&rows) {
+                    cache.insert(cache_key(key), Arc::clone(row));
                 }
-                answers[i] = Some(row);
+            }
+            for (answer, slot) in answers.iter_mut().zip(slot_of) {
+                if let Some(slot) = slot {
+                    *answer = rows.get(slot).cloned();
+                }
             }
         }
         Ok(answers.into_iter().flatten().collect())
@@ -167,10 +188,14 @@ impl SourceClient {
     /// other trial call out.
     fn admit(&self) -> bool {
         let mut b = self.breaker.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        let trial_out = b
+            .trial_since
+            .is_some_and(|since| now < since + self.spec.timeout);
         match b.open_until {
             None => true,
-            Some(until) if Instant::now() >= until && !b.trial => {
-                b.trial = true;
+            Some(until) if now >= until && !trial_out => {
+                b.trial_since = Some(now);
                 true
             }
             Some(_) => false,
@@ -179,7 +204,7 @@ impl SourceClient {
 
     fn record(&self, ok: bool) {
         let mut b = self.breaker.lock().unwrap_or_else(PoisonError::into_inner);
-        b.trial = false;
+        b.trial_since = None;
         if ok {
             b.failures = 0;
             b.open_until = None;
@@ -333,5 +358,40 @@ impl SourceClient {
                     .map_err(|e| format!("source `{}` field `{}`: {e}", self.spec.name, f.name)),
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trial_call_that_never_ends_does_not_keep_the_breaker_open() {
+        let spec = OnDemandSource {
+            name: "credit".into(),
+            url: "http://127.0.0.1:1/score".into(),
+            headers: Vec::new(),
+            keys: vec!["user_id".into()],
+            fields: Vec::new(),
+            timeout: Duration::from_millis(20),
+            max_concurrency: 1,
+            retries: 0,
+            breaker_failures: 2,
+            breaker_open_for: Duration::from_millis(5),
+            cache_ttl: Duration::ZERO,
+        };
+        let client = SourceClient::new(&spec, SourceMetrics::default());
+        assert!(client.admit());
+        client.record(false);
+        client.record(false);
+        assert!(!client.admit(), "open after 2 failures");
+        std::thread::sleep(Duration::from_millis(10));
+        assert!(client.admit(), "one trial once open_for has passed");
+        assert!(!client.admit(), "only one trial at a time");
+        // The trial's request was dropped: it never records. Past its timeout, another goes.
+        std::thread::sleep(Duration::from_millis(25));
+        assert!(client.admit());
+        client.record(true);
+        assert!(client.admit() && client.admit(), "closed again");
     }
 }

@@ -377,6 +377,8 @@ struct CreditSource {
     url: String,
     mode: std::sync::Arc<std::sync::atomic::AtomicU8>,
     calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// How many keys the last call asked for.
+    last_keys: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 const ANSWER: u8 = 0;
@@ -389,14 +391,17 @@ async fn credit_source() -> CreditSource {
     use std::sync::Arc;
     let mode = Arc::new(std::sync::atomic::AtomicU8::new(ANSWER));
     let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let (m, c) = (mode.clone(), calls.clone());
+    let last_keys = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (m, c, k) = (mode.clone(), calls.clone(), last_keys.clone());
     let app = axum::Router::new().route(
         "/score",
         axum::routing::post(
             move |headers: axum::http::HeaderMap, body: axum::Json<Value>| {
-                let (m, c) = (m.clone(), c.clone());
+                let (m, c, k) = (m.clone(), c.clone(), k.clone());
                 async move {
                     c.fetch_add(1, Ordering::SeqCst);
+                    let asked = body.0["keys"]["user_id"].as_array().map_or(0, Vec::len);
+                    k.store(asked, Ordering::SeqCst);
                     if headers.get("authorization").and_then(|v| v.to_str().ok())
                         != Some("Bearer t0ken-from-env")
                     {
@@ -437,6 +442,7 @@ async fn credit_source() -> CreditSource {
         url: format!("http://{addr}/score"),
         mode,
         calls,
+        last_keys,
     }
 }
 
@@ -638,4 +644,12 @@ async fn a_source_answer_is_kept_in_process_for_its_cache_ttl_only() {
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     read(json!(["u1"])).await;
     assert_eq!(source.calls.load(Ordering::SeqCst), 3);
+    // Rows repeating a key (one user, many articles) ask for it once.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let rows = read(json!(["u1", "u2", "u1", "u1"])).await;
+    assert_eq!(source.calls.load(Ordering::SeqCst), 4);
+    assert_eq!(source.last_keys.load(Ordering::SeqCst), 2);
+    assert_eq!(rows[2]["values"], json!([0.5]));
+    assert_eq!(rows[3]["values"], json!([0.5]));
+    assert_eq!(rows[1]["statuses"], json!(["not_found"]));
 }
