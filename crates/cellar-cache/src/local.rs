@@ -405,6 +405,21 @@ impl LocalTier {
         }
     }
 
+    /// Visits every record held, with the storage name of its group: what this process keeps
+    /// in memory, for an operator (or a compliance check) to see.
+    pub fn for_each_record(&self, mut visit: impl FnMut(&str, &Record)) {
+        for (key, entry) in self.cache.iter() {
+            let group = key.split('\0').next().unwrap_or_default();
+            match &entry.cached {
+                Cached::Missing => {}
+                Cached::Attribute(record) => visit(group, record),
+                Cached::Series { records, .. } => {
+                    records.iter().for_each(|record| visit(group, record))
+                }
+            }
+        }
+    }
+
     /// Bytes held, as weighed.
     pub fn weighted_size(&self) -> u64 {
         self.cache.run_pending_tasks();

@@ -148,6 +148,19 @@ impl Scope {
         rows: usize,
         now_ms: i64,
     ) -> Result<RecordBatch, ExprError> {
+        let now: ArrayRef =
+            Arc::new(TimestampMillisecondArray::from(vec![now_ms; rows]).with_timezone(UTC));
+        self.batch_at(columns, rows, now)
+    }
+
+    /// [`Scope::batch`] with an evaluation time of each row's own: `now` is a column of UTC
+    /// millisecond timestamps, one per row.
+    pub fn batch_at(
+        &self,
+        columns: Vec<ArrayRef>,
+        rows: usize,
+        now: ArrayRef,
+    ) -> Result<RecordBatch, ExprError> {
         if columns.len() != self.inputs.len() {
             return Err(ExprError(format!(
                 "building the inputs: {} columns for {} inputs",
@@ -155,8 +168,6 @@ impl Scope {
                 self.inputs.len()
             )));
         }
-        let now: ArrayRef =
-            Arc::new(TimestampMillisecondArray::from(vec![now_ms; rows]).with_timezone(UTC));
         let mut ordered: Vec<Option<ArrayRef>> = vec![None; columns.len() + 1];
         ordered[self.now_column] = Some(now);
         for (i, column) in columns.into_iter().enumerate() {
@@ -328,17 +339,21 @@ impl Expression {
     }
 }
 
-/// The check `cellar_spec::parse_repo_with` runs on every on-demand feature at `plan` and
-/// `apply`: the expression compiles against its inputs and gives the feature's type.
+/// The check `cellar_spec::parse_repo_with` runs on every expression at `plan` and `apply`:
+/// it compiles against its inputs and gives the feature's type.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Checker;
 
 impl ExpressionCheck for Checker {
-    fn check(&self, expr: &str, inputs: &[Input], output: ValueType) -> Result<(), String> {
+    fn check(&self, expr: &str, inputs: &[Input], output: ValueType) -> Result<Vec<usize>, String> {
         let scope = Scope::new(inputs.to_vec()).map_err(|e| e.0)?;
-        Expression::compile(expr, &scope, output)
-            .map(|_| ())
-            .map_err(|e| e.0)
+        let compiled = Expression::compile(expr, &scope, output).map_err(|e| e.0)?;
+        // Positions in the scope, which leaves out unreadable inputs, back to `inputs`.
+        Ok(compiled
+            .inputs_read(&scope)
+            .into_iter()
+            .filter_map(|i| inputs.iter().position(|input| *input == scope.inputs()[i]))
+            .collect())
     }
 }
 

@@ -15,12 +15,15 @@
 //!   time;
 //! - `functions`: `haversine_km`, `cosine_similarity`;
 //! - `arrow`: feature values as Arrow columns;
-//! - `column`: Arrow columns read back as feature values (shared with batch ingestion).
+//! - `column`: Arrow columns read back as feature values (shared with batch ingestion);
+//! - `write`: [`WriteExpressions`], the stored features an ingestion computes as it writes.
 
 pub mod arrow;
 pub mod column;
 mod expression;
 pub mod functions;
+mod write;
 
 pub use cellar_spec::ExpressionInput as Input;
 pub use expression::{session, Checker, ExprError, Expression, Outcome, Scope, NOW};
+pub use write::{ComputedRow, WriteExpressions};

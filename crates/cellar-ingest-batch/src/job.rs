@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use cellar_expr::WriteExpressions;
 use cellar_spec::limits::EventTimeBounds;
 use cellar_spec::{
     BatchInput, Entity, FeatureExpr, FeatureGroup, FeatureRepo, FileFormat, GroupKind, Ingestion,
@@ -141,6 +142,9 @@ pub struct BatchJob {
     pub event_time_column: Option<String>,
     /// (feature position in the group, column), in the ingestion's order.
     pub features: Vec<(usize, String)>,
+    /// Features computed from the others by write-time expressions, after each record batch
+    /// is mapped.
+    pub computed: Option<Arc<WriteExpressions>>,
     pub mode: WriteMode,
     /// When the job runs, epoch milliseconds: the event time of rows when the ingestion names
     /// no event-time column. Fixed per job, so a redone shard stamps the same time.
@@ -231,6 +235,7 @@ impl BatchJob {
             })?;
             match &m.expr {
                 FeatureExpr::Field(column) => features.push((position, column.clone())),
+                FeatureExpr::Expression(_) => {}
                 FeatureExpr::Aggregate(_) => {
                     return Err(fail(format!(
                         "feature `{}` is an aggregate: batch ingestions read values as they \
@@ -240,9 +245,15 @@ impl BatchJob {
                 }
             }
         }
-        let maps_every_feature = group
-            .live_positions()
-            .all(|position| features.iter().any(|(p, _)| *p == position));
+        let computed = WriteExpressions::compile(group, ingestion)
+            .map_err(&fail)?
+            .map(Arc::new);
+        let maps_every_feature = group.live_positions().all(|position| {
+            features.iter().any(|(p, _)| *p == position)
+                || computed
+                    .iter()
+                    .any(|c| c.positions().any(|p| p == position))
+        });
         let mode = match group.kind {
             GroupKind::Attribute if !maps_every_feature => WriteMode::Merge,
             _ => WriteMode::Put,
@@ -256,6 +267,7 @@ impl BatchJob {
             key_columns: ingestion.key.clone(),
             event_time_column: ingestion.event_time.clone(),
             features,
+            computed,
             mode,
             run_time_ms,
             period: Period::ALL,

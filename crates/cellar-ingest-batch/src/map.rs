@@ -206,7 +206,9 @@ impl<'j> Mapper<'j> {
         }
         let superseded = features
             .iter()
-            .filter_map(|(position, _)| job.group.predecessor(*position))
+            .map(|(position, _)| *position)
+            .chain(job.computed.iter().flat_map(|c| c.positions()))
+            .filter_map(|position| job.group.predecessor(position))
             .collect();
         Ok(Mapper {
             job,
@@ -264,18 +266,45 @@ impl<'j> Mapper<'j> {
         }
         // Read once per batch: rows of one batch are judged against one clock reading.
         let now = cellar_spec::time::now_ms();
+        let mut mapped = Vec::with_capacity(rows);
         for row in 0..rows {
-            let (entity, record) = match self.map_row(&columns, row, now) {
-                Ok(Some(mapped)) => mapped,
-                Ok(None) => {
-                    skipped += 1;
-                    continue;
-                }
+            match self.map_row(&columns, row, now) {
+                Ok(Some((entity, record))) => mapped.push((row, entity, record)),
+                Ok(None) => skipped += 1,
                 Err((column, reason)) => {
                     rejects.push(self.reject(locator.place(row), column, reason));
-                    continue;
                 }
-            };
+            }
+        }
+        // Write-time expressions run over all the batch's mapped rows at once.
+        let computed = match &self.job.computed {
+            Some(computed) => computed.compute(
+                mapped.len(),
+                |i, position| mapped[i].2.value(position),
+                |i| mapped[i].2.event_time,
+            ),
+            None => Vec::new(),
+        };
+        let mut computed = computed.into_iter();
+        for (row, entity, mut record) in mapped {
+            if self.job.computed.is_some() {
+                match computed.next() {
+                    Some(Ok(values)) => {
+                        for (position, value) in values {
+                            record.values[position] = value;
+                        }
+                    }
+                    Some(Err(reason)) => {
+                        rejects.push(self.reject(locator.place(row), None, reason));
+                        continue;
+                    }
+                    None => continue,
+                }
+            }
+            if let Err(e) = cellar_store::check_size(&self.job.group, &entity, &record) {
+                rejects.push(self.reject(locator.place(row), None, e.to_string()));
+                continue;
+            }
             match out {
                 Writes::Puts(puts) => puts.push(Write { entity, record }),
                 Writes::Merges {
@@ -291,7 +320,9 @@ impl<'j> Mapper<'j> {
                     let fields = self
                         .features
                         .iter()
-                        .map(|(p, _)| (*p, std::mem::replace(&mut values[*p], Value::Null)))
+                        .map(|(p, _)| *p)
+                        .chain(self.job.computed.iter().flat_map(|c| c.positions()))
+                        .map(|p| (p, std::mem::replace(&mut values[p], Value::Null)))
                         .chain(self.superseded.iter().map(|&p| (p, Value::Null)))
                         .collect();
                     entities.push(entity);
@@ -308,7 +339,8 @@ impl<'j> Mapper<'j> {
         skipped
     }
 
-    /// One row as the entity and its record (every feature the job does not map is null),
+    /// One row as the entity and its record (every feature the job does not map is null, and
+    /// its computed features are not computed yet),
     /// `None` when its event time is outside the job's period, or the column at fault and why.
     /// `now` is the clock, for the latest event time accepted.
     fn map_row(
@@ -394,11 +426,7 @@ impl<'j> Mapper<'j> {
                     )
                 })?;
         }
-        let entity = EntityKey(key);
-        let record = Record::new(event_time, values);
-        cellar_store::check_size(&job.group, &entity, &record)
-            .map_err(|e| (None, e.to_string()))?;
-        Ok(Some((entity, record)))
+        Ok(Some((EntityKey(key), Record::new(event_time, values))))
     }
 }
 

@@ -270,6 +270,11 @@ impl Context {
             .with_batch_size(job.options.batch_rows.max(1))
             .with_information_schema(false);
         let session = SessionContext::new_with_config(config);
+        // The functions of Cellar's expression language, so a transform computes what an
+        // on-demand or write-time expression of the same text computes.
+        for function in cellar_expr::functions::all() {
+            session.register_udf(function);
+        }
         let source_rejects = Arc::default();
         let source_failure = Arc::default();
         let table = SourceTable {

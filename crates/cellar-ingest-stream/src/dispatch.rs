@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use cellar_expr::WriteExpressions;
 use cellar_spec::value::parse_timestamp;
 use cellar_spec::{
     AggregateFunction, Entity, EntityKey, FeatureExpr, FeatureGroup, FeatureRepo, GroupKind,
@@ -104,6 +105,19 @@ fn member_names(text: &str) -> Option<Vec<String>> {
         .collect()
 }
 
+/// The features `computed` computes for one event, whose other features `value` reads by
+/// position. (An event at a time: the pipeline maps events one by one.)
+fn compute_one<'a>(
+    computed: &WriteExpressions,
+    event_time: i64,
+    value: impl Fn(usize) -> &'a Value,
+) -> Result<Vec<(usize, Value)>, String> {
+    computed
+        .compute(1, |_, position| value(position), |_| event_time)
+        .pop()
+        .unwrap_or_else(|| Err("no result".to_owned()))
+}
+
 /// A stream ingestion ready to map events: its paths parsed, its features resolved to
 /// positions of its group.
 #[derive(Debug)]
@@ -123,6 +137,8 @@ pub struct StreamMapping {
     /// (feature position, source path).
     features: Vec<(usize, FieldPath)>,
     aggregates: Vec<AggregateMapping>,
+    /// Features computed from the others by write-time expressions.
+    computed: Option<WriteExpressions>,
     /// Retired positions that held a written feature before its type changed: cleared by each
     /// update, so the value written now is served and not the old one converted.
     superseded: Vec<usize>,
@@ -185,6 +201,7 @@ impl StreamMapping {
                     )?;
                     features.push((position, parsed));
                 }
+                FeatureExpr::Expression(_) => {}
                 FeatureExpr::Aggregate(agg) => {
                     let feature = &group.features[position];
                     let float = match (agg.function, feature.value_type) {
@@ -237,10 +254,13 @@ impl StreamMapping {
                 }
             }
         }
+        let computed = WriteExpressions::compile(group, ingestion).map_err(&fail)?;
         let updates = group.kind == GroupKind::Attribute;
         let superseded = features
             .iter()
-            .filter_map(|(position, _)| group.predecessor(*position))
+            .map(|(position, _)| *position)
+            .chain(computed.iter().flat_map(|c| c.positions()))
+            .filter_map(|position| group.predecessor(position))
             .collect();
         Ok(StreamMapping {
             name: ingestion.name.clone(),
@@ -253,6 +273,7 @@ impl StreamMapping {
             event_time,
             features,
             aggregates,
+            computed,
             superseded,
             updates,
         })
@@ -326,11 +347,28 @@ impl StreamMapping {
             for (position, path) in &self.features {
                 values[*position] = field(*position, path)?;
             }
+            if let Some(computed) = &self.computed {
+                for (position, value) in
+                    compute_one(computed, event_time, |p| &values[p]).map_err(&fail)?
+                {
+                    values[position] = value;
+                }
+            }
             return Ok((entity, Change::Put(Record::new(event_time, values))));
         }
         let mut fields = Vec::with_capacity(self.features.len());
         for (position, path) in &self.features {
             fields.push((*position, field(*position, path)?));
+        }
+        if let Some(computed) = &self.computed {
+            let read = |p: usize| {
+                fields
+                    .iter()
+                    .find(|(position, _)| *position == p)
+                    .map_or(&Value::Null, |(_, v)| v)
+            };
+            let values = compute_one(computed, event_time, read).map_err(&fail)?;
+            fields.extend(values);
         }
         fields.extend(self.superseded.iter().map(|&p| (p, Value::Null)));
         let mut folds = Vec::with_capacity(self.aggregates.len());

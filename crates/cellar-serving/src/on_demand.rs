@@ -29,6 +29,8 @@ pub enum InputSource {
     /// A field of one of the group's external sources (indices into its `sources` and the
     /// source's `fields`).
     External { source: usize, field: usize },
+    /// A feature of another on-demand group, computed first for the same rows.
+    OnDemand { group: String, feature: usize },
 }
 
 /// One input's values for every row of a read.
@@ -111,6 +113,18 @@ impl ServedOnDemand {
                 .collect(),
             Err(_) => BTreeSet::new(),
         }
+    }
+
+    /// The other on-demand groups whose features the features read.
+    pub fn on_demand_inputs(&self) -> BTreeSet<&str> {
+        self.compiled
+            .iter()
+            .flat_map(|c| c.sources.iter())
+            .filter_map(|(s, _)| match s {
+                InputSource::OnDemand { group, .. } => Some(group.as_str()),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The request data fields and entity key columns the features read, with their types.
@@ -237,6 +251,20 @@ fn compile(spec: &OnDemandGroup, repo: &FeatureRepo) -> Result<Compiled, String>
                 return Ok((external, input.value_type));
             }
             let source = match &input.qualifier {
+                Some(group) if repo.group(group).is_none() => {
+                    let other = repo
+                        .on_demand
+                        .iter()
+                        .find(|o| o.name == *group)
+                        .ok_or_else(|| format!("no feature group `{group}`"))?;
+                    let feature = other.feature_index(&input.name).ok_or_else(|| {
+                        format!("group `{group}` has no feature `{}`", input.name)
+                    })?;
+                    InputSource::OnDemand {
+                        group: group.clone(),
+                        feature,
+                    }
+                }
                 Some(group) => {
                     let stored = repo
                         .group(group)

@@ -269,7 +269,11 @@ struct ResolvedGroup {
 /// One on-demand group of a read.
 struct ResolvedOnDemand {
     group: Arc<ServedOnDemand>,
+    /// The features answered.
     features: Vec<usize>,
+    /// The features computed: those answered, or all of them for a group other on-demand
+    /// groups read.
+    computed: Vec<usize>,
 }
 
 /// A read resolved against the catalog: the stored groups to read, the on-demand groups to
@@ -425,6 +429,7 @@ impl FeatureServer {
                 order.push(Answer::OnDemand(on_demand.len()));
                 on_demand.push(ResolvedOnDemand {
                     group: group.clone(),
+                    computed: features.clone(),
                     features,
                 });
                 continue;
@@ -499,6 +504,32 @@ impl FeatureServer {
                 query: TimeseriesQuery { top_n, since },
                 returned: true,
             });
+        }
+        // The on-demand groups on-demand features read, whether asked for or not, with every
+        // feature; and the groups those read, and so on.
+        let mut next = 0;
+        while next < on_demand.len() {
+            let needed: Vec<String> = on_demand[next]
+                .group
+                .on_demand_inputs()
+                .into_iter()
+                .map(str::to_owned)
+                .collect();
+            next += 1;
+            for name in needed {
+                let Some(group) = catalog.on_demand(&name) else {
+                    continue;
+                };
+                let all: Vec<usize> = (0..group.spec.features.len()).collect();
+                match on_demand.iter_mut().find(|d| d.group.spec.name == name) {
+                    Some(read) => read.computed = all,
+                    None => on_demand.push(ResolvedOnDemand {
+                        group: group.clone(),
+                        features: Vec::new(),
+                        computed: all,
+                    }),
+                }
+            }
         }
         // The stored groups on-demand features read, with the default `top_n` and the group's
         // retention: read once, whether asked for or not.
@@ -585,7 +616,8 @@ impl FeatureServer {
                     InputSource::Key(name) => (name, &req.entities, "entities"),
                     InputSource::Stored { .. }
                     | InputSource::EventTime { .. }
-                    | InputSource::External { .. } => continue,
+                    | InputSource::External { .. }
+                    | InputSource::OnDemand { .. } => continue,
                 };
                 if columns.contains_key(name) {
                     continue;
@@ -824,7 +856,7 @@ impl FeatureServer {
             );
         }
         for d in &resolved.on_demand {
-            cost.add(1, d.features.len());
+            cost.add(1, d.computed.len());
         }
         cost.check(self.limits.max_request_cost)?;
         let inputs = self.request_inputs(&resolved, &req, rows)?;
@@ -858,15 +890,43 @@ impl FeatureServer {
         let (stored_rows, fetched) = tokio::join!(reads, fetches);
         let mut stored_rows: Vec<Vec<Row>> = stored_rows?;
         let now = now_ms();
-        let computed: Vec<Vec<Row>> = resolved
-            .on_demand
-            .iter()
-            .enumerate()
-            .map(|(di, d)| {
-                let started = std::time::Instant::now();
-                let computed = d
-                    .group
-                    .evaluate(&d.features, rows, now, |source, t| match source {
+        let mut computed: Vec<Option<Vec<Row>>> = resolved.on_demand.iter().map(|_| None).collect();
+        for di in evaluation_order(&resolved.on_demand) {
+            let d = &resolved.on_demand[di];
+            let started = std::time::Instant::now();
+            let rows_computed =
+                d.group
+                    .evaluate(&d.computed, rows, now, |source, t| match source {
+                        InputSource::OnDemand { group, feature } => {
+                            let read =
+                                resolved
+                                    .on_demand
+                                    .iter()
+                                    .enumerate()
+                                    .find_map(|(o, other)| {
+                                        let theirs = computed[o].as_ref()?;
+                                        let at =
+                                            other.computed.iter().position(|f| f == feature)?;
+                                        (other.group.spec.name == *group).then_some((theirs, at))
+                                    });
+                            InputColumn::Values(match read {
+                                Some((theirs, at)) => theirs
+                                    .iter()
+                                    .map(|row| match row {
+                                        Row::Computed { values } => {
+                                            values.get(at).cloned().unwrap_or(Ok(Value::Null))
+                                        }
+                                        _ => Ok(Value::Null),
+                                    })
+                                    .collect(),
+                                None => vec![
+                                    Err(format!(
+                                        "on-demand group `{group}` could not be computed first"
+                                    ));
+                                    rows
+                                ],
+                            })
+                        }
                         InputSource::Request(name) | InputSource::Key(name) => InputColumn::Values(
                             inputs
                                 .get(name)
@@ -931,11 +991,9 @@ impl FeatureServer {
                             })
                         }
                     });
-                self.observe_on_demand(&d.group.spec.name, started.elapsed(), &computed);
-                computed
-            })
-            .collect();
-        let mut computed: Vec<Option<Vec<Row>>> = computed.into_iter().map(Some).collect();
+            self.observe_on_demand(&d.group.spec.name, started.elapsed(), &rows_computed);
+            computed[di] = Some(rows_computed);
+        }
         let mut groups = Vec::with_capacity(resolved.order.len());
         for answer in &resolved.order {
             match *answer {
@@ -949,10 +1007,24 @@ impl FeatureServer {
                 }
                 Answer::OnDemand(i) => {
                     let d = &resolved.on_demand[i];
+                    let mut rows = computed[i].take().unwrap_or_default();
+                    if d.computed != d.features {
+                        // Computed in full for another group: answered as asked.
+                        let at: Vec<usize> = d
+                            .features
+                            .iter()
+                            .filter_map(|f| d.computed.iter().position(|c| c == f))
+                            .collect();
+                        for row in &mut rows {
+                            if let Row::Computed { values } = row {
+                                *values = at.iter().map(|&a| values[a].clone()).collect();
+                            }
+                        }
+                    }
                     groups.push(GroupResult {
                         group: ResultGroup::OnDemand(d.group.clone()),
                         features: d.features.clone(),
-                        rows: computed[i].take().unwrap_or_default(),
+                        rows,
                     });
                 }
             }
@@ -962,6 +1034,29 @@ impl FeatureServer {
             groups,
         })
     }
+}
+
+/// The order to compute on-demand groups in: each after the groups it reads. Applied repos
+/// have no cycles (`plan` refuses them); a group caught in one anyway is computed last, and its
+/// inputs from the others of the cycle are errors.
+fn evaluation_order(groups: &[ResolvedOnDemand]) -> Vec<usize> {
+    let mut order = Vec::with_capacity(groups.len());
+    let mut done = vec![false; groups.len()];
+    while order.len() < groups.len() {
+        let ready = (0..groups.len()).find(|&i| {
+            !done[i]
+                && groups[i].group.on_demand_inputs().iter().all(|name| {
+                    groups
+                        .iter()
+                        .zip(&done)
+                        .all(|(g, &d)| d || g.group.spec.name != *name)
+                })
+        });
+        let next = ready.unwrap_or_else(|| (0..groups.len()).find(|&i| !done[i]).unwrap_or(0));
+        done[next] = true;
+        order.push(next);
+    }
+    order
 }
 
 impl FeatureServer {

@@ -398,16 +398,65 @@ pub fn group_inputs(group: &FeatureGroup) -> impl Iterator<Item = ExpressionInpu
         .chain(event_time)
 }
 
+/// Where a write-time expression's input comes from in the record being written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteInput {
+    /// The feature at this position of the group.
+    Feature(usize),
+    /// The record's event time.
+    EventTime,
+}
+
+/// The inputs of an ingestion's write-time expressions ([`FeatureExpr::Expression`]): each
+/// feature it reads from a field, by its name and also qualified by its group's name (so the
+/// text an on-demand group would use reads the same), and the record's event time as
+/// `event_time`, unless a feature has that name. `now()` is the event time too, so that
+/// writing the same event again gives the same values.
+pub fn write_inputs(
+    group: &FeatureGroup,
+    ingestion: &Ingestion,
+) -> Vec<(ExpressionInput, WriteInput)> {
+    let mut inputs = Vec::new();
+    for mapping in &ingestion.features {
+        let FeatureExpr::Field(_) = mapping.expr else {
+            continue;
+        };
+        let Some(position) = group.feature_index(&mapping.feature) else {
+            continue;
+        };
+        let value_type = group.features[position].value_type;
+        let read = WriteInput::Feature(position);
+        inputs.push((ExpressionInput::new(&mapping.feature, value_type), read));
+        inputs.push((
+            ExpressionInput::qualified(&group.name, &mapping.feature, value_type),
+            read,
+        ));
+    }
+    if group.feature_index(EVENT_TIME_INPUT).is_none() {
+        let timestamp = ValueType::Scalar(crate::value::ScalarType::Timestamp);
+        inputs.push((
+            ExpressionInput::new(EVENT_TIME_INPUT, timestamp),
+            WriteInput::EventTime,
+        ));
+        inputs.push((
+            ExpressionInput::qualified(&group.name, EVENT_TIME_INPUT, timestamp),
+            WriteInput::EventTime,
+        ));
+    }
+    inputs
+}
+
 /// Checks an expression against its inputs and the type it must give; implemented by the
 /// expression language (`cellar-expr`), which this crate cannot depend on.
 pub trait ExpressionCheck: Sync {
-    /// `Err` says what is wrong, in words for the spec's author.
+    /// The positions in `inputs` of those the expression reads; `Err` says what is wrong, in
+    /// words for the spec's author.
     fn check(
         &self,
         expr: &str,
         inputs: &[ExpressionInput],
         output: ValueType,
-    ) -> Result<(), String>;
+    ) -> Result<Vec<usize>, String>;
 }
 
 /// A named set of features across groups that one model reads.
@@ -458,6 +507,9 @@ pub enum FeatureExpr {
     Field(String),
     /// An aggregate over a window of events.
     Aggregate(AggregateExpr),
+    /// A SQL scalar expression over the features the same ingestion reads from fields (see
+    /// [`write_inputs`]), computed when the event or row is written.
+    Expression(String),
 }
 
 /// A windowed aggregate, maintained by the stream aggregators.

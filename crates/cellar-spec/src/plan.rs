@@ -412,6 +412,7 @@ fn diff_ingestion(old: &Ingestion, new: &Ingestion, d: &mut Diff) {
     d.field("event_time", &old.event_time, &new.event_time, optional);
     let show_expr = |e: &crate::model::FeatureExpr| match e {
         crate::model::FeatureExpr::Field(f) => format!("`{f}`"),
+        crate::model::FeatureExpr::Expression(e) => format!("expression `{e}`"),
         crate::model::FeatureExpr::Aggregate(a) => {
             let mut s = format!(
                 "{} over {}",

@@ -82,6 +82,7 @@ fn summarize(repo: &FeatureRepo) -> String {
             .map(|m| match &m.expr {
                 FeatureExpr::Field(f) => format!("{}={f}", m.feature),
                 FeatureExpr::Aggregate(a) => format!("{}={a:?}", m.feature),
+                FeatureExpr::Expression(e) => format!("{}=expr({e})", m.feature),
             })
             .collect();
         out += &format!(

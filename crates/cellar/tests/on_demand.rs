@@ -2,6 +2,8 @@
 //! keys and stored groups (attributes and time series), with a status per value; refused where
 //! they cannot work (writes, wrong expressions at plan).
 
+mod common;
+
 use std::net::SocketAddr;
 
 use cellar::config::Config;
@@ -652,4 +654,706 @@ async fn a_source_answer_is_kept_in_process_for_its_cache_ttl_only() {
     assert_eq!(rows[2]["values"], json!([0.5]));
     assert_eq!(rows[3]["values"], json!([0.5]));
     assert_eq!(rows[1]["statuses"], json!(["not_found"]));
+}
+
+/// Expressions written identically at write time (into `item_stats`, by a batch ingestion and
+/// by a stream ingestion) and at read time (the on-demand group `item_recomputed`).
+const PARITY_EXPRESSIONS: [(&str, &str, &str); 9] = [
+    ("sum3", "int64", "item_stats.a + item_stats.b * 3"),
+    (
+        "ratio",
+        "int64",
+        "CASE WHEN item_stats.b <> 0 THEN item_stats.a / item_stats.b ELSE -1 END",
+    ),
+    (
+        "mixed",
+        "float64",
+        "item_stats.x * 1.5 - sqrt(abs(item_stats.y))",
+    ),
+    (
+        "km",
+        "float64",
+        "haversine_km(item_stats.x, item_stats.y, 52.52, 13.405)",
+    ),
+    (
+        "label",
+        "string",
+        "upper(coalesce(item_stats.s, 'none')) || '-' || CAST(item_stats.a AS VARCHAR)",
+    ),
+    (
+        "above",
+        "bool",
+        "item_stats.a > item_stats.b AND item_stats.x < 0",
+    ),
+    (
+        "age_at_write_s",
+        "int64",
+        "CAST(to_unixtime(item_stats.event_time) - to_unixtime(item_stats.t) AS BIGINT)",
+    ),
+    ("hour", "float64", "date_part('hour', item_stats.t) + 0.5"),
+    // Generated `b`s are above -6: only the stream test's poison event divides by zero.
+    ("quotient", "int64", "item_stats.a / (item_stats.b + 6)"),
+];
+
+fn parity_repo(input: &std::path::Path) -> String {
+    let stored: String = PARITY_EXPRESSIONS
+        .iter()
+        .map(|(name, ty, _)| format!("  - {{ name: {name}, type: {ty} }}\n"))
+        .collect();
+    let written: String = PARITY_EXPRESSIONS
+        .iter()
+        .map(|(name, _, expr)| format!("  {name}: {{ expr: \"{expr}\" }}\n"))
+        .collect();
+    let stream_written: String = PARITY_EXPRESSIONS
+        .iter()
+        .map(|(name, _, expr)| format!("  {name}: {{ expr: \"{expr}\" }}\n"))
+        .collect();
+    let recomputed: String = PARITY_EXPRESSIONS
+        .iter()
+        .map(|(name, ty, expr)| format!("  - {{ name: {name}, type: {ty}, expr: \"{expr}\" }}\n"))
+        .collect();
+    format!(
+        r#"kind: Entity
+name: item
+keys: [{{ name: item_id, type: string }}]
+---
+kind: FeatureGroup
+name: item_stats
+entity: item
+type: attribute
+features:
+  - {{ name: a, type: int64 }}
+  - {{ name: b, type: int64 }}
+  - {{ name: x, type: float64 }}
+  - {{ name: y, type: float64 }}
+  - {{ name: s, type: string }}
+  - {{ name: t, type: timestamp }}
+{stored}---
+kind: Ingestion
+name: item_files
+batch: {{ files: {{ path: "{input}/*.parquet" }} }}
+into: item_stats
+key: item_id
+event_time: ts
+features:
+  a: a
+  b: b
+  x: x
+  y: y
+  s: s
+  t: t
+{written}---
+kind: Ingestion
+name: item_events
+stream: {{ topic: items, format: json }}
+into: item_stats
+key: $.item_id
+event_time: $.ts
+features:
+  a: $.a
+  b: $.b
+  x: $.x
+  y: $.y
+  s: $.s
+  t: $.t
+{stream_written}---
+kind: FeatureGroup
+name: item_recomputed
+type: on_demand
+features:
+{recomputed}"#,
+        input = input.display()
+    )
+}
+
+/// A deterministic stream of numbers for generated rows.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        self.0 >> 33
+    }
+
+    /// `None` about one time in eight, so every column has nulls.
+    fn maybe<T>(&mut self, value: T) -> Option<T> {
+        (!self.next().is_multiple_of(8)).then_some(value)
+    }
+}
+
+const PARITY_ROWS: usize = 3000;
+
+/// Writes `rows` generated rows as Parquet under `dir`, ids `{prefix}0...`.
+fn write_items(dir: &std::path::Path, prefix: &str, rows: usize, seed: u64) -> i64 {
+    use arrow_array::{
+        ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+    };
+    use std::sync::Arc;
+    let mut r = Lcg(seed);
+    let now = now_ms();
+    let ids: Vec<String> = (0..rows).map(|i| format!("{prefix}{i}")).collect();
+    let ts: Vec<i64> = (0..rows)
+        .map(|_| now - 86_400_000 + (r.next() % 80_000_000) as i64)
+        .collect();
+    let a: Vec<Option<i64>> = (0..rows)
+        .map(|_| {
+            let v = (r.next() % 2001) as i64 - 1000;
+            r.maybe(v)
+        })
+        .collect();
+    let b: Vec<Option<i64>> = (0..rows)
+        .map(|_| {
+            let v = (r.next() % 11) as i64 - 5;
+            r.maybe(v)
+        })
+        .collect();
+    let x: Vec<Option<f64>> = (0..rows)
+        .map(|_| {
+            let v = (r.next() % 18_000) as f64 / 100.0 - 90.0;
+            r.maybe(v)
+        })
+        .collect();
+    let y: Vec<Option<f64>> = (0..rows)
+        .map(|_| {
+            let v = (r.next() % 36_000) as f64 / 100.0 - 180.0;
+            r.maybe(v)
+        })
+        .collect();
+    let words = ["red", "Green", "blue ", "", "ünïcode"];
+    let s: Vec<Option<&str>> = (0..rows)
+        .map(|_| {
+            let v = words[(r.next() % 5) as usize];
+            r.maybe(v)
+        })
+        .collect();
+    let t: Vec<Option<i64>> = ts
+        .iter()
+        .map(|ts| {
+            let v = ts - (r.next() % 10_000_000) as i64;
+            r.maybe(v)
+        })
+        .collect();
+    let columns: Vec<(&str, ArrayRef)> = vec![
+        ("item_id", Arc::new(StringArray::from(ids))),
+        (
+            "ts",
+            Arc::new(TimestampMillisecondArray::from(ts).with_timezone("UTC")),
+        ),
+        ("a", Arc::new(Int64Array::from(a))),
+        ("b", Arc::new(Int64Array::from(b))),
+        ("x", Arc::new(Float64Array::from(x))),
+        ("y", Arc::new(Float64Array::from(y))),
+        ("s", Arc::new(StringArray::from(s))),
+        (
+            "t",
+            Arc::new(TimestampMillisecondArray::from(t).with_timezone("UTC")),
+        ),
+    ];
+    let batch = RecordBatch::try_from_iter(columns).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    let file = std::fs::File::create(dir.join(format!("{prefix}.parquet"))).unwrap();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    now
+}
+
+impl Served {
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let resp = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap())
+    }
+
+    /// Runs a batch job of `ingestion` to its end and returns it.
+    async fn run_job(&self, ingestion: &str) -> Value {
+        let (status, submitted) = self
+            .post("/v1/jobs", json!({ "ingestion": ingestion }))
+            .await;
+        assert_eq!(status, 202, "{submitted}");
+        let id = submitted["id"]
+            .as_u64()
+            .or(submitted["job"]["id"].as_u64())
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let (_, shown) = self.get(&format!("/v1/jobs/{id}")).await;
+            let state = shown["job"]["state"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            if state == "succeeded" || state == "failed" {
+                return shown;
+            }
+            assert!(std::time::Instant::now() < deadline, "job {id}: {shown}");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The values of `groups` for the items `ids`, one JSON array of rows per group.
+    async fn item_rows(&self, ids: &[String], groups: &[&str]) -> Vec<Vec<Value>> {
+        let mut out = vec![Vec::new(); groups.len()];
+        for chunk in ids.chunks(500) {
+            let (status, body) = self
+                .post(
+                    "/v1/features",
+                    json!({"entities": {"item_id": chunk}, "groups": groups}),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+            for (g, rows) in out.iter_mut().enumerate() {
+                rows.extend(
+                    body["results"][g]["rows"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .cloned(),
+                );
+            }
+        }
+        out
+    }
+}
+
+/// The stored (written) values of the parity features from a row of `item_stats`.
+fn written_values(row: &Value) -> Vec<Value> {
+    let values = row["values"].as_array().unwrap();
+    values[6..].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expressions_give_the_same_values_written_by_the_batch_path_and_computed_when_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("items");
+    write_items(&input, "i", PARITY_ROWS, 7);
+    let node = Served::start_with(&parity_repo(&input)).await;
+    let job = node.run_job("item_files").await;
+    assert_eq!(job["job"]["state"], "succeeded", "{job}");
+    assert_eq!(job["job"]["rows_written"], PARITY_ROWS as u64, "{job}");
+
+    let ids: Vec<String> = (0..PARITY_ROWS).map(|i| format!("i{i}")).collect();
+    let rows = node
+        .item_rows(&ids, &["item_stats", "item_recomputed"])
+        .await;
+    let (mut nulls, mut values) = (0, 0);
+    for (i, (stored, served)) in rows[0].iter().zip(&rows[1]).enumerate() {
+        assert_eq!(stored["status"], "present", "row {i}: {stored}");
+        let written = written_values(stored);
+        let computed = served["values"].as_array().unwrap();
+        assert_eq!(
+            &written, computed,
+            "row {i}: written {stored}, served {served}"
+        );
+        nulls += written.iter().filter(|v| v.is_null()).count();
+        values += written.iter().filter(|v| !v.is_null()).count();
+    }
+    // The generated rows reach every kind of value, nulls included.
+    assert!(
+        nulls > PARITY_ROWS / 4 && values > PARITY_ROWS * 5,
+        "{nulls} nulls, {values} values"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stream_events_are_written_with_their_computed_features_and_a_failing_one_is_dead_lettered()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let node = Served::start_with(&parity_repo(&dir.path().join("unused"))).await;
+    let now = now_ms();
+    let event = |id: &str, a: i64, b: i64| {
+        json!({"item_id": id, "ts": now - 60_000, "a": a, "b": b, "x": -10.5, "y": 20.25,
+               "s": "red", "t": now - 3_660_000})
+    };
+    // e3 divides by zero: it alone is dead-lettered, with the feature and the reason.
+    let events = [event("e1", 7, 2), event("e3", 1, -6), event("e2", 1, 5)];
+    let (status, body) = node
+        .post("/v1/events", json!({"topic": "items", "events": events}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let ids = vec!["e1".to_owned(), "e2".to_owned(), "e3".to_owned()];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let rows = loop {
+        let rows = node
+            .item_rows(&ids, &["item_stats", "item_recomputed"])
+            .await;
+        if rows[0][..2].iter().all(|r| r["status"] == "present") {
+            break rows;
+        }
+        assert!(std::time::Instant::now() < deadline, "{rows:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let e1 = written_values(&rows[0][0]);
+    assert_eq!(e1[0], 13, "{e1:?}");
+    assert_eq!(e1[1], 3, "{e1:?}");
+    assert_eq!(e1[4], "RED-7", "{e1:?}");
+    assert_eq!(e1[5], true, "{e1:?}");
+    assert_eq!(e1[6], 3_600, "{e1:?}");
+    assert_eq!(e1[8], 0, "{e1:?}");
+    for (stored, served) in rows[0][..2].iter().zip(&rows[1]) {
+        assert_eq!(
+            &written_values(stored),
+            served["values"].as_array().unwrap()
+        );
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let letters = loop {
+        let (status, letters) = node.get("/v1/dead-letters?ingestion=item_events").await;
+        assert_eq!(status, 200, "{letters}");
+        if !letters.as_array().unwrap().is_empty() {
+            break letters;
+        }
+        assert!(std::time::Instant::now() < deadline, "no dead letter");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let letters = letters.as_array().unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let error = letters[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("feature `quotient`") && error.contains("Divide by zero"),
+        "{error}"
+    );
+    let (_, body) = node
+        .post(
+            "/v1/features",
+            json!({"entities": {"item_id": ["e3"]}, "groups": ["item_stats"]}),
+        )
+        .await;
+    assert_eq!(
+        body["results"][0]["rows"][0]["status"], "not_found",
+        "{body}"
+    );
+}
+
+#[test]
+fn a_write_time_expression_that_does_not_fit_is_refused_at_plan_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = parity_repo(&dir.path().join("items")).replace(
+        "sum3: { expr: \"item_stats.a + item_stats.b * 3\" }",
+        "sum3: { expr: \"item_stats.x + item_stats.nope\" }",
+    );
+    std::fs::write(dir.path().join("repo.yaml"), &text).unwrap();
+    let err = repo::load_repo(dir.path()).unwrap_err().to_string();
+    let line = text
+        .lines()
+        .position(|l| l.contains("item_stats.nope"))
+        .unwrap()
+        + 1;
+    assert!(err.contains(&format!("repo.yaml:{line}")), "{err}");
+    assert!(err.contains("nope"), "{err}");
+}
+
+/// A source answering, for every user asked, a report no other part of the test writes.
+async fn report_source(report: String) -> String {
+    let app = axum::Router::new().route(
+        "/report",
+        axum::routing::post(move |body: axum::Json<Value>| {
+            let report = report.clone();
+            async move {
+                let rows: Vec<Value> = body.0["keys"]["user_id"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|user| json!({"report": format!("{report}-{}", user.as_str().unwrap())}))
+                    .collect();
+                axum::Json(json!({ "rows": rows }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/report")
+}
+
+/// Whether `haystack` holds `needle`.
+fn holds(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Every file under `dir` whose bytes hold `needle`.
+fn files_holding(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if std::fs::read(&path).is_ok_and(|bytes| holds(&bytes, needle)) {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs Redis (CELLAR_TEST_REDIS); scripts/test.sh starts it"]
+async fn values_of_an_uncached_source_are_kept_by_no_tier_and_no_store() {
+    let redis_url = common::service_address("CELLAR_TEST_REDIS", "Redis");
+    let tag = format!("{:016x}", rand::random::<u64>());
+    let secret = format!("source-report-{tag}");
+    let stored = format!("stored-nickname-{tag}");
+    let url = report_source(secret.clone()).await;
+    let repo = format!(
+        r#"kind: Entity
+name: user
+keys: [{{ name: user_id, type: string }}]
+---
+kind: FeatureGroup
+name: profile
+entity: user
+type: attribute
+serving: {{ tiers: [local, remote], write: through }}
+features:
+  - {{ name: nickname, type: string }}
+---
+kind: FeatureGroup
+name: risk
+type: on_demand
+sources:
+  - name: credit
+    url: "{url}"
+    keys: [user_id]
+    timeout: 2s
+    cache_ttl: 0s
+    fields:
+      - {{ name: report, type: string }}
+features:
+  - {{ name: report, type: string, expr: credit.report }}
+  - {{ name: headline, type: string, expr: "profile.nickname || ': ' || credit.report" }}
+---
+kind: FeatureService
+name: underwriting
+features: [profile:nickname, risk:headline]
+"#
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config {
+        data_dir: dir.path().join("data"),
+        repo: dir.path().join("repo"),
+        ..Config::default()
+    };
+    config.cache.remote_urls = vec![redis_url.clone()];
+    config.cache.remote_key_prefix = format!("cellar-compliance:{tag}:");
+    std::fs::create_dir_all(&config.repo).unwrap();
+    std::fs::write(config.repo.join("repo.yaml"), repo).unwrap();
+    let registry = Registry::open(&config.registry_url()).await.unwrap();
+    registry
+        .apply(&repo::load_repo(&config.repo).unwrap())
+        .await
+        .unwrap();
+    let data_dir = config.data_dir.clone();
+    let node = Node::open(config).await.unwrap();
+    let local = node.local.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    tokio::spawn(node.serve(listener, None, std::future::pending()));
+    let node = Served {
+        base: format!("http://{addr}"),
+        client: reqwest::Client::new(),
+        _dir: dir,
+    };
+
+    let users: Vec<String> = (0..20).map(|i| format!("u{i}")).collect();
+    let records: Vec<Value> = users
+        .iter()
+        .map(|u| {
+            json!({"entity": {"user_id": u}, "event_time": now_ms() - 1000,
+                        "features": {"nickname": format!("{stored}-{u}")}})
+        })
+        .collect();
+    node.push("profile", json!(records)).await;
+    // Every way of reading the source, twice, so that anything a first read would keep is
+    // there for the second.
+    for _ in 0..2 {
+        let (status, body) = node
+            .post(
+                "/v1/features",
+                json!({"entities": {"user_id": users}, "groups": ["profile", "risk"]}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let row = &body["results"][1]["rows"][3];
+        assert_eq!(row["values"][0], format!("{secret}-u3"), "{body}");
+        assert_eq!(
+            row["values"][1],
+            format!("{stored}-u3: {secret}-u3"),
+            "{body}"
+        );
+        let (status, body) = node
+            .post(
+                "/v1/features",
+                json!({"entities": {"user_id": users}, "feature_service": "underwriting"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.to_string().contains(&secret), "{body}");
+        let (status, body) = node
+            .post(
+                "/get-online-features",
+                json!({"features": ["risk:report"], "entities": {"user_id": users}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.to_string().contains(&secret), "{body}");
+    }
+
+    // The local tier: the stored group's values are there, the source's are not.
+    let (mut stored_seen, mut secret_seen) = (0, 0);
+    local.for_each_record(|_, record| {
+        for value in &record.values {
+            let text = format!("{value:?}");
+            stored_seen += usize::from(text.contains(&stored));
+            secret_seen += usize::from(text.contains(&secret));
+        }
+    });
+    assert!(
+        stored_seen >= users.len(),
+        "the local tier holds {stored_seen} stored values"
+    );
+    assert_eq!(secret_seen, 0, "the local tier holds source values");
+
+    // The Redis tier: every key under this node's prefix, read whole.
+    let client = redis::Client::open(redis_url).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<Vec<u8>> = redis::cmd("KEYS")
+        .arg(format!("cellar-compliance:{tag}:*"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let (mut stored_seen, mut secret_seen) = (0, 0);
+    for key in &keys {
+        let kind: String = redis::cmd("TYPE")
+            .arg(key)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let bytes: Vec<u8> = match kind.as_str() {
+            "string" => redis::cmd("GET")
+                .arg(key)
+                .query_async(&mut redis)
+                .await
+                .unwrap(),
+            _ => redis::cmd("DUMP")
+                .arg(key)
+                .query_async(&mut redis)
+                .await
+                .unwrap(),
+        };
+        stored_seen +=
+            usize::from(holds(&bytes, stored.as_bytes()) || holds(key, stored.as_bytes()));
+        secret_seen +=
+            usize::from(holds(&bytes, secret.as_bytes()) || holds(key, secret.as_bytes()));
+    }
+    assert!(
+        stored_seen >= users.len(),
+        "Redis holds {stored_seen} stored values in {} keys",
+        keys.len()
+    );
+    assert_eq!(secret_seen, 0, "Redis holds source values");
+
+    // The store and everything else the node keeps on disk (registry, log, audit).
+    assert!(
+        !files_holding(&data_dir, stored.as_bytes()).is_empty(),
+        "the store's files hold no stored value"
+    );
+    let leaked = files_holding(&data_dir, secret.as_bytes());
+    assert!(leaked.is_empty(), "source values on disk: {leaked:?}");
+}
+
+#[tokio::test]
+async fn an_on_demand_group_reads_another_computed_first_for_the_same_rows() {
+    let repo = format!(
+        r#"{REPO}---
+kind: FeatureGroup
+name: feed_rank
+type: on_demand
+features:
+  - name: score
+    type: float64
+    expr: "CASE WHEN feed_signals.clicked_before THEN 0.0 ELSE 100.0 / (1.0 + feed_signals.distance_km) END"
+  - name: busy
+    type: bool
+    expr: feed_signals.clicks_per_view > 1
+"#
+    );
+    let node = Served::start_with(&repo).await;
+    let now = now_ms();
+    node.push(
+        "user_clicks",
+        json!([
+            {"entity": {"user_id": "u1"}, "event_time": now - 1000,
+             "features": {"last_click_at": now - 90_000, "clicks": 6, "views": 3}},
+            {"entity": {"user_id": "u2"}, "event_time": now - 1000,
+             "features": {"last_click_at": now - 5_000, "clicks": 1, "views": 0}}
+        ]),
+    )
+    .await;
+    node.push(
+        "article_profile",
+        json!([
+            {"entity": {"article_id": "a1"}, "event_time": now - 1000,
+             "features": {"category": "food", "lat": 52.52, "lon": 13.405}}
+        ]),
+    )
+    .await;
+    let request = |groups: Value| {
+        json!({
+            "entities": {"user_id": ["u1", "u2"], "article_id": ["a1", "a1"]},
+            "request_data": {"user_lat": [52.52, 52.52], "user_lon": [13.405, 13.405]},
+            "groups": groups
+        })
+    };
+    // Only the reading group asked for: the one it reads is computed, not answered.
+    let (status, body) = node
+        .post("/v1/features", request(json!(["feed_rank"])))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 1, "{body}");
+    let rows = &results[0]["rows"];
+    // u1 at a1: not clicked before, 0 km away.
+    assert_eq!(rows[0]["values"], json!([100.0, true]), "{body}");
+    // u2: a division by zero in the group read is the error of the feature reading it.
+    assert_eq!(rows[1]["statuses"], json!(["present", "error"]), "{body}");
+    assert!(
+        rows[1]["errors"][1]
+            .as_str()
+            .unwrap()
+            .contains("Divide by zero"),
+        "{body}"
+    );
+
+    // Both asked for, the read one with one feature: answered as asked.
+    let (status, body) = node
+        .post(
+            "/v1/features",
+            request(json!([{"name": "feed_signals", "features": ["distance_km"]}, "feed_rank"])),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["results"][0]["features"],
+        json!(["distance_km"]),
+        "{body}"
+    );
+    assert_eq!(
+        body["results"][0]["rows"][0]["values"],
+        json!([0.0]),
+        "{body}"
+    );
+    assert_eq!(
+        body["results"][1]["rows"][0]["values"],
+        json!([100.0, true]),
+        "{body}"
+    );
 }

@@ -8,7 +8,7 @@ use marked_yaml::Node;
 use super::document::{is_null, join};
 use super::scalars::{format_duration, parse_duration};
 use super::suggest::suggest;
-use super::{Doc, MappingDraft};
+use super::{Doc, Located, MappingDraft};
 use crate::aggregate::MAX_SLIDES_PER_WINDOW;
 use crate::model::{AggregateExpr, AggregateFunction, FeatureExpr};
 
@@ -60,6 +60,7 @@ impl Doc<'_> {
         let mut out = Vec::new();
         for (feature, node) in map.iter() {
             let path = join("features", feature.as_str());
+            let mut written_expr = None;
             let expr = match node {
                 Node::Scalar(s) if is_null(s) => {
                     self.error(
@@ -72,6 +73,12 @@ impl Doc<'_> {
                 Node::Scalar(s) => self
                     .check_expr(s, &path, is_stream)
                     .then(|| FeatureExpr::Field(s.as_str().to_owned())),
+                Node::Mapping(m) if m.get_node("expr").is_some() => {
+                    written_expr = self.expression(m, &path);
+                    written_expr
+                        .as_ref()
+                        .map(|e| FeatureExpr::Expression(e.value.clone()))
+                }
                 Node::Mapping(m) if is_stream => self
                     .aggregate(m, &path, is_stream)
                     .map(FeatureExpr::Aggregate),
@@ -80,7 +87,8 @@ impl Doc<'_> {
                         m.span(),
                         &path,
                         "aggregates are computed on streams; a batch ingestion aggregates in its \
-                         `transform`",
+                         `transform` (a mapping here is either `{ aggregate: ... }` on a stream \
+                         or `{ expr: ... }`)",
                     );
                     None
                 }
@@ -88,7 +96,8 @@ impl Doc<'_> {
                     self.error(
                         s.span(),
                         &path,
-                        "expected a field reference or an aggregate mapping, found a list",
+                        "expected a field reference, an aggregate or an `expr` mapping, found a \
+                         list",
                     );
                     None
                 }
@@ -103,9 +112,22 @@ impl Doc<'_> {
                 feature: self.locate(feature.as_str().to_owned(), feature.span(), &path),
                 expr,
                 aggregate,
+                written_expr,
             });
         }
         out
+    }
+
+    /// A write-time expression: `{ expr: "clicks / CAST(views AS DOUBLE)" }`, checked against
+    /// the ingestion's inputs once the repo is built.
+    fn expression(&mut self, map: &MarkedMappingNode, path: &str) -> Option<Located<String>> {
+        self.check_fields(map, path, &["expr"]);
+        let text = self.text(map, path, "expr", true)?;
+        if text.as_str().trim().is_empty() {
+            self.error(text.span(), &join(path, "expr"), "empty expression");
+            return None;
+        }
+        Some(self.locate(text.as_str().to_owned(), text.span(), &join(path, "expr")))
     }
 
     fn aggregate(

@@ -289,6 +289,8 @@ struct MappingDraft {
     expr: Option<FeatureExpr>,
     /// Known even when the rest of the aggregate is wrong, for the checks against the group.
     aggregate: Option<AggregateFunction>,
+    /// A write-time expression, with where it was written.
+    written_expr: Option<Located<String>>,
 }
 
 #[derive(Debug)]

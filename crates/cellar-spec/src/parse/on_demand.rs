@@ -13,10 +13,10 @@ use super::{
     Doc, Head, Located, OnDemandDraft, OnDemandFeatureDraft, RequestFieldDraft, SpecError,
 };
 use crate::model::{
-    group_inputs, ExpressionCheck, ExpressionInput, KeyType, OnDemandGroup, OnDemandSource,
-    SourceField,
+    group_inputs, write_inputs, ExpressionCheck, ExpressionInput, FeatureExpr, KeyType,
+    OnDemandGroup, OnDemandSource, SourceField,
 };
-use crate::repo::FeatureRepo;
+use crate::repo::{FeatureRepo, SpecKind};
 use crate::secret;
 use crate::value::{ScalarType, ValueType};
 
@@ -426,8 +426,9 @@ fn credential_header(name: &str) -> bool {
             .any(|w| name.contains(w))
 }
 
-/// Where each on-demand feature's expression was written: (group, feature) -> the text.
-pub(super) type WrittenExpressions = BTreeMap<(String, String), Located<String>>;
+/// Where each expression was written: (on-demand group or ingestion, its name, the feature)
+/// -> the text.
+pub(super) type WrittenExpressions = BTreeMap<(SpecKind, String, String), Located<String>>;
 
 impl super::Drafts {
     pub(super) fn expressions(&self) -> WrittenExpressions {
@@ -436,7 +437,25 @@ impl super::Drafts {
             for feature in &group.features {
                 if let Some(expr) = &feature.expr {
                     out.insert(
-                        (group.head.name.clone(), feature.name.clone()),
+                        (
+                            SpecKind::OnDemandGroup,
+                            group.head.name.clone(),
+                            feature.name.clone(),
+                        ),
+                        expr.clone(),
+                    );
+                }
+            }
+        }
+        for ingestion in &self.ingestions {
+            for mapping in &ingestion.features {
+                if let Some(expr) = &mapping.written_expr {
+                    out.insert(
+                        (
+                            SpecKind::Ingestion,
+                            ingestion.head.name.clone(),
+                            mapping.feature.value.clone(),
+                        ),
                         expr.clone(),
                     );
                 }
@@ -447,7 +466,8 @@ impl super::Drafts {
 }
 
 /// What an expression may read in `repo`: its group's request fields, every entity key field,
-/// and the features of every stored group (see [`group_inputs`]).
+/// the features of every stored group (see [`group_inputs`]), of every other on-demand group
+/// (qualified by the group's name), and of its group's external sources.
 pub fn expression_inputs(repo: &FeatureRepo, group: &OnDemandGroup) -> Vec<ExpressionInput> {
     let mut inputs: Vec<ExpressionInput> = group
         .request
@@ -467,6 +487,14 @@ pub fn expression_inputs(repo: &FeatureRepo, group: &OnDemandGroup) -> Vec<Expre
     for stored in &repo.groups {
         inputs.extend(group_inputs(stored));
     }
+    for other in repo.on_demand.iter().filter(|o| o.name != group.name) {
+        inputs.extend(
+            other
+                .features
+                .iter()
+                .map(|f| ExpressionInput::qualified(&other.name, &f.name, f.value_type)),
+        );
+    }
     for source in &group.sources {
         inputs.extend(
             source
@@ -478,6 +506,44 @@ pub fn expression_inputs(repo: &FeatureRepo, group: &OnDemandGroup) -> Vec<Expre
     inputs
 }
 
+/// Each cycle of `reads` (group -> the groups it reads) once, as the path `a -> b -> a`
+/// starting at its smallest name.
+fn cycles<'a>(reads: &BTreeMap<&'a str, BTreeMap<&'a str, &'a str>>) -> Vec<Vec<&'a str>> {
+    fn visit<'a>(
+        at: &'a str,
+        reads: &BTreeMap<&'a str, BTreeMap<&'a str, &'a str>>,
+        path: &mut Vec<&'a str>,
+        done: &mut BTreeSet<&'a str>,
+        found: &mut Vec<Vec<&'a str>>,
+    ) {
+        if let Some(start) = path.iter().position(|p| *p == at) {
+            let mut cycle = path[start..].to_vec();
+            let smallest = (0..cycle.len()).min_by_key(|&i| cycle[i]).unwrap_or(0);
+            cycle.rotate_left(smallest);
+            cycle.push(cycle[0]);
+            if !found.contains(&cycle) {
+                found.push(cycle);
+            }
+            return;
+        }
+        if done.contains(at) {
+            return;
+        }
+        path.push(at);
+        for next in reads.get(at).into_iter().flat_map(|r| r.keys()) {
+            visit(next, reads, path, done, found);
+        }
+        path.pop();
+        done.insert(at);
+    }
+    let mut found = Vec::new();
+    let mut done = BTreeSet::new();
+    for start in reads.keys() {
+        visit(start, reads, &mut Vec::new(), &mut done, &mut found);
+    }
+    found
+}
+
 /// Every on-demand feature's expression checked by `check`, errors at the expression's line.
 pub(super) fn check_expressions(
     repo: &FeatureRepo,
@@ -485,19 +551,81 @@ pub(super) fn check_expressions(
     check: &dyn ExpressionCheck,
 ) -> Vec<SpecError> {
     let mut errors = Vec::new();
+    let mut report = |kind: SpecKind, owner: &str, feature: &str, message: String| {
+        if let Some(at) = written.get(&(kind, owner.to_owned(), feature.to_owned())) {
+            errors.push(SpecError {
+                file: at.origin.file.clone(),
+                line: at.origin.line,
+                field: at.field.clone(),
+                message,
+            });
+        }
+    };
+    // Which on-demand groups each one reads, and the first feature reading each.
+    let mut reads: BTreeMap<&str, BTreeMap<&str, &str>> = BTreeMap::new();
     for group in &repo.on_demand {
         let inputs = expression_inputs(repo, group);
         for feature in &group.features {
-            if let Err(message) = check.check(&feature.expr, &inputs, feature.value_type) {
-                let Some(at) = written.get(&(group.name.clone(), feature.name.clone())) else {
-                    continue;
-                };
-                errors.push(SpecError {
-                    file: at.origin.file.clone(),
-                    line: at.origin.line,
-                    field: at.field.clone(),
+            match check.check(&feature.expr, &inputs, feature.value_type) {
+                Ok(read) => {
+                    for input in read.iter().filter_map(|&i| inputs.get(i)) {
+                        let Some(q) = &input.qualifier else { continue };
+                        if let Some(other) = repo.on_demand.iter().find(|o| o.name == *q) {
+                            reads
+                                .entry(group.name.as_str())
+                                .or_default()
+                                .entry(other.name.as_str())
+                                .or_insert(feature.name.as_str());
+                        }
+                    }
+                }
+                Err(message) => {
+                    report(SpecKind::OnDemandGroup, &group.name, &feature.name, message)
+                }
+            }
+        }
+    }
+    for cycle in cycles(&reads) {
+        let (first, second) = (cycle[0], cycle[1]);
+        let Some(feature) = reads.get(first).and_then(|r| r.get(second)) else {
+            continue;
+        };
+        report(
+            SpecKind::OnDemandGroup,
+            first,
+            feature,
+            format!(
+                "on-demand groups cannot read each other in a cycle: {}",
+                cycle.join(" -> ")
+            ),
+        );
+    }
+    for ingestion in &repo.ingestions {
+        let Some(group) = repo.group(&ingestion.into) else {
+            continue;
+        };
+        let mut inputs = None;
+        for mapping in &ingestion.features {
+            let FeatureExpr::Expression(expr) = &mapping.expr else {
+                continue;
+            };
+            let Some(position) = group.feature_index(&mapping.feature) else {
+                continue;
+            };
+            let feature = &group.features[position];
+            let inputs = inputs.get_or_insert_with(|| {
+                write_inputs(group, ingestion)
+                    .into_iter()
+                    .map(|(input, _)| input)
+                    .collect::<Vec<_>>()
+            });
+            if let Err(message) = check.check(expr, inputs, feature.value_type) {
+                report(
+                    SpecKind::Ingestion,
+                    &ingestion.name,
+                    &mapping.feature,
                     message,
-                });
+                );
             }
         }
     }
@@ -612,11 +740,14 @@ mod tests {
             expr: &str,
             inputs: &[ExpressionInput],
             _: ValueType,
-        ) -> Result<(), String> {
+        ) -> Result<Vec<usize>, String> {
             if expr.contains("bad") {
                 Err(format!("refused among {} inputs", inputs.len()))
             } else {
-                Ok(())
+                // Reads every input whose qualified name the text holds.
+                Ok((0..inputs.len())
+                    .filter(|&i| expr.contains(&inputs[i].to_string()))
+                    .collect())
             }
         }
     }
@@ -633,5 +764,91 @@ mod tests {
             ["r.yaml:18: features[1].expr: refused among 4 inputs"]
         );
         parse_repo(&[("r.yaml".into(), text)]).unwrap();
+    }
+
+    #[test]
+    fn write_time_expressions_are_read_and_checked_against_the_ingestion_fields() {
+        let text = format!(
+            "{USER}---\n{CLICKS}---\nkind: Ingestion\nname: c\n\
+             stream: {{ topic: t, format: json }}\ninto: clicks\nkey: $.user_id\n\
+             features:\n  n: $.n\n  last_at: {{ expr: bad }}\n"
+        );
+        let repo = parse_repo(&[("r.yaml".into(), text.clone())]).unwrap();
+        let ingestion = &repo.ingestions[0];
+        assert_eq!(
+            ingestion.features[1].expr,
+            FeatureExpr::Expression("bad".into())
+        );
+        // `n` by its name and qualified, and the event time both ways.
+        let group = repo.group("clicks").unwrap();
+        let inputs: Vec<String> = write_inputs(group, ingestion)
+            .iter()
+            .map(|(i, _)| i.to_string())
+            .collect();
+        assert_eq!(inputs, ["n", "clicks.n", "event_time", "clicks.event_time"]);
+        let err = parse_repo_with(&[("r.yaml".into(), text)], &Refuse).unwrap_err();
+        let messages: Vec<String> = err.0.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            messages,
+            ["r.yaml:18: features.last_at.expr: refused among 4 inputs"]
+        );
+
+        let extra = format!(
+            "{USER}---\n{CLICKS}---\nkind: Ingestion\nname: c\n\
+             stream: {{ topic: t, format: json }}\ninto: clicks\nkey: $.user_id\n\
+             features:\n  n: {{ expr: '1', window: 1m }}\n  last_at: {{ expr: '' }}\n"
+        );
+        let errors = errors_of(&extra);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("features.n") && e.contains("window")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("features.last_at.expr: missing required field")),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn on_demand_groups_read_each_other_but_not_in_a_cycle() {
+        let group = |name: &str, expr: &str| {
+            format!(
+                "kind: FeatureGroup\nname: {name}\ntype: on_demand\nfeatures:\n  - {{ name: x, type: int64, expr: '{expr}' }}\n"
+            )
+        };
+        let text = format!(
+            "{USER}---\n{CLICKS}---\n{}---\n{}---\n{}",
+            group("first", "clicks.n + 1"),
+            group("second", "first.x * 2"),
+            group("third", "second.x + first.x")
+        );
+        let repo = parse_repo_with(&[("r.yaml".into(), text)], &Refuse).unwrap();
+        let third = repo.on_demand.iter().find(|g| g.name == "third").unwrap();
+        let names: Vec<String> = expression_inputs(&repo, third)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(names.contains(&"first.x".to_owned()), "{names:?}");
+        assert!(!names.contains(&"third.x".to_owned()), "{names:?}");
+
+        let text = format!(
+            "{USER}---\n{CLICKS}---\n{}---\n{}---\n{}",
+            group("first", "third.x + 1"),
+            group("second", "first.x * 2"),
+            group("third", "second.x")
+        );
+        let err = parse_repo_with(&[("r.yaml".into(), text)], &Refuse).unwrap_err();
+        let messages: Vec<String> = err.0.iter().map(ToString::to_string).collect();
+        assert_eq!(messages.len(), 1, "{messages:?}");
+        assert!(
+            messages[0].contains(
+                "on-demand groups cannot read each other in a cycle: first -> third -> second -> first"
+            ),
+            "{messages:?}"
+        );
     }
 }
