@@ -266,6 +266,7 @@ impl<'j> Mapper<'j> {
         }
         // Read once per batch: rows of one batch are judged against one clock reading.
         let now = cellar_spec::time::now_ms();
+        let first_reject = rejects.len();
         let mut mapped = Vec::with_capacity(rows);
         for row in 0..rows {
             match self.map_row(&columns, row, now) {
@@ -336,6 +337,8 @@ impl<'j> Mapper<'j> {
                 }
             }
         }
+        // Rows refused after mapping (by their expressions or their size) in file order too.
+        rejects[first_reject..].sort_by_key(|r| (r.row, r.byte));
         skipped
     }
 
@@ -473,6 +476,59 @@ features: { article: article_id, dwell: dwell_s }
         // Rows of these tests are stamped near the epoch.
         job.options.event_times = EventTimeBounds::new(0, DEFAULT_MAX_FUTURE).unwrap();
         job
+    }
+
+    #[test]
+    fn write_time_expressions_fill_their_features_and_a_failing_row_is_rejected_alone() {
+        let text = REPO
+            .replace(
+                "  - { name: tags, type: \"list<string>\" }",
+                "  - { name: tags, type: \"list<string>\" }\n  - { name: per_char, type: int64 }",
+            )
+            .replace("max_record_bytes: 64", "max_record_bytes: 4096")
+            .replace(
+                "features: { article: article_id, dwell: dwell_s }",
+                "features:\n  article: article_id\n  dwell: dwell_s\n  per_char: { expr: \"CAST(dwell AS BIGINT) / character_length(article)\" }",
+            );
+        let repo: FeatureRepo =
+            cellar_spec::parse_repo(&[("r.yaml".into(), text)]).unwrap_or_else(|e| panic!("{e}"));
+        let mut job = BatchJob::from_repo(&repo, "click_log", 0).unwrap();
+        job.options.event_times = EventTimeBounds::new(0, DEFAULT_MAX_FUTURE).unwrap();
+        let b = batch(vec![
+            (
+                "user_id",
+                Arc::new(StringArray::from(vec!["u1", "u2", "u3"])) as ArrayRef,
+            ),
+            ("region", Arc::new(Int64Array::from(vec![1, 1, 1]))),
+            (
+                "ts",
+                Arc::new(TimestampMillisecondArray::from(vec![10, 20, 30])),
+            ),
+            (
+                "article_id",
+                Arc::new(StringArray::from(vec!["abcd", "", "ab"])),
+            ),
+            (
+                "dwell_s",
+                Arc::new(arrow_array::Float64Array::from(vec![8.0, 3.0, 9.0])),
+            ),
+        ]);
+        let mapper = Mapper::new(&job, 0, "f.parquet", &b.schema()).unwrap();
+        let (mut writes, mut rejects) = (Writes::new(job.mode), Vec::new());
+        mapper.map(&b, Locator::Rows { first: 0 }, &mut writes, &mut rejects);
+        let Writes::Puts(puts) = writes else {
+            panic!("a time series is written whole")
+        };
+        let per_char: Vec<&Value> = puts.iter().map(|w| w.record.value(3)).collect();
+        assert_eq!(per_char, [&Value::Int64(2), &Value::Int64(4)]);
+        assert_eq!(rejects.len(), 1, "{rejects:?}");
+        assert_eq!(rejects[0].row, Some(1));
+        assert!(
+            rejects[0].reason.contains("feature `per_char`")
+                && rejects[0].reason.contains("Divide by zero"),
+            "{}",
+            rejects[0].reason
+        );
     }
 
     fn batch(columns: Vec<(&str, ArrayRef)>) -> RecordBatch {
