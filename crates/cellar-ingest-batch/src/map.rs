@@ -299,7 +299,11 @@ impl<'j> Mapper<'j> {
                         rejects.push(self.reject(locator.place(row), None, reason));
                         continue;
                     }
-                    None => continue,
+                    None => {
+                        let reason = "its write-time expressions gave no values".to_owned();
+                        rejects.push(self.reject(locator.place(row), None, reason));
+                        continue;
+                    }
                 }
             }
             if let Err(e) = cellar_store::check_size(&self.job.group, &entity, &record) {

@@ -48,6 +48,9 @@ pub struct ServedOnDemand {
     compiled: Result<Compiled, String>,
     /// One client per external source of the spec, in its order.
     clients: Vec<Arc<SourceClient>>,
+    /// The other on-demand groups the features read, each once: known at compile time, asked
+    /// for by every request.
+    on_demand_inputs: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -70,10 +73,22 @@ impl ServedOnDemand {
         repo: &FeatureRepo,
         metrics: &SourceMetrics,
     ) -> ServedOnDemand {
+        let compiled = compile(spec, repo)
+            .map_err(|e| format!("on-demand group `{}` cannot be served: {e}", spec.name));
+        let on_demand_inputs = compiled
+            .iter()
+            .flat_map(|c| c.sources.iter())
+            .filter_map(|(s, _)| match s {
+                InputSource::OnDemand { group, .. } => Some(group.clone()),
+                _ => None,
+            })
+            .collect::<BTreeSet<String>>()
+            .into_iter()
+            .collect();
         ServedOnDemand {
             spec: spec.clone(),
-            compiled: compile(spec, repo)
-                .map_err(|e| format!("on-demand group `{}` cannot be served: {e}", spec.name)),
+            compiled,
+            on_demand_inputs,
             clients: spec
                 .sources
                 .iter()
@@ -116,15 +131,8 @@ impl ServedOnDemand {
     }
 
     /// The other on-demand groups whose features the features read.
-    pub fn on_demand_inputs(&self) -> BTreeSet<&str> {
-        self.compiled
-            .iter()
-            .flat_map(|c| c.sources.iter())
-            .filter_map(|(s, _)| match s {
-                InputSource::OnDemand { group, .. } => Some(group.as_str()),
-                _ => None,
-            })
-            .collect()
+    pub fn on_demand_inputs(&self) -> &[String] {
+        &self.on_demand_inputs
     }
 
     /// The request data fields and entity key columns the features read, with their types.

@@ -509,19 +509,14 @@ impl FeatureServer {
         // feature; and the groups those read, and so on.
         let mut next = 0;
         while next < on_demand.len() {
-            let needed: Vec<String> = on_demand[next]
-                .group
-                .on_demand_inputs()
-                .into_iter()
-                .map(str::to_owned)
-                .collect();
+            let reading = Arc::clone(&on_demand[next].group);
             next += 1;
-            for name in needed {
-                let Some(group) = catalog.on_demand(&name) else {
+            for name in reading.on_demand_inputs() {
+                let Some(group) = catalog.on_demand(name) else {
                     continue;
                 };
                 let all: Vec<usize> = (0..group.spec.features.len()).collect();
-                match on_demand.iter_mut().find(|d| d.group.spec.name == name) {
+                match on_demand.iter_mut().find(|d| d.group.spec.name == *name) {
                     Some(read) => read.computed = all,
                     None => on_demand.push(ResolvedOnDemand {
                         group: group.clone(),
@@ -898,17 +893,17 @@ impl FeatureServer {
                 d.group
                     .evaluate(&d.computed, rows, now, |source, t| match source {
                         InputSource::OnDemand { group, feature } => {
-                            let read =
-                                resolved
-                                    .on_demand
-                                    .iter()
-                                    .enumerate()
-                                    .find_map(|(o, other)| {
-                                        let theirs = computed[o].as_ref()?;
-                                        let at =
-                                            other.computed.iter().position(|f| f == feature)?;
-                                        (other.group.spec.name == *group).then_some((theirs, at))
-                                    });
+                            let read = resolved
+                                .on_demand
+                                .iter()
+                                .position(|o| o.group.spec.name == *group)
+                                .and_then(|o| {
+                                    let at = resolved.on_demand[o]
+                                        .computed
+                                        .iter()
+                                        .position(|f| f == feature)?;
+                                    Some((computed[o].as_ref()?, at))
+                                });
                             InputColumn::Values(match read {
                                 Some((theirs, at)) => theirs
                                     .iter()

@@ -77,7 +77,7 @@ features:
 struct Served {
     base: String,
     client: reqwest::Client,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Served {
@@ -87,12 +87,21 @@ impl Served {
 
     /// A node serving the repo `text`.
     async fn start_with(text: &str) -> Served {
+        Served::start_configured(text, |_| {}).await.0
+    }
+
+    /// A node serving the repo `text`, its config changed by `configure`, and its local tier.
+    async fn start_configured(
+        text: &str,
+        configure: impl FnOnce(&mut Config),
+    ) -> (Served, std::sync::Arc<cellar_cache::LocalTier>) {
         let dir = tempfile::tempdir().unwrap();
-        let config = Config {
+        let mut config = Config {
             data_dir: dir.path().join("data"),
             repo: dir.path().join("repo"),
             ..Config::default()
         };
+        configure(&mut config);
         std::fs::create_dir_all(&config.repo).unwrap();
         std::fs::write(config.repo.join("repo.yaml"), text).unwrap();
         let registry = Registry::open(&config.registry_url()).await.unwrap();
@@ -101,14 +110,34 @@ impl Served {
             .await
             .unwrap();
         let node = Node::open(config).await.unwrap();
+        let local = node.local.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         tokio::spawn(node.serve(listener, None, std::future::pending()));
-        Served {
+        let served = Served {
             base: format!("http://{addr}"),
             client: reqwest::Client::new(),
-            _dir: dir,
-        }
+            dir,
+        };
+        (served, local)
+    }
+
+    fn data_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// u1 clicked 6 of 3 views 90 s ago; u2 1 of 0 views (a division by zero) 5 s ago.
+    async fn push_user_clicks(&self, now: i64) {
+        self.push(
+            "user_clicks",
+            json!([
+                {"entity": {"user_id": "u1"}, "event_time": now - 1000,
+                 "features": {"last_click_at": now - 90_000, "clicks": 6, "views": 3}},
+                {"entity": {"user_id": "u2"}, "event_time": now - 1000,
+                 "features": {"last_click_at": now - 5_000, "clicks": 1, "views": 0}}
+            ]),
+        )
+        .await;
     }
 
     async fn post(&self, path: &str, body: Value) -> (u16, Value) {
@@ -142,16 +171,7 @@ fn now_ms() -> i64 {
 async fn on_demand_features_are_computed_per_row_with_a_status_per_value() {
     let node = Served::start().await;
     let now = now_ms();
-    node.push(
-        "user_clicks",
-        json!([
-            {"entity": {"user_id": "u1"}, "event_time": now - 1000,
-             "features": {"last_click_at": now - 90_000, "clicks": 6, "views": 3}},
-            {"entity": {"user_id": "u2"}, "event_time": now - 1000,
-             "features": {"last_click_at": now - 5_000, "clicks": 1, "views": 0}}
-        ]),
-    )
-    .await;
+    node.push_user_clicks(now).await;
     node.push(
         "recent_clicks",
         json!([
@@ -1136,32 +1156,12 @@ name: underwriting
 features: [profile:nickname, risk:headline]
 "#
     );
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = Config {
-        data_dir: dir.path().join("data"),
-        repo: dir.path().join("repo"),
-        ..Config::default()
-    };
-    config.cache.remote_urls = vec![redis_url.clone()];
-    config.cache.remote_key_prefix = format!("cellar-compliance:{tag}:");
-    std::fs::create_dir_all(&config.repo).unwrap();
-    std::fs::write(config.repo.join("repo.yaml"), repo).unwrap();
-    let registry = Registry::open(&config.registry_url()).await.unwrap();
-    registry
-        .apply(&repo::load_repo(&config.repo).unwrap())
-        .await
-        .unwrap();
-    let data_dir = config.data_dir.clone();
-    let node = Node::open(config).await.unwrap();
-    let local = node.local.clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
-    tokio::spawn(node.serve(listener, None, std::future::pending()));
-    let node = Served {
-        base: format!("http://{addr}"),
-        client: reqwest::Client::new(),
-        _dir: dir,
-    };
+    let (node, local) = Served::start_configured(&repo, |config| {
+        config.cache.remote_urls = vec![redis_url.clone()];
+        config.cache.remote_key_prefix = format!("cellar-compliance:{tag}:");
+    })
+    .await;
+    let data_dir = node.data_dir();
 
     let users: Vec<String> = (0..20).map(|i| format!("u{i}")).collect();
     let records: Vec<Value> = users
@@ -1288,16 +1288,7 @@ features:
     );
     let node = Served::start_with(&repo).await;
     let now = now_ms();
-    node.push(
-        "user_clicks",
-        json!([
-            {"entity": {"user_id": "u1"}, "event_time": now - 1000,
-             "features": {"last_click_at": now - 90_000, "clicks": 6, "views": 3}},
-            {"entity": {"user_id": "u2"}, "event_time": now - 1000,
-             "features": {"last_click_at": now - 5_000, "clicks": 1, "views": 0}}
-        ]),
-    )
-    .await;
+    node.push_user_clicks(now).await;
     node.push(
         "article_profile",
         json!([
