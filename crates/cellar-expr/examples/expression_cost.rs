@@ -1,7 +1,7 @@
 //! What evaluating the quickstart's `feed_context` expressions costs, over batches of 1 and 100
-//! rows: each expression's evaluation (and with per-row outcomes), and building the batch from
-//! values. `cargo run --release -p cellar-expr --example expression_cost`
-use cellar_expr::{Expression, Input, Scope};
+//! rows: each expression's evaluation by DataFusion (and with per-row outcomes), the same walked
+//! a row at a time, and building the batch from values. `cargo run --release -p cellar-expr --example expression_cost`
+use cellar_expr::{Expression, Input, RowBatch, Scope};
 use cellar_spec::{ScalarType, Value, ValueType};
 use std::time::Instant;
 
@@ -70,8 +70,15 @@ fn main() {
                 let _ = e.evaluate_rows(&batch);
             }
             let rows_us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+            let walked = RowBatch::new(batch.clone());
+            let t = Instant::now();
+            for _ in 0..n {
+                let _ = e.evaluate_in(&walked);
+            }
+            let walked_us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
             println!(
-                "{rows} rows: evaluate {eval_us:.2} us, evaluate_rows {rows_us:.2} us  {text}"
+                "{rows} rows: evaluate {eval_us:.2} us, evaluate_rows {rows_us:.2} us, a row at a time {walked_us:.2} us ({})  {text}",
+                if e.has_row_plan() { "row plan" } else { "no row plan: DataFusion" }
             );
         }
         println!("{rows} rows: building the batch {batch_us:.2} us");

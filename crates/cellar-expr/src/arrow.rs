@@ -7,7 +7,7 @@ use arrow_array::builder::{
     ArrayBuilder, BinaryBuilder, BooleanBuilder, Float32Builder, Float64Builder, Int64Builder,
     ListBuilder, StringBuilder, TimestampMillisecondBuilder,
 };
-use arrow_array::ArrayRef;
+use arrow_array::{ArrayRef, TimestampMillisecondArray};
 use arrow_schema::{DataType, Field, TimeUnit};
 use cellar_spec::{ScalarType, Value, ValueType};
 
@@ -106,6 +106,32 @@ where
             Some(items) => {
                 for item in items {
                     builder.values().push(item);
+                }
+                builder.append(true);
+            }
+            None => builder.append(false),
+        }
+    }
+    Arc::new(builder.finish())
+}
+
+/// A timestamp column of epoch milliseconds, null for `None`: records' event times.
+pub fn time_column(rows: impl IntoIterator<Item = Option<i64>>) -> ArrayRef {
+    Arc::new(TimestampMillisecondArray::from_iter(rows).with_timezone(UTC))
+}
+
+/// A `list<timestamp>` column of epoch milliseconds, null for `None`: the event times of a
+/// time series' records, without a value built for each.
+pub fn time_list_column<I>(rows: impl IntoIterator<Item = Option<I>>) -> ArrayRef
+where
+    I: IntoIterator<Item = i64>,
+{
+    let mut builder = ListBuilder::new(TimestampMillisecondBuilder::new().with_timezone(UTC));
+    for row in rows {
+        match row {
+            Some(times) => {
+                for ms in times {
+                    builder.values().append_value(ms);
                 }
                 builder.append(true);
             }

@@ -207,7 +207,7 @@ impl Column {
                         .unary(|v| to_ms(unit, v)),
                     TimeUnit::Millisecond => a
                         .as_primitive_opt::<TimestampMillisecondType>()?
-                        .unary(|v| v),
+                        .reinterpret_cast::<Int64Type>(),
                     TimeUnit::Microsecond => a
                         .as_primitive_opt::<TimestampMicrosecondType>()?
                         .unary(|v| to_ms(unit, v)),

@@ -18,6 +18,7 @@ use datafusion::prelude::SessionContext;
 
 use crate::arrow::{data_type, UTC};
 use crate::column::Column as Cells;
+use crate::row::RowPlan;
 
 /// The column that holds the time an expression is evaluated at: what `now()` reads. (`@`
 /// cannot appear in a spec name, so no input can take it.)
@@ -215,6 +216,26 @@ pub struct Expression {
     output: ValueType,
     physical: Arc<dyn PhysicalExpr>,
     schema: SchemaRef,
+    /// The same expression walked a row at a time, when every node of it can be.
+    rows: Option<Arc<RowPlan>>,
+}
+
+/// A batch with its columns also readable cell by cell: what [`Expression::evaluate_in`]
+/// reads, built once for all the expressions evaluated over the same batch.
+pub struct RowBatch {
+    batch: RecordBatch,
+    columns: Vec<Cells>,
+}
+
+impl RowBatch {
+    pub fn new(batch: RecordBatch) -> RowBatch {
+        let columns = batch.columns().iter().map(Cells::new).collect();
+        RowBatch { batch, columns }
+    }
+
+    pub fn batch(&self) -> &RecordBatch {
+        &self.batch
+    }
 }
 
 static SESSION: LazyLock<SessionContext> = LazyLock::new(session);
@@ -272,11 +293,13 @@ impl Expression {
                 describe(&produced)
             )));
         };
+        let rows = RowPlan::new(&physical, &scope.schema).map(Arc::new);
         Ok(Expression {
             text: text.to_owned(),
             output,
             physical,
             schema: Arc::clone(&scope.schema),
+            rows,
         })
     }
 
@@ -324,6 +347,29 @@ impl Expression {
                 })
                 .collect(),
         }
+    }
+
+    /// Whether [`Expression::evaluate_in`] walks the expression a row at a time rather than
+    /// handing the batch to DataFusion.
+    pub fn has_row_plan(&self) -> bool {
+        self.rows.is_some()
+    }
+
+    /// The expression's value for every row of `rows`, the same as
+    /// [`Expression::evaluate_rows`] gives: a row at a time when the expression has a row plan
+    /// (for requests of a few rows, many times cheaper), otherwise by DataFusion.
+    pub fn evaluate_in(&self, rows: &RowBatch) -> Vec<Outcome> {
+        let Some(plan) = &self.rows else {
+            return self.evaluate_rows(&rows.batch);
+        };
+        (0..rows.batch.num_rows())
+            .map(|row| {
+                plan.evaluate(&rows.columns, row).and_then(|cell| {
+                    cell.to_value(self.output)
+                        .map_err(|e| format!("the result does not fit {}: {e}", self.output))
+                })
+            })
+            .collect()
     }
 
     fn values(&self, array: &ArrayRef) -> Vec<Outcome> {

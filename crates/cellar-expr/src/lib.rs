@@ -14,6 +14,7 @@
 //! - `expression`: [`Scope`], [`Expression`] (compile, evaluate), `now()` as the evaluation
 //!   time;
 //! - `functions`: `haversine_km`, `cosine_similarity`;
+//! - `row`: the same compiled expressions walked a row at a time, for small requests;
 //! - `arrow`: feature values as Arrow columns;
 //! - `column`: Arrow columns read back as feature values (shared with batch ingestion);
 //! - `write`: [`WriteExpressions`], the stored features an ingestion computes as it writes.
@@ -22,8 +23,9 @@ pub mod arrow;
 pub mod column;
 mod expression;
 pub mod functions;
+mod row;
 mod write;
 
 pub use cellar_spec::ExpressionInput as Input;
-pub use expression::{session, Checker, ExprError, Expression, Outcome, Scope, NOW};
+pub use expression::{session, Checker, ExprError, Expression, Outcome, RowBatch, Scope, NOW};
 pub use write::{ComputedRow, WriteExpressions};

@@ -8,7 +8,7 @@ use arrow_array::{ArrayRef, TimestampMillisecondArray};
 use cellar_spec::{write_inputs, FeatureExpr, FeatureGroup, Ingestion, Value, WriteInput};
 
 use crate::arrow::UTC;
-use crate::{Expression, Scope};
+use crate::{Expression, RowBatch, Scope};
 
 /// The compiled write-time expressions of one ingestion.
 #[derive(Debug, Clone)]
@@ -133,11 +133,12 @@ impl WriteExpressions {
             Ok(batch) => batch,
             Err(e) => return vec![Err(e.0); rows],
         };
+        let batch = RowBatch::new(batch);
         let mut out: Vec<ComputedRow> = vec![Ok(Vec::with_capacity(self.features.len())); rows];
         for feature in &self.features {
             for (row, outcome) in feature
                 .expression
-                .evaluate_rows(&batch)
+                .evaluate_in(&batch)
                 .into_iter()
                 .enumerate()
             {

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use cellar_expr::{Expression, Outcome, Scope};
+use cellar_expr::{Expression, Outcome, RowBatch, Scope};
 use cellar_spec::{FeatureRepo, OnDemandGroup, Value, ValueType, EVENT_TIME_INPUT};
 
 use std::sync::Arc;
@@ -180,7 +180,7 @@ impl ServedOnDemand {
             })
             .collect();
         let batch = match compiled.scope.batch(columns, rows, now_ms) {
-            Ok(batch) => batch,
+            Ok(batch) => RowBatch::new(batch),
             Err(e) => {
                 return (0..rows)
                     .map(|_| Row::Computed {
@@ -192,7 +192,7 @@ impl ServedOnDemand {
         let mut by_feature: Vec<std::vec::IntoIter<Outcome>> = selected
             .iter()
             .map(|&f| {
-                let mut outcomes = compiled.expressions[f].evaluate_rows(&batch);
+                let mut outcomes = compiled.expressions[f].evaluate_in(&batch);
                 for &input in &compiled.reads[f] {
                     let InputColumn::Values(values) = &given[input] else {
                         continue;
@@ -337,20 +337,24 @@ pub fn stored_column(rows: &[Row], position: usize, t: ValueType, series: bool) 
     }
 }
 
-/// The event time an on-demand input takes from a stored group's row: the record's, or for a
-/// time series the list of its records', newest first; null when nothing was found.
-pub fn event_times(row: &Row) -> Value {
-    match row {
-        Row::Record {
-            record: Some(record),
-            ..
-        } => Value::Timestamp(record.event_time),
-        Row::Series { records } if !records.is_empty() => Value::List(
-            records
-                .iter()
-                .map(|r| Value::Timestamp(r.event_time))
-                .collect(),
-        ),
-        _ => Value::Null,
+/// The event times an on-demand input takes from a stored group's rows: each record's, or for
+/// a time series (`series`) the list of its records', newest first; null where nothing was
+/// found.
+pub fn event_time_column(rows: &[Row], series: bool) -> ArrayRef {
+    if series {
+        cellar_expr::arrow::time_list_column(rows.iter().map(|row| match row {
+            Row::Series { records } if !records.is_empty() => {
+                Some(records.iter().map(|r| r.event_time))
+            }
+            _ => None,
+        }))
+    } else {
+        cellar_expr::arrow::time_column(rows.iter().map(|row| match row {
+            Row::Record {
+                record: Some(record),
+                ..
+            } => Some(record.event_time),
+            _ => None,
+        }))
     }
 }

@@ -922,12 +922,14 @@ impl FeatureServer {
                                 ],
                             })
                         }
-                        InputSource::Request(name) | InputSource::Key(name) => InputColumn::Values(
-                            inputs
-                                .get(name)
-                                .map(|values| values.iter().cloned().map(Ok).collect())
-                                .unwrap_or_else(|| vec![Ok(Value::Null); rows]),
-                        ),
+                        InputSource::Request(name) | InputSource::Key(name) => {
+                            match inputs.get(name) {
+                                Some(values) => {
+                                    InputColumn::Array(cellar_expr::arrow::column(t, values))
+                                }
+                                None => InputColumn::Values(vec![Ok(Value::Null); rows]),
+                            }
+                        }
                         InputSource::Stored { group, position } => {
                             match resolved
                                 .stored
@@ -943,19 +945,19 @@ impl FeatureServer {
                                 None => InputColumn::Values(vec![Ok(Value::Null); rows]),
                             }
                         }
-                        InputSource::EventTime { group } => InputColumn::Values(
+                        InputSource::EventTime { group } => {
                             match resolved
                                 .stored
                                 .iter()
                                 .position(|r| r.group.spec.name == *group)
                             {
-                                Some(g) => stored_rows[g]
-                                    .iter()
-                                    .map(|row| Ok(crate::on_demand::event_times(row)))
-                                    .collect(),
-                                None => vec![Ok(Value::Null); rows],
-                            },
-                        ),
+                                Some(g) => InputColumn::Array(crate::on_demand::event_time_column(
+                                    &stored_rows[g],
+                                    resolved.stored[g].group.spec.kind == GroupKind::Timeseries,
+                                )),
+                                None => InputColumn::Values(vec![Ok(Value::Null); rows]),
+                            }
+                        }
                         InputSource::External { source, field } => {
                             let fallback = d
                                 .group
