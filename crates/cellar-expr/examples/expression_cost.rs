@@ -73,7 +73,7 @@ fn main() {
             let walked = RowBatch::new(batch.clone());
             let t = Instant::now();
             for _ in 0..n {
-                let _ = e.evaluate_in(&walked);
+                let _ = e.evaluate_walked(&walked);
             }
             let walked_us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
             println!(

@@ -291,7 +291,9 @@ fn rows_walked_one_at_a_time_give_what_datafusion_gives() {
                 e.has_row_plan()
             );
             let by_datafusion = e.evaluate_rows(rows.batch());
-            let by_row = e.evaluate_in(&rows);
+            let by_row = e
+                .evaluate_walked(&rows)
+                .unwrap_or_else(|| e.evaluate_rows(rows.batch()));
             assert_eq!(by_datafusion.len(), by_row.len());
             for (row, (d, r)) in by_datafusion.iter().zip(&by_row).enumerate() {
                 let same = match (d, r) {
@@ -319,6 +321,7 @@ fn one_row_batches_agree_too() {
             let e = Expression::compile(text, &scope, output).unwrap();
             let d = e.evaluate_rows(rows.batch());
             let r = e.evaluate_in(&rows);
+            assert_eq!(e.has_row_plan(), e.evaluate_walked(&rows).is_some());
             assert_eq!(
                 format!(
                     "{:?}",
