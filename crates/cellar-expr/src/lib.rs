@@ -5,10 +5,11 @@
 //! An expression is checked and compiled once, when its spec is applied, against a
 //! [`Scope`] of typed inputs (request fields, entity keys, other groups' features), into a
 //! DataFusion physical expression. It is then evaluated over a record batch holding every
-//! entity of a request (or every row of a batch) at once, so the serving path pays one
-//! vectorised evaluation per request, not an interpretation per value. The batch path runs the
-//! same text through DataFusion SQL in a [`session`] with the same functions, so both paths
-//! give the same values.
+//! entity of a request (or every row of a batch) at once, in one vectorised pass; a batch of
+//! a few rows, where that pass is mostly fixed cost, is walked a row at a time over the same
+//! compiled expression when every node of it can be (`row`). The batch path runs the same
+//! text through DataFusion SQL in a [`session`] with the same functions, so both paths give
+//! the same values.
 //!
 //! Layout:
 //! - `expression`: [`Scope`], [`Expression`] (compile, evaluate), `now()` as the evaluation
