@@ -452,8 +452,9 @@ fn eval<'a>(node: &'a Node, columns: &'a [Column], row: usize) -> Result<Cell<'a
             };
             for (when, then) in branches {
                 let taken = match operand {
-                    // `CASE x WHEN v`: x = v, which no null matches.
-                    Some(x) => order(x, eval(when, columns, row)?)? == Some(Ordering::Equal),
+                    // `CASE x WHEN v`: x = v by Arrow's equality (negative zero is not
+                    // zero), which no null matches.
+                    Some(x) => total_order(x, eval(when, columns, row)?)? == Some(Ordering::Equal),
                     None => matches!(eval(when, columns, row)?, Cell::Bool(true)),
                 };
                 if taken {

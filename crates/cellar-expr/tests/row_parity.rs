@@ -93,6 +93,11 @@ const EXPRESSIONS: &[(&str, ValueType, bool)] = &[
         true,
     ),
     ("CASE WHEN b THEN i END", INT, true),
+    (
+        "CASE f WHEN 0.0 THEN 'zero' WHEN g THEN 'g' ELSE 'other' END",
+        TEXT,
+        true,
+    ),
     ("CASE WHEN j = 0 THEN 0 ELSE i / j END", INT, true),
     ("cardinality(li)", INT, true),
     ("cardinality(ls)", INT, true),
