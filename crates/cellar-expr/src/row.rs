@@ -80,7 +80,7 @@ enum Compare {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-enum Literal_ {
+enum Constant {
     Null,
     Bool(bool),
     Int(i64),
@@ -104,7 +104,7 @@ enum Cast {
 enum Node {
     /// A column of the batch.
     Input(usize),
-    Literal(Literal_),
+    Literal(Constant),
     Arith(Arith, Box<Node>, Box<Node>),
     Compare(Compare, Box<Node>, Box<Node>),
     And(Box<Node>, Box<Node>),
@@ -156,13 +156,13 @@ fn node(expr: &Arc<dyn PhysicalExpr>, schema: &Schema) -> Option<(Node, Type)> {
     }
     if let Some(l) = any.downcast_ref::<Literal>() {
         let value = match l.value().clone() {
-            v if v.is_null() => Literal_::Null,
-            ScalarValue::Boolean(Some(b)) => Literal_::Bool(b),
-            ScalarValue::Int64(Some(i)) => Literal_::Int(i),
-            ScalarValue::UInt64(Some(u)) => Literal_::UInt(u),
-            ScalarValue::Float64(Some(f)) => Literal_::Float(f),
-            ScalarValue::Utf8(Some(s)) => Literal_::Text(s),
-            ScalarValue::TimestampMillisecond(Some(ms), _) => Literal_::Time(ms),
+            v if v.is_null() => Constant::Null,
+            ScalarValue::Boolean(Some(b)) => Constant::Bool(b),
+            ScalarValue::Int64(Some(i)) => Constant::Int(i),
+            ScalarValue::UInt64(Some(u)) => Constant::UInt(u),
+            ScalarValue::Float64(Some(f)) => Constant::Float(f),
+            ScalarValue::Utf8(Some(s)) => Constant::Text(s),
+            ScalarValue::TimestampMillisecond(Some(ms), _) => Constant::Time(ms),
             _ => return None,
         };
         if matches!(t, Type::List(_)) {
@@ -346,13 +346,13 @@ fn eval<'a>(node: &'a Node, columns: &'a [Column], row: usize) -> Result<Cell<'a
             None => return Err(format!("no input column {i}")),
         },
         Node::Literal(l) => match l {
-            Literal_::Null => Cell::Null,
-            Literal_::Bool(b) => Cell::Bool(*b),
-            Literal_::Int(i) => Cell::Int(*i),
-            Literal_::UInt(u) => Cell::UInt(*u),
-            Literal_::Float(f) => Cell::Float(*f),
-            Literal_::Text(s) => Cell::Text(s),
-            Literal_::Time(ms) => Cell::Time(*ms),
+            Constant::Null => Cell::Null,
+            Constant::Bool(b) => Cell::Bool(*b),
+            Constant::Int(i) => Cell::Int(*i),
+            Constant::UInt(u) => Cell::UInt(*u),
+            Constant::Float(f) => Cell::Float(*f),
+            Constant::Text(s) => Cell::Text(s),
+            Constant::Time(ms) => Cell::Time(*ms),
         },
         Node::Arith(op, l, r) => {
             let l = eval(l, columns, row)?;
