@@ -24,7 +24,8 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 
 "$BIN" quickstart --data-dir "$WORK/data" --listen "127.0.0.1:$PORT" --grpc-listen "127.0.0.1:$((PORT + 1))" >"$WORK/quickstart.log" 2>&1 &
-PIDS+=($!)
+SERVER=$!
+PIDS+=($SERVER)
 wait_http "http://127.0.0.1:$PORT/health"
 
 # The external source: Cellar's baseline server answers POST /source after 2 ms.
@@ -119,17 +120,27 @@ for row in credit["rows"]:
     assert row["statuses"] == ["present"], row
 PY
 
-declare -A best best50 best99
+# The server's CPU time so far (user + system), in clock ticks: divided by the requests of a
+# run, what one request costs the server, apart from the load generator sharing the machine.
+server_ticks() { awk '{ print $14 + $15 }' "/proc/$SERVER/stat"; }
+TICKS_PER_S=$(getconf CLK_TCK)
+
+declare -A best best50 best99 cpu
 cases="home_feed_ranker:1 home_feed_ranker_live:1 home_feed_ranker:100 home_feed_ranker_live:100 home_feed_ranker_sourced:1"
-for c in $cases; do best[$c]=0; done
+for c in $cases; do best[$c]=0; cpu[$c]=1000000000; done
 for round in $(seq 1 "$ROUNDS"); do
     for c in $cases; do
         service=${c%%:*}; rows=${c##*:}
+        ticks=$(server_ticks)
         out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$(lua "$service" "$rows")" "http://127.0.0.1:$PORT/v1/features")
+        ticks=$(($(server_ticks) - ticks))
         echo "$out" >>"$WORK/wrk.log"
         read -r r p50 p99 < <(echo "$out" | wrk_summary)
-        echo "round $round $c: $r requests/s" >&2
+        requests=$(echo "$out" | sed -n 's/^ *\([0-9]*\) requests in.*/\1/p')
+        us=$((ticks * 1000000 / TICKS_PER_S / requests))
+        echo "round $round $c: $r requests/s, server CPU $us us/request" >&2
         if [ "$r" -gt "${best[$c]}" ]; then best[$c]=$r; best50[$c]=$p50; best99[$c]=$p99; fi
+        if [ "$us" -lt "${cpu[$c]}" ]; then cpu[$c]=$us; fi
     done
 done
 
@@ -137,14 +148,15 @@ cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -n 1)
 echo
 echo "machine: $(nproc) cores, $cpu; wrk -t1 -c$CONNS -d${DURATION}s over loopback, keep-alive; best of $ROUNDS alternated rounds"
 echo "1 random user (of $USERS) x 1 or 100 random articles (of $ARTICLES), local tier warm"
-printf "%-52s %12s %9s %9s\n" "case" "requests/s" "p50 ms" "p99 ms"
+printf "%-52s %12s %9s %9s %16s\n" "case" "requests/s" "p50 ms" "p99 ms" "server CPU us/req"
 for c in $cases; do
     service=${c%%:*}; rows=${c##*:}
-    printf "%-52s %12s %9s %9s\n" "$service, $rows row(s)" "${best[$c]}" "${best50[$c]}" "${best99[$c]}"
+    printf "%-52s %12s %9s %9s %16s\n" "$service, $rows row(s)" "${best[$c]}" "${best50[$c]}" "${best99[$c]}" "${cpu[$c]}"
 done
-python3 - "${best[home_feed_ranker:1]}" "${best[home_feed_ranker_live:1]}" "${best[home_feed_ranker:100]}" "${best[home_feed_ranker_live:100]}" "${best50[home_feed_ranker_live:1]}" "${best50[home_feed_ranker_sourced:1]}" <<'PY'
+python3 - "${best[home_feed_ranker:1]}" "${best[home_feed_ranker_live:1]}" "${best[home_feed_ranker:100]}" "${best[home_feed_ranker_live:100]}" "${best50[home_feed_ranker_live:1]}" "${best50[home_feed_ranker_sourced:1]}" "${cpu[home_feed_ranker:1]}" "${cpu[home_feed_ranker_live:1]}" "${cpu[home_feed_ranker:100]}" "${cpu[home_feed_ranker_live:100]}" <<'PY'
 import sys
-s1, l1, s100, l100, p_live, p_sourced = map(float, sys.argv[1:])
+s1, l1, s100, l100, p_live, p_sourced, c1, cl1, c100, cl100 = map(float, sys.argv[1:])
 print("with the on-demand group: %.1f%% of the stored service's requests/s at 1 row, %.1f%% at 100 rows" % (100 * l1 / s1, 100 * l100 / s100))
+print("server CPU per request with it: %.0f%% of the stored service's at 1 row (%+.0f us), %.0f%% at 100 rows (%+.0f us)" % (100 * cl1 / c1, cl1 - c1, 100 * cl100 / c100, cl100 - c100))
 print("an external source answering in 2 ms adds %.2f ms to the 1-row read's p50" % (p_sourced - p_live))
 PY

@@ -53,7 +53,8 @@ pub fn column<'a>(t: ValueType, values: impl IntoIterator<Item = &'a Value>) -> 
             ArrayBuilder::finish(&mut builder)
         }
         ValueType::List(s) | ValueType::Set(s) => {
-            let mut builder = ListBuilder::new(ScalarBuilder::new(s, 0));
+            let rows = values.size_hint().0;
+            let mut builder = ListBuilder::with_capacity(ScalarBuilder::new(s, rows), rows);
             for value in values {
                 match value {
                     Value::List(items) | Value::Set(items) => {
@@ -68,7 +69,8 @@ pub fn column<'a>(t: ValueType, values: impl IntoIterator<Item = &'a Value>) -> 
             Arc::new(builder.finish())
         }
         ValueType::Vector(_) => {
-            let mut builder = ListBuilder::new(Float32Builder::new());
+            let rows = values.size_hint().0;
+            let mut builder = ListBuilder::with_capacity(Float32Builder::new(), rows);
             for value in values {
                 match value {
                     Value::Vector(xs) => {
@@ -93,14 +95,17 @@ pub fn column<'a>(t: ValueType, values: impl IntoIterator<Item = &'a Value>) -> 
 
 /// A `list<element>` column with one row per item of `rows`: the row's elements, or null
 /// for `None`. Built straight from borrowed values, as a time series' records hold them.
+/// `elements` is how many elements the rows hold in all (a capacity: the builders are sized
+/// once, not grown from Arrow's default of 1,024).
 pub fn list_column<'a, I>(
     element: ScalarType,
-    rows: impl IntoIterator<Item = Option<I>>,
+    elements: usize,
+    rows: impl ExactSizeIterator<Item = Option<I>>,
 ) -> ArrayRef
 where
     I: IntoIterator<Item = &'a Value>,
 {
-    let mut builder = ListBuilder::new(ScalarBuilder::new(element, 0));
+    let mut builder = ListBuilder::with_capacity(ScalarBuilder::new(element, elements), rows.len());
     for row in rows {
         match row {
             Some(items) => {
@@ -121,12 +126,19 @@ pub fn time_column(rows: impl IntoIterator<Item = Option<i64>>) -> ArrayRef {
 }
 
 /// A `list<timestamp>` column of epoch milliseconds, null for `None`: the event times of a
-/// time series' records, without a value built for each.
-pub fn time_list_column<I>(rows: impl IntoIterator<Item = Option<I>>) -> ArrayRef
+/// time series' records, without a value built for each. `elements` is how many times the
+/// rows hold in all.
+pub fn time_list_column<I>(
+    elements: usize,
+    rows: impl ExactSizeIterator<Item = Option<I>>,
+) -> ArrayRef
 where
     I: IntoIterator<Item = i64>,
 {
-    let mut builder = ListBuilder::new(TimestampMillisecondBuilder::new().with_timezone(UTC));
+    let mut builder = ListBuilder::with_capacity(
+        TimestampMillisecondBuilder::with_capacity(elements).with_timezone(UTC),
+        rows.len(),
+    );
     for row in rows {
         match row {
             Some(times) => {
@@ -157,8 +169,13 @@ impl ScalarBuilder {
             ScalarType::Bool => ScalarBuilder::Bool(BooleanBuilder::with_capacity(capacity)),
             ScalarType::Int64 => ScalarBuilder::Int64(Int64Builder::with_capacity(capacity)),
             ScalarType::Float64 => ScalarBuilder::Float64(Float64Builder::with_capacity(capacity)),
-            ScalarType::String => ScalarBuilder::String(StringBuilder::new()),
-            ScalarType::Bytes => ScalarBuilder::Bytes(BinaryBuilder::new()),
+            // Text of a few words is the common case; longer text grows the buffer.
+            ScalarType::String => {
+                ScalarBuilder::String(StringBuilder::with_capacity(capacity, capacity * 16))
+            }
+            ScalarType::Bytes => {
+                ScalarBuilder::Bytes(BinaryBuilder::with_capacity(capacity, capacity * 16))
+            }
             ScalarType::Timestamp => ScalarBuilder::Timestamp(
                 TimestampMillisecondBuilder::with_capacity(capacity).with_timezone(UTC),
             ),
@@ -240,7 +257,7 @@ mod tests {
         let a = Value::String("a".into());
         let b = Value::String("b".into());
         let rows = vec![Some(vec![&a, &b]), None, Some(vec![])];
-        let array = list_column(ScalarType::String, rows);
+        let array = list_column(ScalarType::String, 2, rows.into_iter());
         let t: ValueType = "list<string>".parse().unwrap();
         assert_eq!(array.data_type(), &data_type(t).unwrap());
         let read = Column::new(&array);
@@ -300,4 +317,13 @@ mod tests {
             }
         }
     }
+}
+
+/// `column`'s rows in the order of `index`, repeats allowed: a column built once per distinct
+/// entity, given a row per row of the request.
+pub fn expand(column: &ArrayRef, index: &[usize]) -> ArrayRef {
+    let indices: arrow_array::UInt32Array = index.iter().map(|&i| u32::try_from(i).ok()).collect();
+    // Every index is below the column's length: `take` only fails on one that is not.
+    datafusion::arrow::compute::take(column.as_ref(), &indices, None)
+        .unwrap_or_else(|_| arrow_array::new_null_array(column.data_type(), index.len()))
 }

@@ -162,6 +162,54 @@ impl Scope {
         rows: usize,
         now: ArrayRef,
     ) -> Result<RecordBatch, ExprError> {
+        let columns = self.in_schema_order(columns, now)?;
+        RecordBatch::try_new_with_options(
+            Arc::clone(&self.schema),
+            columns,
+            &RecordBatchOptions::new().with_row_count(Some(rows)),
+        )
+        .map_err(|e| ExprError(format!("building the inputs: {e}")))
+    }
+
+    /// The inputs' `columns` (in scope order, each of its input's Arrow type) for `rows`
+    /// rows evaluated at `now_ms`, ready for [`Expression::evaluate_in`]: the same rows as
+    /// [`Scope::batch`] gives, without building the record batch unless DataFusion needs it.
+    pub fn rows(
+        &self,
+        columns: Vec<ArrayRef>,
+        rows: usize,
+        now_ms: i64,
+    ) -> Result<RowBatch, ExprError> {
+        let now: ArrayRef =
+            Arc::new(TimestampMillisecondArray::from(vec![now_ms; rows]).with_timezone(UTC));
+        let columns = self.in_schema_order(columns, now)?;
+        // What the record batch would check, here for the walk, which reads cells by type.
+        for (column, field) in columns.iter().zip(self.schema.fields()) {
+            if column.len() != rows || column.data_type() != field.data_type() {
+                return Err(ExprError(format!(
+                    "building the inputs: column `{}` has {} values of type {} for {rows} rows of type {}",
+                    field.name(),
+                    column.len(),
+                    column.data_type(),
+                    field.data_type()
+                )));
+            }
+        }
+        Ok(RowBatch {
+            schema: Arc::clone(&self.schema),
+            columns,
+            rows,
+            batch: std::cell::OnceCell::new(),
+            cells: std::cell::OnceCell::new(),
+        })
+    }
+
+    /// The inputs' columns and `now` in the schema's order.
+    fn in_schema_order(
+        &self,
+        columns: Vec<ArrayRef>,
+        now: ArrayRef,
+    ) -> Result<Vec<ArrayRef>, ExprError> {
         if columns.len() != self.inputs.len() {
             return Err(ExprError(format!(
                 "building the inputs: {} columns for {} inputs",
@@ -174,13 +222,7 @@ impl Scope {
         for (i, column) in columns.into_iter().enumerate() {
             ordered[self.column_of[i]] = Some(column);
         }
-        let columns: Vec<ArrayRef> = ordered.into_iter().flatten().collect();
-        RecordBatch::try_new_with_options(
-            Arc::clone(&self.schema),
-            columns,
-            &RecordBatchOptions::new().with_row_count(Some(rows)),
-        )
-        .map_err(|e| ExprError(format!("building the inputs: {e}")))
+        Ok(ordered.into_iter().flatten().collect())
     }
 
     /// A batch of one row per element of `rows`, each holding the inputs' values in scope
@@ -223,29 +265,51 @@ pub struct Expression {
 /// The largest batch [`Expression::evaluate_in`] walks a row at a time (see there).
 const WALKED_MAX_ROWS: usize = 64;
 
-/// A batch with its columns also readable cell by cell: what [`Expression::evaluate_in`]
-/// reads, built once for all the expressions evaluated over the same batch.
+/// A batch's columns, readable cell by cell: what [`Expression::evaluate_in`] reads, built once
+/// for all the expressions evaluated over the same rows. The Arrow record batch DataFusion
+/// needs is made only when an expression is not walked, and the cells only when one is.
 pub struct RowBatch {
-    batch: RecordBatch,
-    /// Read from the batch when an expression is first walked over it.
-    columns: std::cell::OnceCell<Vec<Cells>>,
+    schema: SchemaRef,
+    /// In the schema's order.
+    columns: Vec<ArrayRef>,
+    rows: usize,
+    batch: std::cell::OnceCell<Result<RecordBatch, String>>,
+    cells: std::cell::OnceCell<Vec<Cells>>,
 }
 
 impl RowBatch {
     pub fn new(batch: RecordBatch) -> RowBatch {
         RowBatch {
-            batch,
-            columns: std::cell::OnceCell::new(),
+            schema: batch.schema(),
+            columns: batch.columns().to_vec(),
+            rows: batch.num_rows(),
+            batch: std::cell::OnceCell::from(Ok(batch)),
+            cells: std::cell::OnceCell::new(),
         }
     }
 
-    fn columns(&self) -> &[Cells] {
-        self.columns
-            .get_or_init(|| self.batch.columns().iter().map(Cells::new).collect())
+    pub fn num_rows(&self) -> usize {
+        self.rows
     }
 
-    pub fn batch(&self) -> &RecordBatch {
-        &self.batch
+    fn cells(&self) -> &[Cells] {
+        self.cells
+            .get_or_init(|| self.columns.iter().map(Cells::new).collect())
+    }
+
+    /// The rows as one Arrow record batch.
+    pub fn batch(&self) -> Result<&RecordBatch, &str> {
+        self.batch
+            .get_or_init(|| {
+                RecordBatch::try_new_with_options(
+                    Arc::clone(&self.schema),
+                    self.columns.clone(),
+                    &RecordBatchOptions::new().with_row_count(Some(self.rows)),
+                )
+                .map_err(|e| format!("building the inputs: {e}"))
+            })
+            .as_ref()
+            .map_err(String::as_str)
     }
 }
 
@@ -372,21 +436,24 @@ impl Expression {
     /// twenty times cheaper; near a hundred rows the two cost the same, and past that
     /// DataFusion's vectorised kernels win.
     pub fn evaluate_in(&self, rows: &RowBatch) -> Vec<Outcome> {
-        if rows.batch.num_rows() <= WALKED_MAX_ROWS {
+        if rows.rows <= WALKED_MAX_ROWS {
             if let Some(outcomes) = self.evaluate_walked(rows) {
                 return outcomes;
             }
         }
-        self.evaluate_rows(&rows.batch)
+        match rows.batch() {
+            Ok(batch) => self.evaluate_rows(batch),
+            Err(e) => vec![Err(e.to_owned()); rows.rows],
+        }
     }
 
     /// The expression's value for every row of `rows` walked a row at a time, whatever the
     /// batch's size; `None` when the expression has no row plan.
     pub fn evaluate_walked(&self, rows: &RowBatch) -> Option<Vec<Outcome>> {
         let plan = self.rows.as_ref()?;
-        let columns = rows.columns();
+        let columns = rows.cells();
         Some(
-            (0..rows.batch.num_rows())
+            (0..rows.rows)
                 .map(|row| {
                     plan.evaluate(columns, row).and_then(|cell| {
                         cell.to_value(self.output)

@@ -295,10 +295,10 @@ fn rows_walked_one_at_a_time_give_what_datafusion_gives() {
                 "{text}: walked a row at a time: {}",
                 e.has_row_plan()
             );
-            let by_datafusion = e.evaluate_rows(rows.batch());
+            let by_datafusion = e.evaluate_rows(rows.batch().unwrap());
             let by_row = e
                 .evaluate_walked(&rows)
-                .unwrap_or_else(|| e.evaluate_rows(rows.batch()));
+                .unwrap_or_else(|| e.evaluate_rows(rows.batch().unwrap()));
             assert_eq!(by_datafusion.len(), by_row.len());
             for (row, (d, r)) in by_datafusion.iter().zip(&by_row).enumerate() {
                 let same = match (d, r) {
@@ -324,7 +324,7 @@ fn one_row_batches_agree_too() {
         let rows = RowBatch::new(full.slice(row, 1));
         for &(text, output, _) in EXPRESSIONS {
             let e = Expression::compile(text, &scope, output).unwrap();
-            let d = e.evaluate_rows(rows.batch());
+            let d = e.evaluate_rows(rows.batch().unwrap());
             let r = e.evaluate_in(&rows);
             assert_eq!(e.has_row_plan(), e.evaluate_walked(&rows).is_some());
             assert_eq!(

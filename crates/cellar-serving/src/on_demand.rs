@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use cellar_expr::{Expression, Outcome, RowBatch, Scope};
+use cellar_expr::{Expression, Outcome, Scope};
 use cellar_spec::{FeatureRepo, OnDemandGroup, Value, ValueType, EVENT_TIME_INPUT};
 
 use std::sync::Arc;
@@ -51,6 +51,10 @@ pub struct ServedOnDemand {
     /// The other on-demand groups the features read, each once: known at compile time, asked
     /// for by every request.
     on_demand_inputs: Vec<String>,
+    /// The stored groups the features read, each once.
+    stored_inputs: Vec<String>,
+    /// The external sources the features read (indices into the spec's `sources`).
+    sources_read: Vec<usize>,
 }
 
 #[derive(Debug)]
@@ -85,10 +89,34 @@ impl ServedOnDemand {
             .collect::<BTreeSet<String>>()
             .into_iter()
             .collect();
+        let stored_inputs = compiled
+            .iter()
+            .flat_map(|c| c.sources.iter())
+            .filter_map(|(s, _)| match s {
+                InputSource::Stored { group, .. } | InputSource::EventTime { group } => {
+                    Some(group.clone())
+                }
+                _ => None,
+            })
+            .collect::<BTreeSet<String>>()
+            .into_iter()
+            .collect();
+        let sources_read = compiled
+            .iter()
+            .flat_map(|c| c.sources.iter())
+            .filter_map(|(s, _)| match s {
+                InputSource::External { source, .. } => Some(*source),
+                _ => None,
+            })
+            .collect::<BTreeSet<usize>>()
+            .into_iter()
+            .collect();
         ServedOnDemand {
             spec: spec.clone(),
             compiled,
             on_demand_inputs,
+            stored_inputs,
+            sources_read,
             clients: spec
                 .sources
                 .iter()
@@ -98,15 +126,8 @@ impl ServedOnDemand {
     }
 
     /// The external sources the features read (indices into the spec's `sources`).
-    pub fn sources_read(&self) -> BTreeSet<usize> {
-        self.compiled
-            .iter()
-            .flat_map(|c| c.sources.iter())
-            .filter_map(|(s, _)| match s {
-                InputSource::External { source, .. } => Some(*source),
-                _ => None,
-            })
-            .collect()
+    pub fn sources_read(&self) -> &[usize] {
+        &self.sources_read
     }
 
     pub fn client(&self, source: usize) -> Option<&Arc<SourceClient>> {
@@ -114,20 +135,8 @@ impl ServedOnDemand {
     }
 
     /// The stored groups whose records the features read.
-    pub fn stored_inputs(&self) -> BTreeSet<&str> {
-        match &self.compiled {
-            Ok(c) => c
-                .sources
-                .iter()
-                .filter_map(|(s, _)| match s {
-                    InputSource::Stored { group, .. } | InputSource::EventTime { group } => {
-                        Some(group.as_str())
-                    }
-                    _ => None,
-                })
-                .collect(),
-            Err(_) => BTreeSet::new(),
-        }
+    pub fn stored_inputs(&self) -> &[String] {
+        &self.stored_inputs
     }
 
     /// The other on-demand groups whose features the features read.
@@ -179,8 +188,8 @@ impl ServedOnDemand {
                 InputColumn::Array(array) => Arc::clone(array),
             })
             .collect();
-        let batch = match compiled.scope.batch(columns, rows, now_ms) {
-            Ok(batch) => RowBatch::new(batch),
+        let batch = match compiled.scope.rows(columns, rows, now_ms) {
+            Ok(batch) => batch,
             Err(e) => {
                 return (0..rows)
                     .map(|_| Row::Computed {
@@ -315,6 +324,7 @@ pub fn stored_column(rows: &[Row], position: usize, t: ValueType, series: bool) 
     match t {
         ValueType::List(element) if series => cellar_expr::arrow::list_column(
             element,
+            series_len(rows),
             rows.iter().map(|row| match row {
                 Row::Series { records } if !records.is_empty() => Some(
                     records
@@ -342,12 +352,15 @@ pub fn stored_column(rows: &[Row], position: usize, t: ValueType, series: bool) 
 /// found.
 pub fn event_time_column(rows: &[Row], series: bool) -> ArrayRef {
     if series {
-        cellar_expr::arrow::time_list_column(rows.iter().map(|row| match row {
-            Row::Series { records } if !records.is_empty() => {
-                Some(records.iter().map(|r| r.event_time))
-            }
-            _ => None,
-        }))
+        cellar_expr::arrow::time_list_column(
+            series_len(rows),
+            rows.iter().map(|row| match row {
+                Row::Series { records } if !records.is_empty() => {
+                    Some(records.iter().map(|r| r.event_time))
+                }
+                _ => None,
+            }),
+        )
     } else {
         cellar_expr::arrow::time_column(rows.iter().map(|row| match row {
             Row::Record {
@@ -357,4 +370,14 @@ pub fn event_time_column(rows: &[Row], series: bool) -> ArrayRef {
             _ => None,
         }))
     }
+}
+
+/// How many records the time series rows hold in all.
+fn series_len(rows: &[Row]) -> usize {
+    rows.iter()
+        .map(|row| match row {
+            Row::Series { records } => records.len(),
+            _ => 0,
+        })
+        .sum()
 }

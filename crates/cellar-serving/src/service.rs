@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use arrow_array::ArrayRef;
 use async_trait::async_trait;
 use cellar_auth::{Access, Action, Audit, ResourceKind};
 use cellar_cache::WritePath;
@@ -530,7 +531,7 @@ impl FeatureServer {
         // retention: read once, whether asked for or not.
         for d in &on_demand {
             for name in d.group.stored_inputs() {
-                if out.iter().any(|r| r.group.spec.name == name) {
+                if out.iter().any(|r| r.group.spec.name == *name) {
                     continue;
                 }
                 let Some(group) = catalog.group(name) else {
@@ -569,7 +570,7 @@ impl FeatureServer {
     ) -> Result<Vec<(usize, usize, Vec<Vec<serde_json::Value>>)>, ServeError> {
         let mut calls = Vec::new();
         for (di, d) in resolved.on_demand.iter().enumerate() {
-            for source in d.group.sources_read() {
+            for &source in d.group.sources_read() {
                 let Some(spec) = d.group.spec.sources.get(source) else {
                     continue;
                 };
@@ -692,7 +693,7 @@ impl FeatureServer {
         &self,
         resolved: &ResolvedGroup,
         keys: Vec<EntityKey>,
-    ) -> Result<Vec<Row>, ServeError> {
+    ) -> Result<GroupRows, ServeError> {
         // Rows often repeat a key (a feature service read for one user and many articles):
         // read each distinct key once.
         let (unique, index) = dedup(keys);
@@ -765,10 +766,7 @@ impl FeatureServer {
                 }
             }
         }
-        Ok(match index {
-            None => rows,
-            Some(index) => index.into_iter().map(|i| rows[i].clone()).collect(),
-        })
+        Ok(GroupRows { rows, index })
     }
 
     /// Answers the entities an attribute group's generation holds nothing for from its
@@ -883,7 +881,7 @@ impl FeatureServer {
             }
         }));
         let (stored_rows, fetched) = tokio::join!(reads, fetches);
-        let mut stored_rows: Vec<Vec<Row>> = stored_rows?;
+        let mut stored_rows: Vec<GroupRows> = stored_rows?;
         let now = now_ms();
         let mut computed: Vec<Option<Vec<Row>>> = resolved.on_demand.iter().map(|_| None).collect();
         for di in evaluation_order(&resolved.on_demand) {
@@ -936,12 +934,17 @@ impl FeatureServer {
                                 .iter()
                                 .position(|r| r.group.spec.name == *group)
                             {
-                                Some(g) => InputColumn::Array(crate::on_demand::stored_column(
-                                    &stored_rows[g],
-                                    *position,
-                                    t,
-                                    resolved.stored[g].group.spec.kind == GroupKind::Timeseries,
-                                )),
+                                Some(g) => {
+                                    InputColumn::Array(stored_rows[g].expand_column(|rows| {
+                                        crate::on_demand::stored_column(
+                                            rows,
+                                            *position,
+                                            t,
+                                            resolved.stored[g].group.spec.kind
+                                                == GroupKind::Timeseries,
+                                        )
+                                    }))
+                                }
                                 None => InputColumn::Values(vec![Ok(Value::Null); rows]),
                             }
                         }
@@ -951,10 +954,15 @@ impl FeatureServer {
                                 .iter()
                                 .position(|r| r.group.spec.name == *group)
                             {
-                                Some(g) => InputColumn::Array(crate::on_demand::event_time_column(
-                                    &stored_rows[g],
-                                    resolved.stored[g].group.spec.kind == GroupKind::Timeseries,
-                                )),
+                                Some(g) => {
+                                    InputColumn::Array(stored_rows[g].expand_column(|rows| {
+                                        crate::on_demand::event_time_column(
+                                            rows,
+                                            resolved.stored[g].group.spec.kind
+                                                == GroupKind::Timeseries,
+                                        )
+                                    }))
+                                }
                                 None => InputColumn::Values(vec![Ok(Value::Null); rows]),
                             }
                         }
@@ -999,7 +1007,7 @@ impl FeatureServer {
                     groups.push(GroupResult {
                         group: ResultGroup::Stored(r.group.clone()),
                         features: r.features.clone(),
-                        rows: std::mem::take(&mut stored_rows[i]),
+                        rows: std::mem::take(&mut stored_rows[i]).expand(),
                     });
                 }
                 Answer::OnDemand(i) => {
@@ -1073,6 +1081,34 @@ impl FeatureServer {
         }
         self.on_demand_metrics
             .observe(group, elapsed, present, not_found, errors);
+    }
+}
+
+/// What a stored group's read found: a row per distinct key, and for each row of the request
+/// the index of its key's row (`None` when the request's keys were already distinct).
+#[derive(Default)]
+struct GroupRows {
+    rows: Vec<Row>,
+    index: Option<Vec<usize>>,
+}
+
+impl GroupRows {
+    /// A row per row of the request.
+    fn expand(self) -> Vec<Row> {
+        match self.index {
+            None => self.rows,
+            Some(index) => index.into_iter().map(|i| self.rows[i].clone()).collect(),
+        }
+    }
+
+    /// An on-demand input's column, a value per row of the request: built once per distinct
+    /// key by `build` from the rows read, then repeated by Arrow's `take`.
+    fn expand_column(&self, build: impl FnOnce(&[Row]) -> ArrayRef) -> ArrayRef {
+        let column = build(&self.rows);
+        match &self.index {
+            None => column,
+            Some(index) => cellar_expr::arrow::expand(&column, index),
+        }
     }
 }
 

@@ -306,6 +306,88 @@ async fn on_demand_features_are_computed_per_row_with_a_status_per_value() {
     }
 }
 
+/// Rows that repeat an entity (one user and many articles, as a ranker asks) read that
+/// entity's stored inputs once; each row still gets what it gets when asked alone, whether
+/// its batch is walked a row at a time (a few rows) or run by DataFusion (many).
+#[tokio::test]
+async fn rows_repeating_an_entity_are_computed_as_when_asked_alone() {
+    let node = Served::start().await;
+    let now = now_ms();
+    node.push_user_clicks(now).await;
+    node.push(
+        "recent_clicks",
+        json!([
+            {"entity": {"user_id": "u1"}, "event_time": now - 3000, "features": {"clicked_article": "a1"}},
+            {"entity": {"user_id": "u1"}, "event_time": now - 2000, "features": {"clicked_article": "a2"}},
+            {"entity": {"user_id": "u2"}, "event_time": now - 2000, "features": {"clicked_article": "a3"}}
+        ]),
+    )
+    .await;
+    node.push(
+        "article_profile",
+        json!([
+            {"entity": {"article_id": "a1"}, "event_time": now - 1000,
+             "features": {"category": "food", "lat": 48.8566, "lon": 2.3522}},
+            {"entity": {"article_id": "a2"}, "event_time": now - 1000,
+             "features": {"category": "news", "lat": 40.4168, "lon": -3.7038}}
+        ]),
+    )
+    .await;
+    let pairs = [
+        ("u1", "a1"),
+        ("u2", "a3"),
+        ("u1", "a2"),
+        ("nobody", "a1"),
+        ("u2", "a1"),
+        ("u1", "a3"),
+    ];
+    let read = |users: Vec<&str>, articles: Vec<&str>| {
+        let rows = users.len();
+        node.post(
+            "/v1/features",
+            json!({
+                "entities": {"user_id": users, "article_id": articles},
+                "request_data": {"user_lat": vec![52.52; rows], "user_lon": vec![13.405; rows]},
+                "groups": ["feed_signals"]
+            }),
+        )
+    };
+    let mut alone = Vec::new();
+    for (user, article) in pairs {
+        let (status, body) = read(vec![user], vec![article]).await;
+        assert_eq!(status, 200, "{body}");
+        alone.push(body["results"][0]["rows"][0].clone());
+    }
+    // The time since the last click is in whole seconds: it may tick between two reads.
+    let same = |row: &Value, expected: &Value| {
+        let (mut row, mut expected) = (row.clone(), expected.clone());
+        let seconds = |v: &mut Value| v["values"][0].take().as_i64();
+        match (seconds(&mut row), seconds(&mut expected)) {
+            (Some(a), Some(b)) => assert!((a - b).abs() <= 1, "{a} and {b} seconds"),
+            (a, b) => assert_eq!(a, b),
+        }
+        assert_eq!(row, expected);
+    };
+    for rows in [pairs.len(), 70] {
+        let at: Vec<usize> = (0..rows).map(|i| i % pairs.len()).collect();
+        let (status, body) = read(
+            at.iter().map(|&i| pairs[i].0).collect(),
+            at.iter().map(|&i| pairs[i].1).collect(),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let answered = body["results"][0]["rows"].as_array().unwrap();
+        assert_eq!(answered.len(), rows);
+        for (row, &i) in answered.iter().zip(&at) {
+            same(row, &alone[i]);
+        }
+    }
+    // The user's inputs are real values, not nulls repeated: u1 clicked a2, not a3.
+    assert_eq!(alone[2]["values"][1], true, "{}", alone[2]);
+    assert_eq!(alone[5]["values"][1], false, "{}", alone[5]);
+    assert_eq!(alone[1]["values"][1], true, "{}", alone[1]);
+}
+
 #[tokio::test]
 async fn missing_request_data_and_writes_to_on_demand_groups_are_refused() {
     let node = Served::start().await;
