@@ -247,6 +247,15 @@ impl ArrayBuilder for ScalarBuilder {
     }
 }
 
+/// `column`'s rows in the order of `index`, repeats allowed: a column built once per distinct
+/// entity, given a row per row of the request.
+pub fn expand(column: &ArrayRef, index: &[usize]) -> ArrayRef {
+    let indices: arrow_array::UInt32Array = index.iter().map(|&i| u32::try_from(i).ok()).collect();
+    // Every index is below the column's length: `take` only fails on one that is not.
+    datafusion::arrow::compute::take(column.as_ref(), &indices, None)
+        .unwrap_or_else(|_| arrow_array::new_null_array(column.data_type(), index.len()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,13 +326,4 @@ mod tests {
             }
         }
     }
-}
-
-/// `column`'s rows in the order of `index`, repeats allowed: a column built once per distinct
-/// entity, given a row per row of the request.
-pub fn expand(column: &ArrayRef, index: &[usize]) -> ArrayRef {
-    let indices: arrow_array::UInt32Array = index.iter().map(|&i| u32::try_from(i).ok()).collect();
-    // Every index is below the column's length: `take` only fails on one that is not.
-    datafusion::arrow::compute::take(column.as_ref(), &indices, None)
-        .unwrap_or_else(|_| arrow_array::new_null_array(column.data_type(), index.len()))
 }
