@@ -149,9 +149,7 @@ impl Scope {
         rows: usize,
         now_ms: i64,
     ) -> Result<RecordBatch, ExprError> {
-        let now: ArrayRef =
-            Arc::new(TimestampMillisecondArray::from(vec![now_ms; rows]).with_timezone(UTC));
-        self.batch_at(columns, rows, now)
+        self.batch_at(columns, rows, now_column(now_ms, rows))
     }
 
     /// [`Scope::batch`] with an evaluation time of each row's own: `now` is a column of UTC
@@ -180,9 +178,7 @@ impl Scope {
         rows: usize,
         now_ms: i64,
     ) -> Result<RowBatch, ExprError> {
-        let now: ArrayRef =
-            Arc::new(TimestampMillisecondArray::from(vec![now_ms; rows]).with_timezone(UTC));
-        let columns = self.in_schema_order(columns, now)?;
+        let columns = self.in_schema_order(columns, now_column(now_ms, rows))?;
         // What the record batch would check, here for the walk, which reads cells by type.
         for (column, field) in columns.iter().zip(self.schema.fields()) {
             if column.len() != rows || column.data_type() != field.data_type() {
@@ -262,6 +258,11 @@ pub struct Expression {
     rows: Option<Arc<RowPlan>>,
 }
 
+/// `now()` for `rows` rows evaluated at `now_ms`.
+fn now_column(now_ms: i64, rows: usize) -> ArrayRef {
+    Arc::new(TimestampMillisecondArray::from(vec![now_ms; rows]).with_timezone(UTC))
+}
+
 /// The largest batch [`Expression::evaluate_in`] walks a row at a time (see there).
 const WALKED_MAX_ROWS: usize = 64;
 
@@ -286,10 +287,6 @@ impl RowBatch {
             batch: std::cell::OnceCell::from(Ok(batch)),
             cells: std::cell::OnceCell::new(),
         }
-    }
-
-    pub fn num_rows(&self) -> usize {
-        self.rows
     }
 
     fn cells(&self) -> &[Cells] {

@@ -79,38 +79,24 @@ impl ServedOnDemand {
     ) -> ServedOnDemand {
         let compiled = compile(spec, repo)
             .map_err(|e| format!("on-demand group `{}` cannot be served: {e}", spec.name));
-        let on_demand_inputs = compiled
-            .iter()
-            .flat_map(|c| c.sources.iter())
-            .filter_map(|(s, _)| match s {
-                InputSource::OnDemand { group, .. } => Some(group.clone()),
-                _ => None,
-            })
-            .collect::<BTreeSet<String>>()
-            .into_iter()
-            .collect();
-        let stored_inputs = compiled
-            .iter()
-            .flat_map(|c| c.sources.iter())
-            .filter_map(|(s, _)| match s {
+        // What the features read, each once: known at compile time, asked for by every request.
+        let (mut on_demand_inputs, mut stored_inputs, mut sources_read) =
+            (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+        for (source, _) in compiled.iter().flat_map(|c| c.sources.iter()) {
+            match source {
+                InputSource::OnDemand { group, .. } => on_demand_inputs.insert(group.clone()),
                 InputSource::Stored { group, .. } | InputSource::EventTime { group } => {
-                    Some(group.clone())
+                    stored_inputs.insert(group.clone())
                 }
-                _ => None,
-            })
-            .collect::<BTreeSet<String>>()
-            .into_iter()
-            .collect();
-        let sources_read = compiled
-            .iter()
-            .flat_map(|c| c.sources.iter())
-            .filter_map(|(s, _)| match s {
-                InputSource::External { source, .. } => Some(*source),
-                _ => None,
-            })
-            .collect::<BTreeSet<usize>>()
-            .into_iter()
-            .collect();
+                InputSource::External { source, .. } => sources_read.insert(*source),
+                InputSource::Request(_) | InputSource::Key(_) => false,
+            };
+        }
+        let (on_demand_inputs, stored_inputs, sources_read) = (
+            on_demand_inputs.into_iter().collect(),
+            stored_inputs.into_iter().collect(),
+            sources_read.into_iter().collect(),
+        );
         ServedOnDemand {
             spec: spec.clone(),
             compiled,
