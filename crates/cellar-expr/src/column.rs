@@ -154,8 +154,41 @@ pub enum Cell<'a> {
     Bytes(&'a [u8]),
     /// Epoch milliseconds.
     Time(i64),
-    /// Elements `start..end` of the child column.
-    List(&'a Column, usize, usize),
+    List(Items<'a>),
+}
+
+/// The elements of a list cell.
+#[derive(Debug, Clone, Copy)]
+pub enum Items<'a> {
+    /// Elements `start..end` of an Arrow list's child column.
+    Column(&'a Column, usize, usize),
+    /// Cells built straight from values (see [`crate::cells`]).
+    Cells(&'a [Cell<'a>]),
+}
+
+impl<'a> Items<'a> {
+    pub fn len(&self) -> usize {
+        match self {
+            Items::Column(_, start, end) => end - start,
+            Items::Cells(cells) => cells.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Element `i` (`i < len()`).
+    pub fn get(&self, i: usize) -> Cell<'a> {
+        match self {
+            Items::Column(child, start, _) => child.cell(start + i),
+            Items::Cells(cells) => cells[i],
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Cell<'a>> + '_ {
+        (0..self.len()).map(|i| self.get(i))
+    }
 }
 
 fn to_ms(unit: TimeUnit, v: i64) -> i64 {
@@ -268,21 +301,21 @@ impl Column {
                     return Cell::Null;
                 }
                 let o = a.value_offsets();
-                Cell::List(child, o[row] as usize, o[row + 1] as usize)
+                Cell::List(Items::Column(child, o[row] as usize, o[row + 1] as usize))
             }
             Column::LargeList(a, child) => {
                 if a.is_null(row) {
                     return Cell::Null;
                 }
                 let o = a.value_offsets();
-                Cell::List(child, o[row] as usize, o[row + 1] as usize)
+                Cell::List(Items::Column(child, o[row] as usize, o[row + 1] as usize))
             }
             Column::FixedList(a, child) => {
                 if a.is_null(row) {
                     return Cell::Null;
                 }
                 let n = a.value_length() as usize;
-                Cell::List(child, row * n, row * n + n)
+                Cell::List(Items::Column(child, row * n, row * n + n))
             }
         }
     }
@@ -316,7 +349,7 @@ impl Cell<'_> {
             }
             Cell::Text(s) => format!("the text {s:?}"),
             Cell::Bytes(b) => format!("{} bytes", b.len()),
-            Cell::List(_, start, end) => format!("a list of {} elements", end - start),
+            Cell::List(items) => format!("a list of {} elements", items.len()),
         }
     }
 
@@ -332,18 +365,17 @@ impl Cell<'_> {
         match (t, self) {
             (_, Cell::Null) => Ok(Value::Null),
             (ValueType::Scalar(s), cell) => cell.to_scalar(s),
-            (ValueType::List(s) | ValueType::Set(s), Cell::List(child, start, end)) => {
-                let mut items = Vec::with_capacity(end - start);
-                for i in start..end {
-                    let item = child.cell(i);
+            (ValueType::List(s) | ValueType::Set(s), Cell::List(list)) => {
+                let mut items = Vec::with_capacity(list.len());
+                for (i, item) in list.iter().enumerate() {
                     if matches!(item, Cell::Null) {
                         return Err(Mismatch {
-                            expected: format!("{} at element {}", name(s), i - start),
+                            expected: format!("{} at element {i}", name(s)),
                             got: "null".into(),
                         });
                     }
                     items.push(item.to_scalar(s).map_err(|e| Mismatch {
-                        expected: format!("{} at element {}", e.expected, i - start),
+                        expected: format!("{} at element {i}", e.expected),
                         got: e.got,
                     })?);
                 }
@@ -352,22 +384,22 @@ impl Cell<'_> {
                     _ => Value::List(items),
                 })
             }
-            (ValueType::Vector(dim), Cell::List(child, start, end)) => {
-                if end - start != dim as usize {
+            (ValueType::Vector(dim), Cell::List(list)) => {
+                if list.len() != dim as usize {
                     return Err(Mismatch {
                         expected: format!("{dim} numbers"),
-                        got: format!("{} elements", end - start),
+                        got: format!("{} elements", list.len()),
                     });
                 }
-                let mut xs = Vec::with_capacity(end - start);
-                for i in start..end {
-                    xs.push(match child.cell(i) {
+                let mut xs = Vec::with_capacity(list.len());
+                for (i, item) in list.iter().enumerate() {
+                    xs.push(match item {
                         Cell::Float(f) => f as f32,
                         Cell::Int(v) => v as f32,
                         Cell::UInt(v) => v as f32,
                         other => {
                             return Err(Mismatch {
-                                expected: format!("a number at element {}", i - start),
+                                expected: format!("a number at element {i}"),
                                 got: other.describe(),
                             })
                         }

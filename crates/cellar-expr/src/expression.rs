@@ -7,7 +7,7 @@ use std::sync::{Arc, LazyLock};
 
 use arrow_array::{ArrayRef, RecordBatch, RecordBatchOptions, TimestampMillisecondArray};
 use arrow_schema::{DataType, Field, SchemaRef, TimeUnit};
-use cellar_spec::{ExpressionCheck, ExpressionInput as Input, Value, ValueType};
+use cellar_spec::{ExpressionCheck, ExpressionInput as Input, ScalarType, Value, ValueType};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchema, TableReference};
 use datafusion::logical_expr::simplify::SimplifyContext;
@@ -17,8 +17,9 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::SessionContext;
 
 use crate::arrow::{data_type, UTC};
-use crate::column::Column as Cells;
-use crate::row::RowPlan;
+use crate::cells::{CellColumn, CellRows};
+use crate::column::{Cell, Column as Cells};
+use crate::row::{Inputs, RowPlan};
 
 /// The column that holds the time an expression is evaluated at: what `now()` reads. (`@`
 /// cannot appear in a spec name, so no input can take it.)
@@ -197,6 +198,41 @@ impl Scope {
             rows,
             batch: std::cell::OnceCell::new(),
             cells: std::cell::OnceCell::new(),
+        })
+    }
+
+    /// The inputs' cells (in scope order, each built for its input's type) for `rows` rows
+    /// evaluated at `now_ms`: the same rows as [`Scope::rows`] gives, for expressions walked a
+    /// row at a time ([`Expression::evaluate_cells`]), without an Arrow column built.
+    pub fn cells<'a>(
+        &self,
+        columns: Vec<CellColumn<'a>>,
+        rows: usize,
+        now_ms: i64,
+    ) -> Result<CellRows<'a>, ExprError> {
+        if columns.len() != self.inputs.len() {
+            return Err(ExprError(format!(
+                "building the inputs: {} columns for {} inputs",
+                columns.len(),
+                self.inputs.len()
+            )));
+        }
+        let mut ordered: Vec<CellColumn<'a>> = Vec::with_capacity(columns.len() + 1);
+        ordered.resize_with(columns.len() + 1, CellColumn::default);
+        let mut now = CellColumn::with_capacity(ValueType::Scalar(ScalarType::Timestamp), rows, 0);
+        for _ in 0..rows {
+            now.push_cell(Cell::Time(now_ms));
+        }
+        ordered[self.now_column] = now;
+        for (i, column) in columns.into_iter().enumerate() {
+            let input = &self.inputs[i];
+            crate::cells::check(&column, input.value_type, rows)
+                .map_err(|e| ExprError(format!("building the inputs: `{input}`: {e}")))?;
+            ordered[self.column_of[i]] = column;
+        }
+        Ok(CellRows {
+            columns: ordered,
+            rows,
         })
     }
 
@@ -444,15 +480,31 @@ impl Expression {
         }
     }
 
+    /// Whether [`Expression::evaluate_in`] walks `rows` rows a row at a time: the inputs of
+    /// such a request can be given as cells ([`Expression::evaluate_cells`]).
+    pub fn walks(&self, rows: usize) -> bool {
+        self.rows.is_some() && rows <= WALKED_MAX_ROWS
+    }
+
     /// The expression's value for every row of `rows` walked a row at a time, whatever the
     /// batch's size; `None` when the expression has no row plan.
     pub fn evaluate_walked(&self, rows: &RowBatch) -> Option<Vec<Outcome>> {
+        self.walk(rows.cells(), rows.rows)
+    }
+
+    /// The expression's value for every row of `rows`, the same as
+    /// [`Expression::evaluate_walked`] gives over the same values as Arrow columns; `None`
+    /// when the expression has no row plan.
+    pub fn evaluate_cells(&self, rows: &CellRows<'_>) -> Option<Vec<Outcome>> {
+        self.walk(rows, rows.rows)
+    }
+
+    fn walk<I: Inputs + ?Sized>(&self, inputs: &I, rows: usize) -> Option<Vec<Outcome>> {
         let plan = self.rows.as_ref()?;
-        let columns = rows.cells();
         Some(
-            (0..rows.rows)
+            (0..rows)
                 .map(|row| {
-                    plan.evaluate(columns, row).and_then(|cell| {
+                    plan.evaluate(inputs, row).and_then(|cell| {
                         cell.to_value(self.output)
                             .map_err(|e| format!("the result does not fit {}: {e}", self.output))
                     })

@@ -17,10 +17,12 @@
 //! - `functions`: `haversine_km`, `cosine_similarity`;
 //! - `row`: the same compiled expressions walked a row at a time, for small requests;
 //! - `arrow`: feature values as Arrow columns;
+//! - `cells`: feature values as the cells a walked expression reads, without Arrow columns;
 //! - `column`: Arrow columns read back as feature values (shared with batch ingestion);
 //! - `write`: [`WriteExpressions`], the stored features an ingestion computes as it writes.
 
 pub mod arrow;
+pub mod cells;
 pub mod column;
 mod expression;
 pub mod functions;

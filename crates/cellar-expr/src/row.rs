@@ -126,6 +126,18 @@ enum Node {
     ToUnixtime(Box<Node>),
 }
 
+/// Where a walked plan reads its inputs: the columns of a batch, in schema order.
+pub trait Inputs {
+    /// Row `row` of column `column`; `None` when there is no such column.
+    fn cell(&self, column: usize, row: usize) -> Option<Cell<'_>>;
+}
+
+impl Inputs for [Column] {
+    fn cell(&self, column: usize, row: usize) -> Option<Cell<'_>> {
+        self.get(column).map(|c| c.cell(row))
+    }
+}
+
 /// A physical expression walked a row at a time (see the module's documentation).
 #[derive(Debug)]
 pub struct RowPlan {
@@ -142,7 +154,11 @@ impl RowPlan {
     }
 
     /// The expression's cell in `row` of `columns` (the batch's columns, in schema order).
-    pub fn evaluate<'a>(&'a self, columns: &'a [Column], row: usize) -> Result<Cell<'a>, String> {
+    pub fn evaluate<'a, I: Inputs + ?Sized>(
+        &'a self,
+        columns: &'a I,
+        row: usize,
+    ) -> Result<Cell<'a>, String> {
         eval(&self.root, columns, row)
     }
 }
@@ -339,10 +355,14 @@ fn overflow(l: impl std::fmt::Display, op: &str, r: impl std::fmt::Display) -> S
     format!("Arithmetic overflow: Overflow happened on: {l} {op} {r}")
 }
 
-fn eval<'a>(node: &'a Node, columns: &'a [Column], row: usize) -> Result<Cell<'a>, String> {
+fn eval<'a, I: Inputs + ?Sized>(
+    node: &'a Node,
+    columns: &'a I,
+    row: usize,
+) -> Result<Cell<'a>, String> {
     Ok(match node {
-        Node::Input(i) => match columns.get(*i) {
-            Some(c) => c.cell(row),
+        Node::Input(i) => match columns.cell(*i, row) {
+            Some(c) => c,
             None => return Err(format!("no input column {i}")),
         },
         Node::Literal(l) => match l {
@@ -467,7 +487,7 @@ fn eval<'a>(node: &'a Node, columns: &'a [Column], row: usize) -> Result<Cell<'a
             }
         }
         Node::Cardinality(list) => match eval(list, columns, row)? {
-            Cell::List(_, start, end) => Cell::UInt((end - start) as u64),
+            Cell::List(items) => Cell::UInt(items.len() as u64),
             _ => Cell::Null,
         },
         Node::ArrayHas(list, needle) => {
@@ -475,10 +495,9 @@ fn eval<'a>(node: &'a Node, columns: &'a [Column], row: usize) -> Result<Cell<'a
             let needle = eval(needle, columns, row)?;
             match (list, needle) {
                 (Cell::Null, _) | (_, Cell::Null) => Cell::Null,
-                (Cell::List(child, start, end), needle) => {
+                (Cell::List(items), needle) => {
                     let mut found = false;
-                    for i in start..end {
-                        let item = child.cell(i);
+                    for item in items.iter() {
                         // Arrow's equality, in which negative zero is not zero.
                         if !matches!(item, Cell::Null)
                             && total_order(item, needle)? == Some(Ordering::Equal)
@@ -497,15 +516,15 @@ fn eval<'a>(node: &'a Node, columns: &'a [Column], row: usize) -> Result<Cell<'a
             let index = eval(index, columns, row)?;
             match (list, index) {
                 (Cell::Null, _) | (_, Cell::Null) => Cell::Null,
-                (Cell::List(child, start, end), Cell::Int(index)) => {
+                (Cell::List(items), Cell::Int(index)) => {
                     // Lists have 32-bit offsets: an index past them is an error, as in Arrow.
                     let index = i32::try_from(index)
                         .map_err(|_| format!("array_element got invalid index: {index}"))?
                         as i64;
-                    let len = (end - start) as i64;
+                    let len = items.len() as i64;
                     let at = if index < 0 { index + len } else { index - 1 };
                     if (0..len).contains(&at) {
-                        child.cell(start + at as usize)
+                        items.get(at as usize)
                     } else {
                         Cell::Null
                     }

@@ -1,6 +1,7 @@
 //! Expressions walked a row at a time give what DataFusion gives, value for value and error
 //! for error, over random inputs full of the edge cases: nulls, zero, the ends of int64, NaN,
-//! negative zero and infinities, empty and null lists, lists holding nulls, negative times.
+//! negative zero and infinities, empty and null lists, lists holding nulls, negative times;
+//! and walked over cells borrowed from values, what they give walked over Arrow columns.
 
 use std::sync::Arc;
 
@@ -10,8 +11,10 @@ use arrow_array::builder::{
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::DataType;
+use cellar_expr::cells::CellColumn;
+use cellar_expr::column::{Cell, Column};
 use cellar_expr::{Expression, Input, RowBatch, Scope};
-use cellar_spec::{ScalarType, ValueType};
+use cellar_spec::{ScalarType, Value, ValueType};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -340,4 +343,79 @@ fn one_row_batches_agree_too() {
             );
         }
     }
+}
+
+/// A cell as the value a store would hold: lists keep their null elements.
+fn value_of(cell: Cell<'_>) -> Value {
+    match cell {
+        Cell::Null => Value::Null,
+        Cell::Bool(b) => Value::Bool(b),
+        Cell::Int(i) => Value::Int64(i),
+        Cell::Float(f) => Value::Float64(f),
+        Cell::Text(s) => Value::String(s.to_owned()),
+        Cell::Time(ms) => Value::Timestamp(ms),
+        Cell::List(items) => Value::List(items.iter().map(value_of).collect()),
+        other => panic!("no value for {}", other.describe()),
+    }
+}
+
+#[test]
+fn rows_walked_over_cells_of_values_give_what_arrow_columns_give() {
+    let scope = scope();
+    let now_ms = 1_700_000_000_000;
+    for (seed, rows) in [(20, 64), (21, 64), (22, 1), (23, 7)] {
+        let batch = batch(&scope, rows, seed);
+        // The same values as a store holds them, one vector per input in scope order.
+        let values: Vec<Vec<Value>> = scope
+            .inputs()
+            .iter()
+            .map(|input| {
+                let at = scope.schema().index_of(&input.name).unwrap();
+                let column = Column::new(batch.column(at));
+                (0..rows).map(|row| value_of(column.cell(row))).collect()
+            })
+            .collect();
+        let columns = scope
+            .inputs()
+            .iter()
+            .zip(&values)
+            .map(|(input, values)| CellColumn::of_values(input.value_type, values.iter()))
+            .collect();
+        let cells = scope.cells(columns, rows, now_ms).unwrap();
+        let arrow = RowBatch::new(batch);
+        for &(text, output, walked) in EXPRESSIONS {
+            if !walked {
+                continue;
+            }
+            let e = Expression::compile(text, &scope, output).unwrap();
+            assert!(e.walks(rows), "{text}");
+            let by_arrow = e.evaluate_walked(&arrow).unwrap();
+            let by_cells = e.evaluate_cells(&cells).unwrap();
+            assert_eq!(
+                format!("{by_arrow:?}"),
+                format!("{by_cells:?}"),
+                "{text}, seed {seed}"
+            );
+        }
+    }
+}
+
+#[test]
+fn cells_of_the_wrong_length_or_type_are_refused_by_name() {
+    let scope = scope();
+    let columns: Vec<CellColumn<'_>> = scope
+        .inputs()
+        .iter()
+        .map(|input| CellColumn::with_capacity(input.value_type, 0, 0))
+        .collect();
+    let e = scope.cells(columns, 2, 0).unwrap_err().to_string();
+    assert!(e.contains("`i`") && e.contains("0 cells for 2 rows"), "{e}");
+    let mut columns: Vec<CellColumn<'_>> = scope
+        .inputs()
+        .iter()
+        .map(|input| CellColumn::with_capacity(input.value_type, 0, 0))
+        .collect();
+    columns[0] = CellColumn::with_capacity(TEXT, 0, 0);
+    let e = scope.cells(columns, 0, 0).unwrap_err().to_string();
+    assert!(e.contains("cells of type string for type int64"), "{e}");
 }

@@ -1,13 +1,17 @@
 //! What computing an on-demand group costs the serving path per request, apart from the network
 //! and the reads: the quickstart's `feed_context` (five expressions over three stored groups and
 //! the request's keys) for 1 and 100 rows of one user, as a ranker asks, split into building
-//! the inputs and the whole evaluation.
+//! the inputs and the whole evaluation. One row is walked over cells borrowed from the
+//! records; a hundred are evaluated by DataFusion over Arrow columns.
 //! `cargo run --release -p cellar-serving --example on_demand_cost`
 use std::time::Instant;
 
 use cellar_expr::arrow::column;
+use cellar_expr::cells::CellColumn;
 use cellar_serving::on_demand::ServedOnDemand;
-use cellar_serving::on_demand::{event_time_column, stored_column, InputColumn, InputSource};
+use cellar_serving::on_demand::{
+    event_time_cells, event_time_column, stored_cells, stored_column, InputColumn, InputSource,
+};
 use cellar_serving::service::{Row, Status};
 use cellar_serving::sources::SourceMetrics;
 use cellar_spec::{ScalarType, Value, ValueType};
@@ -117,15 +121,31 @@ fn main() {
         let articles: Vec<Value> = (0..rows)
             .map(|i| Value::String(format!("a{}", 1000 + 2 * i)))
             .collect();
-        let input = |source: &InputSource, t: ValueType| match source {
-            InputSource::Key(_) => InputColumn::Array(column(t, &articles)),
-            InputSource::Stored { group, position } => InputColumn::Array(match group.as_str() {
-                "user_profile" => stored_column(&user, *position, t, false),
-                "recent_clicked_articles" => stored_column(&series, *position, t, true),
-                _ => stored_column(&stats, *position, t, false),
-            }),
-            InputSource::EventTime { .. } => InputColumn::Array(event_time_column(&series, true)),
-            other => panic!("the example has no {other:?}"),
+        // As the server gives them: cells when the request is walked, Arrow columns otherwise.
+        let input = |source: &InputSource, t: ValueType, cells: bool| {
+            let (rows, series) = match source {
+                InputSource::Key(_) if cells => {
+                    return InputColumn::Cells(CellColumn::of_values(t, articles.iter()))
+                }
+                InputSource::Key(_) => return InputColumn::Array(column(t, &articles)),
+                InputSource::Stored { group, .. } => match group.as_str() {
+                    "user_profile" => (&user, false),
+                    "recent_clicked_articles" => (&series, true),
+                    _ => (&stats, false),
+                },
+                InputSource::EventTime { .. } => (&series, true),
+                other => panic!("the example has no {other:?}"),
+            };
+            match (source, cells) {
+                (InputSource::Stored { position, .. }, true) => {
+                    InputColumn::Cells(stored_cells(rows, *position, t, series))
+                }
+                (InputSource::Stored { position, .. }, false) => {
+                    InputColumn::Array(stored_column(rows, *position, t, series))
+                }
+                (_, true) => InputColumn::Cells(event_time_cells(rows, series)),
+                (_, false) => InputColumn::Array(event_time_column(rows, series)),
+            }
         };
         let selected: Vec<usize> = (0..spec.features.len()).collect();
         let check = group.evaluate(&selected, rows, now, input);
@@ -170,13 +190,14 @@ fn main() {
         let started = Instant::now();
         for _ in 0..n {
             for (source, t) in sources.iter().zip(types) {
-                std::hint::black_box(input(source, t));
+                std::hint::black_box(input(source, t, rows == 1));
             }
             std::hint::black_box(input(
                 &InputSource::EventTime {
                     group: "recent_clicked_articles".into(),
                 },
                 ValueType::List(ScalarType::Timestamp),
+                rows == 1,
             ));
         }
         let inputs = started.elapsed().as_secs_f64() * 1e6 / n as f64;

@@ -3,8 +3,10 @@
 
 use std::collections::BTreeSet;
 
-use cellar_expr::{Expression, Outcome, Scope};
-use cellar_spec::{FeatureRepo, OnDemandGroup, Value, ValueType, EVENT_TIME_INPUT};
+use cellar_expr::cells::CellColumn;
+use cellar_expr::column::Cell;
+use cellar_expr::{ExprError, Expression, Outcome, Scope};
+use cellar_spec::{FeatureRepo, OnDemandGroup, ScalarType, Value, ValueType, EVENT_TIME_INPUT};
 
 use std::sync::Arc;
 
@@ -34,11 +36,14 @@ pub enum InputSource {
 }
 
 /// One input's values for every row of a read.
-pub enum InputColumn {
+pub enum InputColumn<'r> {
     /// Each row's value, or why the row has none: a feature reading it gets that error.
     Values(Vec<Result<Value, String>>),
     /// Built straight from what was read (stored records), every row with a value or null.
     Array(ArrayRef),
+    /// The same, as cells borrowed from what was read, for a read whose features are all
+    /// walked a row at a time.
+    Cells(CellColumn<'r>),
 }
 
 /// An on-demand group ready to serve.
@@ -139,13 +144,15 @@ impl ServedOnDemand {
     }
 
     /// The features at `selected` (positions in the spec) for `rows` rows. `column` gives each
-    /// input's column, one value per row.
-    pub fn evaluate(
+    /// input's column, one value per row; as cells when its third argument is true (every
+    /// selected feature is walked a row at a time, which reads nothing else), otherwise as
+    /// values or an Arrow array.
+    pub fn evaluate<'r>(
         &self,
         selected: &[usize],
         rows: usize,
         now_ms: i64,
-        mut column: impl FnMut(&InputSource, ValueType) -> InputColumn,
+        mut column: impl FnMut(&InputSource, ValueType, bool) -> InputColumn<'r>,
     ) -> Vec<Row> {
         let compiled = match &self.compiled {
             Ok(c) => c,
@@ -157,25 +164,21 @@ impl ServedOnDemand {
                     .collect()
             }
         };
-        let given: Vec<InputColumn> = compiled
+        let walked = selected
+            .iter()
+            .all(|&f| compiled.expressions[f].walks(rows));
+        let mut given: Vec<InputColumn<'r>> = compiled
             .sources
             .iter()
-            .map(|(source, t)| column(source, *t))
+            .map(|(source, t)| column(source, *t, walked))
             .collect();
-        let columns = compiled
-            .sources
-            .iter()
-            .zip(&given)
-            .map(|((_, t), given)| match given {
-                InputColumn::Values(values) => cellar_expr::arrow::column(
-                    *t,
-                    values.iter().map(|v| v.as_ref().unwrap_or(&Value::Null)),
-                ),
-                InputColumn::Array(array) => Arc::clone(array),
-            })
-            .collect();
-        let batch = match compiled.scope.rows(columns, rows, now_ms) {
-            Ok(batch) => batch,
+        let evaluated = if walked {
+            compiled.walk(selected, rows, now_ms, &mut given)
+        } else {
+            compiled.evaluate(selected, rows, now_ms, &given)
+        };
+        let evaluated = match evaluated {
+            Ok(evaluated) => evaluated,
             Err(e) => {
                 return (0..rows)
                     .map(|_| Row::Computed {
@@ -186,8 +189,8 @@ impl ServedOnDemand {
         };
         let mut by_feature: Vec<std::vec::IntoIter<Outcome>> = selected
             .iter()
-            .map(|&f| {
-                let mut outcomes = compiled.expressions[f].evaluate_in(&batch);
+            .zip(evaluated)
+            .map(|(&f, mut outcomes)| {
                 for &input in &compiled.reads[f] {
                     let InputColumn::Values(values) = &given[input] else {
                         continue;
@@ -211,6 +214,79 @@ impl ServedOnDemand {
                     .collect(),
             })
             .collect()
+    }
+}
+
+impl Compiled {
+    /// The features at `selected` over the inputs as one Arrow batch.
+    fn evaluate(
+        &self,
+        selected: &[usize],
+        rows: usize,
+        now_ms: i64,
+        given: &[InputColumn<'_>],
+    ) -> Result<Vec<Vec<Outcome>>, ExprError> {
+        let columns = self
+            .sources
+            .iter()
+            .zip(given)
+            .map(|((_, t), given)| match given {
+                InputColumn::Values(values) => cellar_expr::arrow::column(
+                    *t,
+                    values.iter().map(|v| v.as_ref().unwrap_or(&Value::Null)),
+                ),
+                InputColumn::Array(array) => Arc::clone(array),
+                // Asked for as arrays; a source that gave cells anyway gives nulls.
+                InputColumn::Cells(_) => {
+                    cellar_expr::arrow::column(*t, std::iter::repeat_n(&Value::Null, rows))
+                }
+            })
+            .collect();
+        let batch = self.scope.rows(columns, rows, now_ms)?;
+        Ok(selected
+            .iter()
+            .map(|&f| self.expressions[f].evaluate_in(&batch))
+            .collect())
+    }
+
+    /// The features at `selected`, every one walked a row at a time over the inputs' cells.
+    fn walk(
+        &self,
+        selected: &[usize],
+        rows: usize,
+        now_ms: i64,
+        given: &mut [InputColumn<'_>],
+    ) -> Result<Vec<Vec<Outcome>>, ExprError> {
+        let taken: Vec<Option<CellColumn<'_>>> = given
+            .iter_mut()
+            .map(|g| match g {
+                InputColumn::Cells(cells) => Some(std::mem::take(cells)),
+                _ => None,
+            })
+            .collect();
+        let columns = self
+            .sources
+            .iter()
+            .zip(given.iter())
+            .zip(taken)
+            .map(|(((_, t), given), taken)| match given {
+                InputColumn::Values(values) => CellColumn::of_values(
+                    *t,
+                    values.iter().map(|v| v.as_ref().unwrap_or(&Value::Null)),
+                ),
+                InputColumn::Array(array) => CellColumn::arrow(array),
+                InputColumn::Cells(_) => taken.unwrap_or_default(),
+            })
+            .collect();
+        let cells = self.scope.cells(columns, rows, now_ms)?;
+        Ok(selected
+            .iter()
+            .map(|&f| {
+                self.expressions[f]
+                    .evaluate_cells(&cells)
+                    .unwrap_or_else(|| vec![Err("the feature cannot be walked".to_owned()); rows])
+            })
+            .collect())
     }
 }
 
@@ -356,6 +432,59 @@ pub fn event_time_column(rows: &[Row], series: bool) -> ArrayRef {
             _ => None,
         }))
     }
+}
+
+/// [`stored_column`] as cells borrowed from the records, for a walked read.
+pub fn stored_cells(rows: &[Row], position: usize, t: ValueType, series: bool) -> CellColumn<'_> {
+    match t {
+        ValueType::List(_) if series => {
+            let mut column = CellColumn::with_capacity(t, rows.len(), series_len(rows));
+            for row in rows {
+                match row {
+                    Row::Series { records } if !records.is_empty() => column.push_list(
+                        records
+                            .iter()
+                            .map(move |r| r.value(position))
+                            .filter(|v| !matches!(v, Value::Null)),
+                    ),
+                    _ => column.push_cell(Cell::Null),
+                }
+            }
+            column
+        }
+        t => CellColumn::of_values(
+            t,
+            rows.iter().map(|row| match row {
+                Row::Record {
+                    record: Some(r), ..
+                } => r.value(position),
+                _ => &Value::Null,
+            }),
+        ),
+    }
+}
+
+/// [`event_time_column`] as cells, for a walked read.
+pub fn event_time_cells(rows: &[Row], series: bool) -> CellColumn<'_> {
+    let timestamp = ScalarType::Timestamp;
+    let mut column = if series {
+        CellColumn::with_capacity(ValueType::List(timestamp), rows.len(), series_len(rows))
+    } else {
+        CellColumn::with_capacity(ValueType::Scalar(timestamp), rows.len(), 0)
+    };
+    for row in rows {
+        match row {
+            Row::Series { records } if series && !records.is_empty() => {
+                column.push_times(records.iter().map(|r| r.event_time))
+            }
+            Row::Record {
+                record: Some(record),
+                ..
+            } if !series => column.push_cell(Cell::Time(record.event_time)),
+            _ => column.push_cell(Cell::Null),
+        }
+    }
+    column
 }
 
 /// How many records the time series rows hold in all.

@@ -19,6 +19,7 @@ use crate::limits::{records_per_row, RequestCost};
 use crate::metrics::OnDemandMetrics;
 use crate::on_demand::{InputColumn, InputSource, ServedOnDemand};
 use crate::sources::SourceMetrics;
+use cellar_expr::cells::CellColumn;
 
 /// The share of a read's deadline external sources may take: the rest is for computing and
 /// answering, so a slow source never makes the read miss its deadline.
@@ -887,115 +888,122 @@ impl FeatureServer {
         for di in evaluation_order(&resolved.on_demand) {
             let d = &resolved.on_demand[di];
             let started = std::time::Instant::now();
-            let rows_computed =
-                d.group
-                    .evaluate(&d.computed, rows, now, |source, t| match source {
-                        InputSource::OnDemand { group, feature } => {
-                            let read = resolved
-                                .on_demand
-                                .iter()
-                                .position(|o| o.group.spec.name == *group)
-                                .and_then(|o| {
-                                    let at = resolved.on_demand[o]
-                                        .computed
-                                        .iter()
-                                        .position(|f| f == feature)?;
-                                    Some((computed[o].as_ref()?, at))
-                                });
-                            InputColumn::Values(match read {
-                                Some((theirs, at)) => theirs
+            let rows_computed = d
+                .group
+                .evaluate(&d.computed, rows, now, |source, t, cells| match source {
+                    InputSource::OnDemand { group, feature } => {
+                        let read = resolved
+                            .on_demand
+                            .iter()
+                            .position(|o| o.group.spec.name == *group)
+                            .and_then(|o| {
+                                let at = resolved.on_demand[o]
+                                    .computed
                                     .iter()
-                                    .map(|row| match row {
-                                        Row::Computed { values } => {
-                                            values.get(at).cloned().unwrap_or(Ok(Value::Null))
-                                        }
-                                        _ => Ok(Value::Null),
-                                    })
-                                    .collect(),
-                                None => vec![
-                                    Err(format!(
-                                        "on-demand group `{group}` could not be computed first"
-                                    ));
-                                    rows
-                                ],
-                            })
-                        }
-                        InputSource::Request(name) | InputSource::Key(name) => {
-                            match inputs.get(name) {
-                                Some(values) => {
-                                    InputColumn::Array(cellar_expr::arrow::column(t, values))
-                                }
-                                None => InputColumn::Values(vec![Ok(Value::Null); rows]),
-                            }
-                        }
-                        InputSource::Stored { group, position } => {
-                            match resolved
-                                .stored
+                                    .position(|f| f == feature)?;
+                                Some((computed[o].as_ref()?, at))
+                            });
+                        InputColumn::Values(match read {
+                            Some((theirs, at)) => theirs
                                 .iter()
-                                .position(|r| r.group.spec.name == *group)
-                            {
-                                Some(g) => {
-                                    InputColumn::Array(stored_rows[g].expand_column(|rows| {
-                                        crate::on_demand::stored_column(
-                                            rows,
-                                            *position,
-                                            t,
-                                            resolved.stored[g].group.spec.kind
-                                                == GroupKind::Timeseries,
-                                        )
+                                .map(|row| match row {
+                                    Row::Computed { values } => {
+                                        values.get(at).cloned().unwrap_or(Ok(Value::Null))
+                                    }
+                                    _ => Ok(Value::Null),
+                                })
+                                .collect(),
+                            None => vec![
+                                Err(format!(
+                                    "on-demand group `{group}` could not be computed first"
+                                ));
+                                rows
+                            ],
+                        })
+                    }
+                    InputSource::Request(name) | InputSource::Key(name) => match inputs.get(name) {
+                        Some(values) if cells => {
+                            InputColumn::Cells(CellColumn::of_values(t, values.iter()))
+                        }
+                        Some(values) => InputColumn::Array(cellar_expr::arrow::column(t, values)),
+                        None => InputColumn::Values(vec![Ok(Value::Null); rows]),
+                    },
+                    InputSource::Stored { group, position } => {
+                        match resolved
+                            .stored
+                            .iter()
+                            .position(|r| r.group.spec.name == *group)
+                        {
+                            Some(g) => {
+                                let series =
+                                    resolved.stored[g].group.spec.kind == GroupKind::Timeseries;
+                                let read = &stored_rows[g];
+                                if cells {
+                                    InputColumn::Cells(read.expand_cells(|rows| {
+                                        crate::on_demand::stored_cells(rows, *position, t, series)
+                                    }))
+                                } else {
+                                    InputColumn::Array(read.expand_column(|rows| {
+                                        crate::on_demand::stored_column(rows, *position, t, series)
                                     }))
                                 }
-                                None => InputColumn::Values(vec![Ok(Value::Null); rows]),
                             }
+                            None => InputColumn::Values(vec![Ok(Value::Null); rows]),
                         }
-                        InputSource::EventTime { group } => {
-                            match resolved
-                                .stored
-                                .iter()
-                                .position(|r| r.group.spec.name == *group)
-                            {
-                                Some(g) => {
-                                    InputColumn::Array(stored_rows[g].expand_column(|rows| {
-                                        crate::on_demand::event_time_column(
-                                            rows,
-                                            resolved.stored[g].group.spec.kind
-                                                == GroupKind::Timeseries,
-                                        )
+                    }
+                    InputSource::EventTime { group } => {
+                        match resolved
+                            .stored
+                            .iter()
+                            .position(|r| r.group.spec.name == *group)
+                        {
+                            Some(g) => {
+                                let series =
+                                    resolved.stored[g].group.spec.kind == GroupKind::Timeseries;
+                                let read = &stored_rows[g];
+                                if cells {
+                                    InputColumn::Cells(read.expand_cells(|rows| {
+                                        crate::on_demand::event_time_cells(rows, series)
+                                    }))
+                                } else {
+                                    InputColumn::Array(read.expand_column(|rows| {
+                                        crate::on_demand::event_time_column(rows, series)
                                     }))
                                 }
-                                None => InputColumn::Values(vec![Ok(Value::Null); rows]),
                             }
+                            None => InputColumn::Values(vec![Ok(Value::Null); rows]),
                         }
-                        InputSource::External { source, field } => {
-                            let fallback = d
-                                .group
-                                .spec
-                                .sources
-                                .get(*source)
-                                .and_then(|s| s.fields.get(*field))
-                                .and_then(|f| f.fallback.clone());
-                            let answer = calls
+                    }
+                    InputSource::External { source, field } => {
+                        let fallback = d
+                            .group
+                            .spec
+                            .sources
+                            .get(*source)
+                            .and_then(|s| s.fields.get(*field))
+                            .and_then(|f| f.fallback.clone());
+                        let answer = calls
+                            .iter()
+                            .position(|(g, s, _)| *g == di && *s == *source)
+                            .and_then(|i| fetched.get(i));
+                        let value = |v: Result<Value, String>| match (v, &fallback) {
+                            (Err(_), Some(f)) => Ok(f.clone()),
+                            (v, _) => v,
+                        };
+                        InputColumn::Values(match answer {
+                            Some(Ok(answers)) => answers
                                 .iter()
-                                .position(|(g, s, _)| *g == di && *s == *source)
-                                .and_then(|i| fetched.get(i));
-                            let value = |v: Result<Value, String>| match (v, &fallback) {
-                                (Err(_), Some(f)) => Ok(f.clone()),
-                                (v, _) => v,
-                            };
-                            InputColumn::Values(match answer {
-                                Some(Ok(answers)) => answers
-                                    .iter()
-                                    .map(|row| {
-                                        value(row.get(*field).cloned().unwrap_or(Ok(Value::Null)))
-                                    })
-                                    .collect(),
-                                Some(Err(e)) => vec![value(Err(e.clone())); rows],
-                                None => {
-                                    vec![value(Err("the source was not called".to_owned())); rows]
-                                }
-                            })
-                        }
-                    });
+                                .map(|row| {
+                                    value(row.get(*field).cloned().unwrap_or(Ok(Value::Null)))
+                                })
+                                .collect(),
+                            Some(Err(e)) => vec![value(Err(e.clone())); rows],
+                            None => {
+                                vec![value(Err("the source was not called".to_owned())); rows]
+                            }
+                        })
+                    }
+                });
             self.observe_on_demand(&d.group.spec.name, started.elapsed(), &rows_computed);
             computed[di] = Some(rows_computed);
         }
@@ -1098,6 +1106,19 @@ impl GroupRows {
         match self.index {
             None => self.rows,
             Some(index) => index.into_iter().map(|i| self.rows[i].clone()).collect(),
+        }
+    }
+
+    /// [`GroupRows::expand_column`] as cells, for a walked read: the distinct rows' cells
+    /// repeated by reference.
+    fn expand_cells<'a>(
+        &'a self,
+        build: impl FnOnce(&'a [Row]) -> CellColumn<'a>,
+    ) -> CellColumn<'a> {
+        let column = build(&self.rows);
+        match &self.index {
+            None => column,
+            Some(index) => column.expand(index),
         }
     }
 
