@@ -23,6 +23,28 @@ pub fn all() -> Vec<ScalarUDF> {
 
 const EARTH_RADIUS_KM: f64 = 6371.0088;
 
+/// The great-circle distance in kilometres between two points given in degrees: what
+/// `haversine_km` computes, here and walked a row at a time.
+pub(crate) fn haversine_km(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
+    let [lat1, lon1, lat2, lon2] = [lat1, lon1, lat2, lon2].map(f64::to_radians);
+    let h = ((lat2 - lat1) / 2.0).sin().powi(2)
+        + lat1.cos() * lat2.cos() * ((lon2 - lon1) / 2.0).sin().powi(2);
+    2.0 * EARTH_RADIUS_KM * h.sqrt().min(1.0).asin()
+}
+
+/// The cosine similarity of two sequences of numbers of the same length, `None` when either
+/// is all zeros: what `cosine_similarity` computes, here and walked a row at a time, summing
+/// in the same order.
+pub(crate) fn cosine(x: impl Iterator<Item = f64>, y: impl Iterator<Item = f64>) -> Option<f64> {
+    let (mut dot, mut xx, mut yy) = (0.0, 0.0, 0.0);
+    for (p, q) in x.zip(y) {
+        dot += p * q;
+        xx += p * p;
+        yy += q * q;
+    }
+    (xx > 0.0 && yy > 0.0).then(|| dot / (xx.sqrt() * yy.sqrt()))
+}
+
 /// `haversine_km(lat1, lon1, lat2, lon2)`: the great-circle distance in kilometres between
 /// two points given in degrees.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -61,10 +83,8 @@ impl ScalarUDFImpl for Haversine {
                 if points.iter().any(|a| a.is_null(row)) {
                     return None;
                 }
-                let [lat1, lon1, lat2, lon2] = points.map(|a| a.value(row).to_radians());
-                let h = ((lat2 - lat1) / 2.0).sin().powi(2)
-                    + lat1.cos() * lat2.cos() * ((lon2 - lon1) / 2.0).sin().powi(2);
-                Some(2.0 * EARTH_RADIUS_KM * h.sqrt().min(1.0).asin())
+                let [lat1, lon1, lat2, lon2] = points.map(|a| a.value(row));
+                Some(haversine_km(lat1, lon1, lat2, lon2))
             })
             .collect();
         Ok(ColumnarValue::Array(Arc::new(distance)))
@@ -146,13 +166,10 @@ impl ScalarUDFImpl for CosineSimilarity {
                 out.push(None);
                 continue;
             }
-            let (mut dot, mut xx, mut yy) = (0.0, 0.0, 0.0);
-            for (p, q) in x.values().iter().zip(y.values().iter()) {
-                dot += p * q;
-                xx += p * p;
-                yy += q * q;
-            }
-            out.push((xx > 0.0 && yy > 0.0).then(|| dot / (xx.sqrt() * yy.sqrt())));
+            out.push(cosine(
+                x.values().iter().copied(),
+                y.values().iter().copied(),
+            ));
         }
         Ok(ColumnarValue::Array(Arc::new(Float64Array::from(out))))
     }

@@ -6,8 +6,10 @@
 //! one row's cells instead, for the nodes whose semantics it reproduces exactly, Arrow's and
 //! DataFusion's both: wrapping integer arithmetic and checked division, floats compared in
 //! total order, three-valued logic, `CASE` evaluated only where taken, the list functions'
-//! null and index rules. An expression with any other node has no plan and is evaluated by
-//! DataFusion; `tests/row_parity.rs` checks that the two agree over random inputs.
+//! null and index rules; and Cellar's own `haversine_km` and `cosine_similarity` (of lists and
+//! vectors), computed by the same code as the functions. An expression with any other node has
+//! no plan and is evaluated by DataFusion; `tests/row_parity.rs` checks that the two agree over
+//! random inputs.
 
 use std::cmp::Ordering;
 use std::sync::Arc;
@@ -35,6 +37,9 @@ enum Type {
     /// Milliseconds, with or without a zone: the plan never reads the zone.
     Time(Option<Arc<str>>),
     List(Box<Type>),
+    /// The elements of a vector, read as `Float` cells (widened exactly). Only counting a
+    /// vector and `cosine_similarity` read them; every other node refuses the type.
+    Float32,
 }
 
 impl Type {
@@ -47,6 +52,9 @@ impl Type {
             DataType::Float64 => Type::Float,
             DataType::Utf8 => Type::Text,
             DataType::Timestamp(TimeUnit::Millisecond, zone) => Type::Time(zone.clone()),
+            DataType::List(f) if *f.data_type() == DataType::Float32 => {
+                Type::List(Box::new(Type::Float32))
+            }
             DataType::List(f) => match Type::of(f.data_type())? {
                 Type::List(_) | Type::Null => return None,
                 inner => Type::List(Box::new(inner)),
@@ -56,7 +64,7 @@ impl Type {
     }
 
     fn is_scalar(&self) -> bool {
-        !matches!(self, Type::List(_) | Type::Null)
+        !matches!(self, Type::List(_) | Type::Null | Type::Float32)
     }
 }
 
@@ -124,6 +132,11 @@ enum Node {
     ArrayElement(Box<Node>, Box<Node>),
     /// Seconds since the epoch of a millisecond timestamp, truncated as Arrow's cast does.
     ToUnixtime(Box<Node>),
+    /// Cellar's `haversine_km` of four floats.
+    Haversine(Box<[Node; 4]>),
+    /// Cellar's `cosine_similarity` of two numeric lists, their elements read as floats as
+    /// the function's coercion casts them.
+    Cosine(Box<Node>, Box<Node>),
 }
 
 /// Where a walked plan reads its inputs: the columns of a batch, in schema order.
@@ -312,8 +325,24 @@ fn node(expr: &Arc<dyn PhysicalExpr>, schema: &Schema) -> Option<(Node, Type)> {
             ("array_element", [list, index]) => {
                 let (list, lt) = boxed(list)?;
                 let (index, it) = boxed(index)?;
-                (lt == Type::List(Box::new(t.clone())) && it == Type::Int)
+                (lt == Type::List(Box::new(t.clone())) && it == Type::Int && t != Type::Float32)
                     .then_some(Node::ArrayElement(list, index))?
+            }
+            ("haversine_km", [lat1, lon1, lat2, lon2]) => {
+                let mut points = Vec::with_capacity(4);
+                for arg in [lat1, lon1, lat2, lon2] {
+                    let (point, pt) = node(arg, schema)?;
+                    if pt != Type::Float {
+                        return None;
+                    }
+                    points.push(point);
+                }
+                let points: [Node; 4] = points.try_into().ok()?;
+                (t == Type::Float).then(|| Node::Haversine(Box::new(points)))?
+            }
+            ("cosine_similarity", [a, b]) => {
+                let (a, b) = (numeric_list(a, schema)?, numeric_list(b, schema)?);
+                (t == Type::Float).then_some(Node::Cosine(a, b))?
             }
             ("to_unixtime", [time]) => {
                 let (time, tt) = boxed(time)?;
@@ -324,6 +353,24 @@ fn node(expr: &Arc<dyn PhysicalExpr>, schema: &Schema) -> Option<(Node, Type)> {
         return Some((node, t));
     }
     None
+}
+
+/// An argument of `cosine_similarity`: a numeric list (or null), under the cast to a list of
+/// floats its coercion adds, which the walk does element by element instead.
+fn numeric_list(arg: &Arc<dyn PhysicalExpr>, schema: &Schema) -> Option<Box<Node>> {
+    let any: &dyn PhysicalExpr = arg.as_ref();
+    let arg = match any.downcast_ref::<CastExpr>() {
+        Some(c) if !c.cast_options().safe => c.expr(),
+        _ => arg,
+    };
+    let (n, t) = node(arg, schema)?;
+    match t {
+        Type::Null => Some(Box::new(n)),
+        Type::List(e) if matches!(*e, Type::Int | Type::UInt | Type::Float | Type::Float32) => {
+            Some(Box::new(n))
+        }
+        _ => None,
+    }
 }
 
 fn compare(op: &Operator) -> Option<Compare> {
@@ -536,6 +583,55 @@ fn eval<'a, I: Inputs + ?Sized>(
             Cell::Time(ms) => Cell::Int(ms / 1000),
             _ => Cell::Null,
         },
+        Node::Haversine(points) => {
+            // Every argument first, as DataFusion computes them all before the function.
+            let mut at = [None; 4];
+            for (slot, point) in at.iter_mut().zip(points.iter()) {
+                *slot = match eval(point, columns, row)? {
+                    Cell::Float(x) => Some(x),
+                    Cell::Null => None,
+                    other => return Err(format!("haversine_km of {}", other.describe())),
+                };
+            }
+            match at {
+                [Some(lat1), Some(lon1), Some(lat2), Some(lon2)] => {
+                    Cell::Float(crate::functions::haversine_km(lat1, lon1, lat2, lon2))
+                }
+                _ => Cell::Null,
+            }
+        }
+        Node::Cosine(a, b) => {
+            let (a, b) = (eval(a, columns, row)?, eval(b, columns, row)?);
+            match (a, b) {
+                (Cell::Null, _) | (_, Cell::Null) => Cell::Null,
+                (Cell::List(x), Cell::List(y)) => {
+                    if x.len() != y.len() {
+                        return Err(format!(
+                            "cosine_similarity of lists of different lengths ({} and {})",
+                            x.len(),
+                            y.len()
+                        ));
+                    }
+                    let float = |c: Cell<'_>| match c {
+                        Cell::Float(f) => Some(f),
+                        Cell::Int(i) => Some(i as f64),
+                        Cell::UInt(u) => Some(u as f64),
+                        _ => None,
+                    };
+                    // A null element (or one that is not a number) makes the whole null.
+                    if x.iter().chain(y.iter()).any(|c| float(c).is_none()) {
+                        Cell::Null
+                    } else {
+                        let (xs, ys) = (x.iter().filter_map(float), y.iter().filter_map(float));
+                        match crate::functions::cosine(xs, ys) {
+                            Some(c) => Cell::Float(c),
+                            None => Cell::Null,
+                        }
+                    }
+                }
+                (l, r) => return Err(mismatch("cosine_similarity", l, r)),
+            }
+        }
     })
 }
 

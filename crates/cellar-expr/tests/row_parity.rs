@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    BooleanBuilder, Float64Builder, Int64Builder, ListBuilder, StringBuilder,
+    BooleanBuilder, Float32Builder, Float64Builder, Int64Builder, ListBuilder, StringBuilder,
     TimestampMillisecondBuilder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
@@ -38,6 +38,8 @@ fn scope() -> Scope {
         Input::new("lf", ValueType::List(ScalarType::Float64)),
         Input::new("ls", ValueType::List(ScalarType::String)),
         Input::new("lt", ValueType::List(ScalarType::Timestamp)),
+        Input::new("v", ValueType::Vector(3)),
+        Input::new("w", ValueType::Vector(3)),
         Input::qualified("user_profile", "age", INT),
         Input::qualified("article_stats", "ctr_7d", FLOAT),
         Input::qualified(
@@ -131,12 +133,26 @@ const EXPRESSIONS: &[(&str, ValueType, bool)] = &[
         FLOAT,
         true,
     ),
+    (
+        "haversine_km(f, g, user_profile.age, article_stats.ctr_7d)",
+        FLOAT,
+        true,
+    ),
+    ("haversine_km(37.5, 127.0, f, g)", FLOAT, true),
+    ("haversine_km(i, j, 0, 0) < 100.0", BOOL, true),
+    ("cosine_similarity(lf, lf)", FLOAT, true),
+    ("cosine_similarity(li, lf)", FLOAT, true),
+    ("cosine_similarity(v, w)", FLOAT, true),
+    ("cosine_similarity(v, lf)", FLOAT, true),
+    ("cardinality(v)", INT, true),
+    ("CASE WHEN b THEN v ELSE w END", ValueType::Vector(3), true),
     // Simplified into a CASE when compiled.
     ("coalesce(i, j, 0)", INT, true),
     // What DataFusion alone evaluates: the answers must agree all the same.
     ("lower(s)", TEXT, false),
     ("i + cardinality(li)", INT, false),
     ("abs(f)", FLOAT, false),
+    ("array_element(v, 1)", FLOAT, false),
 ];
 
 fn int(rng: &mut StdRng) -> Option<i64> {
@@ -189,6 +205,24 @@ fn time(rng: &mut StdRng) -> Option<i64> {
         2 => 0,
         _ => rng.random_range(1_600_000_000_000i64..1_800_000_000_000),
     })
+}
+
+/// A vector: null, or three numbers (now and then two, which a stored vector never has).
+fn vector(rng: &mut StdRng) -> Option<Vec<f32>> {
+    if rng.random_bool(0.1) {
+        return None;
+    }
+    let n = if rng.random_bool(0.1) { 2 } else { 3 };
+    Some(
+        (0..n)
+            .map(|_| match rng.random_range(0..6) {
+                0 => 0.0,
+                1 => -0.0,
+                2 => f32::NAN,
+                _ => rng.random_range(-2.0..2.0),
+            })
+            .collect(),
+    )
 }
 
 /// A list of `item`s: null, empty, or up to five elements, some of them null.
@@ -264,6 +298,14 @@ fn batch(scope: &Scope, rows: usize, seed: u64) -> RecordBatch {
                             .with_field(Arc::clone(item));
                     for _ in 0..rows {
                         b.append_option(list(&mut rng, time));
+                    }
+                    Arc::new(b.finish())
+                }
+                DataType::Float32 => {
+                    let mut b =
+                        ListBuilder::new(Float32Builder::new()).with_field(Arc::clone(item));
+                    for _ in 0..rows {
+                        b.append_option(vector(&mut rng).map(|xs| xs.into_iter().map(Some)));
                     }
                     Arc::new(b.finish())
                 }
@@ -345,6 +387,22 @@ fn one_row_batches_agree_too() {
     }
 }
 
+/// A cell as the value of type `t` a store would hold: lists keep their null elements.
+fn value_as(cell: Cell<'_>, t: ValueType) -> Value {
+    match (cell, t) {
+        (Cell::List(items), ValueType::Vector(_)) => Value::Vector(
+            items
+                .iter()
+                .map(|c| match c {
+                    Cell::Float(f) => f as f32,
+                    other => panic!("a vector holding {}", other.describe()),
+                })
+                .collect(),
+        ),
+        (cell, _) => value_of(cell),
+    }
+}
+
 /// A cell as the value a store would hold: lists keep their null elements.
 fn value_of(cell: Cell<'_>) -> Value {
     match cell {
@@ -372,7 +430,9 @@ fn rows_walked_over_cells_of_values_give_what_arrow_columns_give() {
             .map(|input| {
                 let at = scope.schema().index_of(&input.name).unwrap();
                 let column = Column::new(batch.column(at));
-                (0..rows).map(|row| value_of(column.cell(row))).collect()
+                (0..rows)
+                    .map(|row| value_as(column.cell(row), input.value_type))
+                    .collect()
             })
             .collect();
         let columns = scope
