@@ -129,6 +129,8 @@ pub(crate) fn entity_columns(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FeaturesBody {
+    /// Absent for a read of on-demand groups that take request data alone.
+    #[serde(default)]
     entities: serde_json::Map<String, serde_json::Value>,
     #[serde(default)]
     groups: Option<Vec<GroupBody>>,

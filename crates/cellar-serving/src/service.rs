@@ -17,7 +17,10 @@ use crate::catalog::{Catalog, ServedGroup};
 use crate::error::ServeError;
 use crate::limits::{records_per_row, RequestCost};
 use crate::metrics::OnDemandMetrics;
-use crate::on_demand::{InputColumn, InputSource, ServedOnDemand};
+use crate::on_demand::{
+    event_time_cells, event_time_column, stored_cells, stored_column, InputColumn, InputSource,
+    ServedOnDemand,
+};
 use crate::sources::SourceMetrics;
 use cellar_expr::cells::CellColumn;
 
@@ -808,13 +811,15 @@ impl FeatureServer {
             req.entities = keys;
             req.request_data.extend::<Vec<_>>(data);
         }
-        let rows = match req.entities.first() {
-            None => {
+        // The rows are the entity key columns' rows; a read of on-demand groups that take
+        // request data alone has the request data's.
+        let rows = match (req.entities.first(), req.request_data.first()) {
+            (Some((_, values)), _) | (None, Some((_, values))) => values.len(),
+            (None, None) => {
                 return Err(ServeError::invalid(
-                    "entities: no entity keys given; send at least one key column such as {\"user_id\": [\"u1\"]}",
+                    "entities: no entity keys given; send at least one key column such as {\"user_id\": [\"u1\"]} (or, for on-demand groups that read request data alone, request_data)",
                 ))
             }
-            Some((_, values)) => values.len(),
         };
         for (name, values) in &req.entities {
             if values.len() != rows {
@@ -831,7 +836,11 @@ impl FeatureServer {
             }
         }
         if rows == 0 {
-            return Err(ServeError::invalid("entities: the key columns are empty"));
+            return Err(ServeError::invalid(if req.entities.is_empty() {
+                "request_data: the columns are empty"
+            } else {
+                "entities: the key columns are empty"
+            }));
         }
         if rows > self.limits.max_entities {
             return Err(ServeError::TooManyEntities {
@@ -928,7 +937,7 @@ impl FeatureServer {
                         Some(values) => InputColumn::Array(cellar_expr::arrow::column(t, values)),
                         None => InputColumn::Values(vec![Ok(Value::Null); rows]),
                     },
-                    InputSource::Stored { group, position } => {
+                    InputSource::Stored { group, .. } | InputSource::EventTime { group } => {
                         match resolved
                             .stored
                             .iter()
@@ -938,37 +947,25 @@ impl FeatureServer {
                                 let series =
                                     resolved.stored[g].group.spec.kind == GroupKind::Timeseries;
                                 let read = &stored_rows[g];
-                                if cells {
-                                    InputColumn::Cells(read.expand_cells(|rows| {
-                                        crate::on_demand::stored_cells(rows, *position, t, series)
-                                    }))
-                                } else {
-                                    InputColumn::Array(read.expand_column(|rows| {
-                                        crate::on_demand::stored_column(rows, *position, t, series)
-                                    }))
-                                }
-                            }
-                            None => InputColumn::Values(vec![Ok(Value::Null); rows]),
-                        }
-                    }
-                    InputSource::EventTime { group } => {
-                        match resolved
-                            .stored
-                            .iter()
-                            .position(|r| r.group.spec.name == *group)
-                        {
-                            Some(g) => {
-                                let series =
-                                    resolved.stored[g].group.spec.kind == GroupKind::Timeseries;
-                                let read = &stored_rows[g];
-                                if cells {
-                                    InputColumn::Cells(read.expand_cells(|rows| {
-                                        crate::on_demand::event_time_cells(rows, series)
-                                    }))
-                                } else {
-                                    InputColumn::Array(read.expand_column(|rows| {
-                                        crate::on_demand::event_time_column(rows, series)
-                                    }))
+                                let position = match source {
+                                    InputSource::Stored { position, .. } => Some(*position),
+                                    _ => None,
+                                };
+                                match (position, cells) {
+                                    (Some(p), true) => InputColumn::Cells(
+                                        read.expand_cells(|rows| stored_cells(rows, p, t, series)),
+                                    ),
+                                    (Some(p), false) => {
+                                        InputColumn::Array(read.expand_column(|rows| {
+                                            stored_column(rows, p, t, series)
+                                        }))
+                                    }
+                                    (None, true) => InputColumn::Cells(
+                                        read.expand_cells(|rows| event_time_cells(rows, series)),
+                                    ),
+                                    (None, false) => InputColumn::Array(
+                                        read.expand_column(|rows| event_time_column(rows, series)),
+                                    ),
                                 }
                             }
                             None => InputColumn::Values(vec![Ok(Value::Null); rows]),

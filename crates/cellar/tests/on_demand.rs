@@ -67,6 +67,15 @@ features:
     type: float64
     expr: haversine_km(user_lat, user_lon, article_profile.lat, article_profile.lon)
 ---
+kind: FeatureGroup
+name: basket
+type: on_demand
+request:
+  - { name: price, type: float64 }
+  - { name: quantity, type: int64 }
+features:
+  - { name: total, type: float64, expr: price * quantity }
+---
 kind: FeatureService
 name: ranker
 features:
@@ -1429,4 +1438,48 @@ features:
         json!([100.0, true]),
         "{body}"
     );
+}
+
+#[tokio::test]
+async fn a_group_of_request_data_alone_is_read_without_entity_keys() {
+    let node = Served::start().await;
+    let (status, body) = node
+        .post(
+            "/v1/features",
+            json!({
+                "request_data": {"price": [2.5, 4.0, 1.0], "quantity": [2, 0, null]},
+                "groups": ["basket"]
+            }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let rows = &body["results"][0]["rows"];
+    let totals: Vec<&Value> = (0..3).map(|i| &rows[i]["values"][0]).collect();
+    assert_eq!(totals, [&json!(5.0), &json!(0.0), &Value::Null], "{body}");
+    assert_eq!(rows[0]["statuses"], json!(["present"]));
+    assert_eq!(rows[2]["statuses"], json!(["not_found"]));
+
+    // Columns of different lengths, no rows at all, and a stored group beside it that needs
+    // keys the request does not give: each refused, named.
+    for (request, wanted) in [
+        (
+            json!({"request_data": {"price": [1.0, 2.0], "quantity": [1]}, "groups": ["basket"]}),
+            "`quantity` has 1 values for 2",
+        ),
+        (
+            json!({"request_data": {"price": [], "quantity": []}, "groups": ["basket"]}),
+            "request_data: the columns are empty",
+        ),
+        (
+            json!({"request_data": {"price": [1.0], "quantity": [1]},
+                   "groups": ["basket", "article_profile"]}),
+            "needs entity key `article_id`",
+        ),
+        (json!({"groups": ["basket"]}), "no entity keys given"),
+    ] {
+        let (status, body) = node.post("/v1/features", request.clone()).await;
+        assert_eq!(status, 400, "{request}: {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(wanted), "{request}: {message}");
+    }
 }
