@@ -7,17 +7,23 @@
 //! it the cells the Arrow column would have held, borrowed from the values read: a value of the
 //! input's type is its cell, anything else a null, as [`crate::arrow::column`] builds them.
 
-use arrow_array::ArrayRef;
+use arrow_array::{Array, ArrayRef};
+use arrow_schema::DataType;
 use cellar_spec::{ScalarType, Value, ValueType};
 
+use crate::arrow::data_type as data_type_of;
 use crate::column::{Cell, Column, Items};
 use crate::row::Inputs;
 
 /// One input's cells, a slot per row.
 #[derive(Debug)]
 pub enum CellColumn<'a> {
-    /// Cells read from an Arrow column.
-    Arrow(Column),
+    /// Cells read from an Arrow column of `rows` rows of type `data_type`.
+    Arrow {
+        column: Column,
+        rows: usize,
+        data_type: DataType,
+    },
     /// Cells of values; a list's elements are kept in `items`, and its slot names their range.
     Cells {
         value_type: ValueType,
@@ -57,7 +63,11 @@ impl<'a> CellColumn<'a> {
 
     /// The cells of an Arrow column.
     pub fn arrow(array: &ArrayRef) -> CellColumn<'a> {
-        CellColumn::Arrow(Column::new(array))
+        CellColumn::Arrow {
+            column: Column::new(array),
+            rows: array.len(),
+            data_type: array.data_type().clone(),
+        }
     }
 
     /// A column of type `t` holding `values`, one per row.
@@ -69,18 +79,11 @@ impl<'a> CellColumn<'a> {
         column
     }
 
-    /// How many rows the column holds (`None` for an Arrow column: its array knows).
-    fn rows(&self) -> Option<usize> {
+    /// How many rows the column holds.
+    fn rows(&self) -> usize {
         match self {
-            CellColumn::Arrow(_) => None,
-            CellColumn::Cells { rows, .. } => Some(rows.len()),
-        }
-    }
-
-    fn value_type(&self) -> Option<ValueType> {
-        match self {
-            CellColumn::Arrow(_) => None,
-            CellColumn::Cells { value_type, .. } => Some(*value_type),
+            CellColumn::Arrow { rows, .. } => *rows,
+            CellColumn::Cells { rows, .. } => rows.len(),
         }
     }
 
@@ -170,7 +173,8 @@ impl<'a> CellColumn<'a> {
 
     pub fn cell(&self, row: usize) -> Cell<'_> {
         match self {
-            CellColumn::Arrow(column) => column.cell(row),
+            // Rows past the array's are refused when the rows are made (`check`).
+            CellColumn::Arrow { column, .. } => column.cell(row),
             CellColumn::Cells { rows, items, .. } => match rows.get(row) {
                 Some(Slot::Cell(cell)) => *cell,
                 Some(&Slot::List(start, end)) => Cell::List(Items::Cells(&items[start..end])),
@@ -213,11 +217,20 @@ impl Inputs for CellRows<'_> {
     }
 }
 
-/// Checks `column` (of an input of type `t`) holds `rows` rows of that type.
+/// Checks `column` (of an input of type `t`) holds `rows` rows of that type: reading a row
+/// past an Arrow column's would panic, and cells of another type would be read as that type.
 pub(crate) fn check(column: &CellColumn<'_>, t: ValueType, rows: usize) -> Result<(), String> {
-    match (column.rows(), column.value_type()) {
-        (Some(n), _) if n != rows => Err(format!("{n} cells for {rows} rows")),
-        (_, Some(held)) if held != t => Err(format!("cells of type {held} for type {t}")),
+    let n = column.rows();
+    if n != rows {
+        return Err(format!("{n} cells for {rows} rows"));
+    }
+    match column {
+        CellColumn::Cells { value_type, .. } if *value_type != t => {
+            Err(format!("cells of type {value_type} for type {t}"))
+        }
+        CellColumn::Arrow { data_type, .. } if Some(data_type) != data_type_of(t).as_ref() => {
+            Err(format!("an Arrow column of type {data_type} for type {t}"))
+        }
         _ => Ok(()),
     }
 }

@@ -469,7 +469,7 @@ impl Expression {
     /// twenty times cheaper; near a hundred rows the two cost the same, and past that
     /// DataFusion's vectorised kernels win.
     pub fn evaluate_in(&self, rows: &RowBatch) -> Vec<Outcome> {
-        if rows.rows <= WALKED_MAX_ROWS {
+        if self.walks(rows.rows) {
             if let Some(outcomes) = self.evaluate_walked(rows) {
                 return outcomes;
             }

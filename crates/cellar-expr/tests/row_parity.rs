@@ -478,4 +478,26 @@ fn cells_of_the_wrong_length_or_type_are_refused_by_name() {
     columns[0] = CellColumn::with_capacity(TEXT, 0, 0);
     let e = scope.cells(columns, 0, 0).unwrap_err().to_string();
     assert!(e.contains("cells of type string for type int64"), "{e}");
+
+    // An Arrow column shorter than the rows, or of another type, is refused too: reading past
+    // it would panic.
+    let ints: ArrayRef = Arc::new(arrow_array::Int64Array::from(vec![1, 2]));
+    let texts: ArrayRef = Arc::new(arrow_array::StringArray::from(vec!["a", "b", "c"]));
+    for (column, rows, wanted) in [
+        (&ints, 3, "2 cells for 3 rows"),
+        (&texts, 3, "an Arrow column of type Utf8 for type int64"),
+    ] {
+        let mut columns: Vec<CellColumn<'_>> = scope
+            .inputs()
+            .iter()
+            .map(|input| {
+                let mut c = CellColumn::with_capacity(input.value_type, rows, 0);
+                (0..rows).for_each(|_| c.push_cell(Cell::Null));
+                c
+            })
+            .collect();
+        columns[0] = CellColumn::arrow(column);
+        let e = scope.cells(columns, rows, 0).unwrap_err().to_string();
+        assert!(e.contains("`i`") && e.contains(wanted), "{e}");
+    }
 }

@@ -231,17 +231,18 @@ impl Compiled {
             .iter()
             .zip(given)
             .map(|((_, t), given)| match given {
-                InputColumn::Values(values) => cellar_expr::arrow::column(
+                InputColumn::Values(values) => Ok(cellar_expr::arrow::column(
                     *t,
                     values.iter().map(|v| v.as_ref().unwrap_or(&Value::Null)),
-                ),
-                InputColumn::Array(array) => Arc::clone(array),
-                // Asked for as arrays; a source that gave cells anyway gives nulls.
-                InputColumn::Cells(_) => {
-                    cellar_expr::arrow::column(*t, std::iter::repeat_n(&Value::Null, rows))
-                }
+                )),
+                InputColumn::Array(array) => Ok(Arc::clone(array)),
+                // Cells are given only when asked for; nulls in their place would pass for
+                // values not found.
+                InputColumn::Cells(_) => Err(ExprError(
+                    "building the inputs: cells given where columns were asked for".to_owned(),
+                )),
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         let batch = self.scope.rows(columns, rows, now_ms)?;
         Ok(selected
             .iter()
