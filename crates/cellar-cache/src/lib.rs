@@ -33,4 +33,4 @@ pub use local::LocalTier;
 pub use measured::MeasuredStore;
 pub use metrics::{CacheMetrics, Outcome, Stage};
 pub use remote::{RemoteConfig, RemoteError, RemoteStatsSnapshot, RemoteTier};
-pub use write::WritePath;
+pub use write::{History, Kept, WritePath};

@@ -1,8 +1,10 @@
-//! The write path: records go to the store, then to the cache tiers as each group's write
-//! strategy says (write-through puts the newer record in, write-around drops cached copies).
+//! The write path: records go to the store, then to the offline history, then to the cache
+//! tiers as each group's write strategy says (write-through puts the newer record in,
+//! write-around drops cached copies).
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use cellar_spec::{EntityKey, FeatureGroup, GroupKind};
 use cellar_store::{layout, OnlineStore, PutOutcome, Record, Result, Updater, Write};
 
@@ -18,6 +20,31 @@ pub struct WritePath {
     local: Option<Arc<LocalTier>>,
     /// The shared remote tier (Redis), if the deployment has one.
     remote: Option<Arc<RemoteTier>>,
+    /// Where every written record is also kept for training sets, if the deployment keeps a
+    /// history.
+    history: Option<Arc<dyn History>>,
+}
+
+/// One record as the history keeps it.
+#[derive(Debug, Clone, Copy)]
+pub struct Kept<'a> {
+    pub entity: &'a EntityKey,
+    pub record: &'a Record,
+    /// Whether the store took the record. An attribute record older than (or as old as) the
+    /// stored one is kept too, unapplied: it is still the entity's value at its own event
+    /// time, and a redelivery whose first write reached the store but not the history is
+    /// refused by the store as stale.
+    pub applied: bool,
+}
+
+/// The offline history: every record written online, kept by event time, from which training
+/// sets are built point-in-time correct.
+#[async_trait]
+pub trait History: Send + Sync {
+    /// Keeps `rows` of `group`; returns once they would survive a crash of the process. A
+    /// write is acknowledged only after this, so nothing acknowledged is missing from the
+    /// history.
+    async fn keep(&self, group: &FeatureGroup, rows: &[Kept<'_>]) -> Result<()>;
 }
 
 impl WritePath {
@@ -26,7 +53,14 @@ impl WritePath {
             store,
             local,
             remote: None,
+            history: None,
         }
+    }
+
+    /// Also keeps every written record in `history`.
+    pub fn with_history(mut self, history: Arc<dyn History>) -> WritePath {
+        self.history = Some(history);
+        self
     }
 
     /// Also keeps `remote` consistent with every write.
@@ -36,7 +70,8 @@ impl WritePath {
     }
 
     /// Writes one group's records; a record older than the stored one changes nothing in any
-    /// tier.
+    /// tier. The history is written last: should it fail, the write fails (and is retried)
+    /// with the store and the tiers already agreeing.
     pub async fn write(&self, group: &FeatureGroup, writes: &[Write]) -> Result<Vec<PutOutcome>> {
         let outcomes = self.store.put(group, writes).await?;
         if let Some(remote) = &self.remote {
@@ -53,6 +88,18 @@ impl WritePath {
                     local.record_written(group, &w.entity, &w.record);
                 }
             }
+        }
+        if let Some(history) = &self.history {
+            let rows: Vec<Kept> = writes
+                .iter()
+                .zip(&outcomes)
+                .map(|(w, o)| Kept {
+                    entity: &w.entity,
+                    record: &w.record,
+                    applied: *o == PutOutcome::Applied,
+                })
+                .collect();
+            history.keep(group, &rows).await?;
         }
         Ok(outcomes)
     }
@@ -85,6 +132,22 @@ impl WritePath {
                     local.record_replaced(group, entity, record);
                 }
             }
+        }
+        if let Some(history) = &self.history {
+            // Each entity's record as stored now; a redelivered change leaves it as it was,
+            // and keeping it again costs a duplicate, never a gap.
+            let rows: Vec<Kept> = entities
+                .iter()
+                .zip(&stored)
+                .filter_map(|(entity, record)| {
+                    record.as_ref().map(|record| Kept {
+                        entity,
+                        record,
+                        applied: true,
+                    })
+                })
+                .collect();
+            history.keep(group, &rows).await?;
         }
         Ok(stored)
     }

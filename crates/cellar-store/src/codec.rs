@@ -102,6 +102,21 @@ pub fn encode_into(record: &Record, buf: &mut Vec<u8>) -> Result<()> {
     Ok(())
 }
 
+/// Appends the encoding of `record` without its applied offsets and aggregator state, which
+/// are never served: [`decode`] reads it back as a record with neither. The offline history
+/// keeps records this way.
+pub fn encode_served_into(record: &Record, buf: &mut Vec<u8>) -> Result<()> {
+    buf.push(FORMAT_VERSION);
+    varint::put_zigzag(buf, record.event_time);
+    varint::put(buf, record.values.len() as u64);
+    for value in &record.values {
+        put_value(buf, value, 0)?;
+    }
+    varint::put(buf, 0);
+    varint::put(buf, 0);
+    Ok(())
+}
+
 /// Decodes a record encoded by [`encode`]. Any malformed input (truncated, unknown version or
 /// tag, invalid UTF-8, trailing bytes, nesting past [`MAX_NESTING`]) is an error.
 pub fn decode(bytes: &[u8]) -> Result<Record> {

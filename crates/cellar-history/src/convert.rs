@@ -1,0 +1,97 @@
+//! Conversion: staged frames become Parquet files, then leave the staging log.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::error::Result;
+use crate::files::{self, FileRow};
+use crate::frame::{self, Frame, Header};
+use crate::staging::{Staged, Staging};
+
+/// Staged bytes converted at once: the frames read, decoded and laid out in columns together.
+pub const CONVERT_BYTES: usize = 64 << 20;
+/// Rows one frame may hold: a row's sequence is its frame's shifted left by this many bits.
+pub const FRAME_ROW_BITS: u32 = 20;
+
+/// What one conversion wrote.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Converted {
+    pub frames: usize,
+    pub records: usize,
+    pub files: usize,
+}
+
+/// Converts the oldest staged frames (up to [`CONVERT_BYTES`]) into files under `root`, then
+/// removes them from `staging`. Returns what it did; nothing when nothing is staged.
+pub fn convert_once(staging: &Staging, root: &Path) -> Result<Converted> {
+    let staged = staging.oldest(CONVERT_BYTES)?;
+    let (Some(first), Some(last)) = (staged.first(), staged.last()) else {
+        return Ok(Converted::default());
+    };
+    let (first, last) = (first.sequence, last.sequence);
+    let frames: Vec<(Staged, Frame)> = staged
+        .into_iter()
+        .map(|s| frame::decode(&s.frame).map(|f| (s, f)))
+        .collect::<Result<_>>()?;
+    // Rows by (group storage, event date, columns): one file each.
+    let mut files: BTreeMap<(String, i64, String), (Header, Vec<FileRow>)> = BTreeMap::new();
+    let mut records = 0;
+    for (staged, frame) in &frames {
+        let columns = serde_json::to_string(&frame.header.features).unwrap_or_default();
+        for (i, row) in frame.rows.iter().enumerate() {
+            records += 1;
+            let day = files::day_of(row.record.event_time);
+            let key = (frame.header.storage.clone(), day, columns.clone());
+            let (_, rows) = files
+                .entry(key)
+                .or_insert_with(|| (frame.header.clone(), Vec::new()));
+            rows.push(FileRow {
+                entity: &row.entity,
+                event_time: row.record.event_time,
+                written_at: staged.written_at,
+                applied: row.applied,
+                sequence: (staged.sequence << FRAME_ROW_BITS) | i as u64,
+                values: &row.record.values,
+            });
+        }
+    }
+    let written = files.len();
+    for ((storage, day, columns), (header, rows)) in &files {
+        let name = format!(
+            "{}-{first:020}-{:016x}.parquet",
+            staging.id(),
+            xxhash_rust::xxh3::xxh3_64(columns.as_bytes())
+        );
+        let path: PathBuf = files::file_path(root, storage, *day, &name);
+        let batch = files::batch(header, rows)?;
+        files::write_file(&path, &batch)?;
+    }
+    staging.remove_through(last)?;
+    tracing::debug!(
+        frames = frames.len(),
+        records,
+        files = written,
+        first,
+        last,
+        "converted staged history"
+    );
+    Ok(Converted {
+        frames: frames.len(),
+        records,
+        files: written,
+    })
+}
+
+/// Converts until nothing is staged.
+pub fn convert_all(staging: &Staging, root: &Path) -> Result<Converted> {
+    let mut total = Converted::default();
+    loop {
+        let done = convert_once(staging, root)?;
+        if done.frames == 0 {
+            return Ok(total);
+        }
+        total.frames += done.frames;
+        total.records += done.records;
+        total.files += done.files;
+    }
+}

@@ -1,0 +1,156 @@
+//! Cellar's offline history: every record written online, kept by group and event date in
+//! Parquet, and the point-in-time-correct training sets built from it.
+//!
+//! - [`OfflineHistory`]: the write path's [`cellar_cache::History`]. A write's records are
+//!   staged durably before the write is acknowledged ([`staging`]), and a background thread
+//!   converts what is staged into Parquet files ([`convert`], [`files`]).
+//! - [`training`]: the as-of join of a spine onto the history.
+//! - [`table`]: spines and training sets as Parquet or CSV files.
+//!
+//! The guarantee: a write acknowledged online (a push answered, an event's offset committed,
+//! a batch shard finished) has its records in the staging log, and so, once converted, in the
+//! history, whatever crashes in between. A crash can make a record appear twice, never not at
+//! all; duplicates change no as-of answer.
+
+pub mod convert;
+pub mod error;
+pub mod files;
+pub mod frame;
+pub mod staging;
+pub mod table;
+pub mod training;
+
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cellar_cache::{History, Kept};
+use cellar_spec::FeatureGroup;
+use cellar_store::StoreError;
+
+pub use convert::Converted;
+pub use error::{HistoryError, Result};
+pub use staging::Staging;
+pub use training::{training_set, Selection};
+
+/// The offline history of one process: its staging log, and the thread converting it into
+/// the history's files under `root`.
+pub struct OfflineHistory {
+    staging: Staging,
+    root: PathBuf,
+    /// One conversion at a time: the background thread's and [`OfflineHistory::flush`]'s.
+    converting: Arc<Mutex<()>>,
+    converter: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
+}
+
+impl OfflineHistory {
+    /// Opens the staging log in `staging_dir` and starts converting it into `root` every
+    /// `interval`, beginning with whatever an earlier run left staged.
+    pub fn open(
+        root: impl AsRef<Path>,
+        staging_dir: impl AsRef<Path>,
+        interval: Duration,
+    ) -> Result<OfflineHistory> {
+        let root = root.as_ref().to_path_buf();
+        std::fs::create_dir_all(&root)
+            .map_err(|e| HistoryError::io(format!("creating {}", root.display()), e))?;
+        let staging = Staging::open(staging_dir)?;
+        let converting = Arc::new(Mutex::new(()));
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = {
+            let (staging, root, converting) = (staging.clone(), root.clone(), converting.clone());
+            std::thread::Builder::new()
+                .name("history-convert".into())
+                .spawn(move || loop {
+                    {
+                        let _one = converting.lock().unwrap_or_else(|p| p.into_inner());
+                        if let Err(e) = convert::convert_all(&staging, &root) {
+                            tracing::error!(error = %e, "converting the offline history failed; retrying");
+                        }
+                    }
+                    match stopped.recv_timeout(interval) {
+                        Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                        _ => break,
+                    }
+                })
+                .map_err(|e| HistoryError::io("starting the history converter", e))?
+        };
+        Ok(OfflineHistory {
+            staging,
+            root,
+            converting,
+            converter: Mutex::new(Some((stop, thread))),
+        })
+    }
+
+    /// Where the history's files are.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Converts everything staged now, so a training set built next sees every record
+    /// acknowledged so far.
+    pub fn flush(&self) -> Result<Converted> {
+        let _one = self.converting.lock().unwrap_or_else(|p| p.into_inner());
+        convert::convert_all(&self.staging, &self.root)
+    }
+
+    /// Stops the converter, then stages nothing more and converts what is left.
+    pub fn close(&self) -> Result<Converted> {
+        if let Some((stop, thread)) = self
+            .converter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            drop(stop);
+            let _ = thread.join();
+        }
+        self.staging.close();
+        self.flush()
+    }
+}
+
+impl Drop for OfflineHistory {
+    fn drop(&mut self) {
+        if let Some((stop, thread)) = self
+            .converter
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            drop(stop);
+            let _ = thread.join();
+        }
+        self.staging.close();
+    }
+}
+
+/// Rows staged in one frame at most; a larger write is staged as several.
+const MAX_FRAME_ROWS: usize = 1 << convert::FRAME_ROW_BITS;
+
+#[async_trait]
+impl History for OfflineHistory {
+    async fn keep(&self, group: &FeatureGroup, rows: &[Kept<'_>]) -> cellar_store::Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let header = frame::Header::of(group);
+        for chunk in rows.chunks(MAX_FRAME_ROWS) {
+            let frame = frame::encode(
+                &header,
+                chunk
+                    .iter()
+                    .map(|k| (k.entity.as_str(), k.record, k.applied)),
+            )
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
+            self.staging
+                .append(frame)
+                .await
+                .map_err(|e| StoreError::Backend(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
