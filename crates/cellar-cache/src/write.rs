@@ -30,10 +30,12 @@ pub struct WritePath {
 pub struct Kept<'a> {
     pub entity: &'a EntityKey,
     pub record: &'a Record,
-    /// Whether the store took the record. An attribute record older than (or as old as) the
-    /// stored one is kept too, unapplied: it is still the entity's value at its own event
-    /// time, and a redelivery whose first write reached the store but not the history is
-    /// refused by the store as stale.
+    /// Whether the record is known to be what the store holds at its event time. At equal
+    /// event times an applied record wins over an unapplied one. Unapplied are: an attribute
+    /// record older than (or as old as) the stored one, which is still the entity's value at
+    /// its own event time (and a redelivery whose first write reached the store but not the
+    /// history is refused as stale); and a stored record recovered after a crash
+    /// ([`WritePath::keep`]).
     pub applied: bool,
 }
 
@@ -102,6 +104,16 @@ impl WritePath {
             history.keep(group, &rows).await?;
         }
         Ok(outcomes)
+    }
+
+    /// Keeps records in the history without writing them online: records found in the store
+    /// that a crash may have kept from the history (a redelivered event finds the record its
+    /// first delivery stored, and which may have been served since).
+    pub async fn keep(&self, group: &FeatureGroup, rows: &[Kept<'_>]) -> Result<()> {
+        match &self.history {
+            Some(history) => history.keep(group, rows).await,
+            None => Ok(()),
+        }
     }
 
     /// Read-modify-writes attribute records in the store (see [`OnlineStore::update`]), then

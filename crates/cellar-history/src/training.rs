@@ -200,6 +200,14 @@ impl Entry {
     }
 }
 
+/// One entity's keys in the spine: each row's dense id (`None` without a key), and the ids
+/// by key.
+struct SpineEntity {
+    name: String,
+    rows: Vec<Option<u32>>,
+    ids: HashMap<String, u32>,
+}
+
 /// Builds the training set: the spine's columns, then each selected feature as
 /// `<group>__<feature>`.
 pub fn training_set(
@@ -220,9 +228,9 @@ pub fn training_set(
         }
     }
     // Each entity's keys are resolved once, however many groups it has.
-    let mut entities: Vec<(String, Vec<Option<u32>>, HashMap<String, u32>)> = Vec::new();
+    let mut entities: Vec<SpineEntity> = Vec::new();
     for s in selections {
-        if entities.iter().any(|(name, _, _)| *name == s.entity.name) {
+        if entities.iter().any(|e| e.name == s.entity.name) {
             continue;
         }
         let keys = spine_keys(spine, &s.entity)?;
@@ -236,7 +244,11 @@ pub fn training_set(
                 })
             })
             .collect();
-        entities.push((s.entity.name.clone(), rows, ids));
+        entities.push(SpineEntity {
+            name: s.entity.name.clone(),
+            rows,
+            ids,
+        });
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let joined: Vec<Result<Vec<ArrayRef>>> = std::thread::scope(|scope| {
@@ -244,9 +256,9 @@ pub fn training_set(
         let mut results: Vec<Option<Result<Vec<ArrayRef>>>> =
             selections.iter().map(|_| None).collect();
         for (i, s) in selections.iter().enumerate() {
-            let (_, rows, ids) = entities
+            let SpineEntity { rows, ids, .. } = entities
                 .iter()
-                .find(|(name, _, _)| *name == s.entity.name)
+                .find(|e| e.name == s.entity.name)
                 .expect("every selection's entity was resolved above");
             let times = &times;
             handles.push((

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cellar_cache::WritePath;
+use cellar_cache::{Kept, WritePath};
 use cellar_spec::{EntityKey, FeatureGroup};
 use cellar_store::{PutOutcome, Record, Updater, Write};
 use futures::future::BoxFuture;
@@ -55,6 +55,10 @@ type Answer = oneshot::Sender<Result<Written, WriteError>>;
 
 /// Each change's result, filled in by the store's updater.
 type Results = Arc<Mutex<Vec<Option<Result<Written, WriteError>>>>>;
+
+/// Records the store held for entities a redelivered change reached, as the updater found
+/// them: the first delivery stored them, and a crash may have kept them from the history.
+type Recovered = Arc<Mutex<Vec<(EntityKey, Record)>>>;
 
 struct Pending {
     group: Arc<FeatureGroup>,
@@ -306,8 +310,41 @@ async fn flush_updates(path: &WritePath, pending: Vec<Pending>) {
         entities[at] = entity;
     }
     let results: Results = Arc::new(Mutex::new(vec![None; answers.len()]));
-    update_isolating(path, &group, &entities, 0, &Arc::new(work), &results).await;
+    let recovered: Recovered = Arc::default();
+    update_isolating(
+        path,
+        &group,
+        &entities,
+        0,
+        &Arc::new(work),
+        &results,
+        &recovered,
+    )
+    .await;
     let mut results = std::mem::take(&mut *results.lock().unwrap_or_else(|p| p.into_inner()));
+    let recovered = std::mem::take(&mut *recovered.lock().unwrap_or_else(|p| p.into_inner()));
+    if !recovered.is_empty() {
+        // Unapplied: at an equal event time, what the history already holds wins.
+        let rows: Vec<Kept> = recovered
+            .iter()
+            .map(|(entity, record)| Kept {
+                entity,
+                record,
+                applied: false,
+            })
+            .collect();
+        if let Err(e) = path.keep(&group, &rows).await {
+            // Until the history has them, no change of the batch is acknowledged: each is
+            // redelivered, and finds the records again.
+            let error = failed(e);
+            tracing::warn!(group = %group.name, error = %error.message, "keeping recovered records in the history failed");
+            for result in results.iter_mut().flatten() {
+                if result.is_ok() {
+                    *result = Err(error.clone());
+                }
+            }
+        }
+    }
     for (done, result) in answers.into_iter().zip(results.iter_mut()) {
         let result = result.take().unwrap_or_else(|| {
             Err(WriteError {
@@ -329,16 +366,23 @@ fn update_isolating<'a>(
     offset: usize,
     work: &'a Work,
     results: &'a Results,
+    recovered: &'a Recovered,
 ) -> BoxFuture<'a, ()> {
     Box::pin(async move {
-        let updater = updater(group.clone(), work.clone(), offset, results.clone());
+        let updater = updater(
+            group.clone(),
+            work.clone(),
+            offset,
+            results.clone(),
+            recovered.clone(),
+        );
         match path.update(group, entities, updater).await {
             Ok(_) => {}
             Err(e) if !e.is_retryable() && entities.len() > 1 => {
                 let mid = entities.len() / 2;
                 let (first, second) = entities.split_at(mid);
-                update_isolating(path, group, first, offset, work, results).await;
-                update_isolating(path, group, second, offset + mid, work, results).await;
+                update_isolating(path, group, first, offset, work, results, recovered).await;
+                update_isolating(path, group, second, offset + mid, work, results, recovered).await;
             }
             Err(e) => {
                 let error = failed(e);
@@ -356,13 +400,34 @@ fn update_isolating<'a>(
 
 /// The store updater applying the changes of `work[offset + index]` to the entity at `index`
 /// of the call, and recording each change's result.
-fn updater(group: Arc<FeatureGroup>, work: Work, offset: usize, results: Results) -> Updater {
+fn updater(
+    group: Arc<FeatureGroup>,
+    work: Work,
+    offset: usize,
+    results: Results,
+    recovered: Recovered,
+) -> Updater {
     let width = group.features.len();
     Box::new(move |index, entity: &EntityKey, stored: Option<Record>| {
         let changes = work
             .get(offset + index)
             .map(Vec::as_slice)
             .unwrap_or_default();
+        if let Some(record) = &stored {
+            let redelivered = changes.iter().any(|(_, update, _)| {
+                update.origin.is_some_and(|(source, offset)| {
+                    record
+                        .applied_offset(source)
+                        .is_some_and(|done| done >= offset)
+                })
+            });
+            if redelivered {
+                recovered
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((entity.clone(), record.clone()));
+            }
+        }
         let mut results = results.lock().unwrap_or_else(|p| p.into_inner());
         // Kept only when a refused change must be undone by replaying the others:
         // the usual single change needs no copy.

@@ -28,6 +28,21 @@ pub struct Config {
     pub event_time: EventTimeConfig,
     /// Who may call the server, and what each caller may do.
     pub auth: cellar_auth::AuthConfig,
+    pub history: HistoryConfig,
+}
+
+/// The offline history: every record written online, kept in Parquet for training sets.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Whether writes are kept in the history. Off, nothing is kept and no training set can be
+    /// built from what Cellar wrote.
+    pub enabled: bool,
+    /// Where the history's Parquet files go; empty means `<data_dir>/history`.
+    pub path: String,
+    /// How often staged records are converted to Parquet: the most a training set built by
+    /// another process lags behind the writes.
+    pub convert_interval_secs: u64,
 }
 
 /// The event times accepted from pushes, stream events and batch rows; outside them a push is
@@ -450,6 +465,11 @@ impl Default for Config {
                 max_future: "1d".into(),
             },
             auth: cellar_auth::AuthConfig::default(),
+            history: HistoryConfig {
+                enabled: true,
+                path: String::new(),
+                convert_interval_secs: 60,
+            },
         }
     }
 }
@@ -534,6 +554,22 @@ impl Config {
             self.server.grpc_listen = grpc;
         }
         Ok(())
+    }
+
+    /// Where the offline history's files are.
+    pub fn history_path(&self) -> PathBuf {
+        if self.history.path.is_empty() {
+            self.data_dir.join("history")
+        } else {
+            PathBuf::from(&self.history.path)
+        }
+    }
+
+    /// Where records wait to be converted into the history, for the process of `role`
+    /// (`serve`, `ingest`, `worker`, `cli`): each process stages apart, and a restarted one
+    /// finds what it left.
+    pub fn history_staging_path(&self, role: &str) -> PathBuf {
+        self.data_dir.join("history-staging").join(role)
     }
 
     /// Where the audit log is appended.

@@ -78,7 +78,7 @@ pub async fn worker(config: &Config) -> anyhow::Result<()> {
     let runner = kafka_runner(config)?;
     let registry = Registry::open(&config.registry_url()).await?;
     let store = crate::node::open_store(config).await?;
-    let sink: Arc<dyn RecordSink> = Arc::new(crate::node::write_path(config, store)?);
+    let sink: Arc<dyn RecordSink> = Arc::new(crate::node::write_path(config, store, "worker")?);
     let mut settings = ExecutorSettings::new(config.rejects_dir());
     if config.jobs.shard_workers > 0 {
         settings.shard_workers = config.jobs.shard_workers;
@@ -155,7 +155,8 @@ pub async fn backfill(config: &Config, args: &BackfillArgs) -> anyhow::Result<Jo
             std::fs::create_dir_all(&config.data_dir)
                 .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
             let store = crate::node::open_store(config).await?;
-            let sink: Arc<dyn RecordSink> = Arc::new(crate::node::write_path(config, store)?);
+            let sink: Arc<dyn RecordSink> =
+                Arc::new(crate::node::write_path(config, store, "cli")?);
             let executor = executor(config, registry.clone(), sink).await?;
             let request = JobRequest {
                 max_attempts,
@@ -322,7 +323,7 @@ pub async fn retry(
     } else {
         registry.retry_job(id).await?;
         let store = crate::node::open_store(config).await?;
-        let sink: Arc<dyn RecordSink> = Arc::new(crate::node::write_path(config, store)?);
+        let sink: Arc<dyn RecordSink> = Arc::new(crate::node::write_path(config, store, "cli")?);
         let executor = executor(config, registry.clone(), sink).await?;
         eprintln!("job {id} made runnable again; running it here");
         tokio::spawn(async move {

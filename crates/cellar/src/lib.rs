@@ -10,6 +10,7 @@
 //! - [`quickstart`]: the example repo and its sample data;
 //! - [`client`]: `get` and `push` against a running server;
 //! - [`stats`]: `cellar stats`, the cache tiers of a running server from its metrics;
+//! - [`training`]: `cellar training-set`, a spine joined point-in-time onto the offline history;
 //! - [`bench`]: the serving benchmark's bare-server baseline.
 
 pub mod bench;
@@ -22,3 +23,4 @@ pub mod node;
 pub mod quickstart;
 pub mod repo;
 pub mod stats;
+pub mod training;

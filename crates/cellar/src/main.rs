@@ -174,6 +174,28 @@ enum Command {
     /// List, show, retry and cancel batch jobs (from the registry).
     #[command(subcommand)]
     Jobs(JobsCommand),
+    /// Build a training set: each row of a spine (entity keys, a timestamp, labels) with the
+    /// features as they were at its timestamp, from the offline history.
+    TrainingSet {
+        /// The spine: a Parquet or CSV file.
+        #[arg(long)]
+        spine: PathBuf,
+        /// Feature service whose features to fetch.
+        #[arg(long)]
+        service: Option<String>,
+        /// Features as group:feature or group:*; repeat for more.
+        #[arg(long = "feature", short = 'f')]
+        features: Vec<String>,
+        /// The spine's timestamp column (a timestamp, epoch milliseconds or RFC 3339 text).
+        #[arg(long, default_value = "event_timestamp")]
+        timestamp_column: String,
+        /// Records per row of time-series groups (default: `server.default_top_n`).
+        #[arg(long)]
+        top_n: Option<usize>,
+        /// Output file: Parquet, or CSV when it ends in `.csv`.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Show a running server's cache tiers: hit ratios per group and tier, store misses, read
     /// latency per tier, and the Redis tier's breaker and back-fill queue.
     Stats {
@@ -517,6 +539,24 @@ async fn run(cli: Cli, mut config: Config) -> anyhow::Result<()> {
             print!("{}", cellar::stats::render(&stats));
             Ok(())
         }
+        Command::TrainingSet {
+            spine,
+            service,
+            features,
+            timestamp_column,
+            top_n,
+            out,
+        } => {
+            let args = cellar::training::TrainingSetArgs {
+                spine,
+                service,
+                features,
+                timestamp_column,
+                top_n,
+                out,
+            };
+            cellar::training::run(&config, &args).await
+        }
     }
 }
 
@@ -700,7 +740,7 @@ async fn run_quickstart(config: Config) -> anyhow::Result<()> {
             quickstart::USERS,
             quickstart::ARTICLES
         );
-        let loaded = quickstart::load_sample_data(&*node.store, &desired, anchor).await?;
+        let loaded = quickstart::load_sample_data(&node.writer, &desired, anchor).await?;
         std::fs::write(&anchor_file, anchor.to_string())?;
         println!(
             "loaded {} records in {:.1} s ({:.0} records/s)",
@@ -730,7 +770,7 @@ async fn run_ingest(config: Config, until_caught_up: bool) -> anyhow::Result<()>
     let store = cellar::node::open_store(&config).await?;
     let ingestion = std::sync::Arc::new(cellar::ingest::StreamIngestion::open(
         &config,
-        cellar::node::write_path(&config, store)?,
+        cellar::node::write_path(&config, store, "ingest")?,
         &repo,
     )?);
     if until_caught_up && !ingestion.is_embedded() {

@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use cellar_auth::{Audit, Authenticator};
 use cellar_cache::remote::{RemoteConfig, RemoteTier};
 use cellar_cache::{CacheMetrics, LocalTier, MeasuredStore, WritePath};
+use cellar_history::OfflineHistory;
 use cellar_ingest_batch::RecordSink;
 use cellar_jobs::http::jobs_router;
 use cellar_jobs::schedule::run_scheduler;
@@ -42,8 +43,11 @@ pub struct Node {
     pub store: Arc<dyn OnlineStore>,
     pub local: Arc<LocalTier>,
     pub server: Arc<FeatureServer>,
-    /// Every write of this process goes through it: store, then cache tiers.
+    /// Every write of this process goes through it: store, then cache tiers, then the
+    /// offline history.
     pub writer: WritePath,
+    /// The offline history this process writes, when the config keeps one.
+    pub history: Option<Arc<OfflineHistory>>,
     pub metrics: Arc<ServingMetrics>,
     /// Registry version the catalog was built from; 0 before any apply.
     pub version: i64,
@@ -130,11 +134,41 @@ fn remote_config(config: &Config) -> Option<RemoteConfig> {
     })
 }
 
+/// The offline history of a process of `role` (see [`Config::history_staging_path`]), when
+/// the config keeps one.
+pub fn open_history(config: &Config, role: &str) -> anyhow::Result<Option<Arc<OfflineHistory>>> {
+    if !config.history.enabled {
+        return Ok(None);
+    }
+    let staging = config.history_staging_path(role);
+    let history = OfflineHistory::open(
+        config.history_path(),
+        &staging,
+        Duration::from_secs(config.history.convert_interval_secs.max(1)),
+    )
+    .with_context(|| {
+        format!(
+            "opening the offline history (staging at {}; is another `{role}` process running \
+             on this data dir?)",
+            staging.display()
+        )
+    })?;
+    Ok(Some(Arc::new(history)))
+}
+
 /// The write path of a process that writes but does not serve (`cellar ingest`, `cellar
-/// worker`, jobs run by the CLI): the store, and the Redis tier when there is one, so that
-/// its writes update or invalidate the copies every server reads.
-pub fn write_path(config: &Config, store: Arc<dyn OnlineStore>) -> anyhow::Result<WritePath> {
-    let writer = WritePath::new(store.clone(), None);
+/// worker`, jobs run by the CLI, as `role`): the store, the offline history, and the Redis
+/// tier when there is one, so that its writes update or invalidate the copies every server
+/// reads.
+pub fn write_path(
+    config: &Config,
+    store: Arc<dyn OnlineStore>,
+    role: &str,
+) -> anyhow::Result<WritePath> {
+    let mut writer = WritePath::new(store.clone(), None);
+    if let Some(history) = open_history(config, role)? {
+        writer = writer.with_history(history);
+    }
     let Some(remote_config) = remote_config(config) else {
         return Ok(writer);
     };
@@ -201,6 +235,10 @@ impl Node {
         if let Some(remote) = &remote {
             writer = writer.with_remote(remote.clone());
         }
+        let history = open_history(&config, "serve")?;
+        if let Some(history) = &history {
+            writer = writer.with_history(history.clone());
+        }
         let event_times = config.event_time.bounds().map_err(|e| anyhow::anyhow!(e))?;
         let on_demand_metrics = OnDemandMetrics::register(metrics.registry_mut());
         let source_metrics = SourceMetrics::register(metrics.registry_mut());
@@ -244,6 +282,7 @@ impl Node {
             local,
             server,
             writer,
+            history,
             metrics: Arc::new(metrics),
             version,
             ingestion,
@@ -449,6 +488,15 @@ impl Node {
         if let Some(task) = grpc_task {
             if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(35), task).await {
                 tracing::warn!(error = %e, "grpc server failed");
+            }
+        }
+        // What the history staged is converted before the process ends, so a training set
+        // built next sees it.
+        if let Some(history) = self.history.clone() {
+            match tokio::task::spawn_blocking(move || history.close()).await {
+                Ok(Err(e)) => tracing::error!(error = %e, "converting the offline history failed"),
+                Err(e) => tracing::error!(error = %e, "converting the offline history failed"),
+                Ok(Ok(_)) => {}
             }
         }
         result

@@ -5,8 +5,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context as _;
+use cellar_cache::WritePath;
 use cellar_spec::{EntityKey, FeatureRepo, Value};
-use cellar_store::{OnlineStore, Record, Write};
+use cellar_store::{Record, Write};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -150,9 +151,10 @@ pub struct Loaded {
 
 /// Loads deterministic sample data: the same values on every run, with event times relative
 /// to `anchor` (milliseconds since the epoch), so reloading with the same anchor changes
-/// nothing.
+/// nothing online. Written like any other write: into the cache tiers and the offline
+/// history too.
 pub async fn load_sample_data(
-    store: &dyn OnlineStore,
+    writer: &WritePath,
     repo: &FeatureRepo,
     anchor: i64,
 ) -> anyhow::Result<Loaded> {
@@ -187,12 +189,12 @@ pub async fn load_sample_data(
         });
         if batch.len() == BATCH {
             records += batch.len();
-            store.put(profile, &batch).await?;
+            writer.write(profile, &batch).await?;
             batch.clear();
         }
     }
     records += batch.len();
-    store.put(profile, &batch).await?;
+    writer.write(profile, &batch).await?;
     batch.clear();
 
     // Most users clicked 50 to 80 articles over the last two weeks; every tenth user only a
@@ -223,12 +225,12 @@ pub async fn load_sample_data(
         }
         if batch.len() >= BATCH {
             records += batch.len();
-            store.put(clicks, &batch).await?;
+            writer.write(clicks, &batch).await?;
             batch.clear();
         }
     }
     records += batch.len();
-    store.put(clicks, &batch).await?;
+    writer.write(clicks, &batch).await?;
     batch.clear();
 
     for a in 0..ARTICLES {
@@ -243,12 +245,12 @@ pub async fn load_sample_data(
         });
         if batch.len() == BATCH {
             records += batch.len();
-            store.put(stats, &batch).await?;
+            writer.write(stats, &batch).await?;
             batch.clear();
         }
     }
     records += batch.len();
-    store.put(stats, &batch).await?;
+    writer.write(stats, &batch).await?;
 
     Ok(Loaded {
         records,

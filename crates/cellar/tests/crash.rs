@@ -7,6 +7,9 @@
 //! appends to the embedded log and ingests it in-process) with both killed again and again:
 //! every line is appended once, and every event counted once.
 //!
+//! And whatever a server served, while it was killed again and again mid-stream, is in the
+//! offline history afterwards: nothing acknowledged online is missing offline.
+//!
 //! The Kafka test needs the broker `CELLAR_TEST_KAFKA` names (`scripts/test.sh` starts one): it
 //! is ignored by a plain `cargo test`, and run with `--include-ignored` but without the
 //! variable, it fails.
@@ -26,7 +29,7 @@ use cellar_ingest_stream::source::{OutgoingEvent, Publisher};
 use cellar_spec::{EntityKey, Value};
 use cellar_store::embedded::EmbeddedStore;
 use cellar_store::{RecordReader, TimeseriesQuery};
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
@@ -691,6 +694,199 @@ async fn killed_producer_and_server_append_and_count_every_event_once() {
     }
     drop(log);
     verify_store(&data).await;
+}
+
+/// A record a server answered with: (group, user, event time, values as JSON).
+type Served = (String, String, i64, Vec<serde_json::Value>);
+
+/// Reads random users' features from `server` until `stop`, keeping every record served.
+async fn read_served(server: String, stop: tokio::sync::watch::Receiver<bool>) -> Vec<Served> {
+    let http = reqwest::Client::new();
+    let mut served = Vec::new();
+    let mut rng = rand::rngs::StdRng::from_os_rng();
+    while !*stop.borrow() {
+        let users: Vec<String> = (0..20)
+            .map(|_| format!("u{}", rng.random_range(0..USERS)))
+            .collect();
+        let body = serde_json::json!({
+            "entities": {"user_id": users},
+            "groups": ["profile", "activity", {"name": "clicks", "top_n": 5}],
+        });
+        let Ok(answer) = http
+            .post(format!("{server}/v1/features"))
+            .json(&body)
+            .send()
+            .await
+        else {
+            break;
+        };
+        let Ok(answer) = answer.json::<serde_json::Value>().await else {
+            break;
+        };
+        assert!(answer.get("error").is_none(), "{answer}");
+        for result in answer["results"].as_array().into_iter().flatten() {
+            let group = result["group"].as_str().unwrap_or_default().to_owned();
+            for (row, user) in result["rows"].as_array().into_iter().flatten().zip(&users) {
+                let records = match row["records"].as_array() {
+                    Some(records) => records.clone(),
+                    None if row["status"] == "present" => vec![row.clone()],
+                    None => Vec::new(),
+                };
+                for record in records {
+                    let time = record["event_time"].as_str().unwrap_or_default();
+                    let time = cellar_spec::value::parse_rfc3339(time)
+                        .unwrap_or_else(|| panic!("served event time `{time}`"));
+                    let values = record["values"].as_array().cloned().unwrap_or_default();
+                    served.push((group.clone(), user.clone(), time, values));
+                }
+            }
+        }
+    }
+    served
+}
+
+/// Every record the history of `data` holds, in the served form, after converting what the
+/// killed processes left staged.
+fn history_records(data: &Path) -> BTreeSet<(String, String, i64, String)> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Int64Type, TimestampMillisecondType};
+    use arrow_array::Array;
+    let config = cellar::config::Config {
+        data_dir: data.to_path_buf(),
+        ..Default::default()
+    };
+    let converted = cellar::training::convert_leftovers(&config).unwrap();
+    eprintln!("converted {converted} records left staged");
+    let repo = cellar_spec::parse_repo(&[("repo.yaml".into(), REPO.into())]).unwrap();
+    let mut out = BTreeSet::new();
+    for group in &repo.groups {
+        let features: Vec<(String, cellar_spec::ValueType)> = group
+            .live_features()
+            .map(|f| (f.name.clone(), f.value_type))
+            .collect();
+        let files =
+            cellar_history::files::list(&config.history_path(), &group.name, (i64::MIN, i64::MAX))
+                .unwrap();
+        for (_, path) in files {
+            for batch in cellar_history::files::read(&path, &features).unwrap() {
+                let keys = batch.column(0).as_string::<i32>();
+                let times = batch.column(1).as_primitive::<TimestampMillisecondType>();
+                for row in 0..batch.num_rows() {
+                    let values: Vec<serde_json::Value> = (0..features.len())
+                        .map(|f| {
+                            let column = batch.column(cellar_history::files::META_COLUMNS + f);
+                            if column.is_null(row) {
+                                serde_json::Value::Null
+                            } else if let Some(ints) = column.as_primitive_opt::<Int64Type>() {
+                                ints.value(row).into()
+                            } else {
+                                column.as_string::<i32>().value(row).into()
+                            }
+                        })
+                        .collect();
+                    out.insert((
+                        group.name.clone(),
+                        keys.value(row).to_owned(),
+                        times.value(row),
+                        serde_json::Value::from(values).to_string(),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_leaves_every_record_it_served_in_the_offline_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let serve_log = dir.path().join("serve.log");
+    apply_repo(dir.path(), &data, "actions");
+    produce_to_log(&data).await;
+    let total = (USERS * EVENTS_PER_USER) as i64;
+    let mut rng = rand::rng();
+    let mut served: Vec<Served> = Vec::new();
+    let mut kills = 0;
+    for round in 0..20 {
+        let committed_before = committed_log_events(&EventLog::open(data.join("log")).unwrap());
+        if committed_before >= total {
+            break;
+        }
+        let server = Server::start(&data, &serve_log).await;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let reader = tokio::spawn(read_served(server.base.clone(), stop_rx));
+        let wait = rng.random_range(200..1500);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        let processed = server.ingesting().await.processed;
+        server.kill();
+        let _ = stop_tx.send(true);
+        served.extend(reader.await.unwrap());
+        let committed = committed_log_events(&EventLog::open(data.join("log")).unwrap());
+        eprintln!("round {round}: killed after {wait} ms, {processed} processed, {committed} of {total} committed");
+        if processed > 0 && committed < total {
+            kills += 1;
+        }
+    }
+    assert!(kills >= 3, "only {kills} kills landed mid-stream");
+    // The rest ingested by a process that ends normally.
+    let status = cellar(&data)
+        .args(["ingest", "--until-caught-up"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    verify_store(&data).await;
+
+    let history = history_records(&data);
+    let distinct: BTreeSet<(String, String, i64, String)> = served
+        .iter()
+        .map(|(g, u, t, v)| {
+            (
+                g.clone(),
+                u.clone(),
+                *t,
+                serde_json::Value::from(v.clone()).to_string(),
+            )
+        })
+        .collect();
+    eprintln!(
+        "{} records served ({} distinct), {} records in the history",
+        served.len(),
+        distinct.len(),
+        history.len()
+    );
+    assert!(
+        distinct.len() > 1000,
+        "too few records were served to check"
+    );
+    let missing: Vec<_> = distinct.difference(&history).take(5).collect();
+    assert!(
+        missing.is_empty(),
+        "served but not in the history: {missing:?}"
+    );
+    // Every click is in the history, and each user's final records.
+    for u in 0..USERS {
+        for seq in 0..EVENTS_PER_USER as i64 {
+            let click = (
+                "clicks".to_owned(),
+                format!("u{u}"),
+                BASE_TS + seq,
+                serde_json::json!([format!("a{u}-{seq}")]).to_string(),
+            );
+            assert!(history.contains(&click), "{click:?} is not in the history");
+        }
+        let last = EVENTS_PER_USER as i64 - 1;
+        let profile = (
+            "profile".to_owned(),
+            format!("u{u}"),
+            BASE_TS + last,
+            serde_json::json!([format!("a{u}-{last}"), last]).to_string(),
+        );
+        assert!(
+            history.contains(&profile),
+            "{profile:?} is not in the history"
+        );
+    }
 }
 
 const KAFKA_PARTITIONS: i32 = 4;

@@ -55,7 +55,7 @@ async fn a_writer_that_does_not_serve_updates_the_copies_servers_read() {
         ..through.serving.clone()
     };
 
-    let writer = cellar::node::write_path(&config, store).unwrap();
+    let writer = cellar::node::write_path(&config, store, "ingest").unwrap();
     let user = EntityKey("u1".to_owned());
     let write = |at: i64| Write {
         entity: user.clone(),
