@@ -13,7 +13,6 @@
 //! is the two sorts and one pass, whatever the distribution of keys. Groups are joined in
 //! parallel; the values are gathered column by column with Arrow's `interleave`.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -26,6 +25,8 @@ use arrow_array::{new_null_array, Array, ArrayRef, ListArray, RecordBatch};
 use arrow_buffer::{NullBuffer, OffsetBuffer};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use cellar_spec::{Entity, FeatureGroup, GroupKind, KeyPart, ValueType};
+// Keys come from the caller's own spine and history, not from the network.
+use rustc_hash::FxHashMap;
 
 use crate::error::{HistoryError, Result};
 use crate::files;
@@ -205,7 +206,7 @@ impl Entry {
 struct SpineEntity {
     name: String,
     rows: Vec<Option<u32>>,
-    ids: HashMap<String, u32>,
+    ids: FxHashMap<String, u32>,
 }
 
 /// Builds the training set: the spine's columns, then each selected feature as
@@ -234,7 +235,7 @@ pub fn training_set(
             continue;
         }
         let keys = spine_keys(spine, &s.entity)?;
-        let mut ids: HashMap<String, u32> = HashMap::new();
+        let mut ids: FxHashMap<String, u32> = FxHashMap::default();
         let rows = keys
             .into_iter()
             .map(|k| {
@@ -307,7 +308,7 @@ fn join_group(
     root: &Path,
     selection: &Selection,
     rows: &[Option<u32>],
-    ids: &HashMap<String, u32>,
+    ids: &FxHashMap<String, u32>,
     times: &[i64],
 ) -> Result<Vec<ArrayRef>> {
     let group = &selection.group;
