@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::error::Result;
+use crate::error::{HistoryError, Result};
 use crate::files::{self, FileRow};
 use crate::frame::{self, Frame, Header};
 use crate::staging::{Staged, Staging};
@@ -28,11 +28,16 @@ pub fn convert_once(staging: &Staging, root: &Path) -> Result<Converted> {
     let (Some(first), Some(last)) = (staged.first(), staged.last()) else {
         return Ok(Converted::default());
     };
-    let (first, last) = (first.sequence, last.sequence);
-    let frames: Vec<(Staged, Frame)> = staged
-        .into_iter()
-        .map(|s| frame::decode(&s.frame).map(|f| (s, f)))
-        .collect::<Result<_>>()?;
+    let (first, last, count) = (first.sequence, last.sequence, staged.len());
+    let mut frames: Vec<(Staged, Frame)> = Vec::with_capacity(staged.len());
+    for s in staged {
+        match frame::decode(&s.frame) {
+            Ok(f) => frames.push((s, f)),
+            // A frame Cellar cannot read would stop every later one from converting: it is
+            // set aside, whole, for a person to look at.
+            Err(e) => quarantine(root, staging.id(), &s, &e)?,
+        }
+    }
     // Rows by (group storage, event date, columns): one file each.
     let mut files: BTreeMap<(String, i64, String), (Header, Vec<FileRow>)> = BTreeMap::new();
     let mut records = 0;
@@ -76,10 +81,22 @@ pub fn convert_once(staging: &Staging, root: &Path) -> Result<Converted> {
         "converted staged history"
     );
     Ok(Converted {
-        frames: frames.len(),
+        frames: count,
         records,
         files: written,
     })
+}
+
+/// Writes an unreadable staged frame to `<root>/_unreadable/`, and says so.
+fn quarantine(root: &Path, staging: &str, frame: &Staged, error: &HistoryError) -> Result<()> {
+    let dir = root.join("_unreadable");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| HistoryError::io(format!("creating {}", dir.display()), e))?;
+    let path = dir.join(format!("{staging}-{:020}.frame", frame.sequence));
+    std::fs::write(&path, &frame.frame)
+        .map_err(|e| HistoryError::io(format!("writing {}", path.display()), e))?;
+    tracing::error!(path = %path.display(), %error, "a staged history frame is unreadable: set aside");
+    Ok(())
 }
 
 /// Converts until nothing is staged.
@@ -93,5 +110,31 @@ pub fn convert_all(staging: &Staging, root: &Path) -> Result<Converted> {
         total.frames += done.frames;
         total.records += done.records;
         total.files += done.files;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unreadable_frame_is_set_aside_and_the_rest_convert() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = Staging::open(dir.path().join("staging")).unwrap();
+        let group = cellar_store::conformance::attribute_group("g");
+        let record = cellar_store::Record::new(1_000, vec![cellar_spec::Value::Int64(1)]);
+        let good = frame::encode(&Header::of(&group), [("u1", &record, true)].into_iter()).unwrap();
+        staging.append(b"not a frame".to_vec()).await.unwrap();
+        staging.append(good).await.unwrap();
+        let root = dir.path().join("history");
+        let done = convert_all(&staging, &root).unwrap();
+        assert_eq!((done.frames, done.records, done.files), (2, 1, 1));
+        assert!(staging.is_empty());
+        let aside: Vec<_> = std::fs::read_dir(root.join("_unreadable"))
+            .unwrap()
+            .collect();
+        assert_eq!(aside.len(), 1);
+        let files = files::list(&root, &group.storage_name(), (i64::MIN, i64::MAX)).unwrap();
+        assert_eq!(files.len(), 1);
     }
 }

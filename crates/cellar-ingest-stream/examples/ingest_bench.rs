@@ -1,7 +1,8 @@
 //! Stream ingestion benchmark, end to end on the embedded log and the embedded store:
 //!
 //! 1. events/s through the whole pipeline (decode, dispatch, map, batched durable writes,
-//!    commits) into the embedded store;
+//!    commits) into the embedded store; then the same keeping the offline history, as a
+//!    server does by default;
 //! 2. with a simulated 5 ms latency per store write: the parallel consumer against two
 //!    sequential baselines measured in the same run:
 //!    - batched: polls as many events as the pipeline does, writes each group's records of the
@@ -17,7 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cellar_cache::WritePath;
+use cellar_cache::{History, WritePath};
+use cellar_history::OfflineHistory;
 use cellar_ingest_stream::aggregate;
 use cellar_ingest_stream::dispatch::Dispatcher;
 use cellar_ingest_stream::log::source::{ensure_topic, LogPublisher, LogSource};
@@ -95,12 +97,22 @@ fn events(n: usize) -> Vec<LogRecord> {
 }
 
 /// Runs the pipeline over `n` events already in the log; returns events/s.
-async fn run_pipeline(log: &EventLog, store: Arc<dyn OnlineStore>, n: usize, group: &str) -> f64 {
+async fn run_pipeline(
+    log: &EventLog,
+    store: Arc<dyn OnlineStore>,
+    history: Option<Arc<dyn History>>,
+    n: usize,
+    group: &str,
+) -> f64 {
     let repo = cellar_spec::parse_repo(&[("repo.yaml".into(), REPO.into())]).expect("repo");
     let (dispatcher, _) = Dispatcher::new(&repo);
+    let mut path = WritePath::new(store, None);
+    if let Some(history) = history {
+        path = path.with_history(history);
+    }
     let processor = Arc::new(EventProcessor::new(
         Arc::new(dispatcher),
-        BatchingWriter::start(WritePath::new(store, None), BatchPolicy::default()),
+        BatchingWriter::start(path, BatchPolicy::default()),
         Arc::new(LogPublisher::new(log.clone())),
         RetryPolicy::default(),
     ));
@@ -259,8 +271,24 @@ async fn main() {
         log.append("actions", chunk).await.expect("append");
     }
     let store = Arc::new(EmbeddedStore::open(dir.path().join("store")).expect("store"));
-    let rate = run_pipeline(&log, store, n, "bench").await;
+    let rate = run_pipeline(&log, store, None, n, "bench").await;
     println!("pipeline into the embedded store: {n} events, {rate:.0} events/s");
+    let store = Arc::new(EmbeddedStore::open(dir.path().join("store-kept")).expect("store"));
+    let history = Arc::new(
+        OfflineHistory::open(
+            dir.path().join("history"),
+            dir.path().join("staging"),
+            Duration::from_secs(60),
+        )
+        .expect("history"),
+    );
+    let kept = run_pipeline(&log, store, Some(history.clone()), n, "kept").await;
+    history.close().expect("convert");
+    println!(
+        "pipeline into the embedded store and the offline history: {kept:.0} events/s ({:.0}% \
+         of the store alone)",
+        100.0 * kept / rate
+    );
 
     let slow_dir = tempfile::tempdir().expect("temp dir");
     let slow_log = EventLog::open(slow_dir.path().join("log")).expect("log");
@@ -277,7 +305,7 @@ async fn main() {
             Duration::from_millis(5),
         ))
     };
-    let parallel = run_pipeline(&slow_log, slow("parallel"), slow_n, "parallel").await;
+    let parallel = run_pipeline(&slow_log, slow("parallel"), None, slow_n, "parallel").await;
     let max_poll = PipelineConfig::default().max_poll;
     let batched = run_batched_sequential(&slow_log, &*slow("batched"), slow_n, max_poll).await;
     let sequential_n = (slow_n / 20).max(100);
