@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A spine for the quickstart's features: ROWS labelled (user_id, article_id, event_timestamp)
-rows over the quickstart's users and articles, at times in the two weeks its sample data
-covers, as CSV on stdout. Reproducible: the same rows for the same data dir and ROWS.
+rows over the quickstart's users and articles, at times in the last day before the sample
+data's anchor (when its profiles were written), as CSV on stdout. Reproducible: the same rows for the same data dir and ROWS.
 
 Usage: scripts/quickstart-spine.py ROWS [DATA_DIR, default .cellar] > spine.csv
 """
@@ -19,8 +19,8 @@ except OSError:
 rng = random.Random(7)
 out = sys.stdout
 out.write("user_id,article_id,event_timestamp,label\n")
-two_weeks = 14 * 86_400_000
+day = 86_400_000
 for _ in range(rows):
-    ms = anchor - rng.randrange(two_weeks)
+    ms = anchor - rng.randrange(day)
     ts = datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
     out.write(f"u{rng.randrange(10_000)},a{rng.randrange(100_000)},{ts}Z,{rng.randrange(2)}\n")

@@ -113,18 +113,12 @@ impl OfflineHistory {
     }
 }
 
+/// A process that ends converts what it staged, so that the history is complete without it.
 impl Drop for OfflineHistory {
     fn drop(&mut self) {
-        if let Some((stop, thread)) = self
-            .converter
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            drop(stop);
-            let _ = thread.join();
+        if let Err(e) = self.close() {
+            tracing::error!(error = %e, "converting the offline history failed; the next process of this role converts it");
         }
-        self.staging.close();
     }
 }
 
