@@ -9,9 +9,16 @@
 # Then a spine of (user_id, article_id, event_timestamp, label) rows is joined by both, and the
 # two outputs are compared (the same values, row for row).
 #
+# Then Feast 0.67's get_historical_features with its file offline store, on the same history
+# (exported to one Parquet file per group, as Feast's FileSource reads them) and the first
+# FEAST_SPINE rows of the spine (default: all of them; Feast's file store holds whole sources
+# in memory, so a smaller spine may be needed on a small machine), against `cellar
+# training-set` on the same spine. Feast has no time-series groups: both take the newest
+# click at the row's time (Cellar's `--top-n 1`). FEAST=0 skips it.
+#
 # Usage: scripts/bench-training.sh [spine rows, default 1000000] [history records, default
 # 10000000]. CELLAR_BIN: a release build of cellar (default: built here). Needs Python 3 with
-# pip (DuckDB is installed into a virtualenv under ~/.cache).
+# pip (DuckDB and Feast are installed into a virtualenv under ~/.cache).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SPINE="${1:-1000000}"
@@ -23,6 +30,9 @@ fi
 VENV="$HOME/.cache/cellar-bench-venv"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/pip" install -q 'duckdb==1.4.*' >&2
+FEAST="${FEAST:-1}"
+FEAST_SPINE="${FEAST_SPINE:-$SPINE}"
+[ "$FEAST" = 0 ] || "$VENV/bin/pip" install -q 'feast==0.67.*' >&2
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
@@ -195,4 +205,84 @@ WHERE c.user_profile__country IS DISTINCT FROM d.user_profile__country
 """).fetchone()[0]
 rows = con.execute(f"SELECT count(*) FROM '{work}/cellar.parquet'").fetchone()[0]
 print(f"rows: {rows}; rows whose features differ between Cellar and DuckDB: {diff}")
+PY
+
+[ "$FEAST" = 0 ] && exit 0
+echo "== Feast: get_historical_features (file offline store) on a spine of $FEAST_SPINE rows"
+"$VENV/bin/python" - "$WORK" "$FEAST_SPINE" <<'PY'
+import sys, duckdb
+work, rows = sys.argv[1], int(sys.argv[2])
+hist = f"{work}/data/history"
+con = duckdb.connect()
+con.execute("SET TimeZone = 'UTC'")
+import os
+os.makedirs(f"{work}/feast/data", exist_ok=True)
+con.execute(f"COPY (SELECT entity_key AS user_id, event_time AS event_timestamp, country, age FROM read_parquet('{hist}/user_profile/*/*.parquet')) TO '{work}/feast/profile.parquet'")
+con.execute(f"COPY (SELECT entity_key AS article_id, event_time AS event_timestamp, ctr_7d FROM read_parquet('{hist}/article_stats/*/*.parquet')) TO '{work}/feast/stats.parquet'")
+con.execute(f"COPY (SELECT entity_key AS user_id, event_time AS event_timestamp, article_id AS clicked_article_id FROM read_parquet('{hist}/recent_clicked_articles/*/*.parquet')) TO '{work}/feast/clicks.parquet'")
+con.execute(f"COPY (SELECT * FROM '{work}/spine.parquet' LIMIT {rows}) TO '{work}/feast/spine.parquet'")
+PY
+cellar training-set --spine "$WORK/feast/spine.parquet" -f user_profile:country -f user_profile:age \
+    -f recent_clicked_articles:article_id -f article_stats:ctr_7d --top-n 1 \
+    --out "$WORK/cellar-small.parquet" 2>/dev/null
+start=$(date +%s.%N)
+cellar training-set --spine "$WORK/feast/spine.parquet" -f user_profile:country -f user_profile:age \
+    -f recent_clicked_articles:article_id -f article_stats:ctr_7d --top-n 1 \
+    --out "$WORK/cellar-small.parquet"
+cellar_small_s=$(echo "$(date +%s.%N) - $start" | bc)
+echo "cellar: $cellar_small_s s"
+"$VENV/bin/python" - "$WORK" "$cellar_small_s" <<'PY'
+import sys, time, warnings, logging
+from datetime import timedelta
+warnings.filterwarnings("ignore")
+logging.disable(logging.WARNING)
+import pandas as pd
+from feast import Entity, FeatureStore, FeatureView, Field, FileSource
+from feast.repo_config import RepoConfig
+from feast.types import Float64, Int64, String
+work, cellar_s = sys.argv[1], float(sys.argv[2])
+config = RepoConfig(
+    project="bench", provider="local", registry=f"{work}/feast/data/registry.db",
+    online_store={"type": "sqlite", "path": f"{work}/feast/data/online.db"},
+    offline_store={"type": "file"}, entity_key_serialization_version=3,
+)
+store = FeatureStore(config=config)
+user = Entity(name="user", join_keys=["user_id"])
+article = Entity(name="article", join_keys=["article_id"])
+def source(name):
+    return FileSource(name=name, path=f"{work}/feast/{name}.parquet", timestamp_field="event_timestamp")
+views = [
+    FeatureView(name="user_profile", entities=[user], ttl=timedelta(0), source=source("profile"),
+                schema=[Field(name="country", dtype=String), Field(name="age", dtype=Int64)]),
+    FeatureView(name="article_stats", entities=[article], ttl=timedelta(0), source=source("stats"),
+                schema=[Field(name="ctr_7d", dtype=Float64)]),
+    FeatureView(name="recent_clicked_articles", entities=[user], ttl=timedelta(days=30),
+                source=source("clicks"), schema=[Field(name="clicked_article_id", dtype=String)]),
+]
+store.apply([user, article, *views])
+spine = pd.read_parquet(f"{work}/feast/spine.parquet")
+start = time.time()
+out = store.get_historical_features(
+    entity_df=spine,
+    features=["user_profile:country", "user_profile:age",
+              "recent_clicked_articles:clicked_article_id", "article_stats:ctr_7d"],
+).to_df()
+feast_s = time.time() - start
+print(f"feast: {feast_s:.2f} s ({len(out)} rows)")
+print(f"Cellar is {feast_s / cellar_s:.0f}x Feast on this spine")
+# The same answers: Feast's rows come back in its own order, matched on the spine's columns.
+import duckdb
+con = duckdb.connect()
+con.execute("SET TimeZone = 'UTC'")
+con.register("feast_out", out)
+diff = con.execute(f"""
+SELECT count(*) FROM (SELECT * FROM '{work}/cellar-small.parquet') c
+JOIN feast_out f ON c.user_id = f.user_id AND c.article_id = f.article_id
+ AND c.event_timestamp = f.event_timestamp AND c.label = f.label
+WHERE c.user_profile__country IS DISTINCT FROM f.country
+   OR c.user_profile__age IS DISTINCT FROM f.age
+   OR c.article_stats__ctr_7d IS DISTINCT FROM f.ctr_7d
+   OR c.recent_clicked_articles__article_id[1] IS DISTINCT FROM f.clicked_article_id
+""").fetchone()[0]
+print(f"rows whose features differ between Cellar and Feast: {diff}")
 PY
