@@ -209,6 +209,48 @@ struct SpineEntity {
     ids: FxHashMap<String, u32>,
 }
 
+/// The merge of the as-of join: history entries sorted by (entity, time, resolution), walked
+/// once alongside spine rows sorted by (entity, time).
+struct Walk<'a> {
+    entries: &'a [Entry],
+    /// Where the current entity's entries start.
+    start: usize,
+    /// Past the last entry at or before the latest time asked for.
+    at: usize,
+    entity: u32,
+}
+
+impl<'a> Walk<'a> {
+    fn new(entries: &'a [Entry]) -> Walk<'a> {
+        Walk {
+            entries,
+            start: 0,
+            at: 0,
+            entity: u32::MAX,
+        }
+    }
+
+    /// `entity`'s entries with event times at or before `time`, oldest first. Calls must come
+    /// in (entity, time) order: the walk only moves forward.
+    fn until(&mut self, entity: u32, time: i64) -> &'a [Entry] {
+        let entries = self.entries;
+        if entity != self.entity {
+            self.entity = entity;
+            while self.at < entries.len() && entries[self.at].entity < entity {
+                self.at += 1;
+            }
+            self.start = self.at;
+        }
+        while self.at < entries.len()
+            && entries[self.at].entity == entity
+            && entries[self.at].event_time <= time
+        {
+            self.at += 1;
+        }
+        &entries[self.start..self.at]
+    }
+}
+
 /// Builds the training set: the spine's columns, then each selected feature as
 /// `<group>__<feature>`.
 pub fn training_set(
@@ -375,27 +417,10 @@ fn join_group(
         GroupKind::Attribute => {
             // Each spine row's record, or the null row past the last batch.
             let mut picks: Vec<(usize, usize)> = vec![(null_source, 0); rows.len()];
-            let mut at = 0usize;
-            let mut current = u32::MAX;
-            let mut start = 0usize;
+            let mut walk = Walk::new(&entries);
             for &r in &order {
                 let (entity, time) = (rows[r as usize].unwrap_or(u32::MAX), times[r as usize]);
-                if entity != current {
-                    current = entity;
-                    while at < entries.len() && entries[at].entity < entity {
-                        at += 1;
-                    }
-                    start = at;
-                }
-                // `at` only moves forward: spine times of one entity ascend.
-                while at < entries.len()
-                    && entries[at].entity == entity
-                    && entries[at].event_time <= time
-                {
-                    at += 1;
-                }
-                if at > start {
-                    let e = entries[at - 1];
+                if let Some(e) = walk.until(entity, time).last() {
                     let fresh =
                         max_age_ms.is_none_or(|age| e.event_time >= time.saturating_sub(age));
                     if fresh {
@@ -427,28 +452,13 @@ fn join_group(
             // Each spine row's records, newest first: where they start in `flat`, and how many.
             let mut spans: Vec<(usize, usize)> = vec![(0, 0); rows.len()];
             let mut flat: Vec<(usize, usize)> = Vec::new();
-            let mut at = 0usize;
-            let mut current = u32::MAX;
-            let mut start = 0usize;
+            let mut walk = Walk::new(&entries);
             for &r in &order {
                 let (entity, time) = (rows[r as usize].unwrap_or(u32::MAX), times[r as usize]);
-                if entity != current {
-                    current = entity;
-                    while at < entries.len() && entries[at].entity < entity {
-                        at += 1;
-                    }
-                    start = at;
-                }
-                while at < entries.len()
-                    && entries[at].entity == entity
-                    && entries[at].event_time <= time
-                {
-                    at += 1;
-                }
                 let since = max_age_ms.map(|age| time.saturating_sub(age));
                 let begin = flat.len();
                 let mut last_time = None;
-                for e in entries[start..at].iter().rev() {
+                for e in walk.until(entity, time).iter().rev() {
                     if since.is_some_and(|s| e.event_time < s) || flat.len() - begin == limit {
                         break;
                     }

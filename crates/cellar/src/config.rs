@@ -565,9 +565,9 @@ impl Config {
         }
     }
 
-    /// Where records wait to be converted into the history, for the process of `role`
-    /// (`serve`, `ingest`, `worker`, `cli`): each process stages apart, and a restarted one
-    /// finds what it left.
+    /// Where records wait to be converted into the history, for a process of `role`
+    /// (`serve`, `ingest`, `worker`, `cli`, or one of those numbered when several run at
+    /// once): each process stages apart, and a restarted one finds what it left.
     pub fn history_staging_path(&self, role: &str) -> PathBuf {
         self.data_dir.join("history-staging").join(role)
     }

@@ -140,21 +140,36 @@ pub fn open_history(config: &Config, role: &str) -> anyhow::Result<Option<Arc<Of
     if !config.history.enabled {
         return Ok(None);
     }
-    let staging = config.history_staging_path(role);
-    let history = OfflineHistory::open(
-        config.history_path(),
-        &staging,
-        Duration::from_secs(config.history.convert_interval_secs.max(1)),
+    let interval = Duration::from_secs(config.history.convert_interval_secs.max(1));
+    // Processes of one role on one machine (several `cellar worker`s) each take the first
+    // staging log no other process holds: `worker`, then `worker-1`, and so on. A process
+    // started after a crash takes over what the crashed one left there.
+    let mut first_error = None;
+    for n in 0..MAX_STAGING_LOGS {
+        let name = if n == 0 {
+            role.to_owned()
+        } else {
+            format!("{role}-{n}")
+        };
+        let staging = config.history_staging_path(&name);
+        match OfflineHistory::open(config.history_path(), &staging, interval) {
+            Ok(history) => return Ok(Some(Arc::new(history))),
+            Err(e) => {
+                tracing::debug!(path = %staging.display(), error = %e, "staging log not available");
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    let e = first_error.map_or_else(|| "no staging log".to_owned(), |e| e.to_string());
+    anyhow::bail!(
+        "opening the offline history: no staging log of role `{role}` under {} could be opened \
+         ({MAX_STAGING_LOGS} tried; the first: {e})",
+        config.data_dir.join("history-staging").display()
     )
-    .with_context(|| {
-        format!(
-            "opening the offline history (staging at {}; is another `{role}` process running \
-             on this data dir?)",
-            staging.display()
-        )
-    })?;
-    Ok(Some(Arc::new(history)))
 }
+
+/// Staging logs one role may have on one machine: processes of that role running at once.
+const MAX_STAGING_LOGS: usize = 64;
 
 /// The write path of a process that writes but does not serve (`cellar ingest`, `cellar
 /// worker`, jobs run by the CLI, as `role`): the store, the offline history, and the Redis

@@ -373,3 +373,27 @@ fn a_bad_training_set_request_is_refused_naming_what_is_wrong() {
         "the spine has no column `user_id`",
     );
 }
+
+#[test]
+fn processes_of_one_role_stage_apart_and_a_later_one_takes_over_a_free_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = cellar::config::Config {
+        data_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    };
+    let staging = |name: &str| dir.path().join("history-staging").join(name).exists();
+    let first = cellar::node::open_history(&config, "worker")
+        .unwrap()
+        .unwrap();
+    let second = cellar::node::open_history(&config, "worker")
+        .unwrap()
+        .unwrap();
+    assert!(staging("worker") && staging("worker-1"));
+    drop(first);
+    // The first one's log is free again: the next process takes it, not a third one.
+    let _third = cellar::node::open_history(&config, "worker")
+        .unwrap()
+        .unwrap();
+    assert!(!staging("worker-2"));
+    drop(second);
+}
