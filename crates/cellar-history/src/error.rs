@@ -12,6 +12,13 @@ pub enum HistoryError {
     /// A record could not be encoded for staging.
     #[error("offline history could not encode a record: {0}")]
     Encode(String),
+    /// Too much waits to be converted: conversion is failing or behind.
+    #[error(
+        "the offline history's staging log holds {staged} bytes, over its limit of {limit} \
+         (history.max_staged_bytes): converting to Parquet is failing or behind; writes wait \
+         until it catches up"
+    )]
+    Full { staged: u64, limit: u64 },
     /// The history has stopped (the process is shutting down).
     #[error("the offline history has stopped")]
     Stopped,

@@ -85,6 +85,11 @@ impl OfflineHistory {
         })
     }
 
+    /// Refuses writes while more than `bytes` wait to be converted.
+    pub fn set_max_staged_bytes(&self, bytes: u64) {
+        self.staging.set_max_staged_bytes(bytes);
+    }
+
     /// Where the history's files are.
     pub fn root(&self) -> &Path {
         &self.root

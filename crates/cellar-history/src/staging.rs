@@ -8,6 +8,7 @@
 //! worst converts a frame twice, into the same files.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -44,7 +45,14 @@ struct Shared {
     db: Database,
     frames: Keyspace,
     path: PathBuf,
+    /// Bytes of the frames staged and not yet removed.
+    staged: AtomicU64,
+    /// Past this many staged bytes, appends are refused until conversion catches up.
+    limit: AtomicU64,
 }
+
+/// The default bound on staged bytes: hours of a busy node's writes, while conversion fails.
+pub const DEFAULT_MAX_STAGED_BYTES: u64 = 2 << 30;
 
 /// The staging log of one process. Cheap to clone.
 #[derive(Clone)]
@@ -85,6 +93,14 @@ impl Staging {
                 id
             }
         };
+        // What an earlier run left staged counts against the bound.
+        let mut staged = 0u64;
+        for guard in frames.iter() {
+            let (_, value) = guard
+                .into_inner()
+                .map_err(|e| HistoryError::io(action(), e))?;
+            staged += value.len() as u64;
+        }
         let next = match frames.last_key_value() {
             Some(guard) => {
                 let (key, _) = guard
@@ -98,6 +114,8 @@ impl Staging {
             db,
             frames,
             path: path.clone(),
+            staged: AtomicU64::new(staged),
+            limit: AtomicU64::new(DEFAULT_MAX_STAGED_BYTES),
         });
         let (tx, rx) = mpsc::channel::<Request>();
         let writer_shared = shared.clone();
@@ -119,8 +137,27 @@ impl Staging {
         &self.id
     }
 
-    /// Stages `frame`; resolves once it is on disk.
+    /// Refuses appends while more than `bytes` are staged.
+    pub fn set_max_staged_bytes(&self, bytes: u64) {
+        self.shared.limit.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes staged and not yet converted.
+    pub fn staged_bytes(&self) -> u64 {
+        self.shared.staged.load(Ordering::Relaxed)
+    }
+
+    /// Stages `frame`; resolves once it is on disk. Refused, and retryable, while the staged
+    /// bytes are over the bound: conversion is failing or behind, and the writes that wait
+    /// for it hold back instead of filling the disk.
     pub async fn append(&self, frame: Vec<u8>) -> Result<()> {
+        let (staged, limit) = (
+            self.shared.staged.load(Ordering::Relaxed),
+            self.shared.limit.load(Ordering::Relaxed),
+        );
+        if staged > limit {
+            return Err(HistoryError::Full { staged, limit });
+        }
         let (reply, done) = oneshot::channel();
         {
             let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
@@ -179,10 +216,12 @@ impl Staging {
         let end = (last + 1).to_be_bytes();
         loop {
             let mut keys = Vec::with_capacity(REMOVE_CHUNK);
+            let mut bytes = 0u64;
             for guard in self.shared.frames.range(..end.as_slice()) {
-                let (key, _) = guard
+                let (key, value) = guard
                     .into_inner()
                     .map_err(|e| HistoryError::io(action(), e))?;
+                bytes += value.len() as u64;
                 keys.push(key);
                 if keys.len() == REMOVE_CHUNK {
                     break;
@@ -201,6 +240,10 @@ impl Staging {
                 batch.remove(&self.shared.frames, key);
             }
             batch.commit().map_err(|e| HistoryError::io(action(), e))?;
+            self.shared.staged.fetch_sub(
+                bytes.min(self.shared.staged.load(Ordering::Relaxed)),
+                Ordering::Relaxed,
+            );
             if !full {
                 return Ok(());
             }
@@ -243,16 +286,19 @@ fn run(shared: &Shared, queue: &mpsc::Receiver<Request>, mut next: u64) {
         last_time = now;
         let mut batch = shared.db.batch().durability(Some(PersistMode::SyncAll));
         let mut replies = Vec::with_capacity(group.len());
+        let mut bytes = 0u64;
         for request in group {
             let mut value = Vec::with_capacity(8 + request.frame.len());
             value.extend_from_slice(&now.to_be_bytes());
             value.extend_from_slice(&request.frame);
+            bytes += value.len() as u64;
             batch.insert(&shared.frames, next.to_be_bytes(), value);
             next += 1;
             replies.push(request.reply);
         }
         match batch.commit() {
             Ok(()) => {
+                shared.staged.fetch_add(bytes, Ordering::Relaxed);
                 for reply in replies {
                     let _ = reply.send(Ok(()));
                 }
@@ -264,5 +310,35 @@ fn run(shared: &Shared, queue: &mpsc::Receiver<Request>, mut next: u64) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn appends_past_the_bound_are_refused_until_conversion_removes_frames() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = Staging::open(dir.path()).unwrap();
+        staging.set_max_staged_bytes(100);
+        staging.append(vec![0; 60]).await.unwrap();
+        staging.append(vec![0; 60]).await.unwrap();
+        // Each frame is staged with its 8-byte time.
+        assert_eq!(staging.staged_bytes(), 136);
+        let refused = staging.append(vec![0; 1]).await.unwrap_err();
+        assert!(
+            refused.to_string().contains("136 bytes") && refused.to_string().contains("100"),
+            "{refused}"
+        );
+        let oldest = staging.oldest(1).unwrap();
+        staging.remove_through(oldest[0].sequence).unwrap();
+        assert_eq!(staging.staged_bytes(), 68);
+        staging.append(vec![0; 1]).await.unwrap();
+        staging.close();
+        drop(staging);
+        // Reopened, what is staged still counts.
+        let again = Staging::open(dir.path()).unwrap();
+        assert_eq!(again.staged_bytes(), 77);
     }
 }

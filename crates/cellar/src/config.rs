@@ -43,6 +43,9 @@ pub struct HistoryConfig {
     /// How often staged records are converted to Parquet: the most a training set built by
     /// another process lags behind the writes.
     pub convert_interval_secs: u64,
+    /// Bytes a process may hold staged; past them (conversion failing or behind) writes fail,
+    /// retryably, instead of filling the disk.
+    pub max_staged_bytes: u64,
 }
 
 /// The event times accepted from pushes, stream events and batch rows; outside them a push is
@@ -469,6 +472,7 @@ impl Default for Config {
                 enabled: true,
                 path: String::new(),
                 convert_interval_secs: 60,
+                max_staged_bytes: cellar_history::staging::DEFAULT_MAX_STAGED_BYTES,
             },
         }
     }

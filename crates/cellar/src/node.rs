@@ -153,7 +153,10 @@ pub fn open_history(config: &Config, role: &str) -> anyhow::Result<Option<Arc<Of
         };
         let staging = config.history_staging_path(&name);
         match OfflineHistory::open(config.history_path(), &staging, interval) {
-            Ok(history) => return Ok(Some(Arc::new(history))),
+            Ok(history) => {
+                history.set_max_staged_bytes(config.history.max_staged_bytes);
+                return Ok(Some(Arc::new(history)));
+            }
             Err(e) => {
                 tracing::debug!(path = %staging.display(), error = %e, "staging log not available");
                 first_error.get_or_insert(e);
