@@ -238,7 +238,10 @@ pub fn list(root: &Path, storage: &str, days: (i64, i64)) -> Result<Vec<(i64, Pa
 /// written before the feature was added or retyped), reads as nulls.
 pub fn read(path: &Path, features: &[(String, ValueType)]) -> Result<Vec<RecordBatch>> {
     let action = || format!("reading {}", path.display());
-    let file = fs::File::open(path).map_err(|e| HistoryError::io(action(), e))?;
+    let file = fs::File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => HistoryError::Gone(path.display().to_string()),
+        _ => HistoryError::io(action(), e),
+    })?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| HistoryError::io(action(), e))?;
     let file_schema = builder.schema().clone();

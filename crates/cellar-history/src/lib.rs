@@ -3,7 +3,8 @@
 //!
 //! - [`OfflineHistory`]: the write path's [`cellar_cache::History`]. A write's records are
 //!   staged durably before the write is acknowledged ([`staging`]), and a background thread
-//!   converts what is staged into Parquet files ([`convert`], [`files`]).
+//!   converts what is staged into Parquet files ([`convert`], [`files`]), merging a
+//!   partition's small files as they accumulate ([`compact`]).
 //! - [`training`]: the as-of join of a spine onto the history.
 //! - [`table`]: spines and training sets as Parquet or CSV files.
 //!
@@ -12,6 +13,7 @@
 //! history, whatever crashes in between. A crash can make a record appear twice, never not at
 //! all; duplicates change no as-of answer.
 
+pub mod compact;
 pub mod convert;
 pub mod error;
 pub mod files;
@@ -68,6 +70,8 @@ impl OfflineHistory {
                         let _one = converting.lock().unwrap_or_else(|p| p.into_inner());
                         if let Err(e) = convert::convert_all(&staging, &root) {
                             tracing::error!(error = %e, "converting the offline history failed; retrying");
+                        } else if let Err(e) = compact::compact(&root, staging.id()) {
+                            tracing::error!(error = %e, "compacting the offline history failed; retrying");
                         }
                     }
                     match stopped.recv_timeout(interval) {
@@ -99,7 +103,9 @@ impl OfflineHistory {
     /// acknowledged so far.
     pub fn flush(&self) -> Result<Converted> {
         let _one = self.converting.lock().unwrap_or_else(|p| p.into_inner());
-        convert::convert_all(&self.staging, &self.root)
+        let converted = convert::convert_all(&self.staging, &self.root)?;
+        compact::compact(&self.root, self.staging.id())?;
+        Ok(converted)
     }
 
     /// Stops the converter, then stages nothing more and converts what is left.

@@ -378,10 +378,7 @@ fn join_group(
         None => i64::MIN,
     };
     let to = files::day_of(latest);
-    let mut batches = Vec::new();
-    for (_, path) in files::list(root, &group.storage_name(), (from, to))? {
-        batches.extend(files::read(&path, &features)?);
-    }
+    let batches = read_group(root, &group.storage_name(), (from, to), &features)?;
     // The records of the spine's entities, in (entity, time, resolution) order.
     let mut entries: Vec<Entry> = Vec::new();
     for (b, batch) in batches.iter().enumerate() {
@@ -502,6 +499,29 @@ fn join_group(
                 })
                 .collect()
         }
+    }
+}
+
+/// Every record of a group's files for event dates in `days`. A file compaction merged away
+/// between the listing and the read sends the read back to a new listing.
+fn read_group(
+    root: &Path,
+    storage: &str,
+    days: (i64, i64),
+    features: &[(String, ValueType)],
+) -> Result<Vec<RecordBatch>> {
+    let mut attempt = 0;
+    'listing: loop {
+        attempt += 1;
+        let mut batches = Vec::new();
+        for (_, path) in files::list(root, storage, days)? {
+            match files::read(&path, features) {
+                Ok(read) => batches.extend(read),
+                Err(HistoryError::Gone(_)) if attempt < 5 => continue 'listing,
+                Err(e) => return Err(e),
+            }
+        }
+        return Ok(batches);
     }
 }
 

@@ -218,6 +218,7 @@ async fn training_sets_equal_a_naive_reference_over_random_histories_and_spines(
     let mut spines = 0;
     let mut values_checked = 0usize;
     let mut non_null = 0usize;
+    let mut merged_files = 0usize;
     for case in 0..150 {
         let dir = tempfile::tempdir().unwrap();
         // The converter only runs when asked: files are cut where the test flushes.
@@ -249,13 +250,17 @@ async fn training_sets_equal_a_naive_reference_over_random_histories_and_spines(
             },
         );
         let entities = rng.random_range(1..6);
+        // A third of the cases convert after every small write: many files per partition,
+        // which compaction merges as they accumulate.
+        let small_files = case % 3 == 0;
         let mut histories = Vec::new();
         for group in [&attributes, &series] {
             let kept = random_history(&mut rng, group.kind, entities);
             // Kept in a few writes, converted in a few runs.
             let mut at = 0;
             while at < kept.len() {
-                let end = (at + rng.random_range(1..40)).min(kept.len());
+                let most = if small_files { 6 } else { 40 };
+                let end = (at + rng.random_range(1..most)).min(kept.len());
                 let keys: Vec<EntityKey> = kept[at..end]
                     .iter()
                     .map(|k| EntityKey(k.entity.clone()))
@@ -270,7 +275,7 @@ async fn training_sets_equal_a_naive_reference_over_random_histories_and_spines(
                     })
                     .collect();
                 history.keep(group, &rows).await.unwrap();
-                if rng.random_bool(0.3) {
+                if small_files || rng.random_bool(0.3) {
                     history.flush().unwrap();
                 }
                 at = end;
@@ -278,6 +283,13 @@ async fn training_sets_equal_a_naive_reference_over_random_histories_and_spines(
             histories.push(kept);
         }
         history.close().unwrap();
+        merged_files += std::fs::read_dir(dir.path().join("history"))
+            .unwrap()
+            .flatten()
+            .flat_map(|group| std::fs::read_dir(group.path()).unwrap().flatten())
+            .flat_map(|date| std::fs::read_dir(date.path()).unwrap().flatten())
+            .filter(|f| f.file_name().to_string_lossy().contains("-m"))
+            .count();
         for _ in 0..14 {
             let (batch, keys, times) = spine(&mut rng, entities);
             let top_n = rng.random_range(1..5);
@@ -340,6 +352,7 @@ async fn training_sets_equal_a_naive_reference_over_random_histories_and_spines(
         }
     }
     assert_eq!(spines, 2100);
+    assert!(merged_files > 0, "compaction never ran");
     // The comparison means something only if many answers are values, not nulls.
     assert!(
         non_null * 3 > values_checked,

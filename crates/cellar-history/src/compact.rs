@@ -1,0 +1,165 @@
+//! Compaction: a partition's many small files (one per conversion run) merged into one.
+//!
+//! Each process compacts only the files its own staging log produced (their names start with
+//! its id), so two processes never merge the same files. A merged file is named after the
+//! first of its inputs (`<id>-m<first sequence>-<schema>.parquet`) and written whole before the
+//! inputs are removed: a crash in between leaves duplicates, which change no answer, and the
+//! next compaction merges them away.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use arrow_array::RecordBatch;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::error::{HistoryError, Result};
+use crate::files;
+
+/// Files of one schema in one partition at which they are merged.
+pub const COMPACT_AT: usize = 8;
+
+/// A history file's name taken apart: its first sequence and its schema hash, if it is one of
+/// `staging`'s files.
+fn parse_own(name: &str, staging: &str) -> Option<(u64, String)> {
+    let rest = name.strip_prefix(staging)?.strip_prefix('-')?;
+    let rest = rest.strip_suffix(".parquet")?;
+    let rest = rest.strip_prefix('m').unwrap_or(rest);
+    let (first, schema) = rest.split_once('-')?;
+    Some((first.parse().ok()?, schema.to_owned()))
+}
+
+/// Merges, in every partition under `root`, the files of `staging` that share a schema once
+/// there are [`COMPACT_AT`] of them. Returns how many files were merged away.
+pub fn compact(root: &Path, staging: &str) -> Result<usize> {
+    let mut merged = 0;
+    let Ok(groups) = std::fs::read_dir(root) else {
+        return Ok(0);
+    };
+    for group in groups.flatten() {
+        let Some(storage) = group.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if storage.starts_with('_') {
+            continue;
+        }
+        let partitions: BTreeSet<PathBuf> = files::list(root, &storage, (i64::MIN, i64::MAX))?
+            .into_iter()
+            .filter_map(|(_, path)| path.parent().map(Path::to_path_buf))
+            .collect();
+        for partition in partitions {
+            merged += compact_partition(&partition, staging)?;
+        }
+    }
+    Ok(merged)
+}
+
+fn compact_partition(dir: &Path, staging: &str) -> Result<usize> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| HistoryError::io(format!("listing {}", dir.display()), e))?;
+    let mut by_schema: BTreeMap<String, Vec<(u64, PathBuf)>> = BTreeMap::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some((first, schema)) = name.to_str().and_then(|n| parse_own(n, staging)) else {
+            continue;
+        };
+        by_schema
+            .entry(schema)
+            .or_default()
+            .push((first, entry.path()));
+    }
+    let mut merged = 0;
+    for (schema, mut inputs) in by_schema {
+        if inputs.len() < COMPACT_AT {
+            continue;
+        }
+        inputs.sort();
+        let first = inputs[0].0;
+        let mut batches: Vec<RecordBatch> = Vec::new();
+        for (_, path) in &inputs {
+            let action = || format!("reading {} to compact it", path.display());
+            let file = std::fs::File::open(path).map_err(|e| HistoryError::io(action(), e))?;
+            let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+                .and_then(|b| b.with_batch_size(64 * 1024).build())
+                .map_err(|e| HistoryError::io(action(), e))?;
+            for batch in reader {
+                batches.push(batch.map_err(|e| HistoryError::io(action(), e))?);
+            }
+        }
+        let Some(schema_ref) = batches.first().map(RecordBatch::schema) else {
+            continue;
+        };
+        let batch = arrow_select::concat::concat_batches(&schema_ref, &batches)
+            .map_err(|e| HistoryError::Corrupt(format!("{}: {e}", dir.display())))?;
+        let target = dir.join(format!("{staging}-m{first:020}-{schema}.parquet"));
+        files::write_file(&target, &batch)?;
+        for (_, path) in &inputs {
+            if *path != target {
+                std::fs::remove_file(path)
+                    .map_err(|e| HistoryError::io(format!("removing {}", path.display()), e))?;
+                merged += 1;
+            }
+        }
+    }
+    Ok(merged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::convert::convert_all;
+    use crate::frame::{self, Header};
+    use crate::staging::Staging;
+
+    #[tokio::test]
+    async fn a_partitions_small_files_are_merged_into_one_holding_every_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = Staging::open(dir.path().join("staging")).unwrap();
+        let root = dir.path().join("history");
+        let group = cellar_store::conformance::attribute_group("g");
+        let header = Header::of(&group);
+        for i in 0..COMPACT_AT as i64 + 2 {
+            let record = cellar_store::Record::new(1_000 + i, vec![cellar_spec::Value::Int64(i)]);
+            let frame = frame::encode(&header, [("u1", &record, true)].into_iter()).unwrap();
+            staging.append(frame).await.unwrap();
+            convert_all(&staging, &root).unwrap();
+            if i == 3 {
+                // Below the threshold nothing is merged.
+                assert_eq!(compact(&root, staging.id()).unwrap(), 0);
+            }
+        }
+        let listed = |root: &Path| files::list(root, "g", (i64::MIN, i64::MAX)).unwrap();
+        assert_eq!(listed(&root).len(), COMPACT_AT + 2);
+        // Another process's files are left alone.
+        assert_eq!(compact(&root, "0123456789abcdef").unwrap(), 0);
+        assert_eq!(compact(&root, staging.id()).unwrap(), COMPACT_AT + 2);
+        let after = listed(&root);
+        assert_eq!(after.len(), 1);
+        let features = vec![(group.features[0].name.clone(), group.features[0].value_type)];
+        let rows: usize = files::read(&after[0].1, &features)
+            .unwrap()
+            .iter()
+            .map(|b| b.num_rows())
+            .sum();
+        assert_eq!(rows, COMPACT_AT + 2);
+    }
+
+    #[test]
+    fn only_this_staging_logs_files_are_recognised() {
+        assert_eq!(
+            parse_own("abc-00000000000000000042-ff.parquet", "abc"),
+            Some((42, "ff".into()))
+        );
+        assert_eq!(
+            parse_own("abc-m00000000000000000042-ff.parquet", "abc"),
+            Some((42, "ff".into()))
+        );
+        assert_eq!(
+            parse_own("abd-00000000000000000042-ff.parquet", "abc"),
+            None
+        );
+        assert_eq!(
+            parse_own("abc-00000000000000000042-ff.parquet.tmp", "abc"),
+            None
+        );
+    }
+}
