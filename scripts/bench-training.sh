@@ -222,13 +222,15 @@ con.execute(f"COPY (SELECT entity_key AS article_id, event_time AS event_timesta
 con.execute(f"COPY (SELECT entity_key AS user_id, event_time AS event_timestamp, article_id AS clicked_article_id FROM read_parquet('{hist}/recent_clicked_articles/*/*.parquet')) TO '{work}/feast/clicks.parquet'")
 con.execute(f"COPY (SELECT * FROM '{work}/spine.parquet' LIMIT {rows}) TO '{work}/feast/spine.parquet'")
 PY
-cellar training-set --spine "$WORK/feast/spine.parquet" -f user_profile:country -f user_profile:age \
-    -f recent_clicked_articles:article_id -f article_stats:ctr_7d --top-n 1 \
-    --out "$WORK/cellar-small.parquet" 2>/dev/null
+# What Feast can give: the newest click only.
+newest_click_set() {
+    cellar training-set --spine "$WORK/feast/spine.parquet" -f user_profile:country \
+        -f user_profile:age -f recent_clicked_articles:article_id -f article_stats:ctr_7d \
+        --top-n 1 --out "$WORK/cellar-small.parquet"
+}
+newest_click_set 2>/dev/null
 start=$(date +%s.%N)
-cellar training-set --spine "$WORK/feast/spine.parquet" -f user_profile:country -f user_profile:age \
-    -f recent_clicked_articles:article_id -f article_stats:ctr_7d --top-n 1 \
-    --out "$WORK/cellar-small.parquet"
+newest_click_set
 cellar_small_s=$(echo "$(date +%s.%N) - $start" | bc)
 echo "cellar: $cellar_small_s s"
 "$VENV/bin/python" - "$WORK" "$cellar_small_s" <<'PY'

@@ -6,7 +6,7 @@
 //! inputs are removed: a crash in between leaves duplicates, which change no answer, and the
 //! next compaction merges them away.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use arrow_array::RecordBatch;
@@ -28,27 +28,15 @@ fn parse_own(name: &str, staging: &str) -> Option<(u64, String)> {
     Some((first.parse().ok()?, schema.to_owned()))
 }
 
-/// Merges, in every partition under `root`, the files of `staging` that share a schema once
-/// there are [`COMPACT_AT`] of them. Returns how many files were merged away.
-pub fn compact(root: &Path, staging: &str) -> Result<usize> {
+/// Merges, in each of `partitions`, the files of `staging` that share a schema once there are
+/// [`COMPACT_AT`] of them. Returns how many files were merged away.
+pub fn compact<'a>(
+    partitions: impl IntoIterator<Item = &'a PathBuf>,
+    staging: &str,
+) -> Result<usize> {
     let mut merged = 0;
-    let Ok(groups) = std::fs::read_dir(root) else {
-        return Ok(0);
-    };
-    for group in groups.flatten() {
-        let Some(storage) = group.file_name().to_str().map(str::to_owned) else {
-            continue;
-        };
-        if storage.starts_with('_') {
-            continue;
-        }
-        let partitions: BTreeSet<PathBuf> = files::list(root, &storage, (i64::MIN, i64::MAX))?
-            .into_iter()
-            .filter_map(|(_, path)| path.parent().map(Path::to_path_buf))
-            .collect();
-        for partition in partitions {
-            merged += compact_partition(&partition, staging)?;
-        }
+    for partition in partitions {
+        merged += compact_partition(partition, staging)?;
     }
     Ok(merged)
 }
@@ -117,21 +105,23 @@ mod tests {
         let root = dir.path().join("history");
         let group = cellar_store::conformance::attribute_group("g");
         let header = Header::of(&group);
+        let mut partitions = std::collections::BTreeSet::new();
         for i in 0..COMPACT_AT as i64 + 2 {
             let record = cellar_store::Record::new(1_000 + i, vec![cellar_spec::Value::Int64(i)]);
             let frame = frame::encode(&header, [("u1", &record, true)].into_iter()).unwrap();
             staging.append(frame).await.unwrap();
-            convert_all(&staging, &root).unwrap();
+            partitions.extend(convert_all(&staging, &root).unwrap().partitions);
             if i == 3 {
                 // Below the threshold nothing is merged.
-                assert_eq!(compact(&root, staging.id()).unwrap(), 0);
+                assert_eq!(compact(&partitions, staging.id()).unwrap(), 0);
             }
         }
         let listed = |root: &Path| files::list(root, "g", (i64::MIN, i64::MAX)).unwrap();
         assert_eq!(listed(&root).len(), COMPACT_AT + 2);
         // Another process's files are left alone.
-        assert_eq!(compact(&root, "0123456789abcdef").unwrap(), 0);
-        assert_eq!(compact(&root, staging.id()).unwrap(), COMPACT_AT + 2);
+        assert_eq!(partitions.len(), 1);
+        assert_eq!(compact(&partitions, "0123456789abcdef").unwrap(), 0);
+        assert_eq!(compact(&partitions, staging.id()).unwrap(), COMPACT_AT + 2);
         let after = listed(&root);
         assert_eq!(after.len(), 1);
         let features = vec![(group.features[0].name.clone(), group.features[0].value_type)];

@@ -1,6 +1,6 @@
 //! Conversion: staged frames become Parquet files, then leave the staging log.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use crate::error::{HistoryError, Result};
@@ -14,11 +14,13 @@ pub const CONVERT_BYTES: usize = 64 << 20;
 pub const FRAME_ROW_BITS: u32 = 20;
 
 /// What one conversion wrote.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Converted {
     pub frames: usize,
     pub records: usize,
     pub files: usize,
+    /// The partition directories written to: where compaction may have work.
+    pub partitions: BTreeSet<PathBuf>,
 }
 
 /// Converts the oldest staged frames (up to [`CONVERT_BYTES`]) into files under `root`, then
@@ -38,19 +40,27 @@ pub fn convert_once(staging: &Staging, root: &Path) -> Result<Converted> {
             Err(e) => quarantine(root, staging.id(), &s, &e)?,
         }
     }
-    // Rows by (group storage, event date, columns): one file each.
-    let mut files: BTreeMap<(String, i64, String), (Header, Vec<FileRow>)> = BTreeMap::new();
+    // Rows by (group storage and columns, event date): one file each. The frames' schemas
+    // are told apart once per frame, so a row costs no copy of them.
+    let mut schemas: Vec<(String, &Header)> = Vec::new();
+    let mut files: BTreeMap<(usize, i64), Vec<FileRow>> = BTreeMap::new();
     let mut records = 0;
     for (staged, frame) in &frames {
         let columns = serde_json::to_string(&frame.header.features).unwrap_or_default();
+        let schema = match schemas
+            .iter()
+            .position(|(c, h)| *c == columns && h.storage == frame.header.storage)
+        {
+            Some(at) => at,
+            None => {
+                schemas.push((columns, &frame.header));
+                schemas.len() - 1
+            }
+        };
         for (i, row) in frame.rows.iter().enumerate() {
             records += 1;
             let day = files::day_of(row.record.event_time);
-            let key = (frame.header.storage.clone(), day, columns.clone());
-            let (_, rows) = files
-                .entry(key)
-                .or_insert_with(|| (frame.header.clone(), Vec::new()));
-            rows.push(FileRow {
+            files.entry((schema, day)).or_default().push(FileRow {
                 entity: &row.entity,
                 event_time: row.record.event_time,
                 written_at: staged.written_at,
@@ -61,15 +71,20 @@ pub fn convert_once(staging: &Staging, root: &Path) -> Result<Converted> {
         }
     }
     let written = files.len();
-    for ((storage, day, columns), (header, rows)) in &files {
+    let mut partitions = BTreeSet::new();
+    for ((schema, day), rows) in &files {
+        let (columns, header) = &schemas[*schema];
         let name = format!(
             "{}-{first:020}-{:016x}.parquet",
             staging.id(),
             xxhash_rust::xxh3::xxh3_64(columns.as_bytes())
         );
-        let path: PathBuf = files::file_path(root, storage, *day, &name);
+        let path: PathBuf = files::file_path(root, &header.storage, *day, &name);
         let batch = files::batch(header, rows)?;
         files::write_file(&path, &batch)?;
+        if let Some(dir) = path.parent() {
+            partitions.insert(dir.to_path_buf());
+        }
     }
     staging.remove_through(last)?;
     tracing::debug!(
@@ -84,6 +99,7 @@ pub fn convert_once(staging: &Staging, root: &Path) -> Result<Converted> {
         frames: count,
         records,
         files: written,
+        partitions,
     })
 }
 
@@ -110,6 +126,7 @@ pub fn convert_all(staging: &Staging, root: &Path) -> Result<Converted> {
         total.frames += done.frames;
         total.records += done.records;
         total.files += done.files;
+        total.partitions.extend(done.partitions);
     }
 }
 

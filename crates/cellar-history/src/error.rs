@@ -6,6 +6,9 @@ pub enum HistoryError {
     /// The staging log or a history file could not be read or written; retrying may help.
     #[error("offline history I/O: {0}")]
     Io(String),
+    /// Another process holds this staging log.
+    #[error("the history staging log at {0} is in use by another process")]
+    Locked(String),
     /// A history file listed a moment ago is gone: compaction merged it into another.
     #[error("history file {0} is gone")]
     Gone(String),

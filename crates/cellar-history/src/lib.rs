@@ -68,10 +68,8 @@ impl OfflineHistory {
                 .spawn(move || loop {
                     {
                         let _one = converting.lock().unwrap_or_else(|p| p.into_inner());
-                        if let Err(e) = convert::convert_all(&staging, &root) {
+                        if let Err(e) = convert_and_compact(&staging, &root) {
                             tracing::error!(error = %e, "converting the offline history failed; retrying");
-                        } else if let Err(e) = compact::compact(&root, staging.id()) {
-                            tracing::error!(error = %e, "compacting the offline history failed; retrying");
                         }
                     }
                     match stopped.recv_timeout(interval) {
@@ -103,9 +101,7 @@ impl OfflineHistory {
     /// acknowledged so far.
     pub fn flush(&self) -> Result<Converted> {
         let _one = self.converting.lock().unwrap_or_else(|p| p.into_inner());
-        let converted = convert::convert_all(&self.staging, &self.root)?;
-        compact::compact(&self.root, self.staging.id())?;
-        Ok(converted)
+        convert_and_compact(&self.staging, &self.root)
     }
 
     /// Stops the converter, then stages nothing more and converts what is left.
@@ -122,6 +118,16 @@ impl OfflineHistory {
         self.staging.close();
         self.flush()
     }
+}
+
+/// Converts everything staged, then merges the small files of the partitions written. A
+/// failed merge costs only small files: it is logged, and the next conversion there retries it.
+fn convert_and_compact(staging: &Staging, root: &Path) -> Result<Converted> {
+    let converted = convert::convert_all(staging, root)?;
+    if let Err(e) = compact::compact(&converted.partitions, staging.id()) {
+        tracing::error!(error = %e, "compacting the offline history failed");
+    }
+    Ok(converted)
 }
 
 /// A process that ends converts what it staged, so that the history is complete without it.

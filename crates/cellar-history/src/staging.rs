@@ -73,7 +73,10 @@ impl Staging {
         let db = Database::builder(&path)
             .max_journaling_size(MAX_JOURNAL_BYTES)
             .open()
-            .map_err(|e| HistoryError::io(action(), e))?;
+            .map_err(|e| match e {
+                fjall::Error::Locked => HistoryError::Locked(path.display().to_string()),
+                e => HistoryError::io(action(), e),
+            })?;
         let keyspace = |name: &str| {
             db.keyspace(name, KeyspaceCreateOptions::default)
                 .map_err(|e| HistoryError::io(action(), e))

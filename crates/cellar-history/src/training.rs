@@ -138,7 +138,6 @@ pub fn spine_keys(spine: &RecordBatch, entity: &Entity) -> Result<Vec<Option<Str
                 keys.push(None);
                 continue 'rows;
             }
-            let mut text = String::new();
             let part = match column.data_type() {
                 DataType::Utf8 => KeyPart::Text(column.as_string::<i32>().value(row)),
                 DataType::LargeUtf8 => KeyPart::Text(column.as_string::<i64>().value(row)),
@@ -152,13 +151,13 @@ pub fn spine_keys(spine: &RecordBatch, entity: &Entity) -> Result<Vec<Option<Str
                 }
                 DataType::UInt64 => {
                     let v = column.as_primitive::<UInt64Type>().value(row);
-                    match i64::try_from(v) {
-                        Ok(v) => KeyPart::Int(v),
-                        Err(_) => {
-                            text = v.to_string();
-                            KeyPart::Text(&text)
-                        }
-                    }
+                    let v = i64::try_from(v).map_err(|_| {
+                        HistoryError::Invalid(format!(
+                            "spine row {row}: `{}` is {v}, past the largest int64 key",
+                            entity.keys[i].name
+                        ))
+                    })?;
+                    KeyPart::Int(v)
                 }
                 other => {
                     return Err(HistoryError::Invalid(format!(
@@ -170,7 +169,6 @@ pub fn spine_keys(spine: &RecordBatch, entity: &Entity) -> Result<Vec<Option<Str
             entity
                 .push_key_part(&mut key, i, part)
                 .map_err(|e| HistoryError::Invalid(format!("spine row {row}: {e}")))?;
-            drop(text);
         }
         keys.push(Some(key));
     }

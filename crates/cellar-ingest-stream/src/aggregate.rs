@@ -90,20 +90,26 @@ pub fn origin_id(ingestion: &str, topic: &str, partition: i32) -> u64 {
     hash
 }
 
+/// Whether `record` already holds `update`: its source's offset is at or past the update's.
+pub fn redelivered(record: &Record, update: &Update) -> bool {
+    update.origin.is_some_and(|(source, offset)| {
+        record
+            .applied_offset(source)
+            .is_some_and(|done| done >= offset)
+    })
+}
+
 /// Applies `update` to `record` (the stored one, or a new one of `width` null values).
 /// Returns the effect; `record` is unchanged when the update is a duplicate.
 pub fn apply(record: &mut Option<Record>, width: usize, update: &Update) -> Effect {
     let mut effect = Effect::default();
     let rec =
         record.get_or_insert_with(|| Record::new(update.event_time, vec![Value::Null; width]));
+    if redelivered(rec, update) {
+        effect.duplicate = true;
+        return effect;
+    }
     if let Some((source, offset)) = update.origin {
-        if rec
-            .applied_offset(source)
-            .is_some_and(|done| done >= offset)
-        {
-            effect.duplicate = true;
-            return effect;
-        }
         rec.set_applied_offset(source, offset);
     }
     if rec.values.len() < width {

@@ -414,13 +414,9 @@ fn updater(
             .map(Vec::as_slice)
             .unwrap_or_default();
         if let Some(record) = &stored {
-            let redelivered = changes.iter().any(|(_, update, _)| {
-                update.origin.is_some_and(|(source, offset)| {
-                    record
-                        .applied_offset(source)
-                        .is_some_and(|done| done >= offset)
-                })
-            });
+            let redelivered = changes
+                .iter()
+                .any(|(_, update, _)| aggregate::redelivered(record, update));
             if redelivered {
                 recovered
                     .lock()

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use cellar_auth::{Audit, Authenticator};
 use cellar_cache::remote::{RemoteConfig, RemoteTier};
 use cellar_cache::{CacheMetrics, LocalTier, MeasuredStore, WritePath};
-use cellar_history::OfflineHistory;
+use cellar_history::{HistoryError, OfflineHistory};
 use cellar_ingest_batch::RecordSink;
 use cellar_jobs::http::jobs_router;
 use cellar_jobs::schedule::run_scheduler;
@@ -143,8 +143,8 @@ pub fn open_history(config: &Config, role: &str) -> anyhow::Result<Option<Arc<Of
     let interval = Duration::from_secs(config.history.convert_interval_secs.max(1));
     // Processes of one role on one machine (several `cellar worker`s) each take the first
     // staging log no other process holds: `worker`, then `worker-1`, and so on. A process
-    // started after a crash takes over what the crashed one left there.
-    let mut first_error = None;
+    // started after a crash takes over what the crashed one left there. Any failure other
+    // than a log in use is the history's, and stops the process.
     for n in 0..MAX_STAGING_LOGS {
         let name = if n == 0 {
             role.to_owned()
@@ -157,16 +157,18 @@ pub fn open_history(config: &Config, role: &str) -> anyhow::Result<Option<Arc<Of
                 history.set_max_staged_bytes(config.history.max_staged_bytes);
                 return Ok(Some(Arc::new(history)));
             }
+            Err(HistoryError::Locked(_)) => continue,
             Err(e) => {
-                tracing::debug!(path = %staging.display(), error = %e, "staging log not available");
-                first_error.get_or_insert(e);
+                return Err(anyhow::Error::new(e).context(format!(
+                    "opening the offline history (staging at {})",
+                    staging.display()
+                )))
             }
         }
     }
-    let e = first_error.map_or_else(|| "no staging log".to_owned(), |e| e.to_string());
     anyhow::bail!(
-        "opening the offline history: no staging log of role `{role}` under {} could be opened \
-         ({MAX_STAGING_LOGS} tried; the first: {e})",
+        "opening the offline history: all {MAX_STAGING_LOGS} staging logs of role `{role}` \
+         under {} are in use by other processes",
         config.data_dir.join("history-staging").display()
     )
 }

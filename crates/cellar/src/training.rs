@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use cellar_history::{table, training_set, OfflineHistory, Selection};
+use cellar_history::{table, training_set, HistoryError, OfflineHistory, Selection};
 use cellar_spec::FeatureRepo;
 
 use crate::config::Config;
@@ -133,13 +133,18 @@ pub fn convert_leftovers(config: &Config) -> anyhow::Result<usize> {
     let mut converted = 0;
     for role in roles.flatten() {
         let path = role.path();
-        // A staging log in use is locked by its process: skipped.
-        let Ok(history) = OfflineHistory::open(
+        // A staging log in use is locked by its process, which converts it: skipped.
+        let history = match OfflineHistory::open(
             config.history_path(),
             &path,
             std::time::Duration::from_secs(3600),
-        ) else {
-            continue;
+        ) {
+            Ok(history) => history,
+            Err(HistoryError::Locked(_)) => continue,
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("converting what {} holds", path.display())))
+            }
         };
         converted += history.close()?.records;
     }
@@ -156,6 +161,12 @@ pub async fn run(config: &Config, args: &TrainingSetArgs) -> anyhow::Result<()> 
         .repo;
     registry.close().await;
     let top_n = args.top_n.unwrap_or(config.server.default_top_n);
+    if top_n == 0 || top_n > config.server.max_top_n {
+        anyhow::bail!(
+            "--top-n: {top_n} is out of range, it must be from 1 to {} (server.max_top_n)",
+            config.server.max_top_n
+        );
+    }
     let selections = selections(&repo, args.service.as_deref(), &args.features, top_n)?;
     let leftovers = convert_leftovers(config)?;
     if leftovers > 0 {

@@ -723,7 +723,12 @@ async fn read_served(server: String, stop: tokio::sync::watch::Receiver<bool>) -
         let Ok(answer) = answer.json::<serde_json::Value>().await else {
             break;
         };
-        assert!(answer.get("error").is_none(), "{answer}");
+        // A read the loaded server could not finish in time is no record served; a refused
+        // request is the test's own mistake.
+        if let Some(error) = answer.get("error") {
+            assert!(error["code"].as_u64().unwrap_or(500) >= 500, "{answer}");
+            continue;
+        }
         for result in answer["results"].as_array().into_iter().flatten() {
             let group = result["group"].as_str().unwrap_or_default().to_owned();
             for (row, user) in result["rows"].as_array().into_iter().flatten().zip(&users) {

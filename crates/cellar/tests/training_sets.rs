@@ -357,6 +357,22 @@ fn a_bad_training_set_request_is_refused_naming_what_is_wrong() {
         ],
         "name a feature service",
     );
+    refused(
+        &[
+            "training-set",
+            "--spine",
+            &spine,
+            "--timestamp-column",
+            "ts",
+            "-f",
+            "profile:age",
+            "--top-n",
+            "0",
+            "--out",
+            &out,
+        ],
+        "--top-n: 0 is out of range",
+    );
     std::fs::write(env.path("nokey.csv"), "ts\n2026-01-01T00:00:00Z\n").unwrap();
     refused(
         &[
