@@ -19,6 +19,8 @@
 //! - `arrow`: feature values as Arrow columns;
 //! - `cells`: feature values as the cells a walked expression reads, without Arrow columns;
 //! - `column`: Arrow columns read back as feature values (shared with batch ingestion);
+//! - `on_demand`: [`OnDemandExpressions`], an on-demand group's features compiled against a
+//!   repo, with where each input comes from;
 //! - `write`: [`WriteExpressions`], the stored features an ingestion computes as it writes.
 
 pub mod arrow;
@@ -26,9 +28,11 @@ pub mod cells;
 pub mod column;
 mod expression;
 pub mod functions;
+pub mod on_demand;
 mod row;
 mod write;
 
 pub use cellar_spec::ExpressionInput as Input;
 pub use expression::{session, Checker, ExprError, Expression, Outcome, RowBatch, Scope, NOW};
+pub use on_demand::{InputSource, OnDemandExpressions};
 pub use write::{ComputedRow, WriteExpressions};

@@ -5,7 +5,11 @@
 //!   staged durably before the write is acknowledged ([`staging`]), and a background thread
 //!   converts what is staged into Parquet files ([`convert`], [`files`]), merging a
 //!   partition's small files as they accumulate ([`compact`]).
-//! - [`training`]: the as-of join of a spine onto the history.
+//! - [`plan`]: what a training set holds, resolved against the applied repo;
+//! - [`training`]: the as-of join of a spine onto the history, and the on-demand features
+//!   computed over it (`on_demand`).
+//! - [`consistency`]: logged answers recomputed from the history and compared;
+//! - [`logged`]: the answers feature services logged, read back and joined to labels;
 //! - [`table`]: spines and training sets as Parquet or CSV files.
 //!
 //! The guarantee: a write acknowledged online (a push answered, an event's offset committed,
@@ -14,10 +18,14 @@
 //! all; duplicates change no as-of answer.
 
 pub mod compact;
+pub mod consistency;
 pub mod convert;
 pub mod error;
 pub mod files;
 pub mod frame;
+pub mod logged;
+mod on_demand;
+pub mod plan;
 pub mod staging;
 pub mod table;
 pub mod training;
@@ -34,8 +42,9 @@ use cellar_store::StoreError;
 
 pub use convert::Converted;
 pub use error::{HistoryError, Result};
+pub use plan::{OnDemandSelection, TrainingPlan};
 pub use staging::Staging;
-pub use training::{training_set, Selection};
+pub use training::{training_set, Progress, Selection};
 
 /// The offline history of one process: its staging log, and the thread converting it into
 /// the history's files under `root`.

@@ -14,6 +14,7 @@
 //! parallel; the values are gathered column by column with Arrow's `interleave`.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
@@ -21,15 +22,18 @@ use arrow_array::types::{
     Int32Type, Int64Type, TimestampMicrosecondType, TimestampMillisecondType,
     TimestampNanosecondType, TimestampSecondType, UInt32Type, UInt64Type,
 };
-use arrow_array::{new_null_array, Array, ArrayRef, ListArray, RecordBatch};
+use arrow_array::{
+    new_null_array, Array, ArrayRef, ListArray, RecordBatch, TimestampMillisecondArray,
+};
 use arrow_buffer::{NullBuffer, OffsetBuffer};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
-use cellar_spec::{Entity, FeatureGroup, GroupKind, KeyPart, ValueType};
+use cellar_spec::{Entity, FeatureGroup, GroupKind, KeyPart, ScalarType, ValueType};
 // Keys come from the caller's own spine and history, not from the network.
 use rustc_hash::FxHashMap;
 
 use crate::error::{HistoryError, Result};
 use crate::files;
+use crate::plan::TrainingPlan;
 
 /// Some features of one stored group, joined onto the spine.
 #[derive(Debug, Clone)]
@@ -47,7 +51,7 @@ pub struct Selection {
 impl Selection {
     /// The output column of one of its features.
     pub fn column_name(&self, feature: &str) -> String {
-        format!("{}__{feature}", self.group.name)
+        column_name(&self.group.name, feature)
     }
 }
 
@@ -249,15 +253,37 @@ impl<'a> Walk<'a> {
     }
 }
 
-/// Builds the training set: the spine's columns, then each selected feature as
+/// How far a training set has got: steps (groups joined or computed) done of all; and
+/// whether it should stop at the next step.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub done: AtomicUsize,
+    pub total: AtomicUsize,
+    pub cancelled: AtomicBool,
+}
+
+impl Progress {
+    fn go_on(&self) -> Result<()> {
+        if self.cancelled.load(Ordering::Relaxed) {
+            return Err(HistoryError::Invalid(
+                "the training set was cancelled".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Builds the training set: the spine's columns, then each of the plan's columns as
 /// `<group>__<feature>`.
 pub fn training_set(
     root: &Path,
     spine: &RecordBatch,
     timestamp: &str,
-    selections: &[Selection],
+    plan: &TrainingPlan,
+    progress: &Progress,
 ) -> Result<RecordBatch> {
     let times = spine_times(spine, timestamp)?;
+    let selections = &plan.stored;
     for s in selections {
         for f in &s.features {
             if s.group.feature_index(f).is_none() {
@@ -268,6 +294,9 @@ pub fn training_set(
             }
         }
     }
+    progress
+        .total
+        .store(selections.len() + plan.on_demand.len(), Ordering::Relaxed);
     // Each entity's keys are resolved once, however many groups it has.
     let mut entities: Vec<SpineEntity> = Vec::new();
     for s in selections {
@@ -292,65 +321,111 @@ pub fn training_set(
         });
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let joined: Vec<Result<Vec<ArrayRef>>> = std::thread::scope(|scope| {
+    let joined: Vec<Result<Joined>> = std::thread::scope(|scope| {
         let mut handles = Vec::new();
-        let mut results: Vec<Option<Result<Vec<ArrayRef>>>> =
-            selections.iter().map(|_| None).collect();
+        let mut results: Vec<Option<Result<Joined>>> = selections.iter().map(|_| None).collect();
+        let panicked = || Err(HistoryError::Invalid("a join thread panicked".into()));
         for (i, s) in selections.iter().enumerate() {
             let SpineEntity { rows, ids, .. } = entities
                 .iter()
                 .find(|e| e.name == s.entity.name)
                 .expect("every selection's entity was resolved above");
             let times = &times;
+            let event_times = plan.event_times.contains(&s.group.name);
             handles.push((
                 i,
-                scope.spawn(move || join_group(root, s, rows, ids, times)),
+                scope.spawn(move || {
+                    progress.go_on()?;
+                    let joined = join_group(root, s, rows, ids, times, event_times);
+                    progress.done.fetch_add(1, Ordering::Relaxed);
+                    joined
+                }),
             ));
             if handles.len() >= threads {
                 let (i, h) = handles.remove(0);
-                results[i] = Some(h.join().unwrap_or_else(|_| {
-                    Err(HistoryError::Invalid("a join thread panicked".into()))
-                }));
+                results[i] = Some(h.join().unwrap_or_else(|_| panicked()));
             }
         }
         for (i, h) in handles {
-            results[i] =
-                Some(h.join().unwrap_or_else(|_| {
-                    Err(HistoryError::Invalid("a join thread panicked".into()))
-                }));
+            results[i] = Some(h.join().unwrap_or_else(|_| panicked()));
         }
         results
             .into_iter()
-            .map(|r| r.unwrap_or_else(|| Ok(Vec::new())))
+            .map(|r| r.unwrap_or_else(|| Ok(Joined::default())))
             .collect()
     });
-    let mut fields: Vec<Arc<Field>> = spine.schema().fields().iter().cloned().collect();
-    let mut columns: Vec<ArrayRef> = spine.columns().to_vec();
+    // Every column by (group, feature): joined, then computed.
+    let mut values: FxHashMap<(String, String), ArrayRef> = FxHashMap::default();
+    let mut event_times: FxHashMap<String, ArrayRef> = FxHashMap::default();
     for (s, joined) in selections.iter().zip(joined) {
         let joined = joined?;
-        for (feature, column) in s.features.iter().zip(joined) {
-            let name = s.column_name(feature);
-            if fields.iter().any(|f| *f.name() == name) {
-                return Err(HistoryError::Invalid(format!(
-                    "the output would have two columns `{name}`: the spine has one, or a feature is selected twice"
-                )));
-            }
-            fields.push(Arc::new(Field::new(name, column.data_type().clone(), true)));
-            columns.push(column);
+        for (feature, column) in s.features.iter().zip(joined.features) {
+            values.insert((s.group.name.clone(), feature.clone()), column);
         }
+        if let Some(column) = joined.event_times {
+            event_times.insert(s.group.name.clone(), column);
+        }
+    }
+    for selection in &plan.on_demand {
+        progress.go_on()?;
+        let computed = crate::on_demand::compute(
+            selection,
+            spine,
+            &times,
+            &plan.stored,
+            &plan.on_demand,
+            &values,
+            &event_times,
+        )?;
+        for (&f, column) in selection.features.iter().zip(computed) {
+            let name = selection.group.features[f].name.clone();
+            values.insert((selection.group.name.clone(), name), column);
+        }
+        progress.done.fetch_add(1, Ordering::Relaxed);
+    }
+    let mut fields: Vec<Arc<Field>> = spine.schema().fields().iter().cloned().collect();
+    let mut columns: Vec<ArrayRef> = spine.columns().to_vec();
+    for (group, feature) in &plan.columns {
+        let name = column_name(group, feature);
+        if fields.iter().any(|f| *f.name() == name) {
+            return Err(HistoryError::Invalid(format!(
+                "the output would have two columns `{name}`: the spine has one, or a feature is selected twice"
+            )));
+        }
+        let column = values
+            .get(&(group.clone(), feature.clone()))
+            .cloned()
+            .ok_or_else(|| {
+                HistoryError::Invalid(format!("`{group}.{feature}` was not joined or computed"))
+            })?;
+        fields.push(Arc::new(Field::new(name, column.data_type().clone(), true)));
+        columns.push(column);
     }
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
         .map_err(|e| HistoryError::Invalid(format!("assembling the training set: {e}")))
 }
 
-/// One group's features for every spine row.
+/// The output column of `group`'s `feature`.
+pub fn column_name(group: &str, feature: &str) -> String {
+    format!("{group}__{feature}")
+}
+
+/// One group's joined columns: each feature's, and its records' event times when asked for.
+#[derive(Default)]
+struct Joined {
+    features: Vec<ArrayRef>,
+    event_times: Option<ArrayRef>,
+}
+
+/// One group's features for every spine row, and its records' event times if `event_times`.
 fn join_group(
     root: &Path,
     selection: &Selection,
     rows: &[Option<u32>],
     ids: &FxHashMap<String, u32>,
     times: &[i64],
-) -> Result<Vec<ArrayRef>> {
+    event_times: bool,
+) -> Result<Joined> {
     let group = &selection.group;
     let max_age_ms = group
         .retention
@@ -366,10 +441,14 @@ fn join_group(
         .collect();
     // Only the dates the spine can reach are read.
     let (Some(&earliest), Some(&latest)) = (times.iter().min(), times.iter().max()) else {
-        return Ok(features
-            .iter()
-            .map(|(_, t)| output_array(group.kind, *t, 0))
-            .collect());
+        let time = ValueType::Scalar(ScalarType::Timestamp);
+        return Ok(Joined {
+            features: features
+                .iter()
+                .map(|(_, t)| output_array(group.kind, *t, 0))
+                .collect(),
+            event_times: event_times.then(|| output_array(group.kind, time, 0)),
+        });
     };
     let from = match max_age_ms {
         Some(age) => files::day_of(earliest.saturating_sub(age)),
@@ -423,7 +502,7 @@ fn join_group(
                     }
                 }
             }
-            features
+            let columns = features
                 .iter()
                 .enumerate()
                 .map(|(i, (_, t))| {
@@ -437,7 +516,23 @@ fn join_group(
                         HistoryError::Invalid(format!("gathering `{}`: {e}", features[i].0))
                     })
                 })
-                .collect()
+                .collect::<Result<_>>()?;
+            let times = event_times.then(|| {
+                let picked = picks.iter().map(|&(b, row)| {
+                    (b < null_source).then(|| {
+                        batches[b]
+                            .column(1)
+                            .as_primitive::<TimestampMillisecondType>()
+                            .value(row)
+                    })
+                });
+                Arc::new(TimestampMillisecondArray::from_iter(picked).with_timezone("UTC"))
+                    as ArrayRef
+            });
+            Ok(Joined {
+                features: columns,
+                event_times: times,
+            })
         }
         GroupKind::Timeseries => {
             let limit = match group.retention.max_records {
@@ -473,7 +568,25 @@ fn join_group(
             }
             let offsets = OffsetBuffer::<i32>::from_lengths(spans.iter().map(|&(_, len)| len));
             let nulls = NullBuffer::from_iter(spans.iter().map(|&(_, len)| len > 0));
-            features
+            let times = event_times.then(|| {
+                let picked = ordered.iter().map(|&(b, row)| {
+                    batches[b]
+                        .column(1)
+                        .as_primitive::<TimestampMillisecondType>()
+                        .value(row)
+                });
+                let values = Arc::new(
+                    TimestampMillisecondArray::from_iter_values(picked).with_timezone("UTC"),
+                ) as ArrayRef;
+                let field = Arc::new(Field::new_list_field(values.data_type().clone(), true));
+                Arc::new(ListArray::new(
+                    field,
+                    offsets.clone(),
+                    values,
+                    Some(nulls.clone()),
+                )) as ArrayRef
+            });
+            let columns = features
                 .iter()
                 .enumerate()
                 .map(|(i, (name, t))| {
@@ -495,7 +608,11 @@ fn join_group(
                             .map_err(|e| HistoryError::Invalid(format!("listing `{name}`: {e}")))?;
                     Ok(Arc::new(list) as ArrayRef)
                 })
-                .collect()
+                .collect::<Result<_>>()?;
+            Ok(Joined {
+                features: columns,
+                event_times: times,
+            })
         }
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use cellar_cache::{History, Kept};
-use cellar_history::{training_set, OfflineHistory, Selection};
+use cellar_history::{training_set, OfflineHistory, Progress, Selection, TrainingPlan};
 use cellar_spec::{
     Entity, EntityKey, EntityKeyField, Feature, FeatureGroup, GroupKind, KeyType, Retention,
     ScalarType, Value, ValueType,
@@ -306,7 +306,8 @@ async fn training_sets_equal_a_naive_reference_over_random_histories_and_spines(
                 dir.path().join("history").as_path(),
                 &batch,
                 "event_timestamp",
-                &selections,
+                &TrainingPlan::stored(selections),
+                &Progress::default(),
             )
             .unwrap();
             assert_eq!(out.num_rows(), batch.num_rows());

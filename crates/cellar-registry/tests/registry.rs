@@ -243,6 +243,7 @@ fn sample_repo() -> FeatureRepo {
             },
         ],
         description: None,
+        logging: Default::default(),
     };
     // Stored like every other spec, never compiled here.
     let signals = OnDemandGroup {

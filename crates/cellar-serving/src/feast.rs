@@ -117,6 +117,7 @@ pub(crate) async fn get_online_features(
             request_data: Vec::new(),
             select,
             access,
+            request_id: None,
         };
         let resp = state.service.get_features(req).await?;
         // A feature service answers every feature of its groups in service order.

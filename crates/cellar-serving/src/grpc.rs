@@ -226,6 +226,7 @@ fn feature_request(
             request_data,
             select,
             access: Access::Open,
+            request_id: None,
         },
         req.entities,
     ))

@@ -192,14 +192,34 @@ fn selection(
     }
 }
 
-async fn v1_features(State(state): State<Arc<HttpState>>, access: Access, body: Bytes) -> Response {
+/// Longest `X-Request-Id` taken.
+const MAX_REQUEST_ID_BYTES: usize = 128;
+
+async fn v1_features(
+    State(state): State<Arc<HttpState>>,
+    access: Access,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
     timed(&state, "/v1/features", async {
         let body: FeaturesBody = parse_body(&body)?;
+        let request_id = match headers.get("x-request-id") {
+            None => None,
+            Some(v) => match v.to_str() {
+                Ok(id) if !id.is_empty() && id.len() <= MAX_REQUEST_ID_BYTES => Some(id.to_owned()),
+                _ => {
+                    return Err(ServeError::InvalidArgument(format!(
+                        "X-Request-Id must be 1 to {MAX_REQUEST_ID_BYTES} visible ASCII characters"
+                    )))
+                }
+            },
+        };
         let req = FeatureRequest {
             entities: entity_columns(body.entities),
             request_data: entity_columns(body.request_data),
             select: selection(body.groups, body.feature_service)?,
             access,
+            request_id,
         };
         let resp = state.service.get_features(req).await?;
         encode(&FeaturesJson(&resp))
@@ -213,12 +233,16 @@ struct FeaturesJson<'a>(&'a FeatureResponse);
 
 impl Serialize for FeaturesJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(2))?;
+        let mut map = s.serialize_map(None)?;
         map.serialize_entry("entities", &EntitiesJson(&self.0.entities))?;
         map.serialize_entry(
             "results",
             &SeqJson(self.0.groups.iter().map(|g| GroupJson { result: g })),
         )?;
+        // The id labels are joined to the logged answer by.
+        if let Some(id) = &self.0.logged_as {
+            map.serialize_entry("request_id", id)?;
+        }
         map.end()
     }
 }
@@ -275,12 +299,7 @@ impl Serialize for GroupJson<'_> {
 }
 
 pub(crate) fn status_name(s: Status) -> &'static str {
-    match s {
-        Status::Present => "present",
-        Status::NotFound => "not_found",
-        Status::Expired => "expired",
-        Status::Error => "error",
-    }
+    s.as_str()
 }
 
 struct RowJson<'a> {

@@ -37,4 +37,4 @@ pub mod tls;
 
 pub use catalog::Catalog;
 pub use error::{ErrorKind, ServeError};
-pub use service::{FeatureServer, FeatureServing, Limits};
+pub use service::{FeatureServer, FeatureServing, Limits, LoggedRead, ServedLog};

@@ -5,8 +5,10 @@ use std::collections::BTreeSet;
 
 use cellar_expr::cells::CellColumn;
 use cellar_expr::column::Cell;
-use cellar_expr::{ExprError, Expression, Outcome, Scope};
-use cellar_spec::{FeatureRepo, OnDemandGroup, ScalarType, Value, ValueType, EVENT_TIME_INPUT};
+use cellar_expr::{ExprError, OnDemandExpressions, Outcome};
+use cellar_spec::{FeatureRepo, OnDemandGroup, ScalarType, Value, ValueType};
+
+pub use cellar_expr::InputSource;
 
 use std::sync::Arc;
 
@@ -14,26 +16,6 @@ use arrow_array::ArrayRef;
 
 use crate::service::Row;
 use crate::sources::{SourceClient, SourceMetrics};
-
-/// Where an expression input's values come from in a request.
-#[derive(Debug, Clone, PartialEq)]
-pub enum InputSource {
-    /// A request data field the caller sends.
-    Request(String),
-    /// An entity key column of the request.
-    Key(String),
-    /// A feature of a stored group read for the same rows: its value, or for a time series
-    /// the list of its values in the records read (newest first).
-    Stored { group: String, position: usize },
-    /// The event time of a stored group's record, or for a time series the list of its
-    /// records' event times (newest first).
-    EventTime { group: String },
-    /// A field of one of the group's external sources (indices into its `sources` and the
-    /// source's `fields`).
-    External { source: usize, field: usize },
-    /// A feature of another on-demand group, computed first for the same rows.
-    OnDemand { group: String, feature: usize },
-}
 
 /// One input's values for every row of a read.
 pub enum InputColumn<'r> {
@@ -50,7 +32,7 @@ pub enum InputColumn<'r> {
 #[derive(Debug)]
 pub struct ServedOnDemand {
     pub spec: OnDemandGroup,
-    compiled: Result<Compiled, String>,
+    compiled: Result<OnDemandExpressions, String>,
     /// One client per external source of the spec, in its order.
     clients: Vec<Arc<SourceClient>>,
     /// The other on-demand groups the features read, each once: known at compile time, asked
@@ -62,17 +44,6 @@ pub struct ServedOnDemand {
     sources_read: Vec<usize>,
 }
 
-#[derive(Debug)]
-struct Compiled {
-    /// Only the inputs some feature reads, in the order of `sources`.
-    scope: Scope,
-    sources: Vec<(InputSource, ValueType)>,
-    /// One per feature, in spec order.
-    expressions: Vec<Expression>,
-    /// For each feature, the inputs it reads: an input's error in a row is the feature's.
-    reads: Vec<Vec<usize>>,
-}
-
 impl ServedOnDemand {
     /// Compiles every feature of `spec` against `repo`. Applied repos were checked, so this
     /// fails only for a registry written by an older version; the group then answers every
@@ -82,7 +53,7 @@ impl ServedOnDemand {
         repo: &FeatureRepo,
         metrics: &SourceMetrics,
     ) -> ServedOnDemand {
-        let compiled = compile(spec, repo)
+        let compiled = OnDemandExpressions::compile(spec, repo)
             .map_err(|e| format!("on-demand group `{}` cannot be served: {e}", spec.name));
         // What the features read, each once: known at compile time, asked for by every request.
         let (mut on_demand_inputs, mut stored_inputs, mut sources_read) =
@@ -173,9 +144,9 @@ impl ServedOnDemand {
             .map(|(source, t)| column(source, *t, walked))
             .collect();
         let evaluated = if walked {
-            compiled.walk(selected, rows, now_ms, &mut given)
+            walk(compiled, selected, rows, now_ms, &mut given)
         } else {
-            compiled.evaluate(selected, rows, now_ms, &given)
+            evaluate(compiled, selected, rows, now_ms, &given)
         };
         let evaluated = match evaluated {
             Ok(evaluated) => evaluated,
@@ -217,166 +188,76 @@ impl ServedOnDemand {
     }
 }
 
-impl Compiled {
-    /// The features at `selected` over the inputs as one Arrow batch.
-    fn evaluate(
-        &self,
-        selected: &[usize],
-        rows: usize,
-        now_ms: i64,
-        given: &[InputColumn<'_>],
-    ) -> Result<Vec<Vec<Outcome>>, ExprError> {
-        let columns = self
-            .sources
-            .iter()
-            .zip(given)
-            .map(|((_, t), given)| match given {
-                InputColumn::Values(values) => Ok(cellar_expr::arrow::column(
-                    *t,
-                    values.iter().map(|v| v.as_ref().unwrap_or(&Value::Null)),
-                )),
-                InputColumn::Array(array) => Ok(Arc::clone(array)),
-                // Cells are given only when asked for; nulls in their place would pass for
-                // values not found.
-                InputColumn::Cells(_) => Err(ExprError(
-                    "building the inputs: cells given where columns were asked for".to_owned(),
-                )),
-            })
-            .collect::<Result<_, _>>()?;
-        let batch = self.scope.rows(columns, rows, now_ms)?;
-        Ok(selected
-            .iter()
-            .map(|&f| self.expressions[f].evaluate_in(&batch))
-            .collect())
-    }
-
-    /// The features at `selected`, every one walked a row at a time over the inputs' cells.
-    fn walk(
-        &self,
-        selected: &[usize],
-        rows: usize,
-        now_ms: i64,
-        given: &mut [InputColumn<'_>],
-    ) -> Result<Vec<Vec<Outcome>>, ExprError> {
-        let taken: Vec<Option<CellColumn<'_>>> = given
-            .iter_mut()
-            .map(|g| match g {
-                InputColumn::Cells(cells) => Some(std::mem::take(cells)),
-                _ => None,
-            })
-            .collect();
-        let columns = self
-            .sources
-            .iter()
-            .zip(given.iter())
-            .zip(taken)
-            .map(|(((_, t), given), taken)| match given {
-                InputColumn::Values(values) => CellColumn::of_values(
-                    *t,
-                    values.iter().map(|v| v.as_ref().unwrap_or(&Value::Null)),
-                ),
-                InputColumn::Array(array) => CellColumn::arrow(array),
-                InputColumn::Cells(_) => taken.unwrap_or_default(),
-            })
-            .collect();
-        let cells = self.scope.cells(columns, rows, now_ms)?;
-        Ok(selected
-            .iter()
-            .map(|&f| {
-                self.expressions[f]
-                    .evaluate_cells(&cells)
-                    .unwrap_or_else(|| vec![Err("the feature cannot be walked".to_owned()); rows])
-            })
-            .collect())
-    }
+/// The features at `selected` over the inputs as one Arrow batch.
+fn evaluate(
+    compiled: &OnDemandExpressions,
+    selected: &[usize],
+    rows: usize,
+    now_ms: i64,
+    given: &[InputColumn<'_>],
+) -> Result<Vec<Vec<Outcome>>, ExprError> {
+    let columns = compiled
+        .sources
+        .iter()
+        .zip(given)
+        .map(|((_, t), given)| match given {
+            InputColumn::Values(values) => Ok(cellar_expr::arrow::column(
+                *t,
+                values.iter().map(|v| v.as_ref().unwrap_or(&Value::Null)),
+            )),
+            InputColumn::Array(array) => Ok(Arc::clone(array)),
+            // Cells are given only when asked for; nulls in their place would pass for
+            // values not found.
+            InputColumn::Cells(_) => Err(ExprError(
+                "building the inputs: cells given where columns were asked for".to_owned(),
+            )),
+        })
+        .collect::<Result<_, _>>()?;
+    let batch = compiled.scope.rows(columns, rows, now_ms)?;
+    Ok(selected
+        .iter()
+        .map(|&f| compiled.expressions[f].evaluate_in(&batch))
+        .collect())
 }
 
-fn compile(spec: &OnDemandGroup, repo: &FeatureRepo) -> Result<Compiled, String> {
-    let all = cellar_spec::parse::expression_inputs(repo, spec);
-    let scope = Scope::new(all).map_err(|e| e.0)?;
-    // First against every input, to learn which ones are read; then against those alone, so a
-    // request builds only the columns its features need.
-    let mut read = BTreeSet::new();
-    for f in &spec.features {
-        let e = Expression::compile(&f.expr, &scope, f.value_type)
-            .map_err(|e| format!("feature `{}`: {e}", f.name))?;
-        read.extend(e.inputs_read(&scope));
-    }
-    let inputs: Vec<_> = read
-        .into_iter()
-        .map(|i| scope.inputs()[i].clone())
+/// The features at `selected`, every one walked a row at a time over the inputs' cells.
+fn walk(
+    compiled: &OnDemandExpressions,
+    selected: &[usize],
+    rows: usize,
+    now_ms: i64,
+    given: &mut [InputColumn<'_>],
+) -> Result<Vec<Vec<Outcome>>, ExprError> {
+    let taken: Vec<Option<CellColumn<'_>>> = given
+        .iter_mut()
+        .map(|g| match g {
+            InputColumn::Cells(cells) => Some(std::mem::take(cells)),
+            _ => None,
+        })
         .collect();
-    let scope = Scope::new(inputs).map_err(|e| e.0)?;
-    let expressions: Vec<Expression> = spec
-        .features
+    let columns = compiled
+        .sources
         .iter()
-        .map(|f| {
-            Expression::compile(&f.expr, &scope, f.value_type)
-                .map_err(|e| format!("feature `{}`: {e}", f.name))
+        .zip(given.iter())
+        .zip(taken)
+        .map(|(((_, t), given), taken)| match given {
+            InputColumn::Values(values) => CellColumn::of_values(
+                *t,
+                values.iter().map(|v| v.as_ref().unwrap_or(&Value::Null)),
+            ),
+            InputColumn::Array(array) => CellColumn::arrow(array),
+            InputColumn::Cells(_) => taken.unwrap_or_default(),
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    let sources = scope
-        .inputs()
+        .collect();
+    let cells = compiled.scope.cells(columns, rows, now_ms)?;
+    Ok(selected
         .iter()
-        .map(|input| {
-            let external = input.qualifier.as_ref().and_then(|q| {
-                let source = spec.sources.iter().position(|s| s.name == *q)?;
-                let field = spec.sources[source]
-                    .fields
-                    .iter()
-                    .position(|f| f.name == input.name)?;
-                Some(InputSource::External { source, field })
-            });
-            if let Some(external) = external {
-                return Ok((external, input.value_type));
-            }
-            let source = match &input.qualifier {
-                Some(group) if repo.group(group).is_none() => {
-                    let other = repo
-                        .on_demand
-                        .iter()
-                        .find(|o| o.name == *group)
-                        .ok_or_else(|| format!("no feature group `{group}`"))?;
-                    let feature = other.feature_index(&input.name).ok_or_else(|| {
-                        format!("group `{group}` has no feature `{}`", input.name)
-                    })?;
-                    InputSource::OnDemand {
-                        group: group.clone(),
-                        feature,
-                    }
-                }
-                Some(group) => {
-                    let stored = repo
-                        .group(group)
-                        .ok_or_else(|| format!("no feature group `{group}`"))?;
-                    match stored.feature_index(&input.name) {
-                        Some(position) => InputSource::Stored {
-                            group: group.clone(),
-                            position,
-                        },
-                        None if input.name == EVENT_TIME_INPUT => InputSource::EventTime {
-                            group: group.clone(),
-                        },
-                        None => {
-                            return Err(format!("group `{group}` has no feature `{}`", input.name))
-                        }
-                    }
-                }
-                None if spec.request.iter().any(|f| f.name == input.name) => {
-                    InputSource::Request(input.name.clone())
-                }
-                None => InputSource::Key(input.name.clone()),
-            };
-            Ok((source, input.value_type))
+        .map(|&f| {
+            compiled.expressions[f]
+                .evaluate_cells(&cells)
+                .unwrap_or_else(|| vec![Err("the feature cannot be walked".to_owned()); rows])
         })
-        .collect::<Result<Vec<_>, String>>()?;
-    let reads = expressions.iter().map(|e| e.inputs_read(&scope)).collect();
-    Ok(Compiled {
-        scope,
-        sources,
-        expressions,
-        reads,
-    })
+        .collect())
 }
 
 /// The column of the stored feature at `position` over `rows`: each row's value, or for a

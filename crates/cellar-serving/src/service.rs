@@ -89,6 +89,8 @@ pub struct FeatureRequest {
     pub select: Selection,
     /// Who asks: every group and feature service read must be granted to it.
     pub access: Access,
+    /// The caller's id for the read (`X-Request-Id`): a logged answer is kept under it.
+    pub request_id: Option<String>,
 }
 
 /// Whether a value was found.
@@ -115,6 +117,18 @@ pub enum Row {
     /// On-demand group: each selected feature's value (null when an input is missing or the
     /// expression says so), or why it could not be computed.
     Computed { values: Vec<cellar_expr::Outcome> },
+}
+
+impl Status {
+    /// The name answers give it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Present => "present",
+            Status::NotFound => "not_found",
+            Status::Expired => "expired",
+            Status::Error => "error",
+        }
+    }
 }
 
 /// The status of one computed value.
@@ -203,6 +217,27 @@ pub struct FeatureResponse {
     /// The entity key columns, echoed.
     pub entities: Vec<(String, Vec<serde_json::Value>)>,
     pub groups: Vec<GroupResult>,
+    /// The request id the answer was logged under, when its feature service logs a share
+    /// of its reads and this one was taken.
+    pub logged_as: Option<String>,
+}
+
+/// One answer of a feature service that logs what it serves.
+#[derive(Debug, Clone)]
+pub struct LoggedRead {
+    pub service: String,
+    pub request_id: String,
+    /// When it was served, epoch milliseconds.
+    pub served_at_ms: i64,
+    /// The request data columns the read was given.
+    pub request_data: Vec<(String, Vec<serde_json::Value>)>,
+    pub response: FeatureResponse,
+}
+
+/// Where logged answers go (the offline history). Called on the serving path: it must not
+/// block, and drops (and counts) what it cannot take.
+pub trait ServedLog: Send + Sync {
+    fn log(&self, read: LoggedRead);
 }
 
 /// One record to push.
@@ -260,6 +295,8 @@ pub struct FeatureServer {
     /// Where the external sources of the catalogs built by [`FeatureServer::catalog_for`] are
     /// measured.
     source_metrics: SourceMetrics,
+    /// Where the answers of services that log are sent.
+    served_log: Option<Arc<dyn ServedLog>>,
 }
 
 /// One stored group of a read, resolved against the catalog.
@@ -310,7 +347,15 @@ impl FeatureServer {
             audit: Audit::tracing_only(),
             on_demand_metrics: OnDemandMetrics::default(),
             source_metrics: SourceMetrics::default(),
+            served_log: None,
         }
+    }
+
+    /// The same server, logging a sample of the answers of feature services with
+    /// `logging.sample_rate` to `log`.
+    pub fn with_served_log(mut self, log: Arc<dyn ServedLog>) -> FeatureServer {
+        self.served_log = Some(log);
+        self
     }
 
     /// The same server, measuring external sources in `metrics` (the catalog given to
@@ -1042,8 +1087,14 @@ impl FeatureServer {
         Ok(FeatureResponse {
             entities: req.entities,
             groups,
+            logged_as: None,
         })
     }
+}
+
+/// A request id for a logged answer the caller gave none for: 128 random bits, hex.
+fn new_request_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }
 
 /// The order to compute on-demand groups in: each after the groups it reads. Applied repos
@@ -1169,10 +1220,35 @@ impl FeatureServing for FeatureServer {
 
     async fn get_features(&self, req: FeatureRequest) -> Result<FeatureResponse, ServeError> {
         let deadline = self.limits.deadline;
-        match tokio::time::timeout(deadline, self.read(req)).await {
-            Ok(r) => r,
-            Err(_) => Err(ServeError::DeadlineExceeded(deadline.as_millis() as u64)),
+        // Whether this read is logged is drawn before it runs; the answer is sent after.
+        let logged = match (&req.select, &self.served_log) {
+            (Selection::Service(name), Some(_)) => {
+                let rate = self
+                    .catalog()
+                    .service(name)
+                    .map_or(0.0, |s| s.logging.sample_rate);
+                (rate > 0.0 && (rate >= 1.0 || rand::random::<f64>() < rate)).then(|| {
+                    let id = req.request_id.clone().unwrap_or_else(new_request_id);
+                    (name.clone(), id, req.request_data.clone())
+                })
+            }
+            _ => None,
+        };
+        let mut resp = match tokio::time::timeout(deadline, self.read(req)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(ServeError::DeadlineExceeded(deadline.as_millis() as u64)),
+        };
+        if let (Some((service, request_id, request_data)), Some(log)) = (logged, &self.served_log) {
+            resp.logged_as = Some(request_id.clone());
+            log.log(LoggedRead {
+                service,
+                request_id,
+                served_at_ms: now_ms(),
+                request_data,
+                response: resp.clone(),
+            });
         }
+        Ok(resp)
     }
 
     async fn push(&self, req: PushRequest) -> Result<PushResponse, ServeError> {

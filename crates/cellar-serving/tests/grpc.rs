@@ -133,6 +133,7 @@ fn repo() -> FeatureRepo {
                 },
             ],
             description: None,
+            logging: Default::default(),
         }],
         origins: Default::default(),
     }

@@ -466,6 +466,24 @@ pub struct FeatureService {
     pub features: Vec<FeatureSelection>,
     #[serde(default)]
     pub description: Option<String>,
+    /// Which of its answers are logged to the offline history; none by default.
+    #[serde(default, skip_serializing_if = "ServiceLogging::is_off")]
+    pub logging: ServiceLogging,
+}
+
+/// Served-feature logging of a feature service: the share of its reads whose answers (request
+/// id, time, entity keys, each value with its status) are kept in the offline history, so
+/// that labels joined later give a training set of exactly what the model saw.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct ServiceLogging {
+    /// From 0 (nothing logged) to 1 (every read).
+    pub sample_rate: f64,
+}
+
+impl ServiceLogging {
+    pub fn is_off(&self) -> bool {
+        self.sample_rate <= 0.0
+    }
 }
 
 /// Some or all features of one group.

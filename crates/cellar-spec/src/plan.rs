@@ -641,6 +641,12 @@ fn diff_service(old: &FeatureService, new: &FeatureService, d: &mut Diff) {
         d.detail("features reordered".into());
     }
     d.field("description", &old.description, &new.description, optional);
+    d.field(
+        "logging.sample_rate",
+        &old.logging.sample_rate,
+        &new.logging.sample_rate,
+        |r| r.to_string(),
+    );
 }
 
 #[cfg(test)]

@@ -46,6 +46,8 @@ pub struct HistoryConfig {
     /// Bytes a process may hold staged; past them (conversion failing or behind) writes fail,
     /// retryably, instead of filling the disk.
     pub max_staged_bytes: u64,
+    /// Largest spine `POST /v1/training-sets` takes, bytes.
+    pub max_spine_bytes: usize,
 }
 
 /// The event times accepted from pushes, stream events and batch rows; outside them a push is
@@ -473,6 +475,7 @@ impl Default for Config {
                 path: String::new(),
                 convert_interval_secs: 60,
                 max_staged_bytes: cellar_history::staging::DEFAULT_MAX_STAGED_BYTES,
+                max_spine_bytes: 1 << 30,
             },
         }
     }

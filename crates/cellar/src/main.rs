@@ -178,8 +178,17 @@ enum Command {
     /// features as they were at its timestamp, from the offline history.
     TrainingSet {
         /// The spine: a Parquet or CSV file.
-        #[arg(long)]
-        spine: PathBuf,
+        #[arg(long, required_unless_present = "logged", conflicts_with = "logged")]
+        spine: Option<PathBuf>,
+        /// Join labels to the answers this feature service logged (with --labels) instead of
+        /// recomputing features.
+        #[arg(long, requires = "labels")]
+        logged: Option<String>,
+        /// With --logged: the labels, with a `request_id` column (the id each answer was
+        /// logged under), or the entity key columns and a timestamp (the newest answer served
+        /// at or before it).
+        #[arg(long, requires = "logged")]
+        labels: Option<PathBuf>,
         /// Feature service whose features to fetch.
         #[arg(long)]
         service: Option<String>,
@@ -202,6 +211,23 @@ enum Command {
         /// Server to ask; default: `server.listen` of the config.
         #[arg(long)]
         server: Option<String>,
+    },
+    /// Check online/offline consistency: recompute a feature service's logged answers from
+    /// the offline history at the time each was served, and report per feature the share of
+    /// mismatched, missing and extra values, with examples.
+    Consistency {
+        /// The feature service (it must log: `logging.sample_rate`).
+        #[arg(long)]
+        service: String,
+        /// Answers served from this time (RFC 3339); default: all.
+        #[arg(long)]
+        from: Option<String>,
+        /// Answers served before this time (RFC 3339).
+        #[arg(long)]
+        to: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -541,6 +567,8 @@ async fn run(cli: Cli, mut config: Config) -> anyhow::Result<()> {
         }
         Command::TrainingSet {
             spine,
+            logged,
+            labels,
             service,
             features,
             timestamp_column,
@@ -548,7 +576,8 @@ async fn run(cli: Cli, mut config: Config) -> anyhow::Result<()> {
             out,
         } => {
             let args = cellar::training::TrainingSetArgs {
-                spine,
+                spine: spine.or(labels).expect("clap requires a spine or labels"),
+                logged,
                 service,
                 features,
                 timestamp_column,
@@ -556,6 +585,15 @@ async fn run(cli: Cli, mut config: Config) -> anyhow::Result<()> {
                 out,
             };
             cellar::training::run(&config, &args).await
+        }
+        Command::Consistency {
+            service,
+            from,
+            to,
+            json,
+        } => {
+            cellar::training::consistency(&config, &service, from.as_deref(), to.as_deref(), json)
+                .await
         }
     }
 }

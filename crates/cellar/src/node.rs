@@ -30,6 +30,8 @@ use tokio::net::TcpListener;
 
 use crate::config::{Config, StoreBackend};
 use crate::ingest::{stream_routers, IngestMetrics, StreamIngestion};
+use crate::served_log::HistoryServedLog;
+use crate::training_jobs::{training_sets_router, TrainingSets};
 use cellar_spec::FeatureRepo;
 
 /// How often the batch job figures of `/metrics` are read from the registry: about as often
@@ -63,6 +65,8 @@ pub struct Node {
     pub security: Security,
     /// Where writes and operator actions are recorded.
     pub audit: Audit,
+    /// Training sets built as jobs of this server, when it keeps a history.
+    pub training_sets: Option<TrainingSets>,
 }
 
 /// Opens the online store `config` names: the embedded one in the data directory, a DynamoDB
@@ -263,13 +267,16 @@ impl Node {
         let on_demand_metrics = OnDemandMetrics::register(metrics.registry_mut());
         let source_metrics = SourceMetrics::register(metrics.registry_mut());
         let catalog = Catalog::with_source_metrics(&repo, &source_metrics);
-        let server = Arc::new(
-            FeatureServer::new(catalog, reader, writer.clone(), limits)
-                .with_event_times(event_times)
-                .with_audit(audit.clone())
-                .with_on_demand_metrics(on_demand_metrics)
-                .with_source_metrics(source_metrics),
-        );
+        let mut server = FeatureServer::new(catalog, reader, writer.clone(), limits)
+            .with_event_times(event_times)
+            .with_audit(audit.clone())
+            .with_on_demand_metrics(on_demand_metrics)
+            .with_source_metrics(source_metrics);
+        if let Some(history) = &history {
+            let (log, _keeper) = HistoryServedLog::start(history.clone(), metrics.registry_mut());
+            server = server.with_served_log(log);
+        }
+        let server = Arc::new(server);
         let ingestion = if config.ingest.in_server {
             let ingestion = Arc::new(StreamIngestion::open(&config, writer.clone(), &repo)?);
             metrics
@@ -290,7 +297,17 @@ impl Node {
         } else {
             None
         };
+        let training_sets = match &history {
+            Some(history) => Some(TrainingSets::open(
+                &config,
+                registry.clone(),
+                Some(history.clone()),
+                audit.clone(),
+            )?),
+            None => None,
+        };
         Ok(Node {
+            training_sets,
             jobs,
             job_metrics,
             listener_metrics,
@@ -357,6 +374,9 @@ impl Node {
         if let Some(executor) = &self.jobs {
             operator = operator.merge(jobs_router(executor.clone(), self.audit.clone()));
         }
+        if let Some(sets) = &self.training_sets {
+            app = app.merge(training_sets_router(sets.clone()));
+        }
         let admin = match admin {
             None => {
                 app = app.merge(operator);
@@ -404,6 +424,9 @@ impl Node {
             })
         });
         let mut job_tasks = Vec::new();
+        if let Some(sets) = &self.training_sets {
+            job_tasks.push(tokio::spawn(sets.clone().run(stop_rx.clone())));
+        }
         job_tasks.push(tokio::spawn({
             let (metrics, registry, stop) = (
                 self.job_metrics.clone(),

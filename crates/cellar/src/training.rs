@@ -4,123 +4,23 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use cellar_history::{table, training_set, HistoryError, OfflineHistory, Selection};
-use cellar_spec::FeatureRepo;
+use cellar_history::{table, training_set, HistoryError, OfflineHistory, Progress, TrainingPlan};
 
 use crate::config::Config;
 
 /// What a training set is built from.
 #[derive(Debug, Clone)]
 pub struct TrainingSetArgs {
+    /// The spine; or, with `logged`, the labels joined to a service's logged answers.
     pub spine: PathBuf,
+    /// A feature service whose logged answers the spine's labels are joined to.
+    pub logged: Option<String>,
     pub service: Option<String>,
     /// `group:feature` or `group:*`.
     pub features: Vec<String>,
     pub timestamp_column: String,
     pub top_n: Option<usize>,
     pub out: PathBuf,
-}
-
-/// The selections a service or a list of `group:feature` names stand for, one per group in
-/// the order first named. On-demand groups are refused by name: their features are not
-/// computed offline yet.
-pub fn selections(
-    repo: &FeatureRepo,
-    service: Option<&str>,
-    features: &[String],
-    top_n: usize,
-) -> anyhow::Result<Vec<Selection>> {
-    let mut named: Vec<(String, Option<String>)> = Vec::new();
-    if let Some(name) = service {
-        let service = repo.service(name).with_context(|| {
-            format!(
-                "no feature service `{name}` (known: {})",
-                repo.services
-                    .iter()
-                    .map(|s| s.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        })?;
-        for selection in &service.features {
-            match &selection.features {
-                None => named.push((selection.group.clone(), None)),
-                Some(features) => named.extend(
-                    features
-                        .iter()
-                        .map(|f| (selection.group.clone(), Some(f.clone()))),
-                ),
-            }
-        }
-    }
-    for spec in features {
-        let (group, feature) = spec
-            .split_once(':')
-            .with_context(|| format!("`{spec}`: features are named as group:feature or group:*"))?;
-        named.push((
-            group.to_owned(),
-            (feature != "*").then(|| feature.to_owned()),
-        ));
-    }
-    if named.is_empty() {
-        anyhow::bail!("name a feature service (--service) or features (-f group:feature)");
-    }
-    let mut out: Vec<Selection> = Vec::new();
-    for (group_name, feature) in named {
-        if repo.on_demand_group(&group_name).is_some() {
-            anyhow::bail!(
-                "`{group_name}` is an on-demand group: training sets hold stored features only, \
-                 so far; select its inputs instead"
-            );
-        }
-        let group = repo.group(&group_name).with_context(|| {
-            format!(
-                "no feature group `{group_name}` (known: {})",
-                repo.groups
-                    .iter()
-                    .map(|g| g.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        })?;
-        let entity = repo
-            .entity(&group.entity)
-            .with_context(|| format!("group `{group_name}` names an unknown entity"))?;
-        let wanted: Vec<String> = match feature {
-            Some(f) => {
-                if group.feature_index(&f).is_none() {
-                    anyhow::bail!(
-                        "group `{group_name}` has no feature `{f}` (it has {})",
-                        group
-                            .live_features()
-                            .map(|f| f.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    );
-                }
-                vec![f]
-            }
-            None => group.live_features().map(|f| f.name.clone()).collect(),
-        };
-        let selection = match out.iter_mut().find(|s| s.group.name == group_name) {
-            Some(s) => s,
-            None => {
-                out.push(Selection {
-                    group: group.clone(),
-                    entity: entity.clone(),
-                    features: Vec::new(),
-                    top_n,
-                });
-                out.last_mut().expect("just pushed")
-            }
-        };
-        for f in wanted {
-            if !selection.features.contains(&f) {
-                selection.features.push(f);
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// Converts what processes that have stopped left staged (a process still running converts
@@ -160,6 +60,9 @@ pub async fn run(config: &Config, args: &TrainingSetArgs) -> anyhow::Result<()> 
         .context("the registry is empty: run `cellar apply` first")?
         .repo;
     registry.close().await;
+    if let Some(service) = &args.logged {
+        return run_logged(config, &repo, service, args);
+    }
     let top_n = args.top_n.unwrap_or(config.server.default_top_n);
     if top_n == 0 || top_n > config.server.max_top_n {
         anyhow::bail!(
@@ -167,7 +70,7 @@ pub async fn run(config: &Config, args: &TrainingSetArgs) -> anyhow::Result<()> 
             config.server.max_top_n
         );
     }
-    let selections = selections(&repo, args.service.as_deref(), &args.features, top_n)?;
+    let plan = TrainingPlan::resolve(&repo, args.service.as_deref(), &args.features, top_n)?;
     let leftovers = convert_leftovers(config)?;
     if leftovers > 0 {
         eprintln!("converted {leftovers} staged records left by stopped processes");
@@ -178,37 +81,155 @@ pub async fn run(config: &Config, args: &TrainingSetArgs) -> anyhow::Result<()> 
     let root = config.history_path();
     let (timestamp, spine_rows) = (args.timestamp_column.clone(), spine.num_rows());
     let set = tokio::task::spawn_blocking(move || {
-        training_set(&root, &spine, &timestamp, &selections).map(|set| (set, selections))
+        training_set(&root, &spine, &timestamp, &plan, &Progress::default()).map(|set| (set, plan))
     })
     .await??;
-    let (set, selections) = set;
+    let (set, plan) = set;
     let joined = started.elapsed();
     table::write_table(&args.out, &set)?;
     eprintln!(
         "{} rows x {} features into {} in {:.2} s (spine read {:.2} s, join {:.2} s, write {:.2} s)",
         spine_rows,
-        feature_columns(&selections),
+        plan.columns.len(),
         args.out.display(),
         started.elapsed().as_secs_f64(),
         read.as_secs_f64(),
         (joined - read).as_secs_f64(),
         (started.elapsed() - joined).as_secs_f64(),
     );
-    for s in &selections {
-        for f in &s.features {
-            let name = s.column_name(f);
-            if let Some(column) = set.column_by_name(&name) {
-                eprintln!(
-                    "  {name}: {:.1}% of rows have a value",
-                    100.0 * (column.len() - column.null_count()) as f64
-                        / column.len().max(1) as f64
-                );
-            }
+    for (group, feature) in &plan.columns {
+        let name = cellar_history::training::column_name(group, feature);
+        if let Some(column) = set.column_by_name(&name) {
+            eprintln!(
+                "  {name}: {:.1}% of rows have a value",
+                100.0 * (column.len() - column.null_count()) as f64 / column.len().max(1) as f64
+            );
         }
     }
     Ok(())
 }
 
-fn feature_columns(selections: &[Selection]) -> usize {
-    selections.iter().map(|s| s.features.len()).sum()
+/// `cellar training-set --logged S --labels FILE`: labels joined to what `service` served.
+fn run_logged(
+    config: &Config,
+    repo: &cellar_spec::FeatureRepo,
+    service: &str,
+    args: &TrainingSetArgs,
+) -> anyhow::Result<()> {
+    let spec = repo
+        .service(service)
+        .with_context(|| format!("no feature service `{service}`"))?;
+    if spec.logging.is_off() {
+        eprintln!(
+            "note: feature service `{service}` logs nothing now (logging.sample_rate is 0); \
+             what it logged before is used"
+        );
+    }
+    if args.service.is_some() || !args.features.is_empty() {
+        anyhow::bail!("--logged takes the features the service logged: drop --service and -f");
+    }
+    let leftovers = convert_leftovers(config)?;
+    if leftovers > 0 {
+        eprintln!("converted {leftovers} staged records left by stopped processes");
+    }
+    let started = Instant::now();
+    let labels = table::read_table(&args.spine)?;
+    let logged = cellar_history::logged::read(&config.history_path(), service, None, None)?;
+    if logged.num_rows() == 0 {
+        anyhow::bail!(
+            "feature service `{service}` has logged nothing yet: give it a logging.sample_rate \
+             and serve it, then build the training set"
+        );
+    }
+    let set = cellar_history::logged::join_labels(&logged, &labels, &args.timestamp_column)?;
+    table::write_table(&args.out, &set)?;
+    let found = set
+        .column_by_name(cellar_history::logged::SERVED_AT)
+        .map_or(0, |c| c.len() - c.null_count());
+    eprintln!(
+        "{} labels joined to {} logged rows of `{service}` into {} in {:.2} s: {} found what \
+         was served",
+        labels.num_rows(),
+        logged.num_rows(),
+        args.out.display(),
+        started.elapsed().as_secs_f64(),
+        found
+    );
+    Ok(())
+}
+
+/// `cellar consistency`: a service's logged answers recomputed from the history.
+pub async fn consistency(
+    config: &Config,
+    service: &str,
+    from: Option<&str>,
+    to: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let registry = cellar_registry::Registry::open(&config.registry_url()).await?;
+    let repo = registry
+        .current()
+        .await?
+        .context("the registry is empty: run `cellar apply` first")?
+        .repo;
+    registry.close().await;
+    let time = |flag: &str, t: Option<&str>| -> anyhow::Result<Option<i64>> {
+        t.map(|t| {
+            cellar_spec::value::parse_rfc3339(t)
+                .with_context(|| format!("--{flag}: `{t}` is not an RFC 3339 time"))
+        })
+        .transpose()
+    };
+    let (from, to) = (time("from", from)?, time("to", to)?);
+    convert_leftovers(config)?;
+    let (root, service_name, top_n) = (
+        config.history_path(),
+        service.to_owned(),
+        config.server.default_top_n,
+    );
+    let report = tokio::task::spawn_blocking(move || {
+        cellar_history::consistency::check(&root, &repo, &service_name, from, to, top_n)
+    })
+    .await??;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "{} logged rows of `{}` recomputed from the offline history",
+        report.rows, report.service
+    );
+    let mut table = comfy_table::Table::new();
+    table.set_header([
+        "feature",
+        "checked",
+        "match",
+        "mismatched",
+        "missing",
+        "extra",
+    ]);
+    let share = |n: usize, of: usize| format!("{n} ({:.1}%)", 100.0 * n as f64 / of.max(1) as f64);
+    for f in &report.features {
+        table.add_row([
+            f.column.clone(),
+            f.checked.to_string(),
+            share(f.matched, f.checked),
+            share(f.mismatched, f.checked),
+            share(f.missing, f.checked),
+            share(f.extra, f.checked),
+        ]);
+    }
+    println!("{table}");
+    for f in &report.features {
+        for e in &f.examples {
+            println!(
+                "  {} {}: request {} row {} at {}: online {}, offline {}",
+                f.column, e.kind, e.request_id, e.row, e.served_at, e.online, e.offline
+            );
+        }
+    }
+    for (column, why) in &report.not_checked {
+        println!("  not checked: {column}: {why}");
+    }
+    Ok(())
 }

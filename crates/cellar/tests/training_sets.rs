@@ -71,11 +71,58 @@ key: user_id
 event_time: ts
 features: {{ article_id: article_id }}
 ---
+kind: FeatureGroup
+name: signals
+type: on_demand
+request:
+  - {{ name: bonus, type: int64 }}
+features:
+  - {{ name: age_plus_bonus, type: int64, expr: profile.age + bonus }}
+  - {{ name: clicks_seen, type: int64, expr: array_length(clicks.article_id) }}
+  - name: hours_since_profile
+    type: int64
+    expr: (to_unixtime(now()) - to_unixtime(profile.event_time)) / 3600
+  - {{ name: is_u1, type: bool, expr: user_id = 'u1' }}
+---
+kind: FeatureGroup
+name: derived
+type: on_demand
+features:
+  - {{ name: twice, type: int64, expr: signals.age_plus_bonus * 2 }}
+---
+kind: FeatureGroup
+name: credit_signals
+type: on_demand
+sources:
+  - name: credit
+    url: "http://127.0.0.1:9/score"
+    keys: [user_id]
+    timeout: 100ms
+    fields:
+      - {{ name: score, type: float64 }}
+features:
+  - {{ name: doubled_score, type: float64, expr: credit.score * 2 }}
+---
 kind: FeatureService
 name: ranker
 features:
   - profile:*
   - clicks:article_id
+---
+kind: FeatureService
+name: ranker_logged
+features:
+  - profile:*
+  - clicks:article_id
+  - signals:*
+logging: {{ sample_rate: 1 }}
+---
+kind: FeatureService
+name: ranker_live
+features:
+  - derived:twice
+  - signals:*
+  - profile:country
 "#,
                 dir = dir.path().display()
             ),
@@ -288,6 +335,157 @@ fn a_training_set_gives_each_spine_row_the_features_as_they_were_at_its_time() {
     assert!(lines[1].ends_with(",0,"), "{text}");
 }
 
+fn int_at(column: &ArrayRef, row: usize) -> Option<i64> {
+    (!column.is_null(row)).then(|| column.as_primitive::<Int64Type>().value(row))
+}
+
+#[test]
+fn on_demand_features_are_computed_from_the_inputs_as_they_were_at_each_row() {
+    let env = Env::new();
+    env.ok(&["apply"]);
+    write_parquet(
+        &env.dir.path().join("input/profiles.parquet"),
+        vec![
+            ("user_id", strings(&["u1", "u1", "u2"])),
+            ("ts", times(&[T0 + HOUR, T0 + 3 * HOUR, T0 + 2 * HOUR])),
+            ("country", strings(&["KR", "JP", "US"])),
+            ("age", Arc::new(Int64Array::from(vec![30, 31, 40]))),
+        ],
+    );
+    write_parquet(
+        &env.dir.path().join("input/clicks.parquet"),
+        vec![
+            ("user_id", strings(&["u1", "u1", "u1"])),
+            ("ts", times(&[T0 + HOUR, T0 + 2 * HOUR, T0 + 4 * HOUR])),
+            ("article_id", strings(&["a1", "a2", "a3"])),
+        ],
+    );
+    env.ok(&["backfill", "profiles"]);
+    env.ok(&["backfill", "click_log"]);
+    let rfc = |ms: i64| cellar_spec::value::format_timestamp(ms);
+    // (user, time, the request's `bonus`).
+    let spine = [
+        ("u1", T0 + HOUR / 2, 0),
+        ("u1", T0 + HOUR, 10),
+        ("u1", T0 + 5 * HOUR / 2, 20),
+        ("u1", T0 + 3 * HOUR, 30),
+        ("u1", T0 + 6 * HOUR, 40),
+        ("u2", T0 + 3 * HOUR, 50),
+        ("u3", T0 + 3 * HOUR, 60),
+        ("u2", T0 + HOUR, 70),
+    ];
+    let mut csv = String::from("user_id,event_timestamp,bonus\n");
+    for (user, at, bonus) in spine {
+        csv.push_str(&format!("{user},{},{bonus}\n", rfc(at)));
+    }
+    std::fs::write(env.path("spine.csv"), csv).unwrap();
+    let out = env.path("set.parquet");
+    let report = env.ok(&[
+        "training-set",
+        "--spine",
+        &env.path("spine.csv"),
+        "--service",
+        "ranker_live",
+        "--out",
+        &out,
+    ]);
+    assert!(report.contains("8 rows x 6 features"), "{report}");
+    let set = read_parquet(&out);
+    let names: Vec<String> = set
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    // In the service's order, though `derived` reads `signals`; `profile.age` and the clicks
+    // are read, not output.
+    assert_eq!(
+        names,
+        [
+            "user_id",
+            "event_timestamp",
+            "bonus",
+            "derived__twice",
+            "signals__age_plus_bonus",
+            "signals__clicks_seen",
+            "signals__hours_since_profile",
+            "signals__is_u1",
+            "profile__country",
+        ]
+    );
+    let column = |name: &str| set.column_by_name(name).unwrap().clone();
+    let (twice, plus, seen, hours) = (
+        column("derived__twice"),
+        column("signals__age_plus_bonus"),
+        column("signals__clicks_seen"),
+        column("signals__hours_since_profile"),
+    );
+    let is_u1 = column("signals__is_u1");
+    // (age + bonus, clicks seen, whole hours since the profile's event time).
+    let expected: [(Option<i64>, Option<i64>, Option<i64>); 8] = [
+        // Nothing recorded yet.
+        (None, None, None),
+        // At the records' own time: `now()` is the row's time, so 0 hours.
+        (Some(40), Some(1), Some(0)),
+        (Some(50), Some(2), Some(1)),
+        (Some(61), Some(2), Some(0)),
+        // The profile is past its max_age; the clicks hold at most max_records.
+        (None, Some(2), None),
+        (Some(90), None, Some(1)),
+        (None, None, None),
+        // Never a value from the future.
+        (None, None, None),
+    ];
+    for (row, (plus_want, seen_want, hours_want)) in expected.into_iter().enumerate() {
+        assert_eq!(int_at(&plus, row), plus_want, "row {row} age_plus_bonus");
+        assert_eq!(
+            int_at(&twice, row),
+            plus_want.map(|v| v * 2),
+            "row {row} twice"
+        );
+        assert_eq!(int_at(&seen, row), seen_want, "row {row} clicks_seen");
+        assert_eq!(int_at(&hours, row), hours_want, "row {row} hours");
+        assert_eq!(
+            is_u1.as_boolean().value(row),
+            spine[row].0 == "u1",
+            "row {row} is_u1"
+        );
+    }
+
+    // A request field the spine lacks is named.
+    std::fs::write(
+        env.path("nobonus.csv"),
+        "user_id,event_timestamp\nu1,2026-01-01T01:00:00Z\n",
+    )
+    .unwrap();
+    let refused = env.run(&[
+        "training-set",
+        "--spine",
+        &env.path("nobonus.csv"),
+        "-f",
+        "signals:age_plus_bonus",
+        "--out",
+        &out,
+    ]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("reads the request data field `bonus`"),
+        "{stderr}"
+    );
+    // A feature that reads nothing the spine lacks is computed without it.
+    env.ok(&[
+        "training-set",
+        "--spine",
+        &env.path("nobonus.csv"),
+        "-f",
+        "signals:clicks_seen",
+        "--out",
+        &out,
+    ]);
+    assert_eq!(int_at(&read_parquet(&out).column(2).clone(), 0), Some(1));
+}
+
 #[test]
 fn a_bad_training_set_request_is_refused_naming_what_is_wrong() {
     let env = Env::new();
@@ -388,6 +586,20 @@ fn a_bad_training_set_request_is_refused_naming_what_is_wrong() {
         ],
         "the spine has no column `user_id`",
     );
+    refused(
+        &[
+            "training-set",
+            "--spine",
+            &spine,
+            "--timestamp-column",
+            "ts",
+            "-f",
+            "credit_signals:doubled_score",
+            "--out",
+            &out,
+        ],
+        "reads the external source `credit`, whose past answers Cellar does not keep",
+    );
 }
 
 #[test]
@@ -412,4 +624,516 @@ fn processes_of_one_role_stage_apart_and_a_later_one_takes_over_a_free_log() {
         .unwrap();
     assert!(!staging("worker-2"));
     drop(second);
+}
+
+/// A node serving `env`'s repo from its data directory, configured by `configure`.
+async fn serve(env: &Env, configure: impl FnOnce(&mut cellar::config::Config)) -> String {
+    let mut config = cellar::config::Config {
+        data_dir: env.dir.path().join("data"),
+        repo: env.dir.path().join("repo"),
+        ..Default::default()
+    };
+    configure(&mut config);
+    let registry = cellar_registry::Registry::open(&config.registry_url())
+        .await
+        .unwrap();
+    registry
+        .apply(&cellar::repo::load_repo(&config.repo).unwrap())
+        .await
+        .unwrap();
+    let node = cellar::node::Node::open(config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(node.serve(listener, None, std::future::pending()));
+    format!("http://{addr}")
+}
+
+/// Polls training set `id` until it has finished, and returns it.
+async fn finished(client: &reqwest::Client, base: &str, id: u64) -> serde_json::Value {
+    for _ in 0..600 {
+        let job: serde_json::Value = client
+            .get(format!("{base}/v1/training-sets/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if ["succeeded", "failed", "cancelled"].contains(&job["state"].as_str().unwrap()) {
+            return job;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("training set {id} did not finish in 60 s");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_training_set_job_joins_an_uploaded_spine_onto_what_the_server_wrote() {
+    let env = Env::new();
+    let base = serve(&env, |c| c.history.max_spine_bytes = 4096).await;
+    let client = reqwest::Client::new();
+    let push = |group: &str, records: serde_json::Value| {
+        let request = client
+            .post(format!("{base}/v1/push"))
+            .json(&serde_json::json!({ "group": group, "records": records }));
+        async move {
+            let resp = request.send().await.unwrap();
+            assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+        }
+    };
+    push(
+        "profile",
+        serde_json::json!([
+            {"entity": {"user_id": "u1"}, "event_time": T0 + HOUR, "features": {"country": "KR", "age": 30}},
+            {"entity": {"user_id": "u1"}, "event_time": T0 + 3 * HOUR, "features": {"country": "JP", "age": 31}},
+        ]),
+    )
+    .await;
+    push(
+        "clicks",
+        serde_json::json!([
+            {"entity": {"user_id": "u1"}, "event_time": T0 + HOUR, "features": {"article_id": "a1"}},
+            {"entity": {"user_id": "u1"}, "event_time": T0 + 2 * HOUR, "features": {"article_id": "a2"}},
+        ]),
+    )
+    .await;
+    let rfc = |ms: i64| cellar_spec::value::format_timestamp(ms);
+    let spine = format!(
+        "user_id,event_timestamp,bonus\nu1,{},1\nu1,{},2\nu2,{},3\n",
+        rfc(T0 + HOUR / 2),
+        rfc(T0 + 5 * HOUR / 2),
+        rfc(T0 + 3 * HOUR)
+    );
+    let submit = |query: &str, content_type: &str, body: String| {
+        client
+            .post(format!("{base}/v1/training-sets?{query}"))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    // Written a moment ago, not converted yet: the job converts what is staged first.
+    let resp = submit("service=ranker_live", "text/csv", spine.clone())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let job: serde_json::Value = resp.json().await.unwrap();
+    let id = job["id"].as_u64().unwrap();
+    let job = finished(&client, &base, id).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["rows"], 3);
+    assert_eq!(job["columns"], 6);
+    let output = client
+        .get(format!("{base}{}", job["output"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(output.status(), 200);
+    let bytes = output.bytes().await.unwrap();
+    let set: Vec<RecordBatch> = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let set = arrow_select::concat::concat_batches(&set[0].schema(), &set).unwrap();
+    let plus = set.column_by_name("signals__age_plus_bonus").unwrap();
+    let country = set.column_by_name("profile__country").unwrap();
+    let seen = set.column_by_name("signals__clicks_seen").unwrap();
+    assert_eq!(
+        (0..3).map(|r| int_at(plus, r)).collect::<Vec<_>>(),
+        [None, Some(32), None]
+    );
+    assert_eq!(
+        (0..3).map(|r| string_at(country, r)).collect::<Vec<_>>(),
+        [None, Some("KR".to_owned()), None]
+    );
+    assert_eq!(
+        (0..3).map(|r| int_at(seen, r)).collect::<Vec<_>>(),
+        [None, Some(2), None]
+    );
+    let listed: serde_json::Value = client
+        .get(format!("{base}/v1/training-sets"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["training_sets"][0]["id"], id);
+
+    // Refusals, each naming what is wrong.
+    let refused = |status: u16, needle: &'static str| {
+        move |resp: reqwest::Response| async move {
+            assert_eq!(resp.status().as_u16(), status);
+            let text = resp.text().await.unwrap();
+            assert!(text.contains(needle), "{text}");
+        }
+    };
+    refused(415, "Content-Type")(
+        submit("service=ranker", "application/json", spine.clone())
+            .await
+            .unwrap(),
+    )
+    .await;
+    refused(400, "group `profile` has no feature `agee`")(
+        submit("features=profile:agee", "text/csv", spine.clone())
+            .await
+            .unwrap(),
+    )
+    .await;
+    refused(400, "top_n: 0 is out of range")(
+        submit("service=ranker&top_n=0", "text/csv", spine.clone())
+            .await
+            .unwrap(),
+    )
+    .await;
+    refused(400, "the spine is empty")(
+        submit("service=ranker", "text/csv", String::new())
+            .await
+            .unwrap(),
+    )
+    .await;
+    refused(413, "")(
+        submit("service=ranker", "text/csv", spine.repeat(100))
+            .await
+            .unwrap(),
+    )
+    .await;
+    // A spine the join refuses fails the job with the reason.
+    let resp = submit(
+        "features=signals:age_plus_bonus",
+        "text/csv",
+        "user_id,event_timestamp\nu1,2026-01-01T00:00:00Z\n".into(),
+    )
+    .await
+    .unwrap();
+    let failed = resp.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let job = finished(&client, &base, failed).await;
+    assert_eq!(job["state"], "failed");
+    assert!(
+        job["error"]
+            .as_str()
+            .unwrap()
+            .contains("reads the request data field `bonus`"),
+        "{job}"
+    );
+    refused(409, "only a succeeded one has an output")(
+        client
+            .get(format!("{base}/v1/training-sets/{failed}/output"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    refused(409, "only a waiting or running one can be cancelled")(
+        client
+            .post(format!("{base}/v1/training-sets/{id}/cancel"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let deleted = client
+        .delete(format!("{base}/v1/training-sets/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    refused(404, "no training set")(
+        client
+            .get(format!("{base}/v1/training-sets/{id}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(!env
+        .dir
+        .path()
+        .join(format!("data/training-sets/{id}"))
+        .exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_server_fails_the_job_it_was_running_and_runs_the_waiting_ones() {
+    let env = Env::new();
+    let jobs = env.dir.path().join("data/training-sets");
+    let record = |id: u64, state: &str| {
+        serde_json::json!({
+            "id": id, "state": state, "service": null, "features": ["profile:age"],
+            "timestamp_column": "ts", "top_n": 10, "spine_format": "csv", "spine_bytes": 30,
+            "submitted_by": "anonymous", "submitted_at": "2026-01-01T00:00:00Z",
+            "started_at": null, "finished_at": null, "rows": null, "columns": null,
+            "output_bytes": null, "error": null
+        })
+    };
+    for (id, state) in [(1, "running"), (2, "submitted")] {
+        std::fs::create_dir_all(jobs.join(id.to_string())).unwrap();
+        std::fs::write(
+            jobs.join(format!("{id}/job.json")),
+            record(id, state).to_string(),
+        )
+        .unwrap();
+        std::fs::write(
+            jobs.join(format!("{id}/spine.csv")),
+            "user_id,ts\nu1,2026-01-01T00:00:00Z\n",
+        )
+        .unwrap();
+    }
+    let base = serve(&env, |_| {}).await;
+    let client = reqwest::Client::new();
+    let interrupted = finished(&client, &base, 1).await;
+    assert_eq!(interrupted["state"], "failed");
+    assert!(interrupted["error"]
+        .as_str()
+        .unwrap()
+        .contains("the server stopped while it ran"));
+    let waiting = finished(&client, &base, 2).await;
+    assert_eq!(waiting["state"], "succeeded", "{waiting}");
+    assert_eq!(waiting["rows"], 1);
+    // Ids go on from the highest recorded.
+    let resp = client
+        .post(format!(
+            "{base}/v1/training-sets?features=profile:age&timestamp_column=ts"
+        ))
+        .header("content-type", "text/csv")
+        .body("user_id,ts\nu1,2026-01-01T00:00:00Z\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.json::<serde_json::Value>().await.unwrap()["id"], 3);
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logged_answers_give_labels_what_was_served_and_show_online_offline_skew() {
+    let env = Env::new();
+    let base = serve(&env, |c| c.history.convert_interval_secs = 1).await;
+    let client = reqwest::Client::new();
+    let push = |group: &str, records: serde_json::Value| {
+        let request = client
+            .post(format!("{base}/v1/push"))
+            .json(&serde_json::json!({ "group": group, "records": records }));
+        async move {
+            let resp = request.send().await.unwrap();
+            assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+        }
+    };
+    let early = now_ms() - 60_000;
+    push(
+        "profile",
+        serde_json::json!([{"entity": {"user_id": "u1"}, "event_time": early,
+                            "features": {"country": "KR", "age": 30}}]),
+    )
+    .await;
+    push(
+        "clicks",
+        serde_json::json!([{"entity": {"user_id": "u1"}, "event_time": early,
+                            "features": {"article_id": "a1"}}]),
+    )
+    .await;
+    let read = |body: serde_json::Value, request_id: Option<&str>| {
+        let mut request = client.post(format!("{base}/v1/features")).json(&body);
+        if let Some(id) = request_id {
+            request = request.header("x-request-id", id);
+        }
+        async move {
+            let resp = request.send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let before = now_ms();
+    let answer = read(
+        serde_json::json!({"feature_service": "ranker_logged",
+                           "entities": {"user_id": ["u1", "u2"]},
+                           "request_data": {"bonus": [5, 6]}}),
+        Some("req-1"),
+    )
+    .await;
+    assert_eq!(answer["request_id"], "req-1", "{answer}");
+    let answer = read(
+        serde_json::json!({"feature_service": "ranker_logged",
+                           "entities": {"user_id": ["u3"]},
+                           "request_data": {"bonus": [7]}}),
+        None,
+    )
+    .await;
+    let generated = answer["request_id"].as_str().unwrap().to_owned();
+    assert_eq!(generated.len(), 32, "{answer}");
+    // A service that does not log answers without a request id.
+    let unlogged = read(
+        serde_json::json!({"feature_service": "ranker", "entities": {"user_id": ["u1"]}}),
+        None,
+    )
+    .await;
+    assert!(unlogged.get("request_id").is_none(), "{unlogged}");
+    // Late records, with event times before the first answer was served: online served what
+    // it had, offline knows better.
+    push(
+        "profile",
+        serde_json::json!([
+            {"entity": {"user_id": "u1"}, "event_time": before - 1, "features": {"country": "JP", "age": 99}},
+            {"entity": {"user_id": "u2"}, "event_time": before - 1, "features": {"country": "US", "age": 40}},
+        ]),
+    )
+    .await;
+
+    // The consistency check, once the history has converted what was logged and pushed.
+    let mut report = serde_json::Value::Null;
+    for _ in 0..60 {
+        let out = env.run(&["consistency", "--service", "ranker_logged", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        report = serde_json::from_slice(&out.stdout).unwrap();
+        let age = report["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["column"] == "profile__age")
+            .cloned();
+        if report["rows"] == 3 && age.is_some_and(|a| a["mismatched"] == 1 && a["missing"] == 1) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let feature = |column: &str| {
+        report["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["column"] == column)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {column} in {report}"))
+    };
+    assert_eq!(report["rows"], 3, "{report}");
+    // (matched, mismatched, missing, extra) of the 3 logged rows: u1, u2, u3.
+    for (column, want) in [
+        ("profile__age", (1, 1, 1, 0)),
+        ("profile__country", (1, 1, 1, 0)),
+        ("clicks__article_id", (3, 0, 0, 0)),
+        ("signals__age_plus_bonus", (1, 1, 1, 0)),
+        ("signals__hours_since_profile", (2, 0, 1, 0)),
+        ("signals__is_u1", (3, 0, 0, 0)),
+        ("signals__clicks_seen", (3, 0, 0, 0)),
+    ] {
+        let f = feature(column);
+        let got = (
+            f["matched"].as_u64().unwrap(),
+            f["mismatched"].as_u64().unwrap(),
+            f["missing"].as_u64().unwrap(),
+            f["extra"].as_u64().unwrap(),
+        );
+        assert_eq!(got, want, "{column}: {f}");
+        assert_eq!(f["checked"], 3);
+    }
+    let age = feature("profile__age");
+    let mismatch = age["examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "mismatched")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (
+            mismatch["request_id"].as_str(),
+            mismatch["online"].as_str(),
+            mismatch["offline"].as_str()
+        ),
+        (Some("req-1"), Some("30"), Some("99")),
+        "{age}"
+    );
+
+    // Labels joined by request id (and key), and by key and time.
+    std::fs::write(
+        env.path("labels.csv"),
+        format!(
+            "request_id,user_id,clicked\nreq-1,u1,1\nreq-1,u2,0\n{generated},u3,1\nnope,u1,0\n"
+        ),
+    )
+    .unwrap();
+    let out = env.path("logged.parquet");
+    let report = env.ok(&[
+        "training-set",
+        "--logged",
+        "ranker_logged",
+        "--labels",
+        &env.path("labels.csv"),
+        "--out",
+        &out,
+    ]);
+    assert!(report.contains("3 found what was served"), "{report}");
+    let set = read_parquet(&out);
+    let age = set.column_by_name("profile__age").unwrap();
+    let plus = set.column_by_name("signals__age_plus_bonus").unwrap();
+    let status = set.column_by_name("profile__status").unwrap();
+    assert_eq!(
+        (0..4).map(|r| int_at(age, r)).collect::<Vec<_>>(),
+        [Some(30), None, None, None],
+        "what was served, not what the history says now"
+    );
+    assert_eq!(int_at(plus, 0), Some(35));
+    assert_eq!(
+        (0..4).map(|r| string_at(status, r)).collect::<Vec<_>>(),
+        [s("present"), s("not_found"), s("not_found"), None]
+    );
+    let rfc = |ms: i64| cellar_spec::value::format_timestamp(ms);
+    std::fs::write(
+        env.path("by_time.csv"),
+        format!(
+            "user_id,event_timestamp,clicked\nu1,{},1\nu1,{},0\n",
+            rfc(now_ms() + 3_600_000),
+            rfc(before - 1000)
+        ),
+    )
+    .unwrap();
+    env.ok(&[
+        "training-set",
+        "--logged",
+        "ranker_logged",
+        "--labels",
+        &env.path("by_time.csv"),
+        "--out",
+        &out,
+    ]);
+    let set = read_parquet(&out);
+    let age = set.column_by_name("profile__age").unwrap();
+    assert_eq!(
+        (0..2).map(|r| int_at(age, r)).collect::<Vec<_>>(),
+        [Some(30), None],
+        "the newest answer served at or before each label, never a later one"
+    );
+    // Labels a request logged several rows for need the key to tell them apart.
+    std::fs::write(env.path("ambiguous.csv"), "request_id,clicked\nreq-1,1\n").unwrap();
+    let refused = env.run(&[
+        "training-set",
+        "--logged",
+        "ranker_logged",
+        "--labels",
+        &env.path("ambiguous.csv"),
+        "--out",
+        &out,
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("logged 2 rows"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}
+
+fn s(v: &str) -> Option<String> {
+    Some(v.to_owned())
 }

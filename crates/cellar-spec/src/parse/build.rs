@@ -130,6 +130,7 @@ impl Drafts {
                 name: d.head.name,
                 features,
                 description: d.head.description,
+                logging: d.logging,
             });
         }
         repo.entities.sort_by(|a, b| a.name.cmp(&b.name));

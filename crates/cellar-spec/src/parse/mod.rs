@@ -298,6 +298,7 @@ struct ServiceDraft {
     head: Head,
     /// (group, feature); `None` selects the whole group.
     selections: Vec<Located<(String, Option<String>)>>,
+    logging: crate::model::ServiceLogging,
 }
 
 /// Every spec document read, in the order read; those without a name are left out.

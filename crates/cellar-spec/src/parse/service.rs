@@ -4,10 +4,26 @@ use marked_yaml::types::MarkedMappingNode;
 
 use super::document::index;
 use super::{Doc, Head, Located, ServiceDraft};
+use crate::model::ServiceLogging;
 
 impl Doc<'_> {
     pub(super) fn service(&mut self, root: &MarkedMappingNode, head: Head) -> ServiceDraft {
-        self.check_fields(root, "", &["kind", "name", "description", "features"]);
+        self.check_fields(
+            root,
+            "",
+            &["kind", "name", "description", "features", "logging"],
+        );
+        let mut logging = ServiceLogging::default();
+        if let Some(node) = self.field(root, "", "logging", false) {
+            if let Some(map) = self.expect_mapping(node, "logging") {
+                self.check_fields(map, "logging", &["sample_rate"]);
+                if let Some(rate) =
+                    self.parsed(map, "logging", "sample_rate", true, parse_sample_rate)
+                {
+                    logging.sample_rate = rate;
+                }
+            }
+        }
         let mut selections = Vec::new();
         if let Some(items) = self
             .field(root, "", "features", true)
@@ -66,13 +82,32 @@ impl Doc<'_> {
                 selections.push(self.locate((group, feature), s.span(), &path));
             }
         }
-        ServiceDraft { head, selections }
+        ServiceDraft {
+            head,
+            selections,
+            logging,
+        }
+    }
+}
+
+/// A share of reads: a number from 0 to 1, or a percentage.
+fn parse_sample_rate(text: &str) -> Result<f64, String> {
+    let t = text.trim();
+    let rate = match t.strip_suffix('%') {
+        Some(pct) => pct.trim().parse::<f64>().map(|p| p / 100.0),
+        None => t.parse::<f64>(),
+    };
+    match rate {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!(
+            "`{t}` is not a sample rate: a number from 0 to 1 (0.05) or a percentage (5%)"
+        )),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::model::FeatureSelection;
+    use crate::model::{FeatureSelection, ServiceLogging};
     use crate::parse::parse_repo;
     use crate::parse::tests::USER;
 
@@ -91,5 +126,35 @@ mod tests {
                 features: Some(vec!["y".into(), "x".into()])
             }]
         );
+        assert_eq!(repo.services[0].logging, ServiceLogging::default());
+    }
+
+    #[test]
+    fn a_service_logs_a_share_of_its_reads() {
+        let service = |logging: &str| {
+            format!(
+                "{USER}---\nkind: FeatureGroup\nname: a\nentity: user\ntype: attribute\n\
+                 features: [{{ name: x, type: int64 }}]\n---\n\
+                 kind: FeatureService\nname: s\nfeatures: [\"a:x\"]\nlogging: {logging}\n"
+            )
+        };
+        for (written, rate) in [
+            ("{ sample_rate: 0.25 }", 0.25),
+            ("{ sample_rate: 5% }", 0.05),
+        ] {
+            let repo = parse_repo(&[("r.yaml".into(), service(written))]).unwrap();
+            assert_eq!(repo.services[0].logging.sample_rate, rate);
+        }
+        for (written, needle) in [
+            ("{ sample_rate: 1.5 }", "`1.5` is not a sample rate"),
+            ("{ sample_rate: often }", "`often` is not a sample rate"),
+            ("{ rate: 0.1 }", "rate"),
+        ] {
+            let errors = crate::parse::tests::errors_of(&service(written));
+            assert!(
+                errors.iter().any(|e| e.contains(needle)),
+                "{written}: {errors:?}"
+            );
+        }
     }
 }
