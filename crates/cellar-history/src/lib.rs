@@ -44,7 +44,7 @@ pub use convert::Converted;
 pub use error::{HistoryError, Result};
 pub use plan::{OnDemandSelection, TrainingPlan};
 pub use staging::Staging;
-pub use training::{training_set, Progress, Selection};
+pub use training::{training_set, training_set_file, Built, Progress, Selection};
 
 /// The offline history of one process: its staging log, and the thread converting it into
 /// the history's files under `root`.

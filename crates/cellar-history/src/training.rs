@@ -253,13 +253,83 @@ impl<'a> Walk<'a> {
     }
 }
 
-/// How far a training set has got: steps (groups joined or computed) done of all; and
-/// whether it should stop at the next step.
+/// How far a training set has got: spine rows written, and of the chunk being joined, steps
+/// (groups joined or computed) done of all; and whether it should stop at the next step.
 #[derive(Debug, Default)]
 pub struct Progress {
+    pub rows_done: AtomicUsize,
     pub done: AtomicUsize,
     pub total: AtomicUsize,
     pub cancelled: AtomicBool,
+}
+
+/// Spine rows joined at once by [`training_set_file`]: the spine, the history of its entities
+/// and the output of one chunk are what is held in memory.
+pub const CHUNK_ROWS: usize = 2_000_000;
+
+/// What [`training_set_file`] did, and where its time went.
+#[derive(Debug, Default, Clone)]
+pub struct Built {
+    pub rows: usize,
+    pub chunks: usize,
+    /// Of each of the plan's columns, the rows with a value.
+    pub values: Vec<usize>,
+    pub read: std::time::Duration,
+    pub join: std::time::Duration,
+    pub write: std::time::Duration,
+}
+
+/// The training set of the spine in file `spine` (Parquet or CSV), written to `out` (Parquet,
+/// or CSV by its extension): the spine is read and joined `chunk_rows` rows at a time, each
+/// chunk's output written before the next is read, so a spine larger than memory works (each
+/// chunk reads the history of its own entities).
+pub fn training_set_file(
+    root: &Path,
+    spine: &Path,
+    out: &Path,
+    timestamp: &str,
+    plan: &TrainingPlan,
+    progress: &Progress,
+    chunk_rows: usize,
+) -> Result<Built> {
+    let mut built = Built {
+        values: vec![0; plan.columns.len()],
+        ..Built::default()
+    };
+    let mut started = std::time::Instant::now();
+    let mut writer: Option<crate::table::TableWriter> = None;
+    for chunk in crate::table::read_chunks(spine, chunk_rows)? {
+        let chunk = chunk?;
+        built.read += started.elapsed();
+        started = std::time::Instant::now();
+        progress.done.store(0, Ordering::Relaxed);
+        let set = training_set(root, &chunk, timestamp, plan, progress)?;
+        built.join += started.elapsed();
+        started = std::time::Instant::now();
+        let writer = match &mut writer {
+            Some(w) => w,
+            None => writer.insert(crate::table::TableWriter::create(out, set.schema())?),
+        };
+        writer.write(&set)?;
+        built.write += started.elapsed();
+        for ((group, feature), values) in plan.columns.iter().zip(&mut built.values) {
+            if let Some(column) = set.column_by_name(&column_name(group, feature)) {
+                *values += column.len() - column.null_count();
+            }
+        }
+        built.rows += chunk.num_rows();
+        built.chunks += 1;
+        progress
+            .rows_done
+            .fetch_add(chunk.num_rows(), Ordering::Relaxed);
+        started = std::time::Instant::now();
+    }
+    if let Some(writer) = writer {
+        started = std::time::Instant::now();
+        writer.close()?;
+        built.write += started.elapsed();
+    }
+    Ok(built)
 }
 
 impl Progress {

@@ -219,6 +219,7 @@ async fn training_sets_equal_a_naive_reference_over_random_histories_and_spines(
     let mut values_checked = 0usize;
     let mut non_null = 0usize;
     let mut merged_files = 0usize;
+    let mut chunked_checks = 0usize;
     for case in 0..150 {
         let dir = tempfile::tempdir().unwrap();
         // The converter only runs when asked: files are cut where the test flushes.
@@ -302,15 +303,41 @@ async fn training_sets_equal_a_naive_reference_over_random_histories_and_spines(
                     top_n,
                 })
                 .collect();
+            let plan = TrainingPlan::stored(selections);
             let out = training_set(
                 dir.path().join("history").as_path(),
                 &batch,
                 "event_timestamp",
-                &TrainingPlan::stored(selections),
+                &plan,
                 &Progress::default(),
             )
             .unwrap();
             assert_eq!(out.num_rows(), batch.num_rows());
+            // The same spine from a file, joined a few rows at a time, gives the same rows.
+            if chunked_checks < 150 {
+                chunked_checks += 1;
+                let (spine_file, out_file) = (
+                    dir.path().join("spine.parquet"),
+                    dir.path().join("out.parquet"),
+                );
+                cellar_history::table::write_table(&spine_file, &batch).unwrap();
+                let built = cellar_history::training_set_file(
+                    dir.path().join("history").as_path(),
+                    &spine_file,
+                    &out_file,
+                    "event_timestamp",
+                    &plan,
+                    &Progress::default(),
+                    rng.random_range(1..40),
+                )
+                .unwrap();
+                assert_eq!(built.rows, batch.num_rows());
+                let chunked = cellar_history::table::read_table(&out_file).unwrap();
+                assert_eq!(chunked.num_columns(), out.num_columns());
+                for (a, b) in chunked.columns().iter().zip(out.columns()) {
+                    assert_eq!(a.as_ref(), b.as_ref(), "joined in chunks");
+                }
+            }
             assert_eq!(
                 out.column(2).as_ref(),
                 batch.column(2).as_ref(),

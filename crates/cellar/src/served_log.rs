@@ -3,6 +3,7 @@
 //! history (`cellar_history::logged` describes the layout). The serving path never waits for
 //! it: when the channel is full the answer is dropped and counted.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use cellar_cache::{History, Kept};
@@ -19,12 +20,16 @@ use prometheus_client::registry::Registry;
 
 /// Answers waiting to be kept at most.
 const CAPACITY: usize = 4096;
+/// Answered rows waiting to be kept at most: what bounds the memory the waiting answers take.
+const MAX_WAITING_ROWS: usize = 100_000;
 /// Answers kept in one write to the history at most.
 const BATCH: usize = 256;
 
 /// The serving path's end of the log.
 pub struct HistoryServedLog {
     sender: tokio::sync::mpsc::Sender<LoggedRead>,
+    /// Rows of the answers waiting.
+    waiting_rows: Arc<AtomicUsize>,
     /// Answers dropped: the history was behind or failed.
     pub dropped: Counter,
     /// Answers kept.
@@ -33,7 +38,14 @@ pub struct HistoryServedLog {
 
 impl ServedLog for HistoryServedLog {
     fn log(&self, read: LoggedRead) {
+        let rows = answered_rows(&read);
+        if self.waiting_rows.fetch_add(rows, Ordering::Relaxed) + rows > MAX_WAITING_ROWS {
+            self.waiting_rows.fetch_sub(rows, Ordering::Relaxed);
+            self.dropped.inc();
+            return;
+        }
         if self.sender.try_send(read).is_err() {
+            self.waiting_rows.fetch_sub(rows, Ordering::Relaxed);
             self.dropped.inc();
         }
     }
@@ -49,6 +61,7 @@ impl HistoryServedLog {
         let (sender, mut receiver) = tokio::sync::mpsc::channel::<LoggedRead>(CAPACITY);
         let log = Arc::new(HistoryServedLog {
             sender,
+            waiting_rows: Arc::new(AtomicUsize::new(0)),
             dropped: Counter::default(),
             kept: Counter::default(),
         });
@@ -62,11 +75,16 @@ impl HistoryServedLog {
             "Answers of feature services that log dropped: the history was behind or failed",
             log.dropped.clone(),
         );
-        let (dropped, kept) = (log.dropped.clone(), log.kept.clone());
+        let (dropped, kept, waiting) = (
+            log.dropped.clone(),
+            log.kept.clone(),
+            log.waiting_rows.clone(),
+        );
         let task = tokio::spawn(async move {
             let mut reads = Vec::with_capacity(BATCH);
             while receiver.recv_many(&mut reads, BATCH).await > 0 {
                 for read in reads.drain(..) {
+                    waiting.fetch_sub(answered_rows(&read), Ordering::Relaxed);
                     let (group, records) = logged_records(&read);
                     let keys: Vec<EntityKey> = (0..records.len())
                         .map(|row| EntityKey(format!("{}/{row}", read.request_id)))
@@ -96,16 +114,22 @@ impl HistoryServedLog {
     }
 }
 
-/// The group a logged answer is kept as, and one record per answered row.
-pub fn logged_records(read: &LoggedRead) -> (FeatureGroup, Vec<Record>) {
-    let text = ValueType::Scalar(ScalarType::String);
+/// How many rows `read` answered.
+fn answered_rows(read: &LoggedRead) -> usize {
     let response = &read.response;
-    let rows = response
+    response
         .entities
         .first()
         .map(|(_, v)| v.len())
         .or_else(|| response.groups.first().map(|g| g.rows.len()))
-        .unwrap_or(0);
+        .unwrap_or(0)
+}
+
+/// The group a logged answer is kept as, and one record per answered row.
+pub fn logged_records(read: &LoggedRead) -> (FeatureGroup, Vec<Record>) {
+    let text = ValueType::Scalar(ScalarType::String);
+    let response = &read.response;
+    let rows = answered_rows(read);
     let mut features = vec![
         Feature::new(logged::REQUEST_ID, text),
         Feature::new(logged::ROW, ValueType::Scalar(ScalarType::Int64)),

@@ -4,7 +4,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use cellar_history::{table, training_set, HistoryError, OfflineHistory, Progress, TrainingPlan};
+use cellar_history::training::CHUNK_ROWS;
+use cellar_history::{
+    table, training_set_file, HistoryError, OfflineHistory, Progress, TrainingPlan,
+};
 
 use crate::config::Config;
 
@@ -76,35 +79,46 @@ pub async fn run(config: &Config, args: &TrainingSetArgs) -> anyhow::Result<()> 
         eprintln!("converted {leftovers} staged records left by stopped processes");
     }
     let started = Instant::now();
-    let spine = table::read_table(&args.spine)?;
-    let read = started.elapsed();
-    let root = config.history_path();
-    let (timestamp, spine_rows) = (args.timestamp_column.clone(), spine.num_rows());
-    let set = tokio::task::spawn_blocking(move || {
-        training_set(&root, &spine, &timestamp, &plan, &Progress::default()).map(|set| (set, plan))
+    let (root, spine, out, timestamp) = (
+        config.history_path(),
+        args.spine.clone(),
+        args.out.clone(),
+        args.timestamp_column.clone(),
+    );
+    let (built, plan) = tokio::task::spawn_blocking(move || {
+        training_set_file(
+            &root,
+            &spine,
+            &out,
+            &timestamp,
+            &plan,
+            &Progress::default(),
+            CHUNK_ROWS,
+        )
+        .map(|built| (built, plan))
     })
     .await??;
-    let (set, plan) = set;
-    let joined = started.elapsed();
-    table::write_table(&args.out, &set)?;
     eprintln!(
-        "{} rows x {} features into {} in {:.2} s (spine read {:.2} s, join {:.2} s, write {:.2} s)",
-        spine_rows,
+        "{} rows x {} features into {} in {:.2} s (spine read {:.2} s, join {:.2} s, write {:.2} s{})",
+        built.rows,
         plan.columns.len(),
         args.out.display(),
         started.elapsed().as_secs_f64(),
-        read.as_secs_f64(),
-        (joined - read).as_secs_f64(),
-        (started.elapsed() - joined).as_secs_f64(),
-    );
-    for (group, feature) in &plan.columns {
-        let name = cellar_history::training::column_name(group, feature);
-        if let Some(column) = set.column_by_name(&name) {
-            eprintln!(
-                "  {name}: {:.1}% of rows have a value",
-                100.0 * (column.len() - column.null_count()) as f64 / column.len().max(1) as f64
-            );
+        built.read.as_secs_f64(),
+        built.join.as_secs_f64(),
+        built.write.as_secs_f64(),
+        if built.chunks > 1 {
+            format!("; {} chunks of up to {CHUNK_ROWS} rows", built.chunks)
+        } else {
+            String::new()
         }
+    );
+    for ((group, feature), values) in plan.columns.iter().zip(&built.values) {
+        let name = cellar_history::training::column_name(group, feature);
+        eprintln!(
+            "  {name}: {:.1}% of rows have a value",
+            100.0 * *values as f64 / built.rows.max(1) as f64
+        );
     }
     Ok(())
 }

@@ -27,7 +27,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use cellar_auth::{Access, Action, Audit, Denied, ResourceKind};
-use cellar_history::{table, training_set, OfflineHistory, Progress, TrainingPlan};
+use cellar_history::training::CHUNK_ROWS;
+use cellar_history::{training_set_file, OfflineHistory, Progress, TrainingPlan};
 use cellar_registry::{JobState, Registry};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -57,7 +58,7 @@ pub struct TrainingSetJob {
     pub submitted_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
-    /// Spine rows, once read.
+    /// Spine rows, once joined.
     pub rows: Option<usize>,
     /// Feature columns of the output.
     pub columns: Option<usize>,
@@ -295,21 +296,19 @@ impl TrainingSets {
             }
             crate::training::convert_leftovers(&sets.inner.config)?;
             let dir = sets.job_dir(job.id);
-            let spine = table::read_table(&dir.join(format!("spine.{}", job.spine_format)))?;
-            let rows = spine.num_rows();
-            sets.update(job.id, |j| j.rows = Some(rows));
-            let set = training_set(
+            let staged = dir.join("output.parquet.new");
+            let built = training_set_file(
                 &sets.inner.config.history_path(),
-                &spine,
+                &dir.join(format!("spine.{}", job.spine_format)),
+                &staged,
                 &job.timestamp_column,
                 &plan,
                 &progress,
+                CHUNK_ROWS,
             )?;
-            drop(spine);
-            let staged = dir.join("output.parquet.new");
-            table::write_table(&staged, &set)?;
             std::fs::rename(&staged, sets.output_path(job.id))?;
             let bytes = std::fs::metadata(sets.output_path(job.id))?.len();
+            let rows = built.rows;
             Ok((rows, plan.columns.len(), bytes))
         })
         .await?
@@ -611,13 +610,16 @@ fn shown(sets: &TrainingSets, job: &TrainingSetJob) -> serde_json::Value {
     let mut value = serde_json::to_value(job).unwrap_or_default();
     let progress = match &sets.lock().running {
         Some((id, p)) if *id == job.id => Some((
+            p.rows_done.load(Ordering::Relaxed),
             p.done.load(Ordering::Relaxed),
             p.total.load(Ordering::Relaxed),
         )),
         _ => None,
     };
-    if let Some((done, total)) = progress {
-        value["progress"] = serde_json::json!({ "steps_done": done, "steps_total": total });
+    if let Some((rows, done, total)) = progress {
+        value["progress"] = serde_json::json!({
+            "rows_done": rows, "steps_done": done, "steps_total": total
+        });
     } else if job.state == JobState::Succeeded {
         value["output"] = format!("/v1/training-sets/{}/output", job.id).into();
     }
@@ -718,29 +720,30 @@ async fn cancel(
         Err(response) => return *response,
     };
     let resource = format!("training-set:{id}");
-    let job =
-        match job.state {
-            JobState::Submitted => sets.update(id, |j| {
-                j.state = JobState::Cancelled;
-                j.finished_at = Some(Utc::now());
-                j.error = Some("cancelled before it ran".into());
-            }),
-            JobState::Running => {
-                if let Some((running, progress)) = &sets.lock().running {
-                    if *running == id {
-                        progress.cancelled.store(true, Ordering::Relaxed);
-                    }
+    let job = match job.state {
+        JobState::Submitted => sets.update(id, |j| {
+            j.state = JobState::Cancelled;
+            j.finished_at = Some(Utc::now());
+            j.error = Some("cancelled before it ran".into());
+        }),
+        JobState::Running => {
+            if let Some((running, progress)) = &sets.lock().running {
+                if *running == id {
+                    progress.cancelled.store(true, Ordering::Relaxed);
                 }
-                Some(job)
             }
-            state => return error(
+            Some(job)
+        }
+        state => {
+            return error(
                 StatusCode::CONFLICT,
                 "failed_precondition",
                 format!(
                     "training set {id} is {state}: only a waiting or running one can be cancelled"
                 ),
-            ),
-        };
+            )
+        }
+    };
     sets.inner.audit.record(
         &access,
         Action::ReadFeatures,
