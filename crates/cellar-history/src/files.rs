@@ -233,6 +233,27 @@ pub fn list(root: &Path, storage: &str, days: (i64, i64)) -> Result<Vec<(i64, Pa
     Ok(out)
 }
 
+/// Removes a group's date partitions before day `keep_from` (days since the epoch): what its
+/// `retention.history` no longer keeps. Returns the partitions removed. A training set reading
+/// one of them meanwhile lists again and finds it gone.
+pub fn sweep(root: &Path, storage: &str, keep_from: i64) -> Result<usize> {
+    let mut removed = 0;
+    let mut days: Vec<i64> = list(root, storage, (i64::MIN, keep_from.saturating_sub(1)))?
+        .into_iter()
+        .map(|(day, _)| day)
+        .collect();
+    days.dedup();
+    for day in days {
+        let dir = group_dir(root, storage).join(format!("date={}", format_date(day)));
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(HistoryError::io(format!("removing {}", dir.display()), e)),
+        }
+    }
+    Ok(removed)
+}
+
 /// Reads a history file as batches of the history schema of `features`: the meta columns,
 /// then each feature by name. A feature the file lacks, or holds with another type (it was
 /// written before the feature was added or retyped), reads as nulls.
@@ -295,4 +316,30 @@ pub fn read(path: &Path, features: &[(String, ValueType)]) -> Result<Vec<RecordB
         );
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sweep_removes_the_partitions_before_the_day_kept_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let day = 20_000;
+        for d in day..day + 3 {
+            let path = file_path(dir.path(), "g", d, "a.parquet");
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(&path, b"").unwrap();
+        }
+        assert_eq!(sweep(dir.path(), "g", day + 2).unwrap(), 2);
+        let left: Vec<i64> = list(dir.path(), "g", (i64::MIN, i64::MAX))
+            .unwrap()
+            .into_iter()
+            .map(|(d, _)| d)
+            .collect();
+        assert_eq!(left, [day + 2]);
+        // Again, and for a group with no history: nothing to do.
+        assert_eq!(sweep(dir.path(), "g", day + 2).unwrap(), 0);
+        assert_eq!(sweep(dir.path(), "none", day + 2).unwrap(), 0);
+    }
 }

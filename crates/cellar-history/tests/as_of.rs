@@ -240,6 +240,7 @@ async fn training_sets_equal_a_naive_reference_over_random_histories_and_spines(
             Retention {
                 max_records: None,
                 max_age: max_age(&mut rng),
+                history: None,
             },
         );
         let series = group(
@@ -248,6 +249,7 @@ async fn training_sets_equal_a_naive_reference_over_random_histories_and_spines(
             Retention {
                 max_records: [None, Some(1), Some(3)][rng.random_range(0..3)],
                 max_age: max_age(&mut rng),
+                history: None,
             },
         );
         let entities = rng.random_range(1..6);

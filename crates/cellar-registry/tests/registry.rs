@@ -177,6 +177,7 @@ fn sample_repo() -> FeatureRepo {
         retention: Retention {
             max_records: Some(200),
             max_age: Some(Duration::from_secs(30 * 24 * 3600)),
+            history: None,
         },
         serving: ServingPolicy::default(),
         max_record_bytes: 8192,

@@ -93,6 +93,7 @@ fn repo() -> FeatureRepo {
                 Retention {
                     max_records: None,
                     max_age: Some(Duration::from_millis(30 * DAY_MS as u64)),
+                    history: None,
                 },
             ),
             group(
@@ -102,6 +103,7 @@ fn repo() -> FeatureRepo {
                 Retention {
                     max_records: Some(100),
                     max_age: None,
+                    history: None,
                 },
             ),
         ],

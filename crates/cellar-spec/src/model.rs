@@ -178,6 +178,10 @@ pub struct Retention {
     pub max_records: Option<u32>,
     /// Records whose event time is older than this are not served and are trimmed.
     pub max_age: Option<Duration>,
+    /// How long the offline history keeps the group's records, by event date; `None`: for
+    /// ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<Duration>,
 }
 
 /// A cache tier a group may be served from.

@@ -355,6 +355,15 @@ fn diff_retention(old: &Retention, new: &Retention, d: &mut Diff) {
             None => "unlimited".into(),
         },
     );
+    d.field(
+        "retention.history",
+        &old.history,
+        &new.history,
+        |v| match v {
+            Some(age) => format_duration(*age),
+            None => "unlimited".into(),
+        },
+    );
 }
 
 fn diff_serving(old: &ServingPolicy, new: &ServingPolicy, d: &mut Diff) {

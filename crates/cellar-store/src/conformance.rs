@@ -200,6 +200,7 @@ pub fn timeseries_group(
         Retention {
             max_records,
             max_age,
+            history: None,
         },
     )
 }

@@ -138,6 +138,44 @@ fn remote_config(config: &Config) -> Option<RemoteConfig> {
     })
 }
 
+/// How often the history's partitions past their group's `retention.history` are removed.
+const HISTORY_SWEEP_EVERY: Duration = Duration::from_secs(3600);
+
+/// Removes, at start and then every hour, the history partitions older than each group's
+/// `retention.history`.
+async fn sweep_history(root: std::path::PathBuf, server: Arc<FeatureServer>) {
+    loop {
+        let groups: Vec<(String, Duration)> = server
+            .catalog()
+            .groups()
+            .filter_map(|g| {
+                Some((
+                    g.spec.storage_name().into_owned(),
+                    g.spec.retention.history?,
+                ))
+            })
+            .collect();
+        let root = root.clone();
+        let swept = tokio::task::spawn_blocking(move || {
+            let now = cellar_spec::time::now_ms();
+            for (storage, keep) in groups {
+                let age = i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
+                let keep_from = cellar_history::files::day_of(now.saturating_sub(age));
+                match cellar_history::files::sweep(&root, &storage, keep_from) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(group = %storage, partitions = n, "removed history past retention.history"),
+                    Err(e) => tracing::warn!(group = %storage, error = %e, "removing history past retention.history failed"),
+                }
+            }
+        })
+        .await;
+        if let Err(e) = swept {
+            tracing::warn!(error = %e, "the history sweep failed");
+        }
+        tokio::time::sleep(HISTORY_SWEEP_EVERY).await;
+    }
+}
+
 /// The offline history of a process of `role` (see [`Config::history_staging_path`]), when
 /// the config keeps one.
 pub fn open_history(config: &Config, role: &str) -> anyhow::Result<Option<Arc<OfflineHistory>>> {
@@ -426,6 +464,12 @@ impl Node {
         let mut job_tasks = Vec::new();
         if let Some(sets) = &self.training_sets {
             job_tasks.push(tokio::spawn(sets.clone().run(stop_rx.clone())));
+        }
+        if self.history.is_some() {
+            job_tasks.push(tokio::spawn(sweep_history(
+                self.config.history_path(),
+                self.server.clone(),
+            )));
         }
         job_tasks.push(tokio::spawn({
             let (metrics, registry, stop) = (

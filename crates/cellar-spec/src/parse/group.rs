@@ -128,7 +128,7 @@ impl Doc<'_> {
 
     fn retention(&mut self, node: &Node, kind: Option<GroupKind>) -> Option<Retention> {
         let map = self.expect_mapping(node, "retention")?;
-        self.check_fields(map, "retention", &["max_records", "max_age"]);
+        self.check_fields(map, "retention", &["max_records", "max_age", "history"]);
         let max_records = self.parsed(map, "retention", "max_records", false, |s| {
             match s.parse::<u32>() {
                 Ok(n) if n >= 1 => Ok(n),
@@ -157,9 +157,22 @@ impl Doc<'_> {
                 );
             }
         }
+        let history = self.parsed(
+            map,
+            "retention",
+            "history",
+            false,
+            |s| match parse_duration(s)? {
+                d if d < Duration::from_secs(86_400) => Err(format!(
+                    "`{s}` is too short: the history is kept by event date, so at least 1d"
+                )),
+                d => Ok(d),
+            },
+        );
         Some(Retention {
             max_records,
             max_age,
+            history,
         })
     }
 
@@ -317,6 +330,28 @@ mod tests {
                 file: "r.yaml".into(),
                 line: 5
             }
+        );
+    }
+
+    #[test]
+    fn the_history_keeps_a_group_as_long_as_its_retention_says() {
+        let group = |retention: &str| {
+            format!(
+                "{USER}---\nkind: FeatureGroup\nname: g\nentity: user\ntype: attribute\n\
+                 features: [{{ name: f, type: int64 }}]\nretention: {retention}\n"
+            )
+        };
+        let repo = parse_repo(&[("r.yaml".into(), group("{ history: 400d }"))]).unwrap();
+        assert_eq!(
+            repo.groups[0].retention.history,
+            Some(Duration::from_secs(400 * 86_400))
+        );
+        let errors = errors_of(&group("{ history: 12h }"));
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("retention.history") && e.contains("`12h` is too short")),
+            "{errors:?}"
         );
     }
 
