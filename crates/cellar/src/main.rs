@@ -796,13 +796,7 @@ async fn run_quickstart(config: Config) -> anyhow::Result<()> {
 }
 
 async fn run_ingest(config: Config, until_caught_up: bool) -> anyhow::Result<()> {
-    let registry = cellar_registry::Registry::open(&config.registry_url()).await?;
-    let repo = registry
-        .current()
-        .await?
-        .context("the registry is empty: run `cellar apply` first")?
-        .repo;
-    registry.close().await;
+    let repo = cellar::training::applied_repo(&config).await?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let store = cellar::node::open_store(&config).await?;

@@ -26,6 +26,18 @@ pub struct TrainingSetArgs {
     pub out: PathBuf,
 }
 
+/// The repo last applied to the registry `config` names.
+pub async fn applied_repo(config: &Config) -> anyhow::Result<cellar_spec::FeatureRepo> {
+    let registry = cellar_registry::Registry::open(&config.registry_url()).await?;
+    let repo = registry
+        .current()
+        .await?
+        .context("the registry is empty: run `cellar apply` first")?
+        .repo;
+    registry.close().await;
+    Ok(repo)
+}
+
 /// Converts what processes that have stopped left staged (a process still running converts
 /// its own every `history.convert_interval_secs`), so the history is as complete as it can be.
 pub fn convert_leftovers(config: &Config) -> anyhow::Result<usize> {
@@ -56,13 +68,7 @@ pub fn convert_leftovers(config: &Config) -> anyhow::Result<usize> {
 
 /// `cellar training-set`.
 pub async fn run(config: &Config, args: &TrainingSetArgs) -> anyhow::Result<()> {
-    let registry = cellar_registry::Registry::open(&config.registry_url()).await?;
-    let repo = registry
-        .current()
-        .await?
-        .context("the registry is empty: run `cellar apply` first")?
-        .repo;
-    registry.close().await;
+    let repo = applied_repo(config).await?;
     if let Some(service) = &args.logged {
         return run_logged(config, &repo, service, args);
     }
@@ -180,13 +186,7 @@ pub async fn consistency(
     to: Option<&str>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let registry = cellar_registry::Registry::open(&config.registry_url()).await?;
-    let repo = registry
-        .current()
-        .await?
-        .context("the registry is empty: run `cellar apply` first")?
-        .repo;
-    registry.close().await;
+    let repo = applied_repo(config).await?;
     let time = |flag: &str, t: Option<&str>| -> anyhow::Result<Option<i64>> {
         t.map(|t| {
             cellar_spec::value::parse_rfc3339(t)

@@ -212,9 +212,9 @@ fn list_at(column: &ArrayRef, row: usize) -> Option<Vec<String>> {
     })
 }
 
-#[test]
-fn a_training_set_gives_each_spine_row_the_features_as_they_were_at_its_time() {
-    let env = Env::new();
+/// Applies the repo and loads, through `cellar backfill`: u1's profile at T0+1h (KR, 30) and
+/// T0+3h (JP, 31), u2's at T0+2h (US, 40); u1's clicks a1, a2, a3 at T0+1h, +2h, +4h.
+fn load_sample(env: &Env) {
     env.ok(&["apply"]);
     write_parquet(
         &env.dir.path().join("input/profiles.parquet"),
@@ -235,6 +235,12 @@ fn a_training_set_gives_each_spine_row_the_features_as_they_were_at_its_time() {
     );
     env.ok(&["backfill", "profiles"]);
     env.ok(&["backfill", "click_log"]);
+}
+
+#[test]
+fn a_training_set_gives_each_spine_row_the_features_as_they_were_at_its_time() {
+    let env = Env::new();
+    load_sample(&env);
 
     // (user, time, label): the expected features follow each row below.
     let rfc = |ms: i64| cellar_spec::value::format_timestamp(ms);
@@ -342,26 +348,7 @@ fn int_at(column: &ArrayRef, row: usize) -> Option<i64> {
 #[test]
 fn on_demand_features_are_computed_from_the_inputs_as_they_were_at_each_row() {
     let env = Env::new();
-    env.ok(&["apply"]);
-    write_parquet(
-        &env.dir.path().join("input/profiles.parquet"),
-        vec![
-            ("user_id", strings(&["u1", "u1", "u2"])),
-            ("ts", times(&[T0 + HOUR, T0 + 3 * HOUR, T0 + 2 * HOUR])),
-            ("country", strings(&["KR", "JP", "US"])),
-            ("age", Arc::new(Int64Array::from(vec![30, 31, 40]))),
-        ],
-    );
-    write_parquet(
-        &env.dir.path().join("input/clicks.parquet"),
-        vec![
-            ("user_id", strings(&["u1", "u1", "u1"])),
-            ("ts", times(&[T0 + HOUR, T0 + 2 * HOUR, T0 + 4 * HOUR])),
-            ("article_id", strings(&["a1", "a2", "a3"])),
-        ],
-    );
-    env.ok(&["backfill", "profiles"]);
-    env.ok(&["backfill", "click_log"]);
+    load_sample(&env);
     let rfc = |ms: i64| cellar_spec::value::format_timestamp(ms);
     // (user, time, the request's `bonus`).
     let spine = [
