@@ -14,7 +14,8 @@
 //! waiting runs then.
 //!
 //! Every route needs `read_features` on what the job reads: the feature service, or each
-//! group named. Submits, cancels and deletes are written to the audit log.
+//! group named; with authentication on, a job is seen only by who submitted it (its spine
+//! holds their labels). Submits, cancels and deletes are written to the audit log.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -339,7 +340,19 @@ struct SubmitQuery {
     top_n: Option<usize>,
 }
 
-/// Whether `access` may read what `job` reads: its service, or each group it names.
+/// Whether `access` may see `job`: its submitter (every caller, with authentication off), with
+/// the permission to read what it reads. Another caller's spine holds its own labels.
+fn may_see(access: &Access, job: &TrainingSetJob) -> Result<(), String> {
+    if job.submitted_by != access.who() {
+        return Err(format!(
+            "training set {} was submitted by another caller; only they may see it",
+            job.id
+        ));
+    }
+    may_read(access, job.service.as_deref(), &job.features).map_err(|e| e.to_string())
+}
+
+/// Whether `access` may read what a job reads: its service, or each group it names.
 fn may_read(access: &Access, service: Option<&str>, features: &[String]) -> Result<(), Denied> {
     if let Some(service) = service {
         access.check(Action::ReadFeatures, ResourceKind::Service, service)?;
@@ -597,7 +610,7 @@ async fn list(
         .by_id
         .values()
         .rev()
-        .filter(|j| may_read(&access, j.service.as_deref(), &j.features).is_ok())
+        .filter(|j| may_see(&access, j).is_ok())
         .take(limit)
         .cloned()
         .collect();
@@ -632,11 +645,11 @@ fn find(sets: &TrainingSets, access: &Access, id: u64) -> Result<TrainingSetJob,
     let Some(job) = job else {
         return Err(Box::new(not_found(id)));
     };
-    if let Err(e) = may_read(access, job.service.as_deref(), &job.features) {
+    if let Err(e) = may_see(access, &job) {
         return Err(Box::new(error(
             StatusCode::FORBIDDEN,
             "permission_denied",
-            e.to_string(),
+            e,
         )));
     }
     Ok(job)

@@ -301,7 +301,65 @@ fn protected_routes() -> Vec<(&'static str, &'static str, Value)> {
         ("POST", "/v1/jobs/1/cancel", Value::Null),
         ("GET", "/jobs/1", Value::Null),
         ("GET", "/metrics", Value::Null),
+        ("GET", "/v1/training-sets", Value::Null),
+        (
+            "POST",
+            "/v1/training-sets?features=user_profile:age",
+            Value::Null,
+        ),
+        ("GET", "/v1/training-sets/1", Value::Null),
+        ("GET", "/v1/training-sets/1/output", Value::Null),
+        ("POST", "/v1/training-sets/1/cancel", Value::Null),
     ]
+}
+
+#[tokio::test]
+async fn a_training_set_needs_read_permission_and_is_seen_only_by_who_submitted_it() {
+    let s = Server::start(None).await;
+    let submit = |token: &str, query: &str| {
+        s.client
+            .post(format!("{}/v1/training-sets?{query}", s.base))
+            .bearer_auth(token)
+            .header("content-type", "text/csv")
+            .body("user_id,event_timestamp\nu1,2026-01-01T00:00:00Z\n")
+            .send()
+    };
+    // The reader may read user_* groups only, and no service of the quickstart.
+    for query in [
+        "service=home_feed_ranker",
+        "features=article_stats:ctr_7d",
+        "features=user_profile:age,article_stats:*",
+    ] {
+        let resp = submit(&s.reader, query).await.unwrap();
+        assert_eq!(resp.status(), 403, "{query}");
+    }
+    let resp = submit(&s.reader, "features=user_profile:age")
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let id = resp.json::<Value>().await.unwrap()["id"].as_u64().unwrap();
+    let path = format!("/v1/training-sets/{id}");
+    let (status, job) = s.call("GET", &path, Some(&s.reader), Value::Null).await;
+    assert_eq!(status, 200, "{job}");
+    // The admin may read every group, but the spine is the reader's.
+    let (status, answer) = s.call("GET", &path, Some(&s.admin), Value::Null).await;
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("submitted by another caller"),
+        "{answer}"
+    );
+    let (_, listed) = s
+        .call("GET", "/v1/training-sets", Some(&s.admin), Value::Null)
+        .await;
+    assert_eq!(listed["training_sets"], json!([]), "{listed}");
+    let (_, listed) = s
+        .call("GET", "/v1/training-sets", Some(&s.reader), Value::Null)
+        .await;
+    assert_eq!(listed["training_sets"][0]["id"], id, "{listed}");
+    assert_eq!(listed["training_sets"][0]["submitted_by"], "ranker");
 }
 
 #[tokio::test]
@@ -354,7 +412,8 @@ async fn a_reader_of_some_groups_is_refused_everything_else() {
         .await;
     assert_eq!(status, 403);
     for (method, path, body) in protected_routes().into_iter().skip(1) {
-        if path == "/get-online-features" {
+        // Training sets answer a reader for its own jobs: tested on their own below.
+        if path == "/get-online-features" || path.starts_with("/v1/training-sets") {
             continue;
         }
         let (status, answer) = s.call(method, path, reader, body).await;
