@@ -40,7 +40,7 @@ mod files;
 pub mod job;
 mod map;
 pub mod plan;
-mod postgres;
+pub mod postgres;
 mod read;
 pub mod rejects;
 pub mod runner;

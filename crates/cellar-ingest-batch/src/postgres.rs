@@ -284,9 +284,93 @@ pub(crate) fn read(
             .collect::<Vec<_>>(),
     ));
     let mapper = Mapper::new(job, shard.index, &source, &schema)?;
-    let batch_rows = job.options.batch_rows.max(1);
+    let read_all = fetch(
+        &runtime,
+        &mut conn,
+        &statement,
+        (&columns, &names, schema),
+        job.options.batch_rows,
+        &fail,
+        &mut |batch, first| each(&mapper, &batch, Locator::Rows { first }, Vec::new()),
+    )?;
+    // The rows are all read: a failure to say goodbye changes nothing.
+    let _ = runtime.block_on(conn.close());
+    Ok(read_all)
+}
+
+/// Every row of `query` on `url` (its secret references read now), every column typed as the
+/// table above, handed on as record batches of up to `batch_rows` rows until `each` says to
+/// stop. A column of another type fails, naming it: cast it in the query.
+pub fn query(
+    url: &str,
+    query: &str,
+    batch_rows: usize,
+    each: &mut dyn FnMut(RecordBatch) -> Result<bool>,
+) -> Result<()> {
+    let source = redact(url);
+    let url = resolve(url, &source)?;
+    let url = url.expose();
+    let fail = |e: &dyn std::fmt::Display| {
+        BatchError::source(&source, hide_passwords(&e.to_string(), url))
+    };
+    let runtime = runtime()?;
+    let mut conn = runtime.block_on(connect(url, &fail))?;
+    let statement = runtime
+        .block_on(conn.prepare(query))
+        .map_err(|e| fail(&format!("the query failed: {e}")))?;
+    let (names, types, _) = result_columns(&statement);
+    let mut columns = Vec::with_capacity(names.len());
+    for (i, t) in types.iter().enumerate() {
+        let Some(t) = t else {
+            let pg_type = statement.columns()[i].type_info().name().to_lowercase();
+            return Err(BatchError::Column {
+                file: source,
+                reason: format!(
+                    "column `{}` is of PostgreSQL type {pg_type}, which Cellar does not read: \
+                     cast it in the query",
+                    names[i]
+                ),
+            });
+        };
+        columns.push((i, *t));
+    }
+    let schema = Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|(i, t)| Field::new(names[*i], t.data_type(), true))
+            .collect::<Vec<_>>(),
+    ));
+    fetch(
+        &runtime,
+        &mut conn,
+        &statement,
+        (&columns, &names, schema),
+        batch_rows,
+        &fail,
+        &mut |batch, _| each(batch),
+    )?;
+    let _ = runtime.block_on(conn.close());
+    Ok(())
+}
+
+/// The result columns a reader keeps: (position, type) of each, every column's name, and the
+/// schema of the kept ones.
+type Kept<'a> = (&'a [(usize, PgType)], &'a [&'a str], Arc<Schema>);
+
+/// Streams `statement`'s rows as record batches of the `kept` columns, `batch_rows` at a time,
+/// to `each` (with the first row's number); false when `each` said to stop.
+fn fetch(
+    runtime: &Handle,
+    conn: &mut PgConnection,
+    statement: &sqlx::postgres::PgStatement<'_>,
+    (columns, names, schema): Kept<'_>,
+    batch_rows: usize,
+    fail: &dyn Fn(&dyn std::fmt::Display) -> BatchError,
+    each: &mut dyn FnMut(RecordBatch, u64) -> Result<bool>,
+) -> Result<bool> {
+    let batch_rows = batch_rows.max(1);
     let mut builders: Vec<Builder> = columns.iter().map(|(_, t)| t.builder(batch_rows)).collect();
-    let mut rows = statement.query().fetch(&mut conn);
+    let mut rows = statement.query().fetch(conn);
     let mut first = 0u64;
     loop {
         let (count, more) = runtime.block_on(async {
@@ -313,19 +397,15 @@ pub(crate) fn read(
         if count > 0 {
             let arrays: Vec<ArrayRef> = builders.iter_mut().map(Builder::finish).collect();
             let batch = RecordBatch::try_new(schema.clone(), arrays).map_err(|e| fail(&e))?;
-            if !each(&mapper, &batch, Locator::Rows { first }, Vec::new())? {
+            if !each(batch, first)? {
                 return Ok(false);
             }
             first += count as u64;
         }
         if !more {
-            break;
+            return Ok(true);
         }
     }
-    drop(rows);
-    // The rows are all read: a failure to say goodbye changes nothing.
-    let _ = runtime.block_on(conn.close());
-    Ok(true)
 }
 
 /// The query's columns as the reader types them (columns of types it does not read as

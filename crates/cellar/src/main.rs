@@ -178,8 +178,15 @@ enum Command {
     /// features as they were at its timestamp, from the offline history.
     TrainingSet {
         /// The spine: a Parquet or CSV file.
-        #[arg(long, required_unless_present = "logged", conflicts_with = "logged")]
+        #[arg(long, required_unless_present_any = ["logged", "spine_sql"], conflicts_with_all = ["logged", "spine_sql"])]
         spine: Option<PathBuf>,
+        /// The spine as a query on the PostgreSQL database of --spine-db.
+        #[arg(long, requires = "spine_db", conflicts_with = "logged")]
+        spine_sql: Option<String>,
+        /// The database of --spine-sql: a PostgreSQL URL, its password as a reference
+        /// (`postgres://u:${PG_PASSWORD}@db/app`) read from the environment or a file.
+        #[arg(long, requires = "spine_sql")]
+        spine_db: Option<String>,
         /// Join labels to the answers this feature service logged (with --labels) instead of
         /// recomputing features.
         #[arg(long, requires = "labels")]
@@ -567,6 +574,8 @@ async fn run(cli: Cli, mut config: Config) -> anyhow::Result<()> {
         }
         Command::TrainingSet {
             spine,
+            spine_sql,
+            spine_db,
             logged,
             labels,
             service,
@@ -575,8 +584,13 @@ async fn run(cli: Cli, mut config: Config) -> anyhow::Result<()> {
             top_n,
             out,
         } => {
+            let spine = match (spine.or(labels), spine_sql, spine_db) {
+                (Some(path), _, _) => cellar::training::Spine::File(path),
+                (None, Some(query), Some(url)) => cellar::training::Spine::Query { url, query },
+                _ => anyhow::bail!("give --spine FILE, or --spine-sql QUERY with --spine-db URL"),
+            };
             let args = cellar::training::TrainingSetArgs {
-                spine: spine.or(labels).expect("clap requires a spine or labels"),
+                spine,
                 logged,
                 service,
                 features,

@@ -15,7 +15,7 @@ use crate::config::Config;
 #[derive(Debug, Clone)]
 pub struct TrainingSetArgs {
     /// The spine; or, with `logged`, the labels joined to a service's logged answers.
-    pub spine: PathBuf,
+    pub spine: Spine,
     /// A feature service whose logged answers the spine's labels are joined to.
     pub logged: Option<String>,
     pub service: Option<String>,
@@ -24,6 +24,64 @@ pub struct TrainingSetArgs {
     pub timestamp_column: String,
     pub top_n: Option<usize>,
     pub out: PathBuf,
+}
+
+/// Where a spine comes from.
+#[derive(Debug, Clone)]
+pub enum Spine {
+    /// A Parquet or CSV file.
+    File(PathBuf),
+    /// A query on a PostgreSQL database (its URL may hold secret references).
+    Query { url: String, query: String },
+}
+
+/// Rows of a spine query fetched at once.
+const QUERY_BATCH_ROWS: usize = 64 * 1024;
+
+/// The file holding `spine`: the file itself, or the query's rows written to a Parquet file
+/// in `dir` (removed when the returned guard drops), streamed so none is held whole.
+fn spine_file(
+    spine: &Spine,
+    dir: &std::path::Path,
+) -> anyhow::Result<(PathBuf, Option<TempSpine>)> {
+    let (url, query) = match spine {
+        Spine::File(path) => return Ok((path.clone(), None)),
+        Spine::Query { url, query } => (url, query),
+    };
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(format!("spine-{}.parquet", std::process::id()));
+    let guard = TempSpine(path.clone());
+    let mut writer: Option<table::TableWriter> = None;
+    let mut rows = 0usize;
+    cellar_ingest_batch::postgres::query(url, query, QUERY_BATCH_ROWS, &mut |batch| {
+        rows += batch.num_rows();
+        let writer = match &mut writer {
+            Some(w) => w,
+            None => writer.insert(
+                table::TableWriter::create(&path, batch.schema())
+                    .map_err(|e| cellar_ingest_batch::BatchError::Internal(e.to_string()))?,
+            ),
+        };
+        writer
+            .write(&batch)
+            .map_err(|e| cellar_ingest_batch::BatchError::Internal(e.to_string()))?;
+        Ok(true)
+    })?;
+    match writer {
+        Some(writer) => writer.close()?,
+        None => anyhow::bail!("--spine-sql: the query returned no rows"),
+    }
+    eprintln!("spine: {rows} rows from the query");
+    Ok((path, Some(guard)))
+}
+
+/// A spine file written for one training set, removed after it.
+struct TempSpine(PathBuf);
+
+impl Drop for TempSpine {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// The repo last applied to the registry `config` names.
@@ -85,13 +143,15 @@ pub async fn run(config: &Config, args: &TrainingSetArgs) -> anyhow::Result<()> 
         eprintln!("converted {leftovers} staged records left by stopped processes");
     }
     let started = Instant::now();
-    let (root, spine, out, timestamp) = (
+    let (root, spine, out, timestamp, tmp) = (
         config.history_path(),
         args.spine.clone(),
         args.out.clone(),
         args.timestamp_column.clone(),
+        config.data_dir.join("tmp"),
     );
     let (built, plan) = tokio::task::spawn_blocking(move || {
+        let (spine, _removed_after) = spine_file(&spine, &tmp)?;
         training_set_file(
             &root,
             &spine,
@@ -102,6 +162,7 @@ pub async fn run(config: &Config, args: &TrainingSetArgs) -> anyhow::Result<()> 
             CHUNK_ROWS,
         )
         .map(|built| (built, plan))
+        .map_err(anyhow::Error::from)
     })
     .await??;
     eprintln!(
@@ -153,7 +214,10 @@ fn run_logged(
         eprintln!("converted {leftovers} staged records left by stopped processes");
     }
     let started = Instant::now();
-    let labels = table::read_table(&args.spine)?;
+    let Spine::File(labels) = &args.spine else {
+        anyhow::bail!("--logged takes its labels from a file (--labels)");
+    };
+    let labels = table::read_table(labels)?;
     let logged = cellar_history::logged::read(&config.history_path(), service, None, None)?;
     if logged.num_rows() == 0 {
         anyhow::bail!(

@@ -1124,3 +1124,90 @@ async fn logged_answers_give_labels_what_was_served_and_show_online_offline_skew
 fn s(v: &str) -> Option<String> {
     Some(v.to_owned())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (CELLAR_TEST_POSTGRES); scripts/test.sh starts it"]
+async fn a_spine_can_be_a_query_on_postgresql() {
+    use sqlx::{Connection as _, Executor as _};
+    let admin = common::service_address("CELLAR_TEST_POSTGRES", "PostgreSQL");
+    let table = format!("spine_{:08x}", rand::random::<u32>());
+    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+    conn.execute(
+        format!(
+            "CREATE TABLE {table} (user_id text, event_timestamp timestamptz, label int4, \
+             payload jsonb)"
+        )
+        .as_str(),
+    )
+    .await
+    .unwrap();
+    conn.execute(
+        format!(
+            "INSERT INTO {table} VALUES ('u1', '2026-01-01T01:00:00Z', 1, '{{}}'), \
+             ('u1', '2026-01-01T03:00:00Z', 0, '{{}}'), ('u2', '2026-01-01T00:30:00Z', 1, '{{}}')"
+        )
+        .as_str(),
+    )
+    .await
+    .unwrap();
+    let env = Env::new();
+    load_sample(&env);
+    let out = env.path("set.parquet");
+    let query = format!("SELECT user_id, event_timestamp, label FROM {table} ORDER BY label, user_id, event_timestamp");
+    // The password, were there one, would be a reference read from the environment.
+    let result = std::panic::AssertUnwindSafe(async {
+        let report = env.ok(&[
+            "training-set",
+            "--spine-sql",
+            &query,
+            "--spine-db",
+            &admin,
+            "-f",
+            "profile:age",
+            "--out",
+            &out,
+        ]);
+        assert!(report.contains("spine: 3 rows from the query"), "{report}");
+        let set = read_parquet(&out);
+        let age = set.column_by_name("profile__age").unwrap();
+        // Ordered by label, user: (u1 at 3h, label 0), (u1 at 1h, 1), (u2 at 0.5h, 1).
+        assert_eq!(
+            (0..3).map(|r| int_at(age, r)).collect::<Vec<_>>(),
+            [Some(31), Some(30), None]
+        );
+        // A column of a type Cellar does not read is named.
+        let refused = env.run(&[
+            "training-set",
+            "--spine-sql",
+            &format!("SELECT * FROM {table}"),
+            "--spine-db",
+            &admin,
+            "-f",
+            "profile:age",
+            "--out",
+            &out,
+        ]);
+        assert!(!refused.status.success());
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            stderr.contains("column `payload` is of PostgreSQL type jsonb"),
+            "{stderr}"
+        );
+        assert!(
+            !env.dir
+                .path()
+                .join("data/tmp")
+                .read_dir()
+                .unwrap()
+                .any(|_| true),
+            "the query's spine file is removed"
+        );
+    });
+    let outcome = futures::FutureExt::catch_unwind(result).await;
+    conn.execute(format!("DROP TABLE {table}").as_str())
+        .await
+        .unwrap();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
