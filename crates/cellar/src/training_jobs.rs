@@ -272,6 +272,7 @@ impl TrainingSets {
             Some(JobState::Succeeded)
         ) {
             let _ = std::fs::remove_file(self.output_path(id));
+            let _ = std::fs::remove_file(self.job_dir(id).join("output.parquet.new"));
         }
     }
 
