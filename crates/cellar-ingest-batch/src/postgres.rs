@@ -259,30 +259,12 @@ pub(crate) fn read(
         .map_err(|e| fail(&format!("the query failed: {e}")))?;
     let (names, types, all) = result_columns(&statement);
     Mapper::new(job, shard.index, &source, &all)?;
-    let mut columns: Vec<(usize, PgType)> = Vec::new();
-    for c in job.columns() {
-        let Some(i) = names.iter().position(|n| *n == c) else {
-            continue;
-        };
-        let Some(t) = types[i] else {
-            let pg_type = statement.columns()[i].type_info().name().to_lowercase();
-            return Err(BatchError::Column {
-                file: source,
-                reason: format!(
-                    "column `{c}` is of PostgreSQL type {pg_type}, which batch ingestion does \
-                     not read (int2, int4, int8, float4, float8, numeric, bool, text, varchar, \
-                     bpchar, name, timestamptz, timestamp, date, bytea): cast it in the query"
-                ),
-            });
-        };
-        columns.push((i, t));
-    }
-    let schema = Arc::new(Schema::new(
-        columns
-            .iter()
-            .map(|(i, t)| Field::new(names[*i], t.data_type(), true))
-            .collect::<Vec<_>>(),
-    ));
+    let wanted: Vec<usize> = job
+        .columns()
+        .into_iter()
+        .filter_map(|c| names.iter().position(|n| *n == c))
+        .collect();
+    let (columns, schema) = read_columns(&statement, &names, &types, &wanted, &source)?;
     let mapper = Mapper::new(job, shard.index, &source, &schema)?;
     let read_all = fetch(
         &runtime,
@@ -319,27 +301,8 @@ pub fn query(
         .block_on(conn.prepare(query))
         .map_err(|e| fail(&format!("the query failed: {e}")))?;
     let (names, types, _) = result_columns(&statement);
-    let mut columns = Vec::with_capacity(names.len());
-    for (i, t) in types.iter().enumerate() {
-        let Some(t) = t else {
-            let pg_type = statement.columns()[i].type_info().name().to_lowercase();
-            return Err(BatchError::Column {
-                file: source,
-                reason: format!(
-                    "column `{}` is of PostgreSQL type {pg_type}, which Cellar does not read: \
-                     cast it in the query",
-                    names[i]
-                ),
-            });
-        };
-        columns.push((i, *t));
-    }
-    let schema = Arc::new(Schema::new(
-        columns
-            .iter()
-            .map(|(i, t)| Field::new(names[*i], t.data_type(), true))
-            .collect::<Vec<_>>(),
-    ));
+    let every: Vec<usize> = (0..names.len()).collect();
+    let (columns, schema) = read_columns(&statement, &names, &types, &every, &source)?;
     fetch(
         &runtime,
         &mut conn,
@@ -351,6 +314,43 @@ pub fn query(
     )?;
     let _ = runtime.block_on(conn.close());
     Ok(())
+}
+
+/// Result columns read: (position, type) of each.
+type ReadColumns = Vec<(usize, PgType)>;
+
+/// The result columns at `wanted` (positions), each with the type it is read as, and their
+/// schema; a column of a type not read fails, naming it and the types that are.
+fn read_columns(
+    statement: &sqlx::postgres::PgStatement<'_>,
+    names: &[&str],
+    types: &[Option<PgType>],
+    wanted: &[usize],
+    source: &str,
+) -> Result<(ReadColumns, Arc<Schema>)> {
+    let mut columns = Vec::with_capacity(wanted.len());
+    for &i in wanted {
+        let Some(t) = types[i] else {
+            let pg_type = statement.columns()[i].type_info().name().to_lowercase();
+            return Err(BatchError::Column {
+                file: source.to_owned(),
+                reason: format!(
+                    "column `{}` is of PostgreSQL type {pg_type}, which Cellar does not read \
+                     (int2, int4, int8, float4, float8, numeric, bool, text, varchar, bpchar, \
+                     name, timestamptz, timestamp, date, bytea): cast it in the query",
+                    names[i]
+                ),
+            });
+        };
+        columns.push((i, t));
+    }
+    let schema = Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|(i, t)| Field::new(names[*i], t.data_type(), true))
+            .collect::<Vec<_>>(),
+    ));
+    Ok((columns, schema))
 }
 
 /// The result columns a reader keeps: (position, type) of each, every column's name, and the

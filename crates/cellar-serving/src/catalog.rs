@@ -90,6 +90,11 @@ impl Catalog {
         self.services.get(name)
     }
 
+    /// Whether any feature service logs a share of its answers.
+    pub fn any_service_logs(&self) -> bool {
+        self.services.values().any(|s| !s.logging.is_off())
+    }
+
     /// Every group, in no particular order.
     pub fn groups(&self) -> impl Iterator<Item = &Arc<ServedGroup>> {
         self.groups.values()

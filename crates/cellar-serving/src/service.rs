@@ -297,6 +297,8 @@ pub struct FeatureServer {
     source_metrics: SourceMetrics,
     /// Where the answers of services that log are sent.
     served_log: Option<Arc<dyn ServedLog>>,
+    /// Whether the catalog has a service that logs: reads look no further when none does.
+    any_service_logs: std::sync::atomic::AtomicBool,
 }
 
 /// One stored group of a read, resolved against the catalog.
@@ -338,7 +340,9 @@ impl FeatureServer {
         writer: WritePath,
         limits: Limits,
     ) -> FeatureServer {
+        let any_service_logs = catalog.any_service_logs().into();
         FeatureServer {
+            any_service_logs,
             catalog: RwLock::new(Arc::new(catalog)),
             reader,
             writer,
@@ -390,6 +394,10 @@ impl FeatureServer {
 
     /// Swaps in the catalog of a newly applied repo.
     pub fn reload(&self, catalog: Catalog) {
+        self.any_service_logs.store(
+            catalog.any_service_logs(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         if let Ok(mut c) = self.catalog.write() {
             *c = Arc::new(catalog);
         }
@@ -1221,8 +1229,11 @@ impl FeatureServing for FeatureServer {
     async fn get_features(&self, req: FeatureRequest) -> Result<FeatureResponse, ServeError> {
         let deadline = self.limits.deadline;
         // Whether this read is logged is drawn before it runs; the answer is sent after.
+        let logs = self
+            .any_service_logs
+            .load(std::sync::atomic::Ordering::Relaxed);
         let logged = match (&req.select, &self.served_log) {
-            (Selection::Service(name), Some(_)) => {
+            (Selection::Service(name), Some(_)) if logs => {
                 let rate = self
                     .catalog()
                     .service(name)

@@ -83,28 +83,48 @@ impl HistoryServedLog {
         let task = tokio::spawn(async move {
             let mut reads = Vec::with_capacity(BATCH);
             while receiver.recv_many(&mut reads, BATCH).await > 0 {
+                // The answers of one service with the same columns are kept in one write.
+                let mut pending: Vec<Pending> = Vec::new();
                 for read in reads.drain(..) {
                     waiting.fetch_sub(answered_rows(&read), Ordering::Relaxed);
                     let (group, records) = logged_records(&read);
-                    let keys: Vec<EntityKey> = (0..records.len())
-                        .map(|row| EntityKey(format!("{}/{row}", read.request_id)))
-                        .collect();
-                    let rows: Vec<Kept<'_>> = keys
+                    let keys = (0..records.len())
+                        .map(|row| EntityKey(format!("{}/{row}", read.request_id)));
+                    let at = match pending.iter().position(|p| p.group == group) {
+                        Some(at) => at,
+                        None => {
+                            pending.push(Pending {
+                                group,
+                                keys: Vec::new(),
+                                records: Vec::new(),
+                                answers: 0,
+                            });
+                            pending.len() - 1
+                        }
+                    };
+                    let p = &mut pending[at];
+                    p.keys.extend(keys);
+                    p.records.extend(records);
+                    p.answers += 1;
+                }
+                for p in pending {
+                    let rows: Vec<Kept<'_>> = p
+                        .keys
                         .iter()
-                        .zip(&records)
+                        .zip(&p.records)
                         .map(|(entity, record)| Kept {
                             entity,
                             record,
                             applied: true,
                         })
                         .collect();
-                    match history.keep(&group, &rows).await {
+                    match history.keep(&p.group, &rows).await {
                         Ok(()) => {
-                            kept.inc();
+                            kept.inc_by(p.answers);
                         }
                         Err(e) => {
-                            dropped.inc();
-                            tracing::warn!(service = %read.service, error = %e, "a logged answer could not be kept");
+                            dropped.inc_by(p.answers);
+                            tracing::warn!(group = %p.group.name, answers = p.answers, error = %e, "logged answers could not be kept");
                         }
                     }
                 }
@@ -112,6 +132,14 @@ impl HistoryServedLog {
         });
         (log, task)
     }
+}
+
+/// Logged answers of one service with the same columns, waiting for one write.
+struct Pending {
+    group: FeatureGroup,
+    keys: Vec<EntityKey>,
+    records: Vec<Record>,
+    answers: u64,
 }
 
 /// How many rows `read` answered.

@@ -134,7 +134,7 @@ impl TrainingSets {
                 receiver: Mutex::new(Some(receiver)),
             }),
         };
-        let mut waiting = Vec::new();
+        let (mut waiting, mut changed) = (Vec::new(), Vec::new());
         for job in sets.lock().by_id.values_mut() {
             match job.state {
                 JobState::Running => {
@@ -149,9 +149,12 @@ impl TrainingSets {
                 }
                 _ => continue,
             }
+            if job.state == JobState::Failed {
+                changed.push(job.clone());
+            }
         }
-        let records: Vec<TrainingSetJob> = sets.lock().by_id.values().cloned().collect();
-        for job in records {
+        // Only the records whose state changed are written again.
+        for job in changed {
             sets.save(&job)?;
         }
         for id in waiting {
