@@ -7,13 +7,12 @@
 //! next compaction merges them away.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 use arrow_array::RecordBatch;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::error::{HistoryError, Result};
 use crate::files;
+use crate::storage::Storage;
 
 /// Files of one schema in one partition at which they are merged.
 pub const COMPACT_AT: usize = 8;
@@ -28,32 +27,28 @@ fn parse_own(name: &str, staging: &str) -> Option<(u64, String)> {
     Some((first.parse().ok()?, schema.to_owned()))
 }
 
-/// Merges, in each of `partitions`, the files of `staging` that share a schema once there are
-/// [`COMPACT_AT`] of them. Returns how many files were merged away.
+/// Merges, in each of `partitions` (their keys), the files of `staging` that share a schema
+/// once there are [`COMPACT_AT`] of them. Returns how many files were merged away.
 pub fn compact<'a>(
-    partitions: impl IntoIterator<Item = &'a PathBuf>,
+    storage: &Storage,
+    partitions: impl IntoIterator<Item = &'a String>,
     staging: &str,
 ) -> Result<usize> {
     let mut merged = 0;
     for partition in partitions {
-        merged += compact_partition(partition, staging)?;
+        merged += compact_partition(storage, partition, staging)?;
     }
     Ok(merged)
 }
 
-fn compact_partition(dir: &Path, staging: &str) -> Result<usize> {
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| HistoryError::io(format!("listing {}", dir.display()), e))?;
-    let mut by_schema: BTreeMap<String, Vec<(u64, PathBuf)>> = BTreeMap::new();
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some((first, schema)) = name.to_str().and_then(|n| parse_own(n, staging)) else {
+fn compact_partition(storage: &Storage, partition: &str, staging: &str) -> Result<usize> {
+    let mut by_schema: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
+    for key in storage.list(partition)? {
+        let name = key.rsplit('/').next().unwrap_or(&key);
+        let Some((first, schema)) = parse_own(name, staging) else {
             continue;
         };
-        by_schema
-            .entry(schema)
-            .or_default()
-            .push((first, entry.path()));
+        by_schema.entry(schema).or_default().push((first, key));
     }
     let mut merged = 0;
     for (schema, mut inputs) in by_schema {
@@ -63,27 +58,19 @@ fn compact_partition(dir: &Path, staging: &str) -> Result<usize> {
         inputs.sort();
         let first = inputs[0].0;
         let mut batches: Vec<RecordBatch> = Vec::new();
-        for (_, path) in &inputs {
-            let action = || format!("reading {} to compact it", path.display());
-            let file = std::fs::File::open(path).map_err(|e| HistoryError::io(action(), e))?;
-            let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-                .and_then(|b| b.with_batch_size(64 * 1024).build())
-                .map_err(|e| HistoryError::io(action(), e))?;
-            for batch in reader {
-                batches.push(batch.map_err(|e| HistoryError::io(action(), e))?);
-            }
+        for (_, key) in &inputs {
+            batches.extend(files::read_batches(storage, key)?);
         }
         let Some(schema_ref) = batches.first().map(RecordBatch::schema) else {
             continue;
         };
         let batch = arrow_select::concat::concat_batches(&schema_ref, &batches)
-            .map_err(|e| HistoryError::Corrupt(format!("{}: {e}", dir.display())))?;
-        let target = dir.join(format!("{staging}-m{first:020}-{schema}.parquet"));
-        files::write_file(&target, &batch)?;
-        for (_, path) in &inputs {
-            if *path != target {
-                std::fs::remove_file(path)
-                    .map_err(|e| HistoryError::io(format!("removing {}", path.display()), e))?;
+            .map_err(|e| HistoryError::Corrupt(format!("{}: {e}", storage.name(partition))))?;
+        let target = format!("{partition}/{staging}-m{first:020}-{schema}.parquet");
+        storage.write_parquet(&target, &batch)?;
+        for (_, key) in &inputs {
+            if *key != target {
+                storage.remove(key)?;
                 merged += 1;
             }
         }
@@ -101,36 +88,53 @@ mod tests {
     #[tokio::test]
     async fn a_partitions_small_files_are_merged_into_one_holding_every_record() {
         let dir = tempfile::tempdir().unwrap();
-        let staging = Staging::open(dir.path().join("staging")).unwrap();
-        let root = dir.path().join("history");
-        let group = cellar_store::conformance::attribute_group("g");
-        let header = Header::of(&group);
-        let mut partitions = std::collections::BTreeSet::new();
-        for i in 0..COMPACT_AT as i64 + 2 {
-            let record = cellar_store::Record::new(1_000 + i, vec![cellar_spec::Value::Int64(i)]);
-            let frame = frame::encode(&header, [("u1", &record, true)].into_iter()).unwrap();
-            staging.append(frame).await.unwrap();
-            partitions.extend(convert_all(&staging, &root).unwrap().partitions);
-            if i == 3 {
-                // Below the threshold nothing is merged.
-                assert_eq!(compact(&partitions, staging.id()).unwrap(), 0);
+        let describe: crate::storage::Describe = std::sync::Arc::new(|e| e.to_string());
+        let bucket = Storage::bucket(
+            std::sync::Arc::new(object_store::memory::InMemory::new()),
+            "s3://b/history",
+            describe,
+        );
+        for (n, storage) in [Storage::Local(dir.path().join("history")), bucket]
+            .into_iter()
+            .enumerate()
+        {
+            let staging = Staging::open(dir.path().join(format!("staging{n}"))).unwrap();
+            let group = cellar_store::conformance::attribute_group("g");
+            let header = Header::of(&group);
+            let mut partitions = std::collections::BTreeSet::new();
+            for i in 0..COMPACT_AT as i64 + 2 {
+                let record =
+                    cellar_store::Record::new(1_000 + i, vec![cellar_spec::Value::Int64(i)]);
+                let frame = frame::encode(&header, [("u1", &record, true)].into_iter()).unwrap();
+                staging.append(frame).await.unwrap();
+                partitions.extend(convert_all(&staging, &storage).unwrap().partitions);
+                if i == 3 {
+                    // Below the threshold nothing is merged.
+                    assert_eq!(compact(&storage, &partitions, staging.id()).unwrap(), 0);
+                }
             }
+            let listed = || files::list(&storage, "g", (i64::MIN, i64::MAX)).unwrap();
+            assert_eq!(listed().len(), COMPACT_AT + 2, "{storage}");
+            // Another process's files are left alone.
+            assert_eq!(partitions.len(), 1);
+            assert_eq!(
+                compact(&storage, &partitions, "0123456789abcdef").unwrap(),
+                0
+            );
+            assert_eq!(
+                compact(&storage, &partitions, staging.id()).unwrap(),
+                COMPACT_AT + 2
+            );
+            let after = listed();
+            assert_eq!(after.len(), 1, "{storage}");
+            let features = vec![(group.features[0].name.clone(), group.features[0].value_type)];
+            let rows: usize = files::read(&storage, &after[0].1, &features)
+                .unwrap()
+                .iter()
+                .map(|b| b.num_rows())
+                .sum();
+            assert_eq!(rows, COMPACT_AT + 2, "{storage}");
         }
-        let listed = |root: &Path| files::list(root, "g", (i64::MIN, i64::MAX)).unwrap();
-        assert_eq!(listed(&root).len(), COMPACT_AT + 2);
-        // Another process's files are left alone.
-        assert_eq!(partitions.len(), 1);
-        assert_eq!(compact(&partitions, "0123456789abcdef").unwrap(), 0);
-        assert_eq!(compact(&partitions, staging.id()).unwrap(), COMPACT_AT + 2);
-        let after = listed(&root);
-        assert_eq!(after.len(), 1);
-        let features = vec![(group.features[0].name.clone(), group.features[0].value_type)];
-        let rows: usize = files::read(&after[0].1, &features)
-            .unwrap()
-            .iter()
-            .map(|b| b.num_rows())
-            .sum();
-        assert_eq!(rows, COMPACT_AT + 2);
     }
 
     #[test]

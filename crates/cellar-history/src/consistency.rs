@@ -4,7 +4,6 @@
 //! mismatches; one the history lacks as values served online only ("extra"); one served empty
 //! though the history held a value as "missing".
 
-use std::path::Path;
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
@@ -17,6 +16,7 @@ use serde::Serialize;
 use crate::error::{HistoryError, Result};
 use crate::logged;
 use crate::plan::TrainingPlan;
+use crate::storage::Storage;
 use crate::training::{column_name, training_set, Progress};
 
 /// Examples kept per feature and kind of difference.
@@ -63,9 +63,9 @@ pub struct Report {
     pub not_checked: Vec<(String, String)>,
 }
 
-/// Checks `service`'s answers logged in `[from, to)` against the history under `root`.
+/// Checks `service`'s answers logged in `[from, to)` against the history in `storage`.
 pub fn check(
-    root: &Path,
+    storage: &Storage,
     repo: &FeatureRepo,
     service: &str,
     from: Option<i64>,
@@ -75,7 +75,7 @@ pub fn check(
     let spec = repo
         .service(service)
         .ok_or_else(|| HistoryError::Invalid(format!("no feature service `{service}`")))?;
-    let logged = logged::read(root, service, from, to)?;
+    let logged = logged::read(storage, service, from, to)?;
     let mut report = Report {
         service: service.to_owned(),
         rows: logged.num_rows(),
@@ -129,7 +129,13 @@ pub fn check(
     }
     let plan = TrainingPlan::resolve(repo, None, &features, top_n)?;
     let spine = spine_of(repo, &plan, &logged)?;
-    let recomputed = training_set(root, &spine, logged::SERVED_AT, &plan, &Progress::default())?;
+    let recomputed = training_set(
+        storage,
+        &spine,
+        logged::SERVED_AT,
+        &plan,
+        &Progress::default(),
+    )?;
     let requests = logged
         .column_by_name(logged::REQUEST_ID)
         .map(|c| c.as_string::<i32>().clone());

@@ -1,12 +1,12 @@
 //! Conversion: staged frames become Parquet files, then leave the staging log.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 
 use crate::error::{HistoryError, Result};
 use crate::files::{self, FileRow};
 use crate::frame::{self, Frame, Header};
 use crate::staging::{Staged, Staging};
+use crate::storage::Storage;
 
 /// Staged bytes converted at once: the frames read, decoded and laid out in columns together.
 pub const CONVERT_BYTES: usize = 64 << 20;
@@ -19,13 +19,13 @@ pub struct Converted {
     pub frames: usize,
     pub records: usize,
     pub files: usize,
-    /// The partition directories written to: where compaction may have work.
-    pub partitions: BTreeSet<PathBuf>,
+    /// The partitions written to (their keys): where compaction may have work.
+    pub partitions: BTreeSet<String>,
 }
 
-/// Converts the oldest staged frames (up to [`CONVERT_BYTES`]) into files under `root`, then
+/// Converts the oldest staged frames (up to [`CONVERT_BYTES`]) into files in `storage`, then
 /// removes them from `staging`. Returns what it did; nothing when nothing is staged.
-pub fn convert_once(staging: &Staging, root: &Path) -> Result<Converted> {
+pub fn convert_once(staging: &Staging, storage: &Storage) -> Result<Converted> {
     let staged = staging.oldest(CONVERT_BYTES)?;
     let (Some(first), Some(last)) = (staged.first(), staged.last()) else {
         return Ok(Converted::default());
@@ -37,7 +37,7 @@ pub fn convert_once(staging: &Staging, root: &Path) -> Result<Converted> {
             Ok(f) => frames.push((s, f)),
             // A frame Cellar cannot read would stop every later one from converting: it is
             // set aside, whole, for a person to look at.
-            Err(e) => quarantine(root, staging.id(), &s, &e)?,
+            Err(e) => quarantine(storage, staging.id(), &s, &e)?,
         }
     }
     // Rows by (group storage and columns, event date): one file each. The frames' schemas
@@ -79,12 +79,9 @@ pub fn convert_once(staging: &Staging, root: &Path) -> Result<Converted> {
             staging.id(),
             xxhash_rust::xxh3::xxh3_64(columns.as_bytes())
         );
-        let path: PathBuf = files::file_path(root, &header.storage, *day, &name);
         let batch = files::batch(header, rows)?;
-        files::write_file(&path, &batch)?;
-        if let Some(dir) = path.parent() {
-            partitions.insert(dir.to_path_buf());
-        }
+        storage.write_parquet(&files::file_key(&header.storage, *day, &name), &batch)?;
+        partitions.insert(files::partition_key(&header.storage, *day));
     }
     staging.remove_through(last)?;
     tracing::debug!(
@@ -103,23 +100,24 @@ pub fn convert_once(staging: &Staging, root: &Path) -> Result<Converted> {
     })
 }
 
-/// Writes an unreadable staged frame to `<root>/_unreadable/`, and says so.
-fn quarantine(root: &Path, staging: &str, frame: &Staged, error: &HistoryError) -> Result<()> {
-    let dir = root.join("_unreadable");
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| HistoryError::io(format!("creating {}", dir.display()), e))?;
-    let path = dir.join(format!("{staging}-{:020}.frame", frame.sequence));
-    std::fs::write(&path, &frame.frame)
-        .map_err(|e| HistoryError::io(format!("writing {}", path.display()), e))?;
-    tracing::error!(path = %path.display(), %error, "a staged history frame is unreadable: set aside");
+/// Writes an unreadable staged frame to `_unreadable/` in the history, and says so.
+fn quarantine(
+    storage: &Storage,
+    staging: &str,
+    frame: &Staged,
+    error: &HistoryError,
+) -> Result<()> {
+    let key = format!("_unreadable/{staging}-{:020}.frame", frame.sequence);
+    storage.put(&key, frame.frame.clone())?;
+    tracing::error!(path = %storage.name(&key), %error, "a staged history frame is unreadable: set aside");
     Ok(())
 }
 
 /// Converts until nothing is staged.
-pub fn convert_all(staging: &Staging, root: &Path) -> Result<Converted> {
+pub fn convert_all(staging: &Staging, storage: &Storage) -> Result<Converted> {
     let mut total = Converted::default();
     loop {
-        let done = convert_once(staging, root)?;
+        let done = convert_once(staging, storage)?;
         if done.frames == 0 {
             return Ok(total);
         }
@@ -143,15 +141,14 @@ mod tests {
         let good = frame::encode(&Header::of(&group), [("u1", &record, true)].into_iter()).unwrap();
         staging.append(b"not a frame".to_vec()).await.unwrap();
         staging.append(good).await.unwrap();
-        let root = dir.path().join("history");
-        let done = convert_all(&staging, &root).unwrap();
+        let storage = Storage::Local(dir.path().join("history"));
+        let done = convert_all(&staging, &storage).unwrap();
         assert_eq!((done.frames, done.records, done.files), (2, 1, 1));
         assert!(staging.is_empty());
-        let aside: Vec<_> = std::fs::read_dir(root.join("_unreadable"))
-            .unwrap()
-            .collect();
+        let aside = storage.list("_unreadable").unwrap();
         assert_eq!(aside.len(), 1);
-        let files = files::list(&root, &group.storage_name(), (i64::MIN, i64::MAX)).unwrap();
+        assert_eq!(&storage.read(&aside[0]).unwrap()[..], b"not a frame");
+        let files = files::list(&storage, &group.storage_name(), (i64::MIN, i64::MAX)).unwrap();
         assert_eq!(files.len(), 1);
     }
 }

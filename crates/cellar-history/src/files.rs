@@ -16,8 +16,6 @@
 //! staging log committed), then each live feature under its name, as the Arrow type
 //! expressions see it (maps as JSON text).
 
-use std::fs;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::builder::StringBuilder;
@@ -28,12 +26,11 @@ use arrow_array::{
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use cellar_spec::{Value, ValueType};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::{ArrowWriter, ProjectionMask};
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::arrow::ProjectionMask;
 
 use crate::error::{HistoryError, Result};
 use crate::frame::Header;
+use crate::storage::Storage;
 
 pub const ENTITY_KEY: &str = "entity_key";
 pub const EVENT_TIME: &str = "event_time";
@@ -42,9 +39,6 @@ pub const APPLIED: &str = "applied";
 pub const SEQUENCE: &str = "sequence";
 /// The columns every history file starts with.
 pub const META_COLUMNS: usize = 5;
-/// Rows per row group: a training set reads a group's files whole, so large groups cost
-/// nothing and compress better.
-const ROW_GROUP_ROWS: usize = 256 * 1024;
 
 /// The Arrow type a history column of feature type `t` has.
 pub fn column_type(t: ValueType) -> DataType {
@@ -132,16 +126,14 @@ pub fn batch(header: &Header, rows: &[FileRow<'_>]) -> Result<RecordBatch> {
         .map_err(|e| HistoryError::Encode(format!("history batch of `{}`: {e}", header.group)))
 }
 
-/// The directory of one group's history (its storage name).
-pub fn group_dir(root: &Path, storage: &str) -> PathBuf {
-    root.join(storage)
+/// The key of a file of `storage`'s history for event date `date` (days since the epoch).
+pub fn file_key(storage: &str, date: i64, name: &str) -> String {
+    format!("{}/{name}", partition_key(storage, date))
 }
 
-/// The path of a file of `storage`'s history for event date `date` (days since the epoch).
-pub fn file_path(root: &Path, storage: &str, date: i64, name: &str) -> PathBuf {
-    group_dir(root, storage)
-        .join(format!("date={}", format_date(date)))
-        .join(name)
+/// The key of the partition (directory) of `storage`'s history for event date `date`.
+pub fn partition_key(storage: &str, date: i64) -> String {
+    format!("{storage}/date={}", format_date(date))
 }
 
 /// `YYYY-MM-DD` of a day number.
@@ -162,71 +154,24 @@ pub fn day_of(ms: i64) -> i64 {
     ms.div_euclid(86_400_000)
 }
 
-/// Writes `batch` to `path` whole: into a temporary file first, synced, then renamed, so a
-/// reader never sees half a file and a crash leaves none.
-pub fn write_file(path: &Path, batch: &RecordBatch) -> Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| HistoryError::Io(format!("{} has no directory", path.display())))?;
-    fs::create_dir_all(dir)
-        .map_err(|e| HistoryError::io(format!("creating {}", dir.display()), e))?;
-    let tmp = path.with_extension("parquet.tmp");
-    let action = || format!("writing {}", tmp.display());
-    let file = fs::File::create(&tmp).map_err(|e| HistoryError::io(action(), e))?;
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-        .build();
-    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props))
-        .map_err(|e| HistoryError::io(action(), e))?;
-    writer
-        .write(batch)
-        .map_err(|e| HistoryError::io(action(), e))?;
-    let file = writer
-        .into_inner()
-        .map_err(|e| HistoryError::io(action(), e))?;
-    file.sync_all().map_err(|e| HistoryError::io(action(), e))?;
-    drop(file);
-    fs::rename(&tmp, path)
-        .map_err(|e| HistoryError::io(format!("renaming {} into place", tmp.display()), e))?;
-    // The rename itself survives a crash only once the directory is synced.
-    if let Ok(dir) = fs::File::open(dir) {
-        let _ = dir.sync_all();
-    }
-    Ok(())
-}
-
 /// The history files of one group whose event dates fall in `days` (inclusive), with their
-/// day, sorted by path.
-pub fn list(root: &Path, storage: &str, days: (i64, i64)) -> Result<Vec<(i64, PathBuf)>> {
-    let dir = group_dir(root, storage);
-    let entries = match fs::read_dir(&dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(HistoryError::io(format!("listing {}", dir.display()), e)),
-    };
+/// day, sorted by key.
+pub fn list(storage: &Storage, group: &str, days: (i64, i64)) -> Result<Vec<(i64, String)>> {
     let mut out = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| HistoryError::io(format!("listing {}", dir.display()), e))?;
-        let name = entry.file_name();
-        let Some(day) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("date="))
-            .and_then(parse_date)
-        else {
+    for key in storage.list(group)? {
+        let mut parts = key
+            .strip_prefix(group)
+            .unwrap_or(&key)
+            .trim_start_matches('/')
+            .split('/');
+        let (Some(partition), Some(name), None) = (parts.next(), parts.next(), parts.next()) else {
             continue;
         };
-        if day < days.0 || day > days.1 {
+        let Some(day) = partition.strip_prefix("date=").and_then(parse_date) else {
             continue;
-        }
-        let files = fs::read_dir(entry.path())
-            .map_err(|e| HistoryError::io(format!("listing {}", entry.path().display()), e))?;
-        for file in files {
-            let file = file.map_err(|e| HistoryError::io("listing history files", e))?;
-            let path = file.path();
-            if path.extension().is_some_and(|x| x == "parquet") {
-                out.push((day, path));
-            }
+        };
+        if day >= days.0 && day <= days.1 && name.ends_with(".parquet") {
+            out.push((day, key));
         }
     }
     out.sort();
@@ -236,35 +181,42 @@ pub fn list(root: &Path, storage: &str, days: (i64, i64)) -> Result<Vec<(i64, Pa
 /// Removes a group's date partitions before day `keep_from` (days since the epoch): what its
 /// `retention.history` no longer keeps. Returns the partitions removed. A training set reading
 /// one of them meanwhile lists again and finds it gone.
-pub fn sweep(root: &Path, storage: &str, keep_from: i64) -> Result<usize> {
-    let mut removed = 0;
-    let mut days: Vec<i64> = list(root, storage, (i64::MIN, keep_from.saturating_sub(1)))?
+pub fn sweep(storage: &Storage, group: &str, keep_from: i64) -> Result<usize> {
+    let mut days: Vec<i64> = list(storage, group, (i64::MIN, keep_from.saturating_sub(1)))?
         .into_iter()
         .map(|(day, _)| day)
         .collect();
     days.dedup();
-    for day in days {
-        let dir = group_dir(root, storage).join(format!("date={}", format_date(day)));
-        match fs::remove_dir_all(&dir) {
-            Ok(()) => removed += 1,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(HistoryError::io(format!("removing {}", dir.display()), e)),
-        }
+    for &day in &days {
+        storage.remove_dir(&partition_key(group, day))?;
     }
-    Ok(removed)
+    Ok(days.len())
+}
+
+/// Reads the Parquet file `key` whole into batches of up to 64k rows.
+pub fn read_batches(storage: &Storage, key: &str) -> Result<Vec<RecordBatch>> {
+    let bytes = storage.read(key)?;
+    let action = || format!("reading {}", storage.name(key));
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .and_then(|b| b.with_batch_size(64 * 1024).build())
+        .map_err(|e| HistoryError::Corrupt(format!("{}: {e}", action())))?;
+    reader
+        .map(|batch| batch.map_err(|e| HistoryError::Corrupt(format!("{}: {e}", action()))))
+        .collect()
 }
 
 /// Reads a history file as batches of the history schema of `features`: the meta columns,
 /// then each feature by name. A feature the file lacks, or holds with another type (it was
 /// written before the feature was added or retyped), reads as nulls.
-pub fn read(path: &Path, features: &[(String, ValueType)]) -> Result<Vec<RecordBatch>> {
-    let action = || format!("reading {}", path.display());
-    let file = fs::File::open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => HistoryError::Gone(path.display().to_string()),
-        _ => HistoryError::io(action(), e),
-    })?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| HistoryError::io(action(), e))?;
+pub fn read(
+    storage: &Storage,
+    key: &str,
+    features: &[(String, ValueType)],
+) -> Result<Vec<RecordBatch>> {
+    let bytes = storage.read(key)?;
+    let action = || format!("reading {}", storage.name(key));
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .map_err(|e| HistoryError::Corrupt(format!("{}: {e}", action())))?;
     let file_schema = builder.schema().clone();
     let wanted = schema(features);
     // Which file column answers each wanted column.
@@ -280,7 +232,7 @@ pub fn read(path: &Path, features: &[(String, ValueType)]) -> Result<Vec<RecordB
         if source.is_none() {
             return Err(HistoryError::Corrupt(format!(
                 "{} has no column `{}` of type {}",
-                path.display(),
+                storage.name(key),
                 wanted.field(i).name(),
                 wanted.field(i).data_type()
             )));
@@ -294,10 +246,10 @@ pub fn read(path: &Path, features: &[(String, ValueType)]) -> Result<Vec<RecordB
         .with_projection(mask)
         .with_batch_size(64 * 1024)
         .build()
-        .map_err(|e| HistoryError::io(action(), e))?;
+        .map_err(|e| HistoryError::Corrupt(format!("{}: {e}", action())))?;
     let mut out = Vec::new();
     for batch in reader {
-        let batch = batch.map_err(|e| HistoryError::io(action(), e))?;
+        let batch = batch.map_err(|e| HistoryError::Corrupt(format!("{}: {e}", action())))?;
         let columns = sources
             .iter()
             .zip(wanted.fields())
@@ -312,7 +264,7 @@ pub fn read(path: &Path, features: &[(String, ValueType)]) -> Result<Vec<RecordB
             .collect();
         out.push(
             RecordBatch::try_new(wanted.clone(), columns)
-                .map_err(|e| HistoryError::Corrupt(format!("{}: {e}", path.display())))?,
+                .map_err(|e| HistoryError::Corrupt(format!("{}: {e}", action())))?,
         );
     }
     Ok(out)
@@ -325,21 +277,32 @@ mod tests {
     #[test]
     fn a_sweep_removes_the_partitions_before_the_day_kept_from() {
         let dir = tempfile::tempdir().unwrap();
-        let day = 20_000;
-        for d in day..day + 3 {
-            let path = file_path(dir.path(), "g", d, "a.parquet");
-            fs::create_dir_all(path.parent().unwrap()).unwrap();
-            fs::write(&path, b"").unwrap();
+        let describe: crate::storage::Describe = Arc::new(|e| e.to_string());
+        let bucket = Storage::bucket(
+            Arc::new(object_store::memory::InMemory::new()),
+            "s3://b/history",
+            describe,
+        );
+        for storage in [Storage::Local(dir.path().to_path_buf()), bucket] {
+            let day = 20_000;
+            for d in day..day + 3 {
+                storage
+                    .put(&file_key("g", d, "a.parquet"), Vec::new())
+                    .unwrap();
+            }
+            // Not history files: skipped by listings.
+            storage.put("g/notes.txt", Vec::new()).unwrap();
+            storage.put("g/date=oops/a.parquet", Vec::new()).unwrap();
+            assert_eq!(sweep(&storage, "g", day + 2).unwrap(), 2);
+            let left: Vec<i64> = list(&storage, "g", (i64::MIN, i64::MAX))
+                .unwrap()
+                .into_iter()
+                .map(|(d, _)| d)
+                .collect();
+            assert_eq!(left, [day + 2], "{storage}");
+            // Again, and for a group with no history: nothing to do.
+            assert_eq!(sweep(&storage, "g", day + 2).unwrap(), 0);
+            assert_eq!(sweep(&storage, "none", day + 2).unwrap(), 0);
         }
-        assert_eq!(sweep(dir.path(), "g", day + 2).unwrap(), 2);
-        let left: Vec<i64> = list(dir.path(), "g", (i64::MIN, i64::MAX))
-            .unwrap()
-            .into_iter()
-            .map(|(d, _)| d)
-            .collect();
-        assert_eq!(left, [day + 2]);
-        // Again, and for a group with no history: nothing to do.
-        assert_eq!(sweep(dir.path(), "g", day + 2).unwrap(), 0);
-        assert_eq!(sweep(dir.path(), "none", day + 2).unwrap(), 0);
     }
 }

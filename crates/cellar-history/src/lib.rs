@@ -4,7 +4,8 @@
 //! - [`OfflineHistory`]: the write path's [`cellar_cache::History`]. A write's records are
 //!   staged durably before the write is acknowledged ([`staging`]), and a background thread
 //!   converts what is staged into Parquet files ([`convert`], [`files`]), merging a
-//!   partition's small files as they accumulate ([`compact`]).
+//!   partition's small files as they accumulate ([`compact`]), in a directory or an
+//!   S3-compatible bucket ([`storage`]).
 //! - [`plan`]: what a training set holds, resolved against the applied repo;
 //! - [`training`]: the as-of join of a spine onto the history, and the on-demand features
 //!   computed over it (`on_demand`).
@@ -27,10 +28,11 @@ pub mod logged;
 mod on_demand;
 pub mod plan;
 pub mod staging;
+pub mod storage;
 pub mod table;
 pub mod training;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -44,40 +46,40 @@ pub use convert::Converted;
 pub use error::{HistoryError, Result};
 pub use plan::{OnDemandSelection, TrainingPlan};
 pub use staging::Staging;
+pub use storage::Storage;
 pub use training::{training_set, training_set_file, Built, Progress, Selection};
 
 /// The offline history of one process: its staging log, and the thread converting it into
-/// the history's files under `root`.
+/// the history's files in `storage`.
 pub struct OfflineHistory {
     staging: Staging,
-    root: PathBuf,
+    storage: Storage,
     /// One conversion at a time: the background thread's and [`OfflineHistory::flush`]'s.
     converting: Arc<Mutex<()>>,
     converter: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
 }
 
 impl OfflineHistory {
-    /// Opens the staging log in `staging_dir` and starts converting it into `root` every
+    /// Opens the staging log in `staging_dir` and starts converting it into `storage` every
     /// `interval`, beginning with whatever an earlier run left staged.
     pub fn open(
-        root: impl AsRef<Path>,
+        storage: Storage,
         staging_dir: impl AsRef<Path>,
         interval: Duration,
     ) -> Result<OfflineHistory> {
-        let root = root.as_ref().to_path_buf();
-        std::fs::create_dir_all(&root)
-            .map_err(|e| HistoryError::io(format!("creating {}", root.display()), e))?;
+        storage.prepare()?;
         let staging = Staging::open(staging_dir)?;
         let converting = Arc::new(Mutex::new(()));
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = {
-            let (staging, root, converting) = (staging.clone(), root.clone(), converting.clone());
+            let (staging, storage, converting) =
+                (staging.clone(), storage.clone(), converting.clone());
             std::thread::Builder::new()
                 .name("history-convert".into())
                 .spawn(move || loop {
                     {
                         let _one = converting.lock().unwrap_or_else(|p| p.into_inner());
-                        if let Err(e) = convert_and_compact(&staging, &root) {
+                        if let Err(e) = convert_and_compact(&staging, &storage) {
                             tracing::error!(error = %e, "converting the offline history failed; retrying");
                         }
                     }
@@ -90,7 +92,7 @@ impl OfflineHistory {
         };
         Ok(OfflineHistory {
             staging,
-            root,
+            storage,
             converting,
             converter: Mutex::new(Some((stop, thread))),
         })
@@ -102,15 +104,15 @@ impl OfflineHistory {
     }
 
     /// Where the history's files are.
-    pub fn root(&self) -> &Path {
-        &self.root
+    pub fn storage(&self) -> &Storage {
+        &self.storage
     }
 
     /// Converts everything staged now, so a training set built next sees every record
     /// acknowledged so far.
     pub fn flush(&self) -> Result<Converted> {
         let _one = self.converting.lock().unwrap_or_else(|p| p.into_inner());
-        convert_and_compact(&self.staging, &self.root)
+        convert_and_compact(&self.staging, &self.storage)
     }
 
     /// Stops the converter, then stages nothing more and converts what is left.
@@ -131,9 +133,9 @@ impl OfflineHistory {
 
 /// Converts everything staged, then merges the small files of the partitions written. A
 /// failed merge costs only small files: it is logged, and the next conversion there retries it.
-fn convert_and_compact(staging: &Staging, root: &Path) -> Result<Converted> {
-    let converted = convert::convert_all(staging, root)?;
-    if let Err(e) = compact::compact(&converted.partitions, staging.id()) {
+fn convert_and_compact(staging: &Staging, storage: &Storage) -> Result<Converted> {
+    let converted = convert::convert_all(staging, storage)?;
+    if let Err(e) = compact::compact(storage, &converted.partitions, staging.id()) {
         tracing::error!(error = %e, "compacting the offline history failed");
     }
     Ok(converted)

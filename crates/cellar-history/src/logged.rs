@@ -8,18 +8,17 @@
 //! `request__<field>`, each feature as `<group>__<feature>` (a time series as the list it
 //! served) and each group's status as `<group>__status`.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::TimestampMillisecondType;
 use arrow_array::{new_null_array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rustc_hash::FxHashMap;
 
 use crate::error::{HistoryError, Result};
 use crate::files;
+use crate::storage::Storage;
 
 pub const REQUEST_ID: &str = "request_id";
 pub const ROW: &str = "row";
@@ -44,27 +43,31 @@ pub fn status_column(group: &str) -> String {
 /// Every row `service` logged with a serving time in `[from, to)` (epoch ms; either side
 /// open), oldest first: `served_at`, then the logged columns (a column some files lack is null
 /// in their rows).
-pub fn read(root: &Path, service: &str, from: Option<i64>, to: Option<i64>) -> Result<RecordBatch> {
+pub fn read(
+    history: &Storage,
+    service: &str,
+    from: Option<i64>,
+    to: Option<i64>,
+) -> Result<RecordBatch> {
     let days = (
         from.map_or(i64::MIN, files::day_of),
         to.map_or(i64::MAX, |t| files::day_of(t.saturating_sub(1))),
     );
-    let mut batches: Vec<RecordBatch> = Vec::new();
-    for (_, path) in files::list(root, &storage(service), days)? {
-        let action = || format!("reading {}", path.display());
-        let file = match std::fs::File::open(&path) {
-            Ok(file) => file,
-            // Merged into another file since the listing: that one is listed too, or will be.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(HistoryError::io(action(), e)),
-        };
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-            .and_then(|b| b.build())
-            .map_err(|e| HistoryError::Corrupt(format!("{}: {e}", action())))?;
-        for batch in reader {
-            batches.push(batch.map_err(|e| HistoryError::Corrupt(format!("{}: {e}", action())))?);
+    // A file compaction merged away between the listing and the read sends the read back to
+    // a new listing, which holds the merged file.
+    let mut attempt = 0;
+    let batches = 'listing: loop {
+        attempt += 1;
+        let mut batches: Vec<RecordBatch> = Vec::new();
+        for (_, key) in files::list(history, &storage(service), days)? {
+            match files::read_batches(history, &key) {
+                Ok(read) => batches.extend(read),
+                Err(HistoryError::Gone(_)) if attempt < 5 => continue 'listing,
+                Err(e) => return Err(e),
+            }
         }
-    }
+        break batches;
+    };
     // The union of the files' columns, in the order first seen; `served_at` for event_time.
     let mut fields: Vec<Arc<Field>> = vec![Arc::new(Field::new(
         SERVED_AT,

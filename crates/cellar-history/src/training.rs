@@ -34,6 +34,7 @@ use rustc_hash::FxHashMap;
 use crate::error::{HistoryError, Result};
 use crate::files;
 use crate::plan::TrainingPlan;
+use crate::storage::Storage;
 
 /// Some features of one stored group, joined onto the spine.
 #[derive(Debug, Clone)]
@@ -284,7 +285,7 @@ pub struct Built {
 /// chunk's output written before the next is read, so a spine larger than memory works (each
 /// chunk reads the history of its own entities).
 pub fn training_set_file(
-    root: &Path,
+    storage: &Storage,
     spine: &Path,
     out: &Path,
     timestamp: &str,
@@ -303,7 +304,7 @@ pub fn training_set_file(
         built.read += started.elapsed();
         started = std::time::Instant::now();
         progress.done.store(0, Ordering::Relaxed);
-        let set = training_set(root, &chunk, timestamp, plan, progress)?;
+        let set = training_set(storage, &chunk, timestamp, plan, progress)?;
         built.join += started.elapsed();
         started = std::time::Instant::now();
         let writer = match &mut writer {
@@ -346,7 +347,7 @@ impl Progress {
 /// Builds the training set: the spine's columns, then each of the plan's columns as
 /// `<group>__<feature>`.
 pub fn training_set(
-    root: &Path,
+    storage: &Storage,
     spine: &RecordBatch,
     timestamp: &str,
     plan: &TrainingPlan,
@@ -406,7 +407,7 @@ pub fn training_set(
                 i,
                 scope.spawn(move || {
                     progress.go_on()?;
-                    let joined = join_group(root, s, rows, ids, times, event_times);
+                    let joined = join_group(storage, s, rows, ids, times, event_times);
                     progress.done.fetch_add(1, Ordering::Relaxed);
                     joined
                 }),
@@ -489,7 +490,7 @@ struct Joined {
 
 /// One group's features for every spine row, and its records' event times if `event_times`.
 fn join_group(
-    root: &Path,
+    storage: &Storage,
     selection: &Selection,
     rows: &[Option<u32>],
     ids: &FxHashMap<String, u32>,
@@ -525,7 +526,7 @@ fn join_group(
         None => i64::MIN,
     };
     let to = files::day_of(latest);
-    let batches = read_group(root, &group.storage_name(), (from, to), &features)?;
+    let batches = read_group(storage, &group.storage_name(), (from, to), &features)?;
     // The records of the spine's entities, in (entity, time, resolution) order.
     let mut entries: Vec<Entry> = Vec::new();
     for (b, batch) in batches.iter().enumerate() {
@@ -690,8 +691,8 @@ fn join_group(
 /// Every record of a group's files for event dates in `days`. A file compaction merged away
 /// between the listing and the read sends the read back to a new listing.
 fn read_group(
-    root: &Path,
-    storage: &str,
+    storage: &Storage,
+    group: &str,
     days: (i64, i64),
     features: &[(String, ValueType)],
 ) -> Result<Vec<RecordBatch>> {
@@ -699,8 +700,8 @@ fn read_group(
     'listing: loop {
         attempt += 1;
         let mut batches = Vec::new();
-        for (_, path) in files::list(root, storage, days)? {
-            match files::read(&path, features) {
+        for (_, key) in files::list(storage, group, days)? {
+            match files::read(storage, &key, features) {
                 Ok(read) => batches.extend(read),
                 Err(HistoryError::Gone(_)) if attempt < 5 => continue 'listing,
                 Err(e) => return Err(e),

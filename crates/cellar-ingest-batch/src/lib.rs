@@ -54,6 +54,7 @@ pub use job::{BatchJob, JobInput, JobOptions, Period, WriteMode};
 pub use plan::{plan, plan_with, Piece, Plan, PlanOptions, Shard};
 pub use rejects::{MemoryRejects, Reject, RejectFile, Rejects};
 pub use runner::{JobReport, LocalRunner, Progress, ShardOutcome};
+pub use s3::bucket_client;
 pub use shard::{run_shard, run_shard_observed, BatchDone, ShardReport};
 pub use sink::RecordSink;
 pub use transform::{Scope, Transform};

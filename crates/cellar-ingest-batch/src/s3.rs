@@ -202,6 +202,22 @@ impl Clients {
     }
 }
 
+/// The client of the bucket `url` (`s3://BUCKET/...`) names, configured from the environment
+/// as batch sources' clients are, for the other parts of Cellar that keep files in a bucket
+/// (the offline history); with what its errors mean to the person running Cellar.
+#[allow(clippy::type_complexity)]
+pub fn bucket_client(
+    url: &str,
+) -> Result<(
+    Arc<dyn ObjectStore>,
+    Arc<dyn Fn(&object_store::Error) -> String + Send + Sync>,
+)> {
+    let ObjectUrl { bucket, .. } = ObjectUrl::parse(url)?;
+    let client = Arc::new(Client::from_env(url, bucket)?);
+    let store: Arc<dyn ObjectStore> = Arc::new(client.store.clone());
+    Ok((store, Arc::new(move |e| client.describe(e))))
+}
+
 fn runtime(url: &str) -> Result<Handle> {
     Handle::try_current()
         .map_err(|e| BatchError::Internal(format!("reading {url} needs a Tokio runtime: {e}")))

@@ -276,7 +276,7 @@ async fn main() {
     let store = Arc::new(EmbeddedStore::open(dir.path().join("store-kept")).expect("store"));
     let history = Arc::new(
         OfflineHistory::open(
-            dir.path().join("history"),
+            cellar_history::Storage::Local(dir.path().join("history")),
             dir.path().join("staging"),
             Duration::from_secs(60),
         )

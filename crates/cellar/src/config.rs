@@ -38,7 +38,8 @@ pub struct HistoryConfig {
     /// Whether writes are kept in the history. Off, nothing is kept and no training set can be
     /// built from what Cellar wrote.
     pub enabled: bool,
-    /// Where the history's Parquet files go; empty means `<data_dir>/history`.
+    /// Where the history's Parquet files go: a directory, or `s3://BUCKET/PREFIX` in an
+    /// S3-compatible bucket; empty means `<data_dir>/history`.
     pub path: String,
     /// How often staged records are converted to Parquet: the most a training set built by
     /// another process lags behind the writes.
@@ -563,13 +564,28 @@ impl Config {
         Ok(())
     }
 
-    /// Where the offline history's files are.
-    pub fn history_path(&self) -> PathBuf {
-        if self.history.path.is_empty() {
-            self.data_dir.join("history")
-        } else {
-            PathBuf::from(&self.history.path)
+    /// Where the offline history's files are: `history.path`, a directory or a prefix in an
+    /// S3-compatible bucket (`s3://BUCKET/PREFIX`, its client configured from the environment
+    /// as batch sources' are); by default `<data_dir>/history`.
+    pub fn history_storage(&self) -> anyhow::Result<cellar_history::Storage> {
+        let path = self.history.path.trim();
+        if path.is_empty() {
+            return Ok(cellar_history::Storage::Local(
+                self.data_dir.join("history"),
+            ));
         }
+        if path.starts_with("s3://") {
+            let (store, describe) = cellar_ingest_batch::bucket_client(path)
+                .map_err(|e| anyhow::anyhow!("history.path: {e}"))?;
+            return Ok(cellar_history::Storage::bucket(store, path, describe));
+        }
+        if let Some((scheme, _)) = path.split_once("://") {
+            anyhow::bail!(
+                "history.path: `{scheme}://` is not a place Cellar keeps its history: give a \
+                 directory or an s3://BUCKET/PREFIX URL"
+            );
+        }
+        Ok(cellar_history::Storage::Local(PathBuf::from(path)))
     }
 
     /// Where records wait to be converted into the history, for a process of `role`

@@ -143,7 +143,7 @@ const HISTORY_SWEEP_EVERY: Duration = Duration::from_secs(3600);
 
 /// Removes, at start and then every hour, the history partitions older than each group's
 /// `retention.history`.
-async fn sweep_history(root: std::path::PathBuf, server: Arc<FeatureServer>) {
+async fn sweep_history(storage: cellar_history::Storage, server: Arc<FeatureServer>) {
     loop {
         let groups: Vec<(String, Duration)> = server
             .catalog()
@@ -155,16 +155,16 @@ async fn sweep_history(root: std::path::PathBuf, server: Arc<FeatureServer>) {
                 ))
             })
             .collect();
-        let root = root.clone();
+        let storage = storage.clone();
         let swept = tokio::task::spawn_blocking(move || {
             let now = cellar_spec::time::now_ms();
-            for (storage, keep) in groups {
+            for (group, keep) in groups {
                 let age = i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
                 let keep_from = cellar_history::files::day_of(now.saturating_sub(age));
-                match cellar_history::files::sweep(&root, &storage, keep_from) {
+                match cellar_history::files::sweep(&storage, &group, keep_from) {
                     Ok(0) => {}
-                    Ok(n) => tracing::info!(group = %storage, partitions = n, "removed history past retention.history"),
-                    Err(e) => tracing::warn!(group = %storage, error = %e, "removing history past retention.history failed"),
+                    Ok(n) => tracing::info!(%group, partitions = n, "removed history past retention.history"),
+                    Err(e) => tracing::warn!(%group, error = %e, "removing history past retention.history failed"),
                 }
             }
         })
@@ -183,6 +183,7 @@ pub fn open_history(config: &Config, role: &str) -> anyhow::Result<Option<Arc<Of
         return Ok(None);
     }
     let interval = Duration::from_secs(config.history.convert_interval_secs.max(1));
+    let storage = config.history_storage()?;
     // Processes of one role on one machine (several `cellar worker`s) each take the first
     // staging log no other process holds: `worker`, then `worker-1`, and so on. A process
     // started after a crash takes over what the crashed one left there. Any failure other
@@ -194,7 +195,7 @@ pub fn open_history(config: &Config, role: &str) -> anyhow::Result<Option<Arc<Of
             format!("{role}-{n}")
         };
         let staging = config.history_staging_path(&name);
-        match OfflineHistory::open(config.history_path(), &staging, interval) {
+        match OfflineHistory::open(storage.clone(), &staging, interval) {
             Ok(history) => {
                 history.set_max_staged_bytes(config.history.max_staged_bytes);
                 return Ok(Some(Arc::new(history)));
@@ -339,7 +340,7 @@ impl Node {
             Some(history) => Some(TrainingSets::open(
                 &config,
                 registry.clone(),
-                Some(history.clone()),
+                history.clone(),
                 audit.clone(),
             )?),
             None => None,
@@ -465,9 +466,9 @@ impl Node {
         if let Some(sets) = &self.training_sets {
             job_tasks.push(tokio::spawn(sets.clone().run(stop_rx.clone())));
         }
-        if self.history.is_some() {
+        if let Some(history) = &self.history {
             job_tasks.push(tokio::spawn(sweep_history(
-                self.config.history_path(),
+                history.storage().clone(),
                 self.server.clone(),
             )));
         }

@@ -103,12 +103,13 @@ pub fn convert_leftovers(config: &Config) -> anyhow::Result<usize> {
     let Ok(roles) = std::fs::read_dir(&dir) else {
         return Ok(0);
     };
+    let storage = config.history_storage()?;
     let mut converted = 0;
     for role in roles.flatten() {
         let path = role.path();
         // A staging log in use is locked by its process, which converts it: skipped.
         let history = match OfflineHistory::open(
-            config.history_path(),
+            storage.clone(),
             &path,
             std::time::Duration::from_secs(3600),
         ) {
@@ -143,8 +144,8 @@ pub async fn run(config: &Config, args: &TrainingSetArgs) -> anyhow::Result<()> 
         eprintln!("converted {leftovers} staged records left by stopped processes");
     }
     let started = Instant::now();
-    let (root, spine, out, timestamp, tmp) = (
-        config.history_path(),
+    let (storage, spine, out, timestamp, tmp) = (
+        config.history_storage()?,
         args.spine.clone(),
         args.out.clone(),
         args.timestamp_column.clone(),
@@ -153,7 +154,7 @@ pub async fn run(config: &Config, args: &TrainingSetArgs) -> anyhow::Result<()> 
     let (built, plan) = tokio::task::spawn_blocking(move || {
         let (spine, _removed_after) = spine_file(&spine, &tmp)?;
         training_set_file(
-            &root,
+            &storage,
             &spine,
             &out,
             &timestamp,
@@ -218,7 +219,7 @@ fn run_logged(
         anyhow::bail!("--logged takes its labels from a file (--labels)");
     };
     let labels = table::read_table(labels)?;
-    let logged = cellar_history::logged::read(&config.history_path(), service, None, None)?;
+    let logged = cellar_history::logged::read(&config.history_storage()?, service, None, None)?;
     if logged.num_rows() == 0 {
         anyhow::bail!(
             "feature service `{service}` has logged nothing yet: give it a logging.sample_rate \
@@ -260,13 +261,13 @@ pub async fn consistency(
     };
     let (from, to) = (time("from", from)?, time("to", to)?);
     convert_leftovers(config)?;
-    let (root, service_name, top_n) = (
-        config.history_path(),
+    let (storage, service_name, top_n) = (
+        config.history_storage()?,
         service.to_owned(),
         config.server.default_top_n,
     );
     let report = tokio::task::spawn_blocking(move || {
-        cellar_history::consistency::check(&root, &repo, &service_name, from, to, top_n)
+        cellar_history::consistency::check(&storage, &repo, &service_name, from, to, top_n)
     })
     .await??;
     if json {

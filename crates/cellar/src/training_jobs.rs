@@ -77,7 +77,7 @@ struct Inner {
     dir: PathBuf,
     config: Config,
     registry: Registry,
-    history: Option<Arc<OfflineHistory>>,
+    history: Arc<OfflineHistory>,
     audit: Audit,
     jobs: Mutex<Jobs>,
     queue: tokio::sync::mpsc::Sender<u64>,
@@ -97,7 +97,7 @@ impl TrainingSets {
     pub fn open(
         config: &Config,
         registry: Registry,
-        history: Option<Arc<OfflineHistory>>,
+        history: Arc<OfflineHistory>,
         audit: Audit,
     ) -> anyhow::Result<TrainingSets> {
         let dir = config.data_dir.join("training-sets");
@@ -296,14 +296,13 @@ impl TrainingSets {
         let (sets, job) = (self.clone(), job.clone());
         tokio::task::spawn_blocking(move || {
             // What this process and stopped ones staged, converted first.
-            if let Some(history) = &sets.inner.history {
-                history.flush()?;
-            }
+            let history = &sets.inner.history;
+            history.flush()?;
             crate::training::convert_leftovers(&sets.inner.config)?;
             let dir = sets.job_dir(job.id);
             let staged = dir.join("output.parquet.new");
             let built = training_set_file(
-                &sets.inner.config.history_path(),
+                history.storage(),
                 &dir.join(format!("spine.{}", job.spine_format)),
                 &staged,
                 &job.timestamp_column,

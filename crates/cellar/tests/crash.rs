@@ -769,11 +769,11 @@ fn history_records(data: &Path) -> BTreeSet<(String, String, i64, String)> {
             .live_features()
             .map(|f| (f.name.clone(), f.value_type))
             .collect();
+        let storage = config.history_storage().unwrap();
         let files =
-            cellar_history::files::list(&config.history_path(), &group.name, (i64::MIN, i64::MAX))
-                .unwrap();
-        for (_, path) in files {
-            for batch in cellar_history::files::read(&path, &features).unwrap() {
+            cellar_history::files::list(&storage, &group.name, (i64::MIN, i64::MAX)).unwrap();
+        for (_, key) in files {
+            for batch in cellar_history::files::read(&storage, &key, &features).unwrap() {
                 let keys = batch.column(0).as_string::<i32>();
                 let times = batch.column(1).as_primitive::<TimestampMillisecondType>();
                 for row in 0..batch.num_rows() {
