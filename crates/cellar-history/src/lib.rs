@@ -131,6 +131,16 @@ impl OfflineHistory {
     }
 }
 
+/// Converts everything the staging log in `staging_dir` holds into `storage`, for a process
+/// that stopped without converting its own; [`HistoryError::Locked`] while a process holds it.
+pub fn convert_staged(staging_dir: &Path, storage: &Storage) -> Result<Converted> {
+    storage.prepare()?;
+    let staging = Staging::open(staging_dir)?;
+    let converted = convert_and_compact(&staging, storage);
+    staging.close();
+    converted
+}
+
 /// Converts everything staged, then merges the small files of the partitions written. A
 /// failed merge costs only small files: it is logged, and the next conversion there retries it.
 fn convert_and_compact(staging: &Staging, storage: &Storage) -> Result<Converted> {

@@ -26,6 +26,10 @@ const MAX_JOURNAL_BYTES: u64 = 64 << 20;
 const REMOVE_CHUNK: usize = 10_000;
 /// The key of the staging log's id in the `meta` keyspace.
 const ID_KEY: &[u8] = b"id";
+/// The key of the sequence after the last frame removed, in the `meta` keyspace: a log emptied
+/// by conversion goes on from there, so no two frames of its life share a sequence, nor two of
+/// its files a name (a file named again would replace the first).
+const NEXT_KEY: &[u8] = b"next";
 
 /// A staged frame: its sequence number, when it was committed (µs since the epoch) and its
 /// bytes.
@@ -44,6 +48,7 @@ struct Request {
 struct Shared {
     db: Database,
     frames: Keyspace,
+    meta: Keyspace,
     path: PathBuf,
     /// Bytes of the frames staged and not yet removed.
     staged: AtomicU64,
@@ -104,7 +109,7 @@ impl Staging {
                 .map_err(|e| HistoryError::io(action(), e))?;
             staged += value.len() as u64;
         }
-        let next = match frames.last_key_value() {
+        let after_staged = match frames.last_key_value() {
             Some(guard) => {
                 let (key, _) = guard
                     .into_inner()
@@ -113,9 +118,18 @@ impl Staging {
             }
             None => 0,
         };
+        let after_removed = match meta
+            .get(NEXT_KEY)
+            .map_err(|e| HistoryError::io(action(), e))?
+        {
+            Some(next) => sequence_of(&next)?,
+            None => 0,
+        };
+        let next = after_staged.max(after_removed);
         let shared = Arc::new(Shared {
             db,
             frames,
+            meta,
             path: path.clone(),
             staged: AtomicU64::new(staged),
             limit: AtomicU64::new(DEFAULT_MAX_STAGED_BYTES),
@@ -242,6 +256,7 @@ impl Staging {
             for key in keys {
                 batch.remove(&self.shared.frames, key);
             }
+            batch.insert(&self.shared.meta, NEXT_KEY, (last + 1).to_be_bytes());
             batch.commit().map_err(|e| HistoryError::io(action(), e))?;
             self.shared.staged.fetch_sub(
                 bytes.min(self.shared.staged.load(Ordering::Relaxed)),
@@ -343,5 +358,22 @@ mod tests {
         // Reopened, what is staged still counts.
         let again = Staging::open(dir.path()).unwrap();
         assert_eq!(again.staged_bytes(), 77);
+    }
+
+    #[tokio::test]
+    async fn a_log_emptied_by_conversion_goes_on_numbering_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = Staging::open(dir.path()).unwrap();
+        staging.append(vec![1]).await.unwrap();
+        staging.append(vec![2]).await.unwrap();
+        let staged = staging.oldest(usize::MAX).unwrap();
+        staging.remove_through(staged[1].sequence).unwrap();
+        assert!(staging.is_empty());
+        staging.close();
+        drop(staging);
+        // Sequences name the history's files: one used again would replace a file.
+        let again = Staging::open(dir.path()).unwrap();
+        again.append(vec![3]).await.unwrap();
+        assert_eq!(again.oldest(usize::MAX).unwrap()[0].sequence, 2);
     }
 }

@@ -483,7 +483,7 @@ impl Default for Config {
 }
 
 /// Top-level names of the config, the only `CELLAR_*` variables read as settings.
-const SECTIONS: [&str; 10] = [
+const SECTIONS: [&str; 11] = [
     "data_dir",
     "repo",
     "server",
@@ -494,6 +494,7 @@ const SECTIONS: [&str; 10] = [
     "jobs",
     "event_time",
     "auth",
+    "history",
 ];
 
 impl Config {
@@ -719,13 +720,30 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.set_env("CELLAR_SERVER__MAX_ENTITIES_PER_REQUEST", "7");
             jail.set_env("CELLAR_TEST_SOMETHING", "not a setting");
+            jail.set_env("CELLAR_HISTORY__PATH", "s3://bucket/history");
             let c = Config::load(Some(&file)).unwrap();
+            assert_eq!(c.history.path, "s3://bucket/history");
             assert_eq!(c.server.listen, "127.0.0.1:7000");
             assert_eq!(c.server.max_entities_per_request, 7);
             assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
             assert_eq!(c.registry_url(), "sqlite:///tmp/x/registry.db");
             Ok(())
         });
+    }
+
+    #[test]
+    fn every_section_of_the_config_can_be_set_from_the_environment() {
+        let defaults = serde_json::to_value(Config::default()).unwrap();
+        let mut sections: Vec<&str> = defaults
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        sections.sort_unstable();
+        let mut read = SECTIONS.to_vec();
+        read.sort_unstable();
+        assert_eq!(read, sections);
     }
 
     #[test]

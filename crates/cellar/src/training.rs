@@ -5,9 +5,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use cellar_history::training::CHUNK_ROWS;
-use cellar_history::{
-    table, training_set_file, HistoryError, OfflineHistory, Progress, TrainingPlan,
-};
+use cellar_history::{table, training_set_file, HistoryError, Progress, Storage, TrainingPlan};
 
 use crate::config::Config;
 
@@ -99,28 +97,27 @@ pub async fn applied_repo(config: &Config) -> anyhow::Result<cellar_spec::Featur
 /// Converts what processes that have stopped left staged (a process still running converts
 /// its own every `history.convert_interval_secs`), so the history is as complete as it can be.
 pub fn convert_leftovers(config: &Config) -> anyhow::Result<usize> {
+    convert_leftovers_into(config, &config.history_storage()?)
+}
+
+/// [`convert_leftovers`] into `storage`, the history's place.
+pub fn convert_leftovers_into(config: &Config, storage: &Storage) -> anyhow::Result<usize> {
     let dir = config.data_dir.join("history-staging");
     let Ok(roles) = std::fs::read_dir(&dir) else {
         return Ok(0);
     };
-    let storage = config.history_storage()?;
     let mut converted = 0;
     for role in roles.flatten() {
         let path = role.path();
         // A staging log in use is locked by its process, which converts it: skipped.
-        let history = match OfflineHistory::open(
-            storage.clone(),
-            &path,
-            std::time::Duration::from_secs(3600),
-        ) {
-            Ok(history) => history,
+        match cellar_history::convert_staged(&path, storage) {
+            Ok(done) => converted += done.records,
             Err(HistoryError::Locked(_)) => continue,
             Err(e) => {
                 return Err(anyhow::Error::new(e)
                     .context(format!("converting what {} holds", path.display())))
             }
-        };
-        converted += history.close()?.records;
+        }
     }
     Ok(converted)
 }

@@ -97,6 +97,8 @@ event_time: $.ts
 features: { article_id: $.article_id }
 "#;
 
+/// `cellar` on the data directory `data`, with the settings a test wrote beside it (`env`:
+/// `KEY=VALUE` lines) in its environment.
 fn cellar(data: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_cellar"));
     c.arg("--data-dir")
@@ -104,6 +106,9 @@ fn cellar(data: &Path) -> Command {
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+    if let Ok(settings) = std::fs::read_to_string(data.with_file_name("env")) {
+        c.envs(settings.lines().filter_map(|line| line.split_once('=')));
+    }
     c
 }
 
@@ -750,9 +755,12 @@ async fn read_served(server: String, stop: tokio::sync::watch::Receiver<bool>) -
     served
 }
 
-/// Every record the history of `data` holds, in the served form, after converting what the
-/// killed processes left staged.
-fn history_records(data: &Path) -> BTreeSet<(String, String, i64, String)> {
+/// Every record the history in `storage` holds, in the served form, after converting what the
+/// killed processes of `data` left staged.
+fn history_records(
+    data: &Path,
+    storage: &cellar_history::Storage,
+) -> BTreeSet<(String, String, i64, String)> {
     use arrow_array::cast::AsArray;
     use arrow_array::types::{Int64Type, TimestampMillisecondType};
     use arrow_array::Array;
@@ -760,7 +768,7 @@ fn history_records(data: &Path) -> BTreeSet<(String, String, i64, String)> {
         data_dir: data.to_path_buf(),
         ..Default::default()
     };
-    let converted = cellar::training::convert_leftovers(&config).unwrap();
+    let converted = cellar::training::convert_leftovers_into(&config, storage).unwrap();
     eprintln!("converted {converted} records left staged");
     let repo = cellar_spec::parse_repo(&[("repo.yaml".into(), REPO.into())]).unwrap();
     let mut out = BTreeSet::new();
@@ -769,11 +777,10 @@ fn history_records(data: &Path) -> BTreeSet<(String, String, i64, String)> {
             .live_features()
             .map(|f| (f.name.clone(), f.value_type))
             .collect();
-        let storage = config.history_storage().unwrap();
         let files =
-            cellar_history::files::list(&storage, &group.name, (i64::MIN, i64::MAX)).unwrap();
+            cellar_history::files::list(storage, &group.name, (i64::MIN, i64::MAX)).unwrap();
         for (_, key) in files {
-            for batch in cellar_history::files::read(&storage, &key, &features).unwrap() {
+            for batch in cellar_history::files::read(storage, &key, &features).unwrap() {
                 let keys = batch.column(0).as_string::<i32>();
                 let times = batch.column(1).as_primitive::<TimestampMillisecondType>();
                 for row in 0..batch.num_rows() {
@@ -805,9 +812,32 @@ fn history_records(data: &Path) -> BTreeSet<(String, String, i64, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_server_leaves_every_record_it_served_in_the_offline_history() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let serve_log = dir.path().join("serve.log");
-    apply_repo(dir.path(), &data, "actions");
+    let history = cellar_history::Storage::Local(dir.path().join("data/history"));
+    killed_server_keeps_what_it_served(dir.path(), &history).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs an S3-compatible server (CELLAR_TEST_S3); scripts/test.sh starts it"]
+async fn a_killed_server_leaves_every_record_it_served_in_a_history_in_s3() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = common::TestBucket::create().await;
+    let mut settings = format!("CELLAR_HISTORY__PATH=s3://{}/history\n", bucket.name);
+    for (key, value) in bucket.env() {
+        settings.push_str(&format!("{key}={value}\n"));
+    }
+    std::fs::write(dir.path().join("env"), settings).unwrap();
+    let history = bucket.history("history");
+    killed_server_keeps_what_it_served(dir.path(), &history).await;
+    // Nothing of the history was kept on the machine but what waited to be converted.
+    assert!(!dir.path().join("data/history").exists());
+}
+
+/// Kills the server of `dir` again and again while it ingests and serves, then checks every
+/// record it served is in the `history`.
+async fn killed_server_keeps_what_it_served(dir: &Path, history: &cellar_history::Storage) {
+    let data = dir.join("data");
+    let serve_log = dir.join("serve.log");
+    apply_repo(dir, &data, "actions");
     produce_to_log(&data).await;
     let total = (USERS * EVENTS_PER_USER) as i64;
     let mut rng = rand::rng();
@@ -842,7 +872,7 @@ async fn a_killed_server_leaves_every_record_it_served_in_the_offline_history() 
     assert!(status.success());
     verify_store(&data).await;
 
-    let history = history_records(&data);
+    let history = history_records(&data, history);
     let distinct: BTreeSet<(String, String, i64, String)> = served
         .iter()
         .map(|(g, u, t, v)| {

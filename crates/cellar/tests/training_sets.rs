@@ -24,6 +24,8 @@ const HOUR: i64 = 3_600_000;
 struct Env {
     dir: tempfile::TempDir,
     listen: String,
+    /// Settings every `cellar` process of the test gets in its environment.
+    settings: Vec<(String, String)>,
 }
 
 impl Env {
@@ -131,6 +133,7 @@ features:
         Env {
             dir,
             listen: format!("127.0.0.1:{}", common::free_port()),
+            settings: Vec::new(),
         }
     }
 
@@ -144,6 +147,7 @@ features:
             .env("RUST_LOG", "warn")
             // Nothing answers there: backfills run in the CLI's own process.
             .env("CELLAR_SERVER__LISTEN", &self.listen)
+            .envs(self.settings.iter().map(|(k, v)| (k, v)))
             .output()
             .expect("run cellar")
     }
@@ -216,6 +220,13 @@ fn list_at(column: &ArrayRef, row: usize) -> Option<Vec<String>> {
 /// T0+3h (JP, 31), u2's at T0+2h (US, 40); u1's clicks a1, a2, a3 at T0+1h, +2h, +4h.
 fn load_sample(env: &Env) {
     env.ok(&["apply"]);
+    write_inputs(env);
+    env.ok(&["backfill", "profiles"]);
+    env.ok(&["backfill", "click_log"]);
+}
+
+/// The sample's input files.
+fn write_inputs(env: &Env) {
     write_parquet(
         &env.dir.path().join("input/profiles.parquet"),
         vec![
@@ -233,15 +244,65 @@ fn load_sample(env: &Env) {
             ("article_id", strings(&["a1", "a2", "a3"])),
         ],
     );
-    env.ok(&["backfill", "profiles"]);
-    env.ok(&["backfill", "click_log"]);
 }
 
 #[test]
 fn a_training_set_gives_each_spine_row_the_features_as_they_were_at_its_time() {
     let env = Env::new();
     load_sample(&env);
+    check_ranker_set(&env);
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs an S3-compatible server (CELLAR_TEST_S3); scripts/test.sh starts it"]
+async fn the_history_can_be_kept_in_an_s3_bucket() {
+    let bucket = common::TestBucket::create().await;
+    let mut env = Env::new();
+    env.settings = bucket.env();
+    // A bucket that does not exist stops the first command, naming it.
+    env.settings.push((
+        "CELLAR_HISTORY__PATH".into(),
+        format!("s3://{}-missing/history", bucket.name),
+    ));
+    env.ok(&["apply"]);
+    write_inputs(&env);
+    let out = env.run(&["backfill", "profiles"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("the bucket does not exist"), "{stderr}");
+    env.settings.pop();
+
+    env.settings.push((
+        "CELLAR_HISTORY__PATH".into(),
+        format!("s3://{}/some/history/", bucket.name),
+    ));
+    let env = tokio::task::spawn_blocking(move || {
+        load_sample(&env);
+        check_ranker_set(&env);
+        env
+    })
+    .await
+    .unwrap();
+    // The files are in the bucket, by group and date, and none on the machine.
+    let storage = bucket.history("some/history");
+    let day = T0 / 86_400_000;
+    for group in ["profile", "clicks"] {
+        let files = tokio::task::spawn_blocking({
+            let storage = storage.clone();
+            move || cellar_history::files::list(&storage, group, (day, day)).unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(!files.is_empty(), "no {group} history in the bucket");
+        assert!(files
+            .iter()
+            .all(|(_, key)| key.starts_with(&format!("{group}/date=2026-01-01/"))));
+    }
+    assert!(!env.dir.path().join("data/history").exists());
+}
+
+/// The training set of `ranker` over a spine of eight rows of the sample, checked row by row.
+fn check_ranker_set(env: &Env) {
     // (user, time, label): the expected features follow each row below.
     let rfc = |ms: i64| cellar_spec::value::format_timestamp(ms);
     let spine = [
