@@ -160,3 +160,18 @@ ensure_s3() {
     export CELLAR_TEST_S3="http://127.0.0.1:8014"
     log "s3: $CELLAR_TEST_S3"
 }
+
+# A virtualenv with the Python client (from ./python) and its test dependencies, made once per
+# machine and brought up to date with the package on every run.
+ensure_python_env() {
+    PY_ENV="${PY_ENV:-$HOME/.cache/cellar-py-env}"
+    if [ ! -x "$PY_ENV/bin/python" ]; then
+        log "creating the Python environment $PY_ENV"
+        python3 -m venv "$PY_ENV" 2>/dev/null || {
+            apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+            python3 -m venv "$PY_ENV"
+        }
+    fi
+    "$PY_ENV/bin/pip" install -q --disable-pip-version-check "$(dirname "${BASH_SOURCE[0]}")/../python[test]" >&2
+    export PY_ENV
+}

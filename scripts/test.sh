@@ -37,3 +37,7 @@ ensure_s3_tls
 
 cargo test --all-targets -j2 -- --include-ignored
 cargo test --doc -j2
+
+# The Python client's tests, against the `cellar` just built (pytest's last line counts them).
+ensure_python_env
+"$PY_ENV/bin/python" -m pytest python/tests -q -p no:cacheprovider

@@ -9,6 +9,9 @@ pub enum JobError {
     /// The request names something that cannot run as a batch job.
     #[error("{0}")]
     Invalid(String),
+    /// The request names an ingestion the applied repo does not have.
+    #[error("{0}")]
+    NotFound(String),
     #[error(transparent)]
     Registry(#[from] RegistryError),
     #[error(transparent)]

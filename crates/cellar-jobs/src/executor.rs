@@ -660,7 +660,7 @@ fn create_reject_file(path: &Path) -> std::result::Result<RejectFile, BatchError
 /// Checks that `name` is a batch ingestion of `repo`.
 fn batch_ingestion(repo: &FeatureRepo, name: &str) -> Result<()> {
     match repo.ingestion(name) {
-        None => Err(JobError::Invalid(format!(
+        None => Err(JobError::NotFound(format!(
             "there is no ingestion `{name}` in the applied repo"
         ))),
         Some(i) if !matches!(i.source, IngestionSource::Batch(_)) => Err(JobError::Invalid(

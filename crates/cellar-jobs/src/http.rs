@@ -356,6 +356,7 @@ fn registry_error(e: RegistryError) -> Response {
 fn job_error(e: JobError) -> Response {
     match e {
         JobError::Invalid(message) => bad_request(message),
+        JobError::NotFound(message) => error(StatusCode::NOT_FOUND, "not_found", message),
         JobError::Registry(e) => registry_error(e),
         e => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
     }

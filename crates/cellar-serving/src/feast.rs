@@ -233,7 +233,10 @@ impl Serialize for Cell<'_> {
                 record: Some(r), ..
             } => ValueJson(r.value(self.position)).serialize(s),
             Row::Record { record: None, .. } => s.serialize_unit(),
-            // A time series is served as the list of its values, newest first.
+            // A time series is served as the list of its values, newest first; one with no
+            // records as null, as Feast serves a missing value (its client cannot type an
+            // empty list).
+            Row::Series { records } if records.is_empty() => s.serialize_unit(),
             Row::Series { records } => {
                 let mut seq = s.serialize_seq(Some(records.len()))?;
                 for r in records {
@@ -366,13 +369,30 @@ fn rows_from_frame(
             if is_key {
                 row.entity.push((name.clone(), v));
             } else if is_time {
-                row.event_time = Some(v);
+                row.event_time = Some(zoned(v));
             } else {
                 row.features.push((name.clone(), v));
             }
         }
     }
     Ok(out)
+}
+
+/// A Feast client's event time: Feast writes times without a zone (`isoformat()` of a naive
+/// UTC datetime, `2026-12-06T06:26:33.696004`), meaning UTC; they are given one. Anything
+/// else is left for validation to judge.
+fn zoned(value: serde_json::Value) -> serde_json::Value {
+    let serde_json::Value::String(text) = &value else {
+        return value;
+    };
+    let naive = ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
+        .iter()
+        .any(|format| chrono::NaiveDateTime::parse_from_str(text, format).is_ok());
+    if naive {
+        serde_json::Value::String(format!("{}Z", text.replacen(' ', "T", 1)))
+    } else {
+        value
+    }
 }
 
 async fn push_frame(
@@ -448,6 +468,21 @@ mod tests {
         // The repeated `a:x` is one column.
         let pairs: Vec<(usize, usize)> = columns.iter().map(|c| (c.group, c.feature)).collect();
         assert_eq!(pairs, vec![(0, 0), (1, 0), (0, 1)]);
+    }
+
+    #[test]
+    fn feast_times_without_a_zone_are_utc() {
+        let t = |s: &str| zoned(serde_json::json!(s));
+        assert_eq!(
+            t("2026-12-06T06:26:33.696004"),
+            "2026-12-06T06:26:33.696004Z"
+        );
+        assert_eq!(t("2026-12-06 06:26:33"), "2026-12-06T06:26:33Z");
+        // Zoned times and other values are left alone.
+        assert_eq!(t("2026-12-06T06:26:33+09:00"), "2026-12-06T06:26:33+09:00");
+        assert_eq!(t("2026-12-06T06:26:33Z"), "2026-12-06T06:26:33Z");
+        assert_eq!(t("yesterday"), "yesterday");
+        assert_eq!(zoned(serde_json::json!(17)), 17);
     }
 
     #[test]

@@ -201,7 +201,9 @@ async fn v1_features(
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
-    timed(&state, "/v1/features", async {
+    let arrow =
+        crate::arrow_answer::wants_arrow(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    let mut response = timed(&state, "/v1/features", async {
         let body: FeaturesBody = parse_body(&body)?;
         let request_id = match headers.get("x-request-id") {
             None => None,
@@ -222,9 +224,20 @@ async fn v1_features(
             request_id,
         };
         let resp = state.service.get_features(req).await?;
+        if arrow {
+            return crate::arrow_answer::encode(&resp);
+        }
         encode(&FeaturesJson(&resp))
     })
-    .await
+    .await;
+    // Errors stay JSON, which every client reads.
+    if arrow && response.status() == StatusCode::OK {
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(crate::arrow_answer::ARROW_STREAM),
+        );
+    }
+    response
 }
 
 /// `/v1/features` response: entity columns echoed, then one result per group with a row per

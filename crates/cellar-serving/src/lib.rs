@@ -21,6 +21,7 @@
 //! Depends on `cellar-spec`, `cellar-expr`, `cellar-auth`, `cellar-store` and `cellar-cache`; knows nothing of the registry
 //! or of ingestion.
 
+pub mod arrow_answer;
 pub mod catalog;
 pub mod error;
 pub mod feast;

@@ -361,6 +361,22 @@ async fn feast_clients_get_feast_shaped_answers() {
             "ctr_7d"
         ])
     );
+    // A time series with no records is null, as Feast answers a missing value: its client
+    // cannot give an empty list a type.
+    let (status, body) = s
+        .post(
+            "/get-online-features",
+            json!({"features": ["recent_clicked_articles:article_id"],
+                   "entities": {"user_id": ["nobody"]}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"][1]["values"], json!([null]), "{body}");
+    assert_eq!(
+        body["results"][1]["statuses"],
+        json!(["NOT_FOUND"]),
+        "{body}"
+    );
 }
 
 /// Sends a request and checks its status and that the message mentions `needle`.
