@@ -101,7 +101,7 @@ def _parse_time(value: Any) -> _dt.datetime:
 def table_from_json(answer: Mapping[str, Any]) -> pa.Table:
     """The JSON answer of ``/v1/features`` as the table the Arrow answer gives: the entity
     columns, then each group's features as ``<group>__<feature>`` (time series as lists,
-    newest first), its row status as ``<group>__status`` and its event time (a list of them
+    newest first; null without records), its row status as ``<group>__status`` and its event time (a list of them
     for a time series) as ``<group>__event_time``."""
     entities = answer.get("entities") or {}
     columns: dict[str, pa.Array] = {}
@@ -119,7 +119,7 @@ def table_from_json(answer: Mapping[str, Any]) -> pa.Table:
             for i, feature in enumerate(features):
                 columns[f"{group}__{feature}"] = pa.array(
                     [
-                        [r["values"][i] for r in row["records"]] if "records" in row else None
+                        [r["values"][i] for r in row["records"]] if row.get("records") else None
                         for row in rows
                     ]
                 )
@@ -127,7 +127,7 @@ def table_from_json(answer: Mapping[str, Any]) -> pa.Table:
             columns[f"{group}__event_time"] = pa.array(
                 [
                     [_parse_time(r["event_time"]) for r in row["records"]]
-                    if "records" in row
+                    if row.get("records")
                     else None
                     for row in rows
                 ],

@@ -51,7 +51,7 @@ def test_a_feature_service_reads_into_pandas_as_the_server_answered(server) -> N
             column = list(df[name])
             for row, served in enumerate(result["rows"]):
                 if result["kind"] == "timeseries":
-                    want = [r["values"][i] for r in served["records"]] if "records" in served else None
+                    want = [r["values"][i] for r in served["records"]] if served.get("records") else None
                     got = None if column[row] is None else list(column[row])
                 else:
                     want = served["values"][i] if "values" in served else None
