@@ -161,8 +161,9 @@ ensure_s3() {
     log "s3: $CELLAR_TEST_S3"
 }
 
-# A virtualenv with the Python client (from ./python) and its test dependencies, made once per
-# machine and brought up to date with the package on every run.
+# A virtualenv with the Python client (from ./python), its test dependencies and Feast 0.67
+# (whose own client the tests point at Cellar), made once per machine and brought up to date
+# with the package on every run.
 ensure_python_env() {
     PY_ENV="${PY_ENV:-$HOME/.cache/cellar-py-env}"
     if [ ! -x "$PY_ENV/bin/python" ]; then
@@ -172,6 +173,7 @@ ensure_python_env() {
             python3 -m venv "$PY_ENV"
         }
     fi
-    "$PY_ENV/bin/pip" install -q --disable-pip-version-check "$(dirname "${BASH_SOURCE[0]}")/../python[test]" >&2
+    "$PY_ENV/bin/pip" install -q --disable-pip-version-check \
+        "$(dirname "${BASH_SOURCE[0]}")/../python[test]" 'feast==0.67.*' >&2
     export PY_ENV
 }

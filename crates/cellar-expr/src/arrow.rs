@@ -14,6 +14,29 @@ use cellar_spec::{ScalarType, Value, ValueType};
 /// The time zone of every timestamp an expression sees.
 pub const UTC: &str = "UTC";
 
+/// The Arrow type a feature of type `t` is kept and answered as outside expressions (in the
+/// offline history, in Arrow answers): [`data_type`]'s, and maps as JSON text.
+pub fn stored_type(t: ValueType) -> DataType {
+    data_type(t).unwrap_or(DataType::Utf8)
+}
+
+/// A column of `values` of feature type `t` as [`stored_type`] types it.
+pub fn stored_column<'a>(t: ValueType, values: impl IntoIterator<Item = &'a Value>) -> ArrayRef {
+    match t {
+        ValueType::Map(_) => {
+            let mut builder = StringBuilder::new();
+            for value in values {
+                match value {
+                    Value::Null => builder.append_null(),
+                    v => builder.append_value(v.to_json().to_string()),
+                }
+            }
+            Arc::new(builder.finish())
+        }
+        t => column(t, values),
+    }
+}
+
 /// The Arrow type a feature of type `t` is evaluated as. Sets are lists (sorted, distinct),
 /// vectors lists of float32; maps have none yet.
 pub fn data_type(t: ValueType) -> Option<DataType> {

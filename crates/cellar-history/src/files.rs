@@ -18,7 +18,6 @@
 
 use std::sync::Arc;
 
-use arrow_array::builder::StringBuilder;
 use arrow_array::{
     new_null_array, ArrayRef, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray,
     TimestampMillisecondArray, UInt64Array,
@@ -42,7 +41,7 @@ pub const META_COLUMNS: usize = 5;
 
 /// The Arrow type a history column of feature type `t` has.
 pub fn column_type(t: ValueType) -> DataType {
-    cellar_expr::arrow::data_type(t).unwrap_or(DataType::Utf8)
+    cellar_expr::arrow::stored_type(t)
 }
 
 /// The schema of a history file of a group whose live features are `features`.
@@ -108,19 +107,7 @@ pub fn batch(header: &Header, rows: &[FileRow<'_>]) -> Result<RecordBatch> {
         let values = rows
             .iter()
             .map(|r| r.values.get(*position).unwrap_or(&Value::Null));
-        columns.push(match t {
-            ValueType::Map(_) => {
-                let mut builder = StringBuilder::new();
-                for value in values {
-                    match value {
-                        Value::Null => builder.append_null(),
-                        v => builder.append_value(v.to_json().to_string()),
-                    }
-                }
-                Arc::new(builder.finish())
-            }
-            t => cellar_expr::arrow::column(*t, values),
-        });
+        columns.push(cellar_expr::arrow::stored_column(*t, values));
     }
     RecordBatch::try_new(schema, columns)
         .map_err(|e| HistoryError::Encode(format!("history batch of `{}`: {e}", header.group)))

@@ -531,7 +531,8 @@ impl Executor {
             .ok_or_else(|| JobError::Invalid(format!("there is no job {id}")))
     }
 
-    async fn current_repo(&self) -> Result<FeatureRepo> {
+    /// The repo the registry holds now.
+    pub async fn current_repo(&self) -> Result<FeatureRepo> {
         Ok(self
             .registry
             .current()

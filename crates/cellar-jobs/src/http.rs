@@ -6,7 +6,9 @@
 //! - `GET /v1/jobs/{id}`: the job and its shards;
 //! - `POST /v1/jobs/{id}/retry`, `POST /v1/jobs/{id}/cancel`;
 //! - `GET /jobs/{id}`: the job's page, the link alerts carry: state, progress, each shard's
-//!   attempts and last error, and where the rejected rows are.
+//!   attempts and last error, and where the rejected rows are;
+//! - `POST /materialize`, `POST /materialize-incremental`: Feast's, as backfills
+//!   ([`crate::materialize`]).
 //!
 //! Errors have the serving API's shape: `{"error": {"code", "kind", "message"}}`.
 //!
@@ -34,9 +36,9 @@ pub const MAX_LIST_LIMIT: i64 = 1000;
 
 /// What the job routes share.
 #[derive(Clone)]
-struct Jobs {
-    executor: Executor,
-    audit: Audit,
+pub(crate) struct Jobs {
+    pub executor: Executor,
+    pub audit: Audit,
 }
 
 /// The routes above, served by `executor`, operator actions recorded in `audit`.
@@ -47,10 +49,15 @@ pub fn jobs_router(executor: Executor, audit: Audit) -> Router {
         .route("/v1/jobs/{id}/retry", post(retry))
         .route("/v1/jobs/{id}/cancel", post(cancel))
         .route("/jobs/{id}", get(page))
+        .route("/materialize", post(crate::materialize::materialize))
+        .route(
+            "/materialize-incremental",
+            post(crate::materialize::materialize_incremental),
+        )
         .with_state(Jobs { executor, audit })
 }
 
-fn denied(e: cellar_auth::Denied) -> Response {
+pub(crate) fn denied(e: cellar_auth::Denied) -> Response {
     error(StatusCode::FORBIDDEN, "permission_denied", e.to_string())
 }
 
@@ -262,7 +269,7 @@ async fn detail(
     Ok(Some((job, shards)))
 }
 
-fn spawn_run(executor: &Executor, id: i64) {
+pub(crate) fn spawn_run(executor: &Executor, id: i64) {
     let executor = executor.clone();
     tokio::spawn(async move {
         if let Err(e) = executor.run(id).await {
@@ -320,14 +327,14 @@ pub fn parse_time(field: &str, text: &str) -> Result<i64, String> {
         })
 }
 
-fn error(status: StatusCode, kind: &str, message: String) -> Response {
+pub(crate) fn error(status: StatusCode, kind: &str, message: String) -> Response {
     let body = serde_json::json!({
         "error": { "code": status.as_u16(), "kind": kind, "message": message }
     });
     (status, Json(body)).into_response()
 }
 
-fn bad_request(message: String) -> Response {
+pub(crate) fn bad_request(message: String) -> Response {
     error(StatusCode::BAD_REQUEST, "invalid_argument", message)
 }
 
@@ -339,7 +346,7 @@ fn not_found(id: i64) -> Response {
     )
 }
 
-fn registry_error(e: RegistryError) -> Response {
+pub(crate) fn registry_error(e: RegistryError) -> Response {
     match &e {
         RegistryError::NoSuchJob { .. } => error(StatusCode::NOT_FOUND, "not_found", e.to_string()),
         RegistryError::JobState { .. } => {
@@ -353,7 +360,7 @@ fn registry_error(e: RegistryError) -> Response {
     }
 }
 
-fn job_error(e: JobError) -> Response {
+pub(crate) fn job_error(e: JobError) -> Response {
     match e {
         JobError::Invalid(message) => bad_request(message),
         JobError::NotFound(message) => error(StatusCode::NOT_FOUND, "not_found", message),

@@ -24,6 +24,7 @@ pub mod error;
 pub mod executor;
 pub mod http;
 pub mod kafka;
+mod materialize;
 pub mod metrics;
 pub mod schedule;
 

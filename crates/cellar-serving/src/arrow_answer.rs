@@ -12,13 +12,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow_array::builder::StringBuilder;
 use arrow_array::{
     new_null_array, Array, ArrayRef, Int64Array, ListArray, RecordBatch, StringArray,
     TimestampMillisecondArray,
 };
 use arrow_buffer::OffsetBuffer;
-use arrow_schema::{DataType, Field, Schema};
+use arrow_schema::{Field, Schema};
 use cellar_spec::{Value, ValueType};
 
 use crate::error::ServeError;
@@ -100,28 +99,6 @@ fn key_column(values: &[serde_json::Value]) -> ArrayRef {
     })))
 }
 
-/// The type of a feature's values in the answer: maps as JSON text.
-fn item_type(t: ValueType) -> DataType {
-    cellar_expr::arrow::data_type(t).unwrap_or(DataType::Utf8)
-}
-
-/// A column of `values` of feature type `t`.
-fn values_column<'a>(t: ValueType, values: impl Iterator<Item = &'a Value>) -> ArrayRef {
-    match t {
-        ValueType::Map(_) => {
-            let mut builder = StringBuilder::new();
-            for value in values {
-                match value {
-                    Value::Null => builder.append_null(),
-                    v => builder.append_value(v.to_json().to_string()),
-                }
-            }
-            Arc::new(builder.finish())
-        }
-        t => cellar_expr::arrow::column(t, values),
-    }
-}
-
 fn value_type(group: &ResultGroup, position: usize) -> ValueType {
     match group {
         ResultGroup::Stored(g) => g.spec.features[position].value_type,
@@ -168,7 +145,7 @@ fn group_columns(group: &GroupResult, fields: &mut Vec<Field>, columns: &mut Vec
         let absent: Vec<bool> = lengths.iter().map(|n| *n == 0).collect();
         for (j, &position) in group.features.iter().enumerate() {
             let t = value_type(&group.group, position);
-            let items = values_column(
+            let items = cellar_expr::arrow::stored_column(
                 t,
                 records
                     .iter()
@@ -197,9 +174,9 @@ fn group_columns(group: &GroupResult, fields: &mut Vec<Field>, columns: &mut Vec
     for (j, &position) in group.features.iter().enumerate() {
         let t = value_type(&group.group, position);
         let column = if group.rows.is_empty() {
-            new_null_array(&item_type(t), 0)
+            new_null_array(&cellar_expr::arrow::stored_type(t), 0)
         } else {
-            values_column(
+            cellar_expr::arrow::stored_column(
                 t,
                 group.rows.iter().map(|row| match row {
                     Row::Record {

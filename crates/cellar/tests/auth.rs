@@ -300,6 +300,16 @@ fn protected_routes() -> Vec<(&'static str, &'static str, Value)> {
         ("POST", "/v1/jobs/1/retry", Value::Null),
         ("POST", "/v1/jobs/1/cancel", Value::Null),
         ("GET", "/jobs/1", Value::Null),
+        (
+            "POST",
+            "/materialize",
+            json!({"start_ts": "2026-01-01T00:00:00", "end_ts": "2026-01-02T00:00:00"}),
+        ),
+        (
+            "POST",
+            "/materialize-incremental",
+            json!({"end_ts": "2026-01-02T00:00:00"}),
+        ),
         ("GET", "/metrics", Value::Null),
         ("GET", "/v1/training-sets", Value::Null),
         (
