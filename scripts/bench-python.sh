@@ -14,7 +14,7 @@ source scripts/bench-lib.sh
 
 VENV="$HOME/.cache/cellar-bench-py"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-"$VENV/bin/pip" install -q --disable-pip-version-check 'feast==0.67.*' './python[pandas]' >&2
+"$VENV/bin/pip" install -q --disable-pip-version-check 'feast==0.67.*' ./python >&2
 
 WORK=$(mktemp -d /tmp/cellar-bench-python.XXXXXX)
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
