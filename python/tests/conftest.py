@@ -52,9 +52,14 @@ class Server:
         self.data = data
 
 
-def start(tmp: Path, extra_env: dict[str, str] | None = None) -> Server:
+def start(tmp: Path, extra_env: dict[str, str] | None = None, config: str | None = None) -> Server:
+    """`cellar quickstart` in `tmp`, with `config` (TOML) as its config file when given."""
     repo, data = tmp / "repo", tmp / "data"
     repo.mkdir(parents=True)
+    options: list[str] = []
+    if config is not None:
+        (tmp / "cellar.toml").write_text(config)
+        options = ["--config", str(tmp / "cellar.toml")]
     # Profiles for the batch ingestion: p0..p99, aged 20..119.
     profiles = pa.table(
         {
@@ -73,6 +78,7 @@ def start(tmp: Path, extra_env: dict[str, str] | None = None) -> Server:
     process = subprocess.Popen(
         [
             cellar_bin(),
+            *options,
             "--data-dir", str(data),
             "--repo", str(repo),
             "quickstart",
