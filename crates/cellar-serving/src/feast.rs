@@ -398,9 +398,62 @@ fn zoned(value: serde_json::Value) -> serde_json::Value {
 async fn push_frame(
     state: &HttpState,
     access: Access,
-    group: String,
+    name: String,
     df: serde_json::Map<String, serde_json::Value>,
 ) -> Result<Vec<u8>, ServeError> {
+    let targets = state.service.push_targets(&name);
+    // A group, or a push source one group declares: the whole frame is its.
+    if targets.len() <= 1 {
+        let group = targets.into_iter().next().map_or(name, |(group, _)| group);
+        push_group(state, access, group, df).await?;
+        // Feast's server answers a successful push with an empty body.
+        return Ok(b"null".to_vec());
+    }
+    // A push source of several groups: each takes its keys, the event time and its own
+    // features; a column none of them has is refused before anything is written.
+    for (group, _) in &targets {
+        access.check(Action::WriteFeatures, ResourceKind::Group, group)?;
+    }
+    let mut frames = Vec::with_capacity(targets.len());
+    for (group, features) in &targets {
+        let keys = state.service.entity_key_fields(group)?;
+        let frame: serde_json::Map<String, serde_json::Value> = df
+            .iter()
+            .filter(|(column, _)| {
+                keys.contains(column)
+                    || features.contains(column)
+                    || EVENT_TIME_COLUMNS.contains(&column.as_str())
+                    || IGNORED_COLUMNS.contains(&column.as_str())
+            })
+            .map(|(column, values)| (column.clone(), values.clone()))
+            .collect();
+        frames.push((group.clone(), keys, frame));
+    }
+    for column in df.keys() {
+        if !frames
+            .iter()
+            .any(|(_, _, frame)| frame.contains_key(column))
+        {
+            let groups: Vec<&str> = targets.iter().map(|(g, _)| g.as_str()).collect();
+            return Err(ServeError::invalid(format!(
+                "df.{column}: no group of push source `{name}` ({}) has a feature `{column}`",
+                groups.join(", ")
+            )));
+        }
+    }
+    for (group, _, frame) in frames {
+        push_group(state, access.clone(), group, frame).await?;
+    }
+    Ok(b"null".to_vec())
+}
+
+/// Pushes a column-shaped frame to one group.
+async fn push_group(
+    state: &HttpState,
+    access: Access,
+    group: String,
+    df: serde_json::Map<String, serde_json::Value>,
+) -> Result<(), ServeError> {
     // Before the group is looked up, so that a caller cannot learn which groups exist.
     access.check(Action::WriteFeatures, ResourceKind::Group, &group)?;
     let key_fields = state.service.entity_key_fields(&group)?;
@@ -413,8 +466,7 @@ async fn push_frame(
             access,
         })
         .await?;
-    // Feast's server answers a successful push with an empty body.
-    Ok(b"null".to_vec())
+    Ok(())
 }
 
 pub(crate) async fn push(

@@ -277,6 +277,13 @@ pub trait FeatureServing: Send + Sync {
     /// The entity key field names of a group, so column-shaped pushes can tell keys from
     /// features.
     fn entity_key_fields(&self, group: &str) -> Result<Vec<String>, ServeError>;
+    /// The groups a Feast-compatible push naming `name` writes, with each one's live
+    /// features: the group of that name, else every group declaring `name` among its
+    /// `push_sources`. Empty when neither exists.
+    fn push_targets(&self, name: &str) -> Vec<(String, Vec<String>)> {
+        let _ = name;
+        Vec::new()
+    }
 }
 
 /// The serving service over a read path (cache tiers and store) and the store for writes.
@@ -1215,6 +1222,21 @@ fn dedup(keys: Vec<EntityKey>) -> (Vec<EntityKey>, Option<Vec<usize>>) {
 
 #[async_trait]
 impl FeatureServing for FeatureServer {
+    fn push_targets(&self, name: &str) -> Vec<(String, Vec<String>)> {
+        let catalog = self.catalog();
+        let features = |g: &ServedGroup| g.spec.live_features().map(|f| f.name.clone()).collect();
+        if let Some(g) = catalog.group(name) {
+            return vec![(g.spec.name.clone(), features(g))];
+        }
+        let mut targets: Vec<(String, Vec<String>)> = catalog
+            .groups()
+            .filter(|g| g.spec.push_sources.iter().any(|s| s == name))
+            .map(|g| (g.spec.name.clone(), features(g)))
+            .collect();
+        targets.sort();
+        targets
+    }
+
     fn entity_key_fields(&self, group: &str) -> Result<Vec<String>, ServeError> {
         let catalog = self.catalog();
         let g = catalog

@@ -69,6 +69,10 @@ pub struct FeatureGroup {
     pub serving: ServingPolicy,
     /// Largest encoded record accepted, in bytes.
     pub max_record_bytes: usize,
+    /// Names of Feast push sources the group answers to: a Feast-compatible push naming one
+    /// writes to every group that declares it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub push_sources: Vec<String>,
     #[serde(default)]
     pub description: Option<String>,
     /// Where the group's records are stored: 0 for the layout the group was created with. An

@@ -1048,3 +1048,97 @@ async fn a_group_named_twice_is_answered_and_costed_once() {
         json!(["user_id", "age", "country"])
     );
 }
+
+/// Two groups answering to one Feast push source, and one answering alone.
+const PUSH_GROUPS: &str = r#"
+kind: FeatureGroup
+name: session_state
+entity: user
+type: attribute
+features:
+  - { name: last_page, type: string }
+push_sources: [web_push, state_push]
+---
+kind: FeatureGroup
+name: session_counts
+entity: user
+type: attribute
+features:
+  - { name: pages, type: int64 }
+push_sources: [web_push]
+"#;
+
+#[tokio::test]
+async fn a_feast_push_source_writes_every_group_that_declares_it() {
+    let s = Server::start_with(|config| {
+        std::fs::create_dir_all(&config.repo).unwrap();
+        std::fs::write(config.repo.join("sessions.yaml"), PUSH_GROUPS).unwrap();
+    })
+    .await;
+    let read = |users: Value| json!({"entities": {"user_id": users}, "groups": ["session_state", "session_counts"]});
+    // A column no group of the push source has: refused by name, nothing written.
+    let (status, body) = s
+        .post(
+            "/push",
+            json!({"push_source_name": "web_push",
+                   "df": {"user_id": ["u1"], "last_page": ["/a"], "pagez": [3]}}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("df.pagez") && message.contains("(session_counts, session_state)"),
+        "{message}"
+    );
+    let (_, answer) = s.post("/v1/features", read(json!(["u1"]))).await;
+    assert_eq!(answer["results"][0]["rows"][0]["status"], "not_found");
+
+    // Each group takes its own columns (and the zone-less Feast time, as UTC).
+    let (status, body) = s
+        .post(
+            "/push",
+            json!({"push_source_name": "web_push",
+                   "df": {"user_id": ["u1", "u2"], "last_page": ["/a", "/b"], "pages": [3, 4],
+                          "event_timestamp": ["2026-01-05T00:00:00", "2026-01-05T00:00:00"]}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, answer) = s.post("/v1/features", read(json!(["u1", "u2"]))).await;
+    let values = |group: usize, row: usize| answer["results"][group]["rows"][row]["values"].clone();
+    assert_eq!(values(0, 0), json!(["/a"]), "{answer}");
+    assert_eq!(values(0, 1), json!(["/b"]));
+    assert_eq!(values(1, 0), json!([3]));
+    assert_eq!(values(1, 1), json!([4]));
+    assert_eq!(
+        answer["results"][1]["rows"][0]["event_time"],
+        "2026-01-05T00:00:00Z"
+    );
+
+    // A push source of one group is that group; a group's own name still names it.
+    let (status, body) = s
+        .post(
+            "/push",
+            json!({"push_source_name": "state_push",
+                   "df": {"user_id": ["u3"], "last_page": ["/c"]}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = s
+        .post(
+            "/push",
+            json!({"push_source_name": "session_counts", "df": {"user_id": ["u3"], "pages": [9]}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, answer) = s.post("/v1/features", read(json!(["u3"]))).await;
+    assert_eq!(answer["results"][0]["rows"][0]["values"], json!(["/c"]));
+    assert_eq!(answer["results"][1]["rows"][0]["values"], json!([9]));
+    // A name that is neither: the unknown group's error.
+    let (status, _) = s
+        .post(
+            "/push",
+            json!({"push_source_name": "nobody_push", "df": {"user_id": ["u3"]}}),
+        )
+        .await;
+    assert_eq!(status, 404);
+}

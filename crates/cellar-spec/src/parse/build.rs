@@ -43,6 +43,7 @@ impl Drafts {
                 retention: d.retention,
                 serving: d.serving,
                 max_record_bytes: d.max_record_bytes,
+                push_sources: d.push_sources,
                 description: d.head.description,
                 generation: 0,
                 previous: None,

@@ -91,6 +91,20 @@ impl Drafts {
         let on_demand = self.check_on_demand(&groups, errors);
 
         for group in &self.groups {
+            // A push naming a group writes that group: a push source of another group's name
+            // could never be reached.
+            for source in &group.push_sources {
+                if *source != group.head.name && groups.contains_key(source.as_str()) {
+                    errors.push(error_at(
+                        &group.head.origin,
+                        "push_sources",
+                        format!(
+                            "push source `{source}` has the name of feature group `{source}`, \
+                             which a push naming it writes: rename the push source"
+                        ),
+                    ));
+                }
+            }
             if let Some(entity) = &group.entity {
                 if !entities.contains_key(entity.value.as_str()) {
                     errors.push(error_at(
@@ -497,6 +511,28 @@ impl Drafts {
 #[cfg(test)]
 mod tests {
     use crate::parse::tests::{errors_of, USER};
+
+    #[test]
+    fn a_push_source_may_not_take_another_groups_name() {
+        let repo = |sources: &str| {
+            format!(
+                "kind: Entity\nname: user\nkeys: [{{ name: user_id, type: string }}]\n---\n\
+                 kind: FeatureGroup\nname: a\nentity: user\ntype: attribute\n\
+                 features: [{{ name: x, type: int64 }}]\npush_sources: {sources}\n---\n\
+                 kind: FeatureGroup\nname: b\nentity: user\ntype: attribute\n\
+                 features: [{{ name: y, type: int64 }}]\npush_sources: [shared]\n"
+            )
+        };
+        let parsed = crate::parse_repo(&[("r.yaml".into(), repo("[shared, a_push]"))]).unwrap();
+        assert_eq!(parsed.groups[0].push_sources, ["shared", "a_push"]);
+        let errors = crate::parse_repo(&[("r.yaml".into(), repo("[b]"))]).unwrap_err();
+        assert!(
+            errors
+                .to_string()
+                .contains("push source `b` has the name of feature group `b`"),
+            "{errors}"
+        );
+    }
 
     #[test]
     fn aggregate_state_must_fit_the_group_record_limit() {

@@ -33,6 +33,7 @@ impl Doc<'_> {
                 "retention",
                 "serving",
                 "max_record_bytes",
+                "push_sources",
             ],
         );
         let entity = self
@@ -64,6 +65,7 @@ impl Doc<'_> {
                 }
             })
             .unwrap_or(DEFAULT_MAX_RECORD_BYTES);
+        let push_sources = self.push_sources(root);
         GroupDraft {
             head,
             entity,
@@ -72,7 +74,26 @@ impl Doc<'_> {
             retention,
             serving,
             max_record_bytes,
+            push_sources,
         }
+    }
+
+    /// `push_sources`: the Feast push source names the group answers to.
+    fn push_sources(&mut self, root: &MarkedMappingNode) -> Vec<String> {
+        let Some(items) = self
+            .field(root, "", "push_sources", false)
+            .and_then(|node| self.text_list(node, "push_sources"))
+        else {
+            return Vec::new();
+        };
+        let mut out: Vec<String> = Vec::new();
+        for (i, name) in items {
+            self.check_name(name, &index("push_sources", i));
+            if !out.iter().any(|n| n == name.as_str()) {
+                out.push(name.as_str().to_owned());
+            }
+        }
+        out
     }
 
     fn features(&mut self, root: &MarkedMappingNode) -> Vec<FeatureDraft> {

@@ -236,6 +236,7 @@ struct GroupDraft {
     retention: Retention,
     serving: ServingPolicy,
     max_record_bytes: usize,
+    push_sources: Vec<String>,
 }
 
 #[derive(Debug)]
