@@ -163,3 +163,21 @@ def test_feast_materializes_through_cellars_batch_ingestion(cellar, store) -> No
     # A view only streams load has nothing to materialize from: Feast shows Cellar's reason.
     with pytest.raises(RuntimeError, match="no batch ingestion loads `recent_clicked_articles`"):
         store.materialize(T0, T0 + dt.timedelta(days=1), feature_views=["recent_clicked_articles"])
+
+
+def test_feasts_client_reads_cellars_refusal_of_an_oversized_write(cellar, store) -> None:
+    # Past server.max_body_bytes (4 MiB): a JSON 413 Feast's client reads and shows.
+    n = 120_000
+    now = dt.datetime.now(dt.timezone.utc)
+    frame = pd.DataFrame(
+        {
+            "user_id": [f"big{i}" for i in range(n)],
+            "country": ["SE"] * n,
+            "age": list(range(n)),
+            "keywords": [["a-long-enough-keyword"]] * n,
+            "event_timestamp": [now] * n,
+        }
+    )
+    with pytest.raises(RuntimeError, match=r"413.*max_body_bytes"):
+        store.write_to_online_store("user_profile", frame)
+    assert ages(cellar, ["big0"]) == [None]
