@@ -51,6 +51,13 @@ class Server:
         self.log = log
         self.data = data
 
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
 
 def start(tmp: Path, extra_env: dict[str, str] | None = None, config: str | None = None) -> Server:
     """`cellar quickstart` in `tmp`, with `config` (TOML) as its config file when given."""
@@ -109,8 +116,4 @@ def start(tmp: Path, extra_env: dict[str, str] | None = None, config: str | None
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     s = start(tmp_path_factory.mktemp("cellar"))
     yield s
-    s.process.terminate()
-    try:
-        s.process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        s.process.kill()
+    s.stop()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import subprocess
 
 import pandas as pd
 import pytest
@@ -58,11 +57,7 @@ resources = ["*"]
 def secured(tmp_path_factory: pytest.TempPathFactory):
     server = start(tmp_path_factory.mktemp("secured"), config=CONFIG)
     yield server
-    server.process.terminate()
-    try:
-        server.process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
+    server.stop()
 
 
 def test_the_client_sends_its_key_and_refusals_are_typed(secured) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import subprocess
 
 import pandas as pd
 import pytest
@@ -31,11 +30,7 @@ logging.getLogger("feast").setLevel(logging.ERROR)
 def cellar(tmp_path_factory: pytest.TempPathFactory):
     server = start(tmp_path_factory.mktemp("feast-cellar"))
     yield server
-    server.process.terminate()
-    try:
-        server.process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
+    server.stop()
 
 
 @pytest.fixture(scope="module")
