@@ -259,14 +259,10 @@ async fn last_loaded(
 
 /// A time as Feast sends it: RFC 3339, or ISO 8601 without a zone, meaning UTC.
 fn feast_time(field: &str, text: &str) -> Result<i64, String> {
-    if let Some(ms) = cellar_spec::value::parse_rfc3339(text) {
-        return Ok(ms);
+    match cellar_spec::value::parse_naive_utc(text) {
+        Some(ms) => Ok(ms),
+        None => crate::http::parse_time(field, text),
     }
-    ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
-        .iter()
-        .find_map(|format| chrono::NaiveDateTime::parse_from_str(text, format).ok())
-        .map(|t| t.and_utc().timestamp_millis())
-        .map_or_else(|| crate::http::parse_time(field, text), Ok)
 }
 
 #[cfg(test)]

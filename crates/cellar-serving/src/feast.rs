@@ -385,10 +385,7 @@ fn zoned(value: serde_json::Value) -> serde_json::Value {
     let serde_json::Value::String(text) = &value else {
         return value;
     };
-    let naive = ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
-        .iter()
-        .any(|format| chrono::NaiveDateTime::parse_from_str(text, format).is_ok());
-    if naive {
+    if cellar_spec::value::parse_naive_utc(text).is_some() {
         serde_json::Value::String(format!("{}Z", text.replacen(' ', "T", 1)))
     } else {
         value

@@ -170,6 +170,16 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
         .map(|t| t.timestamp_millis())
 }
 
+/// Epoch milliseconds of an ISO 8601 time without a zone (`2026-12-06T06:26:33.696004`, or
+/// with a space for the `T`), taken as UTC: how Feast's clients send times. None for anything
+/// else, a zoned time included.
+pub fn parse_naive_utc(s: &str) -> Option<i64> {
+    ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
+        .iter()
+        .find_map(|format| chrono::NaiveDateTime::parse_from_str(s, format).ok())
+        .map(|t| t.and_utc().timestamp_millis())
+}
+
 /// Formats epoch milliseconds as RFC 3339 UTC text.
 pub fn format_timestamp(ms: i64) -> String {
     match chrono::DateTime::from_timestamp_millis(ms) {

@@ -298,7 +298,7 @@ impl TrainingSets {
             // What this process and stopped ones staged, converted first.
             let history = &sets.inner.history;
             history.flush()?;
-            crate::training::convert_leftovers(&sets.inner.config)?;
+            crate::training::convert_leftovers_into(&sets.inner.config, history.storage())?;
             let dir = sets.job_dir(job.id);
             let staged = dir.join("output.parquet.new");
             let built = training_set_file(
