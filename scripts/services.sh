@@ -177,3 +177,14 @@ ensure_python_env() {
         "$(dirname "${BASH_SOURCE[0]}")/../python[test]" 'feast==0.67.*' >&2
     export PY_ENV
 }
+
+# Debian's Chromium and its WebDriver, which the web console's browser tests drive headless.
+ensure_browser() {
+    if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+        log "installing chromium and chromium-driver"
+        apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+    fi
+    export CELLAR_TEST_CHROMEDRIVER="$(command -v chromedriver)"
+    export CELLAR_TEST_CHROMIUM="$(command -v chromium)"
+    log "browser: $CELLAR_TEST_CHROMIUM"
+}

@@ -38,6 +38,8 @@ ensure_s3_tls
 cargo test --all-targets -j2 -- --include-ignored
 cargo test --doc -j2
 
-# The Python client's tests, against the `cellar` just built (pytest's last line counts them).
+# The Python client's tests and the web console's browser tests, against the `cellar` just
+# built (pytest's last line counts them).
 ensure_python_env
+ensure_browser
 "$PY_ENV/bin/python" -m pytest python/tests -q -p no:cacheprovider

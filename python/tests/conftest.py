@@ -50,6 +50,7 @@ class Server:
         self.process = process
         self.log = log
         self.data = data
+        self.tmp = data.parent
 
     def stop(self) -> None:
         self.process.terminate()
@@ -59,8 +60,14 @@ class Server:
             self.process.kill()
 
 
-def start(tmp: Path, extra_env: dict[str, str] | None = None, config: str | None = None) -> Server:
-    """`cellar quickstart` in `tmp`, with `config` (TOML) as its config file when given."""
+def start(
+    tmp: Path,
+    extra_env: dict[str, str] | None = None,
+    config: str | None = None,
+    repo_files: dict[str, str] | None = None,
+) -> Server:
+    """`cellar quickstart` in `tmp`, with `config` (TOML) as its config file when given and
+    `repo_files` (name -> YAML) added to its feature repo."""
     repo, data = tmp / "repo", tmp / "data"
     repo.mkdir(parents=True)
     options: list[str] = []
@@ -78,6 +85,8 @@ def start(tmp: Path, extra_env: dict[str, str] | None = None, config: str | None
     )
     pq.write_table(profiles, tmp / "profiles.parquet")
     (repo / "import.yaml").write_text(BATCH_REPO.format(path=tmp / "profiles.parquet"))
+    for name, text in (repo_files or {}).items():
+        (repo / name).write_text(text)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp / "cellar.log"

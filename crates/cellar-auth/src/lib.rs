@@ -5,7 +5,8 @@
 //! - [`oidc`]: OIDC bearer tokens checked against the issuer's JWKS;
 //! - [`policy`]: roles granting actions on resources by name pattern, closed by default, and
 //!   the [`Access`] every endpoint checks;
-//! - [`audit`]: the audit log of writes and operator actions.
+//! - [`audit`]: the audit log of writes and operator actions;
+//! - [`console`]: how the web console carries a credential: a cookie, on its own pages only.
 //!
 //! The listeners authenticate a request before any handler runs ([`Authenticator`]) and put
 //! its [`Access`] into the request's extensions; handlers check it against the resources the
@@ -13,6 +14,7 @@
 
 pub mod audit;
 pub mod config;
+pub mod console;
 pub mod keys;
 pub mod oidc;
 pub mod policy;
@@ -21,7 +23,7 @@ use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, Method};
 
 pub use audit::Audit;
 pub use config::AuthConfig;
@@ -50,6 +52,8 @@ pub enum Unauthenticated {
     TokensNotAccepted,
     #[error("invalid token: {0}")]
     InvalidToken(String),
+    #[error("a change made with the console's cookie must come from the console's own pages (the Origin header does not match the Host)")]
+    CrossOrigin,
 }
 
 /// Checks the credentials of requests.
@@ -88,7 +92,10 @@ impl Authenticator {
     /// Whether `path` is served without credentials: health checks (load balancers), and
     /// `/metrics` when so configured.
     pub fn is_public(&self, path: &str) -> bool {
-        path == "/health" || (self.public_metrics && path == "/metrics")
+        path == "/health"
+            || (self.public_metrics && path == "/metrics")
+            || path == console::LOGIN_PATH
+            || path.starts_with(console::ASSETS_PREFIX)
     }
 
     /// The caller's access, from its `Authorization` header.
@@ -104,7 +111,34 @@ impl Authenticator {
         if !scheme.eq_ignore_ascii_case("bearer") {
             return Err(Unauthenticated::Malformed);
         }
-        let credential = credential.trim();
+        self.authenticate_credential(credential.trim()).await
+    }
+
+    /// The caller's access, from its `Authorization` header or, on the console's pages only,
+    /// from the console's cookie. A request that changes something with the cookie must come
+    /// from the console's own origin: a browser sends the cookie with whatever page made the
+    /// request, so the origin is what tells the console's forms from another site's.
+    pub async fn authenticate_request(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Result<Access, Unauthenticated> {
+        if headers.contains_key(header::AUTHORIZATION) || !console::is_console_path(path) {
+            return self.authenticate(headers).await;
+        }
+        let credential = console::cookie_credential(headers).ok_or(Unauthenticated::Missing)?;
+        if !method.is_safe() && !console::same_origin(headers) {
+            return Err(Unauthenticated::CrossOrigin);
+        }
+        self.authenticate_credential(credential).await
+    }
+
+    /// The access an API key or OIDC token gives.
+    pub async fn authenticate_credential(
+        &self,
+        credential: &str,
+    ) -> Result<Access, Unauthenticated> {
         // A JWT is three base64url parts joined by dots; an API key has no dot.
         if credential.bytes().filter(|&b| b == b'.').count() == 2 {
             let oidc = self

@@ -12,6 +12,7 @@
 //! - [`admission`]: which misses a tier keeps (after k reads in a window, per group);
 //! - [`measured`]: the store at the bottom, timed and counted;
 //! - [`write`]: the write path: store first, then each tier per the group's write strategy;
+//! - [`freshness`]: per group, the newest event time written, when, and how late it came;
 //! - [`metrics`]: hit, miss, negative-hit, stale, early-refresh and not-admitted counters per
 //!   tier and group, store reads found and missing, and read latency per tier.
 //!
@@ -21,6 +22,7 @@
 pub mod admission;
 pub mod breaker;
 mod flight;
+pub mod freshness;
 pub mod local;
 pub mod measured;
 pub mod metrics;
@@ -29,6 +31,7 @@ pub mod ttl;
 pub mod write;
 
 pub use breaker::{BreakerConfig, BreakerState};
+pub use freshness::{Freshness, GroupFreshness};
 pub use local::LocalTier;
 pub use measured::MeasuredStore;
 pub use metrics::{CacheMetrics, Outcome, Stage};

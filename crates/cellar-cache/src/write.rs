@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use cellar_spec::{EntityKey, FeatureGroup, GroupKind};
 use cellar_store::{layout, OnlineStore, PutOutcome, Record, Result, Updater, Write};
 
+use crate::freshness::Freshness;
 use crate::local::LocalTier;
 use crate::remote::RemoteTier;
 
@@ -23,6 +24,8 @@ pub struct WritePath {
     /// Where every written record is also kept for training sets, if the deployment keeps a
     /// history.
     history: Option<Arc<dyn History>>,
+    /// The newest event time written to each group, and when.
+    freshness: Freshness,
 }
 
 /// One record as the history keeps it.
@@ -56,7 +59,13 @@ impl WritePath {
             local,
             remote: None,
             history: None,
+            freshness: Freshness::default(),
         }
+    }
+
+    /// What this write path (and every clone of it) has written to each group, and when.
+    pub fn freshness(&self) -> &Freshness {
+        &self.freshness
     }
 
     /// Also keeps every written record in `history`.
@@ -102,6 +111,9 @@ impl WritePath {
                 })
                 .collect();
             history.keep(group, &rows).await?;
+        }
+        if let Some(newest) = writes.iter().map(|w| w.record.event_time).max() {
+            self.freshness.written(&group.name, newest);
         }
         Ok(outcomes)
     }
@@ -160,6 +172,9 @@ impl WritePath {
                 })
                 .collect();
             history.keep(group, &rows).await?;
+        }
+        if let Some(newest) = stored.iter().flatten().map(|r| r.event_time).max() {
+            self.freshness.written(&group.name, newest);
         }
         Ok(stored)
     }

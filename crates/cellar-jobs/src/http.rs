@@ -1,12 +1,10 @@
-//! The jobs API and pages, merged into the server's router.
+//! The jobs API, merged into the server's router (the console has the jobs' pages).
 //!
 //! - `GET /v1/jobs?ingestion=&state=&limit=`: jobs, newest first;
 //! - `POST /v1/jobs` `{"ingestion", "from", "to", "max_attempts"}`: submits a backfill, which
 //!   this server runs (202 with the job);
 //! - `GET /v1/jobs/{id}`: the job and its shards;
 //! - `POST /v1/jobs/{id}/retry`, `POST /v1/jobs/{id}/cancel`;
-//! - `GET /jobs/{id}`: the job's page, the link alerts carry: state, progress, each shard's
-//!   attempts and last error, and where the rejected rows are;
 //! - `POST /materialize`, `POST /materialize-incremental`: Feast's, as backfills
 //!   ([`crate::materialize`]).
 //!
@@ -15,10 +13,8 @@
 //! Every route needs `operate_jobs` on the job's ingestion (a list without `ingestion`, on
 //! every ingestion); submits, retries and cancels are written to the audit log.
 
-use std::fmt::Write as _;
-
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -28,7 +24,7 @@ use cellar_registry::{Job, JobFilter, JobState, RegistryError, ShardRun};
 use serde::Deserialize;
 
 use crate::error::JobError;
-use crate::executor::{reject_path, Executor, JobRequest, DEFAULT_MAX_ATTEMPTS};
+use crate::executor::{Executor, JobRequest, DEFAULT_MAX_ATTEMPTS};
 
 /// Jobs a list returns when the request does not say.
 pub const DEFAULT_LIST_LIMIT: i64 = 50;
@@ -48,7 +44,6 @@ pub fn jobs_router(executor: Executor, audit: Audit) -> Router {
         .route("/v1/jobs/{id}", get(show))
         .route("/v1/jobs/{id}/retry", post(retry))
         .route("/v1/jobs/{id}/cancel", post(cancel))
-        .route("/jobs/{id}", get(page))
         .route("/materialize", post(crate::materialize::materialize))
         .route(
             "/materialize-incremental",
@@ -240,24 +235,6 @@ where
     }
 }
 
-async fn page(
-    State(Jobs { executor, .. }): State<Jobs>,
-    access: Access,
-    Path(id): Path<i64>,
-) -> Response {
-    if let Err(resp) = granted_job(&executor, &access, id).await {
-        return resp;
-    }
-    match detail(&executor, id).await {
-        Ok(Some((job, shards))) => {
-            let html = render_page(&job, &shards, executor.rejects_dir());
-            ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
-        }
-        Ok(None) => not_found(id),
-        Err(e) => registry_error(e),
-    }
-}
-
 async fn detail(
     executor: &Executor,
     id: i64,
@@ -269,7 +246,8 @@ async fn detail(
     Ok(Some((job, shards)))
 }
 
-pub(crate) fn spawn_run(executor: &Executor, id: i64) {
+/// Runs job `id` on this server in the background (a submitted or retried job).
+pub fn spawn_run(executor: &Executor, id: i64) {
     let executor = executor.clone();
     tokio::spawn(async move {
         if let Err(e) = executor.run(id).await {
@@ -369,136 +347,6 @@ pub(crate) fn job_error(e: JobError) -> Response {
     }
 }
 
-/// The job's page: plain HTML, no scripts; it refreshes itself while the job runs.
-pub fn render_page(job: &Job, shards: &[ShardRun], rejects_dir: &std::path::Path) -> String {
-    let mut html = String::with_capacity(4096);
-    let title = format!("Job {} — {}", job.id, escape(&job.ingestion));
-    let refresh = if job.state.is_finished() {
-        ""
-    } else {
-        "<meta http-equiv=\"refresh\" content=\"5\">"
-    };
-    let _ = write!(
-        html,
-        "<!doctype html><html><head><meta charset=\"utf-8\">{refresh}<title>{title}</title>\
-         <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}\
-         td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}\
-         .failed{{color:#b00}}.succeeded{{color:#080}}</style></head><body>\
-         <h1>{title}</h1><table>"
-    );
-    let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
-        t.map_or_else(
-            || "-".to_owned(),
-            |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        )
-    };
-    let period = |ms: Option<i64>| {
-        ms.and_then(chrono::DateTime::from_timestamp_millis)
-            .map_or_else(|| "unbounded".to_owned(), |t| t.to_rfc3339())
-    };
-    let planned = job
-        .rows_planned
-        .map_or_else(|| "-".to_owned(), |r| r.to_string());
-    let rows = [
-        ("State", format!("<b class=\"{0}\">{0}</b>", job.state)),
-        ("Kind", job.kind.to_string()),
-        (
-            "Period",
-            format!(
-                "{} to {}",
-                period(job.period_from_ms),
-                period(job.period_to_ms)
-            ),
-        ),
-        ("Runner", escape(&job.runner)),
-        ("Submitted", time(Some(job.submitted_at))),
-        ("Started", time(job.started_at)),
-        ("Finished", time(job.finished_at)),
-        ("Last progress", time(Some(job.updated_at))),
-        (
-            "Shards",
-            format!(
-                "{} in all, {} succeeded, {} failed",
-                job.shards_total, job.shards_succeeded, job.shards_failed
-            ),
-        ),
-        (
-            "Rows",
-            format!(
-                "{} read of {planned} planned, {} written, {} rejected",
-                job.rows_read, job.rows_written, job.rows_rejected
-            ),
-        ),
-        (
-            "Error",
-            job.error.as_deref().map_or_else(|| "-".to_owned(), escape),
-        ),
-        (
-            "Rejected rows",
-            escape(
-                &rejects_dir
-                    .join(&job.ingestion)
-                    .join(format!("job-{}", job.id))
-                    .display()
-                    .to_string(),
-            ),
-        ),
-    ];
-    for (name, value) in rows {
-        let _ = write!(html, "<tr><th>{name}</th><td>{value}</td></tr>");
-    }
-    html.push_str(
-        "</table><h2>Shards</h2><table><tr><th>Shard</th><th>State</th><th>Attempts</th>\
-         <th>Worker</th><th>Rows planned</th><th>Read</th><th>Written</th><th>Rejected</th>\
-         <th>Last error</th></tr>",
-    );
-    for s in shards {
-        let worker = s.worker.as_deref().map_or_else(|| "-".to_owned(), escape);
-        let error = s.error.as_deref().map_or_else(|| "-".to_owned(), escape);
-        let _ = write!(
-            html,
-            "<tr><td>{index}</td><td class=\"{state}\">{state}</td><td>{attempts}</td>\
-             <td>{worker}</td><td>{planned}</td><td>{read}</td><td>{written}</td>\
-             <td>{rejected}</td><td>{error}</td></tr>",
-            index = s.index,
-            state = s.state,
-            attempts = s.attempts,
-            planned = s.rows_planned,
-            read = s.rows_read,
-            written = s.rows_written,
-            rejected = s.rows_rejected,
-        );
-    }
-    let _ = write!(
-        html,
-        "</table><p>JSON: <a href=\"/v1/jobs/{0}\">/v1/jobs/{0}</a>. Retry: <code>cellar jobs \
-         retry {0}</code>. Rejected rows of shard n: <code>{1}</code></p></body></html>",
-        job.id,
-        escape(
-            &reject_path(rejects_dir, &job.ingestion, job.id, 0)
-                .display()
-                .to_string()
-                .replace("shard-0", "shard-n")
-        )
-    );
-    html
-}
-
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -529,13 +377,5 @@ mod tests {
         assert!(parse_states("done")
             .unwrap_err()
             .contains("`done` is not a job state"));
-    }
-
-    #[test]
-    fn html_is_escaped() {
-        assert_eq!(
-            escape("<a href=\"x\">&'"),
-            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
-        );
     }
 }

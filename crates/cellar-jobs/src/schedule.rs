@@ -50,6 +50,11 @@ impl CronSchedule {
             .map_err(|e| JobError::Invalid(format!("schedule `{text}`: {e}")))
     }
 
+    /// The first tick after `t`.
+    pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.0.after(&t).next()
+    }
+
     /// The latest tick at or before `now`, looking back at most to `since` (exclusive); `None`
     /// when there is none in that span.
     pub fn latest_tick(&self, since: DateTime<Utc>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {

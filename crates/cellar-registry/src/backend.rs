@@ -15,8 +15,8 @@ use cellar_spec::FeatureRepo;
 
 use crate::snapshot::{kind_name, parse_kind, prepare, LatestSpec};
 use crate::{
-    decode_applied_repo, decode_spec_version, decode_watermark, AppliedRepo, ApplyOutcome,
-    Breaking, RegistryError, SpecVersion, Watermark, WatermarkValue,
+    decode_applied_repo, decode_change, decode_spec_version, decode_watermark, AppliedRepo,
+    ApplyOutcome, Breaking, RegistryError, SpecChange, SpecVersion, Watermark, WatermarkValue,
 };
 
 /// A `repo_versions` row: version, applied_at_ms, repo JSON.
@@ -39,6 +39,8 @@ const INSERT_SPEC: &str = "INSERT INTO spec_versions \
      VALUES ($1, $2, $3, $4, $5, $6, $7)";
 const HISTORY: &str = "SELECT version, repo_version, applied_at_ms, removed, spec \
      FROM spec_versions WHERE kind = $1 AND name = $2 ORDER BY version";
+const CHANGES: &str = "SELECT kind, name, version, repo_version, applied_at_ms, removed \
+     FROM spec_versions ORDER BY repo_version DESC, kind, name LIMIT $1";
 const WATERMARK: &str =
     "SELECT value_ms, value_text, updated_at_ms FROM watermarks WHERE ingestion = $1";
 const SET_WATERMARK: &str =
@@ -219,6 +221,20 @@ macro_rules! backend {
                     .map_err(RegistryError::query("reading the spec history"))?
                     .into_iter()
                     .map(|row| decode_spec_version(kind, name, row))
+                    .collect()
+            }
+
+            pub(crate) async fn changes(
+                pool: &Pool,
+                limit: i64,
+            ) -> Result<Vec<SpecChange>, RegistryError> {
+                sqlx::query_as::<_, (String, String, i64, i64, i64, bool)>(CHANGES)
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await
+                    .map_err(RegistryError::query("reading the spec history"))?
+                    .into_iter()
+                    .map(decode_change)
                     .collect()
             }
 

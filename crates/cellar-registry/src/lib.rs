@@ -120,6 +120,20 @@ pub struct SpecVersion {
     pub spec: Option<serde_json::Value>,
 }
 
+/// One spec written by an apply: what [`Registry::changes`] lists.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpecChange {
+    pub kind: SpecKind,
+    pub name: String,
+    /// The spec's own version.
+    pub version: i64,
+    /// The repo version whose apply wrote it.
+    pub repo_version: i64,
+    pub applied_at: DateTime<Utc>,
+    /// True when the apply removed the spec.
+    pub removed: bool,
+}
+
 /// How far an ingestion has got.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatermarkValue {
@@ -268,6 +282,11 @@ impl Registry {
         name: &str,
     ) -> Result<Vec<SpecVersion>, RegistryError> {
         dispatch!(self, history(kind, name))
+    }
+
+    /// The specs the latest applies wrote, newest apply first: at most `limit`.
+    pub async fn changes(&self, limit: i64) -> Result<Vec<SpecChange>, RegistryError> {
+        dispatch!(self, changes(limit))
     }
 
     /// The watermark of an ingestion, or `None` if it was never set.
@@ -498,6 +517,31 @@ fn decode_spec_version(
         applied_at: decode_time(applied_at_ms, what)?,
         removed,
         spec,
+    })
+}
+
+fn decode_change(
+    (kind, name, version, repo_version, applied_at_ms, removed): (
+        String,
+        String,
+        i64,
+        i64,
+        i64,
+        bool,
+    ),
+) -> Result<SpecChange, RegistryError> {
+    let what = || format!("history of `{name}`");
+    let kind = snapshot::parse_kind(&kind).ok_or_else(|| RegistryError::Corrupt {
+        what: what(),
+        reason: format!("unknown spec kind `{kind}`"),
+    })?;
+    Ok(SpecChange {
+        applied_at: decode_time(applied_at_ms, what)?,
+        kind,
+        name,
+        version,
+        repo_version,
+        removed,
     })
 }
 

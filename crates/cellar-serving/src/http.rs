@@ -195,6 +195,34 @@ fn selection(
 /// Longest `X-Request-Id` taken.
 const MAX_REQUEST_ID_BYTES: usize = 128;
 
+/// The answer of `/v1/features` to `body` (a JSON request), as JSON: what the console's lookup
+/// form shows, so it answers exactly as the API does for the same request.
+pub async fn features_json(
+    service: &dyn FeatureServing,
+    body: &[u8],
+    access: Access,
+) -> Result<Vec<u8>, ServeError> {
+    let body: FeaturesBody = parse_body(body)?;
+    let resp = features(service, body, access, None).await?;
+    encode(&FeaturesJson(&resp))
+}
+
+async fn features(
+    service: &dyn FeatureServing,
+    body: FeaturesBody,
+    access: Access,
+    request_id: Option<String>,
+) -> Result<FeatureResponse, ServeError> {
+    let req = FeatureRequest {
+        entities: entity_columns(body.entities),
+        request_data: entity_columns(body.request_data),
+        select: selection(body.groups, body.feature_service)?,
+        access,
+        request_id,
+    };
+    service.get_features(req).await
+}
+
 async fn v1_features(
     State(state): State<Arc<HttpState>>,
     access: Access,
@@ -216,14 +244,7 @@ async fn v1_features(
                 }
             },
         };
-        let req = FeatureRequest {
-            entities: entity_columns(body.entities),
-            request_data: entity_columns(body.request_data),
-            select: selection(body.groups, body.feature_service)?,
-            access,
-            request_id,
-        };
-        let resp = state.service.get_features(req).await?;
+        let resp = features(state.service.as_ref(), body, access, request_id).await?;
         if arrow {
             return crate::arrow_answer::encode(&resp);
         }

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Version};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -481,9 +481,22 @@ async fn guard_request(guard: &Guard, req: Request, app: &TowerToHyperService<Ro
     let (mut parts, body) = req.into_parts();
     if let Some(auth) = &guard.auth {
         if !auth.is_public(parts.uri.path()) {
-            match auth.authenticate(&parts.headers).await {
+            let path = parts.uri.path();
+            match auth
+                .authenticate_request(&parts.method, path, &parts.headers)
+                .await
+            {
                 Ok(access) => {
                     parts.extensions.insert::<Access>(access);
+                }
+                Err(e)
+                    if parts.method == Method::GET
+                        && cellar_auth::console::is_console_path(path) =>
+                {
+                    // A browser is sent to the console's sign-in form, and back here after.
+                    guard.observed.refused(Refusal::unauthenticated);
+                    let next = parts.uri.path_and_query().map_or("/ui", |p| p.as_str());
+                    return sign_in(next, &e.to_string());
                 }
                 Err(e) => {
                     guard.observed.refused(Refusal::unauthenticated);
@@ -552,6 +565,19 @@ async fn guard_request(guard: &Guard, req: Request, app: &TowerToHyperService<Ro
         },
     };
     resp.map(|body| Body::new(Held { body, _slot: slot }))
+}
+
+/// A redirect to the console's sign-in form, which returns to `next` once signed in.
+fn sign_in(next: &str, why: &str) -> Response {
+    let mut target = String::from(cellar_auth::console::LOGIN_PATH);
+    target.push_str("?next=");
+    target.extend(form_urlencoded::byte_serialize(next.as_bytes()));
+    let mut resp = Response::new(Body::from(format!("sign in: {why}\n")));
+    *resp.status_mut() = StatusCode::SEE_OTHER;
+    if let Ok(location) = HeaderValue::from_str(&target) {
+        resp.headers_mut().insert(header::LOCATION, location);
+    }
+    resp
 }
 
 /// The `grpc-timeout` header: at most 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`).

@@ -269,6 +269,9 @@ pub struct ServerConfig {
     pub max_in_flight_requests: usize,
     /// TLS of the HTTP and gRPC listeners.
     pub tls: ServerTlsConfig,
+    /// Serve the web console under `/ui` (with the operator routes: on `admin_listen` when
+    /// set).
+    pub console: bool,
 }
 
 /// The listeners' certificate: PEM files, read again when they change.
@@ -395,6 +398,7 @@ impl Default for Config {
                 idle_timeout_ms: 60_000,
                 max_connections: 2048,
                 max_in_flight_requests: 512,
+                console: true,
                 tls: ServerTlsConfig {
                     cert_file: String::new(),
                     key_file: String::new(),

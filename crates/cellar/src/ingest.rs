@@ -440,6 +440,19 @@ impl StreamIngestion {
         })
     }
 
+    /// Per pipeline (main, retry): the events its consumer may run at once, as adapted to the
+    /// store, and how many run now.
+    pub fn concurrency(&self) -> Vec<(usize, usize)> {
+        self.consumers
+            .lock()
+            .map(|c| {
+                c.iter()
+                    .map(|c| (c.concurrency_limit(), c.in_flight()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The main pipeline's counters.
     pub fn stats(&self) -> (&PipelineStats, &PipelineStats) {
         (&self.main, &self.retry)

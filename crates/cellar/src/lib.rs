@@ -2,6 +2,7 @@
 //! here so tests drive exactly what the binary runs.
 //!
 //! - [`config`]: runtime configuration (defaults, TOML file, `CELLAR_*` variables);
+//! - [`console`]: the web console under `/ui`, rendered on the server;
 //! - [`ingest`]: stream ingestion of the embedded mode: the event log and its pipelines;
 //! - [`deadletter`]: listing dead letters and re-driving them to their original topics;
 //! - [`jobs`]: `cellar backfill` and `cellar jobs`: batch jobs submitted, run or followed;
@@ -18,6 +19,7 @@
 pub mod bench;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod deadletter;
 pub mod ingest;
 pub mod jobs;

@@ -29,6 +29,8 @@ use cellar_store_redis::{RedisConfig, RedisStore, RedisTls};
 use tokio::net::TcpListener;
 
 use crate::config::{Config, StoreBackend};
+use crate::console::samples::MetricsHistory;
+use crate::console::{self, Console};
 use crate::ingest::{stream_routers, IngestMetrics, StreamIngestion};
 use crate::served_log::HistoryServedLog;
 use crate::training_jobs::{training_sets_router, TrainingSets};
@@ -302,6 +304,9 @@ impl Node {
         if let Some(history) = &history {
             writer = writer.with_history(history.clone());
         }
+        metrics
+            .registry_mut()
+            .register_collector(Box::new(writer.freshness().clone()));
         let event_times = config.event_time.bounds().map_err(|e| anyhow::anyhow!(e))?;
         let on_demand_metrics = OnDemandMetrics::register(metrics.registry_mut());
         let source_metrics = SourceMetrics::register(metrics.registry_mut());
@@ -413,6 +418,10 @@ impl Node {
         if let Some(executor) = &self.jobs {
             operator = operator.merge(jobs_router(executor.clone(), self.audit.clone()));
         }
+        let samples = MetricsHistory::default();
+        if self.config.server.console {
+            operator = operator.merge(console::router(self.console(samples.clone(), &http)?));
+        }
         if let Some(sets) = &self.training_sets {
             app = app.merge(training_sets_router(sets.clone()));
         }
@@ -463,6 +472,11 @@ impl Node {
             })
         });
         let mut job_tasks = Vec::new();
+        if self.config.server.console {
+            job_tasks.push(tokio::spawn(
+                samples.run(self.metrics.clone(), stop_rx.clone()),
+            ));
+        }
         if let Some(sets) = &self.training_sets {
             job_tasks.push(tokio::spawn(sets.clone().run(stop_rx.clone())));
         }
@@ -588,6 +602,36 @@ impl Node {
             }
         }
         result
+    }
+}
+
+impl Node {
+    /// What the web console reads and acts on.
+    fn console(&self, samples: MetricsHistory, http: &TcpListener) -> anyhow::Result<Console> {
+        let public_url = match self.config.jobs.public_url.trim() {
+            "" => {
+                let scheme = if self.security.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                format!("{scheme}://{}", http.local_addr()?)
+            }
+            url => url.trim_end_matches('/').to_owned(),
+        };
+        Ok(Console {
+            registry: self.registry.clone(),
+            server: self.server.clone(),
+            ingestion: self.ingestion.clone(),
+            executor: self.jobs.clone(),
+            history: samples,
+            freshness: self.writer.freshness().clone(),
+            audit: self.audit.clone(),
+            auth: self.security.auth.clone(),
+            tls: self.security.tls.is_some(),
+            repo_dir: self.config.repo.clone(),
+            public_url,
+        })
     }
 }
 

@@ -1,0 +1,144 @@
+//! How fresh each group is: the newest event time written to it, when it was last written,
+//! and how long the newest events took from their event time to being servable. The write
+//! path records them; Prometheus and the console read them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+
+/// One group's figures, in milliseconds since the Unix epoch (0: never written).
+#[derive(Debug, Default)]
+struct GroupWrites {
+    newest_event_ms: AtomicI64,
+    last_write_ms: AtomicI64,
+    /// Wall time minus event time of the newest record of the last write.
+    last_delay_ms: AtomicI64,
+}
+
+/// What one group's writes look like now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GroupFreshness {
+    /// The newest event time written, ms since the epoch.
+    pub newest_event_ms: i64,
+    /// When the group was last written, ms since the epoch.
+    pub last_write_ms: i64,
+    /// From event time to written, for the newest record of the last write, in ms.
+    pub last_delay_ms: i64,
+}
+
+/// Freshness per group, shared by every clone (the write path's clones all record into one).
+#[derive(Debug, Clone, Default)]
+pub struct Freshness {
+    by_group: Arc<RwLock<HashMap<String, Arc<GroupWrites>>>>,
+}
+
+impl Freshness {
+    /// Records a write to `group` of records whose newest event time is `newest_event_ms`.
+    pub fn written(&self, group: &str, newest_event_ms: i64) {
+        let now = now_ms();
+        let found = self
+            .by_group
+            .read()
+            .ok()
+            .and_then(|m| m.get(group).cloned());
+        let writes = match found {
+            Some(writes) => writes,
+            None => {
+                let Ok(mut map) = self.by_group.write() else {
+                    return;
+                };
+                map.entry(group.to_owned()).or_default().clone()
+            }
+        };
+        writes
+            .newest_event_ms
+            .fetch_max(newest_event_ms, Ordering::Relaxed);
+        writes.last_write_ms.store(now, Ordering::Relaxed);
+        writes
+            .last_delay_ms
+            .store((now - newest_event_ms).max(0), Ordering::Relaxed);
+    }
+
+    /// The figures of `group`; `None` if this process has not written it.
+    pub fn of(&self, group: &str) -> Option<GroupFreshness> {
+        let map = self.by_group.read().ok()?;
+        let writes = map.get(group)?;
+        Some(GroupFreshness {
+            newest_event_ms: writes.newest_event_ms.load(Ordering::Relaxed),
+            last_write_ms: writes.last_write_ms.load(Ordering::Relaxed),
+            last_delay_ms: writes.last_delay_ms.load(Ordering::Relaxed),
+        })
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Collector for Freshness {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Ok(map) = self.by_group.read() else {
+            return Ok(());
+        };
+        let mut rows: Vec<_> = map.iter().collect();
+        rows.sort_by(|a, b| a.0.cmp(b.0));
+        let families: [(&str, &str, fn(&GroupWrites) -> i64); 3] = [
+            (
+                "group_newest_event_timestamp_seconds",
+                "Newest event time written to a feature group by this process",
+                |w| w.newest_event_ms.load(Ordering::Relaxed),
+            ),
+            (
+                "group_last_write_timestamp_seconds",
+                "When this process last wrote to a feature group",
+                |w| w.last_write_ms.load(Ordering::Relaxed),
+            ),
+            (
+                "group_write_delay_seconds",
+                "From event time to written, for the newest record of a group's last write",
+                |w| w.last_delay_ms.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, read) in families {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (group, writes) in &rows {
+                ConstGauge::new(read(writes) as f64 / 1000.0)
+                    .encode(family.encode_family(&[("group", group.as_str())])?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_event_time_only_moves_forward() {
+        let freshness = Freshness::default();
+        assert_eq!(freshness.of("g"), None);
+        let now = now_ms();
+        freshness.written("g", now - 5_000);
+        freshness.clone().written("g", now - 60_000);
+        let seen = freshness.of("g").unwrap();
+        assert_eq!(seen.newest_event_ms, now - 5_000);
+        assert!(seen.last_delay_ms >= 60_000, "{seen:?}");
+        assert!(seen.last_write_ms >= now);
+        let mut text = String::new();
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(freshness));
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains("group_newest_event_timestamp_seconds{group=\"g\"}"),
+            "{text}"
+        );
+    }
+}
