@@ -76,6 +76,9 @@ impl Freshness {
     }
 }
 
+/// Reads one figure of a group.
+type Reader = fn(&GroupWrites) -> i64;
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -89,7 +92,7 @@ impl Collector for Freshness {
         };
         let mut rows: Vec<_> = map.iter().collect();
         rows.sort_by(|a, b| a.0.cmp(b.0));
-        let families: [(&str, &str, fn(&GroupWrites) -> i64); 3] = [
+        let families: [(&str, &str, Reader); 3] = [
             (
                 "group_newest_event_timestamp_seconds",
                 "Newest event time written to a feature group by this process",

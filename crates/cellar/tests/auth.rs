@@ -299,7 +299,6 @@ fn protected_routes() -> Vec<(&'static str, &'static str, Value)> {
         ("GET", "/v1/jobs/1", Value::Null),
         ("POST", "/v1/jobs/1/retry", Value::Null),
         ("POST", "/v1/jobs/1/cancel", Value::Null),
-        ("GET", "/jobs/1", Value::Null),
         (
             "POST",
             "/materialize",
@@ -391,6 +390,161 @@ async fn without_credentials_every_route_but_health_is_401() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+}
+
+/// The web console's pages, each of which a browser without credentials is sent to sign in.
+const CONSOLE_PAGES: [&str; 11] = [
+    "/ui",
+    "/ui/groups/user_profile",
+    "/ui/groups/user_profile?user_id=u1,u2",
+    "/ui/stream",
+    "/ui/stream/redrive",
+    "/ui/jobs",
+    "/ui/jobs?state=failed",
+    "/ui/jobs/1",
+    "/jobs/1",
+    "/ui/registry",
+    "/ui/backfill?ingestion=anything",
+];
+
+#[tokio::test]
+async fn the_console_takes_its_cookie_on_its_own_pages_and_from_its_own_origin_only() {
+    let s = Server::start(None).await;
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let get = |path: &str, cookie: Option<&str>| {
+        let mut req = browser.get(format!("{}{path}", s.base));
+        if let Some(key) = cookie {
+            req = req.header("cookie", format!("cellar_console={key}"));
+        }
+        req.send()
+    };
+    let post = |path: &str, cookie: Option<&str>, origin: Option<&str>| {
+        let mut req = browser
+            .post(format!("{}{path}", s.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("ingestion=profile_import");
+        if let Some(key) = cookie {
+            req = req.header("cookie", format!("cellar_console={key}"));
+        }
+        if let Some(origin) = origin {
+            req = req.header("origin", origin);
+        }
+        req.send()
+    };
+    // Without a credential, or with a wrong one, a page sends the browser to sign in and back.
+    for path in CONSOLE_PAGES {
+        for cookie in [None, Some("cellar_not-a-key")] {
+            let resp = get(path, cookie).await.unwrap();
+            assert_eq!(resp.status(), 303, "{path} with {cookie:?}");
+            let location = resp.headers()["location"].to_str().unwrap().to_owned();
+            let next: String = form_urlencoded::byte_serialize(path.as_bytes()).collect();
+            assert_eq!(location, format!("/ui/login?next={next}"), "{path}");
+        }
+    }
+    // The sign-in form and the stylesheet need none; a wrong key is refused with its reason
+    // and no cookie.
+    assert_eq!(get("/ui/login", None).await.unwrap().status(), 200);
+    assert_eq!(
+        get("/ui/assets/console.css", None).await.unwrap().status(),
+        200
+    );
+    let sign_in = |key: &str| {
+        let body: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("key", key)
+            .append_pair("next", "/ui/jobs")
+            .finish();
+        browser
+            .post(format!("{}/ui/login", s.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    let refused = sign_in("cellar_not-a-key").await.unwrap();
+    assert_eq!(refused.status(), 303);
+    assert!(refused.headers().get("set-cookie").is_none());
+    let location = refused.headers()["location"].to_str().unwrap();
+    assert!(location.contains("error=unknown+API+key"), "{location}");
+    assert_eq!(
+        sign_in("a key; with=quotes")
+            .await
+            .unwrap()
+            .headers()
+            .get("set-cookie"),
+        None
+    );
+    let signed_in = sign_in(&s.admin).await.unwrap();
+    assert_eq!(signed_in.headers()["location"], "/ui/jobs");
+    let cookie = signed_in.headers()["set-cookie"].to_str().unwrap();
+    assert_eq!(
+        cookie,
+        format!(
+            "cellar_console={}; Path=/; HttpOnly; SameSite=Strict",
+            s.admin
+        )
+    );
+    // Signed in with a key that may see the console: every page, with a policy that lets in
+    // nothing from elsewhere and no script at all.
+    for path in CONSOLE_PAGES {
+        let resp = get(path, Some(&s.admin)).await.unwrap();
+        let status = resp.status().as_u16();
+        // Job 1 does not exist: its pages say so.
+        let expected = if path.ends_with("/1") { 404 } else { 200 };
+        assert_eq!(status, expected, "{path}");
+        let policy = resp.headers()["content-security-policy"].to_str().unwrap();
+        assert!(
+            policy.starts_with("default-src 'none'; style-src 'self'"),
+            "{policy}"
+        );
+    }
+    // A key without read_metrics sees no page.
+    let resp = get("/ui", Some(&s.reader)).await.unwrap();
+    assert_eq!(resp.status(), 403);
+    assert!(resp.text().await.unwrap().contains("read_metrics"));
+    // The cookie is not a credential of the API.
+    let resp = get("/v1/jobs", Some(&s.admin)).await.unwrap();
+    assert_eq!(resp.status(), 401);
+    // A change made with the cookie must come from the console's own origin.
+    let own = s.base.clone();
+    for origin in [None, Some("http://evil.example"), Some("null")] {
+        let resp = post("/ui/backfill", Some(&s.admin), origin).await.unwrap();
+        assert_eq!(resp.status(), 401, "origin {origin:?}");
+    }
+    let resp = post("/ui/backfill", Some(&s.reader), Some(&own))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    let resp = post("/ui/stream/redrive", Some(&s.reader), Some(&own))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    let resp = post("/ui/jobs/1/retry", None, Some(&own)).await.unwrap();
+    assert_eq!(resp.status(), 401);
+    // The operator's post goes through, and the refusals and the action are in the audit log.
+    let resp = post("/ui/stream/redrive", Some(&s.admin), Some(&own))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    let location = resp.headers()["location"].to_str().unwrap();
+    assert!(
+        location.starts_with("/ui/stream?notice=Re-drove+0"),
+        "{location}"
+    );
+    // The audit log is written in the background.
+    let mut audit = String::new();
+    for _ in 0..50 {
+        audit = std::fs::read_to_string(s.dir.path().join("data").join("audit.log"))
+            .unwrap_or_default();
+        if audit.contains("ok: console re-drive") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(audit.contains("denied: console re-drive"), "{audit}");
+    assert!(audit.contains("ok: console re-drive"), "{audit}");
+    assert!(audit.contains("ok: signed in"), "{audit}");
 }
 
 #[tokio::test]
@@ -596,7 +750,7 @@ async fn operator_routes_can_have_a_listener_of_their_own() {
     let admin_key = s.admin.clone();
     let admin = Some(admin_key.as_str());
     // Not on the serving listener any more...
-    for path in ["/v1/jobs", "/v1/dead-letters"] {
+    for path in ["/v1/jobs", "/v1/dead-letters", "/ui", "/ui/login"] {
         let (status, answer) = s.call("GET", path, admin, Value::Null).await;
         assert_eq!(status, 404, "{path}: {answer}");
     }
@@ -630,6 +784,10 @@ async fn operator_routes_can_have_a_listener_of_their_own() {
             .await;
         assert_eq!(status, 403, "{path}");
     }
+    // The console is there too.
+    let (status, page) = on_admin.call("GET", "/ui", admin, Value::Null).await;
+    assert_eq!(status, 200);
+    assert!(page.as_str().unwrap().contains("Feature groups"), "{page}");
     // Features are not served there.
     let (status, _) = on_admin.read(admin, "user_profile").await;
     assert_eq!(status, 404);

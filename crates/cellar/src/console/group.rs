@@ -15,7 +15,7 @@ use serde_json::{json, Value as Json};
 
 use super::chart::{self, Unit};
 use super::overview::tier_name;
-use super::{layout, may_view, problem, spec_text, time_text, Console};
+use super::{layout, problem, refused_view, spec_text, time_text, Console};
 
 /// Entities one lookup from the page may name.
 const MAX_LOOKUP_ENTITIES: usize = 100;
@@ -26,7 +26,7 @@ pub(super) async fn page(
     Path(name): Path<String>,
     Query(query): Query<BTreeMap<String, String>>,
 ) -> Response {
-    if let Err(resp) = may_view(&access) {
+    if let Some(resp) = refused_view(&access) {
         return resp;
     }
     let repo = match console.registry.current().await {

@@ -17,7 +17,7 @@ use maud::{html, Markup};
 use serde::Deserialize;
 
 use super::{
-    action_button, after, confirm_page, layout, may_view, now_ms, problem, time_text, Console,
+    action_button, after, confirm_page, layout, now_ms, problem, refused_view, time_text, Console,
     Outcome,
 };
 
@@ -37,7 +37,7 @@ pub(super) async fn list(
     access: Access,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    if let Err(resp) = may_view(&access) {
+    if let Some(resp) = refused_view(&access) {
         return resp;
     }
     let ingestion = q.ingestion.clone().filter(|i| !i.is_empty());
@@ -136,7 +136,7 @@ pub(super) async fn list(
 }
 
 fn period(job: &Job) -> String {
-    let end = |ms: Option<i64>, open: &str| ms.map_or(open.to_owned(), |ms| time_text(ms));
+    let end = |ms: Option<i64>, open: &str| ms.map_or(open.to_owned(), time_text);
     format!(
         "{} to {}",
         end(job.period_from_ms, "the start"),
@@ -255,7 +255,7 @@ pub(super) async fn page(
     Path(id): Path<i64>,
     Query(outcome): Query<Outcome>,
 ) -> Response {
-    if let Err(resp) = may_view(&access) {
+    if let Some(resp) = refused_view(&access) {
         return resp;
     }
     let (job, shards) = match job_and_shards(&console, id).await {
@@ -373,7 +373,7 @@ pub(super) async fn confirm(
     access: Access,
     Path((id, action)): Path<(i64, String)>,
 ) -> Response {
-    if let Err(resp) = may_view(&access) {
+    if let Some(resp) = refused_view(&access) {
         return resp;
     }
     let Some(verb) = verb(&action) else {
@@ -458,10 +458,11 @@ pub(super) async fn act(
         );
     }
     let done = match verb {
-        "retry" => executor.registry().retry_job(id).await.map(|job| {
-            spawn_run(executor, id);
-            job
-        }),
+        "retry" => executor
+            .registry()
+            .retry_job(id)
+            .await
+            .inspect(|_| spawn_run(executor, id)),
         _ => executor.registry().cancel_job(id).await,
     };
     let outcome = match &done {
@@ -510,7 +511,7 @@ pub(super) async fn confirm_backfill(
     access: Access,
     Query(form): Query<BackfillForm>,
 ) -> Response {
-    if let Err(resp) = may_view(&access) {
+    if let Some(resp) = refused_view(&access) {
         return resp;
     }
     if let Err(e) = access.check(

@@ -179,18 +179,18 @@ pub(crate) fn problem(status: StatusCode, access: &Access, title: &str, message:
     resp
 }
 
-/// The console needs `read_metrics`: it shows how the platform is doing, as `/metrics` does.
-pub(crate) fn may_view(access: &Access) -> Result<(), Response> {
-    access
+/// The refusal of a caller who may not see the console: it needs `read_metrics`, as it shows
+/// how the platform is doing, as `/metrics` does.
+pub(crate) fn refused_view(access: &Access) -> Option<Response> {
+    let e = access
         .check(Action::ReadMetrics, ResourceKind::Metrics, "metrics")
-        .map_err(|e| {
-            problem(
-                StatusCode::FORBIDDEN,
-                access,
-                "Permission denied",
-                &format!("{e}: the console shows the platform's state, as /metrics does"),
-            )
-        })
+        .err()?;
+    Some(problem(
+        StatusCode::FORBIDDEN,
+        access,
+        "Permission denied",
+        &format!("{e}: the console shows the platform's state, as /metrics does"),
+    ))
 }
 
 /// A button that changes something, or the reason it is off (the permission it needs).

@@ -13,7 +13,7 @@ use maud::{html, Markup};
 
 use super::chart::compact;
 use super::{
-    duration_text, layout, may_view, now_ms, problem, time_text, Console, LOW_HIT_RATIO,
+    duration_text, layout, now_ms, problem, refused_view, time_text, Console, LOW_HIT_RATIO,
     STALE_AFTER_SECS,
 };
 
@@ -57,7 +57,7 @@ impl Row {
 }
 
 pub(super) async fn page(State(console): State<Console>, access: Access) -> Response {
-    if let Err(resp) = may_view(&access) {
+    if let Some(resp) = refused_view(&access) {
         return resp;
     }
     let applied = match console.registry.current().await {

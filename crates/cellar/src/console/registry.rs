@@ -12,7 +12,7 @@ use cellar_spec::{FeatureRepo, SpecKind};
 use maud::{html, Markup};
 use serde::Deserialize;
 
-use super::{layout, may_view, problem, time_text, Console};
+use super::{layout, problem, refused_view, time_text, Console};
 
 /// Spec changes listed.
 const CHANGES: i64 = 200;
@@ -28,7 +28,7 @@ pub(super) async fn page(
     access: Access,
     Query(q): Query<RegistryQuery>,
 ) -> Response {
-    if let Err(resp) = may_view(&access) {
+    if let Some(resp) = refused_view(&access) {
         return resp;
     }
     let (applied, changes) = match (

@@ -12,7 +12,7 @@ use cellar_spec::IngestionSource;
 use maud::{html, Markup};
 
 use super::chart::{self, compact, Unit};
-use super::{after, confirm_page, layout, may_view, problem, Console, Outcome};
+use super::{after, confirm_page, layout, problem, refused_view, Console, Outcome};
 use crate::deadletter::{DeadLetter, MAX_LIST_LIMIT};
 
 /// Dead letters the page lists.
@@ -23,7 +23,7 @@ pub(super) async fn page(
     access: Access,
     Query(outcome): Query<Outcome>,
 ) -> Response {
-    if let Err(resp) = may_view(&access) {
+    if let Some(resp) = refused_view(&access) {
         return resp;
     }
     let Some(ingestion) = &console.ingestion else {
@@ -171,7 +171,7 @@ fn may_redrive(access: &Access) -> Result<(), String> {
 }
 
 pub(super) async fn confirm_redrive(State(console): State<Console>, access: Access) -> Response {
-    if let Err(resp) = may_view(&access) {
+    if let Some(resp) = refused_view(&access) {
         return resp;
     }
     if let Err(e) = may_redrive(&access) {
