@@ -475,6 +475,17 @@ async fn the_console_takes_its_cookie_on_its_own_pages_and_from_its_own_origin_o
             .get("set-cookie"),
         None
     );
+    // Another site's form cannot sign a browser in.
+    let cross = browser
+        .post(format!("{}/ui/login", s.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("origin", "http://evil.example")
+        .body(format!("key={}", s.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross.status(), 403);
+    assert!(cross.headers().get("set-cookie").is_none());
     let signed_in = sign_in(&s.admin).await.unwrap();
     assert_eq!(signed_in.headers()["location"], "/ui/jobs");
     let cookie = signed_in.headers()["set-cookie"].to_str().unwrap();

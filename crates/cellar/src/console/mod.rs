@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::extract::{Form, Query, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -323,10 +323,18 @@ struct LoginForm {
     next: Option<String>,
 }
 
-/// Where to go after signing in: a console path of this server, never another site.
+/// Where to go after signing in: a path of this server (never another site), as a header
+/// can carry it.
 fn safe_next(next: Option<&str>) -> &str {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n,
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && n.len() <= 2048
+                && n.bytes().all(|b| b.is_ascii_graphic() && b != b'\\') =>
+        {
+            n
+        }
         _ => "/ui",
     }
 }
@@ -363,10 +371,22 @@ async fn login_page(State(console): State<Console>, Query(q): Query<LoginQuery>)
     html_response(StatusCode::OK, markup)
 }
 
-async fn login(State(console): State<Console>, Form(form): Form<LoginForm>) -> Response {
+async fn login(
+    State(console): State<Console>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
     let Some(auth) = &console.auth else {
         return Redirect::to("/ui").into_response();
     };
+    // Another site's form must not sign a browser in under a key of its choosing.
+    if headers.contains_key(header::ORIGIN) && !cellar_auth::console::same_origin(&headers) {
+        return (
+            StatusCode::FORBIDDEN,
+            "sign-in refused: the form was sent from another site\n",
+        )
+            .into_response();
+    }
     let next = safe_next(form.next.as_deref()).to_owned();
     let retry = |message: &str| {
         let query: String = form_urlencoded::Serializer::new(String::new())
@@ -414,6 +434,8 @@ mod tests {
         assert_eq!(safe_next(Some("//evil.example/")), "/ui");
         assert_eq!(safe_next(Some("https://evil.example/")), "/ui");
         assert_eq!(safe_next(Some("/\\evil.example")), "/ui");
+        assert_eq!(safe_next(Some("/ui\r\nSet-Cookie: x=1")), "/ui");
+        assert_eq!(safe_next(Some("/ui/groups/é")), "/ui");
         assert_eq!(safe_next(None), "/ui");
     }
 

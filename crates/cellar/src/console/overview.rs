@@ -21,6 +21,8 @@ use super::{
 const WINDOW_MS: i64 = 5 * 60_000;
 /// Recent jobs looked at for failures.
 const RECENT_JOBS: i64 = 200;
+/// Dead letters counted at most: enough to mark a group, cheap enough for every load.
+const COUNTED_DEAD_LETTERS: usize = 1000;
 
 /// One stored group's row.
 struct Row {
@@ -276,7 +278,7 @@ async fn dead_letters_by_group(
     }
     let letters = ingestion
         .dead_letters()
-        .list(crate::deadletter::MAX_LIST_LIMIT, None)
+        .list(COUNTED_DEAD_LETTERS, None)
         .await
         .ok()?;
     let mut out = HashMap::new();

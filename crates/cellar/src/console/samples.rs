@@ -1,7 +1,9 @@
 //! The server's own short history of its metrics, for the console's charts and rates: every
-//! [`EVERY`] the metrics are rendered as Prometheus would scrape them and their values kept
-//! in a ring of [`KEPT`] samples (six hours), so no Prometheus server is needed to see the
-//! last hours. Histogram buckets are left out (their sums and counts are kept).
+//! [`EVERY`] the metrics are rendered as Prometheus would scrape them, and the values of the
+//! families the console reads ([`KEPT_FAMILIES`]) kept in a ring of [`KEPT`] samples (three
+//! hours), so no Prometheus server is needed to see the last hours. Memory is bounded: at
+//! most [`MAX_SERIES`] series, 8 bytes a value (a 500-group deployment keeps about 5,500
+//! series: 48 MB).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
@@ -11,8 +13,22 @@ use cellar_serving::metrics::ServingMetrics;
 
 /// How often the metrics are sampled.
 pub const EVERY: Duration = Duration::from_secs(10);
-/// Samples kept: six hours of them.
-pub const KEPT: usize = 6 * 360;
+/// Samples kept: three hours of them.
+pub const KEPT: usize = 3 * 360;
+/// Series kept at most; series past it are not sampled (and said so once in the log).
+pub const MAX_SERIES: usize = 10_000;
+/// The metric families the pages read.
+pub const KEPT_FAMILIES: [&str; 9] = [
+    "cellar_cache_lookups_total",
+    "cellar_store_reads_total",
+    "cellar_group_newest_event_timestamp_seconds",
+    "cellar_group_write_delay_seconds",
+    "cellar_ingest_events_total",
+    "cellar_ingest_records_total",
+    "cellar_ingest_retries_total",
+    "cellar_ingest_consumer_lag",
+    "cellar_ingest_concurrency_limit",
+];
 
 /// One sample: when, and a value per series (by the series' index; NaN where the series did
 /// not exist yet).
@@ -23,9 +39,69 @@ struct Sample {
 
 #[derive(Default)]
 struct Samples {
-    /// `name{labels}` to the series' index in each sample's values.
+    /// `name{labels}` as exposed, to the series' index in each sample's values.
     series: HashMap<String, usize>,
+    /// Each series' labels, by index.
+    labels: Vec<Vec<(String, String)>>,
+    /// Series by family name, and by family name and one label: what queries start from.
+    by_name: HashMap<String, Vec<usize>>,
+    by_label: HashMap<(String, String, String), Vec<usize>>,
     ring: VecDeque<Sample>,
+    /// Whether the series cap has been reported.
+    capped: bool,
+}
+
+impl Samples {
+    /// The index of `series`, added if new and under the cap.
+    fn index(&mut self, series: &str) -> Option<usize> {
+        if let Some(&i) = self.series.get(series) {
+            return Some(i);
+        }
+        if self.series.len() >= MAX_SERIES {
+            if !self.capped {
+                self.capped = true;
+                tracing::warn!(
+                    max = MAX_SERIES,
+                    "the console's metric history holds its most series: newer ones are not charted"
+                );
+            }
+            return None;
+        }
+        let (name, labels) = split_series(series);
+        let i = self.labels.len();
+        self.series.insert(series.to_owned(), i);
+        self.by_name.entry(name.to_owned()).or_default().push(i);
+        for (k, v) in &labels {
+            self.by_label
+                .entry((name.to_owned(), k.clone(), v.clone()))
+                .or_default()
+                .push(i);
+        }
+        self.labels.push(labels);
+        Some(i)
+    }
+
+    /// The series of family `name` whose labels include every pair of `labels`.
+    fn matching(&self, name: &str, labels: Labels) -> Vec<usize> {
+        let start = match labels.first() {
+            None => self.by_name.get(name),
+            Some((k, v)) => self
+                .by_label
+                .get(&(name.to_owned(), (*k).to_owned(), (*v).to_owned())),
+        };
+        let Some(start) = start else {
+            return Vec::new();
+        };
+        start
+            .iter()
+            .copied()
+            .filter(|&i| {
+                labels
+                    .iter()
+                    .all(|(k, v)| self.labels[i].iter().any(|(lk, lv)| lk == k && lv == v))
+            })
+            .collect()
+    }
 }
 
 /// The history, shared by the sampler and the pages.
@@ -61,10 +137,11 @@ impl MetricsHistory {
             return;
         };
         let samples = &mut *samples;
-        let mut values = vec![f64::NAN; samples.series.len()];
+        let mut values = vec![f64::NAN; samples.labels.len()];
         for (series, value) in parse(exposition) {
-            let next = samples.series.len();
-            let index = *samples.series.entry(series.to_owned()).or_insert(next);
+            let Some(index) = samples.index(series) else {
+                continue;
+            };
             if index >= values.len() {
                 values.resize(index + 1, f64::NAN);
             }
@@ -82,23 +159,29 @@ impl MetricsHistory {
         samples.ring.back().map(|s| s.at_ms)
     }
 
-    /// Per sample, the sum of the series named `name` whose labels include `labels`: `(time,
-    /// sum)`, oldest first, leaving out samples where none of them existed.
+    /// Per sample, the sum of the series of family `name` whose labels include `labels`:
+    /// `(time, sum)`, oldest first, leaving out samples where none of them existed.
     pub fn sums(&self, name: &str, labels: Labels) -> Vec<(i64, f64)> {
         let Ok(samples) = self.samples.read() else {
             return Vec::new();
         };
-        let indexes = matching(&samples.series, name, labels);
+        let indexes = samples.matching(name, labels);
+        if indexes.is_empty() {
+            return Vec::new();
+        }
         samples
             .ring
             .iter()
             .filter_map(|s| {
-                let found: Vec<f64> = indexes
-                    .iter()
-                    .filter_map(|&i| s.values.get(i).copied())
-                    .filter(|v| !v.is_nan())
-                    .collect();
-                (!found.is_empty()).then(|| (s.at_ms, found.iter().sum()))
+                let mut found = false;
+                let mut sum = 0.0;
+                for v in indexes.iter().filter_map(|&i| s.values.get(i)) {
+                    if !v.is_nan() {
+                        found = true;
+                        sum += v;
+                    }
+                }
+                found.then_some((s.at_ms, sum))
             })
             .collect()
     }
@@ -116,7 +199,7 @@ impl MetricsHistory {
     /// Hits over all lookups of a tier of a group, per interval: `(time, ratio)`, only where
     /// there were lookups.
     pub fn hit_ratios(&self, tier: &str, group: &str) -> Vec<(i64, f64)> {
-        let labels = |outcome| [("tier", tier), ("group", group), ("outcome", outcome)];
+        let labels = |outcome| [("group", group), ("tier", tier), ("outcome", outcome)];
         let hits = self.sums("cellar_cache_lookups_total", &labels("hit"));
         let negative = self.sums("cellar_cache_lookups_total", &labels("negative_hit"));
         let misses = self.sums("cellar_cache_lookups_total", &labels("miss"));
@@ -163,41 +246,45 @@ fn per_interval(points: &[(i64, f64)]) -> Vec<(i64, f64)> {
         .collect()
 }
 
-/// The indexes of the series named `name` whose labels include every pair of `labels`.
-fn matching(series: &HashMap<String, usize>, name: &str, labels: Labels) -> Vec<usize> {
-    series
-        .iter()
-        .filter(|(key, _)| {
-            let (series_name, series_labels) = key.split_once('{').unwrap_or((key, ""));
-            series_name == name
-                && labels.iter().all(|(k, v)| {
-                    let wanted = format!("{k}=\"{}\"", escape(v));
-                    series_labels
-                        .trim_end_matches('}')
-                        .split(',')
-                        .any(|pair| pair == wanted)
-                })
-        })
-        .map(|(_, &i)| i)
-        .collect()
+/// `name{k="v",...}` to the name and its label pairs (values unescaped).
+fn split_series(series: &str) -> (&str, Vec<(String, String)>) {
+    let Some((name, rest)) = series.split_once('{') else {
+        return (series, Vec::new());
+    };
+    let mut labels = Vec::new();
+    let mut chars = rest.chars();
+    loop {
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        let key = key.trim_start_matches(',').trim().to_owned();
+        if key.is_empty() || key == "}" || chars.next() != Some('"') {
+            break;
+        }
+        let mut value = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some('n') => value.push('\n'),
+                    Some(other) => value.push(other),
+                    None => break,
+                },
+                '"' => break,
+                other => value.push(other),
+            }
+        }
+        labels.push((key, value));
+    }
+    (name, labels)
 }
 
-/// A label value as the text exposition writes it.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// `(series, value)` of each sample line of a text exposition, without histogram buckets.
+/// `(series, value)` of each sample line of a text exposition, for the families kept.
 fn parse(exposition: &str) -> impl Iterator<Item = (&str, f64)> {
     exposition.lines().filter_map(|line| {
         if line.starts_with('#') || line.is_empty() {
             return None;
         }
         let (series, value) = line.rsplit_once(' ')?;
-        if series.contains("_bucket{") {
+        let name = series.split_once('{').map_or(series, |(n, _)| n);
+        if !KEPT_FAMILIES.contains(&name) {
             return None;
         }
         Some((series, value.parse().ok()?))
@@ -253,11 +340,40 @@ mod tests {
     fn the_ring_keeps_the_newest_samples() {
         let history = MetricsHistory::default();
         for i in 0..(KEPT as i64 + 5) {
-            history.record(i, &format!("x {i}\n"));
+            history.record(i, &format!("cellar_ingest_consumer_lag {i}\n"));
         }
-        let sums = history.sums("x", &[]);
+        let sums = history.sums("cellar_ingest_consumer_lag", &[]);
         assert_eq!(sums.len(), KEPT);
         assert_eq!(sums[0], (5, 5.0));
+    }
+
+    #[test]
+    fn labels_are_read_with_their_escapes() {
+        let (name, labels) =
+            split_series(r#"cellar_x_total{topic="a,b",group="say \"hi\"\\",p="0"}"#);
+        assert_eq!(name, "cellar_x_total");
+        assert_eq!(
+            labels,
+            vec![
+                ("topic".to_owned(), "a,b".to_owned()),
+                ("group".to_owned(), "say \"hi\"\\".to_owned()),
+                ("p".to_owned(), "0".to_owned()),
+            ]
+        );
+        assert_eq!(split_series("up"), ("up", vec![]));
+    }
+
+    #[test]
+    fn series_past_the_cap_are_not_kept() {
+        let history = MetricsHistory::default();
+        let lines: String = (0..MAX_SERIES + 10)
+            .map(|i| format!("cellar_ingest_consumer_lag{{topic=\"t\",partition=\"{i}\"}} 1\n"))
+            .collect();
+        history.record(0, &lines);
+        assert_eq!(
+            history.sums("cellar_ingest_consumer_lag", &[]),
+            vec![(0, MAX_SERIES as f64)]
+        );
     }
 
     #[test]
