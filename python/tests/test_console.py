@@ -76,8 +76,35 @@ resources = ["*"]
 """
 
 
+# Two scheduled ingestions, the second after the first: the jobs page's graph.
+SCHEDULED_REPO = """kind: Ingestion
+name: article_counts
+batch: {{ files: {{ path: "{counts}" }}, schedule: "0 4 * * *" }}
+into: article_stats
+key: article_id
+event_time: ts
+features: {{ clicks_1h: clicks }}
+---
+kind: Ingestion
+name: article_ctr
+batch: {{ files: {{ path: "{ctr}" }}, schedule: "0 4 * * *", depends_on: [article_counts] }}
+into: article_stats
+key: article_id
+event_time: ts
+features: {{ ctr_7d: ctr }}
+"""
+
+
 def late_repo(tmp: Path) -> dict[str, str]:
-    return {"late.yaml": LATE_REPO.format(path=tmp / "late.parquet")}
+    """The late ingestion, and the scheduled ones with their files."""
+    ts = pa.array([1_767_225_600_000] * 3, pa.timestamp("ms", tz="UTC"))
+    ids = ["a1", "a2", "a3"]
+    pq.write_table(pa.table({"article_id": ids, "ts": ts, "clicks": [5, 6, 7]}), tmp / "counts.parquet")
+    pq.write_table(pa.table({"article_id": ids, "ts": ts, "ctr": [0.1, 0.2, 0.3]}), tmp / "ctr.parquet")
+    return {
+        "late.yaml": LATE_REPO.format(path=tmp / "late.parquet"),
+        "scheduled.yaml": SCHEDULED_REPO.format(counts=tmp / "counts.parquet", ctr=tmp / "ctr.parquet"),
+    }
 
 
 def write_late_file(tmp: Path) -> None:
@@ -185,6 +212,13 @@ def test_every_page_loads_without_console_errors(console: Server, browser: WebDr
     visit(browser, f"{base}/ui/jobs/{job.id}")
     assert browser.find_element(By.ID, "state").text == "succeeded"
     assert "100 written" in browser.find_element(By.CSS_SELECTOR, ".kv").text
+    # The scheduled ingestions as a graph: each after what it depends on, with its next run.
+    visit(browser, f"{base}/ui/jobs")
+    levels = browser.find_elements(By.CSS_SELECTOR, "#graph .level")
+    names = [[n.get_attribute("data-ingestion") for n in level.find_elements(By.CSS_SELECTOR, ".node")] for level in levels]
+    assert names.index(["article_ctr"]) > [i for i, l in enumerate(names) if "article_counts" in l][0], names
+    ctr = browser.find_element(By.CSS_SELECTOR, "#graph .node[data-ingestion=article_ctr]").text
+    assert "after article_counts" in ctr and "next run" in ctr and "schedule 0 4 * * *" in ctr, ctr
     # The plan preview of the applied repo has nothing to change; a directory outside it is
     # not read.
     visit(browser, f"{base}/ui/registry?plan={console.tmp / 'repo'}")

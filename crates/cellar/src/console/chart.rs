@@ -79,12 +79,7 @@ fn svg(unit: Unit, points: &[(i64, f64)]) -> Markup {
         let op = if i == 0 { 'M' } else { 'L' };
         path.push_str(&format!("{op}{:.1},{:.1} ", x(*t), y(*v)));
     }
-    let minutes = (t1 - t0) / 60_000;
-    let since = if minutes >= 120 {
-        format!("{} h ago", minutes / 60)
-    } else {
-        format!("{minutes} min ago")
-    };
+    let since = format!("{} ago", super::duration_text((t1 - t0) as f64 / 1000.0));
     let view_box = format!("0 0 {WIDTH} {HEIGHT}");
     html! {
         svg viewBox=(view_box) role="img" preserveAspectRatio="none" {

@@ -15,7 +15,7 @@ use serde_json::{json, Value as Json};
 
 use super::chart::{self, Unit};
 use super::overview::tier_name;
-use super::{layout, problem, refused_view, spec_text, time_text, Console};
+use super::{layout, problem, refused_view, registry_unavailable, spec_text, time_text, Console};
 
 /// Entities one lookup from the page may name.
 const MAX_LOOKUP_ENTITIES: usize = 100;
@@ -31,14 +31,7 @@ pub(super) async fn page(
     }
     let repo = match console.registry.current().await {
         Ok(applied) => applied.map(|a| a.repo).unwrap_or_default(),
-        Err(e) => {
-            return problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &access,
-                "Registry unavailable",
-                &e.to_string(),
-            )
-        }
+        Err(e) => return registry_unavailable(&access, &e),
     };
     let kind = if repo.group(&name).is_some() {
         SpecKind::FeatureGroup

@@ -17,8 +17,8 @@ use maud::{html, Markup};
 use serde::Deserialize;
 
 use super::{
-    action_button, after, confirm_page, layout, now_ms, problem, refused_view, time_text, Console,
-    Outcome,
+    action_button, after, confirm_page, denied, layout, now_ms, problem, refused_view,
+    registry_unavailable, time_text, Console, Outcome,
 };
 
 /// Jobs the list shows at most.
@@ -63,14 +63,7 @@ pub(super) async fn list(
         console.registry.current().await,
     ) {
         (Ok(jobs), Ok(applied)) => (jobs, applied.map(|a| a.repo).unwrap_or_default()),
-        (Err(e), _) | (_, Err(e)) => {
-            return problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &access,
-                "Registry unavailable",
-                &e.to_string(),
-            )
-        }
+        (Err(e), _) | (_, Err(e)) => return registry_unavailable(&access, &e),
     };
     let batch: Vec<&str> = repo
         .ingestions
@@ -258,9 +251,9 @@ pub(super) async fn page(
     if let Some(resp) = refused_view(&access) {
         return resp;
     }
-    let (job, shards) = match job_and_shards(&console, id).await {
+    let (job, shards) = match job_and_shards(&console, &access, id).await {
         Ok(found) => found,
-        Err(resp) => return resp(&access),
+        Err(resp) => return *resp,
     };
     let rejects = console
         .executor
@@ -315,34 +308,25 @@ pub(super) async fn page(
     layout(&format!("Job {id}"), &access, "/ui/jobs", body)
 }
 
-type Missing = Box<dyn FnOnce(&Access) -> Response + Send>;
-
-async fn job_and_shards(console: &Console, id: i64) -> Result<(Job, Vec<ShardRun>), Missing> {
+/// The job and its shards, or the page saying why not (boxed: a response is large).
+async fn job_and_shards(
+    console: &Console,
+    access: &Access,
+    id: i64,
+) -> Result<(Job, Vec<ShardRun>), Box<Response>> {
     let registry = &console.registry;
     match registry.job(id).await {
         Ok(Some(job)) => {
             let shards = registry.shards(id).await.unwrap_or_default();
             Ok((job, shards))
         }
-        Ok(None) => Err(Box::new(move |access: &Access| {
-            problem(
-                StatusCode::NOT_FOUND,
-                access,
-                "No such job",
-                &format!("there is no job {id}"),
-            )
-        })),
-        Err(e) => {
-            let message = e.to_string();
-            Err(Box::new(move |access: &Access| {
-                problem(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    access,
-                    "Registry unavailable",
-                    &message,
-                )
-            }))
-        }
+        Ok(None) => Err(Box::new(problem(
+            StatusCode::NOT_FOUND,
+            access,
+            "No such job",
+            &format!("there is no job {id}"),
+        ))),
+        Err(e) => Err(Box::new(registry_unavailable(access, &e))),
     }
 }
 
@@ -384,17 +368,12 @@ pub(super) async fn confirm(
             &format!("`{action}`: a job can be retried or cancelled"),
         );
     };
-    let (job, _) = match job_and_shards(&console, id).await {
+    let (job, _) = match job_and_shards(&console, &access, id).await {
         Ok(found) => found,
-        Err(resp) => return resp(&access),
+        Err(resp) => return *resp,
     };
     if let Err(e) = access.check(Action::OperateJobs, ResourceKind::Ingestion, &job.ingestion) {
-        return problem(
-            StatusCode::FORBIDDEN,
-            &access,
-            "Permission denied",
-            &e.to_string(),
-        );
+        return denied(&access, &e);
     }
     let what = match verb {
         "retry" => {
@@ -437,9 +416,9 @@ pub(super) async fn act(
             Err("this server does not run batch jobs".into()),
         );
     };
-    let (job, _) = match job_and_shards(&console, id).await {
+    let (job, _) = match job_and_shards(&console, &access, id).await {
         Ok(found) => found,
-        Err(resp) => return resp(&access),
+        Err(resp) => return *resp,
     };
     let resource = format!("ingestion:{}", job.ingestion);
     if let Err(e) = access.check(Action::OperateJobs, ResourceKind::Ingestion, &job.ingestion) {
@@ -450,12 +429,7 @@ pub(super) async fn act(
             0,
             &format!("denied: console {verb} job {id}"),
         );
-        return problem(
-            StatusCode::FORBIDDEN,
-            &access,
-            "Permission denied",
-            &e.to_string(),
-        );
+        return denied(&access, &e);
     }
     let done = match verb {
         "retry" => executor
@@ -519,12 +493,7 @@ pub(super) async fn confirm_backfill(
         ResourceKind::Ingestion,
         &form.ingestion,
     ) {
-        return problem(
-            StatusCode::FORBIDDEN,
-            &access,
-            "Permission denied",
-            &e.to_string(),
-        );
+        return denied(&access, &e);
     }
     if console.executor.is_none() {
         return after(
@@ -574,12 +543,7 @@ pub(super) async fn backfill(
             0,
             "denied: console backfill",
         );
-        return problem(
-            StatusCode::FORBIDDEN,
-            &access,
-            "Permission denied",
-            &e.to_string(),
-        );
+        return denied(&access, &e);
     }
     let Some(executor) = &console.executor else {
         return after(

@@ -179,6 +179,29 @@ pub(crate) fn problem(status: StatusCode, access: &Access, title: &str, message:
     resp
 }
 
+/// The page of a registry that did not answer.
+pub(crate) fn registry_unavailable(
+    access: &Access,
+    e: &cellar_registry::RegistryError,
+) -> Response {
+    problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        access,
+        "Registry unavailable",
+        &e.to_string(),
+    )
+}
+
+/// The page of a refused action: the permission it needs.
+pub(crate) fn denied(access: &Access, e: &cellar_auth::Denied) -> Response {
+    problem(
+        StatusCode::FORBIDDEN,
+        access,
+        "Permission denied",
+        &e.to_string(),
+    )
+}
+
 /// The refusal of a caller who may not see the console: it needs `read_metrics`, as it shows
 /// how the platform is doing, as `/metrics` does.
 pub(crate) fn refused_view(access: &Access) -> Option<Response> {
@@ -274,7 +297,9 @@ pub(crate) fn duration_text(secs: f64) -> String {
     if !secs.is_finite() {
         return "-".to_owned();
     }
-    if secs < 1.0 {
+    if secs == 0.0 {
+        "0 s".to_owned()
+    } else if secs < 1.0 {
         format!("{:.0} ms", secs * 1000.0)
     } else if secs < 120.0 {
         format!("{secs:.0} s")

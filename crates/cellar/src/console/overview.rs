@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::Response;
 use cellar_auth::Access;
 use cellar_registry::{JobFilter, JobState};
@@ -13,8 +12,8 @@ use maud::{html, Markup};
 
 use super::chart::compact;
 use super::{
-    duration_text, layout, now_ms, problem, refused_view, time_text, Console, LOW_HIT_RATIO,
-    STALE_AFTER_SECS,
+    duration_text, layout, now_ms, refused_view, registry_unavailable, time_text, Console,
+    LOW_HIT_RATIO, STALE_AFTER_SECS,
 };
 
 /// The span hit ratios and rates on the overview are taken over.
@@ -64,14 +63,7 @@ pub(super) async fn page(State(console): State<Console>, access: Access) -> Resp
     }
     let applied = match console.registry.current().await {
         Ok(applied) => applied,
-        Err(e) => {
-            return problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &access,
-                "Registry unavailable",
-                &e.to_string(),
-            )
-        }
+        Err(e) => return registry_unavailable(&access, &e),
     };
     let (repo, version, applied_at) = match applied {
         Some(a) => (a.repo, a.version, Some(a.applied_at)),

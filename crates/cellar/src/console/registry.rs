@@ -5,14 +5,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
 use axum::response::Response;
 use cellar_auth::Access;
 use cellar_spec::{FeatureRepo, SpecKind};
 use maud::{html, Markup};
 use serde::Deserialize;
 
-use super::{layout, problem, refused_view, time_text, Console};
+use super::{layout, refused_view, registry_unavailable, time_text, Console};
 
 /// Spec changes listed.
 const CHANGES: i64 = 200;
@@ -36,14 +35,7 @@ pub(super) async fn page(
         console.registry.changes(CHANGES).await,
     ) {
         (Ok(applied), Ok(changes)) => (applied, changes),
-        (Err(e), _) | (_, Err(e)) => {
-            return problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &access,
-                "Registry unavailable",
-                &e.to_string(),
-            )
-        }
+        (Err(e), _) | (_, Err(e)) => return registry_unavailable(&access, &e),
     };
     let repo = applied.as_ref().map(|a| a.repo.clone()).unwrap_or_default();
     let plan = match q.plan.as_deref().map(str::trim).filter(|p| !p.is_empty()) {

@@ -12,7 +12,7 @@ use cellar_spec::IngestionSource;
 use maud::{html, Markup};
 
 use super::chart::{self, compact, Unit};
-use super::{after, confirm_page, layout, problem, refused_view, Console, Outcome};
+use super::{after, confirm_page, denied, layout, problem, refused_view, Console, Outcome};
 use crate::deadletter::{DeadLetter, MAX_LIST_LIMIT};
 
 /// Dead letters the page lists.
@@ -164,10 +164,8 @@ fn dead_letters(access: &Access, letters: Option<anyhow::Result<Vec<DeadLetter>>
     }
 }
 
-fn may_redrive(access: &Access) -> Result<(), String> {
-    access
-        .check_every(Action::OperateDeadLetters, ResourceKind::Ingestion)
-        .map_err(|e| e.to_string())
+fn may_redrive(access: &Access) -> Result<(), cellar_auth::Denied> {
+    access.check_every(Action::OperateDeadLetters, ResourceKind::Ingestion)
 }
 
 pub(super) async fn confirm_redrive(State(console): State<Console>, access: Access) -> Response {
@@ -175,7 +173,7 @@ pub(super) async fn confirm_redrive(State(console): State<Console>, access: Acce
         return resp;
     }
     if let Err(e) = may_redrive(&access) {
-        return problem(StatusCode::FORBIDDEN, &access, "Permission denied", &e);
+        return denied(&access, &e);
     }
     let Some(ingestion) = &console.ingestion else {
         return problem(
@@ -213,7 +211,7 @@ pub(super) async fn redrive(State(console): State<Console>, access: Access) -> R
             0,
             "denied: console re-drive",
         );
-        return problem(StatusCode::FORBIDDEN, &access, "Permission denied", &e);
+        return denied(&access, &e);
     }
     let Some(ingestion) = &console.ingestion else {
         return after(
