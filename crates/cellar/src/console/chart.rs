@@ -84,7 +84,7 @@ fn svg(unit: Unit, points: &[(i64, f64)]) -> Markup {
     html! {
         svg viewBox=(view_box) role="img" preserveAspectRatio="none" {
             line.axis x1=(LEFT) y1=(y(0.0)) x2=(WIDTH - 4.0) y2=(y(0.0)) {}
-            line.grid x1=(LEFT) y1=(y(max)) x2=(WIDTH - 4.0) y2=(y(max)) {}
+            line.gridline x1=(LEFT) y1=(y(max)) x2=(WIDTH - 4.0) y2=(y(max)) {}
             text.label x=(LEFT - 4.0) y=(y(max) + 4.0) text-anchor="end" { (unit.format(max)) }
             text.label x=(LEFT - 4.0) y=(y(0.0)) text-anchor="end" { (unit.format(0.0)) }
             text.label x=(LEFT) y=(HEIGHT - 2.0) { (since) }
