@@ -208,8 +208,13 @@ def test_every_page_loads_without_console_errors(console: Server, browser: WebDr
     ], links
     for link in links:
         visit(browser, link)
+    # The overview reloads itself for a second screen; a finished job's page does not.
+    visit(browser, f"{base}/ui")
+    reload = browser.find_element(By.CSS_SELECTOR, "meta[http-equiv=refresh]")
+    assert reload.get_attribute("content") == "30"
     # The job page shows its shards and rows.
     visit(browser, f"{base}/ui/jobs/{job.id}")
+    assert not browser.find_elements(By.CSS_SELECTOR, "meta[http-equiv=refresh]")
     assert browser.find_element(By.ID, "state").text == "succeeded"
     assert "100 written" in browser.find_element(By.CSS_SELECTOR, ".kv").text
     # The scheduled ingestions as a graph: each after what it depends on, with its next run.

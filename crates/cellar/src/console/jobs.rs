@@ -17,8 +17,8 @@ use maud::{html, Markup};
 use serde::Deserialize;
 
 use super::{
-    action_button, after, confirm_page, denied, layout, now_ms, problem, refused_view,
-    registry_unavailable, time_text, Console, Outcome,
+    action_button, after, confirm_page, denied, layout, now_ms, problem, refreshing, refused_view,
+    registry_unavailable, time_text, Console, Outcome, RELOAD_JOB_SECS,
 };
 
 /// Jobs the list shows at most.
@@ -305,7 +305,8 @@ pub(super) async fn page(
         }
         p.muted { a href={"/ui/jobs?ingestion=" (job.ingestion)} { "Every job of " (job.ingestion) } }
     };
-    layout(&format!("Job {id}"), &access, "/ui/jobs", body)
+    let every = (!job.state.is_finished()).then_some(RELOAD_JOB_SECS);
+    refreshing(&format!("Job {id}"), &access, "/ui/jobs", every, body)
 }
 
 /// The job and its shards, or the page saying why not (boxed: a response is large).

@@ -50,6 +50,11 @@ const STYLE: &str = include_str!("console.css");
 pub const STALE_AFTER_SECS: f64 = 3600.0;
 /// When a tier's hit ratio counts as low on the overview.
 pub const LOW_HIT_RATIO: f64 = 0.5;
+/// How often the overview and the stream page reload themselves, seconds: the metrics are
+/// sampled every 10 s.
+const RELOAD_SECS: u32 = 30;
+/// How often a running job's page reloads itself, seconds.
+const RELOAD_JOB_SECS: u32 = 5;
 
 /// What the pages read and act on.
 #[derive(Clone)]
@@ -98,6 +103,18 @@ pub fn router(console: Console) -> Router {
 
 /// The page frame: navigation, who is signed in, then `body`.
 pub(crate) fn layout(title: &str, access: &Access, current: &str, body: Markup) -> Response {
+    refreshing(title, access, current, None, body)
+}
+
+/// The page frame of a page that reloads itself every `every` seconds, if given: the pages a
+/// second screen keeps open (the overview, stream ingestion, a running job), which hold no form.
+pub(crate) fn refreshing(
+    title: &str,
+    access: &Access,
+    current: &str,
+    every: Option<u32>,
+    body: Markup,
+) -> Response {
     let nav = [
         ("/ui", "Overview"),
         ("/ui/stream", "Stream ingestion"),
@@ -111,6 +128,7 @@ pub(crate) fn layout(title: &str, access: &Access, current: &str, body: Markup) 
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
+                @if let Some(every) = every { meta http-equiv="refresh" content=(every); }
                 title { (title) " · Cellar" }
                 link rel="stylesheet" href="/ui/assets/console.css";
                 link rel="icon" href="data:,";

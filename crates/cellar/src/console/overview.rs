@@ -12,8 +12,8 @@ use maud::{html, Markup};
 
 use super::chart::compact;
 use super::{
-    duration_text, layout, now_ms, refused_view, registry_unavailable, time_text, Console,
-    LOW_HIT_RATIO, STALE_AFTER_SECS,
+    duration_text, now_ms, refreshing, refused_view, registry_unavailable, time_text, Console,
+    LOW_HIT_RATIO, RELOAD_SECS, STALE_AFTER_SECS,
 };
 
 /// The span hit ratios and rates on the overview are taken over.
@@ -113,7 +113,7 @@ pub(super) async fn page(State(console): State<Console>, access: Access) -> Resp
             }
         }
     };
-    layout("Overview", &access, "/ui", body)
+    refreshing("Overview", &access, "/ui", Some(RELOAD_SECS), body)
 }
 
 fn row(

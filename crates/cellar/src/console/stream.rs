@@ -12,7 +12,10 @@ use cellar_spec::IngestionSource;
 use maud::{html, Markup};
 
 use super::chart::{self, compact, Unit};
-use super::{after, confirm_page, denied, layout, problem, refused_view, Console, Outcome};
+use super::{
+    after, confirm_page, denied, layout, problem, refreshing, refused_view, Console, Outcome,
+    RELOAD_SECS,
+};
 use crate::deadletter::{DeadLetter, MAX_LIST_LIMIT};
 
 /// Dead letters the page lists.
@@ -120,7 +123,13 @@ pub(super) async fn page(
         h2 { "Dead letters" }
         (dead_letters(&access, letters))
     };
-    layout("Stream ingestion", &access, "/ui/stream", body)
+    refreshing(
+        "Stream ingestion",
+        &access,
+        "/ui/stream",
+        Some(RELOAD_SECS),
+        body,
+    )
 }
 
 fn dead_letters(access: &Access, letters: Option<anyhow::Result<Vec<DeadLetter>>>) -> Markup {
