@@ -348,16 +348,9 @@ async fn a_failing_shard_is_retried_then_the_job_fails_with_an_alert_linking_its
         text.contains(&format!("job {}", job.id)) && text.contains("`profiles`"),
         "{text}"
     );
+    // The link is the job's page in the web console (its tests load it in a browser).
     let link = alert["link"].as_str().unwrap();
     assert_eq!(link, format!("{base}/jobs/{}", job.id));
-    let page = reqwest::get(link).await.unwrap();
-    assert!(page.status().is_success());
-    let html = page.text().await.unwrap();
-    assert!(
-        html.contains("failed") && html.contains("bad.parquet"),
-        "{html}"
-    );
-    assert!(html.contains("profiles"));
 
     // The same job over the API; a retry runs the failed shard again (and fails again).
     let shown: serde_json::Value = reqwest::get(format!("{base}/v1/jobs/{}", job.id))
