@@ -17,8 +17,10 @@ use super::chart::{self, Unit};
 use super::overview::tier_name;
 use super::{layout, problem, refused_view, registry_unavailable, spec_text, time_text, Console};
 
-/// Entities one lookup from the page may name.
+/// Entities one lookup from the page may name, and records per entity of a time series: a
+/// page stays a readable size.
 const MAX_LOOKUP_ENTITIES: usize = 100;
+const MAX_LOOKUP_RECORDS: u64 = 100;
 
 pub(super) async fn page(
     State(console): State<Console>,
@@ -164,9 +166,17 @@ fn entities_and_options(keys: &[String], query: &BTreeMap<String, String>) -> Re
     for field in ["top_n", "window"] {
         if let Some(v) = query.get(field).map(|v| v.trim()).filter(|v| !v.is_empty()) {
             let value = match field {
-                "top_n" => json!(v
-                    .parse::<u64>()
-                    .map_err(|_| format!("top_n: `{v}` is not a whole number"))?),
+                "top_n" => {
+                    let n = v
+                        .parse::<u64>()
+                        .map_err(|_| format!("top_n: `{v}` is not a whole number"))?;
+                    if n > MAX_LOOKUP_RECORDS {
+                        return Err(format!(
+                            "top_n: {n} is over the page's limit of {MAX_LOOKUP_RECORDS} records per entity (use the API for more)"
+                        ));
+                    }
+                    json!(n)
+                }
                 _ => json!(v),
             };
             group.insert(field.to_owned(), value);
@@ -588,6 +598,10 @@ mod tests {
             .unwrap()
             .unwrap_err();
         assert!(err.starts_with("top_n:"), "{err}");
+        let err = lookup_body(&keys[..1], &query(&[("a", "x"), ("top_n", "101")]))
+            .unwrap()
+            .unwrap_err();
+        assert!(err.contains("over the page's limit of 100 records"), "{err}");
     }
 
     #[test]

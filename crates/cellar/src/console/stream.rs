@@ -20,6 +20,8 @@ use crate::deadletter::{DeadLetter, MAX_LIST_LIMIT};
 
 /// Dead letters the page lists.
 const LISTED: usize = 200;
+/// Characters of a payload the page shows.
+const PAYLOAD_SHOWN: usize = 2000;
 
 pub(super) async fn page(
     State(console): State<Console>,
@@ -164,12 +166,24 @@ fn dead_letters(access: &Access, letters: Option<anyhow::Result<Vec<DeadLetter>>
                             td.num { (d.attempts.map(|a| a.to_string()).unwrap_or_else(|| "-".into())) }
                             td { (d.first_failure.as_deref().unwrap_or("-")) }
                             td.status-error { (d.error.as_deref().unwrap_or("-")) }
-                            td { pre.payload { (d.payload) } }
+                            td { pre.payload { (shown(&d.payload)) } }
                         }
                     }
                 }
             }
         }
+    }
+}
+
+/// The start of a payload: an event can be large, and the page lists many.
+fn shown(payload: &str) -> String {
+    match payload.char_indices().nth(PAYLOAD_SHOWN) {
+        None => payload.to_owned(),
+        Some((end, _)) => format!(
+            "{}… ({} bytes in all: GET /v1/dead-letters has it whole)",
+            &payload[..end],
+            payload.len()
+        ),
     }
 }
 
@@ -251,4 +265,18 @@ pub(super) async fn redrive(State(console): State<Console>, access: Access) -> R
         },
     );
     after("/ui/stream", result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_payload_is_shown_in_part() {
+        assert_eq!(shown("{\"a\": 1}"), "{\"a\": 1}");
+        let long = "é".repeat(PAYLOAD_SHOWN + 10);
+        let text = shown(&long);
+        assert!(text.starts_with(&"é".repeat(PAYLOAD_SHOWN)), "{text}");
+        assert!(text.ends_with(&format!("({} bytes in all: GET /v1/dead-letters has it whole)", long.len())));
+    }
 }
