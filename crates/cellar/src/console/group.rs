@@ -601,7 +601,10 @@ mod tests {
         let err = lookup_body(&keys[..1], &query(&[("a", "x"), ("top_n", "101")]))
             .unwrap()
             .unwrap_err();
-        assert!(err.contains("over the page's limit of 100 records"), "{err}");
+        assert!(
+            err.contains("over the page's limit of 100 records"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -277,6 +277,9 @@ mod tests {
         let long = "é".repeat(PAYLOAD_SHOWN + 10);
         let text = shown(&long);
         assert!(text.starts_with(&"é".repeat(PAYLOAD_SHOWN)), "{text}");
-        assert!(text.ends_with(&format!("({} bytes in all: GET /v1/dead-letters has it whole)", long.len())));
+        assert!(text.ends_with(&format!(
+            "({} bytes in all: GET /v1/dead-letters has it whole)",
+            long.len()
+        )));
     }
 }
