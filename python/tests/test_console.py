@@ -279,7 +279,7 @@ def test_a_dead_letter_is_redriven_from_the_stream_page(console: Server, browser
     click_through(browser, browser.find_element(By.ID, "confirm"))
     assert console_errors(browser) == []
     notice = browser.find_element(By.CSS_SELECTOR, "p.notice").text
-    assert notice.startswith("Re-drove 1 dead letters"), notice
+    assert notice.startswith("Re-drove 1 dead letter ("), notice
     # It fails again (the time is still not a time) and comes back as a new dead letter.
     with Client(console.url) as client:
         wait_for("the re-driven event's new dead letter", lambda: len(client.dead_letters()) == 1)
@@ -296,7 +296,7 @@ def test_a_failed_job_is_retried_from_its_page(console: Server, browser: WebDriv
     assert browser.find_elements(By.CSS_SELECTOR, f"#jobs tr[data-job='{job.id}']")
     visit(browser, f"{console.url}/ui")
     row = browser.find_element(By.CSS_SELECTOR, "#groups tr[data-group=user_profile]")
-    assert "bad" in row.get_attribute("class") and "1 failed jobs" in row.text
+    assert "bad" in row.get_attribute("class") and "1 failed job" in row.text
     write_late_file(console.tmp)
     visit(browser, f"{console.url}/ui/jobs/{job.id}")
     click_through(browser, browser.find_element(By.LINK_TEXT, "Retry"))

@@ -330,6 +330,15 @@ pub(crate) fn duration_text(secs: f64) -> String {
     }
 }
 
+/// `1 dead letter`, `2 dead letters`.
+pub(crate) fn counted(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
 /// An epoch-ms time as UTC text.
 pub(crate) fn time_text(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)

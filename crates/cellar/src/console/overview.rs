@@ -12,8 +12,8 @@ use maud::{html, Markup};
 
 use super::chart::compact;
 use super::{
-    duration_text, now_ms, refreshing, refused_view, registry_unavailable, time_text, Console,
-    LOW_HIT_RATIO, RELOAD_SECS, STALE_AFTER_SECS,
+    counted, duration_text, now_ms, refreshing, refused_view, registry_unavailable, time_text,
+    Console, LOW_HIT_RATIO, RELOAD_SECS, STALE_AFTER_SECS,
 };
 
 /// The span hit ratios and rates on the overview are taken over.
@@ -99,7 +99,10 @@ pub(super) async fn page(State(console): State<Console>, access: Access) -> Resp
                     tr {
                         td { span.mark {} a href={"/ui/groups/" (g.name)} { (g.name) } }
                         td { "on demand" } td.muted { "-" } td.muted { "-" }
-                        td.num.muted colspan="5" { "computed per request from " (g.sources.len()) " sources and request data" }
+                        td.num.muted colspan="5" {
+                            "computed per request"
+                            @if !g.sources.is_empty() { ", reading " (counted(g.sources.len() as u64, "external source")) }
+                        }
                     }
                 }
             }
@@ -194,10 +197,10 @@ fn row_markup(r: &Row) -> Markup {
                 @if r.ratios.is_empty() { span.muted { "-" } }
             }
             td.num {
-                @if r.failed_jobs > 0 { span.bad-value { (r.failed_jobs) " failed jobs" } " " }
+                @if r.failed_jobs > 0 { span.bad-value { (counted(r.failed_jobs as u64, "failed job")) } " " }
                 @match r.dead_letters {
                     Some(0) => { @if r.failed_jobs == 0 { span.muted { "none" } } }
-                    Some(n) => span.bad-value { (n) " dead letters" },
+                    Some(n) => span.bad-value { (counted(n as u64, "dead letter")) },
                     None => { @if r.failed_jobs == 0 { span.muted { "none failed" } } }
                 }
             }

@@ -13,8 +13,8 @@ use maud::{html, Markup};
 
 use super::chart::{self, compact, Unit};
 use super::{
-    after, confirm_page, denied, layout, problem, refreshing, refused_view, Console, Outcome,
-    RELOAD_SECS,
+    after, confirm_page, counted, denied, layout, problem, refreshing, refused_view, Console,
+    Outcome, RELOAD_SECS,
 };
 use crate::deadletter::{DeadLetter, MAX_LIST_LIMIT};
 
@@ -247,8 +247,9 @@ pub(super) async fn redrive(State(console): State<Console>, access: Access) -> R
         Ok(done) => (
             done.redriven,
             Ok(format!(
-                "Re-drove {} dead letters ({} skipped: no original topic).",
-                done.redriven, done.skipped
+                "Re-drove {} ({} skipped: no original topic).",
+                counted(done.redriven, "dead letter"),
+                done.skipped
             )),
         ),
         Err(e) => (0, Err(format!("re-drive failed: {e:#}"))),
