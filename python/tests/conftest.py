@@ -4,6 +4,7 @@ workspace's debug build."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import subprocess
@@ -26,6 +27,11 @@ key: user_id
 event_time: ts
 features: {{ country: country, age: age }}
 """
+
+
+def digest(key: str) -> str:
+    """An API key as `[[auth.api_keys]]` keeps it."""
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def cellar_bin() -> str:

@@ -4,7 +4,6 @@ sending it as its bearer token, against a server that requires one."""
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 
 import pandas as pd
 import pytest
@@ -15,14 +14,10 @@ from feast.value_type import ValueType
 
 import cellar
 from cellar import Client
-from conftest import start
+from conftest import digest, start
 
 READER = "cellar_pytest-reader-0d7f3c2a9b"
 ADMIN = "cellar_pytest-admin-51e6a08c44"
-
-
-def digest(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 CONFIG = f"""

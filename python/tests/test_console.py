@@ -5,7 +5,6 @@ the permission, the buttons are refused. The screenshots in docs/ are taken here
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.wait import WebDriverWait
 
 from cellar import Client
-from conftest import ROOT, Server, start
+from conftest import ROOT, Server, digest, start
 
 # A batch ingestion whose file appears only later: its first job fails, a retry succeeds.
 LATE_REPO = """kind: Ingestion
@@ -42,10 +41,6 @@ FAST_DEAD_LETTERS = {"CELLAR_INGEST__MAX_ATTEMPTS": "1", "CELLAR_INGEST__RETRY_B
 
 VIEWER = "cellar_pytest-viewer-7c1e55d0a2"
 OPERATOR = "cellar_pytest-operator-9b2f64e1d3"
-
-
-def digest(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 AUTH_CONFIG = f"""

@@ -112,7 +112,14 @@ impl WritePath {
                 .collect();
             history.keep(group, &rows).await?;
         }
-        if let Some(newest) = writes.iter().map(|w| w.record.event_time).max() {
+        // Stale records (redeliveries, late events) change nothing served: not fresher data.
+        let newest = writes
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| **o == PutOutcome::Applied)
+            .map(|(w, _)| w.record.event_time)
+            .max();
+        if let Some(newest) = newest {
             self.freshness.written(&group.name, newest);
         }
         Ok(outcomes)

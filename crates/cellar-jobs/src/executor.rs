@@ -531,6 +531,25 @@ impl Executor {
             .ok_or_else(|| JobError::Invalid(format!("there is no job {id}")))
     }
 
+    /// Runs job `id` here in the background (a submitted or retried job); a run that stops
+    /// is logged, and the job is taken over by whichever executor looks at it next.
+    pub fn spawn_run(&self, id: i64) {
+        let executor = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = executor.run(id).await {
+                tracing::warn!(job = id, error = %e, "batch job run stopped");
+            }
+        });
+    }
+
+    /// Makes failed or cancelled job `id` runnable again (its failed and cancelled shards get
+    /// new attempts) and runs it here.
+    pub async fn retry(&self, id: i64) -> Result<Job, cellar_registry::RegistryError> {
+        let job = self.registry.retry_job(id).await?;
+        self.spawn_run(id);
+        Ok(job)
+    }
+
     /// The repo the registry holds now.
     pub async fn current_repo(&self) -> Result<FeatureRepo> {
         Ok(self

@@ -143,7 +143,7 @@ async fn submit(
                 0,
                 &format!("ok: submitted job {}", job.id),
             );
-            spawn_run(&executor, job.id);
+            executor.spawn_run(job.id);
             (StatusCode::ACCEPTED, Json(job)).into_response()
         }
         Err(e) => {
@@ -190,9 +190,7 @@ async fn show(
 
 async fn retry(State(jobs): State<Jobs>, access: Access, Path(id): Path<i64>) -> Response {
     act_on_job(&jobs, &access, id, "retry", |executor| async move {
-        let job = executor.registry().retry_job(id).await?;
-        spawn_run(&executor, id);
-        Ok(job)
+        executor.retry(id).await
     })
     .await
 }
@@ -244,16 +242,6 @@ async fn detail(
     };
     let shards = executor.registry().shards(id).await?;
     Ok(Some((job, shards)))
-}
-
-/// Runs job `id` on this server in the background (a submitted or retried job).
-pub fn spawn_run(executor: &Executor, id: i64) {
-    let executor = executor.clone();
-    tokio::spawn(async move {
-        if let Err(e) = executor.run(id).await {
-            tracing::warn!(job = id, error = %e, "batch job run stopped");
-        }
-    });
 }
 
 /// `a,b` to states, naming the one not known.

@@ -22,7 +22,7 @@ use cellar_spec::{FeatureRepo, IngestionSource};
 use serde::Deserialize;
 
 use crate::executor::JobRequest;
-use crate::http::{bad_request, denied, error, job_error, registry_error, spawn_run, Jobs};
+use crate::http::{bad_request, denied, error, job_error, registry_error, Jobs};
 
 #[derive(Debug, Deserialize)]
 struct MaterializeBody {
@@ -153,7 +153,7 @@ async fn run(
     }
     if query.run_async.unwrap_or(false) {
         for job in &submitted {
-            spawn_run(&executor, job.id);
+            executor.spawn_run(job.id);
         }
         return (
             StatusCode::ACCEPTED,

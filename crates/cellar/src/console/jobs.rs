@@ -8,7 +8,7 @@ use axum::extract::{Form, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use cellar_auth::{Access, Action, ResourceKind};
-use cellar_jobs::http::{parse_period, parse_states, spawn_run};
+use cellar_jobs::http::{parse_period, parse_states};
 use cellar_jobs::schedule::{dependency_order, CronSchedule};
 use cellar_jobs::JobRequest;
 use cellar_registry::{Job, JobFilter, JobState, ShardRun, WatermarkValue};
@@ -251,9 +251,13 @@ pub(super) async fn page(
     if let Some(resp) = refused_view(&access) {
         return resp;
     }
-    let (job, shards) = match job_and_shards(&console, &access, id).await {
+    let job = match find_job(&console, &access, id).await {
         Ok(found) => found,
         Err(resp) => return *resp,
+    };
+    let shards: Vec<ShardRun> = match console.registry.shards(id).await {
+        Ok(shards) => shards,
+        Err(e) => return registry_unavailable(&access, &e),
     };
     let rejects = console
         .executor
@@ -309,18 +313,10 @@ pub(super) async fn page(
     refreshing(&format!("Job {id}"), &access, "/ui/jobs", every, body)
 }
 
-/// The job and its shards, or the page saying why not (boxed: a response is large).
-async fn job_and_shards(
-    console: &Console,
-    access: &Access,
-    id: i64,
-) -> Result<(Job, Vec<ShardRun>), Box<Response>> {
-    let registry = &console.registry;
-    match registry.job(id).await {
-        Ok(Some(job)) => {
-            let shards = registry.shards(id).await.unwrap_or_default();
-            Ok((job, shards))
-        }
+/// Job `id`, or the page saying why not (boxed: a response is large).
+async fn find_job(console: &Console, access: &Access, id: i64) -> Result<Job, Box<Response>> {
+    match console.registry.job(id).await {
+        Ok(Some(job)) => Ok(job),
         Ok(None) => Err(Box::new(problem(
             StatusCode::NOT_FOUND,
             access,
@@ -369,7 +365,7 @@ pub(super) async fn confirm(
             &format!("`{action}`: a job can be retried or cancelled"),
         );
     };
-    let (job, _) = match job_and_shards(&console, &access, id).await {
+    let job = match find_job(&console, &access, id).await {
         Ok(found) => found,
         Err(resp) => return *resp,
     };
@@ -417,7 +413,7 @@ pub(super) async fn act(
             Err("this server does not run batch jobs".into()),
         );
     };
-    let (job, _) = match job_and_shards(&console, &access, id).await {
+    let job = match find_job(&console, &access, id).await {
         Ok(found) => found,
         Err(resp) => return *resp,
     };
@@ -433,11 +429,7 @@ pub(super) async fn act(
         return denied(&access, &e);
     }
     let done = match verb {
-        "retry" => executor
-            .registry()
-            .retry_job(id)
-            .await
-            .inspect(|_| spawn_run(executor, id)),
+        "retry" => executor.retry(id).await,
         _ => executor.registry().cancel_job(id).await,
     };
     let outcome = match &done {
@@ -569,7 +561,7 @@ pub(super) async fn backfill(
                 0,
                 &format!("ok: console submitted job {}", job.id),
             );
-            spawn_run(executor, job.id);
+            executor.spawn_run(job.id);
             after(
                 &format!("/ui/jobs/{}", job.id),
                 Ok(format!(

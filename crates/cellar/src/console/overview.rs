@@ -18,7 +18,7 @@ use super::{
 
 /// The span hit ratios and rates on the overview are taken over.
 const WINDOW_MS: i64 = 5 * 60_000;
-/// Recent jobs looked at for failures.
+/// Newest jobs looked at for ingestions whose last job failed.
 const RECENT_JOBS: i64 = 200;
 /// Dead letters counted at most: enough to mark a group, cheap enough for every load.
 const COUNTED_DEAD_LETTERS: usize = 1000;
@@ -91,7 +91,7 @@ pub(super) async fn page(State(console): State<Console>, access: Access) -> Resp
                 th.num title="From event time to written, for the newest record of the last write" { "Ingestion latency" }
                 th.num title="Entities read per second, last 5 min" { "Reads/s" }
                 th.num title="Hits over lookups per tier, last 5 min" { "Hit ratio" }
-                th.num title="Failed batch jobs among the last 200, and dead letters waiting" { "Errors" }
+                th.num title="Ingestions whose last job failed (among the newest 200 jobs), and dead letters waiting" { "Errors" }
             } }
             tbody {
                 @for r in &rows { (row_markup(r)) }
@@ -109,7 +109,7 @@ pub(super) async fn page(State(console): State<Console>, access: Access) -> Resp
         }
         p.muted {
             "Red: newest event older than " (duration_text(STALE_AFTER_SECS)) " for a stream-fed group, a tier's hit ratio under "
-            (format!("{:.0}%", LOW_HIT_RATIO * 100.0)) ", a failed job or a dead letter. "
+            (format!("{:.0}%", LOW_HIT_RATIO * 100.0)) ", an ingestion whose last job failed, or a dead letter. "
             @match sampled {
                 Some(at) => { "Rates from the server's metrics, sampled every 10 s, last at " (time_text(at)) "." }
                 None => { "Rates appear once the server has sampled its metrics twice (every 10 s)." }
@@ -243,19 +243,26 @@ fn window_ratio(history: &super::samples::MetricsHistory, tier: &str, group: &st
     (hits + misses > 0.0).then(|| hits / (hits + misses))
 }
 
-/// Failed jobs among the recent ones, by the group their ingestion writes.
+/// Ingestions whose newest job failed (a failure since followed by a job that succeeded is
+/// over), counted by the group they write; looked for among the newest jobs.
 async fn failed_jobs_by_group(console: &Console, repo: &FeatureRepo) -> HashMap<String, usize> {
     let filter = JobFilter {
         ingestion: None,
-        states: vec![JobState::Failed],
+        states: Vec::new(),
         limit: RECENT_JOBS,
     };
     let mut out = HashMap::new();
-    if let Ok(jobs) = console.registry.list_jobs(&filter).await {
-        for job in jobs {
-            if let Some(i) = repo.ingestions.iter().find(|i| i.name == job.ingestion) {
-                *out.entry(i.into.clone()).or_insert(0) += 1;
-            }
+    let Ok(jobs) = console.registry.list_jobs(&filter).await else {
+        return out;
+    };
+    // Newest first: the first job seen of an ingestion is its newest.
+    let mut seen = std::collections::HashSet::new();
+    for job in jobs {
+        if !seen.insert(job.ingestion.clone()) || job.state != JobState::Failed {
+            continue;
+        }
+        if let Some(i) = repo.ingestions.iter().find(|i| i.name == job.ingestion) {
+            *out.entry(i.into.clone()).or_insert(0) += 1;
         }
     }
     out

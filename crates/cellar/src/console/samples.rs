@@ -199,26 +199,34 @@ impl MetricsHistory {
     /// Hits over all lookups of a tier of a group, per interval: `(time, ratio)`, only where
     /// there were lookups.
     pub fn hit_ratios(&self, tier: &str, group: &str) -> Vec<(i64, f64)> {
-        let labels = |outcome| [("group", group), ("tier", tier), ("outcome", outcome)];
-        let hits = self.sums("cellar_cache_lookups_total", &labels("hit"));
-        let negative = self.sums("cellar_cache_lookups_total", &labels("negative_hit"));
-        let misses = self.sums("cellar_cache_lookups_total", &labels("miss"));
-        let at = |series: &[(i64, f64)], t: i64| {
-            series
-                .iter()
-                .find(|(at, _)| *at == t)
-                .map_or(0.0, |(_, v)| *v)
+        let Ok(samples) = self.samples.read() else {
+            return Vec::new();
         };
-        let mut totals: Vec<(i64, f64, f64)> = hits
+        let of = |outcome| {
+            samples.matching(
+                "cellar_cache_lookups_total",
+                &[("group", group), ("tier", tier), ("outcome", outcome)],
+            )
+        };
+        let mut hits = of("hit");
+        hits.extend(of("negative_hit"));
+        let misses = of("miss");
+        // Per sample, the hits and misses counted so far (None before the series existed).
+        let sum = |s: &Sample, indexes: &[usize]| {
+            indexes
+                .iter()
+                .filter_map(|&i| s.values.get(i).copied())
+                .filter(|v| !v.is_nan())
+                .fold(None, |sum: Option<f64>, v| Some(sum.unwrap_or(0.0) + v))
+        };
+        let totals: Vec<(i64, f64, f64)> = samples
+            .ring
             .iter()
-            .map(|(t, h)| (*t, *h + at(&negative, *t), at(&misses, *t)))
+            .filter_map(|s| match (sum(s, &hits), sum(s, &misses)) {
+                (None, None) => None,
+                (h, m) => Some((s.at_ms, h.unwrap_or(0.0), m.unwrap_or(0.0))),
+            })
             .collect();
-        for (t, m) in &misses {
-            if !totals.iter().any(|(at, _, _)| at == t) {
-                totals.push((*t, at(&negative, *t), *m));
-            }
-        }
-        totals.sort_by_key(|(t, _, _)| *t);
         totals
             .windows(2)
             .filter_map(|w| {
