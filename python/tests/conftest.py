@@ -44,10 +44,33 @@ def cellar_bin() -> str:
     return str(binary)
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port below the kernel's ephemeral range, for a server started as a process.
+
+    A port from binding port 0 may be taken as the local port of an outgoing connection before
+    the server binds it; below the ephemeral range only explicit binds go.
+    """
+    try:
+        below = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        below = 32768
+    lowest = 10000
+    start = os.getpid() % (below - lowest)
+    for step in range(below - lowest):
+        port = lowest + (start + step) % (below - lowest)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {lowest}..{below}")
 
 
 class Server:

@@ -13,7 +13,7 @@
 //! setting it): the tests are ignored by a plain `cargo test`, and run with
 //! `--include-ignored` but without the variable, they fail.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -28,6 +28,10 @@ use cellar_spec::{EntityKey, FeatureGroup, ServingPolicy, Tier, Value, WriteStra
 use cellar_store::conformance::{attribute_group, timeseries_group};
 use cellar_store::embedded::EmbeddedStore;
 use cellar_store::{OnlineStore, Record, RecordReader, TimeseriesQuery, Write};
+
+#[path = "../../../test-support/free_port.rs"]
+mod port;
+use port::free_port;
 
 const ENTITIES: usize = 40;
 const COOL_DOWN: Duration = Duration::from_millis(300);
@@ -99,13 +103,6 @@ impl Drop for OwnRedis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
 }
 
 fn policy(write: WriteStrategy) -> ServingPolicy {

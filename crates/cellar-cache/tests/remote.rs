@@ -6,7 +6,7 @@
 //! processes on free ports.
 
 use std::collections::HashMap;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,6 +19,10 @@ use cellar_cache::{BreakerConfig, BreakerState, CacheMetrics, RemoteConfig, Remo
 use cellar_spec::{EntityKey, FeatureGroup, ServingPolicy, Tier, Value, WriteStrategy};
 use cellar_store::conformance::{attribute_group, timeseries_group};
 use cellar_store::{Record, RecordReader, Result, TimeseriesQuery};
+
+#[path = "../../../test-support/free_port.rs"]
+mod port;
+use port::free_port;
 
 /// The test Redis's URL. A test asked for without one fails: passing would claim a test that
 /// never ran.
@@ -715,13 +719,6 @@ impl Drop for OwnRedis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
 }
 
 /// For the tests that run `redis-server`s of their own: fails unless Redis is installed, which

@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 
 use cellar_jobs::alert::https_client;
 
+#[path = "../../../test-support/free_port.rs"]
+mod port;
+use port::free_port;
+
 fn tls_file(name: &str) -> String {
     match std::env::var("CELLAR_TEST_TLS_DIR") {
         Ok(dir) if !dir.is_empty() => format!("{dir}/{name}"),
@@ -49,11 +53,7 @@ struct TlsProxy {
 
 impl TlsProxy {
     fn start(backend: &str) -> TlsProxy {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let child = Command::new("socat")
             .arg(format!(
                 "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},verify=0",

@@ -14,14 +14,9 @@ pub fn service_address(var: &str, service: &str) -> String {
     }
 }
 
-/// A loopback port free at the time of the call, for a server a test starts as a process.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[path = "../../../../test-support/free_port.rs"]
+mod port;
+pub use port::free_port;
 
 /// The S3-compatible server's keys (s3s-fs as `scripts/services.sh` starts it).
 const S3_ACCESS_KEY: &str = "AK";
