@@ -16,7 +16,11 @@ pub fn service_address(var: &str, service: &str) -> String {
 
 #[path = "../../../../test-support/free_port.rs"]
 mod port;
-pub use port::free_port;
+
+/// A loopback port for a server a test starts as a process (see `test-support/free_port.rs`).
+pub fn free_port() -> u16 {
+    port::free_port()
+}
 
 /// The S3-compatible server's keys (s3s-fs as `scripts/services.sh` starts it).
 const S3_ACCESS_KEY: &str = "AK";
