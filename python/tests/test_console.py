@@ -90,6 +90,16 @@ features: {{ ctr_7d: ctr }}
 """
 
 
+# A group pushed to, that declares how fresh it must be.
+SCORES_REPO = """kind: FeatureGroup
+name: user_scores
+entity: user
+type: attribute
+features: [{ name: score, type: float64 }]
+freshness: 30m
+"""
+
+
 def late_repo(tmp: Path) -> dict[str, str]:
     """The late ingestion, and the scheduled ones with their files."""
     ts = pa.array([1_767_225_600_000] * 3, pa.timestamp("ms", tz="UTC"))
@@ -99,6 +109,7 @@ def late_repo(tmp: Path) -> dict[str, str]:
     return {
         "late.yaml": LATE_REPO.format(path=tmp / "late.parquet"),
         "scheduled.yaml": SCHEDULED_REPO.format(counts=tmp / "counts.parquet", ctr=tmp / "ctr.parquet"),
+        "scores.yaml": SCORES_REPO,
     }
 
 
@@ -199,7 +210,7 @@ def test_every_page_loads_without_console_errors(console: Server, browser: WebDr
     browser.get(base + "/ui")
     links = [a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "#groups td a")]
     assert sorted(link.rsplit("/", 1)[1] for link in links) == [
-        "article_stats", "feed_context", "recent_clicked_articles", "user_profile"
+        "article_stats", "feed_context", "recent_clicked_articles", "user_profile", "user_scores"
     ], links
     for link in links:
         visit(browser, link)
@@ -328,6 +339,36 @@ def test_the_overview_shows_rates_from_the_servers_own_samples(console: Server, 
     visit(browser, console.url + "/ui/groups/user_profile?user_id=u1,u2,u3")
     assert browser.find_elements(By.CSS_SELECTOR, ".chart svg"), "no chart drawn"
     shoot(browser, "console-group.png")
+
+
+def test_a_group_older_than_its_declared_freshness_is_marked_until_a_newer_event_arrives(
+    console: Server, browser: WebDriver
+) -> None:
+    def push(age_ms: int) -> None:
+        record = {"entity": {"user_id": "s1"}, "event_time": int(time.time() * 1000) - age_ms, "features": {"score": 0.5}}
+        answer = httpx.post(f"{console.url}/v1/push", json={"group": "user_scores", "records": [record]})
+        assert answer.status_code == 200, answer.text
+
+    def row() -> WebElement:
+        visit(browser, console.url + "/ui")
+        return browser.find_element(By.CSS_SELECTOR, "#groups tr[data-group=user_scores]")
+
+    assert "at most 30 min" in row().text
+    # Two hours old: past its 30 minutes, though a stream-fed group would have an hour.
+    push(2 * 3_600_000)
+    assert "bad" in row().get_attribute("class").split()
+    assert "2.0 h ago" in row().text
+    # A newer event brings it back; the objective is exported for alerts beside the event time.
+    push(60_000)
+    assert "bad" not in (row().get_attribute("class") or "").split()
+    metrics = httpx.get(f"{console.url}/metrics").text
+    assert 'cellar_group_freshness_objective_seconds{group="user_scores"} 1800' in metrics
+    # A stream-fed group that declares none has the default hour.
+    assert 'cellar_group_freshness_objective_seconds{group="recent_clicked_articles"} 3600' in metrics
+    assert 'cellar_group_freshness_objective_seconds{group="user_profile"}' not in metrics
+    visit(browser, console.url + "/ui/groups/user_scores")
+    assert "stale past 30 min" in browser.find_element(By.TAG_NAME, "main").text
+    assert "freshness: 30m" in browser.find_element(By.TAG_NAME, "main").text
 
 
 @pytest.fixture(scope="module")

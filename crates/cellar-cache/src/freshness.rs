@@ -1,6 +1,7 @@
 //! How fresh each group is: the newest event time written to it, when it was last written,
-//! and how long the newest events took from their event time to being servable. The write
-//! path records them; Prometheus and the console read them.
+//! and how long the newest events took from their event time to being servable, beside each
+//! group's freshness objective from its spec. The write path records them; Prometheus and the
+//! console read them.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -35,6 +36,9 @@ pub struct GroupFreshness {
 #[derive(Debug, Clone, Default)]
 pub struct Freshness {
     by_group: Arc<RwLock<HashMap<String, Arc<GroupWrites>>>>,
+    /// How old each group's newest event may be, in seconds, from the applied repo: exported
+    /// so an alert can compare the two without repeating every group's spec.
+    objectives: Arc<RwLock<Vec<(String, f64)>>>,
 }
 
 impl Freshness {
@@ -62,6 +66,21 @@ impl Freshness {
         writes
             .last_delay_ms
             .store((now - newest_event_ms).max(0), Ordering::Relaxed);
+    }
+
+    /// Replaces the groups' freshness objectives (on every apply of a repo).
+    pub fn set_objectives<'a>(
+        &self,
+        objectives: impl IntoIterator<Item = (&'a str, std::time::Duration)>,
+    ) {
+        let mut list: Vec<(String, f64)> = objectives
+            .into_iter()
+            .map(|(group, d)| (group.to_owned(), d.as_secs_f64()))
+            .collect();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        if let Ok(mut objectives) = self.objectives.write() {
+            *objectives = list;
+        }
     }
 
     /// The figures of `group`; `None` if this process has not written it.
@@ -116,6 +135,20 @@ impl Collector for Freshness {
                     .encode(family.encode_family(&[("group", group.as_str())])?)?;
             }
         }
+        drop(map);
+        let Ok(objectives) = self.objectives.read() else {
+            return Ok(());
+        };
+        let mut family = encoder.encode_descriptor(
+            "group_freshness_objective_seconds",
+            "How old a feature group's newest event may be (its spec's freshness)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (group, seconds) in objectives.iter() {
+            ConstGauge::new(*seconds)
+                .encode(family.encode_family(&[("group", group.as_str())])?)?;
+        }
         Ok(())
     }
 }
@@ -141,6 +174,38 @@ mod tests {
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         assert!(
             text.contains("group_newest_event_timestamp_seconds{group=\"g\"}"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn objectives_are_exported_for_groups_not_written_yet_and_replaced_on_apply() {
+        let freshness = Freshness::default();
+        freshness.set_objectives([
+            ("clicks", std::time::Duration::from_secs(3600)),
+            ("daily", std::time::Duration::from_secs(26 * 3600)),
+        ]);
+        let render = |freshness: &Freshness| {
+            let mut text = String::new();
+            let mut registry = prometheus_client::registry::Registry::default();
+            registry.register_collector(Box::new(freshness.clone()));
+            prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+            text
+        };
+        let text = render(&freshness);
+        assert!(
+            text.contains("group_freshness_objective_seconds{group=\"clicks\"} 3600"),
+            "{text}"
+        );
+        assert!(
+            text.contains("group_freshness_objective_seconds{group=\"daily\"} 93600"),
+            "{text}"
+        );
+        freshness.set_objectives([("daily", std::time::Duration::from_secs(60))]);
+        let text = render(&freshness);
+        assert!(!text.contains("group=\"clicks\""), "{text}");
+        assert!(
+            text.contains("group_freshness_objective_seconds{group=\"daily\"} 60"),
             "{text}"
         );
     }

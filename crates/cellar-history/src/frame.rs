@@ -182,6 +182,7 @@ mod tests {
             retention: Default::default(),
             serving: Default::default(),
             max_record_bytes: 1 << 20,
+            freshness: None,
             push_sources: Vec::new(),
             description: None,
             generation: 2,

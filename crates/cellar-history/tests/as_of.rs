@@ -46,6 +46,7 @@ fn group(name: &str, kind: GroupKind, retention: Retention) -> FeatureGroup {
         retention,
         serving: Default::default(),
         max_record_bytes: 1 << 20,
+        freshness: None,
         push_sources: Vec::new(),
         description: None,
         generation: 0,

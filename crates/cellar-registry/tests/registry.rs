@@ -181,6 +181,7 @@ fn sample_repo() -> FeatureRepo {
         },
         serving: ServingPolicy::default(),
         max_record_bytes: 8192,
+        freshness: None,
         push_sources: Vec::new(),
         description: None,
         generation: 0,
@@ -205,6 +206,7 @@ fn sample_repo() -> FeatureRepo {
             ..ServingPolicy::default()
         },
         max_record_bytes: 8192,
+        freshness: None,
         push_sources: Vec::new(),
         description: Some("slowly changing".to_owned()),
         generation: 0,

@@ -54,6 +54,7 @@ fn group(
         retention,
         serving: ServingPolicy::default(),
         max_record_bytes: 64 * 1024,
+        freshness: None,
         push_sources: Vec::new(),
         description: None,
         generation: 0,

@@ -75,6 +75,11 @@ pub struct FeatureGroup {
     pub push_sources: Vec<String>,
     #[serde(default)]
     pub description: Option<String>,
+    /// How old the newest event written may be before the group counts as stale (the
+    /// console marks it); `None`: a stream-fed group is stale after an hour, a batch-fed one
+    /// never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freshness: Option<Duration>,
     /// Where the group's records are stored: 0 for the layout the group was created with. An
     /// apply that changes how records are keyed or laid out (kind, entity, key fields), or
     /// that re-creates a removed group, moves the group to a new generation, stored apart from

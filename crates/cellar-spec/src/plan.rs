@@ -284,6 +284,10 @@ fn diff_group(old: &FeatureGroup, new: &FeatureGroup, d: &mut Diff) {
         &new.max_record_bytes,
         |v| v.to_string(),
     );
+    d.field("freshness", &old.freshness, &new.freshness, |f| match f {
+        Some(f) => format_duration(*f),
+        None => "none".into(),
+    });
     d.field("description", &old.description, &new.description, optional);
 }
 
@@ -676,6 +680,7 @@ mod tests {
             retention: Retention::default(),
             serving: ServingPolicy::default(),
             max_record_bytes: 8192,
+            freshness: None,
             push_sources: Vec::new(),
             description: None,
             generation: 0,
@@ -806,6 +811,7 @@ mod tests {
         g.serving.jitter = 0.2;
         g.retention.max_age = Some(std::time::Duration::from_secs(86_400));
         g.kind = GroupKind::Timeseries;
+        g.freshness = Some(std::time::Duration::from_secs(900));
         let p = plan(&a, &repo(vec![g]));
         let (details, breaking) = modify(&p);
         assert_eq!(
@@ -814,6 +820,7 @@ mod tests {
                 "group type changed from attribute to timeseries: stored records have the old layout",
                 "retention.max_age changed from unlimited to 1d",
                 "serving.jitter changed from 10% to 20%",
+                "freshness changed from none to 15m",
             ]
         );
         assert_eq!(breaking, &details[..1]);

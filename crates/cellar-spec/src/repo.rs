@@ -1,10 +1,17 @@
 //! A feature repo: every spec of a directory, validated together.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Entity, FeatureGroup, FeatureService, Ingestion, OnDemandGroup, Origin};
+use crate::model::{
+    Entity, FeatureGroup, FeatureService, Ingestion, IngestionSource, OnDemandGroup, Origin,
+};
+
+/// How old a stream-fed group's newest event may be when its spec declares no `freshness`:
+/// events arrive continuously, so an hour without one means the stream or its ingestion stopped.
+pub const STREAM_FRESHNESS: Duration = Duration::from_secs(3600);
 
 /// The kinds of spec document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -45,6 +52,25 @@ pub struct FeatureRepo {
 }
 
 impl FeatureRepo {
+    /// How old `group`'s newest event written may be before it counts as stale: its declared
+    /// `freshness`, else [`STREAM_FRESHNESS`] if a stream feeds it; a group only batch jobs or
+    /// pushes write and that declares none is never stale.
+    pub fn freshness_objective(&self, group: &FeatureGroup) -> Option<Duration> {
+        group.freshness.or_else(|| {
+            self.ingestions
+                .iter()
+                .any(|i| i.into == group.name && matches!(i.source, IngestionSource::Stream(_)))
+                .then_some(STREAM_FRESHNESS)
+        })
+    }
+
+    /// Every group's freshness objective, for the groups that have one.
+    pub fn freshness_objectives(&self) -> impl Iterator<Item = (&str, Duration)> + '_ {
+        self.groups
+            .iter()
+            .filter_map(|g| Some((g.name.as_str(), self.freshness_objective(g)?)))
+    }
+
     pub fn entity(&self, name: &str) -> Option<&Entity> {
         self.entities.iter().find(|e| e.name == name)
     }

@@ -117,7 +117,7 @@ fn aliases_anchors_and_tags_are_errors() {
 #[test]
 fn odd_scalars_in_every_field_are_errors() {
     let text = "kind: FeatureGroup\nname: [1]\nentity: {}\ntype: 7\nfeatures: x\n\
-                retention: []\nserving: ''\nmax_record_bytes: -1\n"
+                retention: []\nserving: ''\nmax_record_bytes: -1\nfreshness: [1h]\n"
         .to_owned();
-    assert!(errors(text).len() >= 6);
+    assert!(errors(text).len() >= 7);
 }

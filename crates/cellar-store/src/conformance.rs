@@ -227,6 +227,7 @@ fn group(name: &str, kind: GroupKind, retention: Retention) -> FeatureGroup {
         retention,
         serving: ServingPolicy::default(),
         max_record_bytes: 8 * 1024,
+        freshness: None,
         push_sources: Vec::new(),
         description: None,
         generation: 0,

@@ -231,6 +231,7 @@ mod tests {
             retention: Retention::default(),
             serving: ServingPolicy::default(),
             max_record_bytes: 8192,
+            freshness: None,
             push_sources: Vec::new(),
             description: None,
             generation: 0,

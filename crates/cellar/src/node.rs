@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use cellar_auth::{Audit, Authenticator};
 use cellar_cache::remote::{RemoteConfig, RemoteTier};
-use cellar_cache::{CacheMetrics, LocalTier, MeasuredStore, WritePath};
+use cellar_cache::{CacheMetrics, Freshness, LocalTier, MeasuredStore, WritePath};
 use cellar_history::{HistoryError, OfflineHistory};
 use cellar_ingest_batch::RecordSink;
 use cellar_jobs::http::jobs_router;
@@ -304,6 +304,9 @@ impl Node {
         if let Some(history) = &history {
             writer = writer.with_history(history.clone());
         }
+        writer
+            .freshness()
+            .set_objectives(repo.freshness_objectives());
         metrics
             .registry_mut()
             .register_collector(Box::new(writer.freshness().clone()));
@@ -451,6 +454,7 @@ impl Node {
             self.registry.clone(),
             self.server.clone(),
             self.ingestion.clone(),
+            self.writer.freshness().clone(),
             self.version,
             Duration::from_secs(self.config.server.reload_interval_secs.max(1)),
         ));
@@ -700,6 +704,7 @@ async fn reload_catalog(
     registry: Registry,
     server: Arc<FeatureServer>,
     ingestion: Option<Arc<StreamIngestion>>,
+    freshness: Freshness,
     mut version: i64,
     every: Duration,
 ) {
@@ -710,6 +715,7 @@ async fn reload_catalog(
             Ok(Some(applied)) if applied.version != version => {
                 version = applied.version;
                 server.reload(server.catalog_for(&applied.repo));
+                freshness.set_objectives(applied.repo.freshness_objectives());
                 if let Some(ingestion) = &ingestion {
                     ingestion.reload(&applied.repo);
                 }

@@ -246,6 +246,7 @@ pub fn logged_records(read: &LoggedRead) -> (FeatureGroup, Vec<Record>) {
         retention: Retention::default(),
         serving: ServingPolicy::default(),
         max_record_bytes: usize::MAX,
+        freshness: None,
         push_sources: Vec::new(),
         description: None,
         generation: 0,

@@ -45,6 +45,7 @@ impl Drafts {
                 max_record_bytes: d.max_record_bytes,
                 push_sources: d.push_sources,
                 description: d.head.description,
+                freshness: d.freshness,
                 generation: 0,
                 previous: None,
             });

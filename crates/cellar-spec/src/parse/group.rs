@@ -34,6 +34,7 @@ impl Doc<'_> {
                 "serving",
                 "max_record_bytes",
                 "push_sources",
+                "freshness",
             ],
         );
         let entity = self
@@ -66,6 +67,14 @@ impl Doc<'_> {
             })
             .unwrap_or(DEFAULT_MAX_RECORD_BYTES);
         let push_sources = self.push_sources(root);
+        let freshness = self.parsed(root, "", "freshness", false, |s| {
+            match parse_duration(s)? {
+                d if d.is_zero() => Err(format!(
+                    "freshness `{s}` is zero: no group is ever that fresh; give the age its newest event may reach, as in 15m"
+                )),
+                d => Ok(d),
+            }
+        });
         GroupDraft {
             head,
             entity,
@@ -75,6 +84,7 @@ impl Doc<'_> {
             serving,
             max_record_bytes,
             push_sources,
+            freshness,
         }
     }
 
@@ -372,6 +382,38 @@ mod tests {
             errors
                 .iter()
                 .any(|e| e.contains("retention.history") && e.contains("`12h` is too short")),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn freshness_is_a_duration_above_zero() {
+        let group = |freshness: &str| {
+            format!(
+                "{USER}---\nkind: FeatureGroup\nname: g\nentity: user\ntype: attribute\n\
+                 features: [{{ name: f, type: int64 }}]\nfreshness: {freshness}\n"
+            )
+        };
+        let repo = parse_repo(&[("r.yaml".into(), group("15m"))]).unwrap();
+        assert_eq!(repo.groups[0].freshness, Some(Duration::from_secs(900)));
+        let text = format!(
+            "{USER}---\nkind: FeatureGroup\nname: g\nentity: user\ntype: attribute\n\
+             features: [{{ name: f, type: int64 }}]\n"
+        );
+        let repo = parse_repo(&[("r.yaml".into(), text)]).unwrap();
+        assert_eq!(repo.groups[0].freshness, None);
+        assert_eq!(
+            errors_of(&group("0s")),
+            vec![
+                "repo.yaml:10: freshness: freshness `0s` is zero: no group is ever that fresh; \
+                 give the age its newest event may reach, as in 15m"
+            ]
+        );
+        let errors = errors_of(&group("soon"));
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("repo.yaml:10: freshness: `soon` is not a duration")),
             "{errors:?}"
         );
     }

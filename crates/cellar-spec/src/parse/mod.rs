@@ -32,6 +32,7 @@ mod service;
 mod suggest;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use crate::model::{
     AggregateFunction, EntityKeyField, ExpressionCheck, FeatureExpr, GroupKind, IngestionSource,
@@ -237,6 +238,7 @@ struct GroupDraft {
     serving: ServingPolicy,
     max_record_bytes: usize,
     push_sources: Vec<String>,
+    freshness: Option<Duration>,
 }
 
 #[derive(Debug)]

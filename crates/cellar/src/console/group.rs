@@ -14,8 +14,11 @@ use maud::{html, Markup};
 use serde_json::{json, Value as Json};
 
 use super::chart::{self, Unit};
-use super::overview::tier_name;
-use super::{layout, problem, refused_view, registry_unavailable, spec_text, time_text, Console};
+use super::overview::{stale_after, tier_name};
+use super::{
+    duration_text, layout, problem, refused_view, registry_unavailable, spec_text, time_text,
+    Console,
+};
 
 /// Entities one lookup from the page may name, and records per entity of a time series: a
 /// page stays a readable size.
@@ -420,9 +423,13 @@ fn charts(console: &Console, repo: &FeatureRepo, group: &FeatureGroup) -> Markup
         ),
         None => history.rates("cellar_store_reads_total", &[("group", name)]),
     };
+    let age_title = match stale_after(repo, group) {
+        Some(limit) => format!("Newest event, age (stale past {})", duration_text(limit)),
+        None => "Newest event, age".to_owned(),
+    };
     html! {
         div.grid {
-            (chart::line("Newest event, age", Unit::Seconds, &age))
+            (chart::line(&age_title, Unit::Seconds, &age))
             (chart::line("Ingestion latency (event time to written)", Unit::Seconds, &delay))
             @if !topics.is_empty() {
                 (chart::line(&format!("Consumer lag ({})", topics.join(", ")), Unit::Count, &lag))

@@ -45,9 +45,6 @@ use samples::MetricsHistory;
 
 const STYLE: &str = include_str!("console.css");
 
-/// When a group counts as stale on the overview: its newest event older than this, for a
-/// group a stream feeds.
-pub const STALE_AFTER_SECS: f64 = 3600.0;
 /// When a tier's hit ratio counts as low on the overview.
 pub const LOW_HIT_RATIO: f64 = 0.5;
 /// How often the overview and the stream page reload themselves, seconds: the metrics are

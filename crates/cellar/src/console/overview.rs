@@ -7,13 +7,14 @@ use axum::extract::State;
 use axum::response::Response;
 use cellar_auth::Access;
 use cellar_registry::{JobFilter, JobState};
-use cellar_spec::{FeatureRepo, GroupKind, IngestionSource, Tier};
+use cellar_spec::repo::STREAM_FRESHNESS;
+use cellar_spec::{FeatureRepo, GroupKind, Tier};
 use maud::{html, Markup};
 
 use super::chart::compact;
 use super::{
     counted, duration_text, now_ms, refreshing, refused_view, registry_unavailable, time_text,
-    Console, LOW_HIT_RATIO, RELOAD_SECS, STALE_AFTER_SECS,
+    Console, LOW_HIT_RATIO, RELOAD_SECS,
 };
 
 /// The span hit ratios and rates on the overview are taken over.
@@ -32,8 +33,8 @@ struct Row {
     /// Seconds since the newest event written, and from event time to written.
     age: Option<f64>,
     delay: Option<f64>,
-    /// Fed by a stream: a stale one is a problem, a backfilled one is not.
-    streamed: bool,
+    /// Seconds the newest event may be old (`FeatureRepo::freshness_objective`).
+    stale_after: Option<f64>,
     reads: Option<f64>,
     ratios: Vec<(Tier, Option<f64>)>,
     failed_jobs: usize,
@@ -42,7 +43,9 @@ struct Row {
 
 impl Row {
     fn stale(&self) -> bool {
-        self.streamed && self.age.is_some_and(|a| a > STALE_AFTER_SECS)
+        self.age
+            .zip(self.stale_after)
+            .is_some_and(|(age, limit)| age > limit)
     }
 
     fn low_ratio(ratio: Option<f64>) -> bool {
@@ -108,7 +111,8 @@ pub(super) async fn page(State(console): State<Console>, access: Access) -> Resp
             }
         }
         p.muted {
-            "Red: newest event older than " (duration_text(STALE_AFTER_SECS)) " for a stream-fed group, a tier's hit ratio under "
+            "Red: newest event older than the group's " code { "freshness" } " (" (duration_text(STREAM_FRESHNESS.as_secs_f64()))
+            " for a stream-fed group that declares none), a tier's hit ratio under "
             (format!("{:.0}%", LOW_HIT_RATIO * 100.0)) ", an ingestion whose last job failed, or a dead letter. "
             @match sampled {
                 Some(at) => { "Rates from the server's metrics, sampled every 10 s, last at " (time_text(at)) "." }
@@ -147,10 +151,7 @@ fn row(
         .iter()
         .map(|t| (*t, window_ratio(history, tier_name(*t), &group.name)))
         .collect();
-    let streamed = repo
-        .ingestions
-        .iter()
-        .any(|i| i.into == group.name && matches!(i.source, IngestionSource::Stream(_)));
+    let stale_after = stale_after(repo, group);
     Row {
         name: group.name.clone(),
         kind: match group.kind {
@@ -165,7 +166,7 @@ fn row(
         delay: fresh
             .filter(|f| f.last_write_ms > 0)
             .map(|f| f.last_delay_ms as f64 / 1000.0),
-        streamed,
+        stale_after,
         reads,
         ratios,
         failed_jobs: failed.get(&group.name).copied().unwrap_or(0),
@@ -183,6 +184,7 @@ fn row_markup(r: &Row) -> Markup {
             td { @if tiers.is_empty() { span.muted { "store only" } } @else { (tiers.join(", ")) } }
             td.num.bad-value[r.stale()] {
                 @match r.age { Some(a) => { (duration_text(a)) " ago" } None => span.muted { "not written since start" } }
+                @if let Some(limit) = r.stale_after { br; span.muted { "at most " (duration_text(limit)) } }
             }
             td.num { @match r.delay { Some(d) => (duration_text(d)), None => span.muted { "-" } } }
             td.num { @match r.reads { Some(v) => (compact(v)), None => span.muted { "-" } } }
@@ -206,6 +208,11 @@ fn row_markup(r: &Row) -> Markup {
             }
         }
     }
+}
+
+/// Seconds a group's newest event may be old before it counts as stale, if it ever does.
+pub(super) fn stale_after(repo: &FeatureRepo, group: &cellar_spec::FeatureGroup) -> Option<f64> {
+    repo.freshness_objective(group).map(|d| d.as_secs_f64())
 }
 
 pub(super) fn tier_name(tier: Tier) -> &'static str {

@@ -80,6 +80,9 @@ pub fn group(g: &FeatureGroup) -> String {
         format_duration(s.admit_window),
     );
     let _ = writeln!(out, "max_record_bytes: {}", g.max_record_bytes);
+    if let Some(freshness) = g.freshness {
+        let _ = writeln!(out, "freshness: {}", format_duration(freshness));
+    }
     if !g.push_sources.is_empty() {
         let _ = writeln!(out, "push_sources: [{}]", g.push_sources.join(", "));
     }
@@ -133,7 +136,7 @@ mod tests {
             "kind: Entity\nname: user\nkeys: [{ name: user_id, type: string }]\n---\n\
              kind: FeatureGroup\nname: profile\nentity: user\ntype: attribute\n\
              features:\n  - { name: country, type: string }\n\
-             serving: { tiers: [local], soft_ttl: 30s, hard_ttl: 10m }\n"
+             serving: { tiers: [local], soft_ttl: 30s, hard_ttl: 10m }\nfreshness: 90m\n"
                 .to_owned(),
         )];
         let repo = cellar_spec::parse_repo_with(&files, &cellar_expr::Checker).unwrap();
@@ -148,6 +151,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("soft_ttl: 30s, hard_ttl: 10m"), "{text}");
+        assert!(text.contains("\nfreshness: 90m\n"), "{text}");
         // Not a group: shown as the JSON it is.
         let other = from_stored(SpecKind::Entity, &serde_json::json!({"name": "user"}));
         assert!(other.contains("\"name\": \"user\""), "{other}");
