@@ -95,10 +95,10 @@ def start(
     config: str | None = None,
     repo_files: dict[str, str] | None = None,
 ) -> Server:
-    """`cellar quickstart` in `tmp`, with `config` (TOML) as its config file when given and
-    `repo_files` (name -> YAML) added to its feature repo."""
+    """`cellar quickstart` in `tmp` (again after a stop: on the same data), with `config`
+    (TOML) as its config file when given and `repo_files` (name -> YAML) added to its repo."""
     repo, data = tmp / "repo", tmp / "data"
-    repo.mkdir(parents=True)
+    repo.mkdir(parents=True, exist_ok=True)
     options: list[str] = []
     if config is not None:
         (tmp / "cellar.toml").write_text(config)

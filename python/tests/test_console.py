@@ -371,6 +371,30 @@ def test_a_group_older_than_its_declared_freshness_is_marked_until_a_newer_event
     assert "freshness: 30m" in browser.find_element(By.TAG_NAME, "main").text
 
 
+def test_freshness_outlives_a_restart_through_the_registry(tmp_path: Path) -> None:
+    event_time = int(time.time() * 1000) - 2 * 3_600_000
+    first = start(tmp_path, repo_files={"scores.yaml": SCORES_REPO})
+    try:
+        record = {"entity": {"user_id": "s1"}, "event_time": event_time, "features": {"score": 0.5}}
+        answer = httpx.post(f"{first.url}/v1/push", json={"group": "user_scores", "records": [record]})
+        assert answer.status_code == 200, answer.text
+    finally:
+        # Stopped cleanly, a server records what it wrote last.
+        first.stop()
+    second = start(tmp_path, repo_files={"scores.yaml": SCORES_REPO})
+    try:
+        metrics = httpx.get(f"{second.url}/metrics").text
+        newest = [
+            line for line in metrics.splitlines()
+            if line.startswith('cellar_group_newest_event_timestamp_seconds{group="user_scores"}')
+        ]
+        assert newest and float(newest[0].split()[-1]) == event_time / 1000, metrics
+        overview = httpx.get(f"{second.url}/ui").text
+        assert '<tr class="bad" data-group="user_scores">' in overview, overview
+    finally:
+        second.stop()
+
+
 @pytest.fixture(scope="module")
 def secured_console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("secured-console")

@@ -1,7 +1,8 @@
 //! How fresh each group is: the newest event time written to it, when it was last written,
 //! and how long the newest events took from their event time to being servable, beside each
-//! group's freshness objective from its spec. The write path records them; Prometheus and the
-//! console read them.
+//! group's freshness objective from its spec. The write path records them, merged with what
+//! other processes recorded (the registry carries them between processes and restarts);
+//! Prometheus and the console read them.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -45,19 +46,8 @@ impl Freshness {
     /// Records a write to `group` of records whose newest event time is `newest_event_ms`.
     pub fn written(&self, group: &str, newest_event_ms: i64) {
         let now = now_ms();
-        let found = self
-            .by_group
-            .read()
-            .ok()
-            .and_then(|m| m.get(group).cloned());
-        let writes = match found {
-            Some(writes) => writes,
-            None => {
-                let Ok(mut map) = self.by_group.write() else {
-                    return;
-                };
-                map.entry(group.to_owned()).or_default().clone()
-            }
+        let Some(writes) = self.entry(group) else {
+            return;
         };
         writes
             .newest_event_ms
@@ -83,15 +73,71 @@ impl Freshness {
         }
     }
 
-    /// The figures of `group`; `None` if this process has not written it.
+    /// Takes in what other processes wrote to `group` (through the registry): the newest
+    /// event time and the last write only move forward.
+    pub fn merge(&self, group: &str, seen: GroupFreshness) {
+        let Some(writes) = self.entry(group) else {
+            return;
+        };
+        writes
+            .newest_event_ms
+            .fetch_max(seen.newest_event_ms, Ordering::Relaxed);
+        if writes
+            .last_write_ms
+            .fetch_max(seen.last_write_ms, Ordering::Relaxed)
+            < seen.last_write_ms
+        {
+            writes
+                .last_delay_ms
+                .store(seen.last_delay_ms, Ordering::Relaxed);
+        }
+    }
+
+    /// Every group written (here or, merged, elsewhere), by name.
+    pub fn all(&self) -> Vec<(String, GroupFreshness)> {
+        let Ok(map) = self.by_group.read() else {
+            return Vec::new();
+        };
+        let mut all: Vec<_> = map
+            .iter()
+            .map(|(group, w)| (group.clone(), figures(w)))
+            .filter(|(_, f)| f.last_write_ms > 0)
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    fn entry(&self, group: &str) -> Option<Arc<GroupWrites>> {
+        let found = self
+            .by_group
+            .read()
+            .ok()
+            .and_then(|m| m.get(group).cloned());
+        match found {
+            Some(writes) => Some(writes),
+            None => Some(
+                self.by_group
+                    .write()
+                    .ok()?
+                    .entry(group.to_owned())
+                    .or_default()
+                    .clone(),
+            ),
+        }
+    }
+
+    /// The figures of `group`; `None` if nothing was written to it.
     pub fn of(&self, group: &str) -> Option<GroupFreshness> {
         let map = self.by_group.read().ok()?;
-        let writes = map.get(group)?;
-        Some(GroupFreshness {
-            newest_event_ms: writes.newest_event_ms.load(Ordering::Relaxed),
-            last_write_ms: writes.last_write_ms.load(Ordering::Relaxed),
-            last_delay_ms: writes.last_delay_ms.load(Ordering::Relaxed),
-        })
+        Some(figures(map.get(group)?))
+    }
+}
+
+fn figures(writes: &GroupWrites) -> GroupFreshness {
+    GroupFreshness {
+        newest_event_ms: writes.newest_event_ms.load(Ordering::Relaxed),
+        last_write_ms: writes.last_write_ms.load(Ordering::Relaxed),
+        last_delay_ms: writes.last_delay_ms.load(Ordering::Relaxed),
     }
 }
 
@@ -114,12 +160,12 @@ impl Collector for Freshness {
         let families: [(&str, &str, Reader); 3] = [
             (
                 "group_newest_event_timestamp_seconds",
-                "Newest event time written to a feature group by this process",
+                "Newest event time written to a feature group (by any process sharing the registry)",
                 |w| w.newest_event_ms.load(Ordering::Relaxed),
             ),
             (
                 "group_last_write_timestamp_seconds",
-                "When this process last wrote to a feature group",
+                "When a feature group was last written (by any process sharing the registry)",
                 |w| w.last_write_ms.load(Ordering::Relaxed),
             ),
             (
@@ -176,6 +222,33 @@ mod tests {
             text.contains("group_newest_event_timestamp_seconds{group=\"g\"}"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn merged_figures_only_move_forward() {
+        let freshness = Freshness::default();
+        freshness.written("g", now_ms() - 1_000);
+        let here = freshness.of("g").unwrap();
+        // Another process: an older event, written later, with its own delay.
+        let later = GroupFreshness {
+            newest_event_ms: here.newest_event_ms - 60_000,
+            last_write_ms: here.last_write_ms + 5_000,
+            last_delay_ms: 65_000,
+        };
+        freshness.merge("g", later);
+        assert_eq!(
+            freshness.of("g").unwrap(),
+            GroupFreshness {
+                newest_event_ms: here.newest_event_ms,
+                ..later
+            }
+        );
+        // What is older in every way changes nothing; a group only seen elsewhere appears.
+        freshness.merge("g", GroupFreshness::default());
+        assert_eq!(freshness.of("g").unwrap().last_delay_ms, 65_000);
+        freshness.merge("elsewhere", later);
+        let all: Vec<String> = freshness.all().into_iter().map(|(g, _)| g).collect();
+        assert_eq!(all, ["elsewhere", "g"]);
     }
 
     #[test]

@@ -16,7 +16,8 @@ use cellar_spec::FeatureRepo;
 use crate::snapshot::{kind_name, parse_kind, prepare, LatestSpec};
 use crate::{
     decode_applied_repo, decode_change, decode_spec_version, decode_watermark, AppliedRepo,
-    ApplyOutcome, Breaking, RegistryError, SpecChange, SpecVersion, Watermark, WatermarkValue,
+    ApplyOutcome, Breaking, GroupWrites, RegistryError, SpecChange, SpecVersion, Watermark,
+    WatermarkValue,
 };
 
 /// A `repo_versions` row: version, applied_at_ms, repo JSON.
@@ -48,6 +49,21 @@ const SET_WATERMARK: &str =
      VALUES ($1, $2, $3, $4) \
      ON CONFLICT (ingestion) DO UPDATE SET value_ms = excluded.value_ms, \
      value_text = excluded.value_text, updated_at_ms = excluded.updated_at_ms";
+
+// Each figure only moves forward, whichever process writes last: the newest event time is
+// the larger, the last write the later one (with its delay).
+const RECORD_GROUP_WRITES: &str =
+    "INSERT INTO group_writes (group_name, newest_event_ms, last_write_ms, last_delay_ms) \
+     VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (group_name) DO UPDATE SET \
+     newest_event_ms = CASE WHEN excluded.newest_event_ms > group_writes.newest_event_ms \
+         THEN excluded.newest_event_ms ELSE group_writes.newest_event_ms END, \
+     last_delay_ms = CASE WHEN excluded.last_write_ms >= group_writes.last_write_ms \
+         THEN excluded.last_delay_ms ELSE group_writes.last_delay_ms END, \
+     last_write_ms = CASE WHEN excluded.last_write_ms > group_writes.last_write_ms \
+         THEN excluded.last_write_ms ELSE group_writes.last_write_ms END";
+const GROUP_WRITES: &str = "SELECT group_name, newest_event_ms, last_write_ms, last_delay_ms \
+     FROM group_writes ORDER BY group_name";
 
 /// Maps a unique-key failure on write to a lost race, everything else to a query error.
 fn write_error(action: &'static str, version: i64) -> impl Fn(sqlx::Error) -> RegistryError {
@@ -269,6 +285,45 @@ macro_rules! backend {
                     .await
                     .map_err(RegistryError::query("writing a watermark"))?;
                 Ok(())
+            }
+
+            pub(crate) async fn record_group_writes(
+                pool: &Pool,
+                writes: &[GroupWrites],
+            ) -> Result<(), RegistryError> {
+                let action = "recording group writes";
+                let mut tx = pool.begin().await.map_err(RegistryError::query(action))?;
+                for w in writes {
+                    sqlx::query(RECORD_GROUP_WRITES)
+                        .bind(&w.group)
+                        .bind(w.newest_event_ms)
+                        .bind(w.last_write_ms)
+                        .bind(w.last_delay_ms)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(RegistryError::query(action))?;
+                }
+                tx.commit().await.map_err(RegistryError::query(action))
+            }
+
+            pub(crate) async fn group_writes(
+                pool: &Pool,
+            ) -> Result<Vec<GroupWrites>, RegistryError> {
+                let rows = sqlx::query_as::<_, (String, i64, i64, i64)>(GROUP_WRITES)
+                    .fetch_all(pool)
+                    .await
+                    .map_err(RegistryError::query("reading group writes"))?;
+                Ok(rows
+                    .into_iter()
+                    .map(
+                        |(group, newest_event_ms, last_write_ms, last_delay_ms)| GroupWrites {
+                            group,
+                            newest_event_ms,
+                            last_write_ms,
+                            last_delay_ms,
+                        },
+                    )
+                    .collect())
             }
         }
     };

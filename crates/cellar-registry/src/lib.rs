@@ -150,6 +150,19 @@ pub struct Watermark {
     pub updated_at: DateTime<Utc>,
 }
 
+/// What the write paths wrote to one feature group, merged over every process that writes it
+/// (times in ms since the Unix epoch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupWrites {
+    pub group: String,
+    /// The newest event time written.
+    pub newest_event_ms: i64,
+    /// When the group was last written.
+    pub last_write_ms: i64,
+    /// From event time to written, for the newest record of that last write.
+    pub last_delay_ms: i64,
+}
+
 impl Registry {
     /// Opens the registry at `url`, creating and migrating it as needed.
     ///
@@ -302,6 +315,24 @@ impl Registry {
         value: &WatermarkValue,
     ) -> Result<(), RegistryError> {
         dispatch!(self, set_watermark(ingestion, value))
+    }
+
+    /// Merges what this process wrote into every group's figures, in one transaction: the
+    /// newest event time and the last write only move forward, whichever process is first.
+    pub async fn record_group_writes(&self, writes: &[GroupWrites]) -> Result<(), RegistryError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        // Rows locked in one order by every process: concurrent merges cannot deadlock.
+        let mut writes = writes.to_vec();
+        writes.sort_by(|a, b| a.group.cmp(&b.group));
+        writes.dedup_by(|later, first| later.group == first.group);
+        dispatch!(self, record_group_writes(&writes))
+    }
+
+    /// Every group's figures as the processes writing it recorded them, by group name.
+    pub async fn group_writes(&self) -> Result<Vec<GroupWrites>, RegistryError> {
+        dispatch!(self, group_writes())
     }
 
     /// Records a new job, `submitted`, to be planned.

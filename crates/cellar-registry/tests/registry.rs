@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cellar_registry::{
-    Job, JobFilter, JobKind, JobState, NewJob, PlannedShard, Registry, RegistryError, ShardResult,
-    WatermarkValue,
+    GroupWrites, Job, JobFilter, JobKind, JobState, NewJob, PlannedShard, Registry, RegistryError,
+    ShardResult, WatermarkValue,
 };
 use cellar_spec::{
     Entity, EntityKeyField, EventFormat, Feature, FeatureExpr, FeatureGroup, FeatureMapping,
@@ -495,6 +495,56 @@ async fn watermarks_survive_apply(url: String) {
     registry.set_watermark("clicks", &moved).await.expect("set");
     assert_eq!(read("clicks").await, Some(moved));
     registry.close().await;
+}
+
+on_every_backend!(group_writes_only_move_forward_whichever_process_is_first);
+async fn group_writes_only_move_forward_whichever_process_is_first(url: String) {
+    let registry = open(&url).await;
+    let writes = |group: &str, newest_event_ms, last_write_ms, last_delay_ms| GroupWrites {
+        group: group.to_owned(),
+        newest_event_ms,
+        last_write_ms,
+        last_delay_ms,
+    };
+    assert_eq!(registry.group_writes().await.expect("read"), vec![]);
+    registry.record_group_writes(&[]).await.expect("nothing");
+    // A server that wrote an old backfill late, then one that wrote fresh events earlier.
+    registry
+        .record_group_writes(&[
+            writes("profile", 1_000, 9_000, 8_000),
+            writes("clicks", 5, 6, 1),
+        ])
+        .await
+        .expect("record");
+    registry
+        .record_group_writes(&[writes("profile", 8_500, 8_600, 100)])
+        .await
+        .expect("record");
+    // The newest event is the larger; the last write is the later one, with its own delay.
+    assert_eq!(
+        registry.group_writes().await.expect("read"),
+        vec![
+            writes("clicks", 5, 6, 1),
+            writes("profile", 8_500, 9_000, 8_000)
+        ]
+    );
+    // Recording the same figures twice changes nothing; an apply does not touch them.
+    registry
+        .record_group_writes(&[writes("profile", 8_500, 9_000, 8_000)])
+        .await
+        .expect("record");
+    registry.apply(&sample_repo()).await.expect("apply");
+    let url_again = url.clone();
+    registry.close().await;
+    let reopened = open(&url_again).await;
+    assert_eq!(
+        reopened.group_writes().await.expect("read"),
+        vec![
+            writes("clicks", 5, 6, 1),
+            writes("profile", 8_500, 9_000, 8_000)
+        ]
+    );
+    reopened.close().await;
 }
 
 on_every_backend!(reopening_keeps_everything);

@@ -19,6 +19,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::client;
 use crate::config::{Config, JobRunner, StoreBackend};
+use crate::group_writes::{SharedFreshness, SHARE_EVERY};
 
 /// The executor a process runs jobs with, as `config` sets it up: with the `kafka` runner,
 /// it publishes shard tasks instead of running them.
@@ -78,7 +79,9 @@ pub async fn worker(config: &Config) -> anyhow::Result<()> {
     let runner = kafka_runner(config)?;
     let registry = Registry::open(&config.registry_url()).await?;
     let store = crate::node::open_store(config).await?;
-    let sink: Arc<dyn RecordSink> = Arc::new(crate::node::write_path(config, store, "worker")?);
+    let writer = crate::node::write_path(config, store, "worker")?;
+    let sharing = SharedFreshness::new(registry.clone(), writer.freshness().clone());
+    let sink: Arc<dyn RecordSink> = Arc::new(writer);
     let mut settings = ExecutorSettings::new(config.rejects_dir());
     if config.jobs.shard_workers > 0 {
         settings.shard_workers = config.jobs.shard_workers;
@@ -91,8 +94,10 @@ pub async fn worker(config: &Config) -> anyhow::Result<()> {
         crate::node::shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
-    cellar_jobs::kafka::run_worker(executor, &runner, stop_rx).await?;
-    Ok(())
+    tokio::spawn(sharing.clone().run(SHARE_EVERY, stop_rx.clone()));
+    let result = cellar_jobs::kafka::run_worker(executor, &runner, stop_rx).await;
+    sharing.exchange_logged().await;
+    Ok(result?)
 }
 
 /// The alerter `config` names, if any; an error names a secret reference of
@@ -132,6 +137,7 @@ pub async fn backfill(config: &Config, args: &BackfillArgs) -> anyhow::Result<Jo
         }
     };
     let max_attempts = args.max_attempts.unwrap_or(config.jobs.max_attempts);
+    let mut sharing = None;
     let id = match &server {
         Some(url) => {
             let mut body = serde_json::json!({
@@ -154,9 +160,8 @@ pub async fn backfill(config: &Config, args: &BackfillArgs) -> anyhow::Result<Jo
         None => {
             std::fs::create_dir_all(&config.data_dir)
                 .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-            let store = crate::node::open_store(config).await?;
-            let sink: Arc<dyn RecordSink> =
-                Arc::new(crate::node::write_path(config, store, "cli")?);
+            let (sink, shared) = local_sink(config, &registry).await?;
+            sharing = Some(shared);
             let executor = executor(config, registry.clone(), sink).await?;
             let request = JobRequest {
                 max_attempts,
@@ -173,7 +178,23 @@ pub async fn backfill(config: &Config, args: &BackfillArgs) -> anyhow::Result<Jo
             id
         }
     };
-    follow(&registry, id, args.progress_bar).await
+    let job = follow(&registry, id, args.progress_bar).await;
+    if let Some(sharing) = sharing {
+        sharing.exchange_logged().await;
+    }
+    job
+}
+
+/// The write path of a job run by this command, and its side of the freshness sharing, to
+/// record what the job wrote once it ends.
+async fn local_sink(
+    config: &Config,
+    registry: &Registry,
+) -> anyhow::Result<(Arc<dyn RecordSink>, SharedFreshness)> {
+    let store = crate::node::open_store(config).await?;
+    let writer = crate::node::write_path(config, store, "cli")?;
+    let sharing = SharedFreshness::new(registry.clone(), writer.freshness().clone());
+    Ok((Arc::new(writer), sharing))
 }
 
 /// Follows job `id` in the registry until it ends, drawing its progress.
@@ -312,6 +333,7 @@ pub async fn retry(
 ) -> anyhow::Result<Job> {
     let registry = Registry::open(&config.registry_url()).await?;
     let url = client::server_url(server.as_deref(), &config.server.listen)?;
+    let mut sharing = None;
     if server.is_some() || server_answers(&url).await {
         client::post(
             &url,
@@ -322,8 +344,8 @@ pub async fn retry(
         eprintln!("job {id} made runnable again; {url} runs it");
     } else {
         registry.retry_job(id).await?;
-        let store = crate::node::open_store(config).await?;
-        let sink: Arc<dyn RecordSink> = Arc::new(crate::node::write_path(config, store, "cli")?);
+        let (sink, shared) = local_sink(config, &registry).await?;
+        sharing = Some(shared);
         let executor = executor(config, registry.clone(), sink).await?;
         eprintln!("job {id} made runnable again; running it here");
         tokio::spawn(async move {
@@ -332,7 +354,11 @@ pub async fn retry(
             }
         });
     }
-    follow(&registry, id, bar).await
+    let job = follow(&registry, id, bar).await;
+    if let Some(sharing) = sharing {
+        sharing.exchange_logged().await;
+    }
+    job
 }
 
 /// `cellar jobs cancel`.

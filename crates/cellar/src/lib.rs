@@ -21,6 +21,7 @@ pub mod client;
 pub mod config;
 pub mod console;
 pub mod deadletter;
+pub mod group_writes;
 pub mod ingest;
 pub mod jobs;
 pub mod node;

@@ -814,10 +814,13 @@ async fn run_ingest(config: Config, until_caught_up: bool) -> anyhow::Result<()>
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let store = cellar::node::open_store(&config).await?;
+    let writer = cellar::node::write_path(&config, store, "ingest")?;
+    let sharing = cellar::group_writes::SharedFreshness::new(
+        cellar_registry::Registry::open(&config.registry_url()).await?,
+        writer.freshness().clone(),
+    );
     let ingestion = std::sync::Arc::new(cellar::ingest::StreamIngestion::open(
-        &config,
-        cellar::node::write_path(&config, store, "ingest")?,
-        &repo,
+        &config, writer, &repo,
     )?);
     if until_caught_up && !ingestion.is_embedded() {
         anyhow::bail!(
@@ -847,5 +850,12 @@ async fn run_ingest(config: Config, until_caught_up: bool) -> anyhow::Result<()>
             }
         });
     }
-    ingestion.run(stop_rx).await
+    tokio::spawn(
+        sharing
+            .clone()
+            .run(cellar::group_writes::SHARE_EVERY, stop_rx.clone()),
+    );
+    let result = ingestion.run(stop_rx).await;
+    sharing.exchange_logged().await;
+    result
 }

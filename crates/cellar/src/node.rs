@@ -31,6 +31,7 @@ use tokio::net::TcpListener;
 use crate::config::{Config, StoreBackend};
 use crate::console::samples::MetricsHistory;
 use crate::console::{self, Console};
+use crate::group_writes::{SharedFreshness, SHARE_EVERY};
 use crate::ingest::{stream_routers, IngestMetrics, StreamIngestion};
 use crate::served_log::HistoryServedLog;
 use crate::training_jobs::{training_sets_router, TrainingSets};
@@ -475,7 +476,11 @@ impl Node {
                 }
             })
         });
-        let mut job_tasks = Vec::new();
+        let sharing = SharedFreshness::new(self.registry.clone(), self.writer.freshness().clone());
+        sharing.exchange_logged().await;
+        let mut job_tasks = vec![tokio::spawn(
+            sharing.clone().run(SHARE_EVERY, stop_rx.clone()),
+        )];
         if self.config.server.console {
             job_tasks.push(tokio::spawn(
                 samples.run(self.metrics.clone(), stop_rx.clone()),
@@ -578,6 +583,8 @@ impl Node {
         if let Some(task) = ingest_task {
             let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
         }
+        // Its last writes included: a server started next shows them.
+        sharing.exchange_logged().await;
         if let Some(task) = trim {
             task.abort();
         }

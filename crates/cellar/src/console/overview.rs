@@ -183,7 +183,7 @@ fn row_markup(r: &Row) -> Markup {
             td { (r.entity) }
             td { @if tiers.is_empty() { span.muted { "store only" } } @else { (tiers.join(", ")) } }
             td.num.bad-value[r.stale()] {
-                @match r.age { Some(a) => { (duration_text(a)) " ago" } None => span.muted { "not written since start" } }
+                @match r.age { Some(a) => { (duration_text(a)) " ago" } None => span.muted { "no write recorded" } }
                 @if let Some(limit) = r.stale_after { br; span.muted { "at most " (duration_text(limit)) } }
             }
             td.num { @match r.delay { Some(d) => (duration_text(d)), None => span.muted { "-" } } }
