@@ -82,7 +82,7 @@ impl SharedFreshness {
         loop {
             tokio::select! {
                 _ = tick.tick() => self.exchange_logged().await,
-                _ = stop.wait_for(|stop| *stop) => return,
+                _ = async { let _ = stop.wait_for(|stop| *stop).await; } => return,
             }
         }
     }
