@@ -53,15 +53,16 @@ const SET_WATERMARK: &str =
 // Each figure only moves forward, whichever process writes last: the newest event time is
 // the larger, the last write the later one (with its delay).
 const RECORD_GROUP_WRITES: &str =
-    "INSERT INTO group_writes (group_name, newest_event_ms, last_write_ms, last_delay_ms) \
-     VALUES ($1, $2, $3, $4) \
-     ON CONFLICT (group_name) DO UPDATE SET \
+    "INSERT INTO group_writes (group_name, newest_event_ms, last_write_ms, last_delay_ms) ";
+const MERGE_GROUP_WRITES: &str = " ON CONFLICT (group_name) DO UPDATE SET \
      newest_event_ms = CASE WHEN excluded.newest_event_ms > group_writes.newest_event_ms \
          THEN excluded.newest_event_ms ELSE group_writes.newest_event_ms END, \
      last_delay_ms = CASE WHEN excluded.last_write_ms >= group_writes.last_write_ms \
          THEN excluded.last_delay_ms ELSE group_writes.last_delay_ms END, \
      last_write_ms = CASE WHEN excluded.last_write_ms > group_writes.last_write_ms \
          THEN excluded.last_write_ms ELSE group_writes.last_write_ms END";
+/// Groups per statement: 4 parameters each, far below SQLite's and PostgreSQL's limits.
+const GROUP_WRITES_PER_STATEMENT: usize = 1000;
 const GROUP_WRITES: &str = "SELECT group_name, newest_event_ms, last_write_ms, last_delay_ms \
      FROM group_writes ORDER BY group_name";
 
@@ -293,12 +294,18 @@ macro_rules! backend {
             ) -> Result<(), RegistryError> {
                 let action = "recording group writes";
                 let mut tx = pool.begin().await.map_err(RegistryError::query(action))?;
-                for w in writes {
-                    sqlx::query(RECORD_GROUP_WRITES)
-                        .bind(&w.group)
-                        .bind(w.newest_event_ms)
-                        .bind(w.last_write_ms)
-                        .bind(w.last_delay_ms)
+                // One statement per many groups, not a round trip per group.
+                for chunk in writes.chunks(GROUP_WRITES_PER_STATEMENT) {
+                    let mut statement = sqlx::QueryBuilder::<$db>::new(RECORD_GROUP_WRITES);
+                    statement.push_values(chunk, |mut row, w| {
+                        row.push_bind(&w.group)
+                            .push_bind(w.newest_event_ms)
+                            .push_bind(w.last_write_ms)
+                            .push_bind(w.last_delay_ms);
+                    });
+                    statement.push(MERGE_GROUP_WRITES);
+                    statement
+                        .build()
                         .execute(&mut *tx)
                         .await
                         .map_err(RegistryError::query(action))?;

@@ -323,10 +323,22 @@ impl Registry {
         if writes.is_empty() {
             return Ok(());
         }
-        // Rows locked in one order by every process: concurrent merges cannot deadlock.
+        // Rows locked in one order by every process: concurrent merges cannot deadlock. One
+        // statement may name a group once only: figures given twice are merged first, the way
+        // the table merges them.
         let mut writes = writes.to_vec();
         writes.sort_by(|a, b| a.group.cmp(&b.group));
-        writes.dedup_by(|later, first| later.group == first.group);
+        writes.dedup_by(|later, kept| {
+            if later.group != kept.group {
+                return false;
+            }
+            kept.newest_event_ms = kept.newest_event_ms.max(later.newest_event_ms);
+            if later.last_write_ms >= kept.last_write_ms {
+                kept.last_write_ms = later.last_write_ms;
+                kept.last_delay_ms = later.last_delay_ms;
+            }
+            true
+        });
         dispatch!(self, record_group_writes(&writes))
     }
 

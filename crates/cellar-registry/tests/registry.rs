@@ -528,6 +528,15 @@ async fn group_writes_only_move_forward_whichever_process_is_first(url: String) 
             writes("profile", 8_500, 9_000, 8_000)
         ]
     );
+    // A group given twice in one call is merged the same way.
+    registry
+        .record_group_writes(&[writes("clicks", 7, 4, 2), writes("clicks", 3, 6, 1)])
+        .await
+        .expect("record");
+    assert_eq!(
+        registry.group_writes().await.expect("read")[0],
+        writes("clicks", 7, 6, 1)
+    );
     // Recording the same figures twice changes nothing; an apply does not touch them.
     registry
         .record_group_writes(&[writes("profile", 8_500, 9_000, 8_000)])
@@ -540,10 +549,21 @@ async fn group_writes_only_move_forward_whichever_process_is_first(url: String) 
     assert_eq!(
         reopened.group_writes().await.expect("read"),
         vec![
-            writes("clicks", 5, 6, 1),
+            writes("clicks", 7, 6, 1),
             writes("profile", 8_500, 9_000, 8_000)
         ]
     );
+    // More groups than one statement takes: all recorded.
+    let many: Vec<GroupWrites> = (0..2_500)
+        .map(|i| writes(&format!("g{i:04}"), i, i + 1, 1))
+        .collect();
+    reopened
+        .record_group_writes(&many)
+        .await
+        .expect("record many");
+    let read = reopened.group_writes().await.expect("read");
+    assert_eq!(read.len(), 2_502);
+    assert_eq!(read[2_500], writes("g2499", 2_499, 2_500, 1));
     reopened.close().await;
 }
 

@@ -74,10 +74,11 @@ impl SharedFreshness {
         }
     }
 
-    /// Exchanges every `every` until `stop`; the caller exchanges once more after its last
-    /// write.
+    /// Exchanges every `every` until `stop`; the caller exchanges before (at start) and once
+    /// more after its last write.
     pub async fn run(self, every: Duration, mut stop: watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(every);
+        // The caller exchanged at start: the first tick is one period later.
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
